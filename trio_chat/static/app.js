@@ -1,0 +1,852 @@
+// The trio chat page: wires TrioChatClient events to the DOM.
+//
+// Every piece of user-supplied text (names, room names, messages, statuses,
+// server error messages) reaches the page through textContent or text nodes,
+// never through innerHTML.
+
+import { TrioChatClient, State } from "/trio-chat.js";
+
+const USER_ID = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$/;
+const ROOM_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+const STORAGE = { name: "trio-chat.name", rooms: "trio-chat.rooms" };
+const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages by one author within this window share a header
+const TYPING_SHOWN_MS = 4000;
+const TYPING_SENT_EVERY_MS = 2500;
+
+const $ = (id) => document.getElementById(id);
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
+
+// ------------------------------------------------------------------ helpers
+
+/**
+ * Build an element. `props` keys: `class`, `dataset`, `on<event>`, anything
+ * else becomes an attribute. Children are nodes or strings (as text nodes).
+ */
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** Text with http(s) links made clickable, as DOM nodes. */
+function linkify(text) {
+  const nodes = [];
+  let last = 0;
+  for (const match of text.matchAll(/\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g)) {
+    if (match.index > last) nodes.push(text.slice(last, match.index));
+    const link = h("a", { target: "_blank", rel: "noopener noreferrer nofollow" }, match[0]);
+    link.href = match[0];
+    nodes.push(link);
+    last = match.index + match[0].length;
+  }
+  if (last < text.length) nodes.push(text.slice(last));
+  return nodes;
+}
+
+function hue(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash % 360;
+}
+
+function avatar(name, size = "") {
+  const el = h("span", { class: `avatar ${size}`.trim(), "aria-hidden": "true" }, [...name][0]?.toUpperCase() ?? "?");
+  el.style.setProperty("--hue", hue(name));
+  return el;
+}
+
+function dayKey(date) {
+  return `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
+}
+
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(date) === dayKey(today)) return "Today";
+  if (dayKey(date) === dayKey(yesterday)) return "Yesterday";
+  const options = { weekday: "long", day: "numeric", month: "long" };
+  if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
+  return new Intl.DateTimeFormat(undefined, options).format(date);
+}
+
+function timeElement(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return h("time", {}, "");
+  return h("time", { datetime: iso, title: fullFormat.format(date) }, timeFormat.format(date));
+}
+
+function seconds(ms) {
+  return Math.max(1, Math.ceil(ms / 1000));
+}
+
+function statusLabel(status) {
+  return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
+}
+
+function loadRooms() {
+  try {
+    const rooms = JSON.parse(localStorage.getItem(STORAGE.rooms) ?? "[]");
+    return Array.isArray(rooms) ? rooms.filter((room) => typeof room === "string" && ROOM_NAME.test(room)) : [];
+  } catch {
+    return [];
+  }
+}
+
+// ------------------------------------------------------------ conversations
+
+/**
+ * One room or direct-message thread: its message log and its entry in the
+ * sidebar.
+ */
+class Conversation {
+  constructor(kind, name) {
+    this.kind = kind; // "room" or "dm"
+    this.name = name;
+    this.key = `${kind}:${name}`;
+    this.unread = 0;
+    this.lastDay = null;
+    this.lastAuthor = null;
+    this.lastTime = 0;
+    this.maxId = 0;
+    this.members = [];
+    this.typers = new Map(); // user id -> timer
+    this.stream = h("div", { class: "stream" });
+    this.outbox = h("div", { class: "outbox" });
+    this.log = h("section", { class: "log", dataset: { conv: this.key }, hidden: true, "aria-label": this.title },
+      this.stream, this.outbox);
+    this.badge = h("span", { class: "badge", hidden: true });
+    this.dot = kind === "dm" ? h("span", { class: "dot", dataset: { status: "online" }, "aria-hidden": "true" }) : null;
+    this.button = h("button", { type: "button", class: "conv", onclick: () => ui.select(this.key) },
+      kind === "room" ? h("span", { class: "conv-hash", "aria-hidden": "true" }, "#") : this.dot,
+      h("span", { class: "conv-name" }, name),
+      this.badge);
+    this.item = h("li", { dataset: { conv: this.key } }, this.button);
+  }
+
+  get title() {
+    return this.kind === "room" ? `#${this.name}` : this.name;
+  }
+
+  setUnread(count) {
+    this.unread = count;
+    this.badge.textContent = count > 99 ? "99+" : String(count);
+    this.badge.hidden = count === 0;
+    this.item.classList.toggle("has-unread", count > 0);
+  }
+
+  /** Append a timed entry to the stream, with a day separator when the day changes. */
+  appendTimed(el, iso) {
+    const date = new Date(iso);
+    if (!Number.isNaN(date.getTime()) && dayKey(date) !== this.lastDay) {
+      this.lastDay = dayKey(date);
+      this.lastAuthor = null;
+      this.stream.append(h("div", { class: "day", role: "separator" }, h("span", {}, dayLabel(date))));
+    }
+    this.stream.append(el);
+  }
+
+  addMessage({ id, user_id: author, content, time, own }) {
+    const at = new Date(time).getTime();
+    const grouped = author === this.lastAuthor && at - this.lastTime < GROUP_WINDOW_MS;
+    const el = h("article", {
+      class: `msg${own ? " msg--own" : ""}${grouped ? " msg--cont" : ""}`,
+      dataset: { author, ...(id !== undefined ? { id: String(id) } : {}) },
+    },
+      grouped ? h("span", { class: "avatar-gap" }, timeElement(time)) : avatar(author),
+      h("div", { class: "msg-body" },
+        grouped ? null : h("header", { class: "msg-meta" },
+          h("span", { class: "author" }, author),
+          own ? h("span", { class: "you" }, "you") : null,
+          timeElement(time)),
+        h("p", { class: "text" }, linkify(content))));
+
+    if (id !== undefined && id < this.maxId) {
+      // Late arrival (rare): slot it in by id, without touching grouping.
+      const later = [...this.stream.querySelectorAll(".msg[data-id]")].find((other) => Number(other.dataset.id) > id);
+      el.classList.remove("msg--cont");
+      if (later) {
+        this.stream.insertBefore(el, later);
+        return el;
+      }
+    }
+    if (id !== undefined) this.maxId = Math.max(this.maxId, id);
+    this.appendTimed(el, time);
+    this.lastAuthor = author;
+    this.lastTime = at;
+    return el;
+  }
+
+  addNotice(text, { kind = "info", time = new Date().toISOString() } = {}) {
+    const el = h("div", { class: `notice notice--${kind}`, role: kind === "error" ? "alert" : undefined },
+      h("span", { class: "notice-text" }, text), timeElement(time));
+    this.appendTimed(el, time);
+    this.lastAuthor = null;
+    return el;
+  }
+
+  addPending({ ref, content }, author) {
+    const el = h("article", { class: "msg msg--own msg--pending", dataset: { ref, author } },
+      avatar(author),
+      h("div", { class: "msg-body" },
+        h("header", { class: "msg-meta" },
+          h("span", { class: "author" }, author),
+          h("span", { class: "msg-status" }, "sending…")),
+        h("p", { class: "text" }, linkify(content))));
+    this.outbox.append(el);
+    return el;
+  }
+
+  pendingFor(ref) {
+    return [...this.outbox.children].find((el) => el.dataset.ref === ref) ?? null;
+  }
+}
+
+// ---------------------------------------------------------------------- UI
+
+const ui = {
+  client: null,
+  me: null,
+  conversations: new Map(),
+  active: null,
+  presence: new Map(), // user id -> {status, text}
+  countdown: null,
+  lastTypingSent: 0,
+  connectFailures: 0,
+
+  // ----- sign in / out
+
+  start({ user, token, room }) {
+    this.reset();
+    const client = new TrioChatClient("/ws", { user: user || undefined, token: token || undefined });
+    this.client = client;
+    this.me = user || null;
+    this.connectFailures = 0;
+    for (const [type, handler] of Object.entries(this.handlers)) {
+      client.addEventListener(type, (event) => handler.call(this, event.detail));
+    }
+    $("login").hidden = true;
+    $("app").hidden = false;
+    $("me-name").textContent = user || "signing in…";
+    $("me-status").value = "online";
+    $("me-dot").dataset.status = "online";
+    this.setMembersOpen(window.matchMedia("(min-width: 1100px)").matches);
+
+    const rooms = new Set([room, ...loadRooms()].filter(Boolean));
+    for (const name of rooms) this.joinRoom(name, { select: name === room });
+    client.connect();
+    $("composer-input").focus();
+  },
+
+  signOut() {
+    this.client?.close();
+    this.reset();
+    $("app").hidden = true;
+    $("login").hidden = false;
+    document.body.dataset.connection = "idle";
+    $("login-name").focus();
+  },
+
+  reset() {
+    clearInterval(this.countdown);
+    this.client = null;
+    this.conversations.clear();
+    this.active = null;
+    this.presence.clear();
+    $("messages").replaceChildren();
+    $("room-list").replaceChildren();
+    $("dm-list").replaceChildren();
+    $("member-list").replaceChildren();
+    $("typing").textContent = "";
+    this.renderHeader();
+    document.title = "trio chat";
+  },
+
+  // ----- conversations
+
+  conversation(kind, name, { create = true } = {}) {
+    const key = `${kind}:${name}`;
+    let conv = this.conversations.get(key);
+    if (!conv && create) {
+      conv = new Conversation(kind, name);
+      this.conversations.set(key, conv);
+      $("messages").append(conv.log);
+      const list = kind === "room" ? $("room-list") : $("dm-list");
+      const sorted = [...list.children].find((li) => li.dataset.conv > key);
+      list.insertBefore(conv.item, sorted ?? null);
+      $("dm-hint").hidden = $("dm-list").children.length > 0;
+    }
+    return conv ?? null;
+  },
+
+  joinRoom(name, { select = true } = {}) {
+    const conv = this.conversation("room", name);
+    if (select || !this.active) this.select(conv.key);
+    this.client.join(name).then(
+      () => this.saveRooms(),
+      () => {}, // the error event shows why
+    );
+    this.saveRooms();
+  },
+
+  leaveRoom(name) {
+    this.client.leave(name).catch(() => {});
+    this.dropConversation(`room:${name}`);
+    this.saveRooms();
+  },
+
+  openDirect(user) {
+    if (user === this.me) return;
+    const conv = this.conversation("dm", user);
+    this.renderDmStatus(user);
+    this.select(conv.key);
+    $("composer-input").focus();
+  },
+
+  dropConversation(key) {
+    const conv = this.conversations.get(key);
+    if (!conv) return;
+    conv.log.remove();
+    conv.item.remove();
+    this.conversations.delete(key);
+    $("dm-hint").hidden = $("dm-list").children.length > 0;
+    if (this.active === key) {
+      const next = [...this.conversations.keys()][0] ?? null;
+      this.active = null;
+      if (next) this.select(next);
+      else this.renderHeader();
+    }
+  },
+
+  saveRooms() {
+    const rooms = [...this.conversations.values()].filter((c) => c.kind === "room").map((c) => c.name);
+    localStorage.setItem(STORAGE.rooms, JSON.stringify(rooms));
+  },
+
+  select(key) {
+    const conv = this.conversations.get(key);
+    if (!conv) return;
+    const previous = this.conversations.get(this.active);
+    if (previous) {
+      previous.log.hidden = true;
+      previous.item.classList.remove("active");
+      previous.button.removeAttribute("aria-current");
+    }
+    this.active = key;
+    conv.log.hidden = false;
+    conv.item.classList.add("active");
+    conv.button.setAttribute("aria-current", "page");
+    conv.setUnread(0);
+    this.updateTitle();
+    this.renderHeader();
+    this.renderMembers();
+    this.renderTyping();
+    this.setSidebarOpen(false);
+    this.scrollToBottom();
+  },
+
+  get current() {
+    return this.conversations.get(this.active) ?? null;
+  },
+
+  // ----- rendering
+
+  renderHeader() {
+    const conv = this.current;
+    const input = $("composer-input");
+    $("conv-title").textContent = conv ? conv.title : "No conversation";
+    $("leave-room").hidden = !conv || conv.kind !== "room";
+    $("toggle-members").hidden = !conv || conv.kind !== "room";
+    $("composer").hidden = !conv;
+    if (!conv) {
+      $("conv-subtitle").textContent = "Join a room to start chatting";
+    } else if (conv.kind === "room") {
+      const n = conv.members.length;
+      $("conv-subtitle").textContent = `${n} ${n === 1 ? "member" : "members"}`;
+    } else {
+      const info = this.presence.get(conv.name);
+      $("conv-subtitle").textContent = info ? [statusLabel(info.status), info.text].filter(Boolean).join(" · ") : "Direct message";
+    }
+    const offline = this.client && this.client.state !== State.ONLINE;
+    input.placeholder = conv
+      ? `Message ${conv.title}${offline ? " (sent when back online)" : ""}`
+      : "";
+  },
+
+  renderMembers() {
+    const conv = this.current;
+    const list = $("member-list");
+    if (!conv || conv.kind !== "room") {
+      list.replaceChildren();
+      $("member-count").textContent = "";
+      return;
+    }
+    $("member-count").textContent = String(conv.members.length);
+    const order = { online: 0, busy: 1, away: 2 };
+    const members = [...conv.members].sort((a, b) =>
+      (order[a.status] ?? 1.5) - (order[b.status] ?? 1.5) || a.userId.localeCompare(b.userId));
+    list.replaceChildren(...members.map(({ userId, status, text }) => {
+      const isMe = userId === this.me;
+      return h("li", { dataset: { user: userId, status } },
+        h("button", {
+          type: "button",
+          class: "member",
+          disabled: isMe,
+          title: isMe ? "You" : `Message ${userId}`,
+          onclick: () => this.openDirect(userId),
+        },
+          h("span", { class: "avatar-wrap" }, avatar(userId, "avatar--small"),
+            h("span", { class: "dot", dataset: { status }, "aria-hidden": "true" })),
+          h("span", { class: "member-text" },
+            h("span", { class: "member-name" }, userId, isMe ? h("span", { class: "you" }, "you") : null),
+            h("span", { class: "member-status" }, [statusLabel(status), text].filter(Boolean).join(" · ")))));
+    }));
+  },
+
+  renderDmStatus(user) {
+    const conv = this.conversation("dm", user, { create: false });
+    if (!conv) return;
+    conv.dot.dataset.status = this.presence.get(user)?.status ?? "unknown";
+    if (this.active === conv.key) this.renderHeader();
+  },
+
+  renderTyping() {
+    const conv = this.current;
+    const names = conv ? [...conv.typers.keys()] : [];
+    let text = "";
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = "Several people are typing…";
+    $("typing").textContent = text;
+  },
+
+  updateTitle() {
+    const unread = [...this.conversations.values()].reduce((sum, conv) => sum + conv.unread, 0);
+    document.title = unread ? `(${unread}) trio chat` : "trio chat";
+  },
+
+  /** Keep the log pinned to the newest message unless the reader scrolled up. */
+  withAutoScroll(conv, change) {
+    const box = $("messages");
+    const pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+    const result = change();
+    if (conv.key === this.active && pinned) this.scrollToBottom();
+    return result;
+  },
+
+  scrollToBottom() {
+    const box = $("messages");
+    box.scrollTop = box.scrollHeight;
+  },
+
+  bump(conv) {
+    if (conv.key !== this.active || document.hidden) {
+      conv.setUnread(conv.unread + 1);
+      this.updateTitle();
+    }
+  },
+
+  setSidebarOpen(open) {
+    $("app").classList.toggle("sidebar-open", open);
+    this.updateScrim();
+  },
+
+  setMembersOpen(open) {
+    $("app").classList.toggle("members-open", open);
+    $("toggle-members").setAttribute("aria-expanded", String(open));
+    this.updateScrim();
+  },
+
+  updateScrim() {
+    const app = $("app");
+    const narrow = window.matchMedia("(max-width: 1099px)").matches;
+    $("scrim").hidden = !(app.classList.contains("sidebar-open") || (narrow && app.classList.contains("members-open")));
+  },
+
+  // ----- connection state
+
+  renderConnection(detail) {
+    const { state } = detail;
+    document.body.dataset.connection = state;
+    const pill = $("conn-state");
+    const banner = $("banner");
+    pill.dataset.state = state;
+    banner.dataset.state = state;
+    clearInterval(this.countdown);
+    this.countdown = null;
+
+    const show = (text, { retry = false } = {}) => {
+      $("banner-text").textContent = text;
+      $("banner-retry").hidden = !retry;
+      banner.hidden = false;
+    };
+
+    switch (state) {
+      case State.ONLINE:
+        this.connectFailures = 0;
+        pill.textContent = "online";
+        banner.hidden = true;
+        break;
+      case State.CONNECTING:
+        pill.textContent = detail.attempt > 0 ? "reconnecting…" : "connecting…";
+        show(detail.attempt > 0 ? "Reconnecting…" : "Connecting…");
+        break;
+      case State.RECONNECTING: {
+        if (detail.previous === State.CONNECTING) this.connectFailures++;
+        const hint = this.connectFailures >= 3 && !this.client.userId
+          ? " The server may be down, or it refused this name or token."
+          : "";
+        const tick = () => {
+          const left = seconds(detail.retryAt - Date.now());
+          pill.textContent = `reconnecting in ${left} s`;
+          $("banner-text").textContent = `Connection lost. Reconnecting in ${left} s.${hint}`;
+        };
+        show("", { retry: true });
+        tick();
+        this.countdown = setInterval(tick, 250);
+        break;
+      }
+      case State.OFFLINE:
+        pill.textContent = "offline";
+        show(detail.gaveUp ? "Offline: gave up reconnecting." : "Offline.", { retry: true });
+        break;
+      default:
+        pill.textContent = state;
+    }
+    this.renderHeader();
+  },
+
+  // ----- client events
+
+  handlers: {
+    state(detail) {
+      this.renderConnection(detail);
+    },
+
+    welcome({ userId }) {
+      this.me = userId;
+      $("me-name").textContent = userId;
+      $("me-avatar").replaceWith(Object.assign(avatar(userId), { id: "me-avatar" }));
+      if (!localStorage.getItem(STORAGE.name) || !userId.startsWith("guest-")) {
+        localStorage.setItem(STORAGE.name, userId);
+      }
+    },
+
+    joined({ room, truncated, rejoined }) {
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv) return;
+      if (truncated) {
+        conv.addNotice(rejoined ? "Some messages from while you were away are no longer available." : "Older messages are not shown.");
+      }
+      if (!rejoined) this.withAutoScroll(conv, () => conv.addNotice(`You joined #${room}`, { kind: "system" }));
+    },
+
+    members({ room, members }) {
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv) return;
+      conv.members = members;
+      for (const { userId, status, text } of members) this.presence.set(userId, { status, text });
+      if (this.active === conv.key) {
+        this.renderMembers();
+        this.renderHeader();
+      }
+    },
+
+    message(message) {
+      const conv = this.conversation("room", message.room, { create: false });
+      if (!conv) return;
+      this.withAutoScroll(conv, () => {
+        if (message.ref) conv.pendingFor(message.ref)?.remove();
+        conv.addMessage(message);
+      });
+      if (!message.own && !message.replayed) this.bump(conv);
+      this.stopTyping(conv, message.user_id);
+    },
+
+    system({ event, room, user_id: user }) {
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv) return;
+      const text = event === "join" ? `${user} joined #${room}` : `${user} left #${room}`;
+      this.withAutoScroll(conv, () => conv.addNotice(text, { kind: "system" }));
+      if (event === "leave") this.stopTyping(conv, user);
+    },
+
+    presence({ user_id: user, status, text }) {
+      this.presence.set(user, { status, text });
+      this.renderDmStatus(user);
+      if (user === this.me) {
+        $("me-dot").dataset.status = status;
+        if ([...$("me-status").options].some((option) => option.value === status)) $("me-status").value = status;
+      }
+    },
+
+    direct(message) {
+      const peer = message.own ? message.to : message.from;
+      const conv = this.conversation("dm", peer);
+      this.renderDmStatus(peer);
+      this.withAutoScroll(conv, () => {
+        if (message.ref) conv.pendingFor(message.ref)?.remove();
+        conv.addMessage({ user_id: message.from, content: message.content, time: message.time, own: message.own });
+      });
+      if (!message.own) this.bump(conv);
+    },
+
+    typing({ room, user_id: user }) {
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv || user === this.me) return;
+      clearTimeout(conv.typers.get(user));
+      conv.typers.set(user, setTimeout(() => this.stopTyping(conv, user), TYPING_SHOWN_MS));
+      if (this.active === conv.key) this.renderTyping();
+    },
+
+    pending(detail) {
+      const conv = detail.type === "chat"
+        ? this.conversation("room", detail.room, { create: false })
+        : this.conversation("dm", detail.to);
+      if (!conv) return;
+      this.withAutoScroll(conv, () => conv.addPending(detail, this.me ?? "you"));
+    },
+
+    sent({ ref }) {
+      // Normally the pending bubble was replaced by the message; it is still
+      // there when the message had already arrived through a room's history.
+      for (const conv of this.conversations.values()) conv.pendingFor(ref)?.remove();
+    },
+
+    error(detail) {
+      this.showError(detail);
+    },
+  },
+
+  stopTyping(conv, user) {
+    if (!conv.typers.has(user)) return;
+    clearTimeout(conv.typers.get(user));
+    conv.typers.delete(user);
+    if (this.active === conv.key) this.renderTyping();
+  },
+
+  /** Show an error where it happened: on the message it refused, or in the conversation. */
+  showError({ code, message, ref, retryAfterMs, request, willRetry }) {
+    const convFor = (req) => {
+      if (req?.type === "chat" || req?.type === "join") return this.conversation("room", req.room, { create: false });
+      if (req?.type === "direct") return this.conversation("dm", req.to, { create: false });
+      return null;
+    };
+    const conv = convFor(request) ?? this.current;
+    const pending = ref ? conv?.pendingFor(ref) : null;
+
+    if (code === 429) {
+      const until = Date.now() + (retryAfterMs ?? 1000);
+      const text = () => `slow down: retry in ${seconds(until - Date.now())} s`;
+      const target = pending?.querySelector(".msg-status") ?? null;
+      const notice = target ? null : conv?.addNotice(text(), { kind: "error" });
+      const label = target ?? notice?.querySelector(".notice-text");
+      if (!label) return;
+      pending?.classList.add("msg--held");
+      label.textContent = text();
+      const timer = setInterval(() => {
+        if (Date.now() >= until || !label.isConnected) {
+          clearInterval(timer);
+          if (target) {
+            label.textContent = "sending…";
+            pending.classList.remove("msg--held");
+          } else {
+            notice?.remove();
+          }
+          return;
+        }
+        label.textContent = text();
+      }, 250);
+      return;
+    }
+
+    if (request?.type === "join" && conv) {
+      conv.addNotice(`Cannot join #${request.room}: ${message}`, { kind: "error" });
+      return;
+    }
+    if (pending && !willRetry) {
+      pending.classList.add("msg--failed");
+      pending.querySelector(".msg-status").textContent = `not sent: ${message}`;
+      pending.querySelector(".msg-meta").append(
+        h("button", { type: "button", class: "link-btn", onclick: () => pending.remove() }, "dismiss"));
+      return;
+    }
+    if (conv) {
+      this.withAutoScroll(conv, () => conv.addNotice(code ? `${message} (${code})` : message, { kind: "error" }));
+    }
+  },
+
+  // ----- sending
+
+  submitComposer() {
+    const input = $("composer-input");
+    const text = input.value.trim();
+    const conv = this.current;
+    if (!text || !conv || !this.client) return;
+    const command = text.match(/^\/(join|leave|dm|status)\b\s*(.*)$/s);
+    if (command && this.runCommand(command[1], command[2].trim())) {
+      input.value = "";
+      this.resizeComposer();
+      return;
+    }
+    const sending = conv.kind === "room" ? this.client.send(conv.name, text) : this.client.direct(conv.name, text);
+    sending.catch(() => {}); // shown through the error event
+    input.value = "";
+    this.resizeComposer();
+    this.scrollToBottom();
+  },
+
+  /** Slash commands, as in the terminal client. True when handled. */
+  runCommand(name, args) {
+    const conv = this.current;
+    switch (name) {
+      case "join":
+        if (!ROOM_NAME.test(args)) return this.commandError(conv, "usage: /join ROOM");
+        this.joinRoom(args);
+        return true;
+      case "leave": {
+        const room = args || (conv?.kind === "room" ? conv.name : "");
+        if (!room) return this.commandError(conv, "usage: /leave ROOM");
+        this.leaveRoom(room);
+        return true;
+      }
+      case "dm": {
+        const [, to, content] = args.match(/^(\S+)\s+(.+)$/s) ?? [];
+        if (!to || !USER_ID.test(to)) return this.commandError(conv, "usage: /dm USER TEXT");
+        this.openDirect(to);
+        this.client.direct(to, content).catch(() => {});
+        return true;
+      }
+      case "status":
+        if (!args || args.length > 32) return this.commandError(conv, "usage: /status away (at most 32 characters)");
+        this.client.setPresence(args);
+        return true;
+      default:
+        return false;
+    }
+  },
+
+  commandError(conv, text) {
+    conv?.addNotice(text, { kind: "error" });
+    return true;
+  },
+
+  onComposerInput() {
+    this.resizeComposer();
+    const conv = this.current;
+    const now = Date.now();
+    if (conv?.kind === "room" && $("composer-input").value && now - this.lastTypingSent > TYPING_SENT_EVERY_MS) {
+      this.lastTypingSent = now;
+      this.client.typing(conv.name);
+    }
+  },
+
+  resizeComposer() {
+    const input = $("composer-input");
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+  },
+};
+
+// ------------------------------------------------------------------ wiring
+
+function setupLogin() {
+  const name = $("login-name");
+  name.value = localStorage.getItem(STORAGE.name)?.replace(/^guest-.*/, "") ?? "";
+  const rooms = loadRooms();
+  if (rooms.length) $("login-room").value = rooms[0];
+
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const user = name.value.trim();
+    const token = $("login-token").value.trim();
+    const room = $("login-room").value.trim() || "lobby";
+    const error = $("login-error");
+    if (!token && user && !USER_ID.test(user)) {
+      error.textContent = "Names start with a letter or digit and use only letters, digits and _ . @ - (at most 64).";
+      name.focus();
+      return;
+    }
+    if (!ROOM_NAME.test(room)) {
+      error.textContent = "Room names start with a letter or digit and use only letters, digits and _ . : - (at most 64).";
+      $("login-room").focus();
+      return;
+    }
+    error.textContent = "";
+    if (user && !token) localStorage.setItem(STORAGE.name, user);
+    ui.start({ user: token ? "" : user, token, room });
+  });
+  name.focus();
+}
+
+function setupChat() {
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    ui.submitComposer();
+  });
+  $("composer-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      ui.submitComposer();
+    }
+  });
+  $("composer-input").addEventListener("input", () => ui.onComposerInput());
+
+  $("join-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("join-room");
+    const room = input.value.trim().replace(/^#/, "");
+    if (!ROOM_NAME.test(room)) {
+      input.setCustomValidity("Letters, digits and _ . : - only (at most 64)");
+      input.reportValidity();
+      return;
+    }
+    input.value = "";
+    ui.joinRoom(room);
+  });
+  $("join-room").addEventListener("input", (event) => event.target.setCustomValidity(""));
+
+  $("leave-room").addEventListener("click", () => {
+    const conv = ui.current;
+    if (conv?.kind === "room") ui.leaveRoom(conv.name);
+  });
+  $("me-status").addEventListener("change", (event) => ui.client?.setPresence(event.target.value));
+  $("sign-out").addEventListener("click", () => ui.signOut());
+  $("banner-retry").addEventListener("click", () => {
+    if (ui.client?.state === State.OFFLINE) ui.client.connect();
+    else ui.client?.retryNow();
+  });
+  $("open-sidebar").addEventListener("click", () => ui.setSidebarOpen(true));
+  $("toggle-members").addEventListener("click", () => ui.setMembersOpen(!$("app").classList.contains("members-open")));
+  $("close-members").addEventListener("click", () => ui.setMembersOpen(false));
+  $("scrim").addEventListener("click", () => {
+    ui.setSidebarOpen(false);
+    if (window.matchMedia("(max-width: 1099px)").matches) ui.setMembersOpen(false);
+  });
+  window.matchMedia("(max-width: 1099px)").addEventListener("change", () => ui.updateScrim());
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    ui.current?.setUnread(0);
+    ui.updateTitle();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      ui.setSidebarOpen(false);
+      if (window.matchMedia("(max-width: 1099px)").matches) ui.setMembersOpen(false);
+    }
+  });
+}
+
+setupLogin();
+setupChat();
