@@ -1,0 +1,46 @@
+"""trio_chat: a real-time WebSocket chat server built on trio.
+
+The public surface is re-exported here; the modules behind it are private.
+"""
+
+from ._auth import (
+    AnonymousAuthenticator as AnonymousAuthenticator,
+    Authenticator as Authenticator,
+    HandshakeRequest as HandshakeRequest,
+    Identity as Identity,
+    Rejection as Rejection,
+    TokenAuthenticator as TokenAuthenticator,
+    make_token as make_token,
+)
+from ._config import Config as Config, ConfigError as ConfigError
+from ._frames import text_frame as text_frame
+from ._hub import Hub as Hub
+from ._hub_state import Delivery as Delivery, HubState as HubState, HubStats as HubStats
+from ._protocol import (
+    Chat as Chat,
+    ChatAck as ChatAck,
+    ChatMessage as ChatMessage,
+    ClientEvent as ClientEvent,
+    Direct as Direct,
+    DirectAck as DirectAck,
+    DirectMessage as DirectMessage,
+    ErrorEvent as ErrorEvent,
+    Join as Join,
+    Joined as Joined,
+    Leave as Leave,
+    Left as Left,
+    Presence as Presence,
+    PresenceUpdate as PresenceUpdate,
+    ProtocolError as ProtocolError,
+    ServerEvent as ServerEvent,
+    System as System,
+    Typing as Typing,
+    TypingNotice as TypingNotice,
+    Welcome as Welcome,
+    encode_client_event as encode_client_event,
+    parse_client_frame as parse_client_frame,
+    parse_server_frame as parse_server_frame,
+)
+from ._server import ChatServer as ChatServer, ServerStats as ServerStats
+
+__version__ = "0.1.0"

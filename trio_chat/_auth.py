@@ -1,0 +1,186 @@
+"""Who is connecting: anonymous names, JWT tokens, or an embedder's check.
+
+An *authenticator* is any callable that takes a :class:`HandshakeRequest` and
+returns an :class:`Identity`, or raises :class:`Rejection` carrying the HTTP
+status to answer with (the socket is never upgraded).  trio_chat ships two:
+:class:`AnonymousAuthenticator` (the default without a secret) and
+:class:`TokenAuthenticator` (HS256 JWTs, with ``--secret``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import parse_qs
+
+import attrs
+import jwt
+
+from ._protocol import USER_PATTERN, is_valid_room, is_valid_user_id
+
+__all__ = [
+    "HandshakeRequest",
+    "Identity",
+    "Rejection",
+    "Authenticator",
+    "AnonymousAuthenticator",
+    "TokenAuthenticator",
+    "make_token",
+    "room_allowed",
+]
+
+
+@attrs.frozen
+class HandshakeRequest:
+    """What an authenticator sees of an upgrade request.
+
+    ``headers`` maps lowercased header names to their (last) value.
+    """
+
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    peer: str
+
+    @classmethod
+    def from_target(cls, target: str, headers: Mapping[str, str], peer: str) -> HandshakeRequest:
+        path, _, qs = target.partition("?")
+        query = {k: v[-1] for k, v in parse_qs(qs, keep_blank_values=True).items()}
+        return cls(path, query, headers, peer)
+
+    def bearer_token(self) -> str | None:
+        """The token from ``?token=`` or ``Authorization: Bearer``."""
+        token = self.query.get("token")
+        if token:
+            return token
+        auth = self.headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+
+
+@attrs.frozen
+class Identity:
+    """An authenticated user: its id and the rooms it may join.
+
+    ``rooms`` None means every room; otherwise names or ``prefix*`` patterns.
+    ``admin`` grants the HTTP publish API.
+    """
+
+    user_id: str
+    rooms: tuple[str, ...] | None = None
+    admin: bool = False
+
+    def may_join(self, room: str) -> bool:
+        return room_allowed(room, self.rooms)
+
+
+class Rejection(Exception):
+    """Refuse a handshake (or an API call) with HTTP *status*.
+
+    *reason* goes to the server log (browsers hide it from pages anyway).
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+Authenticator = Callable[[HandshakeRequest], Identity]
+
+
+def room_allowed(room: str, patterns: Sequence[str] | None) -> bool:
+    """Whether *room* matches one of *patterns* (a name or ``prefix*``)."""
+    if patterns is None:
+        return True
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if room.startswith(pattern[:-1]):
+                return True
+        elif room == pattern:
+            return True
+    return False
+
+
+class AnonymousAuthenticator:
+    """``?user=NAME`` or a generated ``guest-<random>`` id; no rooms limit."""
+
+    def __call__(self, request: HandshakeRequest) -> Identity:
+        name = request.query.get("user")
+        if not name:
+            return Identity("guest-" + secrets.token_hex(4))
+        if not is_valid_user_id(name):
+            raise Rejection(400, f"user name must match {USER_PATTERN}")
+        return Identity(name)
+
+
+@attrs.frozen
+class TokenAuthenticator:
+    """HS256 JWTs signed with *secret*: ``sub`` and ``exp`` required.
+
+    An optional ``rooms`` claim (list of names or ``prefix*`` patterns) limits
+    the rooms the user may join; ``"admin": true`` grants the publish API.
+    """
+
+    secret: str = attrs.field(repr=False)
+    clock: Callable[[], float] = time.time
+
+    def __call__(self, request: HandshakeRequest) -> Identity:
+        token = request.bearer_token()
+        if token is None:
+            raise Rejection(401, "missing token")
+        return self.verify(token)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                options={"require": ["sub", "exp"]},
+                leeway=0,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Rejection(401, "token expired") from None
+        except jwt.InvalidSignatureError:
+            raise Rejection(401, "bad token signature") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Rejection(401, f"token lacks claim {exc.claim!r}") from None
+        except jwt.InvalidTokenError as exc:
+            raise Rejection(401, f"malformed token: {exc}") from None
+        user_id = claims["sub"]
+        if not is_valid_user_id(user_id):
+            raise Rejection(401, f"token sub must match {USER_PATTERN}")
+        rooms = claims.get("rooms")
+        if rooms is not None:
+            if not isinstance(rooms, list) or not all(
+                isinstance(r, str) and (is_valid_room(r.removesuffix("*")) or r == "*")
+                for r in rooms
+            ):
+                raise Rejection(401, "token rooms must be a list of room names or patterns")
+            rooms = tuple(rooms)
+        return Identity(user_id, rooms, claims.get("admin") is True)
+
+
+def make_token(
+    secret: str,
+    user_id: str,
+    *,
+    ttl: float = 3600.0,
+    rooms: Sequence[str] | None = None,
+    admin: bool = False,
+    now: float | None = None,
+) -> str:
+    """Sign an HS256 token for *user_id*, valid for *ttl* seconds."""
+    if not is_valid_user_id(user_id):
+        raise ValueError(f"user id must match {USER_PATTERN}")
+    issued = time.time() if now is None else now
+    claims: dict[str, object] = {"sub": user_id, "iat": int(issued), "exp": int(issued + ttl)}
+    if rooms is not None:
+        claims["rooms"] = list(rooms)
+    if admin:
+        claims["admin"] = True
+    return jwt.encode(claims, secret, algorithm="HS256")

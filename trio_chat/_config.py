@@ -1,0 +1,215 @@
+"""Server settings: one frozen, validated record, loadable from every source.
+
+:class:`Config` holds every setting with its default.  :meth:`Config.load`
+merges, from lowest to highest precedence, the defaults, a TOML file, the
+``TRIO_CHAT_<SETTING>`` environment variables and explicit overrides (the
+command-line flags).  A bad value raises :class:`ConfigError` naming the
+setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["Config", "ConfigError", "SETTINGS"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value it cannot take; the message names the setting."""
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value <= 0:
+        raise ConfigError(f"{attribute.name}: must be greater than 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name}: must not be negative, got {value!r}")
+
+
+def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"port: must be between 0 and 65535, got {value!r}")
+
+
+def _choice(*choices: str):
+    def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise ConfigError(
+                f"{attribute.name}: must be one of {', '.join(choices)}, got {value!r}"
+            )
+
+    return check
+
+
+def _setting(default: Any, help: str, validator: Any = None, **kw: Any) -> Any:
+    return attrs.field(default=default, validator=validator, metadata={"help": help}, **kw)
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    return tuple(v.strip() for v in value if v.strip())
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Every setting of a trio_chat server, with the protocol's defaults.
+
+    Times are in seconds.  Build one directly (``Config(port=0)``), derive one
+    with ``attrs.evolve``, or merge all sources with :meth:`load`.
+    """
+
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8080, "TCP port to listen on (0 picks a free one)", _port)
+    ping_interval: float = _setting(54.0, "seconds between server pings", _positive)
+    pong_timeout: float = _setting(60.0, "seconds to wait for a pong", _positive)
+    write_timeout: float = _setting(10.0, "seconds allowed for one write", _positive)
+    handshake_timeout: float = _setting(
+        10.0, "seconds allowed for the HTTP/WebSocket handshake", _positive
+    )
+    shutdown_grace: float = _setting(
+        5.0, "seconds the graceful shutdown waits for closes", _non_negative
+    )
+    max_message_bytes: int = _setting(
+        65536, "largest inbound frame in bytes (larger: close 1009)", _positive
+    )
+    max_content_chars: int = _setting(
+        4000, "longest chat or direct content in characters", _positive
+    )
+    queue_size: int = _setting(
+        256, "outbound frames queued per connection before it is a slow consumer",
+        _positive,
+    )
+    history_size: int = _setting(100, "messages kept per room", _non_negative)
+    max_connections: int = _setting(
+        10000, "open connections allowed server-wide (more: HTTP 503)", _positive
+    )
+    max_connections_per_ip: int = _setting(
+        50, "open connections allowed per client IP (more: HTTP 429)", _positive
+    )
+    max_handshakes_per_ip: int = _setting(
+        100, "handshakes allowed per client IP per 10 seconds (more: HTTP 429)",
+        _positive,
+    )
+    rate_messages: int = _setting(
+        30, "chat/direct/presence frames allowed per connection per window", _positive
+    )
+    rate_seconds: float = _setting(10.0, "length of the rate-limit window", _positive)
+    max_rooms: int = _setting(10000, "rooms kept in memory at once", _positive)
+    max_rooms_per_connection: int = _setting(
+        100, "rooms one connection may be in at once", _positive
+    )
+    secret: str | None = _setting(
+        None, "HS256 secret: require JWT tokens (default: anonymous mode)", repr=False
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "allowed browser Origins (default: same host)", converter=_origins
+    )
+    certfile: str | None = _setting(None, "TLS certificate chain (PEM): serve wss://")
+    keyfile: str | None = _setting(None, "TLS private key (PEM)")
+    redis_url: str | None = _setting(
+        None, "redis://HOST:PORT/DB: share rooms across processes through Redis"
+    )
+    workers: int = _setting(1, "server processes sharing the port", _positive)
+    log_level: str = _setting(
+        "info", "log level", _choice("debug", "info", "warning", "error")
+    )
+    log_format: str = _setting("text", "log format", _choice("text", "json"))
+
+    def __attrs_post_init__(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ConfigError("certfile/keyfile: give both or neither")
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                "workers: more than one worker needs --redis-url, so that the "
+                "processes share rooms"
+            )
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Config:
+        """Merge defaults < TOML *file* < *environ* < *overrides*.
+
+        Environment variables are ``TRIO_CHAT_<SETTING>``, e.g.
+        ``TRIO_CHAT_PING_INTERVAL``; list settings take a comma-separated list.
+        """
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                with open(file, "rb") as f:
+                    table = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"config: cannot read {os.fspath(file)}: {exc}") from None
+            table = table.get("trio_chat", table)
+            for key, value in table.items():
+                values[_field_name(key, "config file")] = _coerce(key, value)
+        environ = os.environ if environ is None else environ
+        for name in SETTINGS:
+            raw = environ.get("TRIO_CHAT_" + name.upper())
+            if raw is not None:
+                values[name] = _coerce(name, raw)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[_field_name(key, "option")] = _coerce(key, value)
+        try:
+            return cls(**values)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+
+
+#: Setting name -> its attrs field.
+SETTINGS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(Config)}
+
+
+def _field_name(key: str, where: str) -> str:
+    name = key.replace("-", "_")
+    if name not in SETTINGS:
+        raise ConfigError(f"{key}: unknown setting in {where}")
+    return name
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert *value* (often a string) to the type of setting *key*."""
+    name = key.replace("-", "_")
+    kind = SETTINGS[name].type
+    if isinstance(kind, str):  # postponed annotations
+        kind_name = kind
+    else:  # pragma: no cover
+        kind_name = getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind_name == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind_name.startswith("tuple"):
+            return _origins(value)
+        if kind_name.startswith("str"):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        expected = {"int": "an integer", "float": "a number"}.get(kind_name, "a string")
+        raise ConfigError(f"{name}: must be {expected}, got {value!r}") from None
+    return value  # pragma: no cover

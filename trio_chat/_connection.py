@@ -1,0 +1,296 @@
+"""One accepted WebSocket: a nursery running a reader, a writer and a heartbeat.
+
+* The **reader** takes each message from trio-websocket and hands it to the
+  endpoint's handler (chat: parse, rate-limit, pass to the hub; echo: send it
+  back).
+* The **writer** is the only task that writes data frames: it takes everything
+  waiting in the connection's bounded queue and writes it in one go, within
+  ``write_timeout``, else the connection is aborted.
+* The **heartbeat** pings every ``ping_interval`` and aborts the connection when
+  no pong comes within ``pong_timeout``.
+
+When any of them ends, the others are cancelled, the hub is told, and the
+WebSocket is closed (or aborted) under a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ._frames import binary_frame, text_frame
+from ._hub import Hub, HubCounters, Outlet
+from ._protocol import (
+    Chat,
+    Direct,
+    Join,
+    Presence,
+    ProtocolError,
+    Welcome,
+    parse_client_frame,
+)
+from ._ratelimit import RateLimiter
+from ._stream import WireStream
+
+if TYPE_CHECKING:
+    from ._auth import Identity
+    from ._config import Config
+    from ._metrics import Metrics
+
+__all__ = ["Connection", "ChatHandler", "EchoHandler"]
+
+log = logging.getLogger("trio_chat.connection")
+
+#: Invalid frames in a row that close a connection with 1008.
+MAX_INVALID_IN_A_ROW = 20
+#: Rate-limit errors in one window after which a connection is closed (1008).
+MAX_RATE_STRIKES = 3
+#: Seconds allowed for the closing handshake.
+CLOSE_TIMEOUT = 2.0
+
+_RATED = (Chat, Direct, Presence)
+
+
+class Connection:
+    """An accepted WebSocket and the three tasks that serve it.
+
+    ``handler`` is called with each inbound message (``str`` or ``bytes``);
+    it decides what the endpoint does with it.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        stream: WireStream,
+        config: Config,
+        counters: HubCounters,
+        *,
+        user_id: str = "",
+        peer: str = "",
+    ) -> None:
+        self.ws = ws
+        self.stream = stream
+        self.config = config
+        self.user_id = user_id
+        self.peer = peer
+        self.session_id = secrets.token_urlsafe(9)
+        self.started = time.monotonic()
+        self._tasks: trio.Nursery | None = None
+        self._reader_scope = trio.CancelScope()
+        self.outlet = Outlet(stream, config.queue_size, self._on_kill, counters, user_id)
+
+    # ------------------------------------------------------------ control
+
+    def _on_kill(self) -> None:
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    def close(self, code: int | None, reason: str) -> None:
+        """Close now, dropping what is queued (None: abort, no close frame)."""
+        self.outlet.kill(code, reason)
+
+    def drain(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Stop reading, flush what is queued, then close with *code*."""
+        self._reader_scope.cancel()
+        self.outlet.finish(code, reason)
+
+    def send(self, frame: bytes) -> None:
+        """Queue one pre-encoded frame for this connection."""
+        self.outlet.push(frame)
+
+    def send_error(self, err: ProtocolError) -> None:
+        self.outlet.push(text_frame(err.to_event().to_json()))
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
+        """Serve the connection until it ends; close it under a deadline."""
+        try:
+            async with trio.open_nursery() as tasks:
+                self._tasks = tasks
+                if self.outlet.closed:  # killed before we started
+                    tasks.cancel_scope.cancel()
+                tasks.start_soon(self._guard, self._reader, handler)
+                tasks.start_soon(self._guard, self._writer)
+                tasks.start_soon(self._guard, self._heartbeat)
+        finally:
+            self._tasks = None
+            await self._close()
+
+    async def _guard(self, task: Callable[..., Awaitable[None]], *args: object) -> None:
+        try:
+            await task(*args)
+        finally:
+            # A reader stopped by drain() leaves the writer to flush and
+            # finish; any other end of any task ends the connection.
+            if not (task == self._reader and self._reader_scope.cancelled_caught):
+                self._on_kill()
+
+    async def _reader(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
+        with self._reader_scope:
+            ws = self.ws
+            while True:
+                try:
+                    message = await ws.get_message()
+                except ConnectionClosed as exc:
+                    reason = exc.reason
+                    if reason is None:
+                        self.outlet.kill(None, "connection lost")
+                    else:
+                        self.outlet.kill(reason.code, reason.reason or "closed by client")
+                    return
+                self.outlet.counters.frames_received += 1
+                await handler(message)
+
+    async def _writer(self) -> None:
+        receive = self.outlet.receive
+        stream = self.stream
+        outlet = self.outlet
+        timeout = self.config.write_timeout
+        while True:
+            try:
+                data, frames = await receive.receive()
+            except trio.EndOfChannel:
+                return  # drained: time to close
+            batch = [data]
+            while True:
+                try:
+                    data, more = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                batch.append(data)
+                frames += more
+            try:
+                with trio.fail_after(timeout):
+                    await stream.send_frames(b"".join(batch) if len(batch) > 1 else batch[0])
+            except trio.TooSlowError:
+                outlet.kill(None, f"write not finished within {timeout:g} s")
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                outlet.kill(None, "connection lost while writing")
+                return
+            outlet.queued -= frames
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.ping_interval
+        timeout = self.config.pong_timeout
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(timeout):
+                try:
+                    await self.ws.ping()
+                except ConnectionClosed:
+                    return
+                continue
+            self.outlet.kill(None, f"no pong within {timeout:g} s")
+            return
+
+    async def _close(self) -> None:
+        """Close the WebSocket as the outlet's fate says, under a deadline."""
+        outlet = self.outlet
+        if not outlet.closed:
+            outlet.closed = True
+            outlet.close_code = 1011
+            outlet.close_reason = "internal error"
+        code = outlet.close_code
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            if code is None or not self.stream.writable:
+                await self.stream.aclose()  # abort: no close frame
+            elif self.ws.closed is None:
+                try:
+                    await self.ws.aclose(code, outlet.close_reason[:120] or None)
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    await self.stream.aclose()
+        await self.stream.aclose()
+
+
+def welcome_frame(session_id: str, user_id: str, config: Config) -> bytes:
+    limits = {
+        "max_message_bytes": config.max_message_bytes,
+        "max_content_chars": config.max_content_chars,
+        "rate": {"messages": config.rate_messages, "per_seconds": config.rate_seconds},
+        "ping_interval_seconds": config.ping_interval,
+    }
+    return text_frame(Welcome(session_id, user_id, limits).to_json())
+
+
+class ChatHandler:
+    """The chat endpoint's reader logic for one connection."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        hub: Hub,
+        identity: Identity,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.conn = conn
+        self.hub = hub
+        self.identity = identity
+        self.metrics = metrics
+        config = conn.config
+        self.max_bytes = config.max_message_bytes
+        self.max_chars = config.max_content_chars
+        self.limiter = RateLimiter(config.rate_messages, config.rate_seconds)
+        self.invalid_in_a_row = 0
+
+    async def __call__(self, message: str | bytes) -> None:
+        conn = self.conn
+        try:
+            if isinstance(message, bytes):
+                raise ProtocolError(400, "binary frames are not accepted; send JSON text")
+            if len(message) * 4 > self.max_bytes and len(message.encode()) > self.max_bytes:
+                conn.close(1009, f"frame larger than {self.max_bytes} bytes")
+                return
+            event = parse_client_frame(message, max_content_chars=self.max_chars)
+        except ProtocolError as err:
+            self._refuse(err)
+            self.invalid_in_a_row += 1
+            if self.invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
+                conn.close(1008, f"{MAX_INVALID_IN_A_ROW} invalid frames in a row")
+            return
+        except Exception:
+            log.exception("unexpected error reading a frame from %s", conn.user_id)
+            self._refuse(ProtocolError(500, "internal server error"))
+            return
+        self.invalid_in_a_row = 0
+        if isinstance(event, _RATED):
+            retry = self.limiter.check(time.monotonic())
+            if retry is not None:
+                if self.metrics is not None:
+                    self.metrics.rate_limited += 1
+                if self.limiter.strikes > MAX_RATE_STRIKES:
+                    conn.close(1008, "still flooding after rate-limit errors")
+                    return
+                self._refuse(
+                    ProtocolError(429, f"rate limit exceeded: retry in {retry} ms",
+                                  event.ref, retry)
+                )
+                return
+        elif isinstance(event, Join) and not self.identity.may_join(event.room):
+            self._refuse(ProtocolError(403, f"not allowed to join room {event.room!r}", event.ref))
+            return
+        await self.hub.submit(conn.outlet, event)
+
+    def _refuse(self, err: ProtocolError) -> None:
+        self.hub.counters.error(err.code)
+        self.conn.send_error(err)
+
+
+class EchoHandler:
+    """The echo endpoint: every message goes back to its sender as it came."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def __call__(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self.conn.send(text_frame(message))
+        else:
+            self.conn.send(binary_frame(message))

@@ -1,0 +1,342 @@
+"""The hub actor: one trio task that owns the :class:`HubState`.
+
+Connections send it commands over one bounded memory channel.  The hub applies
+them to the pure state and delivers the resulting frames without ever awaiting
+a connection:
+
+* each server event is encoded once, to JSON and on to WebSocket frame bytes,
+  and the same bytes object goes to every recipient;
+* the inbox is drained (``receive_nowait``) before the hub's next checkpoint,
+  and each recipient's frames from one wake are joined into one write;
+* an :class:`Outlet` with nothing queued is written to directly and without
+  blocking; otherwise the frames go to its bounded queue with ``send_nowait``,
+  for its writer task.  A full queue marks the connection a slow consumer, to
+  be closed with 1013; ephemeral events are dropped instead for a queue more
+  than half full.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._frames import text_frame
+from ._hub_state import Delivery, HubState, HubStats
+from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError
+from ._stream import WireStream
+
+__all__ = ["Hub", "Outlet", "HubCounters"]
+
+log = logging.getLogger("trio_chat.hub")
+
+#: Close code for a connection whose outbound queue overflowed.
+SLOW_CONSUMER = 1013
+
+
+@attrs.define
+class HubCounters:
+    """Running totals, read by the metrics endpoint (plain ints: cheap)."""
+
+    commands: int = 0
+    frames_received: int = 0
+    frames_delivered: int = 0
+    ephemeral_dropped: int = 0
+    slow_consumers: int = 0
+    errors: dict[int, int] = attrs.Factory(dict)
+
+    def error(self, code: int) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class Outlet:
+    """The hub's handle on one connection: where its frames go.
+
+    ``queued`` counts frames waiting in the bounded queue (or being written by
+    the writer); ``pending`` collects the frames of the hub's current batch.
+    ``kill(code, reason)`` marks the connection closed and asks its owner to
+    close it (``code`` None: abort without a close frame).
+    """
+
+    __slots__ = (
+        "stream",
+        "limit",
+        "half",
+        "queued",
+        "pending",
+        "closed",
+        "close_code",
+        "close_reason",
+        "user_id",
+        "_send",
+        "receive",
+        "_on_kill",
+        "counters",
+    )
+
+    def __init__(
+        self,
+        stream: WireStream,
+        queue_size: int,
+        on_kill: Callable[[], None],
+        counters: HubCounters,
+        user_id: str = "",
+    ) -> None:
+        self.stream = stream
+        self.limit = queue_size
+        self.half = queue_size // 2
+        self.queued = 0
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.user_id = user_id
+        # One slot more than the frame limit, for the wake-up item that asks
+        # the writer to finish a partial direct write.
+        self._send, self.receive = trio.open_memory_channel[tuple[bytes, int]](
+            queue_size + 1
+        )
+        self._on_kill = on_kill
+        self.counters = counters
+
+    def __repr__(self) -> str:
+        return f"<Outlet {self.user_id} queued={self.queued} closed={self.closed}>"
+
+    def push(self, data: bytes, frames: int = 1) -> bool:
+        """Deliver *data* (*frames* whole frames) without blocking.
+
+        Writes straight to the socket when nothing is queued or in flight;
+        otherwise queues.  Returns False if the connection is closed or has
+        just been marked a slow consumer.
+        """
+        if self.closed:
+            return False
+        if not self.queued:
+            stream = self.stream
+            try:
+                if stream.write_nowait(data):
+                    if stream.has_tail:
+                        self._send.send_nowait((b"", 0))
+                    return True
+            except trio.BrokenResourceError:
+                self.kill(None, "write failed")
+                return False
+        if self.queued + frames > self.limit:
+            self.counters.slow_consumers += 1
+            self.kill(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+            return False
+        self.queued += frames
+        try:
+            self._send.send_nowait((data, frames))
+        except trio.WouldBlock:  # pragma: no cover - the frame limit prevents it
+            self.kill(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+            return False
+        return True
+
+    def kill(self, code: int | None, reason: str) -> None:
+        """Mark the connection closed (once) and ask its owner to close it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self._on_kill()
+
+    def finish(self, code: int, reason: str) -> None:
+        """Stop taking frames, but let the writer flush what is queued."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self._send.close()
+
+
+@attrs.frozen
+class _Connect:
+    outlet: Outlet
+    user_id: str
+
+
+@attrs.frozen
+class _Depart:
+    outlet: Outlet
+
+
+@attrs.define
+class _Call:
+    """A request from trio code (publish, direct): run *fn* and reply."""
+
+    fn: Callable[[HubState, float], tuple[Any, list[Delivery]]]
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Hub:
+    """The hub actor.  Start it with ``await nursery.start(hub.run)``.
+
+    Args:
+        state: the pure hub state it owns.
+        inbox_size: commands that may wait for the hub before senders block.
+    """
+
+    def __init__(self, state: HubState, *, inbox_size: int = 4096) -> None:
+        self.state = state
+        self.counters = HubCounters()
+        self._inbox_send, self._inbox = trio.open_memory_channel[Any](inbox_size)
+        self._departed: list[Outlet] = []
+        self._touched: list[Outlet] = []
+        #: Called with each client event before it is applied.  Tests set it
+        #: to inject faults; an exception it raises is handled like a bug.
+        self.fault_hook: Callable[[ClientEvent], None] | None = None
+
+    # ----------------------------------------------------- connection side
+
+    @property
+    def inbox_depth(self) -> int:
+        return self._inbox.statistics().current_buffer_used
+
+    async def connect(self, outlet: Outlet, user_id: str) -> None:
+        outlet.user_id = user_id
+        await self._inbox_send.send(_Connect(outlet, user_id))
+
+    async def submit(self, outlet: Outlet, event: ClientEvent) -> None:
+        """Queue a client event from *outlet* (waits if the inbox is full)."""
+        await self._inbox_send.send((outlet, event))
+
+    def depart(self, outlet: Outlet) -> None:
+        """Tell the hub a connection is gone.  Never blocks, never fails."""
+        if not outlet.closed:
+            outlet.closed = True
+        try:
+            self._inbox_send.send_nowait(_Depart(outlet))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._departed.append(outlet)
+
+    # ----------------------------------------------------- embedder side
+
+    async def call(self, fn: Callable[[HubState, float], tuple[Any, list[Delivery]]]) -> Any:
+        """Run *fn(state, now)* inside the hub; deliver and return its result."""
+        call = _Call(fn)
+        await self._inbox_send.send(call)
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    async def publish(
+        self, room: str, content: str, *, user_id: str, ref: str | None = None,
+        create: bool = True,
+    ) -> ChatAck:
+        """Publish into *room* as *user_id*: the same path as a client chat."""
+        return await self.call(
+            lambda state, now: state.publish(
+                user_id, room, content, now, ref=ref, create=create
+            )
+        )
+
+    async def direct(
+        self, to: str, content: str, *, user_id: str, ref: str | None = None
+    ) -> DirectAck:
+        """Send a direct message to *to* as *user_id*."""
+        return await self.call(
+            lambda state, now: state.direct(user_id, to, content, now, ref=ref)
+        )
+
+    def stats(self) -> HubStats:
+        return self.state.stats()
+
+    # ----------------------------------------------------- the actor
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve commands until cancelled."""
+        inbox = self._inbox
+        apply = self._apply
+        task_status.started()
+        while True:
+            command = await inbox.receive()
+            now = time.time()
+            apply(command, now)
+            while True:
+                try:
+                    command = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                apply(command, now)
+            if self._departed:
+                departed, self._departed = self._departed, []
+                for outlet in departed:
+                    self._deliver(self.state.disconnect(outlet))
+            self._flush()
+
+    def _apply(self, command: Any, now: float) -> None:
+        self.counters.commands += 1
+        if type(command) is tuple:
+            outlet, event = command
+            if outlet.closed:
+                return
+            try:
+                if self.fault_hook is not None:
+                    self.fault_hook(event)
+                deliveries = self.state.handle(outlet, event, now)
+            except ProtocolError as err:
+                self.counters.error(err.code)
+                deliveries = [Delivery(err.to_event(), (outlet,))]
+            except Exception:
+                log.exception("unexpected error handling %s from %s", event.type, outlet.user_id)
+                self.counters.error(500)
+                error = ErrorEvent(500, "internal server error", getattr(event, "ref", None))
+                deliveries = [Delivery(error, (outlet,))]
+            self._deliver(deliveries)
+        elif type(command) is _Depart:
+            self._deliver(self.state.disconnect(command.outlet))
+        elif type(command) is _Connect:
+            if not command.outlet.closed:
+                self.state.connect(command.outlet, command.user_id)
+        else:
+            self._run_call(command, now)
+
+    def _run_call(self, call: _Call, now: float) -> None:
+        try:
+            call.result, deliveries = call.fn(self.state, now)
+        except Exception as exc:  # handed back to the caller
+            call.error = exc
+        else:
+            self._deliver(deliveries)
+        call.done.set()
+
+    def _deliver(self, deliveries: list[Delivery]) -> None:
+        touched = self._touched
+        for delivery in deliveries:
+            frame = text_frame(delivery.event.to_json())
+            self.counters.frames_delivered += len(delivery.to)
+            if delivery.ephemeral:
+                for outlet in delivery.to:
+                    pending = outlet.pending
+                    if outlet.queued + len(pending) > outlet.half:
+                        self.counters.ephemeral_dropped += 1
+                        continue
+                    if not pending:
+                        touched.append(outlet)
+                    pending.append(frame)
+            else:
+                for outlet in delivery.to:
+                    pending = outlet.pending
+                    if not pending:
+                        touched.append(outlet)
+                    pending.append(frame)
+
+    def _flush(self) -> None:
+        for outlet in self._touched:
+            frames = outlet.pending
+            outlet.pending = []
+            if len(frames) == 1:
+                outlet.push(frames[0])
+            else:
+                outlet.push(b"".join(frames), len(frames))
+        self._touched.clear()

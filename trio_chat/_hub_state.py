@@ -1,0 +1,422 @@
+"""The hub's bookkeeping as a pure, synchronous state machine.
+
+:class:`HubState` owns connections, users, rooms, message ids, history,
+presence and ``ref`` de-duplication.  Each method applies one command and
+returns the :class:`Delivery` list it causes (which connections receive which
+server event); it never performs I/O and never looks at a clock (the caller
+passes ``now``).  Connections are opaque hashable keys: the hub actor uses its
+per-connection outlets, the tests use integers.
+
+Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+import attrs
+
+from ._protocol import (
+    Chat,
+    ChatAck,
+    ChatMessage,
+    ClientEvent,
+    Direct,
+    DirectAck,
+    DirectMessage,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Presence,
+    PresenceUpdate,
+    ProtocolError,
+    ServerEvent,
+    System,
+    Typing,
+    TypingNotice,
+    format_time,
+)
+
+__all__ = ["Delivery", "HubState", "RoomLog", "HubStats"]
+
+Key = Hashable
+
+
+@attrs.frozen
+class Delivery:
+    """*event* is to be sent to every connection in *to*, in order.
+
+    Ephemeral deliveries (``typing``, ``presence``) may be dropped for a
+    connection whose queue is more than half full.
+    """
+
+    event: ServerEvent
+    to: tuple[Key, ...]
+    ephemeral: bool = False
+
+
+@attrs.frozen
+class HubStats:
+    """A read-only snapshot of the hub's size."""
+
+    connections: int
+    users: int
+    rooms: int
+    messages: int
+    history: int
+
+
+@attrs.define
+class RoomLog:
+    """Message ids and the bounded history of one room.
+
+    Ids start at 1 and grow by exactly 1 per message; the newest
+    ``history.maxlen`` messages are retained.
+    """
+
+    history: deque[ChatMessage]
+    last_id: int = 0
+
+    @classmethod
+    def with_size(cls, size: int) -> RoomLog:
+        return cls(deque(maxlen=size))
+
+    def append(self, room: str, user_id: str, content: str, time: str) -> ChatMessage:
+        self.last_id += 1
+        message = ChatMessage(self.last_id, room, user_id, content, time)
+        self.history.append(message)
+        return message
+
+    def after(self, since: int | None) -> tuple[list[dict[str, Any]], bool]:
+        """Retained messages with ``id > since`` and whether some are missing.
+
+        Without *since* (or with a *since* beyond the last id, which means the
+        room was reset since the client saw it) this is the whole retained
+        history, truncated when earlier messages are no longer kept.
+        """
+        if since is None or since > self.last_id:
+            since = 0
+        oldest = self.last_id - len(self.history) + 1
+        skip = max(0, since + 1 - oldest)
+        messages = [m.payload() for m in list(self.history)[skip:]]
+        return messages, since + 1 < oldest
+
+
+@attrs.define
+class _Room:
+    log: RoomLog
+    #: Member connections, in join order (a dict used as an ordered set).
+    conns: dict[Key, None] = attrs.Factory(dict)
+    #: Member users and how many of their connections are in the room.
+    users: dict[str, int] = attrs.Factory(dict)
+
+
+@attrs.define
+class _Conn:
+    user_id: str
+    rooms: dict[str, None] = attrs.Factory(dict)
+
+
+@attrs.define
+class _User:
+    conns: dict[Key, None] = attrs.Factory(dict)
+    status: str | None = None
+    text: str | None = None
+
+
+@attrs.define
+class HubState:
+    """Rooms, members, ids, history, presence and ``ref`` de-duplication.
+
+    Args:
+        history_size: messages retained per room.
+        ref_memory: accepted ``ref`` values remembered per user.
+        max_rooms: rooms (with their ids and history) kept at once; beyond it
+            the least recently used room without members is forgotten, and a
+            new room is refused when every room has members.
+        max_rooms_per_connection: rooms one connection may be in at once.
+        remembered_users: users whose refs are kept; connected users are never
+            forgotten, the least recently active others are.
+    """
+
+    history_size: int = 100
+    ref_memory: int = 1000
+    max_rooms: int = 10_000
+    max_rooms_per_connection: int = 100
+    remembered_users: int = 10_000
+
+    _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
+    _users: dict[str, _User] = attrs.field(init=False, factory=dict)
+    _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
+    _refs: OrderedDict[str, OrderedDict[str, ServerEvent]] = attrs.field(
+        init=False, factory=OrderedDict
+    )
+    _messages: int = attrs.field(init=False, default=0)
+
+    # ------------------------------------------------------------ queries
+
+    def stats(self) -> HubStats:
+        return HubStats(
+            connections=len(self._conns),
+            users=len(self._users),
+            rooms=len(self._rooms),
+            messages=self._messages,
+            history=sum(len(r.log.history) for r in self._rooms.values()),
+        )
+
+    def user_of(self, key: Key) -> str:
+        return self._conns[key].user_id
+
+    def is_connected(self, user_id: str) -> bool:
+        return user_id in self._users
+
+    def rooms_of(self, key: Key) -> list[str]:
+        return list(self._conns[key].rooms)
+
+    def members(self, room: str) -> list[str]:
+        entry = self._rooms.get(room)
+        return list(entry.users) if entry else []
+
+    def connections_in(self, room: str) -> list[Key]:
+        entry = self._rooms.get(room)
+        return list(entry.conns) if entry else []
+
+    def room_names(self) -> list[str]:
+        return list(self._rooms)
+
+    def last_id(self, room: str) -> int | None:
+        entry = self._rooms.get(room)
+        return entry.log.last_id if entry else None
+
+    # ------------------------------------------------------------ commands
+
+    def connect(self, key: Key, user_id: str) -> list[Delivery]:
+        """Register a new connection of *user_id*."""
+        if key in self._conns:
+            raise ValueError(f"connection {key!r} is already connected")
+        self._conns[key] = _Conn(user_id)
+        self._users.setdefault(user_id, _User()).conns[key] = None
+        return []
+
+    def disconnect(self, key: Key) -> list[Delivery]:
+        """Forget a connection: it leaves every room it was in."""
+        conn = self._conns.get(key)
+        if conn is None:
+            return []
+        deliveries: list[Delivery] = []
+        for room in list(conn.rooms):
+            deliveries += self._leave(key, conn, room)
+        del self._conns[key]
+        user = self._users[conn.user_id]
+        del user.conns[key]
+        if not user.conns:
+            del self._users[conn.user_id]
+        return deliveries
+
+    def handle(self, key: Key, event: ClientEvent, now: float) -> list[Delivery]:
+        """Apply one client event from connection *key*."""
+        conn = self._conns[key]
+        if isinstance(event, Chat):
+            if event.room not in conn.rooms:
+                raise ProtocolError(
+                    403, f"join room {event.room!r} before chatting in it", event.ref
+                )
+            ack, deliveries = self.publish(
+                conn.user_id, event.room, event.content, now, ref=event.ref, sender=key
+            )
+            return deliveries
+        if isinstance(event, Join):
+            return self._join(key, conn, event)
+        if isinstance(event, Leave):
+            return [Delivery(Left(event.room, event.ref), (key,))] + self._leave(
+                key, conn, event.room
+            )
+        if isinstance(event, Direct):
+            ack, deliveries = self.direct(
+                conn.user_id, event.to, event.content, now, ref=event.ref, sender=key
+            )
+            return deliveries
+        if isinstance(event, Presence):
+            return self._presence(conn.user_id, event)
+        if isinstance(event, Typing):
+            room = self._rooms.get(event.room)
+            if room is None or key not in room.conns:
+                raise ProtocolError(
+                    403, f"join room {event.room!r} before typing in it", event.ref
+                )
+            others = tuple(k for k in room.conns if k != key)
+            notice = TypingNotice(event.room, conn.user_id)
+            return [Delivery(notice, others, ephemeral=True)] if others else []
+        raise TypeError(f"not a client event: {event!r}")
+
+    def publish(
+        self,
+        user_id: str,
+        room: str,
+        content: str,
+        now: float,
+        *,
+        ref: str | None = None,
+        sender: Key | None = None,
+        create: bool = False,
+    ) -> tuple[ChatAck, list[Delivery]]:
+        """Publish a chat message as *user_id*; return its ack and deliveries.
+
+        The message goes to every connection in *room* but *sender*, which
+        gets the ack.  A *ref* this user already published answers with the
+        original ack and publishes nothing.  Without *create*, an unknown
+        room is refused with 404.
+        """
+        seen = self._seen(user_id, ref)
+        if seen is not None:
+            replay = [Delivery(seen, (sender,))] if sender is not None else []
+            return seen, replay  # type: ignore[return-value]
+        entry = self._rooms.get(room)
+        if entry is None:
+            if not create:
+                raise ProtocolError(404, f"room {room!r} does not exist", ref)
+            entry = self._room(room, ref)
+        self._rooms.move_to_end(room)
+        message = entry.log.append(room, user_id, content, format_time(now))
+        self._messages += 1
+        ack = ChatAck(message.id, room, message.time, ref)
+        self._remember(user_id, ref, ack)
+        deliveries = [Delivery(message, tuple(k for k in entry.conns if k != sender))]
+        if sender is not None:
+            deliveries.append(Delivery(ack, (sender,)))
+        return ack, deliveries
+
+    def direct(
+        self,
+        user_id: str,
+        to: str,
+        content: str,
+        now: float,
+        *,
+        ref: str | None = None,
+        sender: Key | None = None,
+    ) -> tuple[DirectAck, list[Delivery]]:
+        """Send a direct message from *user_id* to every connection of *to*."""
+        seen = self._seen(user_id, ref)
+        if seen is not None:
+            replay = [Delivery(seen, (sender,))] if sender is not None else []
+            return seen, replay  # type: ignore[return-value]
+        addressee = self._users.get(to)
+        if addressee is None:
+            raise ProtocolError(404, f"user {to!r} is not connected", ref)
+        time = format_time(now)
+        ack = DirectAck(to, time, ref)
+        self._remember(user_id, ref, ack)
+        deliveries = [Delivery(DirectMessage(user_id, content, time), tuple(addressee.conns))]
+        if sender is not None:
+            deliveries.append(Delivery(ack, (sender,)))
+        return ack, deliveries
+
+    # ------------------------------------------------------------ internals
+
+    def _room(self, name: str, ref: str | None) -> _Room:
+        """The room called *name*, created (and a stale one evicted) if new."""
+        entry = self._rooms.get(name)
+        if entry is not None:
+            return entry
+        if len(self._rooms) >= self.max_rooms:
+            for old_name, old in self._rooms.items():
+                if not old.conns:
+                    del self._rooms[old_name]
+                    break
+            else:
+                raise ProtocolError(403, "the server's room limit is reached", ref)
+        entry = self._rooms[name] = _Room(RoomLog.with_size(self.history_size))
+        return entry
+
+    def _join(self, key: Key, conn: _Conn, event: Join) -> list[Delivery]:
+        if (
+            event.room not in conn.rooms
+            and len(conn.rooms) >= self.max_rooms_per_connection
+        ):
+            raise ProtocolError(
+                403,
+                f"a connection may be in at most {self.max_rooms_per_connection} rooms",
+                event.ref,
+            )
+        entry = self._room(event.room, event.ref)
+        self._rooms.move_to_end(event.room)
+        deliveries: list[Delivery] = []
+        if key not in entry.conns:
+            others = tuple(entry.conns)
+            entry.conns[key] = None
+            conn.rooms[event.room] = None
+            count = entry.users.get(conn.user_id, 0)
+            entry.users[conn.user_id] = count + 1
+            if count == 0 and others:
+                system = System("join", event.room, conn.user_id)
+                deliveries.append(Delivery(system, others))
+        history, truncated = entry.log.after(event.since)
+        joined = Joined(event.room, list(entry.users), history, truncated, event.ref)
+        deliveries.insert(0, Delivery(joined, (key,)))
+        for member in entry.users:
+            user = self._users[member]
+            if user.status is not None and member != conn.user_id:
+                update = PresenceUpdate(member, user.status, user.text)
+                deliveries.append(Delivery(update, (key,), ephemeral=True))
+        return deliveries
+
+    def _leave(self, key: Key, conn: _Conn, room: str) -> list[Delivery]:
+        entry = self._rooms.get(room)
+        if entry is None or key not in entry.conns:
+            return []
+        del entry.conns[key]
+        del conn.rooms[room]
+        count = entry.users[conn.user_id] - 1
+        if count:
+            entry.users[conn.user_id] = count
+            return []
+        del entry.users[conn.user_id]
+        if not entry.conns:
+            return []
+        return [Delivery(System("leave", room, conn.user_id), tuple(entry.conns))]
+
+    def _presence(self, user_id: str, event: Presence) -> list[Delivery]:
+        user = self._users[user_id]
+        user.status, user.text = event.status, event.text
+        audience: dict[Key, None] = dict.fromkeys(user.conns)
+        for key in user.conns:
+            for room in self._conns[key].rooms:
+                audience.update(dict.fromkeys(self._rooms[room].conns))
+        update = PresenceUpdate(user_id, event.status, event.text)
+        return [Delivery(update, tuple(audience), ephemeral=True)]
+
+    def _seen(self, user_id: str, ref: str | None) -> ServerEvent | None:
+        if ref is None:
+            return None
+        refs = self._refs.get(user_id)
+        return refs.get(ref) if refs is not None else None
+
+    def _remember(self, user_id: str, ref: str | None, ack: ServerEvent) -> None:
+        if ref is None:
+            return
+        refs = self._refs.get(user_id)
+        if refs is None:
+            refs = self._refs[user_id] = OrderedDict()
+            self._forget_idle_users()
+        else:
+            self._refs.move_to_end(user_id)
+        refs[ref] = ack
+        if len(refs) > self.ref_memory:
+            refs.popitem(last=False)
+
+    def _forget_idle_users(self) -> None:
+        excess = len(self._refs) - self.remembered_users
+        if excess <= 0:
+            return
+        idle = [u for u in self._refs if u not in self._users][:excess]
+        for user_id in idle:
+            del self._refs[user_id]
+
+
+def recipients(deliveries: Iterable[Delivery]) -> set[Key]:
+    """Every connection some delivery goes to (a helper for tests)."""
+    return {key for d in deliveries for key in d.to}

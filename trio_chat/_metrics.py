@@ -1,0 +1,118 @@
+"""Prometheus metrics, in the server's own registry.
+
+The hot paths only bump plain ints (in :class:`Metrics` and the hub's
+:class:`~trio_chat._hub.HubCounters`); a custom collector turns them into
+metric families when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["Metrics", "count_tasks", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def count_tasks() -> int:
+    """Every trio task alive in this run (the root task's whole tree)."""
+    stack = [trio.lowlevel.current_root_task()]
+    count = 0
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+class Metrics:
+    """Server-level counters and the registry that exposes them."""
+
+    def __init__(self, hub: Hub, open_connections: Callable[[], int]) -> None:
+        self.hub = hub
+        self.open_connections = open_connections
+        self.closed_by_code: dict[str, int] = {}
+        self.handshakes_refused: dict[int, int] = {}
+        self.rate_limited = 0
+        self.handshakes_accepted = 0
+        self.backplane_up: Callable[[], bool] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def connection_closed(self, code: int | None) -> None:
+        key = "abort" if code is None else str(code)
+        self.closed_by_code[key] = self.closed_by_code.get(key, 0) + 1
+
+    def handshake_refused(self, status: int) -> None:
+        self.handshakes_refused[status] = self.handshakes_refused.get(status, 0) + 1
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self.hub.counters
+        stats = self.hub.stats()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield gauge("trio_chat_connections_open", "Open WebSocket connections.",
+                    self.open_connections())
+        closed = CounterMetricFamily(
+            "trio_chat_connections_closed", "Closed connections, by close code.",
+            labels=["code"])
+        for code, n in sorted(self.closed_by_code.items()):
+            closed.add_metric([code], n)
+        yield closed
+        yield counter("trio_chat_handshakes_accepted", "WebSocket handshakes accepted.",
+                      self.handshakes_accepted)
+        refused = CounterMetricFamily(
+            "trio_chat_handshakes_refused", "Handshakes refused, by HTTP status.",
+            labels=["status"])
+        for status, n in sorted(self.handshakes_refused.items()):
+            refused.add_metric([str(status)], n)
+        yield refused
+        yield counter("trio_chat_frames_received", "Frames received from clients.",
+                      counters.frames_received)
+        yield counter("trio_chat_frames_delivered", "Frames handed to client queues.",
+                      counters.frames_delivered)
+        errors = CounterMetricFamily(
+            "trio_chat_errors_sent", "Error frames sent, by code.", labels=["code"])
+        for code, n in sorted(counters.errors.items()):
+            errors.add_metric([str(code)], n)
+        yield errors
+        yield counter("trio_chat_slow_consumer_drops",
+                      "Connections closed as slow consumers.", counters.slow_consumers)
+        yield counter("trio_chat_ephemeral_dropped",
+                      "Typing/presence events dropped for busy connections.",
+                      counters.ephemeral_dropped)
+        yield counter("trio_chat_rate_limit_rejections", "Frames refused with 429.",
+                      self.rate_limited)
+        yield gauge("trio_chat_hub_inbox_depth", "Commands waiting for the hub.",
+                    self.hub.inbox_depth)
+        yield gauge("trio_chat_history_messages", "Messages retained in room history.",
+                    stats.history)
+        yield gauge("trio_chat_rooms", "Rooms known to the hub.", stats.rooms)
+        yield counter("trio_chat_messages", "Chat messages published.", stats.messages)
+        try:
+            yield gauge("trio_chat_tasks", "Trio tasks alive.", count_tasks())
+        except RuntimeError:  # scraped outside trio (tests)
+            pass
+        if self.backplane_up is not None:
+            yield gauge("trio_chat_backplane_up", "1 if the Redis backplane is reachable.",
+                        1 if self.backplane_up() else 0)

@@ -1,0 +1,500 @@
+"""The wire protocol, sans I/O: parse client frames, serialize server events.
+
+Nothing here touches the network or trio.  :func:`parse_client_frame` turns one
+inbound text frame into a typed client event or raises :class:`ProtocolError`
+carrying the error code the client must receive.  Every server event is a small
+frozen class whose :meth:`~ServerEvent.to_json` gives exactly the frame the
+protocol specifies; :func:`parse_server_frame` reads those frames back (for
+clients and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time as _time
+from typing import Any, ClassVar
+
+import attrs
+
+__all__ = [
+    "ROOM_PATTERN",
+    "USER_PATTERN",
+    "MAX_REF_CHARS",
+    "MAX_STATUS_CHARS",
+    "MAX_PRESENCE_TEXT_CHARS",
+    "ProtocolError",
+    "ClientEvent",
+    "Join",
+    "Leave",
+    "Chat",
+    "Presence",
+    "Direct",
+    "Typing",
+    "ServerEvent",
+    "Welcome",
+    "Joined",
+    "Left",
+    "System",
+    "ChatMessage",
+    "ChatAck",
+    "DirectAck",
+    "PresenceUpdate",
+    "DirectMessage",
+    "TypingNotice",
+    "ErrorEvent",
+    "parse_client_frame",
+    "parse_server_frame",
+    "format_time",
+    "is_valid_room",
+    "is_valid_user_id",
+]
+
+ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+_ROOM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+#: Longest ``ref`` a client may attach to a frame.
+MAX_REF_CHARS = 64
+#: Longest presence ``status``.
+MAX_STATUS_CHARS = 32
+#: Longest presence ``text`` (the protocol leaves it open; this is our limit).
+MAX_PRESENCE_TEXT_CHARS = 256
+#: Default longest chat or direct ``content``.
+DEFAULT_MAX_CONTENT_CHARS = 4000
+
+
+def is_valid_room(name: object) -> bool:
+    """Whether *name* is a string matching :data:`ROOM_PATTERN`."""
+    return isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None
+
+
+def is_valid_user_id(name: object) -> bool:
+    """Whether *name* is a string matching :data:`USER_PATTERN`."""
+    return isinstance(name, str) and _USER_RE.fullmatch(name) is not None
+
+
+def format_time(seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-29T04:31:24.123Z``."""
+    millis = int(seconds * 1000)
+    whole, ms = divmod(millis, 1000)
+    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+@attrs.frozen
+class ProtocolError(Exception):
+    """A client frame the server refuses; the connection stays open.
+
+    ``code`` is the protocol's error code (400, 403, 404, 413, 429, 500),
+    ``message`` says what was wrong in words a person understands, and ``ref``
+    is the offending frame's ``ref`` when it had a usable one.
+    """
+
+    code: int
+    message: str
+    ref: str | None = None
+    retry_after_ms: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_event(self) -> ErrorEvent:
+        return ErrorEvent(
+            code=self.code,
+            message=self.message,
+            ref=self.ref,
+            retry_after_ms=self.retry_after_ms,
+        )
+
+
+# --------------------------------------------------------------------------
+# Client -> server events
+
+
+@attrs.frozen
+class ClientEvent:
+    """Base class of the events a client sends."""
+
+    type: ClassVar[str]
+
+
+@attrs.frozen
+class Join(ClientEvent):
+    type: ClassVar[str] = "join"
+    room: str
+    since: int | None = None
+    ref: str | None = None
+
+
+@attrs.frozen
+class Leave(ClientEvent):
+    type: ClassVar[str] = "leave"
+    room: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class Chat(ClientEvent):
+    type: ClassVar[str] = "chat"
+    room: str
+    content: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class Presence(ClientEvent):
+    type: ClassVar[str] = "presence"
+    status: str
+    text: str | None = None
+    ref: str | None = None
+
+
+@attrs.frozen
+class Direct(ClientEvent):
+    type: ClassVar[str] = "direct"
+    to: str
+    content: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class Typing(ClientEvent):
+    type: ClassVar[str] = "typing"
+    room: str
+    ref: str | None = None
+
+
+def _client_frame(event: ClientEvent) -> dict[str, Any]:
+    payload = {
+        f.name: getattr(event, f.name)
+        for f in attrs.fields(type(event))
+        if f.name != "ref" and getattr(event, f.name) is not None
+    }
+    frame: dict[str, Any] = {"type": event.type, "payload": payload}
+    if event.ref is not None:  # type: ignore[attr-defined]
+        frame["ref"] = event.ref  # type: ignore[attr-defined]
+    return frame
+
+
+def encode_client_event(event: ClientEvent) -> str:
+    """The JSON text a client sends for *event* (used by clients and tests)."""
+    return _dumps(_client_frame(event))
+
+
+# --------------------------------------------------------------------------
+# Parsing client frames
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class _Fields:
+    """Field checks for one payload, with messages naming the field."""
+
+    def __init__(self, payload: dict[str, Any], ref: str | None) -> None:
+        self.payload = payload
+        self.ref = ref
+
+    def fail(self, message: str, code: int = 400) -> ProtocolError:
+        return ProtocolError(code, message, self.ref)
+
+    def string(self, name: str, *, optional: bool = False) -> Any:
+        value = self.payload.get(name)
+        if value is None:
+            if optional:
+                return None
+            raise self.fail(f"payload.{name}: required")
+        if not isinstance(value, str):
+            raise self.fail(f"payload.{name}: must be a string")
+        return value
+
+    def room(self) -> str:
+        room = self.string("room")
+        if _ROOM_RE.fullmatch(room) is None:
+            raise self.fail(f"payload.room: must match {ROOM_PATTERN}")
+        return room
+
+    def user(self, name: str) -> str:
+        user = self.string(name)
+        if _USER_RE.fullmatch(user) is None:
+            raise self.fail(f"payload.{name}: must match {USER_PATTERN}")
+        return user
+
+    def content(self, max_chars: int) -> str:
+        content = self.string("content")
+        if not content:
+            raise self.fail("payload.content: must not be empty")
+        if len(content) > max_chars:
+            raise self.fail(
+                f"payload.content: longer than {max_chars} characters", 413
+            )
+        return content
+
+
+def parse_client_frame(
+    text: str, *, max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS
+) -> ClientEvent:
+    """Parse one inbound text frame into a :class:`ClientEvent`.
+
+    Raises :class:`ProtocolError` (code 400 or 413) for anything the protocol
+    does not accept, and nothing else, whatever *text* holds.  Unknown extra
+    fields are ignored.
+    """
+    try:
+        frame = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ProtocolError(400, "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(400, "frame must be a JSON object")
+
+    ref = frame.get("ref")
+    if ref is not None:
+        if not isinstance(ref, str):
+            raise ProtocolError(400, "ref: must be a string")
+        if len(ref) > MAX_REF_CHARS:
+            raise ProtocolError(400, f"ref: longer than {MAX_REF_CHARS} characters")
+
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(400, "type: required, must be a string", ref)
+    payload = frame.get("payload")
+    if not isinstance(payload, dict):
+        raise ProtocolError(400, "payload: required, must be a JSON object", ref)
+
+    fields = _Fields(payload, ref)
+    if kind == "chat":
+        return Chat(fields.room(), fields.content(max_content_chars), ref)
+    if kind == "join":
+        room = fields.room()
+        since = payload.get("since")
+        if since is not None and (
+            type(since) is not int or since < 0  # bool is not an id
+        ):
+            raise fields.fail("payload.since: must be a non-negative integer")
+        return Join(room, since, ref)
+    if kind == "leave":
+        return Leave(fields.room(), ref)
+    if kind == "typing":
+        return Typing(fields.room(), ref)
+    if kind == "direct":
+        return Direct(fields.user("to"), fields.content(max_content_chars), ref)
+    if kind == "presence":
+        status = fields.string("status")
+        if not status or len(status) > MAX_STATUS_CHARS:
+            raise fields.fail(
+                f"payload.status: must be 1 to {MAX_STATUS_CHARS} characters"
+            )
+        text_ = fields.string("text", optional=True)
+        if text_ is not None and len(text_) > MAX_PRESENCE_TEXT_CHARS:
+            raise fields.fail(
+                f"payload.text: longer than {MAX_PRESENCE_TEXT_CHARS} characters"
+            )
+        return Presence(status, text_, ref)
+    raise ProtocolError(
+        400,
+        f"type: unknown type {kind[:40]!r}; expected one of "
+        "join, leave, chat, presence, direct, typing",
+        ref,
+    )
+
+
+# --------------------------------------------------------------------------
+# Server -> client events
+
+
+@attrs.frozen
+class ServerEvent:
+    """Base class of the events the server sends.
+
+    :meth:`payload` gives the protocol's payload object and :meth:`to_json`
+    the whole frame as compact JSON text.
+    """
+
+    type: ClassVar[str]
+
+    def payload(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}
+
+    def frame(self) -> dict[str, Any]:
+        return {"type": self.type, "payload": self.payload()}
+
+    def to_json(self) -> str:
+        return _dumps(self.frame())
+
+
+class _WithRef(ServerEvent):
+    """Events that echo the ``ref`` of the frame they answer."""
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in attrs.fields(type(self))
+            if f.name != "ref"
+        }
+
+    def frame(self) -> dict[str, Any]:
+        frame = super().frame()
+        ref = getattr(self, "ref")
+        if ref is not None:
+            frame["ref"] = ref
+        return frame
+
+
+@attrs.frozen
+class Welcome(ServerEvent):
+    type: ClassVar[str] = "welcome"
+    session_id: str
+    user_id: str
+    limits: dict[str, Any]
+
+
+@attrs.frozen
+class Joined(_WithRef):
+    type: ClassVar[str] = "joined"
+    room: str
+    members: list[str]
+    history: list[dict[str, Any]]
+    truncated: bool
+    ref: str | None = None
+
+
+@attrs.frozen
+class Left(_WithRef):
+    type: ClassVar[str] = "left"
+    room: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class System(ServerEvent):
+    type: ClassVar[str] = "system"
+    event: str
+    room: str
+    user_id: str
+
+
+@attrs.frozen
+class ChatMessage(ServerEvent):
+    """A chat message as delivered and as kept in history."""
+
+    type: ClassVar[str] = "chat"
+    id: int
+    room: str
+    user_id: str
+    content: str
+    time: str
+
+
+@attrs.frozen
+class ChatAck(_WithRef):
+    type: ClassVar[str] = "ack"
+    id: int
+    room: str
+    time: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class DirectAck(_WithRef):
+    type: ClassVar[str] = "ack"
+    to: str
+    time: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class PresenceUpdate(ServerEvent):
+    type: ClassVar[str] = "presence"
+    user_id: str
+    status: str
+    text: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        payload = {"user_id": self.user_id, "status": self.status}
+        if self.text is not None:
+            payload["text"] = self.text
+        return payload
+
+
+@attrs.frozen
+class DirectMessage(ServerEvent):
+    type: ClassVar[str] = "direct"
+    from_: str
+    content: str
+    time: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"from": self.from_, "content": self.content, "time": self.time}
+
+
+@attrs.frozen
+class TypingNotice(ServerEvent):
+    type: ClassVar[str] = "typing"
+    room: str
+    user_id: str
+
+
+@attrs.frozen
+class ErrorEvent(_WithRef):
+    type: ClassVar[str] = "error"
+    code: int
+    message: str
+    ref: str | None = None
+    retry_after_ms: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after_ms is not None:
+            payload["retry_after_ms"] = self.retry_after_ms
+        return payload
+
+
+# --------------------------------------------------------------------------
+# Parsing server frames (for clients and tests)
+
+
+def parse_server_frame(text: str | bytes) -> ServerEvent:
+    """Parse a frame the server sent into its :class:`ServerEvent`.
+
+    Raises ``ValueError`` for anything that is not a server event.
+    """
+    frame = json.loads(text)
+    if not isinstance(frame, dict) or not isinstance(frame.get("payload"), dict):
+        raise ValueError("not a server frame")
+    kind, p, ref = frame.get("type"), frame["payload"], frame.get("ref")
+    try:
+        if kind == "chat":
+            return ChatMessage(p["id"], p["room"], p["user_id"], p["content"], p["time"])
+        if kind == "ack":
+            if "id" in p:
+                return ChatAck(p["id"], p["room"], p["time"], ref)
+            return DirectAck(p["to"], p["time"], ref)
+        if kind == "welcome":
+            return Welcome(p["session_id"], p["user_id"], p["limits"])
+        if kind == "joined":
+            return Joined(p["room"], p["members"], p["history"], p["truncated"], ref)
+        if kind == "left":
+            return Left(p["room"], ref)
+        if kind == "system":
+            return System(p["event"], p["room"], p["user_id"])
+        if kind == "presence":
+            return PresenceUpdate(p["user_id"], p["status"], p.get("text"))
+        if kind == "direct":
+            return DirectMessage(p["from"], p["content"], p["time"])
+        if kind == "typing":
+            return TypingNotice(p["room"], p["user_id"])
+        if kind == "error":
+            return ErrorEvent(p["code"], p["message"], ref, p.get("retry_after_ms"))
+    except KeyError as exc:
+        raise ValueError(f"{kind} frame without payload.{exc.args[0]}") from None
+    raise ValueError(f"unknown server frame type {kind!r}")

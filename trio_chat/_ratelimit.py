@@ -1,0 +1,93 @@
+"""Rate limits as pure objects: the caller passes the current time.
+
+:class:`RateLimiter` guards one connection's chat, direct and presence frames
+(fixed windows of ``seconds``); :class:`IpLimiter` guards the handshakes and
+open connections of each client IP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+__all__ = ["RateLimiter", "IpLimiter", "IpRefusal"]
+
+
+@attrs.define
+class RateLimiter:
+    """At most *messages* frames per window of *seconds*.
+
+    :meth:`check` answers None when a frame may pass, else the milliseconds
+    until the window reopens.  :attr:`strikes` counts refusals in the current
+    window, so the caller can close a client that keeps flooding.
+    """
+
+    messages: int
+    seconds: float
+    _window_start: float = attrs.field(init=False, default=-math.inf)
+    _count: int = attrs.field(init=False, default=0)
+    strikes: int = attrs.field(init=False, default=0)
+
+    def check(self, now: float) -> int | None:
+        if now - self._window_start >= self.seconds:
+            self._window_start = now
+            self._count = 0
+            self.strikes = 0
+        if self._count < self.messages:
+            self._count += 1
+            return None
+        self.strikes += 1
+        return max(1, math.ceil((self._window_start + self.seconds - now) * 1000))
+
+
+@attrs.frozen
+class IpRefusal:
+    """Why a handshake from an IP was refused, as an HTTP status and reason."""
+
+    status: int
+    reason: str
+
+
+@attrs.define
+class IpLimiter:
+    """Per-IP caps on open connections and on handshakes per *window* seconds."""
+
+    max_connections: int
+    max_handshakes: int
+    window: float = 10.0
+    _open: dict[str, int] = attrs.field(init=False, factory=dict)
+    _handshakes: dict[str, tuple[float, int]] = attrs.field(init=False, factory=dict)
+
+    def handshake(self, ip: str, now: float) -> IpRefusal | None:
+        """Count a handshake attempt from *ip*; refuse it if over a cap."""
+        start, count = self._handshakes.get(ip, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        if count >= self.max_handshakes:
+            return IpRefusal(429, f"more than {self.max_handshakes} handshakes "
+                             f"from {ip} in {self.window:g} s")
+        self._handshakes[ip] = (start, count + 1)
+        if len(self._handshakes) > 4096:
+            self._prune(now)
+        if self._open.get(ip, 0) >= self.max_connections:
+            return IpRefusal(429, f"{ip} already has {self.max_connections} connections")
+        return None
+
+    def opened(self, ip: str) -> None:
+        self._open[ip] = self._open.get(ip, 0) + 1
+
+    def closed(self, ip: str) -> None:
+        left = self._open.get(ip, 0) - 1
+        if left > 0:
+            self._open[ip] = left
+        else:
+            self._open.pop(ip, None)
+
+    def open_connections(self, ip: str) -> int:
+        return self._open.get(ip, 0)
+
+    def _prune(self, now: float) -> None:
+        stale = [ip for ip, (start, _) in self._handshakes.items() if now - start >= self.window]
+        for ip in stale:
+            del self._handshakes[ip]

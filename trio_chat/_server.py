@@ -1,0 +1,507 @@
+"""The server: listeners, the HTTP front, WebSocket connections, shutdown.
+
+:class:`ChatServer` is what both the ``trio-chat`` command and embedders use::
+
+    server = ChatServer(Config(port=0))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve)
+        ...
+        await server.shutdown()
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import mimetypes
+import re
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from ._auth import (
+    AnonymousAuthenticator,
+    Authenticator,
+    HandshakeRequest,
+    Identity,
+    Rejection,
+    TokenAuthenticator,
+)
+from ._config import Config
+from ._connection import ChatHandler, Connection, EchoHandler, welcome_frame
+from ._http import HttpRequest, HttpResponse, Upgrade, json_response, serve_http
+from ._hub import Hub
+from ._hub_state import HubState, HubStats
+from ._metrics import CONTENT_TYPE, Metrics
+from ._protocol import (
+    ChatAck,
+    DirectAck,
+    ProtocolError,
+    is_valid_room,
+    is_valid_user_id,
+)
+from ._ratelimit import IpLimiter
+from ._stream import WireStream
+
+__all__ = ["ChatServer", "ServerStats"]
+
+log = logging.getLogger("trio_chat.server")
+
+SUBPROTOCOL = "trio-chat.v1"
+_API_ROOM = re.compile(r"^/api/rooms/([^/]+)/messages$")
+_FALLBACK_PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>trio-chat</title></head>
+<body><h1>trio-chat</h1><p>A WebSocket chat server. Connect to <code>/ws</code>.</p></body></html>
+"""
+
+
+@attrs.frozen
+class ServerStats:
+    """A read-only snapshot of a running server."""
+
+    connections: int
+    users: int
+    rooms: int
+    messages: int
+    history: int
+    frames_received: int
+    frames_delivered: int
+    slow_consumer_drops: int
+    ephemeral_dropped: int
+    rate_limited: int
+
+
+class ChatServer:
+    """A trio_chat server, standalone or embedded in a trio program.
+
+    Args:
+        config: the settings (:class:`Config`).
+        authenticator: decides who may connect; default: JWTs when
+            ``config.secret`` is set, else anonymous names.
+        echo: serve the plain echo endpoint on ``/ws`` instead of chat.
+        hub: a hub to use instead of the in-memory one (the Redis backplane
+            provides its own).
+
+    ``await nursery.start(server.serve)`` starts it and returns the bound port
+    once it is listening; :meth:`shutdown` drains it gracefully.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        authenticator: Authenticator | None = None,
+        echo: bool = False,
+        hub: Hub | None = None,
+    ) -> None:
+        self.config = config = config if config is not None else Config()
+        if authenticator is None:
+            authenticator = (
+                TokenAuthenticator(config.secret) if config.secret else AnonymousAuthenticator()
+            )
+        self.authenticator = authenticator
+        self.echo = echo
+        self.hub = hub if hub is not None else Hub(
+            HubState(
+                history_size=config.history_size,
+                max_rooms=config.max_rooms,
+                max_rooms_per_connection=config.max_rooms_per_connection,
+            )
+        )
+        self.metrics = Metrics(self.hub, lambda: len(self._connections))
+        self.port: int | None = None
+        self.draining = False
+        self.started_at = time.monotonic()
+        self._ip_limits = IpLimiter(config.max_connections_per_ip, config.max_handshakes_per_ip)
+        self._connections: set[Connection] = set()
+        self._upgrading = 0
+        self._idle_scopes: set[trio.CancelScope] = set()
+        self._handshake_scopes: set[trio.CancelScope] = set()
+        self._accept_scope: trio.CancelScope | None = None
+        self._conn_nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        self._ssl_context: ssl.SSLContext | None = None
+        if config.tls:
+            self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl_context.load_cert_chain(config.certfile, config.keyfile)
+        #: Extra checks a backplane may register: () -> (healthy, detail).
+        self.health_checks: list[Callable[[], tuple[bool, dict[str, Any]]]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.config.tls else "ws"
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}/ws"
+
+    async def serve(
+        self,
+        *,
+        listeners: list[trio.SocketListener] | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until :meth:`shutdown` (or cancellation).
+
+        Calls ``task_status.started(port)`` once listening.  *listeners* may
+        be given (e.g. a shared ``SO_REUSEPORT`` socket); by default it opens
+        ``config.host:config.port``.
+        """
+        try:
+            async with trio.open_nursery() as root:
+                await root.start(self.hub.run)
+                if listeners is None:
+                    listeners = await trio.open_tcp_listeners(
+                        self.config.port, host=self.config.host
+                    )
+                self.port = listeners[0].socket.getsockname()[1]
+                async with trio.open_nursery() as connections:
+                    self._conn_nursery = connections
+                    with trio.CancelScope() as self._accept_scope:
+                        task_status.started(self.port)
+                        await trio.serve_listeners(
+                            self._handle_tcp, listeners, handler_nursery=connections
+                        )
+                root.cancel_scope.cancel()
+        finally:
+            self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Drain gracefully, then return once the server has stopped.
+
+        Stops accepting, lets each connection's writer flush what is queued,
+        closes every WebSocket with 1001 and waits at most
+        ``config.shutdown_grace`` seconds before cancelling what is left.
+        """
+        if not self.draining:
+            self.draining = True
+            log.info("shutting down: draining %d connections", len(self._connections))
+            if self._accept_scope is not None:
+                self._accept_scope.cancel()
+            if self._conn_nursery is not None:
+                self._conn_nursery.cancel_scope.deadline = (
+                    trio.current_time() + self.config.shutdown_grace
+                )
+            for scope in list(self._idle_scopes) + list(self._handshake_scopes):
+                scope.cancel()
+            for conn in list(self._connections):
+                conn.drain(1001, "server shutting down")
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------ embedding
+
+    async def publish(
+        self, room: str, content: str, *, user_id: str = "server", ref: str | None = None
+    ) -> ChatAck:
+        """Publish *content* into *room* as *user_id*, like a client's chat.
+
+        The message gets the room's next id, enters its history and reaches
+        every member.  Raises :class:`ProtocolError` for a bad room or content.
+        """
+        self._check_message(room=room, content=content, user_id=user_id)
+        return await self.hub.publish(room, content, user_id=user_id, ref=ref)
+
+    async def send_direct(
+        self, to: str, content: str, *, user_id: str = "server", ref: str | None = None
+    ) -> DirectAck:
+        """Send a direct message to every connection of *to*, as *user_id*.
+
+        Raises :class:`ProtocolError` (404) when *to* is not connected.
+        """
+        self._check_message(content=content, user_id=user_id)
+        if not is_valid_user_id(to):
+            raise ProtocolError(400, "to: not a valid user id")
+        return await self.hub.direct(to, content, user_id=user_id, ref=ref)
+
+    def stats(self) -> ServerStats:
+        """Counts of connections, rooms, messages and drops, right now."""
+        hub: HubStats = self.hub.stats()
+        counters = self.hub.counters
+        return ServerStats(
+            connections=len(self._connections),
+            users=hub.users,
+            rooms=hub.rooms,
+            messages=hub.messages,
+            history=hub.history,
+            frames_received=counters.frames_received,
+            frames_delivered=counters.frames_delivered,
+            slow_consumer_drops=counters.slow_consumers,
+            ephemeral_dropped=counters.ephemeral_dropped,
+            rate_limited=self.metrics.rate_limited,
+        )
+
+    def _check_message(self, *, content: str, user_id: str, room: str | None = None) -> None:
+        if room is not None and not is_valid_room(room):
+            raise ProtocolError(400, "room: not a valid room name")
+        if not is_valid_user_id(user_id):
+            raise ProtocolError(400, "user_id: not a valid user id")
+        if not isinstance(content, str) or not content:
+            raise ProtocolError(400, "content: must be a non-empty string")
+        if len(content) > self.config.max_content_chars:
+            raise ProtocolError(413, f"content: longer than {self.config.max_content_chars} characters")
+
+    # ------------------------------------------------------------ connections
+
+    async def _handle_tcp(self, transport: trio.SocketStream) -> None:
+        try:
+            peer = transport.socket.getpeername()[0]
+        except OSError:
+            peer = "?"
+        await self.handle_stream(transport, peer)
+
+    async def handle_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
+        """Serve one connected stream (TCP, TLS or in-memory) to its end."""
+        try:
+            if self._ssl_context is not None:
+                transport = trio.SSLStream(transport, self._ssl_context, server_side=True)
+                with trio.move_on_after(self.config.handshake_timeout) as scope:
+                    try:
+                        await transport.do_handshake()
+                    except trio.BrokenResourceError:
+                        return
+                if scope.cancelled_caught:
+                    return
+            await serve_http(
+                transport,
+                lambda request: self._route(request, peer),
+                lambda request, upgrade, prefix, stream, deadline: self._serve_websocket(
+                    upgrade.context, prefix, stream, deadline, peer
+                ),
+                head_timeout=self.config.handshake_timeout,
+                max_body=self.config.max_message_bytes,
+                idle_scopes=self._idle_scopes,
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await transport.aclose()
+
+    async def _serve_websocket(
+        self, identity: Identity, prefix: bytes, transport: trio.abc.Stream,
+        deadline: float, peer: str,
+    ) -> None:
+        stream = WireStream(transport, prefix)
+        self._ip_limits.opened(peer)
+        self._upgrading += 1
+        counted = True
+        try:
+            async with trio.open_nursery() as ws_nursery:
+                ws = None
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._handshake_scopes.add(scope)
+                    try:
+                        ws_request = await trio_websocket.wrap_server_stream(
+                            ws_nursery, stream,
+                            max_message_size=self.config.max_message_bytes,
+                            receive_buffer_size=16384,
+                        )
+                        offered = ws_request.proposed_subprotocols
+                        ws = await ws_request.accept(
+                            subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
+                        )
+                    except trio_websocket.ConnectionClosed:
+                        ws = None
+                    finally:
+                        self._handshake_scopes.discard(scope)
+                if ws is None or self.draining:
+                    ws_nursery.cancel_scope.cancel()
+                    if ws is None:
+                        log.info("handshake with %s not completed", peer)
+                    return
+                stream.websocket = ws
+                self._upgrading -= 1
+                counted = False
+                self.metrics.handshakes_accepted += 1
+                await self._run_connection(ws, stream, identity, peer)
+                ws_nursery.cancel_scope.cancel()
+        finally:
+            if counted:
+                self._upgrading -= 1
+            self._ip_limits.closed(peer)
+
+    async def _run_connection(
+        self, ws: trio_websocket.WebSocketConnection, stream: WireStream,
+        identity: Identity, peer: str,
+    ) -> None:
+        conn = Connection(ws, stream, self.config, self.hub.counters,
+                          user_id=identity.user_id, peer=peer)
+        self._connections.add(conn)
+        log.info("connect user=%s peer=%s session=%s", identity.user_id, peer, conn.session_id)
+        try:
+            if self.echo:
+                await conn.run(EchoHandler(conn))
+                return
+            conn.send(welcome_frame(conn.session_id, identity.user_id, self.config))
+            await self.hub.connect(conn.outlet, identity.user_id)
+            try:
+                await conn.run(ChatHandler(conn, self.hub, identity, self.metrics))
+            finally:
+                self.hub.depart(conn.outlet)
+        finally:
+            self._connections.discard(conn)
+            outlet = conn.outlet
+            self.metrics.connection_closed(outlet.close_code)
+            code = "abort" if outlet.close_code is None else outlet.close_code
+            log.info(
+                "disconnect user=%s peer=%s session=%s duration=%.1fs code=%s reason=%s",
+                identity.user_id, peer, conn.session_id,
+                time.monotonic() - conn.started, code, outlet.close_reason or "-",
+            )
+
+    # ------------------------------------------------------------ HTTP routes
+
+    async def _route(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
+        path = request.path
+        if path == "/ws":
+            if request.method != "GET":
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET"),))
+            if not request.is_upgrade:
+                return HttpResponse(426, b"this endpoint speaks WebSocket\n",
+                                    headers=(("upgrade", "websocket"),))
+            return self._check_upgrade(request, peer)
+        if request.method not in ("GET", "HEAD") and not path.startswith("/api/"):
+            if path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith("/static/"):
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+        if path == "/healthz":
+            return self._healthz()
+        if path == "/metrics":
+            return HttpResponse(200, self.metrics.render(), CONTENT_TYPE)
+        if path == "/":
+            return self._static("index.html") or HttpResponse(200, _FALLBACK_PAGE, "text/html; charset=utf-8")
+        if path == "/trio-chat.js":
+            return self._static("trio-chat.js") or HttpResponse(404, b"not found\n")
+        if path.startswith("/static/"):
+            return self._static(path[len("/static/"):]) or HttpResponse(404, b"not found\n")
+        if path.startswith("/api/"):
+            return await self._api(request)
+        return HttpResponse(404, b"not found\n")
+
+    def _refuse(self, status: int, reason: str, peer: str) -> HttpResponse:
+        self.metrics.handshake_refused(status)
+        log.info("handshake refused peer=%s status=%d reason=%s", peer, status, reason)
+        return HttpResponse(status, reason.encode() + b"\n")
+
+    def _check_upgrade(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
+        headers = request.headers
+        if self.draining:
+            return self._refuse(503, "server shutting down", peer)
+        if not headers.get("sec-websocket-key") or headers.get("sec-websocket-version") != "13":
+            return self._refuse(400, "not a valid WebSocket upgrade request", peer)
+        if not self._origin_allowed(headers):
+            return self._refuse(403, f"origin {headers.get('origin')!r} not allowed", peer)
+        refusal = self._ip_limits.handshake(peer, time.monotonic())
+        if refusal is not None:
+            return self._refuse(refusal.status, refusal.reason, peer)
+        if len(self._connections) + self._upgrading >= self.config.max_connections:
+            return self._refuse(503, "server at capacity", peer)
+        if self.echo:
+            identity = Identity("echo")
+        else:
+            try:
+                identity = self.authenticator(
+                    HandshakeRequest.from_target(request.target, headers, peer)
+                )
+            except Rejection as rejection:
+                return self._refuse(rejection.status, rejection.reason, peer)
+        return Upgrade(identity)
+
+    def _origin_allowed(self, headers: dict[str, str]) -> bool:
+        origin = headers.get("origin")
+        if origin is None:
+            return True
+        allowed = self.config.allowed_origins
+        if allowed:
+            return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+        host = headers.get("host", "")
+        return origin.partition("://")[2].rstrip("/") == host
+
+    def _healthz(self) -> HttpResponse:
+        body: dict[str, Any] = {
+            "status": "draining" if self.draining else "ok",
+            "connections": len(self._connections),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
+        }
+        healthy = not self.draining
+        for check in self.health_checks:
+            ok, detail = check()
+            body.update(detail)
+            if not ok and healthy:
+                body["status"] = "degraded"
+        return json_response(200 if healthy else 503, body)
+
+    def _static(self, name: str) -> HttpResponse | None:
+        if not name or "/" in name or name.startswith("."):
+            return None
+        resource = importlib.resources.files("trio_chat") / "static" / name
+        try:
+            data = resource.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, OSError):
+            return None
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if name.endswith(".js"):
+            kind = "text/javascript"
+        if kind.startswith("text/"):
+            kind += "; charset=utf-8"
+        return HttpResponse(200, data, kind, (("cache-control", "no-cache"),))
+
+    # ------------------------------------------------------------ HTTP API
+
+    async def _api(self, request: HttpRequest) -> HttpResponse:
+        match = _API_ROOM.match(request.path)
+        if request.path == "/api/rooms":
+            if request.method != "GET":
+                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET"),))
+        elif match is None:
+            return json_response(404, {"error": "not found"})
+        elif request.method != "POST":
+            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
+        denied = self._api_auth(request)
+        if denied is not None:
+            return denied
+        if match is None:
+            rooms = []
+            state = self.hub.state
+            for name in state.room_names():
+                rooms.append({"name": name, "members": len(state.members(name)),
+                              "last_id": state.last_id(name)})
+            return json_response(200, {"rooms": rooms})
+        room = match.group(1)
+        try:
+            body = json.loads(request.body)
+        except (ValueError, RecursionError):
+            return json_response(400, {"error": "body must be JSON"})
+        if not isinstance(body, dict):
+            return json_response(400, {"error": "body must be a JSON object"})
+        content, user_id = body.get("content"), body.get("user_id", "server")
+        if not isinstance(user_id, str) or not isinstance(content, str):
+            return json_response(400, {"error": "content and user_id must be strings"})
+        try:
+            self._check_message(room=room, content=content, user_id=user_id)
+            ack = await self.hub.publish(room, content, user_id=user_id, create=False)
+        except ProtocolError as err:
+            return json_response(err.code, {"error": err.message})
+        return json_response(201, {"id": ack.id, "time": ack.time})
+
+    def _api_auth(self, request: HttpRequest) -> HttpResponse | None:
+        if not self.config.secret:
+            return json_response(401, {"error": "the HTTP API needs the server to have a secret"})
+        handshake = HandshakeRequest.from_target(request.target, request.headers, "")
+        token = handshake.bearer_token()
+        if token is None:
+            return json_response(401, {"error": "missing bearer token"})
+        try:
+            identity = TokenAuthenticator(self.config.secret).verify(token)
+        except Rejection as rejection:
+            return json_response(401, {"error": rejection.reason})
+        if not identity.admin:
+            return json_response(403, {"error": "token is not an admin token"})
+        return None

@@ -1,0 +1,183 @@
+"""The transport under each WebSocket: replayed prefix, serialized writes.
+
+:class:`WireStream` sits between trio-websocket and the real transport (a
+socket, or TLS, or an in-memory stream in tests).  It does three things:
+
+* replays the bytes the HTTP front already read (the upgrade request) before
+  reading from the transport, so trio-websocket sees the whole handshake;
+* serializes *every* write -- trio-websocket's own (handshake, pong, close)
+  and trio_chat's pre-encoded data frames -- through one lock, so only whole
+  frames ever interleave;
+* offers :meth:`write_nowait`, a synchronous, non-blocking write straight to
+  the socket for whoever holds no lock and has nothing queued (the hub's fast
+  path).  What the kernel does not take becomes the *tail*, written before
+  anything else by the next locked write.
+
+Safety rules: a cancelled or failed write leaves the stream *broken* (every
+later write fails, so the connection aborts instead of sending a close frame
+after half a frame); data frames are refused once trio-websocket has marked the
+connection closed; the socket's file descriptor is read at each write, never
+cached, so a reused descriptor is never written to.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
+
+__all__ = ["WireStream"]
+
+_RETRY = (BlockingIOError, InterruptedError)
+
+
+class WireStream(trio.abc.Stream):
+    """A :class:`trio.abc.Stream` wrapper that owns all writes to *transport*.
+
+    Args:
+        transport: the connected stream.  A :class:`trio.SocketStream` gets the
+            non-blocking fast path; any other stream (TLS, memory) works
+            through its own ``send_all``.
+        prefix: bytes already read from *transport* that ``receive_some`` must
+            return first.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, prefix: bytes = b"") -> None:
+        self.transport = transport
+        self._prefix = prefix
+        self._lock = trio.StrictFIFOLock()
+        self._tail = b""
+        self._broken = False
+        self._closed = False
+        sock = getattr(transport, "socket", None)
+        self._sock = sock if isinstance(transport, trio.SocketStream) else None
+        #: Set once the WebSocket is accepted: data frames stop when it closes.
+        self.websocket: WebSocketConnection | None = None
+
+    # ------------------------------------------------------------- reading
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data = self._prefix if max_bytes is None else self._prefix[:max_bytes]
+            self._prefix = self._prefix[len(data):]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.transport.receive_some(max_bytes)
+
+    # ------------------------------------------------------------- writing
+
+    @property
+    def busy(self) -> bool:
+        """A write is in flight or a tail is waiting: queue, do not write."""
+        return self._lock.locked() or bool(self._tail)
+
+    @property
+    def has_tail(self) -> bool:
+        return bool(self._tail)
+
+    @property
+    def writable(self) -> bool:
+        """Data frames may still be written."""
+        ws = self.websocket
+        return not (self._broken or self._closed or (ws is not None and ws.closed))
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write *data* now, without blocking, if nothing else is in the way.
+
+        Returns False, having written nothing, when the caller must queue
+        *data* instead: a write is in flight, a tail is waiting, or the
+        transport is not a plain socket.  Otherwise returns True: the kernel
+        took *data*, and whatever it did not take is kept as the tail, which
+        the caller must get written by a locked write (:meth:`send_frames`
+        with ``b""``) -- until then :attr:`busy` is true.
+
+        Raises :class:`trio.BrokenResourceError` if the stream is broken or
+        closed (check :attr:`writable` first to avoid it).
+        """
+        if self._sock is None or self.busy:
+            return False
+        if not self.writable:
+            raise trio.BrokenResourceError("connection is closed")
+        fd = self._sock.fileno()
+        if fd < 0:
+            self._broken = True
+            raise trio.BrokenResourceError("socket is closed")
+        try:
+            sent = os.write(fd, data)
+        except _RETRY:
+            sent = 0
+        except OSError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+        if sent < len(data):
+            self._tail = data[sent:]
+        return True
+
+    async def send_frames(self, data: bytes) -> None:
+        """Write whole data frames (and any tail first), under the lock.
+
+        Refuses, with :class:`trio.BrokenResourceError`, once the WebSocket is
+        closing: no data frame may follow a close frame.
+        """
+        async with self._lock:
+            if not self.writable:
+                raise trio.BrokenResourceError("connection is closed")
+            await self._write_locked(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """trio-websocket's writes: handshake, pings, pongs, close frames."""
+        async with self._lock:
+            if self._broken or self._closed:
+                raise trio.BrokenResourceError("stream is broken or closed")
+            await self._write_locked(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def _write_locked(self, data: bytes) -> None:
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        if not data:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if self._sock is None:
+                await self.transport.send_all(data)
+            else:
+                await self._socket_write(data)
+        except BaseException:
+            # Cancelled or failed, perhaps half-way through a frame: nothing
+            # more may be written to this transport.
+            self._broken = True
+            raise
+
+    async def _socket_write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            fd = self._sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket is closed")
+            try:
+                sent = os.write(fd, view)
+            except _RETRY:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("socket is closed") from exc
+                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+            view = view[sent:]
+        # No checkpoint after a write the kernel took at once: yielding after
+        # every write would cost more than the write itself.
+
+    # ------------------------------------------------------------- closing
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.transport.aclose()

@@ -1,0 +1,24 @@
+"""Tools for testing code built on trio_chat (and trio_chat itself).
+
+* Hypothesis strategies for what the protocol accepts and rejects: room names,
+  user ids, valid client frames of each type (with the event each must parse
+  to), invalid frames labelled with the error code they must earn, and server
+  events.
+* :func:`open_test_server` and :func:`open_test_client`: a real server on
+  127.0.0.1 port 0 and connected WebSocket clients, for pytest-trio tests.
+
+Importing this module needs Hypothesis (``pip install 'trio-chat[test]'``).
+"""
+
+from ._strategies import (
+    client_frames as client_frames,
+    invalid_frames as invalid_frames,
+    room_names as room_names,
+    server_events as server_events,
+    user_ids as user_ids,
+)
+from ._testing_server import (
+    TestClient as TestClient,
+    open_test_client as open_test_client,
+    open_test_server as open_test_server,
+)
