@@ -17,7 +17,7 @@ import attrs
 import h11
 import trio
 
-__all__ = ["HttpRequest", "HttpResponse", "Upgrade", "serve_http", "json_response"]
+__all__ = ["HttpRequest", "HttpResponse", "Upgrade", "Handover", "serve_http", "json_response"]
 
 #: Largest request head accepted.
 MAX_HEAD_BYTES = 16 * 1024
@@ -73,7 +73,16 @@ class Upgrade:
 
 
 Router = Callable[[HttpRequest], Awaitable[HttpResponse | Upgrade]]
-UpgradeHandler = Callable[[HttpRequest, Upgrade, bytes, trio.abc.Stream, float], Awaitable[None]]
+
+
+@attrs.frozen
+class Handover:
+    """An accepted upgrade, handed from the HTTP front to the WebSocket."""
+
+    request: HttpRequest
+    upgrade: Upgrade
+    prefix: bytes
+    deadline: float
 
 
 def _request_bytes(request: h11.Request) -> bytes:
@@ -119,18 +128,21 @@ async def send_response(
 async def serve_http(
     stream: trio.abc.Stream,
     router: Router,
-    on_upgrade: UpgradeHandler,
     *,
     head_timeout: float,
     max_body: int,
     idle_scopes: set[trio.CancelScope] | None = None,
-) -> None:
-    """Answer requests on *stream* until it closes, or hand it to a WebSocket.
+) -> Handover | None:
+    """Answer requests on *stream* until it closes, or until an upgrade.
 
-    *on_upgrade* gets the request, the router's :class:`Upgrade`, the bytes to replay (the request head and
-    anything read after it), the stream and the handshake deadline.  Waiting
-    for the next request happens inside a cancel scope kept in *idle_scopes*,
-    so a graceful shutdown can end idle keep-alive connections at once.
+    Returns None when the HTTP conversation is over (the caller closes the
+    stream), or a :class:`Handover` when the router accepted a WebSocket
+    upgrade: the request, the router's :class:`Upgrade`, the bytes to replay
+    (the request head and anything read after it) and the handshake deadline.
+    Returning, rather than calling on, lets the HTTP parser's state be freed
+    for the WebSocket's whole life.  Waiting for the next request happens
+    inside a cancel scope kept in *idle_scopes*, so a graceful shutdown can
+    end idle keep-alive connections at once.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     while True:
@@ -142,7 +154,7 @@ async def serve_http(
                 event = await _next_event(conn, stream)
             except h11.RemoteProtocolError as exc:
                 await _refuse_malformed(conn, stream, exc)
-                return
+                return None
             finally:
                 if idle_scopes is not None:
                     idle_scopes.discard(scope)
@@ -161,8 +173,7 @@ async def serve_http(
             answer = await router(request)
             if isinstance(answer, Upgrade):
                 trailing, _ = conn.trailing_data
-                await on_upgrade(request, answer, _request_bytes(event) + trailing, stream, deadline)
-                return
+                return Handover(request, answer, _request_bytes(event) + trailing, deadline)
             await send_response(conn, stream, answer)
             return  # never keep a refused upgrade's connection alive
         with trio.move_on_after(head_timeout) as body_scope:

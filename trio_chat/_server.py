@@ -269,16 +269,18 @@ class ChatServer:
                         return
                 if scope.cancelled_caught:
                     return
-            await serve_http(
+            handover = await serve_http(
                 transport,
                 lambda request: self._route(request, peer),
-                lambda request, upgrade, prefix, stream, deadline: self._serve_websocket(
-                    upgrade.context, prefix, stream, deadline, peer
-                ),
                 head_timeout=self.config.handshake_timeout,
                 max_body=self.config.max_message_bytes,
                 idle_scopes=self._idle_scopes,
             )
+            if handover is not None:
+                await self._serve_websocket(
+                    handover.upgrade.context, handover.prefix, transport,
+                    handover.deadline, peer,
+                )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
