@@ -48,6 +48,7 @@ __all__ = [
     "format_time",
     "is_valid_room",
     "is_valid_user_id",
+    "is_unicode",
 ]
 
 ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -80,6 +81,21 @@ def format_time(seconds: float) -> str:
     millis = int(seconds * 1000)
     whole, ms = divmod(millis, 1000)
     return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def is_unicode(text: str) -> bool:
+    """Whether *text* encodes as UTF-8, that is, holds no lone surrogate.
+
+    JSON escapes (``"\\ud800"``) can carry lone surrogates inside perfectly
+    valid UTF-8 frames; such a string cannot be sent on, so it is refused.
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _dumps(obj: Any) -> str:
@@ -216,6 +232,8 @@ class _Fields:
             raise self.fail(f"payload.{name}: required")
         if not isinstance(value, str):
             raise self.fail(f"payload.{name}: must be a string")
+        if not is_unicode(value):
+            raise self.fail(f"payload.{name}: must not contain lone surrogates")
         return value
 
     def room(self) -> str:
@@ -263,6 +281,8 @@ def parse_client_frame(
             raise ProtocolError(400, "ref: must be a string")
         if len(ref) > MAX_REF_CHARS:
             raise ProtocolError(400, f"ref: longer than {MAX_REF_CHARS} characters")
+        if not is_unicode(ref):
+            raise ProtocolError(400, "ref: must not contain lone surrogates")
 
     kind = frame.get("type")
     if not isinstance(kind, str):
