@@ -1,0 +1,1 @@
+"""Benchmark harness for trio_chat: servers, load generator, scenarios, report."""

@@ -1,0 +1,145 @@
+"""Summaries, the markdown results table, the README section and the plot.
+
+Each number in the table is the median over the repetitions, with min–max;
+ratios are medians divided by the websockets (asyncio) peer's median in the
+same run.  For "lower is better" metrics the ratio is still server /
+baseline (so below 1.0× is better there).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+
+BASELINE = "websockets-asyncio"
+
+# (scenario, metric, label, higher_is_better, format)
+ROWS = [
+    ("fanout_max", "deliveries_per_s", "max fan-out: deliveries/s (200 clients, 1 room)", True, "{:,.0f}"),
+    ("fanout_max", "server_us_per_delivery", "max fan-out: server µs per delivery", False, "{:.2f}"),
+    ("fanout_rate", "delivery_ratio", "fixed rate ≈100k deliveries/s: delivery ratio", True, "{:.4f}"),
+    ("fanout_rate", "p50_ms", "fixed rate: p50 latency ms", False, "{:.2f}"),
+    ("fanout_rate", "p99_ms", "fixed rate: p99 latency ms", False, "{:.2f}"),
+    ("fanout_rate", "max_ms", "fixed rate: max latency ms", False, "{:.1f}"),
+    ("fanout_rate", "server_us_per_delivery", "fixed rate: server µs per delivery", False, "{:.2f}"),
+    ("many_rooms", "deliveries_per_s", "many rooms: deliveries/s (200 rooms of 10)", True, "{:,.0f}"),
+    ("many_rooms", "server_us_per_delivery", "many rooms: server µs per delivery", False, "{:.2f}"),
+    ("echo", "round_trips_per_s", "echo: round trips/s (50 clients)", True, "{:,.0f}"),
+    ("handshakes", "handshakes_per_s", "handshakes/s (32 concurrent)", True, "{:,.0f}"),
+    ("idle_5000", "kb_per_connection", "idle memory, 5,000 connections: KB each", False, "{:.1f}"),
+    ("idle_10000", "kb_per_connection", "idle memory, 10,000 connections: KB each", False, "{:.1f}"),
+]
+
+GEN_ROWS = [
+    ("fanout_max", "gen_cpu_frac"), ("fanout_rate", "gen_cpu_frac"), ("many_rooms", "gen_cpu_frac"),
+    ("echo", "gen_cpu_frac"), ("handshakes", "gen_cpu_frac"),
+]
+
+
+def summarize(runs: list[dict]) -> dict:
+    """{scenario: {server: {metric: (median, min, max, n)}}} over successful runs."""
+    out: dict = {}
+    for run in runs:
+        if "error" in run["metrics"]:
+            continue
+        per = out.setdefault(run["scenario"], {}).setdefault(run["server"], {})
+        for key, value in run["metrics"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                per.setdefault(key, []).append(value)
+    for scen in out.values():
+        for server, metrics in scen.items():
+            scen[server] = {k: (statistics.median(v), min(v), max(v), len(v)) for k, v in metrics.items()}
+    return out
+
+
+def errors(runs: list[dict]) -> list[str]:
+    return [f"{r['server']} / {r['scenario']} (rep {r['rep']}): {r['metrics']['error']}"
+            for r in runs if "error" in r["metrics"]]
+
+
+def _cell(stat, fmt: str, base, show_ratio: bool) -> str:
+    if stat is None:
+        return "n/a"
+    med, lo, hi, n = stat
+    text = fmt.format(med)
+    if n > 1 and lo != hi:
+        text += f" ({fmt.format(lo)}–{fmt.format(hi)})"
+    if show_ratio and base is not None and base[0]:
+        text = f"**{med / base[0]:.2f}×** · " + text
+    return text
+
+
+def markdown_table(summary: dict, servers: list[str]) -> str:
+    cols = [s for s in servers]
+    lines = ["| scenario / metric | " + " | ".join(cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for scen, metric, label, _higher, fmt in ROWS:
+        per = summary.get(scen, {})
+        base = per.get(BASELINE, {}).get(metric)
+        cells = []
+        for server in cols:
+            stat = per.get(server, {}).get(metric)
+            ratio = metric not in ("delivery_ratio",) and server != BASELINE
+            cells.append(_cell(stat, fmt, base, ratio))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| *load generator CPU (fraction of its core)* | " + " | ".join(
+        ", ".join(
+            f"{summary.get(s_, {}).get(srv, {}).get(m, (0,))[0]:.0%}"
+            for s_, m in GEN_ROWS if summary.get(s_, {}).get(srv, {}).get(m)
+        ) or "n/a" for srv in cols) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(sweeps: dict) -> str:
+    lines = ["| server | offered/s | delivered/s | ratio | p50 ms | p99 ms | max ms |",
+             "|---|---|---|---|---|---|---|"]
+    for server, points in sweeps.items():
+        for p in points:
+            lines.append(f"| {server} | {p['offered_per_s']:,.0f} | {p['deliveries_per_s']:,.0f} | "
+                         f"{p['delivery_ratio']:.3f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
+                         f"{p['max_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_latency(sweeps: dict, path: str) -> None:
+    """p50 (dashed) and p99 (solid) latency against offered deliveries/s."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for i, (server, points) in enumerate(sweeps.items()):
+        if not points:
+            continue
+        color = f"C{i}"
+        xs = [p["offered_per_s"] / 1000 for p in points]
+        ax.plot(xs, [p["p99_ms"] for p in points], "-o", color=color, label=f"{server} p99")
+        ax.plot(xs, [p["p50_ms"] for p in points], "--", color=color, alpha=0.7, label=f"{server} p50")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load, thousand deliveries/s (200 clients, one room)")
+    ax.set_ylabel("delivery latency, ms (log)")
+    ax.set_title("Fan-out latency against offered load (server on one core)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme: str, section: str) -> bool:
+    """Replace the text between the results markers; False if they are missing."""
+    if not os.path.exists(readme):
+        return False
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        return False
+    text = pattern.sub(lambda _m: START + "\n" + section.strip() + "\n" + END, text)
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True

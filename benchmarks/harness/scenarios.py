@@ -1,0 +1,190 @@
+"""The benchmark scenarios.
+
+Every scenario starts a fresh server process pinned to one core and runs the
+compiled load generator pinned to the other.  Throughput scenarios have a
+warm-up, a measured window and a drain; the server's CPU (psutil
+``cpu_times``, user + system) is sampled at the start and end of the measured
+window, so "server µs per delivery" is server CPU time in the window divided
+by the deliveries received in it.
+
+* ``fanout_max``   max fan-out: 200 clients in one room, 10 senders, closed
+  loop (each sender keeps 8 messages in flight; a slot frees when the message
+  has reached all 199 other members).  Reads are paced (``poll_us``) so the
+  generator takes many frames per ``recv``.
+* ``fanout_rate``  fixed-rate fan-out: the same room, 500 messages/s in total
+  from 10 senders (≈ 99,500 deliveries/s offered): delivery ratio and
+  latency (send time is embedded in the content; one clock).
+* ``many_rooms``   2,000 clients in 200 rooms of 10, one sender per room,
+  closed loop (8 in flight per sender).
+* ``echo``         50 clients against the server's echo mode, one message in
+  flight each: round trips/s.
+* ``handshakes``   32 concurrent clients repeatedly connect, upgrade and
+  close (close frame, wait for the server's): upgrades/s.
+* ``idle_5000`` / ``idle_10000``  RSS growth per idle connection: server RSS
+  once stable with N connections open (upgraded, nothing sent), minus its
+  RSS before any connection.
+* sweep (``run_sweep``): fixed-rate fan-out at increasing offered loads,
+  for the latency plot.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from . import loadgen
+from .servers import ServerProcess, ServerSpec
+
+
+@dataclass
+class Config:
+    warmup: float = 1.0
+    duration: float = 4.0
+    drain: float = 1.0
+    server_core: int | None = 0
+    gen_core: int | None = 1
+    poll_us: int = 2000          # read pacing in closed-loop scenarios
+    log_dir: str | None = None
+    idle_counts: tuple[int, ...] = (5000, 10000)
+    sweep_offered: tuple[int, ...] = (25_000, 50_000, 100_000, 150_000, 200_000, 300_000)
+    sweep_duration: float = 3.0
+
+
+def _server(spec: ServerSpec, cfg: Config, mode: str = "serve") -> ServerProcess:
+    log = os.path.join(cfg.log_dir, f"{spec.name}.log") if cfg.log_dir else None
+    return ServerProcess(spec, mode=mode, core=cfg.server_core, log_path=log)
+
+
+def measure(server: ServerProcess, options: dict, cfg: Config) -> dict:
+    """Run the generator once; add the server's CPU over the measured window."""
+    marks: dict[str, float] = {}
+
+    def on_event(name: str, _payload: dict) -> None:
+        if name in ("measure_start", "measure_end"):
+            marks[name] = server.cpu()
+
+    opts = dict(warmup=cfg.warmup, duration=cfg.duration, drain=cfg.drain)
+    opts.update(options)
+    result = loadgen.run(server.port, opts, core=cfg.gen_core, on_event=on_event)
+    if not server.alive():
+        raise RuntimeError(f"{server.spec.name} exited during the run")
+    cpu = marks.get("measure_end", 0.0) - marks.get("measure_start", 0.0)
+    result["server_cpu_s"] = cpu
+    result["server_cpu_frac"] = cpu / result["window_s"] if result["window_s"] else None
+    return result
+
+
+def _per(result: dict, count_key: str) -> float | None:
+    count = result[count_key] * result["window_s"]
+    return result["server_cpu_s"] / count * 1e6 if count else None
+
+
+def _common(r: dict) -> dict:
+    return {
+        "gen_cpu_frac": r["gen_cpu_frac"],
+        "server_cpu_frac": r["server_cpu_frac"],
+        "errors": r["errors"],
+        "close_codes": r["close_codes"],
+        "connected": r["connected"],
+        "first_error": r["first_error"],
+    }
+
+
+def fanout_max(spec: ServerSpec, cfg: Config) -> dict:
+    with _server(spec, cfg) as srv:
+        r = measure(srv, dict(mode="fanout", clients=200, room_size=200, senders_per_room=10,
+                              window=8, poll_us=cfg.poll_us), cfg)
+    return {"deliveries_per_s": r["deliveries_per_s"],
+            "server_us_per_delivery": _per(r, "deliveries_per_s"),
+            "delivery_ratio": r["delivery_ratio"], **_common(r)}
+
+
+def fanout_rate(spec: ServerSpec, cfg: Config, rate: float = 500, poll_us: int = 0,
+                duration: float | None = None) -> dict:
+    c = Config(**{**cfg.__dict__, "duration": duration or cfg.duration})
+    with _server(spec, c) as srv:
+        r = measure(srv, dict(mode="fanout", clients=200, room_size=200, senders_per_room=10,
+                              rate=rate, poll_us=poll_us), c)
+    lat = r["latency_ms"]
+    return {"offered_per_s": rate * 199, "deliveries_per_s": r["deliveries_per_s"],
+            "delivery_ratio": r["delivery_ratio"],
+            "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "max_ms": lat["max"],
+            "server_us_per_delivery": _per(r, "deliveries_per_s"), **_common(r)}
+
+
+def many_rooms(spec: ServerSpec, cfg: Config) -> dict:
+    with _server(spec, cfg) as srv:
+        r = measure(srv, dict(mode="fanout", clients=2000, room_size=10, senders_per_room=1,
+                              window=8, poll_us=cfg.poll_us, concurrency=100), cfg)
+    return {"deliveries_per_s": r["deliveries_per_s"],
+            "server_us_per_delivery": _per(r, "deliveries_per_s"),
+            "delivery_ratio": r["delivery_ratio"], **_common(r)}
+
+
+def echo(spec: ServerSpec, cfg: Config) -> dict:
+    with _server(spec, cfg, mode="echo") as srv:
+        r = measure(srv, dict(mode="echo", clients=50, window=1), cfg)
+    lat = r["latency_ms"]
+    return {"round_trips_per_s": r["round_trips_per_s"],
+            "server_us_per_round_trip": _per(r, "round_trips_per_s"),
+            "p99_ms": lat["p99"], **_common(r)}
+
+
+def handshakes(spec: ServerSpec, cfg: Config) -> dict:
+    with _server(spec, cfg) as srv:
+        r = measure(srv, dict(mode="handshake", concurrency=32), cfg)
+    return {"handshakes_per_s": r["handshakes_per_s"],
+            "server_us_per_handshake": _per(r, "handshakes_per_s"),
+            "handshake_fail": r["handshake_fail"], **_common(r)}
+
+
+def idle_memory(spec: ServerSpec, cfg: Config, count: int) -> dict:
+    """RSS per idle connection: (stable RSS with ``count`` open − RSS before) / count."""
+    with _server(spec, cfg) as srv:
+        time.sleep(0.5)
+        before = srv.stable_rss()
+        holder = loadgen.Holder(srv.port, dict(clients=count, room_size=0, concurrency=200,
+                                               connect_timeout=120), core=cfg.gen_core)
+        try:
+            ready = holder.wait_event("ready")
+            after = srv.stable_rss()
+            fds = srv.num_fds()
+            stats = holder.command("stats", "stats")
+        finally:
+            holder.close()
+    open_ = stats.get("open", 0)
+    return {"connections": open_, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
+            "kb_per_connection": (after - before) / max(open_, 1) / 1024,
+            "server_fds": fds, "connect_fail": ready.get("connect_fail", 0),
+            "handshake_fail": ready.get("handshake_fail", 0)}
+
+
+SCENARIOS = {
+    "fanout_max": fanout_max,
+    "fanout_rate": fanout_rate,
+    "many_rooms": many_rooms,
+    "echo": echo,
+    "handshakes": handshakes,
+    "idle_5000": lambda spec, cfg: idle_memory(spec, cfg, 5000),
+    "idle_10000": lambda spec, cfg: idle_memory(spec, cfg, 10000),
+}
+
+
+def run_sweep(spec: ServerSpec, cfg: Config, log=print) -> list[dict]:
+    """Fixed-rate fan-out at each offered load; stop after the server falls behind."""
+    points = []
+    for offered in cfg.sweep_offered:
+        rate = offered / 199
+        try:
+            point = fanout_rate(spec, cfg, rate=rate, poll_us=0, duration=cfg.sweep_duration)
+        except Exception as exc:  # noqa: BLE001 - a failed point ends the sweep
+            log(f"  sweep {spec.name} {offered}: {exc}")
+            break
+        points.append(point)
+        log(f"  sweep {spec.name} offered {offered:>7,}/s: got {point['deliveries_per_s']:>9,.0f}/s "
+            f"ratio {point['delivery_ratio']:.3f} p50 {point['p50_ms']:.2f} ms "
+            f"p99 {point['p99_ms']:.2f} ms gen cpu {point['gen_cpu_frac']:.0%}")
+        if point["delivery_ratio"] < 0.9 or point["deliveries_per_s"] < 0.8 * offered:
+            break
+    return points

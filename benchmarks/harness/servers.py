@@ -1,0 +1,197 @@
+"""Start and observe the servers under test.
+
+Each server is a subprocess pinned to one core with ``taskset``.  It must
+print one stdout line ``... listening on ws://HOST:PORT/ws`` once it accepts
+connections; the port is read from that line (servers are started with
+``--port 0``).  The process is observed with psutil: RSS for memory, and
+``cpu_times()`` (user + system) for the CPU it spends over a measured window.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+PEERS_DIR = os.path.join(BENCH_DIR, "peers")
+LISTENING = re.compile(r"listening on ws://([^:/\s]+):(\d+)")
+
+# Options that switch off trio_chat's protections which would otherwise stop
+# a benchmark: per-connection rate limits and per-IP connection limits (all
+# load comes from 127.0.0.1).
+TRIO_CHAT_BENCH_ARGS = [
+    "--rate-messages", "1000000000", "--rate-seconds", "1",
+    "--max-connections", "100000",
+    "--max-connections-per-ip", "100000",
+    "--max-handshakes-per-ip", "100000000",
+]
+
+
+@dataclass
+class ServerSpec:
+    """How to start one server in chat (``serve``) or ``echo`` mode.
+
+    ``command`` is the argv prefix; the mode word, ``--host``, ``--port`` and
+    ``extra`` (chat mode only) are appended.
+    """
+
+    name: str
+    command: list[str]
+    extra: list[str] = field(default_factory=list)
+    label: str = ""
+
+    def argv(self, mode: str) -> list[str]:
+        args = [*self.command, mode, "--host", "127.0.0.1", "--port", "0"]
+        if mode == "serve":
+            args += self.extra
+        return args
+
+
+def default_specs(python: str = sys.executable, trio_chat_cmd: str | None = None,
+                  trio_chat_extra: list[str] | None = None) -> dict[str, ServerSpec]:
+    """The peers and trio_chat.  ``trio_chat_cmd`` replaces ``python -m trio_chat``."""
+    peer = lambda f: [python, os.path.join(PEERS_DIR, f)]  # noqa: E731
+    tc_cmd = shlex.split(trio_chat_cmd) if trio_chat_cmd else [python, "-m", "trio_chat"]
+    return {
+        "websockets-asyncio": ServerSpec("websockets-asyncio", peer("ws_asyncio.py"),
+                                         label="websockets (asyncio) + broadcast()"),
+        "trio_chat": ServerSpec("trio_chat", tc_cmd,
+                                TRIO_CHAT_BENCH_ARGS + list(trio_chat_extra or []),
+                                label="trio_chat"),
+        "websockets-trio": ServerSpec("websockets-trio", peer("ws_trio.py"),
+                                      label="websockets.trio + broadcast()"),
+        "trio-naive": ServerSpec("trio-naive", peer("trio_naive.py"),
+                                 label="naive trio-websocket"),
+    }
+
+
+def raise_fd_limit(target: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE (hard too, when allowed) so children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want_hard in (max(hard, target), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want_hard, want_hard))
+            return want_hard
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def taskset(core: int | None) -> list[str]:
+    if core is None or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(core)]
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """A running server; use as a context manager."""
+
+    def __init__(self, spec: ServerSpec, mode: str = "serve", core: int | None = 0,
+                 start_timeout: float = 20.0, log_path: str | None = None):
+        self.spec, self.mode, self.core = spec, mode, core
+        self.start_timeout = start_timeout
+        self.log_path = log_path
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.ps: psutil.Process | None = None
+        self._lines: list[str] = []
+
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        argv = taskset(self.core) + self.spec.argv(self.mode)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = REPO_DIR + os.pathsep + env.get("PYTHONPATH", "")
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=REPO_DIR,
+                                     start_new_session=True)
+        if log is not subprocess.DEVNULL:
+            log.close()
+        found = threading.Event()
+
+        def pump() -> None:
+            assert self.proc and self.proc.stdout
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                self._lines.append(line)
+                m = LISTENING.search(line)
+                if m and not found.is_set():
+                    self.port = int(m.group(2))
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + self.start_timeout
+        while not found.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"{self.spec.name} did not start: " +
+                                  " | ".join(self._lines[-5:]) + self._log_tail())
+        self.ps = psutil.Process(self.proc.pid)
+        # taskset execs the server in place, so the pid is the server's.
+
+    def _log_tail(self) -> str:
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.log_path) - 600))
+            return " | log: " + f.read().decode(errors="replace").replace("\n", " / ")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu(self) -> float:
+        """Server CPU seconds so far (user + system)."""
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def num_fds(self) -> int:
+        return self.ps.num_fds()
+
+    def stable_rss(self, settle: float = 0.5, timeout: float = 8.0, tolerance: float = 0.005) -> int:
+        """RSS once two samples ``settle`` seconds apart differ by < tolerance."""
+        last = self.rss()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            now = self.rss()
+            if abs(now - last) <= tolerance * max(last, 1):
+                return now
+            last = now
+        return last
+
+    def stop(self, grace: float = 5.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Run the trio_chat benchmark suite against trio_chat and its peers.
+
+    python benchmarks/run.py            # full run: 3 repetitions (~15 min)
+    python benchmarks/run.py --quick    # 1 repetition, shorter windows (~3 min)
+
+The server under test is pinned to core 0 and the load generator (compiled
+from loadgen/loadgen.c) to core 1.  Servers are alternated within every
+repetition (the order rotates per repetition).  Results go to
+benchmarks/results/ (JSON + markdown), the latency plot to
+benchmarks/latency.png, and the results section of benchmarks/README.md is
+regenerated unless --no-readme is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from importlib import metadata
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import loadgen, report  # noqa: E402
+from harness.scenarios import SCENARIOS, Config, run_sweep  # noqa: E402
+from harness.servers import BENCH_DIR, ServerError, ServerProcess, default_specs, raise_fd_limit  # noqa: E402
+
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 repetition, short windows, fewer points")
+    p.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
+    p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(default_specs()))
+    p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    p.add_argument("--no-sweep", action="store_true", help="skip the latency sweep and plot")
+    p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"),
+                   help="command that starts trio_chat (default: python -m trio_chat)")
+    p.add_argument("--trio-chat-args", default="", help="extra arguments for trio_chat serve")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's results section")
+    p.add_argument("--tag", default="", help="suffix for the results file name")
+    return p.parse_args()
+
+
+def config(args: argparse.Namespace) -> Config:
+    log_dir = os.path.join(RESULTS_DIR, "raw")
+    os.makedirs(log_dir, exist_ok=True)
+    if args.quick:
+        return Config(warmup=0.5, duration=2.0, drain=0.5, log_dir=log_dir, idle_counts=(5000,),
+                      sweep_offered=(25_000, 100_000, 200_000), sweep_duration=2.0)
+    return Config(log_dir=log_dir)
+
+
+def available(spec, cfg: Config) -> str | None:
+    """None if the server starts and prints its listening line, else why not."""
+    try:
+        with ServerProcess(spec, core=cfg.server_core, start_timeout=15,
+                           log_path=os.path.join(cfg.log_dir, f"{spec.name}.log")):
+            return None
+    except ServerError as exc:
+        return str(exc)[:300]
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "machine": platform.machine(),
+           "cpus": os.cpu_count(), "kernel": platform.release()}
+    for dist in ("trio", "trio-websocket", "wsproto", "websockets", "trio-chat"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            out["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return out
+
+
+def main() -> int:
+    args = parse_args()
+    reps = args.reps or (1 if args.quick else 3)
+    cfg = config(args)
+    raise_fd_limit()
+    loadgen.build()
+    specs = default_specs(trio_chat_cmd=args.trio_chat_cmd,
+                          trio_chat_extra=shlex.split(args.trio_chat_args))
+    names = args.servers.split(",") if args.servers else list(specs)
+    scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    if args.quick and not args.scenarios:
+        scenarios = [s for s in scenarios if s != "idle_10000"]
+    unavailable = {}
+    for name in names:
+        why = available(specs[name], cfg)
+        if why:
+            unavailable[name] = why
+            print(f"[skip] {name}: {why}", flush=True)
+    active = [n for n in names if n not in unavailable]
+
+    started = time.monotonic()
+    runs = []
+    for rep in range(reps):
+        for scenario in scenarios:
+            order = active[rep % len(active):] + active[:rep % len(active)] if active else []
+            for name in order:
+                t0 = time.monotonic()
+                try:
+                    metrics = SCENARIOS[scenario](specs[name], cfg)
+                except Exception as exc:  # noqa: BLE001 - record and go on
+                    metrics = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+                runs.append({"server": name, "scenario": scenario, "rep": rep, "metrics": metrics})
+                brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()
+                         if k not in ("close_codes", "first_error") and not isinstance(v, dict)}
+                print(f"[rep {rep + 1}/{reps}] {scenario:<12} {name:<19} {time.monotonic() - t0:5.1f}s {brief}",
+                      flush=True)
+
+    sweeps = {}
+    if not args.no_sweep:
+        for name in active:
+            sweeps[name] = run_sweep(specs[name], cfg, log=lambda m: print(m, flush=True))
+
+    summary = report.summarize(runs)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = {"meta": {"date": stamp, "quick": args.quick, "reps": reps, "config": cfg.__dict__,
+                     "versions": versions(), "servers": names, "unavailable": unavailable,
+                     "elapsed_s": time.monotonic() - started},
+            "runs": runs, "summary": summary, "sweeps": sweeps}
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    name = f"results-{stamp}{'-' + args.tag if args.tag else ''}.json"
+    for path in (os.path.join(RESULTS_DIR, name), os.path.join(RESULTS_DIR, "latest.json")):
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+
+    if sweeps:
+        report.plot_latency(sweeps, os.path.join(BENCH_DIR, "latency.png"))
+    section = results_section(data, names, summary, sweeps, runs, unavailable)
+    with open(os.path.join(RESULTS_DIR, "latest.md"), "w") as f:
+        f.write(section + "\n")
+    print("\n" + section)
+    if not args.no_readme:
+        if report.update_readme(os.path.join(BENCH_DIR, "README.md"), section):
+            print("\nREADME.md results section updated.")
+    return 0
+
+
+def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
+    meta = data["meta"]
+    v = meta["versions"]
+    lines = [
+        f"Run {meta['date']} ({'quick' if meta['quick'] else 'full'}, {meta['reps']} repetition(s), "
+        f"{meta['elapsed_s'] / 60:.1f} min); {v.get('cpu', '?')}, {v.get('cpus')} cores; "
+        f"Python {v['python']}, trio {v.get('trio', '?')}, trio-websocket {v.get('trio-websocket', '?')}, "
+        f"websockets {v.get('websockets', '?')}. Server on core 0, load generator on core 1.",
+        "",
+        "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions).",
+        "",
+        report.markdown_table(summary, names),
+    ]
+    for name, why in unavailable.items():
+        lines += ["", f"*{name}: not measured in this run ({why}).*"]
+    errs = report.errors(runs)
+    if errs:
+        lines += ["", "Failed runs:", ""] + [f"- {e}" for e in errs]
+    if sweeps:
+        lines += ["", "Latency against offered load (fixed-rate fan-out, 200 clients, one room):", "",
+                  "![latency against offered load](latency.png)", "", report.sweep_table(sweeps)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
