@@ -480,8 +480,14 @@ const ui = {
     const { state } = detail;
     document.body.dataset.connection = state;
     const pill = $("conn-state");
+    const mini = $("conn-mini"); // the same, in the header, for narrow screens
     const banner = $("banner");
+    const label = (text) => {
+      pill.textContent = text;
+      mini.textContent = `${text} ·`;
+    };
     pill.dataset.state = state;
+    mini.dataset.state = state;
     banner.dataset.state = state;
     clearInterval(this.countdown);
     this.countdown = null;
@@ -495,11 +501,11 @@ const ui = {
     switch (state) {
       case State.ONLINE:
         this.connectFailures = 0;
-        pill.textContent = "online";
+        label("online");
         banner.hidden = true;
         break;
       case State.CONNECTING:
-        pill.textContent = detail.attempt > 0 ? "reconnecting…" : "connecting…";
+        label(detail.attempt > 0 ? "reconnecting…" : "connecting…");
         show(detail.attempt > 0 ? "Reconnecting…" : "Connecting…");
         break;
       case State.RECONNECTING: {
@@ -509,8 +515,9 @@ const ui = {
           : "";
         const tick = () => {
           const left = seconds(detail.retryAt - Date.now());
-          pill.textContent = `reconnecting in ${left} s`;
-          $("banner-text").textContent = `Connection lost. Reconnecting in ${left} s.${hint}`;
+          label(`reconnecting in ${left} s`);
+          const lead = this.client.userId ? "Connection lost." : "Can't connect.";
+          $("banner-text").textContent = `${lead} Reconnecting in ${left} s.${hint}`;
         };
         show("", { retry: true });
         tick();
@@ -518,11 +525,11 @@ const ui = {
         break;
       }
       case State.OFFLINE:
-        pill.textContent = "offline";
+        label("offline");
         show(detail.gaveUp ? "Offline: gave up reconnecting." : "Offline.", { retry: true });
         break;
       default:
-        pill.textContent = state;
+        label(state);
     }
     this.renderHeader();
   },

@@ -348,6 +348,7 @@ export class TrioChatClient extends EventTarget {
    * @param {string} [reason]
    */
   close(code = 1000, reason = "") {
+    if (this.#state === State.OFFLINE || this.#state === State.IDLE) return;
     if (typeof globalThis.removeEventListener === "function") {
       globalThis.removeEventListener("online", this.#onNetworkOnline);
     }
@@ -736,8 +737,9 @@ export class TrioChatClient extends EventTarget {
     }, this.#options.resetAfterMs);
     this.#setState(State.ONLINE);
     this.#emit("welcome", { userId: this.#userId, sessionId: this.#sessionId, limits: this.#limits, reconnected });
-    if (this.#ownPresence) this.#sendFrame("presence", this.#ownPresence);
     for (const room of this.#rooms.values()) this.#sendJoin(room);
+    // After the joins, so the room members hear it.
+    if (this.#ownPresence) this.#sendFrame("presence", this.#ownPresence);
     this.#flush(); // direct messages need no room
   }
 

@@ -1,0 +1,484 @@
+"""The chat page and trio-chat.js in a real headless Chromium.
+
+The server runs as a subprocess (`python -m trio_chat serve --port 0`). To cut
+a page's connection the test puts a TCP proxy between that page and the
+server and resets or closes what it carries, so the page has to notice and
+recover by itself. Screenshots land in tests/artifacts/ on every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import trio
+
+from browser_support import (
+    FAKE_SOCKET_JS,
+    LAPTOP,
+    PHONE,
+    ChatPage,
+    ChatServer,
+    TcpProxy,
+    chromium,
+    require_chromium,
+)
+
+BROWSER_TEST_TIMEOUT = 180  # seconds, for a whole scenario
+
+
+@pytest.fixture
+async def chat_server(nursery, tmp_path):
+    require_chromium()
+    server = ChatServer(tmp_path / "server.log")
+    await server.start(nursery)
+    try:
+        yield server
+    finally:
+        await server.stop()
+        print(f"--- server log ---\n{server.log()}")
+
+
+async def in_browser(scenario, *args):
+    """Run a sync playwright scenario in a worker thread."""
+    with trio.fail_after(BROWSER_TEST_TIMEOUT):
+        return await trio.to_thread.run_sync(functools.partial(scenario, *args), abandon_on_cancel=True)
+
+
+def in_trio(fn, *args, **kwargs):
+    """From the browser thread: call a sync function in the test's trio thread."""
+    return trio.from_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def settle(seconds: float = 0.7) -> None:
+    """Leave time for anything that should NOT happen (a duplicate) to show up."""
+    time.sleep(seconds)
+
+
+def assert_exactly_once_in_order(messages: list[dict], expected_texts: list[str], who: str) -> None:
+    ids = [message["id"] for message in messages]
+    texts = [message["text"] for message in messages]
+    assert texts == expected_texts, f"{who} shows {texts}"
+    assert ids == list(range(ids[0], ids[0] + len(ids))), f"{who}: ids not contiguous and increasing: {ids}"
+
+
+def no_page_errors(*pages: ChatPage) -> None:
+    problems = [
+        problem
+        for page in pages
+        for problem in page.problems
+        # Chromium reports each refused WebSocket handshake on the console:
+        # expected while the proxy is down.
+        if "WebSocket connection to" not in problem
+    ]
+    assert not problems, problems
+
+
+# --------------------------------------------------------------- end to end
+
+
+async def test_two_pages_chat_and_recover_from_dropped_connections(chat_server, nursery):
+    proxy = TcpProxy(chat_server.port)
+    await nursery.start(proxy.serve)
+    await in_browser(chat_survives_drops, chat_server.base_url, proxy)
+
+
+def chat_survives_drops(server_url: str, proxy: TcpProxy) -> None:
+    room = "lobby"
+    expected: list[str] = []
+
+    with chromium() as browser:
+        alice = ChatPage(browser, server_url, viewport=LAPTOP, name="alice")
+        bob = ChatPage(browser, proxy.base_url, viewport=PHONE, name="bob")  # bob's traffic can be cut
+        try:
+            # Two people meet in a room.
+            alice.sign_in("alice", room)
+            alice.wait_state("online")
+            bob.sign_in("bob", room)
+            bob.wait_state("online")
+            alice.wait_member("bob", "online")
+            alice.wait_notice(room, "bob joined #lobby")
+            assert set(alice.members()) == {"alice", "bob"}
+
+            # They chat both ways.
+            for sender, receiver, text in [
+                (alice, bob, "hi bob"),
+                (bob, alice, "hey alice, how are you?"),
+                (alice, bob, "fine, thanks"),
+            ]:
+                sender.send(text)
+                expected.append(text)
+                receiver.wait_message(room, text)
+                sender.wait_message(room, text)  # the sender sees its own message, acknowledged
+
+            # Presence travels.
+            bob.set_status("away")
+            alice.wait_member("bob", "away")
+
+            # 1. The connection is reset while alice keeps talking.
+            assert in_trio(proxy.drop, reset=True) >= 1
+            for n in range(1, 11):
+                text = f"while bob reconnects {n}"
+                alice.send(text)
+                expected.append(text)
+                time.sleep(0.05)
+            bob.wait_state("online", timeout_ms=40_000)
+            bob.wait_message(room, expected[-1], timeout_ms=30_000)
+            alice.wait_message(room, expected[-1])
+            settle()
+            assert_exactly_once_in_order(bob.messages(room), expected, "bob")
+            assert_exactly_once_in_order(alice.messages(room), expected, "alice")
+            alice.wait_member("bob", "away")  # bob's status survives his reconnect
+
+            # 2. A longer outage: bob's side stays down while alice talks and bob types.
+            in_trio(proxy.block)
+            in_trio(proxy.drop, reset=False)
+            bob.wait_state("reconnecting")
+            alice.wait_notice(room, "bob left #lobby")
+            alice.wait_member("bob", present=False)
+            for n in range(1, 6):
+                text = f"while bob is away {n}"
+                alice.send(text)
+                expected.append(text)
+            alice.wait_message(room, expected[-1])
+            bob.send("typed while offline")
+            assert bob.pending(room) == ["typed while offline"]
+            bob.screenshot("browser-phone-offline.png")
+            time.sleep(1.5)  # a few failed attempts: the backoff grows
+            assert not any("while bob is away" in m["text"] for m in bob.messages(room))
+
+            in_trio(proxy.unblock)
+            expected.append("typed while offline")
+            bob.wait_state("online", timeout_ms=40_000)
+            alice.wait_message(room, "typed while offline", timeout_ms=20_000)
+            bob.wait_message(room, "typed while offline")
+            alice.wait_member("bob", "away")
+            settle()
+            assert bob.pending(room) == []
+            assert_exactly_once_in_order(bob.messages(room), expected, "bob")
+            assert_exactly_once_in_order(alice.messages(room), expected, "alice")
+            assert alice.messages(room) == bob.messages(room)
+            no_page_errors(alice, bob)
+        finally:
+            alice.screenshot("browser-laptop.png")
+            bob.screenshot("browser-phone.png")
+            alice.close()
+            bob.close()
+
+
+async def test_page_escapes_text_and_shows_errors_in_place(chat_server):
+    await in_browser(escapes_and_errors, chat_server.base_url)
+
+
+def escapes_and_errors(server_url: str) -> None:
+    hostile = '<img src=x onerror="window.__owned = 1"> <script>window.__owned = 2</script> & &amp;'
+    with chromium() as browser:
+        alice = ChatPage(browser, server_url, viewport=LAPTOP, name="alice")
+        carol = ChatPage(browser, server_url, viewport=LAPTOP, name="carol")
+        try:
+            alice.sign_in("alice", "general")
+            alice.wait_state("online")
+            carol.sign_in("carol", "general")
+            carol.wait_state("online")
+
+            # User text is shown as text, never parsed as HTML.
+            carol.send(hostile)
+            alice.wait_message("general", hostile)
+            assert alice.page.locator(".log img, .log script").count() == 0
+            assert alice.page.evaluate("window.__owned") is None
+
+            # A direct message to someone who is not connected fails in place.
+            alice.send("/dm nobody-here are you there?")
+            failed = alice.page.locator(".log[data-conv='dm:nobody-here'] .msg--failed")
+            failed.wait_for()
+            assert "not sent" in failed.locator(".msg-status").inner_text()
+
+            # A direct message between the two arrives in its own conversation.
+            carol.send("/dm alice psst, a secret")
+            alice.page.locator("#dm-list li[data-conv='dm:carol'] .badge").wait_for()
+            alice.page.click("#dm-list li[data-conv='dm:carol'] button")
+            alice.page.locator(".log[data-conv='dm:carol'] .msg .text", has_text="psst, a secret").wait_for()
+            carol.page.locator(".log[data-conv='dm:alice'] .msg--own .text", has_text="psst, a secret").wait_for()
+            alice.screenshot("browser-direct-message.png")
+            no_page_errors(alice, carol)
+        finally:
+            alice.close()
+            carol.close()
+
+
+# ------------------------------------------------- page against a scripted server
+
+
+# A WebSocket replacement that plays a tiny server: it refuses the first try
+# of every chat with 429, to show how the page reports it.
+RATE_LIMITING_SERVER_JS = """
+window.WebSocket = class {
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.seenRefs = new Set();
+    this.nextId = 1;
+    setTimeout(() => {
+      this.readyState = 1;
+      this.reply("welcome", { session_id: "s1", user_id: new URL(url).searchParams.get("user"),
+        limits: { max_message_bytes: 65536, max_content_chars: 4000,
+                  rate: { messages: 100, per_seconds: 1 }, ping_interval_seconds: 54 } });
+    }, 10);
+  }
+  reply(type, payload, ref) { this.onmessage?.({ data: JSON.stringify({ type, payload, ref }) }); }
+  send(data) {
+    const { type, payload, ref } = JSON.parse(data);
+    if (type === "join") this.reply("joined", { room: payload.room, members: ["dora"], history: [], truncated: false }, ref);
+    if (type === "chat" && !this.seenRefs.has(ref)) {
+      this.seenRefs.add(ref);
+      this.reply("error", { code: 429, message: "rate limit exceeded", retry_after_ms: 2500 }, ref);
+    } else if (type === "chat") {
+      this.reply("ack", { id: this.nextId++, room: payload.room, time: new Date().toISOString() }, ref);
+    }
+  }
+  close() {}
+};
+"""
+
+
+async def test_page_shows_rate_limit_and_resends(chat_server):
+    await in_browser(rate_limited_page, chat_server.base_url)
+
+
+def rate_limited_page(server_url: str) -> None:
+    with chromium() as browser:
+        dora = ChatPage(browser, server_url, viewport=PHONE, name="dora")
+        try:
+            dora.page.add_init_script(RATE_LIMITING_SERVER_JS)
+            dora.page.reload()
+            dora.sign_in("dora", "lobby")
+            dora.wait_state("online")
+            dora.send("too fast?")
+            status = dora.page.locator(".outbox .msg--held .msg-status")
+            status.wait_for()
+            assert status.inner_text() == "slow down: retry in 3 s"
+            dora.screenshot("browser-rate-limited.png")
+            # The client waits as told and re-sends: the message goes through.
+            dora.wait_message("lobby", "too fast?", timeout_ms=8000)
+            assert dora.pending("lobby") == []
+            assert [m["id"] for m in dora.messages("lobby")] == [1]
+        finally:
+            dora.close()
+
+
+# ------------------------------------------------------ trio-chat.js on its own
+
+
+async def test_client_backoff_policies(chat_server):
+    await in_browser(client_backoff, chat_server.base_url)
+
+
+def client_backoff(server_url: str) -> None:
+    with chromium() as browser:
+        page = ChatPage(browser, server_url, name="backoff").page
+        page.evaluate(FAKE_SOCKET_JS)
+        result = page.evaluate(
+            """async () => {
+            const { TrioChatClient, backoffDelay } = await import("/trio-chat.js");
+            const run = async (options, until_) => {
+              FakeSocket.sockets = [];
+              const states = [];
+              const client = new TrioChatClient("ws://chat.invalid/ws", { WebSocket: FakeSocket, watchNetwork: false, ...options });
+              client.addEventListener("state", (e) => states.push(e.detail));
+              FakeSocket.onCreate = (socket) => socket.fail();
+              client.connect();
+              await until(() => until_(states), "states");
+              client.close();
+              FakeSocket.onCreate = null;
+              return states;
+            };
+
+            // Fixed interval, at most 3 attempts, then offline.
+            const fixed = await run({ backoff: "fixed", reconnectInterval: 20, maxReconnectAttempts: 3 },
+                                    (s) => s.some((d) => d.state === "offline"));
+
+            // Exponential with full jitter: the ceiling doubles up to the cap.
+            const high = await run({ baseDelayMs: 10, maxDelayMs: 100, random: () => 0.999999 },
+                                   (s) => s.filter((d) => d.state === "reconnecting").length >= 7);
+            const low = await run({ baseDelayMs: 10, maxDelayMs: 100, random: () => 0 },
+                                  (s) => s.filter((d) => d.state === "reconnecting").length >= 3);
+            const jitter = Array.from({ length: 2000 }, (_, i) => backoffDelay(i % 8, { baseDelayMs: 500, maxDelayMs: 30000 }));
+
+            // A connection that stays up resets the backoff; a short one does not.
+            FakeSocket.sockets = [];
+            const delays = [];
+            const client = new TrioChatClient("ws://chat.invalid/ws", {
+              WebSocket: FakeSocket, watchNetwork: false, baseDelayMs: 40, maxDelayMs: 10000,
+              resetAfterMs: 150, random: () => 0.999999 });
+            client.addEventListener("state", (e) => e.detail.state === "reconnecting" && delays.push(e.detail.delayMs));
+            client.connect();
+            for (let i = 0; i < 3; i++) {            // three failed attempts: 39, 79, 159 ms
+              await until(() => FakeSocket.sockets.length === i + 1, "socket");
+              FakeSocket.latest().fail();
+            }
+            await until(() => FakeSocket.sockets.length === 4, "socket 4");
+            FakeSocket.latest().welcome();
+            await sleep(20);
+            FakeSocket.latest().fail();                // up 20 ms: no reset -> 319 ms
+            await until(() => FakeSocket.sockets.length === 5, "socket 5", 2000);
+            FakeSocket.latest().welcome();
+            await sleep(300);
+            FakeSocket.latest().fail();                // up 300 ms: reset -> 39 ms
+            await until(() => delays.length === 5, "fifth delay");
+            client.close();
+            const urls = FakeSocket.sockets.map((s) => s.url);
+            return { fixed, high, low, jitter, delays, urls, protocols: FakeSocket.sockets[0].protocols };
+        }"""
+        )
+
+    fixed = result["fixed"]
+    assert [d["state"] for d in fixed] == ["connecting", "reconnecting"] * 3 + ["connecting", "offline"]
+    assert {d["delayMs"] for d in fixed if d["state"] == "reconnecting"} == {20}
+    assert fixed[-1]["gaveUp"] is True
+
+    high = [d["delayMs"] for d in result["high"] if d["state"] == "reconnecting"]
+    assert high[:7] == [9, 19, 39, 79, 99, 99, 99]
+    low = [d["delayMs"] for d in result["low"] if d["state"] == "reconnecting"]
+    assert low[:3] == [0, 0, 0]
+    jitter = result["jitter"]
+    for i, delay in enumerate(jitter):
+        assert 0 <= delay < min(30_000, 500 * 2 ** (i % 8))
+    assert len(set(jitter)) > 1000  # really random
+
+    assert result["delays"] == [39, 79, 159, 319, 39]
+    assert result["protocols"] == ["trio-chat.v1"]
+    # Without a user name the server's guest id is pinned after the first welcome.
+    assert "user=alice" in result["urls"][-1]
+
+
+async def test_client_resumes_rooms_and_resends_without_duplicates(chat_server):
+    await in_browser(client_resume, chat_server.base_url)
+
+
+def client_resume(server_url: str) -> None:
+    with chromium() as browser:
+        page = ChatPage(browser, server_url, name="resume").page
+        page.evaluate(FAKE_SOCKET_JS)
+        result = page.evaluate(
+            """async () => {
+            const { TrioChatClient } = await import("/trio-chat.js");
+            FakeSocket.sockets = [];
+            const messages = [], errors = [], sent = [], pending = [];
+            const client = new TrioChatClient("ws://chat.invalid/ws", {
+              user: "alice", WebSocket: FakeSocket, watchNetwork: false, baseDelayMs: 5, maxDelayMs: 5 });
+            client.addEventListener("message", (e) => messages.push(e.detail));
+            client.addEventListener("error", (e) => errors.push(e.detail));
+            client.addEventListener("sent", (e) => sent.push(e.detail));
+            client.addEventListener("pending", (e) => pending.push(e.detail));
+            const chat = (id, user, content) => ({ id, room: "lobby", user_id: user, content, time: `2026-11-29T10:00:0${id % 10}.000Z` });
+            const check = {};
+
+            // First connection: join, history, live messages.
+            const joining = client.join("lobby");
+            client.connect();
+            await until(() => FakeSocket.sockets.length === 1, "socket 1");
+            let s = FakeSocket.latest();
+            s.welcome();
+            const join1 = s.sentOf("join")[0];
+            check.firstJoin = join1.payload;
+            s.frame("joined", { room: "lobby", members: ["alice", "bob"], history: [chat(1, "bob", "one"), chat(2, "bob", "two")], truncated: false }, join1.ref);
+            await joining;
+            s.frame("chat", chat(3, "bob", "three"));
+            s.frame("chat", chat(3, "bob", "three"));          // a duplicate: dropped
+
+            // A message is sent, published, but the connection drops before its ack.
+            const mine = client.send("lobby", "mine");
+            const chat1 = s.sentOf("chat")[0];
+            client.setPresence("away");
+            s.fail(1006);
+
+            // Second connection: re-join with since, then the original ref again.
+            await until(() => FakeSocket.sockets.length === 2, "socket 2");
+            s = FakeSocket.latest();
+            s.welcome();
+            check.rejoin = s.sent[0];
+            check.chatBeforeJoined = s.sentOf("chat").length;
+            check.presenceAfterJoin = s.sent.map((f) => f.type);
+            s.frame("joined", { room: "lobby", members: ["alice", "bob"],
+                                history: [chat(3, "bob", "three"), chat(4, "alice", "mine"), chat(5, "bob", "five")],
+                                truncated: false }, s.sent[0].ref);
+            const resent = s.sentOf("chat");
+            check.resent = resent.map((f) => [f.ref, f.payload.content]);
+            check.originalRef = chat1.ref;
+            s.frame("ack", { id: 4, room: "lobby", time: "2026-11-29T10:00:04.000Z" }, chat1.ref);   // the original ack
+            check.mineAck = await mine;
+
+            // Own messages come back as messages, from the ack.
+            const second = client.send("lobby", "second");
+            s.frame("chat", chat(6, "bob", "six"));
+            s.frame("ack", { id: 7, room: "lobby", time: "2026-11-29T10:00:07.000Z" }, s.sentOf("chat").at(-1).ref);
+            await second;
+
+            // 429: kept, re-sent after retry_after_ms with the same ref.
+            const third = client.send("lobby", "third");
+            const ref3 = s.sentOf("chat").at(-1).ref;
+            s.frame("error", { code: 429, message: "rate limit exceeded", retry_after_ms: 60 }, ref3);
+            await sleep(20);
+            check.resentTooEarly = s.sentOf("chat").filter((f) => f.ref === ref3).length;
+            await until(() => s.sentOf("chat").filter((f) => f.ref === ref3).length === 2, "429 resend");
+            s.frame("ack", { id: 8, room: "lobby", time: "2026-11-29T10:00:08.000Z" }, ref3);
+            await third;
+
+            // Sent while offline: queued, delivered once after the reconnect.
+            s.fail(1001);
+            const offline = client.send("lobby", "offline");
+            check.stateWhenQueued = client.state;
+            await until(() => FakeSocket.sockets.length === 3, "socket 3");
+            s = FakeSocket.latest();
+            s.welcome();
+            check.rejoin3 = s.sent[0].payload;
+            s.frame("joined", { room: "lobby", members: ["alice", "bob"], history: [], truncated: false }, s.sent[0].ref);
+            check.offlineSends = s.sentOf("chat").map((f) => f.payload.content);
+            s.frame("ack", { id: 9, room: "lobby", time: "2026-11-29T10:00:09.000Z" }, s.sentOf("chat")[0].ref);
+            await offline;
+
+            // A refusal that will not get better fails the message.
+            const refused = client.direct("nobody", "hello?");
+            s.frame("error", { code: 404, message: "nobody is not connected" }, s.sentOf("direct")[0].ref);
+            check.refused = await refused.then(() => "resolved", (e) => [e.name, e.code]);
+            check.pendingLeft = client.pending.length;
+            check.lastId = client.lastId("lobby");
+            client.close();
+            return { check, errors, sent: sent.map((d) => d.ref), pending: pending.length,
+                     messages: messages.map((m) => [m.id, m.user_id, m.content, m.own, m.replayed]) };
+        }"""
+        )
+
+    check = result["check"]
+    assert check["firstJoin"] == {"room": "lobby"}
+    assert check["rejoin"]["type"] == "join"
+    assert check["rejoin"]["payload"] == {"room": "lobby", "since": 3}
+    assert check["chatBeforeJoined"] == 0, "a chat was sent before its room was re-joined"
+    assert check["presenceAfterJoin"] == ["join", "presence"]
+    assert check["resent"] == [[check["originalRef"], "mine"]]
+    assert len(check["originalRef"]) <= 64
+    assert check["mineAck"]["id"] == 4 and check["mineAck"]["ref"] == check["originalRef"]
+    assert check["resentTooEarly"] == 1
+    assert check["stateWhenQueued"] == "reconnecting"
+    assert check["rejoin3"] == {"room": "lobby", "since": 8}
+    assert check["offlineSends"] == ["offline"]
+    assert check["refused"] == ["ChatError", 404]
+    assert check["pendingLeft"] == 0
+    assert check["lastId"] == 9
+
+    assert result["messages"] == [
+        [1, "bob", "one", False, True],
+        [2, "bob", "two", False, True],
+        [3, "bob", "three", False, False],
+        [4, "alice", "mine", True, True],  # arrived with the history, before the resent ack
+        [5, "bob", "five", False, True],
+        [6, "bob", "six", False, False],
+        [7, "alice", "second", True, False],
+        [8, "alice", "third", True, False],
+        [9, "alice", "offline", True, False],
+    ]
+    assert [e["code"] for e in result["errors"]] == [429, 404]
+    assert result["errors"][0]["willRetry"] is True and result["errors"][0]["retryAfterMs"] == 60
+    assert result["pending"] == 5
+    assert len(result["sent"]) == 4
