@@ -149,33 +149,25 @@ class Connection:
                 await handler(message)
 
     async def _writer(self) -> None:
-        receive = self.outlet.receive
+        queue = self.outlet.queue
         stream = self.stream
         outlet = self.outlet
         timeout = self.config.write_timeout
         while True:
             try:
-                data, frames = await receive.receive()
+                data, frames = await queue.take_all()
             except trio.EndOfChannel:
                 return  # drained: time to close
-            batch = [data]
-            while True:
-                try:
-                    data, more = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                batch.append(data)
-                frames += more
             try:
                 with trio.fail_after(timeout):
-                    await stream.send_frames(b"".join(batch) if len(batch) > 1 else batch[0])
+                    await stream.send_frames(data)
             except trio.TooSlowError:
                 outlet.kill(None, f"write not finished within {timeout:g} s")
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 outlet.kill(None, "connection lost while writing")
                 return
-            outlet.queued -= frames
+            queue.written(frames)
 
     async def _heartbeat(self) -> None:
         interval = self.config.ping_interval

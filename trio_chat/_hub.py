@@ -28,6 +28,7 @@ import trio
 from ._frames import text_frame
 from ._hub_state import Delivery, HubState, HubStats
 from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError
+from ._queue import FrameQueue
 from ._stream import WireStream
 
 __all__ = ["Hub", "Outlet", "HubCounters"]
@@ -56,8 +57,9 @@ class HubCounters:
 class Outlet:
     """The hub's handle on one connection: where its frames go.
 
-    ``queued`` counts frames waiting in the bounded queue (or being written by
-    the writer); ``pending`` collects the frames of the hub's current batch.
+    ``queue`` holds the frames waiting for the writer (its ``frames`` count,
+    frames queued or being written, is what ``limit`` bounds); ``pending``
+    collects the frames of the hub's current batch.
     ``kill(code, reason)`` marks the connection closed and asks its owner to
     close it (``code`` None: abort without a close frame).
     """
@@ -66,14 +68,12 @@ class Outlet:
         "stream",
         "limit",
         "half",
-        "queued",
+        "queue",
         "pending",
         "closed",
         "close_code",
         "close_reason",
         "user_id",
-        "_send",
-        "receive",
         "_on_kill",
         "counters",
     )
@@ -89,22 +89,22 @@ class Outlet:
         self.stream = stream
         self.limit = queue_size
         self.half = queue_size // 2
-        self.queued = 0
+        self.queue = FrameQueue()
         self.pending: list[bytes] = []
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
         self.user_id = user_id
-        # One slot more than the frame limit, for the wake-up item that asks
-        # the writer to finish a partial direct write.
-        self._send, self.receive = trio.open_memory_channel[tuple[bytes, int]](
-            queue_size + 1
-        )
         self._on_kill = on_kill
         self.counters = counters
 
     def __repr__(self) -> str:
-        return f"<Outlet {self.user_id} queued={self.queued} closed={self.closed}>"
+        return f"<Outlet {self.user_id} queued={self.queue.frames} closed={self.closed}>"
+
+    @property
+    def queued(self) -> int:
+        """Frames queued for, or being written by, the writer."""
+        return self.queue.frames
 
     def push(self, data: bytes, frames: int = 1) -> bool:
         """Deliver *data* (*frames* whole frames) without blocking.
@@ -115,26 +115,22 @@ class Outlet:
         """
         if self.closed:
             return False
-        if not self.queued:
+        queue = self.queue
+        if not queue.frames:
             stream = self.stream
             try:
                 if stream.write_nowait(data):
                     if stream.has_tail:
-                        self._send.send_nowait((b"", 0))
+                        queue.put_nowait(b"", 0)  # wake the writer for the tail
                     return True
             except trio.BrokenResourceError:
                 self.kill(None, "write failed")
                 return False
-        if self.queued + frames > self.limit:
+        if queue.frames + frames > self.limit:
             self.counters.slow_consumers += 1
             self.kill(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
             return False
-        self.queued += frames
-        try:
-            self._send.send_nowait((data, frames))
-        except trio.WouldBlock:  # pragma: no cover - the frame limit prevents it
-            self.kill(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
-            return False
+        queue.put_nowait(data, frames)
         return True
 
     def kill(self, code: int | None, reason: str) -> None:
@@ -153,7 +149,7 @@ class Outlet:
         self.closed = True
         self.close_code = code
         self.close_reason = reason
-        self._send.close()
+        self.queue.close()
 
 
 @attrs.frozen
@@ -318,7 +314,7 @@ class Hub:
             if delivery.ephemeral:
                 for outlet in delivery.to:
                     pending = outlet.pending
-                    if outlet.queued + len(pending) > outlet.half:
+                    if outlet.queue.frames + len(pending) > outlet.half:
                         self.counters.ephemeral_dropped += 1
                         continue
                     if not pending:
