@@ -1,0 +1,685 @@
+"""The Python client's bookkeeping, sans I/O.
+
+:class:`ClientState` decides everything the reconnecting client does and
+touches neither the network nor trio: which frames to write next (and when,
+to stay within the server's rate limit), which rooms to re-join and from which
+message id, which unacknowledged messages to re-send with their original
+``ref``, and which received messages are new.  The trio layer in
+:mod:`trio_chat.client` feeds it server events and connection changes, writes
+the frames it hands out and delivers the events it returns.
+
+Rules it keeps:
+
+* Every room remembers the highest message id delivered (``last_id``).  After
+  a reconnect the room is joined with ``since=last_id``; the server then sends
+  exactly the messages missed.  A message is delivered only if its id is above
+  ``last_id``, so nothing is delivered twice and each room's messages come out
+  in id order, whether they arrive live, in a ``joined`` history or as the ack
+  of our own message.
+* A server that lost its state (restarted without persistence) starts ids at 1
+  again.  That shows as a ``joined`` history holding ids at or below the
+  ``since`` we sent, or as a live message at or below it; the room's position
+  is then reset instead of dropping the new room's messages.
+* Chats and directs get a ``ref`` (uuid4 hex) when submitted and keep it.  One
+  that was not acknowledged when its connection dropped is sent again, with
+  the same ``ref``, once its room is joined on the next connection; the server
+  answers a repeated ``ref`` with the original ack and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import attrs
+
+from ._protocol import (
+    MAX_PRESENCE_TEXT_CHARS,
+    MAX_STATUS_CHARS,
+    ChatAck,
+    ChatMessage,
+    DirectAck,
+    DirectMessage,
+    ErrorEvent,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    PresenceUpdate,
+    ServerEvent,
+    System,
+    TypingNotice,
+    Welcome,
+    encode_client_event,
+    is_valid_room,
+    is_valid_user_id,
+)
+
+__all__ = [
+    "ClientError",
+    "ConnectionState",
+    "StateChanged",
+    "Backoff",
+    "Outgoing",
+    "ClientState",
+]
+
+#: Seconds added to the server's rate window when pacing sends, for jitter.
+PACE_MARGIN = 0.1
+#: Room kept for the ``ref`` (and JSON punctuation) when checking frame size.
+_REF_ROOM = 48
+
+
+class ClientError(Exception):
+    """A request refused by the server, or given up by the client.
+
+    ``code`` is the protocol's error code (400, 403, 404, 413, 429, 500) when
+    the server answered with an ``error`` frame or when the client saw
+    beforehand that the server would (a bad room name, content over the
+    server's limits).  It is 0 when the client gave up on its own: the room
+    was left before the message was delivered, the client closed, or the
+    message was not acknowledged after ``max_send_attempts`` connections.
+    ``retry_after_ms`` is set for 429.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        ref: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+        self.retry_after_ms = retry_after_ms
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ConnectionState(enum.Enum):
+    """Where the client's connection stands."""
+
+    #: Opening a WebSocket and waiting for the server's ``welcome``.
+    CONNECTING = "connecting"
+    #: ``welcome`` received: frames flow.
+    ONLINE = "online"
+    #: The connection was lost; waiting ``delay`` seconds before the next attempt.
+    RECONNECTING = "reconnecting"
+    #: Stopped for good: the block was left, or reconnecting failed for good.
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class StateChanged:
+    """An event in the client's stream: the connection changed state.
+
+    ``attempt`` counts the failed attempts in a row so far, ``delay`` is the
+    wait before the next attempt (``RECONNECTING``) and ``reason`` says why the
+    previous connection ended or why the client stopped.
+    """
+
+    type: ClassVar[str] = "state"
+    state: ConnectionState
+    attempt: int = 0
+    delay: float | None = None
+    reason: str | None = None
+
+
+@attrs.frozen
+class Backoff:
+    """When to reconnect: exponential backoff with full jitter.
+
+    The delay before retry number *n* (0 for the first) is uniform in
+    ``[0, min(cap, base * 2**n))``.  A connection that stayed up for
+    ``reset_after`` seconds resets *n* to 0.  ``max_attempts`` failed attempts
+    in a row stop the client (``None``: never give up).
+    """
+
+    base: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    cap: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    reset_after: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    max_attempts: int | None = None
+
+    def delay(self, attempt: int, random: Callable[[], float]) -> float:
+        """Seconds to wait before retry number *attempt*; *random* gives [0, 1)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 64))
+        return random() * ceiling
+
+
+def _new_ref() -> str:
+    return uuid.uuid4().hex
+
+
+@attrs.define(eq=False)
+class Outgoing:
+    """A chat or direct message on its way: queued, sent, or settled.
+
+    ``ref`` is fixed when the message is submitted and reused for every
+    re-send.  Once settled, exactly one of ``ack`` and ``error`` is set.
+    """
+
+    kind: str  #: "chat" or "direct"
+    target: str  #: the room (chat) or the addressee (direct)
+    content: str
+    ref: str = attrs.field(factory=_new_ref)
+    #: The connection (serial) it was last written on, None while queued.
+    sent_on: int | None = None
+    #: The connection it was first written on.
+    first_sent_on: int | None = None
+    #: Connections that dropped while it was written and unacknowledged.
+    drops: int = 0
+    ack: ChatAck | DirectAck | None = None
+    error: ClientError | None = None
+    #: Called once when settled.
+    callbacks: list[Callable[[], None]] = attrs.Factory(list)
+
+    @property
+    def done(self) -> bool:
+        return self.ack is not None or self.error is not None
+
+    def frame(self) -> str:
+        if self.kind == "chat":
+            payload = {"room": self.target, "content": self.content}
+        else:
+            payload = {"to": self.target, "content": self.content}
+        return json.dumps(
+            {"type": self.kind, "payload": payload, "ref": self.ref},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def _settle(self, ack: ChatAck | DirectAck | None, error: ClientError | None) -> None:
+        if self.done:
+            return
+        self.ack, self.error = ack, error
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+JoinWaiter = Callable[["Joined | ClientError"], None]
+
+
+@attrs.define
+class RoomState:
+    """A room the client is in, was in, or is about to (re-)join."""
+
+    name: str
+    #: The user wants to be in the room (re-joined after every reconnect).
+    wanted: bool = True
+    #: Joined at least once: ``last_id`` is a position to resume from.
+    anchored: bool = False
+    #: Highest message id delivered from this room.
+    last_id: int = 0
+    #: The ``since`` sent with this connection's join (0: none).
+    floor: int = 0
+    #: Serial of the connection the ``join`` went out on / was answered on.
+    join_sent_on: int | None = None
+    joined_on: int | None = None
+    members: set[str] = attrs.Factory(set)
+    #: The latest ``joined`` answer, without its history.
+    info: Joined | None = None
+    join_waiters: list[JoinWaiter] = attrs.Factory(list)
+    leave_waiters: list[Callable[[], None]] = attrs.Factory(list)
+
+    def accept(self, message_id: int, *, live: bool) -> bool:
+        """Whether message *message_id* is new; records it if so.
+
+        *live* means it arrived on the current connection after the join
+        (a live ``chat`` or the ack of a message first sent on it): such a
+        message can only have an id at or below ``floor`` if the server
+        started the room again, in which case the position is reset.
+        """
+        if message_id > self.last_id:
+            self.last_id = message_id
+            return True
+        if live and message_id <= self.floor:
+            self.last_id = message_id
+            self.floor = 0
+            return True
+        return False
+
+    def settle_join(self, result: Joined | ClientError) -> None:
+        waiters, self.join_waiters = self.join_waiters, []
+        for waiter in waiters:
+            waiter(result)
+
+    def settle_leave(self) -> None:
+        waiters, self.leave_waiters = self.leave_waiters, []
+        for waiter in waiters:
+            waiter()
+
+
+Emitted = Any  # a ServerEvent or a StateChanged
+
+
+def _history_message(item: object) -> ChatMessage | None:
+    if not isinstance(item, dict):
+        return None
+    try:
+        message = ChatMessage(
+            item["id"], item["room"], item["user_id"], item["content"], item["time"]
+        )
+    except KeyError:
+        return None
+    return message if isinstance(message.id, int) else None
+
+
+@attrs.define
+class ClientState:
+    """Everything the reconnecting client knows and decides, without I/O.
+
+    Connections are numbered (``serial``); :meth:`connection_made` and
+    :meth:`connection_lost` bracket each one.  :meth:`next_frame` hands out the
+    next frame to write, :meth:`receive` takes each server event and returns
+    the events to deliver to the user.  Times are passed in (seconds, any
+    monotonic clock).
+    """
+
+    #: Connections a message may be lost on before it is given up (None: never).
+    max_send_attempts: int | None = 5
+    #: On 429, keep the message and send it again after ``retry_after_ms``.
+    retry_rate_limited: bool = True
+    #: Keep chat, direct and presence frames within the announced rate.
+    pace: bool = True
+
+    serial: int = 0
+    online: bool = False
+    user_id: str | None = None
+    session_id: str | None = None
+    limits: dict[str, Any] = attrs.Factory(dict)
+    rooms: dict[str, RoomState] = attrs.Factory(dict)
+    outbox: list[Outgoing] = attrs.Factory(list)
+    #: Frames for the current connection that go out first (join, leave, typing).
+    control: deque[str] = attrs.Factory(deque)
+    presence: tuple[str, str | None] | None = None
+    presence_ref: str | None = None
+    presence_sent_on: int | None = None
+    #: No paced frame before this time (after a 429).
+    paused_until: float = -math.inf
+    #: When recent paced frames went out.
+    sent_times: deque[float] = attrs.Factory(deque)
+    #: ``ref`` of each join frame in flight -> room.
+    join_refs: dict[str, str] = attrs.Factory(dict)
+
+    # ------------------------------------------------------------ connections
+
+    def connection_made(self, welcome: Welcome) -> None:
+        """A new connection said ``welcome``: queue the joins and presence."""
+        self.serial += 1
+        self.online = True
+        self.user_id = welcome.user_id
+        self.session_id = welcome.session_id
+        self.limits = dict(welcome.limits) if isinstance(welcome.limits, dict) else {}
+        self.control.clear()
+        self.join_refs.clear()
+        self.presence_sent_on = None
+        for room in self.rooms.values():
+            if room.wanted:
+                self._queue_join(room)
+
+    def connection_lost(self) -> None:
+        """The current connection ended: forget what was in flight on it."""
+        if not self.online:
+            return
+        self.online = False
+        self.control.clear()
+        self.join_refs.clear()
+        for room in self.rooms.values():
+            room.joined_on = None
+            room.join_sent_on = None
+            if not room.wanted:
+                room.settle_leave()  # gone with the connection
+        for entry in list(self.outbox):
+            if entry.sent_on == self.serial:
+                entry.sent_on = None
+                entry.drops += 1
+                limit = self.max_send_attempts
+                if limit is not None and entry.drops >= limit:
+                    self._fail(entry, ClientError(
+                        0, f"not acknowledged after {entry.drops} dropped connections",
+                        ref=entry.ref,
+                    ))
+
+    def close(self, reason: str) -> None:
+        """The client stopped for good: settle everything still waiting."""
+        self.connection_lost()
+        for entry in list(self.outbox):
+            self._fail(entry, ClientError(0, f"the client is closed: {reason}", ref=entry.ref))
+        for room in self.rooms.values():
+            room.settle_join(ClientError(0, f"the client is closed: {reason}"))
+            room.settle_leave()
+
+    # ------------------------------------------------------------ user actions
+
+    def join(self, name: str, waiter: JoinWaiter) -> Joined | None:
+        """Want to be in room *name*.  Returns the room's ``joined`` if the
+        current connection is in it already; else *waiter* is called later
+        with the ``joined`` answer or a :class:`ClientError`."""
+        if not is_valid_room(name):
+            raise ClientError(400, f"not a valid room name: {name!r}")
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = RoomState(name)
+        elif room.wanted and self.online and room.joined_on == self.serial:
+            return room.info
+        room.wanted = True
+        room.join_waiters.append(waiter)
+        if self.online and room.join_sent_on != self.serial:
+            self._queue_join(room)
+        return None
+
+    def leave(self, name: str, waiter: Callable[[], None]) -> bool:
+        """Stop being in room *name*; its queued chats are given up.
+
+        Returns True when a ``leave`` frame went out and *waiter* will be
+        called with the answer (or when the connection drops).
+        """
+        room = self.rooms.get(name)
+        if room is None or not room.wanted:
+            return False
+        room.wanted = False
+        gone = ClientError(0, f"left room {name!r}")
+        room.settle_join(gone)
+        for entry in list(self.outbox):
+            if entry.kind == "chat" and entry.target == name:
+                self._fail(entry, ClientError(
+                    0, f"left room {name!r} before the message was acknowledged",
+                    ref=entry.ref,
+                ))
+        in_room = room.joined_on == self.serial or room.join_sent_on == self.serial
+        room.joined_on = None
+        room.join_sent_on = None
+        room.members.clear()
+        if not (self.online and in_room):
+            return False
+        room.leave_waiters.append(waiter)
+        self.control.append(encode_client_event(Leave(name, _new_ref())))
+        return True
+
+    def submit(self, kind: str, target: str, content: str) -> Outgoing:
+        """Queue a chat (*target*: room) or direct (*target*: user)."""
+        if kind == "chat":
+            if not is_valid_room(target):
+                raise ClientError(400, f"not a valid room name: {target!r}")
+            room = self.rooms.get(target)
+            if room is None or not room.wanted:
+                raise ClientError(403, f"join room {target!r} before sending to it")
+        elif kind == "direct":
+            if not is_valid_user_id(target):
+                raise ClientError(400, f"not a valid user id: {target!r}")
+        else:
+            raise ValueError(f"unknown message kind {kind!r}")
+        if not isinstance(content, str) or not content:
+            raise ClientError(400, "content must be a non-empty string")
+        entry = Outgoing(kind, target, content)
+        problem = self._too_big(entry)
+        if problem is not None:
+            raise problem
+        self.outbox.append(entry)
+        return entry
+
+    def withdraw(self, entry: Outgoing) -> None:
+        """Give up on *entry* (its sender stopped waiting)."""
+        if entry in self.outbox:
+            self.outbox.remove(entry)
+
+    def set_presence(self, status: str, text: str | None) -> None:
+        if not isinstance(status, str) or not 0 < len(status) <= MAX_STATUS_CHARS:
+            raise ClientError(400, f"status must be 1 to {MAX_STATUS_CHARS} characters")
+        if text is not None and (
+            not isinstance(text, str) or len(text) > MAX_PRESENCE_TEXT_CHARS
+        ):
+            raise ClientError(400, f"text must be at most {MAX_PRESENCE_TEXT_CHARS} characters")
+        self.presence = (status, text)
+        self.presence_sent_on = None
+
+    def typing(self, name: str) -> None:
+        room = self.rooms.get(name)
+        if self.online and room is not None and room.joined_on == self.serial:
+            self.control.append(json.dumps({"type": "typing", "payload": {"room": name}}))
+
+    # ------------------------------------------------------------ writing
+
+    def next_frame(self, now: float) -> str | float | None:
+        """The next frame to write now, or seconds to wait, or None (idle).
+
+        Control frames go first; chats, directs and presence are paced to the
+        rate announced in ``welcome`` and held after a 429.  Messages keep
+        their submission order; a chat waits until its room is joined on this
+        connection.
+        """
+        if not self.online:
+            return None
+        if self.control:
+            return self.control.popleft()
+        if self.paused_until > now:
+            return self.paused_until - now
+        if self.presence is not None and self.presence_sent_on != self.serial:
+            wait = self._pace_delay(now)
+            if wait > 0:
+                return wait
+            self._record_sent(now)
+            self.presence_sent_on = self.serial
+            self.presence_ref = _new_ref()
+            status, text = self.presence
+            payload: dict[str, Any] = {"status": status}
+            if text is not None:
+                payload["text"] = text
+            return json.dumps(
+                {"type": "presence", "payload": payload, "ref": self.presence_ref},
+                ensure_ascii=False,
+            )
+        for entry in list(self.outbox):
+            if entry.sent_on == self.serial:
+                continue  # in flight on this connection
+            if entry.kind == "chat":
+                room = self.rooms.get(entry.target)
+                if room is None or room.joined_on != self.serial:
+                    continue
+            problem = self._too_big(entry)
+            if problem is not None:
+                self._fail(entry, problem)
+                continue
+            wait = self._pace_delay(now)
+            if wait > 0:
+                return wait  # nothing overtakes a paced message
+            self._record_sent(now)
+            entry.sent_on = self.serial
+            if entry.first_sent_on is None:
+                entry.first_sent_on = self.serial
+            return entry.frame()
+        return None
+
+    def _pace_delay(self, now: float) -> float:
+        rate = self.limits.get("rate") if self.pace else None
+        if not isinstance(rate, dict):
+            return 0.0
+        messages, seconds = rate.get("messages"), rate.get("per_seconds")
+        if not isinstance(messages, int) or messages <= 0:
+            return 0.0
+        if not isinstance(seconds, (int, float)) or seconds <= 0:
+            return 0.0
+        window = seconds + PACE_MARGIN
+        times = self.sent_times
+        while times and times[0] <= now - window:
+            times.popleft()
+        if len(times) < messages:
+            return 0.0
+        return times[len(times) - messages] + window - now
+
+    def _record_sent(self, now: float) -> None:
+        self.sent_times.append(now)
+        rate = self.limits.get("rate")
+        keep = rate.get("messages") if isinstance(rate, dict) else None
+        keep = keep if isinstance(keep, int) and keep > 0 else 1
+        while len(self.sent_times) > keep:
+            self.sent_times.popleft()
+
+    def _too_big(self, entry: Outgoing) -> ClientError | None:
+        chars = self.limits.get("max_content_chars")
+        if isinstance(chars, int) and len(entry.content) > chars:
+            return ClientError(
+                413, f"content longer than {chars} characters ({len(entry.content)})",
+                ref=entry.ref,
+            )
+        limit = self.limits.get("max_message_bytes")
+        if isinstance(limit, int):
+            size = len(entry.frame().encode()) + _REF_ROOM
+            if size > limit:
+                return ClientError(
+                    413, f"frame larger than {limit} bytes ({size})", ref=entry.ref
+                )
+        return None
+
+    def _queue_join(self, room: RoomState) -> None:
+        ref = _new_ref()
+        since = room.last_id if room.anchored else None
+        room.floor = since or 0
+        room.join_sent_on = self.serial
+        self.join_refs[ref] = room.name
+        self.control.append(encode_client_event(Join(room.name, since, ref)))
+
+    def _fail(self, entry: Outgoing, error: ClientError) -> None:
+        self.withdraw(entry)
+        entry._settle(None, error)
+
+    # ------------------------------------------------------------ reading
+
+    def receive(self, event: ServerEvent, now: float) -> list[Emitted]:
+        """Take one server event; return the events to deliver, in order."""
+        if isinstance(event, ChatMessage):
+            room = self.rooms.get(event.room)
+            if room is None or not room.wanted:
+                return []
+            if room.accept(event.id, live=True):
+                return [event]
+            return []
+        if isinstance(event, ChatAck):
+            return self._on_chat_ack(event)
+        if isinstance(event, DirectAck):
+            entry = self._entry(event.ref)
+            if entry is not None:
+                self.withdraw(entry)
+                entry._settle(event, None)
+            return []
+        if isinstance(event, Joined):
+            return self._on_joined(event)
+        if isinstance(event, Left):
+            return self._on_left(event)
+        if isinstance(event, System):
+            room = self.rooms.get(event.room)
+            if room is not None and room.wanted:
+                if event.event == "join":
+                    room.members.add(event.user_id)
+                elif event.event == "leave":
+                    room.members.discard(event.user_id)
+            return [event]
+        if isinstance(event, ErrorEvent):
+            return self._on_error(event, now)
+        if isinstance(event, (PresenceUpdate, DirectMessage, TypingNotice)):
+            return [event]
+        return []  # a second welcome, or something newer: nothing to do
+
+    def _entry(self, ref: str | None) -> Outgoing | None:
+        if ref is None:
+            return None
+        for entry in self.outbox:
+            if entry.ref == ref:
+                return entry
+        return None
+
+    def _on_chat_ack(self, ack: ChatAck) -> list[Emitted]:
+        entry = self._entry(ack.ref)
+        if entry is None:
+            return []  # given up on, or not ours
+        self.withdraw(entry)
+        entry._settle(ack, None)
+        room = self.rooms.get(entry.target)
+        if room is None or not room.wanted or self.user_id is None:
+            return []
+        live = entry.first_sent_on == self.serial
+        if room.accept(ack.id, live=live):
+            return [ChatMessage(ack.id, entry.target, self.user_id, entry.content, ack.time)]
+        return []
+
+    def _on_joined(self, joined: Joined) -> list[Emitted]:
+        if joined.ref is not None:
+            self.join_refs.pop(joined.ref, None)
+        room = self.rooms.get(joined.room)
+        if room is None or not room.wanted:
+            # Left while the join was in flight: leave again.
+            if self.online:
+                self.control.append(encode_client_event(Leave(joined.room, _new_ref())))
+            return []
+        emitted: list[Emitted] = []
+        history = [m for m in map(_history_message, joined.history) if m is not None]
+        if room.floor and any(m.id <= room.floor for m in history):
+            room.last_id = 0  # the server started this room again
+            room.floor = 0
+        for message in history:
+            if room.accept(message.id, live=False):
+                emitted.append(message)
+        room.anchored = True
+        room.joined_on = self.serial
+        room.join_sent_on = self.serial
+        room.members = set(joined.members)
+        room.info = attrs.evolve(joined, history=[])
+        emitted.append(room.info)
+        room.settle_join(room.info)
+        return emitted
+
+    def _on_left(self, left: Left) -> list[Emitted]:
+        room = self.rooms.get(left.room)
+        if room is None:
+            return [left]
+        room.settle_leave()
+        if room.wanted:
+            return []  # joined again meanwhile; its joined follows
+        return [left]
+
+    def _on_error(self, error: ErrorEvent, now: float) -> list[Emitted]:
+        ref = error.ref
+        entry = self._entry(ref)
+        if entry is not None:
+            if error.code == 429 and self.retry_rate_limited:
+                entry.sent_on = None
+                wait = (error.retry_after_ms or 1000) / 1000
+                self.paused_until = max(self.paused_until, now + wait)
+                return [error]
+            self._fail(entry, ClientError(
+                error.code, error.message, ref=ref, retry_after_ms=error.retry_after_ms
+            ))
+            return []
+        if ref is not None and ref == self.presence_ref:
+            if error.code == 429 and self.retry_rate_limited:
+                self.presence_sent_on = None
+                wait = (error.retry_after_ms or 1000) / 1000
+                self.paused_until = max(self.paused_until, now + wait)
+            return [error]
+        if ref is not None and ref in self.join_refs:
+            name = self.join_refs.pop(ref)
+            room = self.rooms.get(name)
+            if room is not None and room.wanted and room.joined_on != self.serial:
+                room.wanted = False
+                room.join_sent_on = None
+                failure = ClientError(error.code, error.message, ref=ref)
+                had_waiters = bool(room.join_waiters)
+                room.settle_join(failure)
+                for queued in list(self.outbox):
+                    if queued.kind == "chat" and queued.target == name:
+                        self._fail(queued, ClientError(
+                            error.code, f"cannot join room {name!r}: {error.message}",
+                            ref=queued.ref,
+                        ))
+                return [] if had_waiters else [error]
+        return [error]

@@ -1,0 +1,692 @@
+"""A reconnecting chat client for trio.
+
+::
+
+    from trio_chat.client import open_chat_client
+
+    async with open_chat_client("ws://127.0.0.1:8080/ws", user="alice") as client:
+        await client.join("lobby")
+        ack = await client.send("lobby", "hello")      # waits for the server's ack
+        async for event in client:                      # ChatMessage, System, ...
+            print(event)
+
+The client keeps one WebSocket open and opens a new one whenever it drops,
+with exponential backoff and full jitter.  After reconnecting it re-joins its
+rooms with ``since`` = the last message id it delivered from each, so missed
+messages arrive once and in order, and it re-sends every message that was not
+acknowledged yet with its original ``ref``, so the server publishes each one
+exactly once.  Leaving the ``async with`` block closes the connection and
+stops every task the client started.
+
+The decisions live in the pure :class:`trio_chat._client_state.ClientState`;
+this module only moves frames between it and the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
+
+from ._client_state import (
+    Backoff,
+    ClientError,
+    ClientState,
+    ConnectionState,
+    Outgoing,
+    StateChanged,
+)
+from ._protocol import (
+    ChatAck,
+    ChatMessage,
+    DirectAck,
+    DirectMessage,
+    ErrorEvent,
+    Joined,
+    Left,
+    PresenceUpdate,
+    ServerEvent,
+    System,
+    TypingNotice,
+    Welcome,
+    parse_server_frame,
+)
+
+__all__ = [
+    "open_chat_client",
+    "ChatClient",
+    "PendingMessage",
+    "Backoff",
+    "ClientError",
+    "ConnectError",
+    "ConnectionState",
+    "StateChanged",
+    "ChatMessage",
+    "ChatAck",
+    "DirectAck",
+    "DirectMessage",
+    "ErrorEvent",
+    "Joined",
+    "Left",
+    "PresenceUpdate",
+    "System",
+    "TypingNotice",
+]
+
+log = logging.getLogger("trio_chat.client")
+
+#: The subprotocol offered in the handshake.
+SUBPROTOCOL = "trio-chat.v1"
+#: HTTP statuses that will not get better by retrying the handshake.
+_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410})
+#: Largest frame accepted from the server (a ``joined`` carries history).
+_MAX_FRAME = 16 * 1024 * 1024
+
+Token = str | Callable[[], "str | Awaitable[str]"]
+
+
+class ConnectError(Exception):
+    """The client could not connect (first attempt), or was refused for good.
+
+    ``status`` is the HTTP status when the server refused the handshake
+    (401: missing or bad token, 403: origin or room rules, 503: full), else
+    None (network error, timeout).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PendingMessage:
+    """A chat or direct message the client is delivering (see :meth:`ChatClient.post`).
+
+    ``await message.wait()`` returns the server's ack once it arrives, across
+    reconnects, or raises :class:`ClientError`.
+    """
+
+    def __init__(self, client: ChatClient, entry: Outgoing) -> None:
+        self._client = client
+        self._entry = entry
+
+    @property
+    def ref(self) -> str:
+        return self._entry.ref
+
+    @property
+    def content(self) -> str:
+        return self._entry.content
+
+    @property
+    def target(self) -> str:
+        """The room (chat) or user (direct) it goes to."""
+        return self._entry.target
+
+    @property
+    def done(self) -> bool:
+        return self._entry.done
+
+    async def wait(self) -> ChatAck | DirectAck:
+        """The ack; raises :class:`ClientError` if the message was refused."""
+        entry = self._entry
+        if not entry.done:
+            settled = trio.Event()
+            entry.callbacks.append(settled.set)
+            try:
+                await settled.wait()
+            finally:
+                if settled.set in entry.callbacks:
+                    entry.callbacks.remove(settled.set)
+        else:
+            await trio.lowlevel.checkpoint()
+        if self._entry.error is not None:
+            raise self._entry.error
+        assert self._entry.ack is not None
+        return self._entry.ack
+
+    def cancel(self) -> None:
+        """Stop delivering it (no re-send).  A copy already written may still
+        be published by the server."""
+        self._client._state.withdraw(self._entry)
+        self._client._notify()
+
+
+@attrs.frozen
+class _Ended:
+    """Why a connection ended."""
+
+    reason: str
+    #: HTTP status of a refused handshake.
+    status: int | None = None
+    #: The connection got as far as ``welcome``.
+    online: bool = False
+    #: Seconds it stayed online.
+    uptime: float = 0.0
+
+
+class ChatClient:
+    """A chat connection that survives drops.  Make one with :func:`open_chat_client`.
+
+    Iterate over it (``async for event in client``) for what arrives, as the
+    typed events of the protocol: :class:`ChatMessage` (every room message
+    once, in id order per room, including your own once acknowledged and a
+    joined room's history), :class:`Joined` (after its history; its
+    ``history`` is emptied), :class:`Left`, :class:`System`,
+    :class:`PresenceUpdate`, :class:`DirectMessage`, :class:`TypingNotice`,
+    :class:`ErrorEvent` (errors no call is waiting for, and 429s the client
+    retries by itself), and :class:`StateChanged` for the connection.
+    Iteration ends when the client closes; it raises :class:`ConnectError`
+    if the client stopped because reconnecting failed for good.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: Token | None = None,
+        user: str | None = None,
+        backoff: Backoff = Backoff(),
+        connect_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        ping_interval: float | None = 30.0,
+        ping_timeout: float = 30.0,
+        max_send_attempts: int | None = 5,
+        retry_rate_limited: bool = True,
+        pace: bool = True,
+        max_buffered_events: int = 10_000,
+        ssl_context: ssl.SSLContext | None = None,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self.url = url
+        self._token = token
+        self._user = user
+        self._backoff = backoff
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._ssl_context = ssl_context
+        self._random = random
+        self._state = ClientState(
+            max_send_attempts=max_send_attempts,
+            retry_rate_limited=retry_rate_limited,
+            pace=pace,
+        )
+        self._events_in, self._events_out = trio.open_memory_channel[Any](
+            max_buffered_events
+        )
+        self._changed = trio.Event()
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._closing = False
+        self._failure: ConnectError | None = None
+        self._connection_state = ConnectionState.CONNECTING
+        #: Events dropped because nobody read them and the buffer was full.
+        self.events_dropped = 0
+
+    # ------------------------------------------------------------ status
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._connection_state
+
+    @property
+    def user_id(self) -> str | None:
+        """The user id the server gave this client."""
+        return self._state.user_id
+
+    @property
+    def session_id(self) -> str | None:
+        """The current connection's session id (new on every reconnect)."""
+        return self._state.session_id
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """The server's limits from ``welcome``."""
+        return dict(self._state.limits)
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms this client is in, or is about to (re-)join."""
+        return [name for name, room in self._state.rooms.items() if room.wanted]
+
+    def members(self, room: str) -> list[str]:
+        """The room's members as last reported by the server, sorted."""
+        state = self._state.rooms.get(room)
+        return sorted(state.members) if state is not None and state.wanted else []
+
+    def last_id(self, room: str) -> int:
+        """The highest message id delivered from *room* (0: none)."""
+        state = self._state.rooms.get(room)
+        return state.last_id if state is not None else 0
+
+    @property
+    def pending(self) -> list[PendingMessage]:
+        """Messages not acknowledged yet, in the order they were posted."""
+        return [PendingMessage(self, entry) for entry in self._state.outbox]
+
+    # ------------------------------------------------------------ actions
+
+    async def join(self, room: str) -> Joined:
+        """Join *room* (idempotent) and return the server's ``joined``.
+
+        The client re-joins it after every reconnect until :meth:`leave`.
+        Waits across reconnects; raises :class:`ClientError` if the server
+        refuses (403: the token does not allow the room).
+        """
+        self._check_open()
+        result: list[Joined | ClientError] = []
+        done = trio.Event()
+
+        def settle(outcome: Joined | ClientError) -> None:
+            result.append(outcome)
+            done.set()
+
+        joined = self._state.join(room, settle)
+        self._notify()
+        if joined is not None:
+            await trio.lowlevel.checkpoint()
+            return joined
+        await done.wait()
+        if isinstance(result[0], ClientError):
+            raise result[0]
+        return result[0]
+
+    async def leave(self, room: str) -> None:
+        """Leave *room*.  Messages still queued for it fail with code 0."""
+        self._check_open()
+        done = trio.Event()
+        if self._state.leave(room, done.set):
+            self._notify()
+            await done.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def post(self, room: str, content: str) -> PendingMessage:
+        """Queue a chat message without waiting; ``await .wait()`` for the ack.
+
+        Messages go out in the order they were posted.  Raises
+        :class:`ClientError` at once for what the server would refuse
+        anyway (room not joined, empty or too long content).
+        """
+        self._check_open()
+        pending = PendingMessage(self, self._state.submit("chat", room, content))
+        self._notify()
+        return pending
+
+    def post_direct(self, user: str, content: str) -> PendingMessage:
+        """Queue a direct message to *user* without waiting (see :meth:`post`)."""
+        self._check_open()
+        pending = PendingMessage(self, self._state.submit("direct", user, content))
+        self._notify()
+        return pending
+
+    async def send(self, room: str, content: str) -> ChatAck:
+        """Send a chat message to *room* and return the server's ack.
+
+        Waits across reconnects until the server acknowledges it; a message
+        cut off by a drop is sent again with the same ``ref``, which the
+        server publishes only once.  Raises :class:`ClientError` when the
+        server refuses it (403, 413, 429 when ``retry_rate_limited`` is off,
+        ...).  Cancelling the call stops re-sending it.
+        """
+        return await self._deliver(self.post(room, content))  # type: ignore[return-value]
+
+    async def direct(self, user: str, content: str) -> DirectAck:
+        """Send a direct message to every connection of *user*; return the ack.
+
+        Raises :class:`ClientError` (404) when *user* is not connected.
+        """
+        return await self._deliver(self.post_direct(user, content))  # type: ignore[return-value]
+
+    async def set_presence(self, status: str, text: str | None = None) -> None:
+        """Set this user's presence (``online``, ``away``, ``busy``, ...).
+
+        Remembered and sent again after every reconnect.
+        """
+        self._check_open()
+        self._state.set_presence(status, text)
+        self._notify()
+        await trio.lowlevel.checkpoint()
+
+    async def typing(self, room: str) -> None:
+        """Tell *room*'s other members this user is typing (dropped if offline)."""
+        self._check_open()
+        self._state.typing(room)
+        self._notify()
+        await trio.lowlevel.checkpoint()
+
+    async def _deliver(self, pending: PendingMessage) -> ChatAck | DirectAck:
+        try:
+            return await pending.wait()
+        except trio.Cancelled:
+            pending.cancel()
+            raise
+
+    def _check_open(self) -> None:
+        if self._closing or self._failure is not None:
+            reason = str(self._failure) if self._failure is not None else "closed"
+            raise ClientError(0, f"the client is closed: {reason}")
+
+    # ------------------------------------------------------------ events
+
+    def __aiter__(self) -> ChatClient:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._events_out.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self._failure is not None:
+                raise self._failure from None
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> Any:
+        """The next event (see the class docs); like one step of ``async for``."""
+        return await self.__anext__()
+
+    def _emit(self, events: list[Any]) -> None:
+        for event in events:
+            try:
+                self._events_in.send_nowait(event)
+            except trio.WouldBlock:
+                if self.events_dropped == 0 or self.events_dropped % 1000 == 0:
+                    log.warning("event buffer full (nobody reading?): dropping events")
+                self.events_dropped += 1
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+
+    def _set_state(self, state: ConnectionState, **details: Any) -> None:
+        self._connection_state = state
+        self._emit([StateChanged(state, **details)])
+
+    def _notify(self) -> None:
+        """Wake the writer: something to send may have changed."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------ running
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve, reconnect; until cancelled or refused for good.
+
+        The first attempt's failure is raised (as :class:`ConnectError`)
+        before ``task_status.started()``: there is no block to run yet.
+        """
+        attempt = 0
+        first = True
+        try:
+            while True:
+                self._set_state(ConnectionState.CONNECTING, attempt=attempt)
+                ended = await self._connection(task_status if first else None)
+                if self._closing:
+                    return
+                if first and not ended.online:
+                    raise ConnectError(f"cannot connect to {self.url}: {ended.reason}", ended.status)
+                first = False
+                if ended.status in _PERMANENT_STATUSES:
+                    self._stop(ConnectError(
+                        f"the server refused to reconnect: {ended.reason}", ended.status
+                    ))
+                    return
+                if ended.online and ended.uptime >= self._backoff.reset_after:
+                    attempt = 0
+                limit = self._backoff.max_attempts
+                if limit is not None and attempt >= limit:
+                    self._stop(ConnectError(
+                        f"gave up after {attempt} attempts: {ended.reason}", ended.status
+                    ))
+                    return
+                delay = self._backoff.delay(attempt, self._random)
+                attempt += 1
+                self._set_state(
+                    ConnectionState.RECONNECTING, attempt=attempt, delay=delay,
+                    reason=ended.reason,
+                )
+                await trio.sleep(delay)
+        finally:
+            if self._failure is None and not first:
+                self._state.close("closed")
+                self._connection_state = ConnectionState.CLOSED
+            self._events_in.close()
+
+    def _stop(self, failure: ConnectError) -> None:
+        log.warning("chat client stopped: %s", failure)
+        self._failure = failure
+        self._state.close(str(failure))
+        self._set_state(ConnectionState.CLOSED, reason=str(failure))
+
+    async def _connection(self, task_status: trio.TaskStatus[None] | None) -> _Ended:
+        """One connection attempt, from TCP connect to its end."""
+        async with trio.open_nursery() as ws_nursery:
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    ws = await trio_websocket.connect_websocket_url(
+                        ws_nursery,
+                        await self._build_url(),
+                        self._ssl_context,
+                        subprotocols=[SUBPROTOCOL],
+                        extra_headers=await self._headers(),
+                        max_message_size=_MAX_FRAME,
+                    )
+                    welcome = await self._read_welcome(ws)
+            except ConnectionRejected as exc:
+                ws_nursery.cancel_scope.cancel()
+                return _Ended(f"handshake refused with HTTP {exc.status_code}", exc.status_code)
+            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError,
+                    trio.BrokenResourceError, ValueError) as exc:
+                ws_nursery.cancel_scope.cancel()
+                return _Ended(_describe(exc))
+            try:
+                self._ws = ws
+                self._state.connection_made(welcome)
+                if self._user is None and self._token is None:
+                    self._user = welcome.user_id  # keep a guest id: refs are per user
+                online_at = trio.current_time()
+                self._set_state(ConnectionState.ONLINE)
+                self._notify()
+                if task_status is not None:
+                    task_status.started()
+                reason = await self._serve(ws)
+                return _Ended(reason, online=True, uptime=trio.current_time() - online_at)
+            finally:
+                self._ws = None
+                self._state.connection_lost()
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self._close_timeout):
+                        await ws.aclose()
+                ws_nursery.cancel_scope.cancel()
+
+    async def _serve(self, ws: trio_websocket.WebSocketConnection) -> str:
+        """Run the reader, writer and heartbeat; return why the connection ended."""
+        reasons: list[str] = []
+
+        async def guard(task: Callable[..., Awaitable[str]], nursery: trio.Nursery) -> None:
+            reasons.append(await task(ws))
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(guard, self._reader, tasks)
+            tasks.start_soon(guard, self._writer, tasks)
+            if self._ping_interval is not None:
+                tasks.start_soon(guard, self._heartbeat, tasks)
+        return reasons[0] if reasons else "closed"
+
+    async def _reader(self, ws: trio_websocket.WebSocketConnection) -> str:
+        while True:
+            try:
+                text = await ws.get_message()
+            except ConnectionClosed as exc:
+                return _describe(exc)
+            try:
+                event = parse_server_frame(text)
+            except (ValueError, TypeError):
+                log.debug("ignoring a frame that is not a server event: %.200r", text)
+                continue
+            self._emit(self._state.receive(event, trio.current_time()))
+            self._notify()
+
+    async def _writer(self, ws: trio_websocket.WebSocketConnection) -> str:
+        while True:
+            changed = self._changed
+            item = self._state.next_frame(trio.current_time())
+            if item is None:
+                await changed.wait()
+            elif isinstance(item, float):
+                with trio.move_on_after(item):
+                    await changed.wait()
+            else:
+                try:
+                    await ws.send_message(item)
+                except ConnectionClosed as exc:
+                    return _describe(exc)
+
+    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection) -> str:
+        assert self._ping_interval is not None
+        while True:
+            await trio.sleep(self._ping_interval)
+            with trio.move_on_after(self._ping_timeout):
+                try:
+                    await ws.ping()
+                except ConnectionClosed as exc:
+                    return _describe(exc)
+                continue
+            return f"no pong within {self._ping_timeout:g} s"
+
+    async def _read_welcome(self, ws: trio_websocket.WebSocketConnection) -> Welcome:
+        event = parse_server_frame(await ws.get_message())
+        if not isinstance(event, Welcome):
+            raise ValueError(f"expected welcome, got {event.type}")
+        return event
+
+    async def _current_token(self) -> str | None:
+        token = self._token
+        if token is None or isinstance(token, str):
+            return token
+        value = token()
+        if not isinstance(value, str):
+            value = await value
+        return value
+
+    async def _build_url(self) -> str:
+        if self._token is not None or self._user is None:
+            return self.url
+        parts = urllib.parse.urlsplit(self.url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        query = [(k, v) for k, v in query if k != "user"] + [("user", self._user)]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    async def _headers(self) -> list[tuple[bytes, bytes]]:
+        token = await self._current_token()
+        if token is None:
+            return []
+        return [(b"authorization", b"Bearer " + token.encode())]
+
+    async def _aclose(self) -> None:
+        """Stop reconnecting and close the connection with 1000."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            with trio.move_on_after(self._close_timeout):
+                await ws.aclose()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.reason
+        if reason is None:
+            return "connection closed"
+        if reason.code == 1006:
+            return "connection lost"
+        text = f"closed with {reason.code}"
+        if reason.reason:
+            text += f" ({reason.reason})"
+        return text
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+@asynccontextmanager
+async def open_chat_client(
+    url: str,
+    *,
+    token: Token | None = None,
+    user: str | None = None,
+    backoff: Backoff = Backoff(),
+    connect_timeout: float = 10.0,
+    close_timeout: float = 2.0,
+    ping_interval: float | None = 30.0,
+    ping_timeout: float = 30.0,
+    max_send_attempts: int | None = 5,
+    retry_rate_limited: bool = True,
+    pace: bool = True,
+    max_buffered_events: int = 10_000,
+    ssl_context: ssl.SSLContext | None = None,
+    random: Callable[[], float] = random.random,
+) -> AsyncIterator[ChatClient]:
+    """Connect to a trio_chat server for the duration of the block.
+
+    Args:
+      url: the WebSocket endpoint, ``ws://HOST:PORT/ws`` (or ``wss://``).
+      token: a token (sent as ``Authorization: Bearer``) or a function,
+        sync or async, returning a fresh one before each connection.
+      user: anonymous mode: the user id to connect as.  Without *user* and
+        *token* the server assigns a ``guest-...`` id, which the client keeps
+        for its reconnects.
+      backoff: reconnect delays (:class:`Backoff`: base 0.5 s, cap 30 s,
+        full jitter, reset after 10 s online, no attempt limit).
+      connect_timeout: seconds allowed for one attempt, up to ``welcome``.
+      close_timeout: seconds allowed for the closing handshake on exit.
+      ping_interval, ping_timeout: the client pings the server this often
+        and treats a missing pong as a dead connection (None: no pings).
+      max_send_attempts: a message lost with this many connections is
+        given up (ClientError code 0); None: keep trying.
+      retry_rate_limited: re-send a message answered with 429 after
+        ``retry_after_ms`` instead of raising.
+      pace: keep chats, directs and presence within the rate the server
+        announces, so 429s do not happen in the first place.
+      max_buffered_events: events kept for ``async for``; beyond that, with
+        nobody reading, new events are dropped (counted in
+        ``events_dropped``).
+
+    Raises:
+      ConnectError: the first connection failed (refused handshake with its
+        HTTP ``status``, network error, timeout).  Later drops are not
+        errors: the client reconnects.
+
+    Leaving the block closes the WebSocket (code 1000) and cancels every task
+    the client runs; messages still unacknowledged then fail with code 0.
+    """
+    client = ChatClient(
+        url, token=token, user=user, backoff=backoff, connect_timeout=connect_timeout,
+        close_timeout=close_timeout, ping_interval=ping_interval,
+        ping_timeout=ping_timeout, max_send_attempts=max_send_attempts,
+        retry_rate_limited=retry_rate_limited, pace=pace,
+        max_buffered_events=max_buffered_events, ssl_context=ssl_context, random=random,
+    )
+    error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(client._run)
+        except ConnectError as exc:
+            error = exc
+        else:
+            try:
+                yield client
+            except BaseException as exc:  # re-raised below, outside the nursery
+                error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client._aclose()
+                nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
