@@ -153,7 +153,9 @@ class ChatServer:
 
         Calls ``task_status.started(port)`` once listening.  *listeners* may
         be given (e.g. a shared ``SO_REUSEPORT`` socket); by default it opens
-        ``config.host:config.port``.
+        ``config.host:config.port``.  An empty list listens nowhere (the port
+        is None): streams come only through :meth:`serve_stream`, as in
+        tests over in-memory streams.
         """
         try:
             async with trio.open_nursery() as root:
@@ -162,11 +164,13 @@ class ChatServer:
                     listeners = await trio.open_tcp_listeners(
                         self.config.port, host=self.config.host
                     )
-                self.port = listeners[0].socket.getsockname()[1]
+                self.port = listeners[0].socket.getsockname()[1] if listeners else None
                 async with trio.open_nursery() as connections:
                     self._conn_nursery = connections
                     with trio.CancelScope() as self._accept_scope:
                         task_status.started(self.port)
+                        if not listeners:
+                            await trio.sleep_forever()
                         await trio.serve_listeners(
                             self._handle_tcp, listeners, handler_nursery=connections
                         )
@@ -256,6 +260,17 @@ class ChatServer:
         except OSError:
             peer = "?"
         await self.handle_stream(transport, peer)
+
+    def serve_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
+        """Serve an already connected stream beside the listeners' connections.
+
+        Only while :meth:`serve` runs; the stream is answered like an accepted
+        TCP connection (during a drain: upgrades refused with 503) and
+        :meth:`shutdown` drains and closes it with the others.
+        """
+        if self._conn_nursery is None or self._stopped.is_set():
+            raise RuntimeError("the server is not serving")
+        self._conn_nursery.start_soon(self.handle_stream, transport, peer)
 
     async def handle_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
         """Serve one connected stream (TCP, TLS or in-memory) to its end."""

@@ -1,21 +1,39 @@
-"""Servers and clients for tests (trio_chat's own and embedders')."""
+"""Servers and clients for tests (trio_chat's own and embedders').
+
+* :func:`open_test_server` runs a real server on 127.0.0.1, port 0, and
+  :func:`open_test_client` connects a WebSocket client to it.
+* :func:`open_memory_server` runs a server that listens nowhere;
+  :func:`open_memory_stream` and :func:`open_memory_client` connect to it over
+  in-memory streams.  No socket is involved, so these work under trio's
+  ``MockClock`` with autojump (pytest-trio's ``autojump_clock`` fixture):
+  heartbeats, write timeouts and handshake deadlines take no real time.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import attrs
 import trio
+import trio.testing
 import trio_websocket
 
 from ._config import Config
 from ._protocol import ServerEvent, parse_server_frame
 from ._server import ChatServer
 
-__all__ = ["open_test_server", "TestClient", "open_test_client"]
+__all__ = [
+    "open_test_server",
+    "TestClient",
+    "open_test_client",
+    "open_memory_server",
+    "open_memory_stream",
+    "open_memory_client",
+]
 
 
 @asynccontextmanager
@@ -97,24 +115,107 @@ class TestClient:
                     return frame
 
 
+def _resource(path: str, user: str | None, token: str | None) -> str:
+    params = {}
+    if user is not None:
+        params["user"] = user
+    if token is not None:
+        params["token"] = token
+    if not params:
+        return path
+    return path + ("&" if "?" in path else "?") + urlencode(params)
+
+
 @asynccontextmanager
 async def open_test_client(
     server_or_url: ChatServer | str,
     *,
     user: str | None = None,
     token: str | None = None,
-    subprotocols: list[str] | None = None,
+    subprotocols: Sequence[str] | None = None,
 ) -> AsyncIterator[TestClient]:
-    """Connect a :class:`TestClient` and read its ``welcome`` frame."""
+    """Connect a :class:`TestClient` and read its ``welcome`` frame.
+
+    *user* and *token* go into the query string (URL-encoded).
+    """
     url = server_or_url.url if isinstance(server_or_url, ChatServer) else server_or_url
-    params = []
-    if user is not None:
-        params.append(f"user={user}")
-    if token is not None:
-        params.append(f"token={token}")
-    if params:
-        url += ("&" if "?" in url else "?") + "&".join(params)
+    url = _resource(url, user, token)
     async with trio_websocket.open_websocket_url(url, subprotocols=subprotocols) as ws:
         client = TestClient(ws)
         client.welcome = await client.receive()
         yield client
+
+
+@asynccontextmanager
+async def open_memory_server(
+    config: Config | None = None, **kwargs: Any
+) -> AsyncIterator[ChatServer]:
+    """Run a :class:`ChatServer` that listens on no socket, for the block.
+
+    Connect to it with :func:`open_memory_stream` (a raw byte stream) or
+    :func:`open_memory_client` (a WebSocket client).  Everything runs in
+    memory, so tests may use a ``MockClock`` with autojump.  Other keyword
+    arguments go to :class:`ChatServer`; on exit the server is shut down
+    gracefully.
+    """
+    config = config if config is not None else Config()
+    server = ChatServer(config, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: server.serve(listeners=[], task_status=task_status))
+        try:
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(config.shutdown_grace + 5):
+                    await server.shutdown()
+            nursery.cancel_scope.cancel()
+
+
+def open_memory_stream(
+    server: ChatServer, *, lockstep: bool = False, peer: str = "memory"
+) -> trio.abc.Stream:
+    """Connect a raw client stream to a running *server*; return the client end.
+
+    The server end is served like an accepted TCP connection (HTTP requests
+    and WebSocket upgrades).  By default the streams buffer without bound, so
+    the server's writes never wait for the client; with *lockstep* every
+    write waits until the client reads it (a client that stops reading then
+    stalls the server's writer, as a full socket would).
+    """
+    if lockstep:
+        client, server_end = trio.testing.lockstep_stream_pair()
+    else:
+        client, server_end = trio.testing.memory_stream_pair()
+    server.serve_stream(server_end, peer)
+    return client
+
+
+@asynccontextmanager
+async def open_memory_client(
+    server: ChatServer,
+    *,
+    user: str | None = None,
+    token: str | None = None,
+    subprotocols: Sequence[str] | None = None,
+    lockstep: bool = False,
+    message_queue_size: int = 1,
+) -> AsyncIterator[TestClient]:
+    """Connect a :class:`TestClient` over an in-memory stream; read ``welcome``.
+
+    Like :func:`open_test_client`, for a server started with
+    :func:`open_memory_server`.  The client answers pings by itself.
+    """
+    stream = open_memory_stream(server, lockstep=lockstep)
+    async with trio.open_nursery() as nursery:
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, stream, "localhost", _resource("/ws", user, token),
+            subprotocols=subprotocols, message_queue_size=message_queue_size,
+        )
+        try:
+            client = TestClient(ws)
+            client.welcome = await client.receive()
+            yield client
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()

@@ -6,6 +6,9 @@
   events.
 * :func:`open_test_server` and :func:`open_test_client`: a real server on
   127.0.0.1 port 0 and connected WebSocket clients, for pytest-trio tests.
+* :func:`open_memory_server`, :func:`open_memory_stream` and
+  :func:`open_memory_client`: the same over in-memory streams, for tests that
+  run on trio's ``MockClock`` (heartbeats, timeouts, deadlines).
 
 Importing this module needs Hypothesis (``pip install 'trio-chat[test]'``).
 """
@@ -19,6 +22,9 @@ from ._strategies import (
 )
 from ._testing_server import (
     TestClient as TestClient,
+    open_memory_client as open_memory_client,
+    open_memory_server as open_memory_server,
+    open_memory_stream as open_memory_stream,
     open_test_client as open_test_client,
     open_test_server as open_test_server,
 )
