@@ -14,10 +14,19 @@ Importing this module needs Hypothesis (``pip install 'trio-chat[test]'``).
 """
 
 from ._strategies import (
+    CLIENT_TYPES as CLIENT_TYPES,
+    InvalidFrame as InvalidFrame,
+    client_events as client_events,
     client_frames as client_frames,
+    invalid_frame_cases as invalid_frame_cases,
     invalid_frames as invalid_frames,
+    invalid_room_names as invalid_room_names,
+    invalid_user_ids as invalid_user_ids,
+    json_values as json_values,
+    refs as refs,
     room_names as room_names,
     server_events as server_events,
+    timestamps as timestamps,
     user_ids as user_ids,
 )
 from ._testing_server import (

@@ -1,0 +1,27 @@
+"""Shared test settings: Hypothesis profiles.
+
+``ci`` (the default) is derandomized, so every run of the test command tries
+the same examples and a failure reproduces; ``dev`` explores new examples
+each run (``HYPOTHESIS_PROFILE=dev pytest``).  Neither has a deadline: the
+machine is shared, and no test asserts on speed.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=100,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
