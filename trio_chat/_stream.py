@@ -16,8 +16,9 @@ socket, or TLS, or an in-memory stream in tests).  It does three things:
 Safety rules: a cancelled or failed write leaves the stream *broken* (every
 later write fails, so the connection aborts instead of sending a close frame
 after half a frame); data frames are refused once trio-websocket has marked the
-connection closed; the socket's file descriptor is read at each write, never
-cached, so a reused descriptor is never written to.
+connection closed or a close frame has gone through :meth:`send_all`; the
+socket's file descriptor is read at each write, never cached, so a reused
+descriptor is never written to.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["WireStream"]
 
 _RETRY = (BlockingIOError, InterruptedError)
+#: First byte of a server close frame: FIN + opcode 0x8, no RSV bits.
+_CLOSE_FRAME = b"\x88"
 
 
 class WireStream(trio.abc.Stream):
@@ -54,6 +57,7 @@ class WireStream(trio.abc.Stream):
         self._tail = b""
         self._broken = False
         self._closed = False
+        self._close_sent = False
         sock = getattr(transport, "socket", None)
         self._sock = sock if isinstance(transport, trio.SocketStream) else None
         #: Set once the WebSocket is accepted: data frames stop when it closes.
@@ -84,7 +88,10 @@ class WireStream(trio.abc.Stream):
     def writable(self) -> bool:
         """Data frames may still be written."""
         ws = self.websocket
-        return not (self._broken or self._closed or (ws is not None and ws.closed))
+        return not (
+            self._broken or self._closed or self._close_sent
+            or (ws is not None and ws.closed)
+        )
 
     def write_nowait(self, data: bytes) -> bool:
         """Write *data* now, without blocking, if nothing else is in the way.
@@ -134,7 +141,15 @@ class WireStream(trio.abc.Stream):
         async with self._lock:
             if self._broken or self._closed:
                 raise trio.BrokenResourceError("stream is broken or closed")
-            await self._write_locked(bytes(data))
+            data = bytes(data)
+            if data[:1] == _CLOSE_FRAME:
+                # trio-websocket sends each frame in its own send_all, and a
+                # server close frame always starts 0x88 (the HTTP handshake
+                # starts "H").  Once it is on its way no data frame may
+                # follow, even where trio-websocket has not yet set
+                # ``closed`` (its reply to a protocol error does not).
+                self._close_sent = True
+            await self._write_locked(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
