@@ -71,6 +71,9 @@ class WireStream(trio.abc.Stream):
             self._prefix = self._prefix[len(data):]
             await trio.lowlevel.checkpoint()
             return data
+        # The prefix is spent: from now on reads go straight to the transport,
+        # without this extra await level on every read.
+        self.receive_some = self.transport.receive_some  # type: ignore[method-assign]
         return await self.transport.receive_some(max_bytes)
 
     # ------------------------------------------------------------- writing
