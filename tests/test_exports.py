@@ -1,0 +1,37 @@
+"""The public surface: what ``trio_chat`` and its public modules export."""
+
+import importlib
+
+import trio_chat
+
+EXPECTED = {
+    "AnonymousAuthenticator", "Authenticator", "HandshakeRequest", "Identity",
+    "Rejection", "TokenAuthenticator", "make_token", "Config", "ConfigError",
+    "text_frame", "Hub", "Delivery", "HubState", "HubStats", "Chat", "ChatAck",
+    "ChatMessage", "ClientEvent", "Direct", "DirectAck", "DirectMessage",
+    "ErrorEvent", "Join", "Joined", "Leave", "Left", "Presence",
+    "PresenceUpdate", "ProtocolError", "ServerEvent", "System", "Typing",
+    "TypingNotice", "Welcome", "encode_client_event", "parse_client_frame",
+    "parse_server_frame", "ChatServer", "ServerStats",
+}
+
+
+def public_names(module):
+    return {name for name in dir(module) if not name.startswith("_")}
+
+
+def test_top_level_surface_is_pinned():
+    names = public_names(trio_chat) - {"client", "testing"}
+    assert names == EXPECTED
+
+
+def test_public_names_come_from_private_modules():
+    aliases = {"Authenticator"}  # a type alias: Callable[[HandshakeRequest], Identity]
+    for name in EXPECTED - aliases:
+        module = getattr(trio_chat, name).__module__
+        assert module.startswith("trio_chat._"), (name, module)
+
+
+def test_public_modules_import():
+    for module in ("trio_chat.testing", "trio_chat.client"):
+        importlib.import_module(module)
