@@ -58,8 +58,9 @@ def require_chromium() -> None:
 class ChatServer:
     """`python -m trio_chat serve` on an ephemeral port, with its log kept."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, *extra_args: str):
         self.log_path = log_path
+        self.extra_args = list(extra_args)
         self.process: trio.Process | None = None
         self.port: int | None = None
 
@@ -72,7 +73,7 @@ class ChatServer:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "wb")
         self.process = await trio.lowlevel.open_process(
-            SERVER_COMMAND, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log
+            SERVER_COMMAND + self.extra_args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log
         )
         seen = b""
         with trio.move_on_after(timeout):
@@ -242,10 +243,23 @@ class ChatPage:
     def narrow(self) -> bool:
         return self.page.viewport_size["width"] <= 760
 
-    def sign_in(self, user: str, room: str = "lobby") -> None:
+    def sign_in(self, user: str = "", room: str = "lobby", *, token: str | None = None) -> None:
         self.page.fill("#login-name", user)
+        if token is not None:
+            self.page.click("#login-token-box summary")
+            self.page.fill("#login-token", token)
         self.page.fill("#login-room", room)
         self.page.click("#login-submit")
+
+    def join_room(self, room: str) -> None:
+        if self.narrow:
+            self.page.click("#open-sidebar")
+        self.page.fill("#join-room", room)
+        self.page.press("#join-room", "Enter")
+
+    def rooms(self) -> list[str]:
+        """The rooms listed in the sidebar."""
+        return self.page.eval_on_selector_all("#room-list li", "els => els.map(el => el.dataset.conv.slice(5))")
 
     def wait_state(self, state: str, timeout_ms: int | None = None) -> None:
         self.page.wait_for_selector(f"body[data-connection='{state}']", state="attached", timeout=timeout_ms)

@@ -201,10 +201,81 @@ def escapes_and_errors(server_url: str) -> None:
             alice.page.locator(".log[data-conv='dm:carol'] .msg .text", has_text="psst, a secret").wait_for()
             carol.page.locator(".log[data-conv='dm:alice'] .msg--own .text", has_text="psst, a secret").wait_for()
             alice.screenshot("browser-direct-message.png")
+
+            # Rooms come and go from the sidebar.
+            alice.join_room("random")
+            alice.wait_notice("random", "You joined #random")
+            assert alice.rooms() == ["general", "random"]
+            assert alice.page.inner_text("#conv-title") == "#random"
+            alice.send("anyone here?")
+            alice.wait_message("random", "anyone here?")
+            alice.page.click("#leave-room")
+            alice.page.wait_for_selector(".log[data-conv='room:random']", state="detached")
+            assert alice.rooms() == ["general"]
+            assert alice.page.inner_text("#conv-title") == "#general"
             no_page_errors(alice, carol)
         finally:
             alice.close()
             carol.close()
+
+
+# ----------------------------------------------------------------- tokens
+
+SECRET = "a-secret-for-the-browser-tests-only"
+
+
+@pytest.fixture
+async def secured_server(nursery, tmp_path):
+    require_chromium()
+    server = ChatServer(tmp_path / "server.log", "--secret", SECRET)
+    await server.start(nursery)
+    try:
+        yield server
+    finally:
+        await server.stop()
+        print(f"--- server log ---\n{server.log()}")
+
+
+def make_token(user: str, rooms: list[str] | None = None, ttl: float = 600) -> str:
+    import jwt
+
+    claims = {"sub": user, "exp": int(time.time() + ttl)}
+    if rooms is not None:
+        claims["rooms"] = rooms
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+async def test_sign_in_with_a_token(secured_server):
+    await in_browser(token_sign_in, secured_server.base_url)
+
+
+def token_sign_in(server_url: str) -> None:
+    with chromium() as browser:
+        erin = ChatPage(browser, server_url, viewport=LAPTOP, name="erin")
+        mallory = ChatPage(browser, server_url, viewport=PHONE, name="mallory")
+        try:
+            erin.sign_in(room="team-chat", token=make_token("erin", rooms=["team-*"]))
+            erin.wait_state("online")
+            assert erin.page.inner_text("#me-name") == "erin"
+            erin.wait_notice("team-chat", "You joined #team-chat")
+
+            # A room the token does not allow is refused, and said so in place.
+            erin.join_room("secret")
+            erin.page.locator(".log[data-conv='room:secret'] .notice--error").wait_for()
+            assert erin.notices("secret")[0].startswith("Cannot join #secret")
+
+            # A bad token never gets a session: the page keeps trying and says why it might fail.
+            mallory.sign_in(room="team-chat", token="not-a-token")
+            mallory.page.wait_for_function(
+                "document.querySelector('#banner-text').textContent.includes('refused this name or token')",
+                timeout=30_000,
+            )
+            assert mallory.state() in ("reconnecting", "connecting")
+            mallory.screenshot("browser-bad-token.png")
+            no_page_errors(erin)
+        finally:
+            erin.close()
+            mallory.close()
 
 
 # ------------------------------------------------- page against a scripted server

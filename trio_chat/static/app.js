@@ -121,6 +121,7 @@ class Conversation {
     this.lastTime = 0;
     this.maxId = 0;
     this.members = [];
+    this.refused = false; // a join the server turned down
     this.typers = new Map(); // user id -> timer
     this.stream = h("div", { class: "stream" });
     this.outbox = h("div", { class: "outbox" });
@@ -295,7 +296,10 @@ const ui = {
     if (select || !this.active) this.select(conv.key);
     this.client.join(name).then(
       () => this.saveRooms(),
-      () => {}, // the error event shows why
+      () => {
+        conv.refused = true; // the error event shows why
+        this.saveRooms();
+      },
     );
     this.saveRooms();
   },
@@ -330,7 +334,7 @@ const ui = {
   },
 
   saveRooms() {
-    const rooms = [...this.conversations.values()].filter((c) => c.kind === "room").map((c) => c.name);
+    const rooms = [...this.conversations.values()].filter((c) => c.kind === "room" && !c.refused).map((c) => c.name);
     localStorage.setItem(STORAGE.rooms, JSON.stringify(rooms));
   },
 
@@ -369,19 +373,18 @@ const ui = {
     $("leave-room").hidden = !conv || conv.kind !== "room";
     $("toggle-members").hidden = !conv || conv.kind !== "room";
     $("composer").hidden = !conv;
+    $("app").dataset.kind = conv?.kind ?? "none"; // the member list is for rooms only
     if (!conv) {
       $("conv-subtitle").textContent = "Join a room to start chatting";
     } else if (conv.kind === "room") {
       const n = conv.members.length;
-      $("conv-subtitle").textContent = `${n} ${n === 1 ? "member" : "members"}`;
+      $("conv-subtitle").textContent = n === 0 ? "joining…" : `${n} ${n === 1 ? "member" : "members"}`;
     } else {
       const info = this.presence.get(conv.name);
       $("conv-subtitle").textContent = info ? [statusLabel(info.status), info.text].filter(Boolean).join(" · ") : "Direct message";
     }
     const offline = this.client && this.client.state !== State.ONLINE;
-    input.placeholder = conv
-      ? `Message ${conv.title}${offline ? " (sent when back online)" : ""}`
-      : "";
+    input.placeholder = !conv ? "" : offline ? "Offline: messages wait to be sent" : `Message ${conv.title}`;
   },
 
   renderMembers() {
@@ -471,7 +474,8 @@ const ui = {
   updateScrim() {
     const app = $("app");
     const narrow = window.matchMedia("(max-width: 1099px)").matches;
-    $("scrim").hidden = !(app.classList.contains("sidebar-open") || (narrow && app.classList.contains("members-open")));
+    const membersOverlay = narrow && app.classList.contains("members-open") && app.dataset.kind === "room";
+    $("scrim").hidden = !(app.classList.contains("sidebar-open") || membersOverlay);
   },
 
   // ----- connection state
