@@ -181,15 +181,17 @@ class ChatServer:
     async def shutdown(self) -> None:
         """Drain gracefully, then return once the server has stopped.
 
-        Stops accepting, lets each connection's writer flush what is queued,
-        closes every WebSocket with 1001 and waits at most
-        ``config.shutdown_grace`` seconds before cancelling what is left.
+        Stops accepting WebSockets (new upgrades get HTTP 503), lets each
+        connection's writer flush what is queued, closes every WebSocket with
+        1001 and waits at most ``config.shutdown_grace`` seconds before
+        cancelling what is left.  Until the last WebSocket is gone the port
+        still answers plain HTTP, each response closing its connection, so
+        that ``/healthz`` can tell load balancers (503, ``"draining"``); then
+        the listeners close.
         """
         if not self.draining:
             self.draining = True
             log.info("shutting down: draining %d connections", len(self._connections))
-            if self._accept_scope is not None:
-                self._accept_scope.cancel()
             if self._conn_nursery is not None:
                 self._conn_nursery.cancel_scope.deadline = (
                     trio.current_time() + self.config.shutdown_grace
@@ -198,7 +200,17 @@ class ChatServer:
                 scope.cancel()
             for conn in list(self._connections):
                 conn.drain(1001, "server shutting down")
+            self._stop_accepting_if_drained()
         await self._stopped.wait()
+
+    def _stop_accepting_if_drained(self) -> None:
+        """During a shutdown, once no WebSocket is left: close the listeners
+        and end idle plain-HTTP connections."""
+        if self.draining and not self._connections and not self._upgrading:
+            if self._accept_scope is not None:
+                self._accept_scope.cancel()
+            for scope in list(self._idle_scopes):
+                scope.cancel()
 
     # ------------------------------------------------------------ embedding
 
@@ -286,7 +298,7 @@ class ChatServer:
                     return
             handover = await serve_http(
                 transport,
-                lambda request: self._route(request, peer),
+                lambda request: self._answer(request, peer),
                 head_timeout=self.config.handshake_timeout,
                 max_body=self.config.max_message_bytes,
                 idle_scopes=self._idle_scopes,
@@ -344,6 +356,7 @@ class ChatServer:
             if counted:
                 self._upgrading -= 1
             self._ip_limits.closed(peer)
+            self._stop_accepting_if_drained()
 
     async def _run_connection(
         self, ws: trio_websocket.WebSocketConnection, stream: WireStream,
@@ -365,6 +378,7 @@ class ChatServer:
                 self.hub.depart(conn.outlet)
         finally:
             self._connections.discard(conn)
+            self._stop_accepting_if_drained()
             outlet = conn.outlet
             self.metrics.connection_closed(outlet.close_code)
             code = "abort" if outlet.close_code is None else outlet.close_code
@@ -375,6 +389,13 @@ class ChatServer:
             )
 
     # ------------------------------------------------------------ HTTP routes
+
+    async def _answer(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
+        answer = await self._route(request, peer)
+        if self.draining and isinstance(answer, HttpResponse):
+            # No keep-alive while draining: the listeners are about to close.
+            answer = attrs.evolve(answer, headers=(*answer.headers, ("connection", "close")))
+        return answer
 
     async def _route(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
         path = request.path

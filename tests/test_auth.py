@@ -1,0 +1,336 @@
+"""Authentication: JWT tokens, anonymous names, embedders' authenticators.
+
+Every refusal is checked over a real socket: the HTTP status the client sees
+before any upgrade, and the reason the server logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jwt
+import pytest
+import trio
+import trio_websocket
+
+from http_support import LogCapture, rejected_status
+from trio_chat import Config
+from trio_chat._auth import (
+    HandshakeRequest,
+    Identity,
+    Rejection,
+    TokenAuthenticator,
+    make_token,
+    room_allowed,
+)
+from trio_chat._testing_server import open_test_client, open_test_server
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+OTHER_SECRET = "another-secret-that-is-long-enough-for-hs256"
+
+
+def secret_config(**kw) -> Config:
+    return Config(port=0, secret=SECRET, **kw)
+
+
+# ---------------------------------------------------------------- accepted
+
+
+async def test_token_in_query_string_is_accepted():
+    token = make_token(SECRET, "alice")
+    async with open_test_server(secret_config()) as server:
+        async with open_test_client(server, token=token) as client:
+            assert client.welcome["type"] == "welcome"
+            assert client.user_id == "alice"
+            joined = await client.join("lobby")
+            assert joined["payload"]["members"] == ["alice"]
+
+
+async def test_token_in_authorization_header_is_accepted():
+    token = make_token(SECRET, "bob")
+    async with open_test_server(secret_config()) as server:
+        with trio.fail_after(10):
+            async with trio_websocket.open_websocket_url(
+                server.url, extra_headers=[(b"authorization", f"Bearer {token}".encode())]
+            ) as ws:
+                welcome = json.loads(await ws.get_message())
+                assert welcome["type"] == "welcome"
+                assert welcome["payload"]["user_id"] == "bob"
+
+
+async def test_user_parameter_is_ignored_when_tokens_are_required():
+    token = make_token(SECRET, "carol")
+    async with open_test_server(secret_config()) as server:
+        async with open_test_client(server, token=token, user="mallory") as client:
+            assert client.user_id == "carol"
+
+
+# ---------------------------------------------------------------- 401 x 4
+
+
+def _forged(secret: str = SECRET, **claims) -> str:
+    base = {"sub": "alice", "exp": int(time.time()) + 3600}
+    base.update(claims)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, secret, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "token, reason",
+    [
+        (None, "missing token"),
+        ("not-a-jwt", "malformed token"),
+        ("a.b.c", "malformed token"),
+        (_forged(OTHER_SECRET), "bad token signature"),
+        (make_token(SECRET, "alice", ttl=-30), "token expired"),
+        (_forged(exp=None), "token lacks claim 'exp'"),
+        (_forged(sub=None), "token lacks claim 'sub'"),
+        (_forged(sub="bad name!"), "token sub must match"),
+        (_forged(rooms="lobby"), "token rooms must be a list"),
+    ],
+    ids=["missing", "malformed", "malformed-3-parts", "bad-signature", "expired",
+         "no-exp", "no-sub", "bad-sub", "bad-rooms"],
+)
+async def test_bad_tokens_are_refused_with_401_and_the_reason_logged(token, reason):
+    async with open_test_server(secret_config()) as server:
+        url = server.url if token is None else f"{server.url}?token={token}"
+        with LogCapture() as logs:
+            assert await rejected_status(url) == 401
+        refused = logs.find("handshake refused", "status=401")
+        assert refused, logs.messages
+        assert reason in refused[0]
+        assert server.stats().connections == 0
+        # The refusal is counted by status.
+        assert server.metrics.handshakes_refused == {401: 1}
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ("Bearer", "missing token"),
+        ("Basic YWxpY2U6cHc=", "missing token"),
+        ("Bearer garbage", "malformed token"),
+        (f"Bearer {make_token(OTHER_SECRET, 'alice')}", "bad token signature"),
+        (f"Bearer {make_token(SECRET, 'alice', ttl=-1)}", "token expired"),
+    ],
+)
+async def test_bad_authorization_headers_are_refused_with_401(header, reason):
+    async with open_test_server(secret_config()) as server:
+        with LogCapture() as logs:
+            status = await rejected_status(server.url, headers=[("authorization", header)])
+        assert status == 401
+        assert any(reason in m for m in logs.find("handshake refused", "status=401"))
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+async def test_tokens_signed_with_another_algorithm_are_refused():
+    # "none" (unsigned) and HS512 with the right secret: only HS256 is accepted.
+    claims = {"sub": "alice", "exp": int(time.time()) + 60}
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    hs512 = jwt.encode(claims, SECRET, algorithm="HS512")
+    async with open_test_server(secret_config()) as server:
+        for token in (unsigned, hs512):
+            assert await rejected_status(f"{server.url}?token={token}") == 401
+
+
+def test_verify_checks_expiry_at_each_call():
+    auth = TokenAuthenticator(SECRET)
+    assert auth.verify(make_token(SECRET, "alice", ttl=5)).user_id == "alice"
+    for token in (make_token(SECRET, "alice", ttl=-1),
+                  make_token(SECRET, "alice", ttl=60, now=time.time() - 3600)):
+        with pytest.raises(Rejection) as info:
+            auth.verify(token)
+        assert info.value.status == 401
+        assert info.value.reason == "token expired"
+
+
+# ---------------------------------------------------------------- rooms
+
+
+def test_room_patterns():
+    patterns = ("lobby", "team-*")
+    assert room_allowed("lobby", patterns)
+    assert room_allowed("team-a", patterns)
+    assert room_allowed("team-", patterns)
+    assert not room_allowed("lobby2", patterns)
+    assert not room_allowed("team", patterns)
+    assert not room_allowed("other", patterns)
+    assert room_allowed("anything", None)
+    assert not room_allowed("anything", ())
+    assert room_allowed("anything", ("*",))
+
+
+async def test_token_rooms_are_enforced_on_join():
+    token = make_token(SECRET, "alice", rooms=["lobby", "team-*"])
+    async with open_test_server(secret_config()) as server:
+        async with open_test_client(server, token=token) as client:
+            assert (await client.join("lobby"))["payload"]["room"] == "lobby"
+            assert (await client.join("team-red"))["payload"]["room"] == "team-red"
+            await client.send("join", {"room": "secret-room"}, ref="j1")
+            error = await client.expect("error")
+            assert error["payload"]["code"] == 403
+            assert error["ref"] == "j1"
+            # Not joined: chatting there is refused too, and the connection lives on.
+            reply = await client.chat("secret-room", "hello?")
+            assert reply["type"] == "error" and reply["payload"]["code"] == 403
+            assert (await client.chat("team-red", "still here"))["type"] == "ack"
+            assert server.hub.state.members("secret-room") == []
+            assert server.hub.counters.errors.get(403) == 2
+
+
+async def test_an_empty_rooms_list_allows_no_room():
+    token = make_token(SECRET, "alice", rooms=[])
+    async with open_test_server(secret_config()) as server:
+        async with open_test_client(server, token=token) as client:
+            await client.send("join", {"room": "lobby"})
+            assert (await client.expect("error"))["payload"]["code"] == 403
+
+
+# ---------------------------------------------------------------- anonymous
+
+
+async def test_anonymous_mode_names():
+    async with open_test_server() as server:
+        async with open_test_client(server, user="dora") as client:
+            assert client.user_id == "dora"
+        async with open_test_client(server) as client:
+            assert client.user_id.startswith("guest-")
+            assert len(client.user_id) > len("guest-")
+        with LogCapture() as logs:
+            assert await rejected_status(server.url + "?user=not%20valid!") == 400
+        assert logs.find("handshake refused", "status=400")
+
+
+async def test_anonymous_mode_ignores_tokens():
+    async with open_test_server() as server:
+        async with open_test_client(server, user="eve", token="anything") as client:
+            assert client.user_id == "eve"
+
+
+# ---------------------------------------------------------------- embedders
+
+
+async def test_an_embedders_authenticator_decides():
+    seen: list[HandshakeRequest] = []
+
+    def authenticate(request: HandshakeRequest) -> Identity:
+        seen.append(request)
+        key = request.headers.get("x-api-key")
+        if key is None:
+            raise Rejection(401, "no api key")
+        if key == "banned":
+            raise Rejection(403, "banned key")
+        return Identity("key-" + key, rooms=("support",))
+
+    async with open_test_server(authenticator=authenticate) as server:
+        with LogCapture() as logs:
+            assert await rejected_status(server.url) == 401
+            assert await rejected_status(server.url, headers=[("x-api-key", "banned")]) == 403
+        assert any("no api key" in m for m in logs.find("status=401"))
+        assert any("banned key" in m for m in logs.find("status=403"))
+        with trio.fail_after(10):
+            async with trio_websocket.open_websocket_url(
+                server.url + "?x=1", extra_headers=[(b"x-api-key", b"k1")]
+            ) as ws:
+                welcome = json.loads(await ws.get_message())
+                assert welcome["payload"]["user_id"] == "key-k1"
+                await ws.send_message(json.dumps({"type": "join", "payload": {"room": "lobby"}}))
+                error = json.loads(await ws.get_message())
+                assert error["type"] == "error" and error["payload"]["code"] == 403
+        last = seen[-1]
+        assert last.path == "/ws"
+        assert last.query == {"x": "1"}
+        assert last.headers["x-api-key"] == "k1"
+        assert last.peer == "127.0.0.1"
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+async def _start_cli_server(*args: str, env: dict[str, str] | None = None):
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_chat", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    buffer = b""
+    with trio.fail_after(20):
+        while b"\n" not in buffer:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                err = await proc.stderr.receive_some(65536)
+                raise AssertionError(f"server exited: {err.decode(errors='replace')}")
+            buffer += chunk
+    line = buffer.split(b"\n", 1)[0].decode()
+    assert line.startswith("trio-chat listening on ws://"), line
+    return proc, line.rsplit(" ", 1)[1]
+
+
+async def _stop(proc) -> None:
+    proc.terminate()
+    with trio.move_on_after(10):
+        await proc.wait()
+    if proc.returncode is None:  # pragma: no cover - stuck
+        proc.kill()
+        await proc.wait()
+
+
+def _cli_token(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_chat", "token", *args],
+        capture_output=True, text=True, timeout=30,
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
+    )
+
+
+async def test_cli_token_is_accepted_by_a_cli_server():
+    minted = await trio.to_thread.run_sync(
+        lambda: _cli_token("alice", "--secret", SECRET, "--ttl", "10m", "--rooms", "lobby,team-*")
+    )
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["rooms"] == ["lobby", "team-*"]
+    assert 590 <= claims["exp"] - time.time() <= 601
+    assert "admin" not in claims
+
+    proc, url = await _start_cli_server("--secret", SECRET)
+    try:
+        async with open_test_client(url, token=token) as client:
+            assert client.user_id == "alice"
+            await client.join("team-blue")
+            await client.send("join", {"room": "elsewhere"})
+            assert (await client.expect("error"))["payload"]["code"] == 403
+        # Without a token, or with one signed by another secret: 401.
+        assert await rejected_status(url) == 401
+        assert await rejected_status(url + "?token=" + make_token(OTHER_SECRET, "alice")) == 401
+    finally:
+        await _stop(proc)
+    stderr = (await proc.stderr.receive_some(1 << 20)).decode(errors="replace")
+    assert "status=401" in stderr and "missing token" in stderr
+
+
+async def test_cli_token_reads_the_secret_from_the_environment():
+    minted = await trio.to_thread.run_sync(
+        lambda: _cli_token("ops", "--admin", "--ttl", "90s", env={"TRIO_CHAT_SECRET": "an-environment-secret-long-enough-for-hs256"})
+    )
+    assert minted.returncode == 0, minted.stderr
+    claims = jwt.decode(minted.stdout.strip(), "an-environment-secret-long-enough-for-hs256", algorithms=["HS256"])
+    assert claims["sub"] == "ops" and claims["admin"] is True
+    assert 85 <= claims["exp"] - time.time() <= 91
+
+
+def test_cli_token_errors():
+    no_secret = _cli_token("alice", env={"TRIO_CHAT_SECRET": ""})
+    assert no_secret.returncode == 2
+    assert "secret" in no_secret.stderr
+    bad_user = _cli_token("not valid!", "--secret", SECRET)
+    assert bad_user.returncode == 2
+    assert "user" in bad_user.stderr
+    bad_ttl = _cli_token("alice", "--secret", SECRET, "--ttl", "soon")
+    assert bad_ttl.returncode == 2
+    assert "ttl" in bad_ttl.stderr
