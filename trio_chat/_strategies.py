@@ -69,6 +69,7 @@ from ._protocol import (
 __all__ = [
     "CLIENT_TYPES",
     "InvalidFrame",
+    "SERVER_EVENT_CLASSES",
     "client_events",
     "client_frames",
     "invalid_frame_cases",
@@ -627,7 +628,16 @@ def _error(draw: st.DrawFn) -> ErrorEvent:
     return ErrorEvent(code, draw(st.text(min_size=1, max_size=80)), draw(st.none() | refs()), retry)
 
 
-def server_events() -> st.SearchStrategy[ServerEvent]:
+#: Every server event class, in PROTOCOL §4 order.
+SERVER_EVENT_CLASSES: tuple[type[ServerEvent], ...] = (
+    Welcome, Joined, Left, System, ChatMessage, ChatAck, DirectAck,
+    PresenceUpdate, DirectMessage, TypingNotice, ErrorEvent,
+)
+
+
+def server_events(
+    classes: Iterable[type[ServerEvent]] | None = None,
+) -> st.SearchStrategy[ServerEvent]:
     """Every kind of event the server sends, with plausible field values.
 
     :class:`~trio_chat.Welcome`, :class:`~trio_chat.Joined` (with a
@@ -637,25 +647,34 @@ def server_events() -> st.SearchStrategy[ServerEvent]:
     :class:`~trio_chat.DirectMessage`, :class:`~trio_chat.TypingNotice` and
     :class:`~trio_chat.ErrorEvent` (``retry_after_ms`` only with 429).  For
     each, ``parse_server_frame(event.to_json()) == event``.
+
+    Args:
+        classes: the event classes to draw from (default: all of
+            :data:`SERVER_EVENT_CLASSES`).
     """
     ids = st.integers(1, 2**53)
     ref = st.none() | refs()
     content = st.text(min_size=1, max_size=200)
-    return st.one_of(
-        st.builds(Welcome, st.text(min_size=1, max_size=40), user_ids(), _limits()),
-        _joined(),
-        st.builds(Left, room_names(), ref),
-        st.builds(System, st.sampled_from(["join", "leave"]), room_names(), user_ids()),
-        st.builds(ChatMessage, ids, room_names(), user_ids(), content, timestamps()),
-        st.builds(ChatAck, ids, room_names(), timestamps(), ref),
-        st.builds(DirectAck, user_ids(), timestamps(), ref),
-        st.builds(
+    makers: dict[type[ServerEvent], st.SearchStrategy[ServerEvent]] = {
+        Welcome: st.builds(Welcome, st.text(min_size=1, max_size=40), user_ids(), _limits()),
+        Joined: _joined(),
+        Left: st.builds(Left, room_names(), ref),
+        System: st.builds(System, st.sampled_from(["join", "leave"]), room_names(), user_ids()),
+        ChatMessage: st.builds(ChatMessage, ids, room_names(), user_ids(), content, timestamps()),
+        ChatAck: st.builds(ChatAck, ids, room_names(), timestamps(), ref),
+        DirectAck: st.builds(DirectAck, user_ids(), timestamps(), ref),
+        PresenceUpdate: st.builds(
             PresenceUpdate,
             user_ids(),
             st.text(min_size=1, max_size=MAX_STATUS_CHARS),
             st.none() | st.text(max_size=MAX_PRESENCE_TEXT_CHARS),
         ),
-        st.builds(DirectMessage, user_ids(), content, timestamps()),
-        st.builds(TypingNotice, room_names(), user_ids()),
-        _error(),
-    )
+        DirectMessage: st.builds(DirectMessage, user_ids(), content, timestamps()),
+        TypingNotice: st.builds(TypingNotice, room_names(), user_ids()),
+        ErrorEvent: _error(),
+    }
+    chosen = SERVER_EVENT_CLASSES if classes is None else tuple(classes)
+    unknown = [c for c in chosen if c not in makers]
+    if unknown or not chosen:
+        raise ValueError(f"classes must be a non-empty subset of {SERVER_EVENT_CLASSES}")
+    return st.one_of([makers[c] for c in chosen])

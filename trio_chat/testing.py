@@ -16,6 +16,7 @@ Importing this module needs Hypothesis (``pip install 'trio-chat[test]'``).
 from ._strategies import (
     CLIENT_TYPES as CLIENT_TYPES,
     InvalidFrame as InvalidFrame,
+    SERVER_EVENT_CLASSES as SERVER_EVENT_CLASSES,
     client_events as client_events,
     client_frames as client_frames,
     invalid_frame_cases as invalid_frame_cases,
