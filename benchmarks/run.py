@@ -27,7 +27,7 @@ from importlib import metadata
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
-from harness.scenarios import SCENARIOS, Config, run_sweep  # noqa: E402
+from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep  # noqa: E402
 from harness.servers import BENCH_DIR, ServerError, ServerProcess, default_specs, raise_fd_limit  # noqa: E402
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -40,9 +40,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(default_specs()))
     p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--no-sweep", action="store_true", help="skip the latency sweep and plot")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the generator-ceiling check")
     p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"),
                    help="command that starts trio_chat (default: python -m trio_chat)")
     p.add_argument("--trio-chat-args", default="", help="extra arguments for trio_chat serve")
+    p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
+                   help="directory holding the trio_chat package to measure (default: this checkout)")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's results section")
     p.add_argument("--tag", default="", help="suffix for the results file name")
     return p.parse_args()
@@ -90,7 +93,8 @@ def main() -> int:
     raise_fd_limit()
     loadgen.build()
     specs = default_specs(trio_chat_cmd=args.trio_chat_cmd,
-                          trio_chat_extra=shlex.split(args.trio_chat_args))
+                          trio_chat_extra=shlex.split(args.trio_chat_args),
+                          trio_chat_src=args.trio_chat_src)
     names = args.servers.split(",") if args.servers else list(specs)
     scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     if args.quick and not args.scenarios:
@@ -104,6 +108,14 @@ def main() -> int:
     active = [n for n in names if n not in unavailable]
 
     started = time.monotonic()
+    ceiling = None
+    if not args.no_ceiling:
+        try:
+            ceiling = generator_ceiling(cfg)
+            print(f"[ceiling] load generator against the native hub: {ceiling['deliveries_per_s']:,.0f} "
+                  f"deliveries/s at {ceiling['gen_cpu_frac']:.0%} of its core", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"[ceiling] failed: {exc}", flush=True)
     runs = []
     for rep in range(reps):
         for scenario in scenarios:
@@ -130,7 +142,7 @@ def main() -> int:
     data = {"meta": {"date": stamp, "quick": args.quick, "reps": reps, "config": cfg.__dict__,
                      "versions": versions(), "servers": names, "unavailable": unavailable,
                      "elapsed_s": time.monotonic() - started},
-            "runs": runs, "summary": summary, "sweeps": sweeps}
+            "runs": runs, "summary": summary, "sweeps": sweeps, "generator_ceiling": ceiling}
     os.makedirs(RESULTS_DIR, exist_ok=True)
     name = f"results-{stamp}{'-' + args.tag if args.tag else ''}.json"
     for path in (os.path.join(RESULTS_DIR, name), os.path.join(RESULTS_DIR, "latest.json")):
@@ -162,6 +174,12 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         "",
         report.markdown_table(summary, names),
     ]
+    ceiling = data.get("generator_ceiling")
+    if ceiling:
+        lines += ["", f"Load generator ceiling (max fan-out against a native C hub that batches frames): "
+                      f"{ceiling['deliveries_per_s']:,.0f} deliveries/s with the generator at "
+                      f"{ceiling['gen_cpu_frac']:.0%} of its core ({ceiling['gen_us_per_delivery']:.2f} µs "
+                      f"per delivery)."]
     for name, why in unavailable.items():
         lines += ["", f"*{name}: not measured in this run ({why}).*"]
     errs = report.errors(runs)

@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=60.0, help="seconds before the start value")
     p.add_argument("--server", default="trio_chat", help="server name (default trio_chat)")
     p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"))
+    p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
+                   help="directory holding the trio_chat package (default: this checkout)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "soak.json"))
     p.add_argument("--plot", default=os.path.join(BENCH_DIR, "soak.png"))
     return p.parse_args()
@@ -106,7 +108,7 @@ def main() -> int:
     args = parse_args()
     raise_fd_limit()
     loadgen.build()
-    spec = default_specs(trio_chat_cmd=args.trio_chat_cmd)[args.server]
+    spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[args.server]
     duration = args.minutes * 60
     samples: list[dict] = []
     churn: dict = {}

@@ -19,19 +19,25 @@ from .servers import BENCH_DIR, taskset
 
 SOURCE = os.path.join(BENCH_DIR, "loadgen", "loadgen.c")
 BINARY = os.path.join(BENCH_DIR, "loadgen", "build", "loadgen")
+REFHUB_SOURCE = os.path.join(BENCH_DIR, "loadgen", "refhub.c")
+REFHUB = os.path.join(BENCH_DIR, "loadgen", "build", "refhub")
 
 
-def build(force: bool = False) -> str:
-    """Compile the generator with gcc (-O2) if the binary is missing or stale."""
-    if (not force and os.path.exists(BINARY)
-            and os.path.getmtime(BINARY) >= os.path.getmtime(SOURCE)):
-        return BINARY
+def _compile(source: str, binary: str, force: bool) -> str:
+    if not force and os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+        return binary
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise RuntimeError("a C compiler (gcc) is needed to build the load generator")
-    os.makedirs(os.path.dirname(BINARY), exist_ok=True)
-    subprocess.run([cc, "-O2", "-Wall", "-o", BINARY, SOURCE], check=True)
-    return BINARY
+    os.makedirs(os.path.dirname(binary), exist_ok=True)
+    subprocess.run([cc, "-O2", "-Wall", "-o", binary, source], check=True)
+    return binary
+
+
+def build(force: bool = False) -> str:
+    """Compile the generator and the reference hub (gcc -O2) if missing or stale."""
+    _compile(REFHUB_SOURCE, REFHUB, force)
+    return _compile(SOURCE, BINARY, force)
 
 
 class LoadgenError(RuntimeError):

@@ -2,8 +2,8 @@
 
 Each number in the table is the median over the repetitions, with min–max;
 ratios are medians divided by the websockets (asyncio) peer's median in the
-same run.  For "lower is better" metrics the ratio is still server /
-baseline (so below 1.0× is better there).
+same run.  For "lower is better" metrics (marked ↓) the ratio is still
+server / baseline, so below 1.0× is better there.
 """
 
 from __future__ import annotations
@@ -14,26 +14,25 @@ import statistics
 
 BASELINE = "websockets-asyncio"
 
-# (scenario, metric, label, higher_is_better, format)
+# (scenario, metric, label, show ratio, format)
 ROWS = [
     ("fanout_max", "deliveries_per_s", "max fan-out: deliveries/s (200 clients, 1 room)", True, "{:,.0f}"),
-    ("fanout_max", "server_us_per_delivery", "max fan-out: server µs per delivery", False, "{:.2f}"),
-    ("fanout_rate", "delivery_ratio", "fixed rate ≈100k deliveries/s: delivery ratio", True, "{:.4f}"),
-    ("fanout_rate", "p50_ms", "fixed rate: p50 latency ms", False, "{:.2f}"),
-    ("fanout_rate", "p99_ms", "fixed rate: p99 latency ms", False, "{:.2f}"),
-    ("fanout_rate", "max_ms", "fixed rate: max latency ms", False, "{:.1f}"),
-    ("fanout_rate", "server_us_per_delivery", "fixed rate: server µs per delivery", False, "{:.2f}"),
+    ("fanout_max", "server_us_per_delivery", "max fan-out: server µs per delivery ↓", True, "{:.2f}"),
+    ("fanout_rate", "delivery_ratio", "fixed rate ≈100k deliveries/s: delivery ratio", False, "{:.4f}"),
+    ("fanout_rate", "p50_ms", "fixed rate: p50 latency ms ↓", True, "{:.2f}"),
+    ("fanout_rate", "p99_ms", "fixed rate: p99 latency ms ↓", True, "{:.2f}"),
+    ("fanout_rate", "max_ms", "fixed rate: max latency ms ↓", True, "{:.1f}"),
+    ("fanout_rate", "server_us_per_delivery", "fixed rate: server µs per delivery ↓", True, "{:.2f}"),
     ("many_rooms", "deliveries_per_s", "many rooms: deliveries/s (200 rooms of 10)", True, "{:,.0f}"),
-    ("many_rooms", "server_us_per_delivery", "many rooms: server µs per delivery", False, "{:.2f}"),
+    ("many_rooms", "server_us_per_delivery", "many rooms: server µs per delivery ↓", True, "{:.2f}"),
     ("echo", "round_trips_per_s", "echo: round trips/s (50 clients)", True, "{:,.0f}"),
+    ("echo", "server_us_per_round_trip", "echo: server µs per round trip ↓", True, "{:.1f}"),
     ("handshakes", "handshakes_per_s", "handshakes/s (32 concurrent)", True, "{:,.0f}"),
-    ("idle_5000", "kb_per_connection", "idle memory, 5,000 connections: KB each", False, "{:.1f}"),
-    ("idle_10000", "kb_per_connection", "idle memory, 10,000 connections: KB each", False, "{:.1f}"),
-]
-
-GEN_ROWS = [
-    ("fanout_max", "gen_cpu_frac"), ("fanout_rate", "gen_cpu_frac"), ("many_rooms", "gen_cpu_frac"),
-    ("echo", "gen_cpu_frac"), ("handshakes", "gen_cpu_frac"),
+    ("idle_5000", "kb_per_connection", "idle memory, 5,000 connections: KB each ↓", True, "{:.1f}"),
+    ("idle_10000", "kb_per_connection", "idle memory, 10,000 connections: KB each ↓", True, "{:.1f}"),
+    ("fanout_max", "server_cpu_frac", "*server's share of its core, max fan-out*", False, "{:.0%}"),
+    ("fanout_max", "gen_cpu_frac", "*load generator's share of its core, max fan-out*", False, "{:.0%}"),
+    ("fanout_rate", "gen_cpu_frac", "*load generator's share of its core, fixed rate*", False, "{:.0%}"),
 ]
 
 
@@ -74,31 +73,28 @@ def markdown_table(summary: dict, servers: list[str]) -> str:
     cols = [s for s in servers]
     lines = ["| scenario / metric | " + " | ".join(cols) + " |",
              "|---|" + "---|" * len(cols)]
-    for scen, metric, label, _higher, fmt in ROWS:
+    for scen, metric, label, show_ratio, fmt in ROWS:
         per = summary.get(scen, {})
+        if not per:
+            continue
         base = per.get(BASELINE, {}).get(metric)
         cells = []
         for server in cols:
             stat = per.get(server, {}).get(metric)
-            ratio = metric not in ("delivery_ratio",) and server != BASELINE
-            cells.append(_cell(stat, fmt, base, ratio))
+            cells.append(_cell(stat, fmt, base, show_ratio and server != BASELINE))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append("| *load generator CPU (fraction of its core)* | " + " | ".join(
-        ", ".join(
-            f"{summary.get(s_, {}).get(srv, {}).get(m, (0,))[0]:.0%}"
-            for s_, m in GEN_ROWS if summary.get(s_, {}).get(srv, {}).get(m)
-        ) or "n/a" for srv in cols) + " |")
     return "\n".join(lines)
 
 
 def sweep_table(sweeps: dict) -> str:
     lines = ["| server | offered/s | delivered/s | ratio | p50 ms | p99 ms | max ms |",
              "|---|---|---|---|---|---|---|"]
+    f = lambda v, fmt: "n/a" if v is None else fmt.format(v)  # noqa: E731
     for server, points in sweeps.items():
         for p in points:
             lines.append(f"| {server} | {p['offered_per_s']:,.0f} | {p['deliveries_per_s']:,.0f} | "
-                         f"{p['delivery_ratio']:.3f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
-                         f"{p['max_ms']:.1f} |")
+                         f"{p['delivery_ratio']:.3f} | {f(p['p50_ms'], '{:.2f}')} | "
+                         f"{f(p['p99_ms'], '{:.2f}')} | {f(p['max_ms'], '{:.1f}')} |")
     return "\n".join(lines)
 
 
@@ -113,6 +109,7 @@ def plot_latency(sweeps: dict, path: str) -> None:
         if not points:
             continue
         color = f"C{i}"
+        points = [p for p in points if p["p99_ms"] is not None]
         xs = [p["offered_per_s"] / 1000 for p in points]
         ax.plot(xs, [p["p99_ms"] for p in points], "-o", color=color, label=f"{server} p99")
         ax.plot(xs, [p["p50_ms"] for p in points], "--", color=color, alpha=0.7, label=f"{server} p50")

@@ -36,6 +36,9 @@ TRIO_CHAT_BENCH_ARGS = [
     "--max-connections", "100000",
     "--max-connections-per-ip", "100000",
     "--max-handshakes-per-ip", "100000000",
+    # The peers log nothing per connection; trio_chat logs every connect and
+    # disconnect at "info".
+    "--log-level", "warning",
 ]
 
 
@@ -51,6 +54,7 @@ class ServerSpec:
     command: list[str]
     extra: list[str] = field(default_factory=list)
     label: str = ""
+    cwd: str = REPO_DIR  # also put first on PYTHONPATH
 
     def argv(self, mode: str) -> list[str]:
         args = [*self.command, mode, "--host", "127.0.0.1", "--port", "0"]
@@ -60,8 +64,14 @@ class ServerSpec:
 
 
 def default_specs(python: str = sys.executable, trio_chat_cmd: str | None = None,
-                  trio_chat_extra: list[str] | None = None) -> dict[str, ServerSpec]:
-    """The peers and trio_chat.  ``trio_chat_cmd`` replaces ``python -m trio_chat``."""
+                  trio_chat_extra: list[str] | None = None,
+                  trio_chat_src: str | None = None) -> dict[str, ServerSpec]:
+    """The peers and trio_chat.
+
+    ``trio_chat_cmd`` replaces ``python -m trio_chat``; ``trio_chat_src`` is
+    the directory holding the ``trio_chat`` package to measure (default: this
+    checkout), e.g. an exported snapshot of a commit.
+    """
     peer = lambda f: [python, os.path.join(PEERS_DIR, f)]  # noqa: E731
     tc_cmd = shlex.split(trio_chat_cmd) if trio_chat_cmd else [python, "-m", "trio_chat"]
     return {
@@ -69,12 +79,19 @@ def default_specs(python: str = sys.executable, trio_chat_cmd: str | None = None
                                          label="websockets (asyncio) + broadcast()"),
         "trio_chat": ServerSpec("trio_chat", tc_cmd,
                                 TRIO_CHAT_BENCH_ARGS + list(trio_chat_extra or []),
-                                label="trio_chat"),
+                                label="trio_chat", cwd=os.path.abspath(trio_chat_src or REPO_DIR)),
         "websockets-trio": ServerSpec("websockets-trio", peer("ws_trio.py"),
                                       label="websockets.trio + broadcast()"),
         "trio-naive": ServerSpec("trio-naive", peer("trio_naive.py"),
                                  label="naive trio-websocket"),
     }
+
+
+def refhub_spec(batch: bool = True) -> ServerSpec:
+    """The native reference hub (loadgen/refhub.c), for the generator's ceiling."""
+    binary = os.path.join(BENCH_DIR, "loadgen", "build", "refhub")
+    return ServerSpec("refhub" if batch else "refhub-unbatched", [binary],
+                      [] if batch else ["--no-batch"], label="native reference hub")
 
 
 def raise_fd_limit(target: int = 65536) -> int:
@@ -122,10 +139,13 @@ class ServerProcess:
     def start(self) -> None:
         argv = taskset(self.core) + self.spec.argv(self.mode)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = REPO_DIR + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = self.spec.cwd + os.pathsep + env.get("PYTHONPATH", "")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        if self.log_path:
+            log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            log.flush()
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log,
-                                     stdin=subprocess.DEVNULL, env=env, cwd=REPO_DIR,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=self.spec.cwd,
                                      start_new_session=True)
         if log is not subprocess.DEVNULL:
             log.close()
