@@ -456,11 +456,13 @@ class ChatServer:
         origin = headers.get("origin")
         if origin is None:
             return True
+        # Scheme and host compare without regard to case (RFC 6454).
+        origin = origin.rstrip("/").lower()
         allowed = self.config.allowed_origins
         if allowed:
-            return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
-        host = headers.get("host", "")
-        return origin.partition("://")[2].rstrip("/") == host
+            return "*" in allowed or origin in {o.rstrip("/").lower() for o in allowed}
+        scheme, _, host = origin.partition("://")
+        return scheme in ("http", "https") and host == headers.get("host", "").lower()
 
     def _healthz(self) -> HttpResponse:
         body: dict[str, Any] = {
