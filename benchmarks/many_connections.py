@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen  # noqa: E402
+from harness import loadgen, report  # noqa: E402
 from harness.metrics import scrape  # noqa: E402
 from harness.servers import BENCH_DIR, ServerProcess, default_specs, raise_fd_limit  # noqa: E402
 
@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
                    help="directory holding the trio_chat package (default: this checkout)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "many_connections.json"))
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's section")
     return p.parse_args()
 
 
@@ -84,6 +85,14 @@ def main() -> int:
     print(f"\n{n:,} connections open, broadcast received by {broadcast.get('received'):,} of "
           f"{broadcast.get('expected'):,} in {broadcast.get('ms')} ms; "
           f"{result['kb_per_connection']:.1f} KB of server RSS per connection")
+    if not args.no_readme:
+        section = (f"{n:,} connections ({args.users} user ids) held on one {args.server} process, all in one "
+                   f"room; connected and joined in {connect_s:.0f} s. One broadcast reached "
+                   f"{broadcast.get('received'):,} of {broadcast.get('expected'):,} other connections in "
+                   f"{broadcast.get('ms')} ms. Server RSS {before / 2**20:.0f} MB before, "
+                   f"{after / 2**20:.0f} MB after: **{result['kb_per_connection']:.1f} KB per connection**; "
+                   f"{fds:,} open fds. Result: **{'PASS' if result['ok'] else 'FAIL'}**.")
+        report.update_readme(os.path.join(BENCH_DIR, "README.md"), section, "many-connections")
     print("MANY-CONNECTIONS", "PASS" if result["ok"] else "FAIL")
     return 0 if result["ok"] else 1
 

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep  # noqa: E402
-from harness.servers import BENCH_DIR, ServerError, ServerProcess, default_specs, raise_fd_limit  # noqa: E402
+from harness.servers import (BENCH_DIR, ServerError, ServerProcess, default_specs,  # noqa: E402
+                             export_snapshot, raise_fd_limit)
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
@@ -46,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trio-chat-args", default="", help="extra arguments for trio_chat serve")
     p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
                    help="directory holding the trio_chat package to measure (default: this checkout)")
+    p.add_argument("--trio-chat-rev", help="measure trio_chat as committed at this git revision "
+                   "(exported with git archive) instead of the working tree")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's results section")
     p.add_argument("--tag", default="", help="suffix for the results file name")
     return p.parse_args()
@@ -92,6 +95,13 @@ def main() -> int:
     cfg = config(args)
     raise_fd_limit()
     loadgen.build()
+    source = "working tree"
+    if args.trio_chat_rev:
+        args.trio_chat_src = export_snapshot(args.trio_chat_rev)
+        with open(os.path.join(args.trio_chat_src, "COMMIT")) as f:
+            source = "commit " + f.read().strip()
+    elif args.trio_chat_src:
+        source = args.trio_chat_src
     specs = default_specs(trio_chat_cmd=args.trio_chat_cmd,
                           trio_chat_extra=shlex.split(args.trio_chat_args),
                           trio_chat_src=args.trio_chat_src)
@@ -140,7 +150,7 @@ def main() -> int:
     summary = report.summarize(runs)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = {"meta": {"date": stamp, "quick": args.quick, "reps": reps, "config": cfg.__dict__,
-                     "versions": versions(), "servers": names, "unavailable": unavailable,
+                     "versions": versions(), "servers": names, "trio_chat_source": source, "unavailable": unavailable,
                      "elapsed_s": time.monotonic() - started},
             "runs": runs, "summary": summary, "sweeps": sweeps, "generator_ceiling": ceiling}
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -168,7 +178,8 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         f"Run {meta['date']} ({'quick' if meta['quick'] else 'full'}, {meta['reps']} repetition(s), "
         f"{meta['elapsed_s'] / 60:.1f} min); {v.get('cpu', '?')}, {v.get('cpus')} cores; "
         f"Python {v['python']}, trio {v.get('trio', '?')}, trio-websocket {v.get('trio-websocket', '?')}, "
-        f"websockets {v.get('websockets', '?')}. Server on core 0, load generator on core 1.",
+        f"websockets {v.get('websockets', '?')}; trio_chat from {meta.get('trio_chat_source')}. "
+        "Server on core 0, load generator on core 1.",
         "",
         "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions).",
         "",

@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen  # noqa: E402
+from harness import loadgen, report  # noqa: E402
 from harness.metrics import scrape  # noqa: E402
 from harness.servers import BENCH_DIR, ServerProcess, default_specs, raise_fd_limit  # noqa: E402
 
@@ -56,6 +56,7 @@ def parse_args() -> argparse.Namespace:
                    help="directory holding the trio_chat package (default: this checkout)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "soak.json"))
     p.add_argument("--plot", default=os.path.join(BENCH_DIR, "soak.png"))
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's soak section")
     return p.parse_args()
 
 
@@ -74,6 +75,28 @@ def check(samples: list[dict], key: str, warmup: float) -> dict:
     end = statistics.median(values[-3:])
     change = (end - start) / start if start else 0.0
     return {"start": start, "end": end, "change": change, "ok": abs(change) <= TOLERANCE}
+
+
+def summary_md(r: dict) -> str:
+    """The README's soak section."""
+    a, churn = r["args"], r["churn"]
+    fmt = lambda v: "n/a" if v is None else f"{v:,.1f}"  # noqa: E731
+    lines = [f"{a['minutes']:g} minutes against {a['server']}: {a['clients']} connection slots in rooms of "
+             f"{a['room_size']}, each living {a['life_min']:g}–{a['life_max']:g} s then dropped abruptly "
+             f"(TCP reset or close without a close frame) and reconnecting; "
+             f"{churn.get('drops', 0):,} drops, {churn.get('sent', 0):,} chats, "
+             f"{churn.get('deliveries', 0):,} deliveries, {churn.get('errors', 0)} error frames. "
+             f"Result: **{'PASS' if r['ok'] else 'FAIL'}**.", "",
+             "| sampled every %gs | start | end | change | within 5%% |" % a["sample"], "|---|---|---|---|---|"]
+    for key, label in (("rss_mb", "server RSS, MB"), ("fds", "open file descriptors"), ("tasks", "trio tasks")):
+        c = r["checks"][key]
+        change = "n/a" if c["change"] is None else f"{c['change']:+.1%}"
+        verdict = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
+        lines.append(f"| {label} | {fmt(c['start'])} | {fmt(c['end'])} | {change} | {verdict} |")
+    lines += ["", "After the churn stopped (idle, before → after): " + ", ".join(
+        f"{k} {b} → {af}" for k, (b, af, _ok) in r["reaped"].items()) + ".", "",
+        "![soak: RSS, fds, tasks and connections over time](soak.png)"]
+    return "\n".join(lines)
 
 
 def plot(samples: list[dict], idle: dict, path: str, title: str) -> None:
@@ -152,11 +175,11 @@ def main() -> int:
               for key in ("fds", "tasks", "connections")}
     ok = alive and all(c["ok"] is not False for c in checks.values()) \
         and all(r[2] is not False for r in reaped.values())
-    report = {"args": vars(args), "server_alive": alive, "idle_before": idle_before, "idle_after": idle_after,
+    report_dict = {"args": vars(args), "server_alive": alive, "idle_before": idle_before, "idle_after": idle_after,
               "checks": checks, "reaped": reaped, "ok": ok, "samples": samples, "churn": result}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+        json.dump(report_dict, f, indent=1)
     plot(samples, idle_before, args.plot,
          f"{args.server}: {args.minutes:g} min churn, {args.clients} clients "
          f"({result.get('drops', '?')} abrupt drops)")
@@ -172,6 +195,8 @@ def main() -> int:
     print(f"connects {churn.get('connects')}  drops {result.get('drops')}  "
           f"chats sent {result.get('sent')}  deliveries {result.get('deliveries')}  "
           f"errors {result.get('errors')}  server alive: {alive}")
+    if not args.no_readme:
+        report.update_readme(os.path.join(BENCH_DIR, "README.md"), summary_md(report_dict), "soak")
     print("SOAK", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

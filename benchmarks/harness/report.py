@@ -124,19 +124,20 @@ def plot_latency(sweeps: dict, path: str) -> None:
     plt.close(fig)
 
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+def update_readme(readme: str, section: str, name: str = "results") -> bool:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``.
 
-
-def update_readme(readme: str, section: str) -> bool:
-    """Replace the text between the results markers; False if they are missing."""
+    Returns False (and changes nothing) if the markers are missing.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if not os.path.exists(readme):
         return False
     with open(readme, encoding="utf-8") as f:
         text = f.read()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         return False
-    text = pattern.sub(lambda _m: START + "\n" + section.strip() + "\n" + END, text)
+    text = pattern.sub(lambda _m: start + "\n" + section.strip() + "\n" + end, text)
     with open(readme, "w", encoding="utf-8") as f:
         f.write(text)
     return True

@@ -44,7 +44,7 @@ class Config:
     drain: float = 1.0
     server_core: int | None = 0
     gen_core: int | None = 1
-    poll_us: int = 2000          # read pacing in closed-loop scenarios
+    poll_us: int = 1000          # read pacing in closed-loop scenarios
     log_dir: str | None = None
     idle_counts: tuple[int, ...] = (5000, 10000)
     sweep_offered: tuple[int, ...] = (25_000, 50_000, 100_000, 150_000, 200_000, 300_000)

@@ -94,6 +94,22 @@ def refhub_spec(batch: bool = True) -> ServerSpec:
                       [] if batch else ["--no-batch"], label="native reference hub")
 
 
+def export_snapshot(rev: str = "HEAD") -> str:
+    """Export the committed ``trio_chat`` package at ``rev`` to a temporary
+    directory (``git archive``), so a run measures one fixed commit even if
+    the working tree changes meanwhile.  Returns the directory."""
+    import tempfile
+    out = tempfile.mkdtemp(prefix="trio-chat-snapshot-")
+    archive = subprocess.run(["git", "-C", REPO_DIR, "archive", rev, "trio_chat"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+    commit = subprocess.run(["git", "-C", REPO_DIR, "rev-parse", "--short", rev],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(out, "COMMIT"), "w") as f:
+        f.write(commit + "\n")
+    return out
+
+
 def raise_fd_limit(target: int = 65536) -> int:
     """Raise RLIMIT_NOFILE (hard too, when allowed) so children inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
