@@ -1,0 +1,189 @@
+"""TLS: wss:// and https:// on one port, with certificates made by trustme."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio_websocket
+import trustme
+
+from http_support import http_request, open_http
+from trio_chat import Config
+from trio_chat._auth import make_token
+from trio_chat._config import ConfigError
+from trio_chat._testing_server import open_test_server
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(ca, tmp_path) -> tuple[str, str]:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile = tmp_path / "cert.pem"
+    keyfile = tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(certfile, append=True)
+    cert.private_key_pem.write_to_path(keyfile)
+    return str(certfile), str(keyfile)
+
+
+@pytest.fixture
+def client_context(ca) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@asynccontextmanager
+async def wss_client(url: str, context: ssl.SSLContext):
+    with trio.fail_after(10):
+        async with trio_websocket.open_websocket_url(url, context) as ws:
+            welcome = json.loads(await ws.get_message())
+            assert welcome["type"] == "welcome"
+            yield ws, welcome["payload"]["user_id"]
+
+
+async def send(ws, type_: str, payload: dict) -> None:
+    await ws.send_message(json.dumps({"type": type_, "payload": payload}))
+
+
+async def expect(ws, type_: str) -> dict:
+    with trio.fail_after(10):
+        while True:
+            frame = json.loads(await ws.get_message())
+            if frame["type"] == type_:
+                return frame
+
+
+async def test_wss_chat_round_trip(tls_files, client_context):
+    certfile, keyfile = tls_files
+    async with open_test_server(Config(port=0, certfile=certfile, keyfile=keyfile)) as server:
+        assert server.url.startswith("wss://")
+        async with wss_client(server.url + "?user=alice", client_context) as (alice, _), \
+                wss_client(server.url + "?user=bob", client_context) as (bob, _):
+            await send(alice, "join", {"room": "lobby"})
+            await expect(alice, "joined")
+            await send(bob, "join", {"room": "lobby"})
+            await expect(bob, "joined")
+            for i in range(20):
+                await send(alice, "chat", {"room": "lobby", "content": f"secret {i}"})
+            for i in range(20):
+                chat = await expect(bob, "chat")
+                assert chat["payload"]["content"] == f"secret {i}"
+                assert chat["payload"]["id"] == i + 1
+            # A large message goes through the TLS write path too.
+            await send(bob, "chat", {"room": "lobby", "content": "y" * 4000})
+            assert (await expect(alice, "chat"))["payload"]["content"] == "y" * 4000
+
+
+async def test_https_healthz_and_keep_alive_on_the_same_port(tls_files, client_context):
+    certfile, keyfile = tls_files
+    async with open_test_server(Config(port=0, certfile=certfile, keyfile=keyfile)) as server:
+        reply = await http_request(server.port, "GET", "/healthz", ssl_context=client_context)
+        assert reply.status == 200
+        assert reply.json()["status"] == "ok"
+        async with wss_client(server.url, client_context):
+            with trio.fail_after(10):
+                async with open_http(server.port, client_context) as client:
+                    health = await client.request("GET", "/healthz")
+                    metrics = await client.request("GET", "/metrics")
+                    page = await client.request("GET", "/")
+            assert health.json()["connections"] == 1
+            assert b"trio_chat_connections_open 1.0" in metrics.body
+            assert page.status == 200
+
+
+async def test_tokens_over_wss(tls_files, client_context):
+    certfile, keyfile = tls_files
+    config = Config(port=0, certfile=certfile, keyfile=keyfile, secret=SECRET)
+    async with open_test_server(config) as server:
+        token = make_token(SECRET, "alice")
+        async with wss_client(f"{server.url}?token={token}", client_context) as (_, user):
+            assert user == "alice"
+        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionRejected) as info:
+            async with trio_websocket.open_websocket_url(server.url, client_context):
+                pass  # pragma: no cover
+        assert info.value.status_code == 401
+
+
+async def test_plain_and_untrusted_clients_are_turned_away(tls_files, client_context):
+    certfile, keyfile = tls_files
+    config = Config(port=0, certfile=certfile, keyfile=keyfile, handshake_timeout=1)
+    async with open_test_server(config) as server:
+        port = server.port
+        # Plain HTTP on the TLS port: the TLS handshake fails, the socket closes.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            with trio.fail_after(10):
+                try:
+                    while await stream.receive_some(65536):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+        # A client that does not trust the certificate.
+        with pytest.raises((ssl.SSLError, trio.BrokenResourceError)):
+            await http_request(port, "GET", "/healthz", ssl_context=ssl.create_default_context())
+        # A client that never starts the TLS handshake is closed after the timeout.
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        async with silent:
+            with trio.fail_after(10):
+                try:
+                    assert await silent.receive_some(10) == b""
+                except trio.BrokenResourceError:
+                    pass
+        # None of it hurt the server.
+        reply = await http_request(port, "GET", "/healthz", ssl_context=client_context)
+        assert reply.json() == {**reply.json(), "status": "ok", "connections": 0}
+
+
+def test_certfile_and_keyfile_go_together(tls_files):
+    certfile, _ = tls_files
+    with pytest.raises(ConfigError):
+        Config(certfile=certfile)
+
+
+async def test_cli_serves_wss(tls_files, client_context):
+    certfile, keyfile = tls_files
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_chat", "serve", "--port", "0",
+         "--certfile", certfile, "--keyfile", keyfile],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
+    )
+    try:
+        line = b""
+        with trio.fail_after(20):
+            while b"\n" not in line:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "the server exited"
+                line += chunk
+        url = line.decode().split()[-1]
+        assert url.startswith("wss://127.0.0.1:")
+        async with wss_client(url + "?user=cli", client_context) as (ws, user):
+            assert user == "cli"
+            await send(ws, "join", {"room": "lobby"})
+            await expect(ws, "joined")
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        reply = await http_request(port, "GET", "/healthz", ssl_context=client_context)
+        assert reply.status == 200
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:  # pragma: no cover
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
