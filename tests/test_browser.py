@@ -63,6 +63,17 @@ def assert_exactly_once_in_order(messages: list[dict], expected_texts: list[str]
     assert ids == list(range(ids[0], ids[0] + len(ids))), f"{who}: ids not contiguous and increasing: {ids}"
 
 
+def run_scenario(page, script: str, timeout_s: float = 30):
+    """Evaluate an async JS function in the page, failing it if it hangs."""
+    return page.evaluate(
+        f"""() => Promise.race([
+            ({script})(),
+            new Promise((_, reject) => setTimeout(
+                () => reject(new Error("in-page scenario timed out after {timeout_s} s")), {timeout_s * 1000})),
+        ])"""
+    )
+
+
 def no_page_errors(*pages: ChatPage) -> None:
     problems = [
         problem
@@ -349,7 +360,8 @@ def client_backoff(server_url: str) -> None:
     with chromium() as browser:
         page = ChatPage(browser, server_url, name="backoff").page
         page.evaluate(FAKE_SOCKET_JS)
-        result = page.evaluate(
+        result = run_scenario(
+            page,
             """async () => {
             const { TrioChatClient, backoffDelay } = await import("/trio-chat.js");
             const run = async (options, until_) => {
@@ -431,7 +443,8 @@ def client_resume(server_url: str) -> None:
     with chromium() as browser:
         page = ChatPage(browser, server_url, name="resume").page
         page.evaluate(FAKE_SOCKET_JS)
-        result = page.evaluate(
+        result = run_scenario(
+            page,
             """async () => {
             const { TrioChatClient } = await import("/trio-chat.js");
             FakeSocket.sockets = [];
@@ -553,3 +566,91 @@ def client_resume(server_url: str) -> None:
     assert result["errors"][0]["willRetry"] is True and result["errors"][0]["retryAfterMs"] == 60
     assert result["pending"] == 5
     assert len(result["sent"]) == 4
+
+
+async def test_client_paces_sends_and_refuses_what_cannot_succeed(chat_server):
+    await in_browser(client_limits, chat_server.base_url)
+
+
+def client_limits(server_url: str) -> None:
+    with chromium() as browser:
+        page = ChatPage(browser, server_url, name="limits").page
+        page.evaluate(FAKE_SOCKET_JS)
+        result = run_scenario(
+            page,
+            """async () => {
+            const { TrioChatClient, ChatError } = await import("/trio-chat.js");
+            FakeSocket.sockets = [];
+            const errors = [];
+            const client = new TrioChatClient("ws://chat.invalid/ws", {
+              user: "alice", WebSocket: FakeSocket, watchNetwork: false, baseDelayMs: 5, maxDelayMs: 5,
+              maxSendAttempts: 2 });
+            client.addEventListener("error", (e) => errors.push(e.detail));
+            const out = {};
+            client.join("lobby").catch(() => {});
+            client.connect();
+            await until(() => FakeSocket.sockets.length === 1, "socket");
+            let s = FakeSocket.latest();
+            s.welcome("alice", { rate: { messages: 3, per_seconds: 0.3 }, max_content_chars: 10, max_message_bytes: 160 });
+            s.frame("joined", { room: "lobby", members: ["alice"], history: [], truncated: false }, s.sent[0].ref);
+
+            // Pacing: 3 frames per 0.3 s (+ a small margin), the rest waits its turn, in order.
+            const started = Date.now();
+            const sends = ["a", "b", "c", "d", "e"].map((text) => client.send("lobby", text).catch(() => {}));
+            out.sentAtOnce = s.sentOf("chat").map((f) => f.payload.content);
+            await until(() => s.sentOf("chat").length === 5, "paced sends", 3000);
+            out.pacedAfterMs = Date.now() - started;
+            out.order = s.sentOf("chat").map((f) => f.payload.content);
+            s.sentOf("chat").forEach((f, i) => s.frame("ack", { id: i + 1, room: "lobby", time: "2026-11-29T10:00:00.000Z" }, f.ref));
+            await Promise.all(sends);
+
+            // Too long (in code points, not UTF-16 units) or too many bytes: refused before sending.
+            const refusal = (promise) => promise.then(() => "sent", (e) => (e instanceof ChatError ? e.code : String(e)));
+            const before = s.sent.length;
+            out.tooLong = await refusal(client.send("lobby", "x".repeat(11)));
+            const astral = refusal(client.send("lobby", "😀".repeat(10)));     // 10 code points, 20 UTF-16 units
+            await until(() => s.sentOf("chat").length === 6, "astral sent", 3000);
+            s.frame("ack", { id: 6, room: "lobby", time: "2026-11-29T10:00:00.000Z" }, s.sentOf("chat")[5].ref);
+            out.astral = await astral;
+            out.tooBig = await refusal(client.direct("b".repeat(64), "\\u00e9".repeat(10)));  // 10 chars, 20 bytes
+            out.notJoined = await refusal(client.send("elsewhere", "hi"));
+            out.empty = await refusal(client.send("lobby", ""));
+            out.framesSent = s.sent.length - before;
+
+            // A message whose connection keeps dying before its ack is given up after maxSendAttempts.
+            const doomed = refusal(client.send("lobby", "doomed"));
+            for (let i = 0; i < 2; i++) {
+              await until(() => FakeSocket.latest().sentOf("chat").some((f) => f.payload.content === "doomed"), "doomed sent");
+              FakeSocket.latest().fail();
+              await until(() => FakeSocket.sockets.length === i + 2, "reconnect");
+              s = FakeSocket.latest();
+              s.welcome("alice", { rate: { messages: 100, per_seconds: 1 } });
+              s.frame("joined", { room: "lobby", members: ["alice"], history: [], truncated: false }, s.sent[0].ref);
+            }
+            out.doomed = await doomed;
+
+            // Leaving a room gives up what is still queued for it.
+            s.fail();
+            const orphan = refusal(client.send("lobby", "orphan"));
+            await client.leave("lobby");
+            out.orphan = await orphan;
+            out.rooms = client.rooms;
+            client.close();
+            out.errors = errors.map((e) => e.code);
+            return out;
+        }"""
+        )
+
+    assert result["sentAtOnce"] == ["a", "b", "c"]
+    assert result["order"] == ["a", "b", "c", "d", "e"]
+    assert result["pacedAfterMs"] >= 300
+    assert result["tooLong"] == 413
+    assert result["astral"] == "sent"  # resolved with its ack
+    assert result["tooBig"] == 413  # the frame is over 160 bytes of UTF-8
+    assert result["notJoined"] == 403
+    assert result["empty"] == 400
+    assert result["framesSent"] == 1  # only the astral one went out
+    assert result["doomed"] == 0
+    assert result["orphan"] == 0
+    assert result["rooms"] == []
+    assert result["errors"] == [413, 413, 403, 400, 0, 0]

@@ -248,7 +248,7 @@ export class TrioChatClient extends EventTarget {
   #connectTimer = null;
   #flushTimer = null;
   #pausedUntil = 0;
-  #sentTimes = []; // when recent chat/direct frames went out, for pacing
+  #sentTimes = []; // when recent chat, direct and presence frames went out, for pacing
   #userId = null;
   #sessionId = null;
   #limits = null;
@@ -557,7 +557,7 @@ export class TrioChatClient extends EventTarget {
    */
   setPresence(status, text) {
     this.#ownPresence = text ? { status, text } : { status };
-    if (this.#state === State.ONLINE) this.#sendFrame("presence", this.#ownPresence);
+    if (this.#state === State.ONLINE) this.#sendPresence();
     if (this.#userId) this.#onPresence({ user_id: this.#userId, ...this.#ownPresence });
   }
 
@@ -682,6 +682,12 @@ export class TrioChatClient extends EventTarget {
     this.#sendFrame("join", payload, ref);
   }
 
+  /** Presence is never held back, but it counts against the server's rate like a message. */
+  #sendPresence() {
+    this.#sentTimes.push(Date.now());
+    this.#sendFrame("presence", this.#ownPresence);
+  }
+
   #sendFrame(type, payload, ref) {
     const frame = ref === undefined ? { type, payload } : { type, payload, ref };
     this.#ws.send(JSON.stringify(frame));
@@ -739,7 +745,7 @@ export class TrioChatClient extends EventTarget {
     this.#emit("welcome", { userId: this.#userId, sessionId: this.#sessionId, limits: this.#limits, reconnected });
     for (const room of this.#rooms.values()) this.#sendJoin(room);
     // After the joins, so the room members hear it.
-    if (this.#ownPresence) this.#sendFrame("presence", this.#ownPresence);
+    if (this.#ownPresence) this.#sendPresence();
     this.#flush(); // direct messages need no room
   }
 
@@ -817,6 +823,8 @@ export class TrioChatClient extends EventTarget {
   #onPresence(payload) {
     const info = { status: payload.status };
     if (payload.text) info.text = payload.text;
+    const known = this.#presence.get(payload.user_id);
+    if (known && known.status === info.status && known.text === info.text) return; // e.g. our own, echoed
     this.#presence.set(payload.user_id, info);
     this.#emit("presence", payload);
     for (const state of this.#rooms.values()) {
