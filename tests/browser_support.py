@@ -88,6 +88,13 @@ class ChatServer:
         self.port = int(match.group(2))
         nursery.start_soon(self._drain_stdout)
 
+    async def restart(self, nursery: trio.Nursery) -> None:
+        """Stop gracefully (clients get close 1001), then serve again on the same port."""
+        await self.stop()
+        self.extra_args += ["--port", str(self.port)]
+        self.log_path = self.log_path.with_name(self.log_path.stem + "-restarted.log")
+        await self.start(nursery)
+
     async def _drain_stdout(self) -> None:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             while await self.process.stdout.receive_some():

@@ -178,6 +178,45 @@ def chat_survives_drops(server_url: str, proxy: TcpProxy) -> None:
             bob.close()
 
 
+async def test_pages_reconnect_after_a_server_restart(chat_server, nursery):
+    await in_browser(server_restart, chat_server, nursery)
+
+
+def server_restart(server: ChatServer, nursery: trio.Nursery) -> None:
+    room = "lobby"
+    with chromium() as browser:
+        alice = ChatPage(browser, server.base_url, viewport=LAPTOP, name="alice")
+        bob = ChatPage(browser, server.base_url, viewport=LAPTOP, name="bob")
+        try:
+            for page, name in [(alice, "alice"), (bob, "bob")]:
+                page.sign_in(name, room)
+                page.wait_state("online")
+            alice.wait_member("bob")
+            for text in ["before 1", "before 2"]:
+                alice.send(text)
+                bob.wait_message(room, text)
+
+            # A graceful restart: both pages get close 1001, then find the new server by themselves.
+            trio.from_thread.run(server.restart, nursery)
+            for page in (alice, bob):
+                page.wait_state("online", timeout_ms=40_000)
+            alice.wait_member("bob")
+            alice.send("after restart")
+            bob.wait_message(room, "after restart")
+            bob.send("welcome back")
+            alice.wait_message(room, "welcome back")
+            settle()
+            expected = [(1, "before 1"), (2, "before 2"), (1, "after restart"), (2, "welcome back")]
+            for page in (alice, bob):
+                assert [(m["id"], m["text"]) for m in page.messages(room)] == expected, page.name
+                assert "The server restarted: messages are numbered afresh from here." in page.notices(room)
+            no_page_errors(alice, bob)
+        finally:
+            alice.screenshot("browser-after-restart.png")
+            alice.close()
+            bob.close()
+
+
 async def test_page_escapes_text_and_shows_errors_in_place(chat_server):
     await in_browser(escapes_and_errors, chat_server.base_url)
 
@@ -528,6 +567,21 @@ def client_resume(server_url: str) -> None:
             check.refused = await refused.then(() => "resolved", (e) => [e.name, e.code]);
             check.pendingLeft = client.pending.length;
             check.lastId = client.lastId("lobby");
+
+            // The server restarts without persistence: the room's ids start over at 1.
+            const restarts = [];
+            client.addEventListener("restart", (e) => restarts.push(e.detail.room));
+            s.fail(1001);
+            await until(() => FakeSocket.sockets.length === 4, "socket 4");
+            s = FakeSocket.latest();
+            s.welcome();
+            check.rejoin4 = s.sent[0].payload;
+            const later = (id) => ({ ...chat(id, "bob", `new ${id}`), time: `2026-11-29T11:00:0${id}.000Z` });
+            s.frame("joined", { room: "lobby", members: ["alice", "bob"], history: [later(1)], truncated: false }, s.sent[0].ref);
+            s.frame("chat", later(2));
+            s.frame("chat", later(2));                    // a true duplicate: same id, same time
+            check.restarts = restarts;
+            check.lastIdAfterRestart = client.lastId("lobby");
             client.close();
             return { check, errors, sent: sent.map((d) => d.ref), pending: pending.length,
                      messages: messages.map((m) => [m.id, m.user_id, m.content, m.own, m.replayed]) };
@@ -561,7 +615,12 @@ def client_resume(server_url: str) -> None:
         [7, "alice", "second", True, False],
         [8, "alice", "third", True, False],
         [9, "alice", "offline", True, False],
+        [1, "bob", "new 1", False, True],  # after the server restarted
+        [2, "bob", "new 2", False, False],
     ]
+    assert check["rejoin4"] == {"room": "lobby", "since": 9}
+    assert check["restarts"] == ["lobby"]
+    assert check["lastIdAfterRestart"] == 2
     assert [e["code"] for e in result["errors"]] == [429, 404]
     assert result["errors"][0]["willRetry"] is True and result["errors"][0]["retryAfterMs"] == 60
     assert result["pending"] == 5

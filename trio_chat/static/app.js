@@ -613,6 +613,13 @@ const ui = {
       if (!message.own) this.bump(conv);
     },
 
+    restart({ room }) {
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv) return;
+      conv.maxId = 0;
+      this.withAutoScroll(conv, () => conv.addNotice("The server restarted: messages are numbered afresh from here."));
+    },
+
     typing({ room, user_id: user }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv || user === this.me) return;

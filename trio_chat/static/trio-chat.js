@@ -175,6 +175,8 @@ class RoomState {
     this.maxId = 0;
     /** Recently delivered ids, to drop duplicates. */
     this.seen = new Set();
+    /** The time (epoch ms) of the newest message delivered. */
+    this.newestTime = -Infinity;
     /** user id -> true, for the room's current members. */
     this.members = new Set();
     /** Callbacks waiting for `joined`. */
@@ -183,10 +185,34 @@ class RoomState {
     this.info = null;
   }
 
-  /** Record `id`; false when it was delivered already. */
-  accept(id) {
-    if (this.seen.has(id) || (this.anchored && id <= this.lastId)) return false;
+  /** Was a message with this id delivered already? */
+  #known(id) {
+    return this.seen.has(id) || (this.anchored && id <= this.lastId);
+  }
+
+  /**
+   * A message whose id was already used, but newer than anything delivered:
+   * the room's ids started over (a server without persistence restarted).
+   * A true duplicate is never newer than the newest message seen.
+   */
+  restarted(id, time) {
+    return this.#known(id) && Date.parse(time) > this.newestTime;
+  }
+
+  /** Forget the old numbering, keeping the room and its members. */
+  restart() {
+    this.lastId = 0;
+    this.maxId = 0;
+    this.anchored = false;
+    this.seen.clear();
+  }
+
+  /** Record a message; false when it was delivered already. */
+  accept(id, time) {
+    if (this.#known(id)) return false;
     this.seen.add(id);
+    const at = Date.parse(time);
+    if (at > this.newestTime) this.newestTime = at;
     if (this.seen.size > 2 * SEEN_IDS_KEPT) {
       for (const old of this.seen) {
         this.seen.delete(old);
@@ -227,6 +253,7 @@ class RoomState {
  * | `presence` | `{user_id, status, text?}` |
  * | `direct`   | `{from, to, content, time, own, ref?}` (own: sent by this client) |
  * | `typing`   | `{room, user_id}` |
+ * | `restart`  | `{room}` the room's ids started over (a server without persistence restarted) |
  * | `pending`  | `{ref, type: "chat" \| "direct", room?, to?, content}` a message was queued |
  * | `sent`     | `{ref, type, ack}` a queued message was acknowledged |
  * | `error`    | `{code, message, ref?, retryAfterMs?, request?, willRetry}` |
@@ -779,7 +806,12 @@ export class TrioChatClient extends EventTarget {
 
   #deliver(message, { own, replayed, ref }) {
     const state = this.#rooms.get(message.room);
-    if (!state || !state.accept(message.id)) return false;
+    if (!state) return false;
+    if (state.restarted(message.id, message.time)) {
+      state.restart();
+      this.#emit("restart", { room: message.room });
+    }
+    if (!state.accept(message.id, message.time)) return false;
     const detail = { ...message, own, replayed };
     if (ref !== undefined) detail.ref = ref;
     this.#emit("message", detail);
