@@ -25,6 +25,7 @@ this module only moves frames between it and the network.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 import urllib.parse
@@ -227,6 +228,8 @@ class ChatClient:
         self._changed = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._closing = False
+        self._attempt_scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
         self._failure: ConnectError | None = None
         self._connection_state = ConnectionState.CONNECTING
         #: Events dropped because nobody read them and the buffer was full.
@@ -416,7 +419,7 @@ class ChatClient:
     # ------------------------------------------------------------ running
 
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, serve, reconnect; until cancelled or refused for good.
+        """Connect, serve, reconnect; until closed or refused for good.
 
         The first attempt's failure is raised (as :class:`ConnectError`)
         before ``task_status.started()``: there is no block to run yet.
@@ -424,14 +427,17 @@ class ChatClient:
         attempt = 0
         first = True
         try:
-            while True:
+            while not self._closing:
                 self._set_state(ConnectionState.CONNECTING, attempt=attempt)
                 ended = await self._connection(task_status if first else None)
+                if ended.online:
+                    first = False
                 if self._closing:
                     return
-                if first and not ended.online:
-                    raise ConnectError(f"cannot connect to {self.url}: {ended.reason}", ended.status)
-                first = False
+                if first:
+                    raise ConnectError(
+                        f"cannot connect to {self.url}: {ended.reason}", ended.status
+                    )
                 if ended.status in _PERMANENT_STATUSES:
                     self._stop(ConnectError(
                         f"the server refused to reconnect: {ended.reason}", ended.status
@@ -451,12 +457,15 @@ class ChatClient:
                     ConnectionState.RECONNECTING, attempt=attempt, delay=delay,
                     reason=ended.reason,
                 )
-                await trio.sleep(delay)
+                with trio.CancelScope() as self._attempt_scope:
+                    await trio.sleep(delay)
+                self._attempt_scope = None
         finally:
             if self._failure is None and not first:
                 self._state.close("closed")
                 self._connection_state = ConnectionState.CLOSED
             self._events_in.close()
+            self._stopped.set()
 
     def _stop(self, failure: ConnectError) -> None:
         log.warning("chat client stopped: %s", failure)
@@ -465,45 +474,71 @@ class ChatClient:
         self._set_state(ConnectionState.CLOSED, reason=str(failure))
 
     async def _connection(self, task_status: trio.TaskStatus[None] | None) -> _Ended:
-        """One connection attempt, from TCP connect to its end."""
-        async with trio.open_nursery() as ws_nursery:
-            try:
-                with trio.fail_after(self._connect_timeout):
-                    ws = await trio_websocket.connect_websocket_url(
-                        ws_nursery,
-                        await self._build_url(),
-                        self._ssl_context,
-                        subprotocols=[SUBPROTOCOL],
-                        extra_headers=await self._headers(),
-                        max_message_size=_MAX_FRAME,
-                    )
-                    welcome = await self._read_welcome(ws)
-            except ConnectionRejected as exc:
-                ws_nursery.cancel_scope.cancel()
-                return _Ended(f"handshake refused with HTTP {exc.status_code}", exc.status_code)
-            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError,
-                    trio.BrokenResourceError, ValueError) as exc:
-                ws_nursery.cancel_scope.cancel()
-                return _Ended(_describe(exc))
-            try:
-                self._ws = ws
-                self._state.connection_made(welcome)
-                if self._user is None and self._token is None:
-                    self._user = welcome.user_id  # keep a guest id: refs are per user
-                online_at = trio.current_time()
-                self._set_state(ConnectionState.ONLINE)
-                self._notify()
-                if task_status is not None:
-                    task_status.started()
-                reason = await self._serve(ws)
-                return _Ended(reason, online=True, uptime=trio.current_time() - online_at)
-            finally:
-                self._ws = None
-                self._state.connection_lost()
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(self._close_timeout):
-                        await ws.aclose()
-                ws_nursery.cancel_scope.cancel()
+        """One connection attempt, from TCP connect to its end.
+
+        trio-websocket runs its reader in ``ws_nursery``; our reader, writer
+        and heartbeat run inside ``_attempt_scope``, which :meth:`_aclose`
+        cancels, so the closing handshake still has a reader to complete it.
+        """
+        ended = _Ended("closed")
+        try:
+            async with trio.open_nursery() as ws_nursery:
+                ws: trio_websocket.WebSocketConnection | None = None
+                online = False
+                try:
+                    with trio.CancelScope() as self._attempt_scope:
+                        if self._closing:
+                            self._attempt_scope.cancel()
+                        try:
+                            with trio.fail_after(self._connect_timeout):
+                                ws = await trio_websocket.connect_websocket_url(
+                                    ws_nursery,
+                                    await self._build_url(),
+                                    self._ssl_context,
+                                    subprotocols=[SUBPROTOCOL],
+                                    extra_headers=await self._headers(),
+                                    max_message_size=_MAX_FRAME,
+                                )
+                                welcome = await self._read_welcome(ws)
+                        except _CONNECT_ERRORS as exc:
+                            ended = _ended_by(exc)
+                        else:
+                            online = True
+                            ended = _Ended("closed", online=True)
+                            self._ws = ws
+                            self._state.connection_made(welcome)
+                            if self._user is None and self._token is None:
+                                # Keep a guest id: refs are de-duplicated per user.
+                                self._user = welcome.user_id
+                            online_at = trio.current_time()
+                            self._set_state(ConnectionState.ONLINE)
+                            self._notify()
+                            if task_status is not None:
+                                task_status.started()
+                            reason = await self._serve(ws)
+                            ended = _Ended(
+                                reason, online=True, uptime=trio.current_time() - online_at
+                            )
+                finally:
+                    self._attempt_scope = None
+                    if online:
+                        self._ws = None
+                        self._state.connection_lost()
+                    if ws is not None:
+                        # Cancelled from outside: trio-websocket's reader is
+                        # cancelled too, so no closing handshake can finish.
+                        graceful = trio.current_effective_deadline() != -math.inf
+                        with trio.CancelScope(shield=True):
+                            with trio.move_on_after(self._close_timeout if graceful else 0):
+                                await ws.aclose()
+                    ws_nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # trio-websocket raises a refused handshake from its reader task.
+            matched, rest = group.split(_CONNECT_ERRORS)
+            if rest is not None or matched is None:
+                raise
+            ended = _ended_by(_first_leaf(matched))
+        return ended
 
     async def _serve(self, ws: trio_websocket.WebSocketConnection) -> str:
         """Run the reader, writer and heartbeat; return why the connection ended."""
@@ -591,12 +626,35 @@ class ChatClient:
         return [(b"authorization", b"Bearer " + token.encode())]
 
     async def _aclose(self) -> None:
-        """Stop reconnecting and close the connection with 1000."""
+        """Stop reconnecting, close the connection (1000), wait for the end."""
         self._closing = True
-        ws = self._ws
-        if ws is not None:
-            with trio.move_on_after(self._close_timeout):
-                await ws.aclose()
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
+        with trio.move_on_after(self._close_timeout + 1):
+            await self._stopped.wait()
+
+
+_CONNECT_ERRORS = (
+    OSError,
+    HandshakeError,
+    ConnectionClosed,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    ValueError,
+)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _ended_by(exc: BaseException) -> _Ended:
+    if isinstance(exc, ConnectionRejected):
+        return _Ended(f"handshake refused with HTTP {exc.status_code}", exc.status_code)
+    return _Ended(_describe(exc))
 
 
 def _describe(exc: BaseException) -> str:
