@@ -274,6 +274,12 @@ def _history_message(item: object) -> ChatMessage | None:
     return message if isinstance(message.id, int) else None
 
 
+def _left_before_ack(entry: Outgoing) -> ClientError:
+    return ClientError(
+        0, f"left room {entry.target!r} before the message was acknowledged", ref=entry.ref
+    )
+
+
 @attrs.define
 class ClientState:
     """Everything the reconnecting client knows and decides, without I/O.
@@ -340,6 +346,11 @@ class ClientState:
             if not room.wanted:
                 room.settle_leave()  # gone with the connection
         for entry in list(self.outbox):
+            if entry.kind == "chat":
+                room = self.rooms.get(entry.target)
+                if room is None or not room.wanted:
+                    self._fail(entry, _left_before_ack(entry))
+                    continue
             if entry.sent_on == self.serial:
                 entry.sent_on = None
                 entry.drops += 1
@@ -391,11 +402,12 @@ class ClientState:
         gone = ClientError(0, f"left room {name!r}")
         room.settle_join(gone)
         for entry in list(self.outbox):
-            if entry.kind == "chat" and entry.target == name:
-                self._fail(entry, ClientError(
-                    0, f"left room {name!r} before the message was acknowledged",
-                    ref=entry.ref,
-                ))
+            # Messages already written on this connection are answered
+            # before the server's ``left``; the others are given up.
+            if entry.kind == "chat" and entry.target == name and (
+                not self.online or entry.sent_on != self.serial
+            ):
+                self._fail(entry, _left_before_ack(entry))
         in_room = room.joined_on == self.serial or room.join_sent_on == self.serial
         room.joined_on = None
         room.join_sent_on = None

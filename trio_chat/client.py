@@ -304,7 +304,12 @@ class ChatClient:
         return result[0]
 
     async def leave(self, room: str) -> None:
-        """Leave *room*.  Messages still queued for it fail with code 0."""
+        """Leave *room*.
+
+        Its messages already written to the server are acknowledged as
+        usual; those still queued (not written yet, e.g. while offline) fail
+        with :class:`ClientError` code 0.
+        """
         self._check_open()
         done = trio.Event()
         if self._state.leave(room, done.set):

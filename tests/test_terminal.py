@@ -1,0 +1,239 @@
+"""The terminal client (``trio-chat connect``), driven through pipes.
+
+Each test runs ``python -m trio_chat connect`` as a real subprocess against a
+real server on 127.0.0.1 (port 0), writes its stdin, reads its stdout, and
+checks what another client sees.  Every test is bounded by fail_after.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import asynccontextmanager
+import re
+import subprocess
+import sys
+
+import trio
+
+from trio_chat import Config
+from trio_chat._terminal import format_event
+from trio_chat.client import (
+    ChatMessage,
+    DirectMessage,
+    ErrorEvent,
+    PresenceUpdate,
+    System,
+    open_chat_client,
+)
+from trio_chat.testing import open_test_server
+
+ROOM = "lobby"
+LINE = re.compile(r"^\[lobby\] \d\d:\d\d (\S+): (.*)$")
+
+
+def _bounded(seconds: float = 30):
+    def wrap(test):
+        @functools.wraps(test)
+        async def bounded(*args, **kwargs):
+            with trio.fail_after(seconds):
+                await test(*args, **kwargs)
+
+        return bounded
+
+    return wrap
+
+
+def connect_command(url: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "trio_chat", "connect", url, *args]
+
+
+async def run_piped(url: str, stdin: bytes, *args: str) -> subprocess.CompletedProcess:
+    return await trio.run_process(
+        connect_command(url, *args), stdin=stdin,
+        capture_stdout=True, capture_stderr=True, check=False,
+    )
+
+
+@asynccontextmanager
+async def terminal(url: str, *args: str):
+    """The terminal client as a subprocess with piped stdin and stdout."""
+    command = connect_command(url, *args)
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(functools.partial(
+            trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            check=False,
+        ))
+        try:
+            yield process
+        finally:
+            if process.returncode is None:
+                process.kill()
+
+
+async def chats(client, count: int, timeout: float = 10) -> list[ChatMessage]:
+    got = []
+    with trio.fail_after(timeout):
+        async for event in client:
+            if isinstance(event, ChatMessage):
+                got.append(event)
+                if len(got) == count:
+                    return got
+    raise AssertionError("stream ended")
+
+
+@_bounded()
+async def test_printf_hi_quit_sends_waits_for_the_ack_and_exits_0():
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            result = await run_piped(
+                server.url, b"hi\n/quit\n", "--room", ROOM, "--user", "carol"
+            )
+            out = result.stdout.decode()
+            assert result.returncode == 0, (out, result.stderr.decode())
+            [message] = await chats(bob, 1)
+            assert (message.user_id, message.content) == ("carol", "hi")
+            # The sender printed its own message once acknowledged.
+            assert any(LINE.match(line) and line.endswith("carol: hi")
+                       for line in out.splitlines()), out
+            assert "* joined lobby" in out
+
+
+@_bounded()
+async def test_end_of_input_exits_after_pending_acks_with_commands():
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            await bob.join("other")
+            script = (
+                "one\n"
+                "two\n"
+                "/dm bob psst\n"
+                "/status away lunch\n"
+                "/join other\n"
+                "in other\n"
+                "/leave other\n"
+                "//slash\n"
+            )
+            result = await run_piped(
+                server.url, script.encode(), "--room", ROOM, "--user", "carol"
+            )
+            out = result.stdout.decode()
+            assert result.returncode == 0, (out, result.stderr.decode())
+            events = []
+            with trio.fail_after(10):
+                async for event in bob:
+                    events.append(event)
+                    if sum(isinstance(e, ChatMessage) for e in events) == 4:
+                        break
+            seen = [(e.room, e.content) for e in events if isinstance(e, ChatMessage)]
+            assert seen == [(ROOM, "one"), (ROOM, "two"), ("other", "in other"), (ROOM, "/slash")]
+            [dm] = [e for e in events if isinstance(e, DirectMessage)]
+            assert (dm.from_, dm.content) == ("carol", "psst")
+            assert any(isinstance(e, PresenceUpdate) and (e.user_id, e.status, e.text)
+                       == ("carol", "away", "lunch") for e in events)
+            assert any(isinstance(e, System) and (e.event, e.room, e.user_id)
+                       == ("leave", "other", "carol") for e in events)
+            assert "(dm to bob) carol: psst" in out
+            assert "* left other" in out
+
+
+@_bounded()
+async def test_incoming_events_are_printed_as_lines():
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            async with terminal(server.url, "--room", ROOM, "--user", "carol") as process:
+                output = Lines(process.stdout)
+                await output.until(lambda line: line.startswith("* joined lobby"))
+                await bob.send(ROOM, "hello \x1b[31mcarol")
+                line = await output.until(lambda line: "bob:" in line)
+                match = LINE.match(line)
+                assert match and match.group(1) == "bob"
+                assert match.group(2) == "hello \N{REPLACEMENT CHARACTER}[31mcarol"
+                await bob.direct("carol", "private")
+                assert await output.until(lambda line: line.startswith("(dm)")) == "(dm) bob: private"
+                await bob.set_presence("busy")
+                assert await output.until(lambda line: "busy" in line) == "* bob is busy"
+                await process.stdin.send_all(b"/who\n")
+                assert await output.until(lambda line: line.startswith("* in ")) == "* in lobby: bob, carol"
+                await process.stdin.send_all(b"/nonsense\n/quit\n")
+                assert (await output.until(lambda line: line.startswith("!"))).startswith(
+                    "! unknown command"
+                )
+                assert await process.wait() == 0
+
+
+@_bounded()
+async def test_reconnects_by_itself_and_keeps_sending():
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            async with terminal(server.url, "--room", ROOM, "--user", "carol") as process:
+                output = Lines(process.stdout)
+                await output.until(lambda line: line.startswith("* joined lobby"))
+                await process.stdin.send_all(b"before\n")
+                await output.until(lambda line: line.endswith("carol: before"))
+                for conn in list(server._connections):
+                    if conn.user_id == "carol":
+                        conn.close(None, "test drop")
+                await output.until(lambda line: line.startswith("* connection lost"))
+                await process.stdin.send_all(b"after\n")
+                await output.until(lambda line: line == "* reconnected")
+                await process.stdin.send_all(b"/quit\n")
+                assert await process.wait() == 0
+            got = await chats(bob, 2)
+            assert [m.content for m in got] == ["before", "after"]
+
+
+@_bounded()
+async def test_refused_messages_and_unreachable_servers_exit_1():
+    async with open_test_server(Config(max_content_chars=5)) as server:
+        result = await run_piped(server.url, b"much too long\n", "--room", ROOM, "--user", "dan")
+        out = result.stdout.decode()
+        assert result.returncode == 1
+        assert "! error 413:" in out
+        url = server.url
+    result = await run_piped(url, b"hi\n", "--room", ROOM, "--user", "dan")
+    assert result.returncode == 1
+    assert result.stdout.decode().startswith("! cannot connect")
+
+
+def test_format_event_lines():
+    message = ChatMessage(3, ROOM, "alice", "hi\x07 there\nsecond line", "2026-11-29T04:31:24.123Z")
+    line = format_event(message)
+    assert LINE.match(line.splitlines()[0])
+    assert line.endswith("alice: hi\N{REPLACEMENT CHARACTER} there\n    second line")
+    assert format_event(System("join", ROOM, "bob")) == "* bob joined lobby"
+    assert format_event(System("leave", ROOM, "bob")) == "* bob left lobby"
+    assert format_event(DirectMessage("alice", "psst", "t")) == "(dm) alice: psst"
+    assert format_event(ErrorEvent(429, "slow down", None, 2000)) == "! error 429: slow down"
+    assert format_event(PresenceUpdate("bob", "away", "lunch")) == "* bob is away: lunch"
+    assert format_event(PresenceUpdate("bob", "online")) == "* bob is online"
+
+
+class Lines:
+    """Lines from a subprocess's stdout stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise AssertionError(f"output ended; lines so far: {self.seen}")
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        text = line.decode()
+        self.seen.append(text)
+        return text
+
+    async def until(self, predicate, timeout: float = 10) -> str:
+        with trio.fail_after(timeout):
+            while True:
+                line = await self.next()
+                if predicate(line):
+                    return line
