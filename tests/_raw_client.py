@@ -7,9 +7,12 @@ heartbeat, write-timeout and shutdown tests need.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import socket
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -81,6 +84,18 @@ class RawClient:
             frame["ref"] = ref
         await self.send_text(json.dumps(frame))
 
+    async def until_close(self) -> list[Event]:
+        """Read up to the server's close frame (the last event), and answer it."""
+        events = []
+        while True:
+            event = await self.next_event()
+            if event is None:
+                raise AssertionError(f"stream ended without a close frame after {events!r}")
+            events.append(event)
+            if isinstance(event, CloseConnection):
+                await self.stream.send_all(self.ws.send(event.response()))
+                return events
+
     async def drain(self) -> list[Event]:
         """Read until the server closes the stream; return every event."""
         events = []
@@ -99,3 +114,32 @@ async def open_small_socket(port: int, rcvbuf: int = 4096) -> trio.SocketStream:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     await sock.connect(("127.0.0.1", port))
     return trio.SocketStream(sock)
+
+
+class LogLines(logging.Handler):
+    """Collects trio_chat's log messages (those starting with *prefix*)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__(logging.INFO)
+        self.prefix = prefix
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.prefix):
+            self.lines.append(message)
+
+
+@contextlib.contextmanager
+def collect_logs(prefix: str = "") -> Iterator[list[str]]:
+    """Collect trio_chat's info-level log lines for the block."""
+    logger = logging.getLogger("trio_chat")
+    handler = LogLines(prefix)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

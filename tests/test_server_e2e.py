@@ -15,6 +15,9 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
+from _raw_client import RawClient, collect_logs, open_small_socket
+from wsproto.events import CloseConnection
+
 from trio_chat import ChatAck, ChatServer, Config, DirectAck, Identity, ProtocolError
 from trio_chat.testing import TestClient, open_test_client, open_test_server
 
@@ -524,6 +527,119 @@ async def test_twenty_invalid_frames_in_a_row_close_1008():
             await alice.ws.send_message("junk")
             assert await expect_closed(alice) == 1008
         assert server.hub.counters.errors[400] == 39
+
+
+# ---------------------------------------------------------------- slow consumers
+
+
+async def connect_stalled(server: ChatServer, user: str, room: str) -> RawClient:
+    """A client with a small socket buffer, in *room*, that then stops reading."""
+    client = RawClient(await open_small_socket(server.port))
+    await client.handshake(target=f"/ws?user={user}")
+    assert (await client.next_frame())["type"] == "welcome"
+    await client.send_frame("join", {"room": room})
+    assert (await client.next_frame())["type"] == "joined"
+    return client
+
+
+def outlet_of(server: ChatServer, user: str):
+    (conn,) = [c for c in server._connections if c.user_id == user]
+    return conn.outlet
+
+
+async def test_slow_consumer_is_closed_1013_while_the_room_keeps_receiving():
+    with collect_logs("disconnect ") as disconnects:
+        async with open_test_server(Config(queue_size=8, rate_messages=100_000)) as server:
+            async with open_test_client(server, user="bob") as bob, \
+                    open_test_client(server, user="carol") as carol:
+                await bob.join("r")
+                await carol.join("r")
+                slow = await connect_stalled(server, "slow", "r")
+                big = "x" * 2000
+                sent = 0
+                # Publish until the stalled client's queue overflows.
+                while not server.stats().slow_consumer_drops:
+                    assert sent < 5000, "the stalled client never overflowed"
+                    ack = await carol.chat("r", big)
+                    sent += 1
+                    assert ack["payload"]["id"] == sent
+                    assert (await bob.expect("chat"))["payload"]["id"] == sent
+                # The others go on, and miss nothing.
+                for _ in range(50):
+                    await carol.chat("r", "after")
+                    sent += 1
+                    frame = await bob.expect("chat")
+                    assert frame["payload"]["id"] == sent
+                # The slow client, reading again, gets whole frames, in order
+                # and without gaps, then the 1013 close.
+                events = await slow.until_close()
+                assert events[-1].code == 1013
+                assert await slow.drain() == []
+                text = "".join(e.data for e in events[:-1])
+                ids = [json.loads(line)["payload"]["id"]
+                       for line in text.replace("}}{", "}}\n{").splitlines()]
+                assert ids == list(range(1, len(ids) + 1))
+                assert len(ids) < sent
+                await wait_until(lambda: server.stats().connections == 2)
+                assert server.stats().slow_consumer_drops == 1
+    (line,) = [d for d in disconnects if "user=slow" in d]
+    assert "code=1013" in line and "reason=slow consumer" in line
+
+
+async def test_stopped_reader_is_cut_off_and_nobody_waits_for_it():
+    config = Config(queue_size=8, write_timeout=0.5)
+    with collect_logs("disconnect ") as disconnects:
+        async with open_test_server(config) as server:
+            async with open_test_client(server, user="bob") as bob:
+                await bob.join("r")
+                slow = await connect_stalled(server, "stuck", "r")
+                sent = 0
+                while server.stats().connections == 2:
+                    assert sent < 5000
+                    ack = await server.publish("r", "y" * 2000)
+                    sent += 1
+                    assert ack.id == sent
+                    assert (await bob.expect("chat"))["payload"]["id"] == sent
+                assert server.stats().slow_consumer_drops == 1
+                await slow.stream.aclose()
+    (line,) = [d for d in disconnects if "user=stuck" in d]
+    assert "code=1013" in line
+
+
+async def test_ephemeral_events_are_dropped_not_queued_for_a_backed_up_client():
+    async with open_test_server(Config(queue_size=8, rate_messages=100_000)) as server:
+        async with open_test_client(server, user="bob") as bob:
+            await bob.join("r")
+            slow = await connect_stalled(server, "slow", "r")
+            await bob.expect("system")
+            outlet = outlet_of(server, "slow")
+            sent = 0
+            while outlet.queued <= outlet.half:
+                await server.publish("r", "z" * 2000)
+                sent += 1
+                assert sent < 5000
+            queued = outlet.queued
+            dropped = server.stats().ephemeral_dropped
+            for _ in range(100):
+                await bob.send("typing", {"room": "r"})
+                await bob.send("presence", {"status": f"s{_ % 3}"})
+            # bob's own presence echoes mark the end of his frames.
+            for _ in range(100):
+                await bob.expect("presence")
+            assert server.stats().ephemeral_dropped >= dropped + 200
+            assert outlet.queued == queued
+            assert server.stats().slow_consumer_drops == 0
+            # Reading again, it gets every chat message and is still connected.
+            ids = []
+            while len(ids) < sent:
+                frame = await slow.next_frame()
+                assert frame["type"] == "chat", frame
+                ids.append(frame["payload"]["id"])
+            assert ids == list(range(1, sent + 1))
+            await slow.send_frame("chat", {"room": "r", "content": "back"}, ref="b")
+            frame = await slow.next_frame()
+            assert frame["type"] == "ack" and frame["ref"] == "b"
+            await slow.stream.aclose()
 
 
 # ---------------------------------------------------------------- embedding API

@@ -8,14 +8,12 @@ moment each connection ends is known exactly.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import trio
 import trio.testing
 from wsproto.events import CloseConnection, Ping, TextMessage
 
-from _raw_client import RawClient
+from _raw_client import RawClient, collect_logs
 from trio_chat import ChatServer, Config
 from trio_chat._connection import CLOSE_TIMEOUT
 from trio_chat.testing import open_memory_client, open_memory_server
@@ -56,22 +54,8 @@ def serve(nursery: trio.Nursery, server: ChatServer, *, lockstep: bool = False):
 @pytest.fixture
 def disconnects():
     """The server's disconnect log lines, as they happen."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if message.startswith("disconnect "):
-                records.append(message)
-
-    logger = logging.getLogger("trio_chat")
-    handler = Collect(logging.INFO)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with collect_logs("disconnect ") as lines:
+        yield lines
 
 
 # ---------------------------------------------------------------- heartbeat

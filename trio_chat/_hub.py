@@ -128,7 +128,7 @@ class Outlet:
                 return False
         if queue.frames + frames > self.limit:
             self.counters.slow_consumers += 1
-            self.kill(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+            self.finish(SLOW_CONSUMER, "slow consumer: outbound queue overflowed", drop=True)
             return False
         queue.put_nowait(data, frames)
         return True
@@ -142,14 +142,19 @@ class Outlet:
         self.close_reason = reason
         self._on_kill()
 
-    def finish(self, code: int, reason: str) -> None:
-        """Stop taking frames, but let the writer flush what is queued."""
+    def finish(self, code: int, reason: str, *, drop: bool = False) -> None:
+        """Stop taking frames, but let the writer flush what is queued.
+
+        With *drop* (a slow consumer), what is queued is discarded; only a
+        write already in flight is finished (within the write timeout), so
+        that the close frame can follow it rather than cut a frame in half.
+        """
         if self.closed:
             return
         self.closed = True
         self.close_code = code
         self.close_reason = reason
-        self.queue.close()
+        self.queue.close(drop=drop)
 
 
 @attrs.frozen

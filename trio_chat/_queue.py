@@ -51,9 +51,17 @@ class FrameQueue:
             self._waiter = None
             trio.lowlevel.reschedule(waiter)
 
-    def close(self) -> None:
-        """No more puts; :meth:`take_all` drains what is left, then ends."""
+    def close(self, *, drop: bool = False) -> None:
+        """No more puts; :meth:`take_all` drains what is left, then ends.
+
+        With *drop*, what is waiting is discarded first (a write already
+        taken by the writer is not affected).
+        """
         self._closed = True
+        if drop:
+            self._chunks.clear()
+            self.frames -= self._frames_waiting
+            self._frames_waiting = 0
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
