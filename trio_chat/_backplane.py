@@ -1,0 +1,864 @@
+"""The Redis backplane: many server processes sharing rooms through Redis.
+
+With ``--redis-url`` the server's hub is a :class:`BackplaneHub`: the same
+actor as the in-memory :class:`~trio_chat._hub.Hub` (one task, never awaits a
+client, frames encoded once), whose bookkeeping is a
+:class:`~trio_chat._backplane_state.ClusterState` instead of a ``HubState``.
+The state asks for Redis work by queuing ops; the :class:`Backplane` tasks do
+that work with coredis, natively under trio:
+
+* the **publisher** takes ops from a bounded channel and runs every op
+  waiting, one Lua script or command each, in one pipeline (one round trip),
+  then hands the results back to the hub's inbox;
+* the **subscriber** holds one pattern subscription (``<prefix>ch:*``) and
+  hands each message on with ``send_nowait`` into a bounded channel (coredis
+  buffers without bound inside, so its loop stays this cheap); if that channel
+  is full the messages are dropped and every log is filled from Redis instead;
+* the **pump** moves those messages to the hub's inbox in batches;
+* the **heartbeat** keeps this process registered (its memberships expire
+  with it if it dies) and removes processes that died without cleaning up.
+
+If Redis cannot be reached, the hub is told, ``chat`` and ``direct`` are
+answered with error 503 and the connection is retried with backoff; once it is
+back the subscription is renewed, this process's memberships are registered
+again and every log it serves is read from its stream after the last id
+delivered here: nothing acknowledged is missed, nothing is delivered twice.
+
+Redis keys (``<prefix>`` defaults to ``trio_chat:``): ``seq:<room>`` (last id),
+``log:<room>`` (stream), ``members:<room>`` and ``mver:<room>``,
+``dmseq:<user>`` and ``dm:<user>`` (direct messages), ``online``,
+``presence``, ``refs:<user>`` and ``refq:<user>`` (remembered ``ref``\\s),
+``procs`` and ``proc:<node>`` (live processes and what each registered),
+``epoch`` (changes when Redis loses its data).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import trio
+
+from ._backplane_state import (
+    FILL_COUNT,
+    ChatOp,
+    ClusterState,
+    DirectOp,
+    FillOp,
+    FloorOp,
+    LoadOp,
+    LoadResult,
+    MemberOp,
+    MembersOp,
+    OnlineOp,
+    Op,
+    PresenceOp,
+    SyncOp,
+    TypingOp,
+    Unavailable,
+    ack_memo,
+)
+from ._hub import Hub
+from ._protocol import ErrorEvent
+
+if TYPE_CHECKING:
+    from ._server import ChatServer
+
+__all__ = ["Backplane", "BackplaneHub", "attach_backplane"]
+
+log = logging.getLogger("trio_chat.backplane")
+
+# --------------------------------------------------------------------------
+# Lua scripts.  Room and user names cannot hold spaces or quotes (protocol
+# patterns), so they are joined into fields and frames as they are.
+
+_COMMON = r"""
+local P = ARGV[1]
+local function system_frame(event, room, user)
+  return '{"type":"system","payload":{"event":"' .. event .. '","room":"' .. room
+    .. '","user_id":"' .. user .. '"}}'
+end
+local function member_count(room, user, delta)
+  local key = P .. 'members:' .. room
+  local n = redis.call('HINCRBY', key, user, delta)
+  if n <= 0 then redis.call('HDEL', key, user) end
+  if (delta > 0 and n == 1) or (delta < 0 and n <= 0) then
+    local v = redis.call('INCR', P .. 'mver:' .. room)
+    local kind, event = 'l', 'leave'
+    if delta > 0 then kind, event = 'j', 'join' end
+    redis.call('PUBLISH', P .. 'ch:r:' .. room,
+      kind .. ' ' .. v .. ' - ' .. user .. ' ' .. system_frame(event, room, user))
+  end
+end
+local function member_add(node, room, user)
+  if redis.call('HSETNX', P .. 'proc:' .. node, 'm ' .. room .. ' ' .. user, '1') == 1 then
+    redis.call('SET', P .. 'seq:' .. room, '0', 'NX')
+    member_count(room, user, 1)
+  end
+end
+local function member_del(node, room, user)
+  if redis.call('HDEL', P .. 'proc:' .. node, 'm ' .. room .. ' ' .. user) == 1 then
+    member_count(room, user, -1)
+  end
+end
+local function online_count(user, delta)
+  local n = redis.call('HINCRBY', P .. 'online', user, delta)
+  if n <= 0 then
+    redis.call('HDEL', P .. 'online', user)
+    redis.call('HDEL', P .. 'presence', user)
+  end
+end
+local function online_add(node, user)
+  if redis.call('HSETNX', P .. 'proc:' .. node, 'u ' .. user, '1') == 1 then
+    online_count(user, 1)
+  end
+  return tonumber(redis.call('GET', P .. 'dmseq:' .. user) or '0')
+end
+local function online_del(node, user)
+  if redis.call('HDEL', P .. 'proc:' .. node, 'u ' .. user) == 1 then
+    online_count(user, -1)
+  end
+end
+local function unregister(node, field)
+  local kind, a, b = string.match(field, '^(%a) (%S+) ?(%S*)$')
+  if kind == 'm' then member_del(node, a, b) elseif kind == 'u' then online_del(node, a) end
+end
+local function drop_node(node)
+  for _, field in ipairs(redis.call('HKEYS', P .. 'proc:' .. node)) do
+    unregister(node, field)
+  end
+  redis.call('DEL', P .. 'proc:' .. node)
+  redis.call('ZREM', P .. 'procs', node)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_REMEMBER = r"""
+local function remember(refs, queue, ref, memo, limit)
+  redis.call('HSET', refs, ref, memo)
+  redis.call('RPUSH', queue, ref)
+  if redis.call('LLEN', queue) > tonumber(limit) then
+    redis.call('HDEL', refs, redis.call('LPOP', queue))
+  end
+  redis.call('EXPIRE', refs, 86400)
+  redis.call('EXPIRE', queue, 86400)
+end
+"""
+
+#: KEYS: epoch, refs, refq, seq, log.  ARGV: epoch, ref, ref memory, create,
+#: frame prefix, frame suffix, origin, retain, channel, memo.
+_CHAT = _REMEMBER + r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
+local ref = ARGV[2]
+if ref ~= '' then
+  local seen = redis.call('HGET', KEYS[2], ref)
+  if seen then return {'dup', seen} end
+end
+if ARGV[4] == '0' and redis.call('EXISTS', KEYS[4]) == 0 then return {'noroom'} end
+local id = redis.call('INCR', KEYS[4])
+local frame = ARGV[5] .. id .. ARGV[6]
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], id .. '-0', 'o', ARGV[7], 'f', frame)
+redis.call('PUBLISH', ARGV[9], 'm ' .. id .. ' ' .. ARGV[7] .. ' - ' .. frame)
+if ref ~= '' then remember(KEYS[2], KEYS[3], ref, 'c ' .. id .. ' ' .. ARGV[10], ARGV[3]) end
+return {'ok', id}
+"""
+
+#: KEYS: epoch, refs, refq, online, dmseq, dm.  ARGV: epoch, ref, ref memory,
+#: to, frame, origin, retain, channel, memo.
+_DIRECT = _REMEMBER + r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
+local ref = ARGV[2]
+if ref ~= '' then
+  local seen = redis.call('HGET', KEYS[2], ref)
+  if seen then return {'dup', seen} end
+end
+if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0 then return {'absent'} end
+local id = redis.call('INCR', KEYS[5])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], id .. '-0', 'o', ARGV[6], 'f', ARGV[5])
+redis.call('EXPIRE', KEYS[6], 86400)
+redis.call('PUBLISH', ARGV[8], 'm ' .. id .. ' ' .. ARGV[6] .. ' - ' .. ARGV[5])
+if ref ~= '' then remember(KEYS[2], KEYS[3], ref, ARGV[9], ARGV[3]) end
+return {'ok', id}
+"""
+
+#: ARGV: prefix, node, room, user, '1' (join) or '0' (leave).
+_MEMBER = _COMMON + r"""
+if ARGV[5] == '1' then member_add(ARGV[2], ARGV[3], ARGV[4])
+else member_del(ARGV[2], ARGV[3], ARGV[4]) end
+return 1
+"""
+
+#: ARGV: prefix, node, user, '1' (online: answers the inbox id) or '0'.
+_ONLINE = _COMMON + r"""
+if ARGV[4] == '1' then return online_add(ARGV[2], ARGV[3]) end
+online_del(ARGV[2], ARGV[3])
+return 0
+"""
+
+#: ARGV: prefix, room, history count.
+_LOAD = _COMMON + r"""
+local room = ARGV[2]
+local last = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
+local entries = {}
+if tonumber(ARGV[3]) > 0 then
+  entries = redis.call('XREVRANGE', P .. 'log:' .. room, '+', '-', 'COUNT', ARGV[3])
+end
+local members = redis.call('HKEYS', P .. 'members:' .. room)
+local version = tonumber(redis.call('GET', P .. 'mver:' .. room) or '0')
+local presence = {}
+for _, user in ipairs(members) do
+  local frame = redis.call('HGET', P .. 'presence', user)
+  if frame then
+    presence[#presence + 1] = user
+    presence[#presence + 1] = frame
+  end
+end
+return {last, entries, members, version, presence}
+"""
+
+#: ARGV: prefix, room.
+_MEMBERS = _COMMON + r"""
+local version = tonumber(redis.call('GET', P .. 'mver:' .. ARGV[2]) or '0')
+return {version, redis.call('HKEYS', P .. 'members:' .. ARGV[2])}
+"""
+
+#: ARGV: prefix, node, user, frame.
+_PRESENCE = _COMMON + r"""
+if redis.call('HEXISTS', P .. 'online', ARGV[3]) == 1 then
+  redis.call('HSET', P .. 'presence', ARGV[3], ARGV[4])
+end
+redis.call('PUBLISH', P .. 'ch:p', 'p 0 ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+return 1
+"""
+
+#: ARGV: prefix, room, floor.
+_FLOOR = _COMMON + r"""
+local key = P .. 'seq:' .. ARGV[2]
+if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', key, ARGV[3])
+end
+return 1
+"""
+
+#: ARGV: prefix, node, ttl ms, candidate epoch, n, n entries, inbox users...
+_SYNC = _COMMON + r"""
+local node = ARGV[2]
+local epoch = redis.call('GET', P .. 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', P .. 'epoch', epoch)
+end
+redis.call('ZADD', P .. 'procs', now_ms() + tonumber(ARGV[3]), node)
+local n = tonumber(ARGV[5])
+local want = {}
+for i = 6, 5 + n do want[ARGV[i]] = true end
+for _, field in ipairs(redis.call('HKEYS', P .. 'proc:' .. node)) do
+  if not want[field] then unregister(node, field) end
+end
+for i = 6, 5 + n do
+  local kind, a, b = string.match(ARGV[i], '^(%a) (%S+) ?(%S*)$')
+  if kind == 'm' then member_add(node, a, b) elseif kind == 'u' then online_add(node, a) end
+end
+local ids = {}
+for i = 6 + n, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+  ids[#ids + 1] = tonumber(redis.call('GET', P .. 'dmseq:' .. ARGV[i]) or '0')
+end
+return {epoch, ids}
+"""
+
+#: ARGV: prefix, node, ttl ms, epoch.  Also removes processes that expired.
+_HEARTBEAT = _COMMON + r"""
+local node = ARGV[2]
+local now = now_ms()
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'procs', '-inf', now)) do
+  if other ~= node then drop_node(other) end
+end
+if redis.call('GET', P .. 'epoch') ~= ARGV[4] or not redis.call('ZSCORE', P .. 'procs', node) then
+  return 'lost'
+end
+redis.call('ZADD', P .. 'procs', now + tonumber(ARGV[3]), node)
+return 'ok'
+"""
+
+#: ARGV: prefix, node.
+_DEREGISTER = _COMMON + r"""
+drop_node(ARGV[2])
+return 1
+"""
+
+SCRIPTS = {
+    "chat": _CHAT,
+    "direct": _DIRECT,
+    "member": _MEMBER,
+    "online": _ONLINE,
+    "load": _LOAD,
+    "members": _MEMBERS,
+    "presence": _PRESENCE,
+    "floor": _FLOOR,
+    "sync": _SYNC,
+    "heartbeat": _HEARTBEAT,
+}
+
+#: Messages kept in each room's stream at least, whatever the history size:
+#: what a process that missed pub/sub messages can still read back.
+MIN_RETAIN = 256
+
+_URL_OPTIONS = {"prefix": str, "node_ttl": float, "heartbeat": float, "timeout": float}
+
+
+def split_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Separate trio_chat's own options from a ``redis://`` URL's query string.
+
+    ``prefix`` (key prefix), ``node_ttl`` (seconds before a silent process's
+    memberships expire), ``heartbeat`` (seconds between refreshes) and
+    ``timeout`` (seconds a Redis round trip may take) are ours; anything else
+    stays for coredis.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"redis_url: expected redis://HOST:PORT/DB, got {url!r}")
+    ours: dict[str, Any] = {}
+    rest = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        kind = _URL_OPTIONS.get(name)
+        if kind is None:
+            rest.append((name, value))
+            continue
+        try:
+            ours[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"redis_url: {name} must be a number, got {value!r}") from None
+    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+
+
+def _node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Signal:
+    """A news item for the hub from the backplane tasks."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+CONNECTED = _Signal("connected")
+DISCONNECTED = _Signal("disconnected")
+TICK = _Signal("tick")
+OVERFLOW = _Signal("overflow")
+LOST = _Signal("lost")
+
+
+class _Results:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[Op, Any]]) -> None:
+        self.items = items
+
+
+class _Messages:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.items = items
+
+
+class _Reply:
+    """The result of an embedder's publish or direct, once Redis answered."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self.done.set()
+
+
+class Backplane:
+    """The tasks that talk to Redis for one :class:`BackplaneHub`.
+
+    Args:
+        url: ``redis://HOST:PORT/DB``, optionally with ``prefix``,
+            ``node_ttl``, ``heartbeat`` and ``timeout`` in its query string.
+        history_size: messages each room's ``joined`` carries.
+        ref_memory: accepted ``ref`` values remembered per user.
+        max_batch: ops sent in one pipeline at most.
+        queue_size: ops that may wait for Redis; beyond, chat and direct are
+            answered 503.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 100,
+        ref_memory: int = 1000,
+        node: str | None = None,
+        prefix: str = "trio_chat:",
+        node_ttl: float = 10.0,
+        heartbeat: float = 1.0,
+        timeout: float = 2.0,
+        max_batch: int = 256,
+        queue_size: int = 8192,
+        events_size: int = 16384,
+    ) -> None:
+        self.url, options = split_url(url)
+        self.prefix: str = options.get("prefix", prefix)
+        self.node_ttl: float = options.get("node_ttl", node_ttl)
+        self.heartbeat: float = options.get("heartbeat", heartbeat)
+        self.timeout: float = options.get("timeout", timeout)
+        self.node = node or _node_id()
+        self.history_size = history_size
+        self.retain = max(history_size, MIN_RETAIN)
+        self.ref_memory = ref_memory
+        self.max_batch = max_batch
+        self.connected = False
+        self.last_error = ""
+        #: Times pub/sub messages were dropped because the hub was behind.
+        self.overflows = 0
+        self._overflowed = False
+        self._client: Any = None
+        self._scope: trio.CancelScope | None = None
+        self._shas: dict[str, str] = {}
+        self._ops_send, self._ops = trio.open_memory_channel[Op](queue_size)
+        self._events_send, self._events = trio.open_memory_channel[tuple[str, str]](events_size)
+
+    # ------------------------------------------------------------ hub side
+
+    def submit(self, op: Op) -> bool:
+        """Queue *op* for Redis without blocking; False if the queue is full."""
+        try:
+            self._ops_send.send_nowait(op)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def lost(self, reason: str) -> None:
+        """Drop the current Redis connection (it is retried at once)."""
+        self.last_error = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # ------------------------------------------------------------ tasks
+
+    async def run(self, hub: BackplaneHub) -> None:
+        """Connect, serve, and reconnect after any failure, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, hub)
+            nursery.start_soon(self._publisher, hub)
+            delay = 0.05
+            while True:
+                started = trio.current_time()
+                try:
+                    await self._connection(hub)
+                except BaseExceptionGroup as group:
+                    # coredis may fail to clean up a subscription cancelled
+                    # from outside; the cancellation is what matters then.
+                    cancelled, rest = group.split(trio.Cancelled)
+                    if cancelled is not None:
+                        raise cancelled from None
+                    self.last_error = _describe(rest) if rest is not None else "?"
+                except Exception as exc:  # noqa: BLE001 - every failure means: retry
+                    self.last_error = _describe(exc)
+                if self.connected:
+                    log.warning("Redis backplane connection lost: %s", self.last_error)
+                self.connected = False
+                self._client = None
+                self._scope = None
+                await hub.notify(DISCONNECTED)
+                if trio.current_time() - started > 10:
+                    delay = 0.05
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _connection(self, hub: BackplaneHub) -> None:
+        import coredis
+        from coredis.retry import NoRetryPolicy
+
+        client = coredis.Redis.from_url(
+            self.url, decode_responses=True, retry_policy=NoRetryPolicy(),
+            connect_timeout=self.timeout,
+        )
+        # Setting up must finish in time; serving then lasts until a failure.
+        with trio.CancelScope(deadline=trio.current_time() + 2 * self.timeout) as scope:
+            self._scope = scope
+            async with client:
+                for name, lua in SCRIPTS.items():
+                    self._shas[name] = await client.script_load(lua)
+                pubsub = client.pubsub(
+                    patterns=[self.prefix + "ch:*"], retry_policy=None,
+                    ignore_subscribe_messages=True, subscription_timeout=self.timeout,
+                )
+                async with pubsub, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._subscriber, pubsub)
+                    scope.deadline = float("inf")
+                    self._client = client
+                    self.connected = True
+                    log.info("Redis backplane connected (node %s)", self.node)
+                    await hub.notify(CONNECTED)
+                    nursery.start_soon(self._heartbeat, client, hub)
+        if scope.cancelled_caught and not self.connected:
+            raise TimeoutError("Redis did not answer in time")
+
+    async def _subscriber(self, pubsub: Any) -> None:
+        send = self._events_send.send_nowait
+        async for message in pubsub:
+            try:
+                send((message["channel"], message["data"]))
+            except trio.WouldBlock:
+                self._overflowed = True
+        raise ConnectionError("the subscription ended")
+
+    async def _pump(self, hub: BackplaneHub) -> None:
+        receive = self._events
+        while True:
+            batch = [await receive.receive()]
+            while len(batch) < 1024:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await hub.notify(_Messages(batch))
+            if self._overflowed:
+                self._overflowed = False
+                self.overflows += 1
+                await hub.notify(OVERFLOW)
+
+    async def _heartbeat(self, client: Any, hub: BackplaneHub) -> None:
+        ttl = int(self.node_ttl * 1000)
+        while True:
+            await trio.sleep(self.heartbeat)
+            await hub.notify(TICK)
+            state = hub.state
+            if not state.up:
+                continue
+            with trio.fail_after(self.timeout):
+                answer = await client.evalsha(
+                    self._shas["heartbeat"], keys=[],
+                    args=[self.prefix, self.node, ttl, state.epoch or ""],
+                )
+            if answer == "lost":
+                log.warning("this process's registration was lost: registering again")
+                await hub.notify(LOST)
+
+    async def _publisher(self, hub: BackplaneHub) -> None:
+        receive = self._ops
+        while True:
+            batch = [await receive.receive()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            client = self._client
+            if client is None:
+                results: list[tuple[Op, Any]] = [(op, Unavailable()) for op in batch]
+            else:
+                try:
+                    with trio.fail_after(self.timeout):
+                        results = await self._execute(client, batch)
+                except Exception as exc:  # noqa: BLE001 - any failure: Redis is in doubt
+                    reason = _describe(exc)
+                    results = [(op, Unavailable(reason)) for op in batch]
+                    self.lost(reason)
+            await hub.notify(_Results(results))
+
+    # ------------------------------------------------------------ commands
+
+    async def _execute(self, client: Any, batch: list[Op]) -> list[tuple[Op, Any]]:
+        from coredis.exceptions import NoScriptError, RedisError
+
+        async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            requests = [self._command(pipe, op) for op in batch]
+        results: list[tuple[Op, Any]] = []
+        for op, request in zip(batch, requests):
+            try:
+                raw = await request
+            except NoScriptError:
+                raise
+            except RedisError as exc:
+                log.error("Redis refused %s: %s", type(op).__name__, exc)
+                results.append((op, Unavailable(str(exc))))
+            else:
+                results.append((op, self._parse(op, raw)))
+        return results
+
+    def _script(self, pipe: Any, name: str, args: list[Any], keys: list[str] | None = None) -> Any:
+        return pipe.evalsha(self._shas[name], keys=keys or [], args=args)
+
+    def _command(self, pipe: Any, op: Op) -> Any:
+        p = self.prefix
+        if isinstance(op, ChatOp):
+            user, room = op.user_id, op.room
+            return self._script(pipe, "chat", [
+                op.epoch, op.ref or "", self.ref_memory, "1" if op.create else "0",
+                op.prefix, op.suffix, op.origin, self.retain, f"{p}ch:r:{room}", ack_memo(op),
+            ], [f"{p}epoch", f"{p}refs:{user}", f"{p}refq:{user}", f"{p}seq:{room}", f"{p}log:{room}"])
+        if isinstance(op, DirectOp):
+            user, to = op.user_id, op.to
+            return self._script(pipe, "direct", [
+                op.epoch, op.ref or "", self.ref_memory, to, op.frame, op.origin,
+                MIN_RETAIN, f"{p}ch:u:{to}", ack_memo(op),
+            ], [f"{p}epoch", f"{p}refs:{user}", f"{p}refq:{user}", f"{p}online",
+                f"{p}dmseq:{to}", f"{p}dm:{to}"])
+        if isinstance(op, FillOp):
+            key = f"{p}log:{op.name}" if op.kind == "r" else f"{p}dm:{op.name}"
+            start = f"({op.after}-0" if op.after else "-"
+            return pipe.xrange(key, start, "+", count=FILL_COUNT)
+        if isinstance(op, MemberOp):
+            return self._script(pipe, "member", [p, self.node, op.room, op.user_id,
+                                                 "1" if op.joined else "0"])
+        if isinstance(op, OnlineOp):
+            return self._script(pipe, "online", [p, self.node, op.user_id,
+                                                 "1" if op.online else "0"])
+        if isinstance(op, LoadOp):
+            return self._script(pipe, "load", [p, op.room, op.count])
+        if isinstance(op, TypingOp):
+            return pipe.publish(f"{p}ch:r:{op.room}", f"t 0 {op.origin} {op.user_id} {op.frame}")
+        if isinstance(op, PresenceOp):
+            return self._script(pipe, "presence", [p, self.node, op.user_id, op.frame])
+        if isinstance(op, MembersOp):
+            return self._script(pipe, "members", [p, op.room])
+        if isinstance(op, FloorOp):
+            return self._script(pipe, "floor", [p, op.room, op.floor])
+        if isinstance(op, SyncOp):
+            candidate = secrets.token_hex(8)
+            return self._script(pipe, "sync", [
+                p, self.node, int(self.node_ttl * 1000), candidate, len(op.entries),
+                *op.entries, *op.inbox_users,
+            ])
+        raise TypeError(f"not an op: {op!r}")  # pragma: no cover
+
+    @staticmethod
+    def _parse(op: Op, raw: Any) -> Any:
+        if isinstance(op, (ChatOp, DirectOp)):
+            return tuple(raw)
+        if isinstance(op, FillOp):
+            return [
+                (int(e.identifier.partition("-")[0]), e.field_values.get("o", "-"),
+                 e.field_values["f"])
+                for e in raw
+            ]
+        if isinstance(op, OnlineOp):
+            return int(raw)
+        if isinstance(op, LoadOp):
+            last, entries, members, version, presence = raw
+            parsed = []
+            for entry_id, fields in reversed(entries):
+                values = dict(zip(fields[::2], fields[1::2]))
+                parsed.append((int(entry_id.partition("-")[0]), values.get("o", "-"), values["f"]))
+            return LoadResult(int(last), parsed, list(members), int(version),
+                              dict(zip(presence[::2], presence[1::2])))
+        if isinstance(op, MembersOp):
+            return int(raw[0]), list(raw[1])
+        if isinstance(op, SyncOp):
+            epoch, ids = raw
+            return epoch, {ids[i]: int(ids[i + 1]) for i in range(0, len(ids), 2)}
+        return None
+
+    async def deregister(self, timeout: float = 1.0) -> None:
+        """Remove this process's memberships from Redis (at shutdown)."""
+        import coredis
+        from coredis.retry import NoRetryPolicy
+
+        with trio.move_on_after(timeout):
+            try:
+                client = coredis.Redis.from_url(
+                    self.url, decode_responses=True, retry_policy=NoRetryPolicy(),
+                    connect_timeout=timeout,
+                )
+                async with client:
+                    await client.eval(_DEREGISTER, keys=[], args=[self.prefix, self.node])
+            except Exception as exc:  # noqa: BLE001 - best effort: expiry does it later
+                log.info("could not deregister from Redis: %s", _describe(exc))
+
+
+class BackplaneHub(Hub):
+    """A :class:`~trio_chat._hub.Hub` whose rooms are shared through Redis.
+
+    The actor is the same; client events, connections and departures go to a
+    :class:`ClusterState`, the ops it queues go to the :class:`Backplane`, and
+    what Redis answers comes back through the inbox.
+
+    Args:
+        state: the cluster state it owns.
+        backplane: its Redis tasks (started by :meth:`run`).
+        startup_wait: seconds :meth:`run` waits for Redis before reporting
+            started anyway (chat then answers 503 until Redis is reachable).
+    """
+
+    def __init__(
+        self, state: ClusterState, backplane: Backplane, *, inbox_size: int = 4096,
+        startup_wait: float = 3.0,
+    ) -> None:
+        super().__init__(state, inbox_size=inbox_size)  # type: ignore[arg-type]
+        self.state: ClusterState = state  # type: ignore[assignment]
+        self.backplane = backplane
+        self.startup_wait = startup_wait
+        #: Set once this process is registered in Redis for the first time.
+        self.synced = trio.Event()
+
+    async def notify(self, command: Any) -> None:
+        """Put news from the backplane tasks in the hub's inbox."""
+        await self._inbox_send.send(command)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the actor and the backplane until cancelled; then deregister."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(super().run)
+                nursery.start_soon(self.backplane.run, self)
+                with trio.move_on_after(self.startup_wait):
+                    await self.synced.wait()
+                if not self.synced.is_set():
+                    log.warning("Redis backplane not reachable yet (%s): chat answers 503 "
+                                "until it is", self.backplane.last_error or "no answer")
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.backplane.deregister()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """For ``/healthz``: whether Redis is reachable, and this node's id."""
+        up = self.state.up
+        detail: dict[str, Any] = {"backplane": "up" if up else "down", "node": self.backplane.node}
+        if not up and self.backplane.last_error:
+            detail["backplane_error"] = self.backplane.last_error
+        return up, detail
+
+    # ----------------------------------------------------- embedder side
+
+    async def _await_reply(self, fn: Callable[[ClusterState, float, _Reply], None]) -> Any:
+        reply = _Reply()
+        await self.call(lambda state, now: (fn(state, now, reply), []))
+        await reply.done.wait()
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    async def publish(
+        self, room: str, content: str, *, user_id: str, ref: str | None = None,
+        create: bool = True,
+    ) -> Any:
+        return await self._await_reply(
+            lambda state, now, reply: state.publish(
+                user_id, room, content, now, ref=ref, reply_to=reply, create=create
+            )
+        )
+
+    async def direct(
+        self, to: str, content: str, *, user_id: str, ref: str | None = None
+    ) -> Any:
+        return await self._await_reply(
+            lambda state, now, reply: state.direct(user_id, to, content, now, ref=ref,
+                                                   reply_to=reply)
+        )
+
+    # ----------------------------------------------------- the actor
+
+    def _apply(self, command: Any, now: float) -> None:
+        kind = type(command)
+        if kind is _Results:
+            self.counters.commands += 1
+            on_result = self.state.on_result
+            for op, result in command.items:
+                self._guarded(on_result, op, result)
+        elif kind is _Messages:
+            self.counters.commands += 1
+            self._guarded(self.state.on_messages, command.items)
+        elif kind is _Signal:
+            self.counters.commands += 1
+            self._signal(command)
+        else:
+            super()._apply(command, now)
+
+    def _signal(self, signal: _Signal) -> None:
+        state = self.state
+        if signal is CONNECTED:
+            state.on_connected()
+        elif signal is DISCONNECTED:
+            if state.up:
+                log.warning("Redis backplane unavailable: chat and direct answer 503")
+            state.on_disconnected()
+        elif signal is TICK:
+            state.on_tick()
+        elif signal is OVERFLOW:
+            state.on_overflow()
+        elif signal is LOST:
+            state.want_sync = True
+            state.on_tick()
+
+    def _guarded(self, fn: Callable[..., list[Any]], *args: Any) -> None:
+        try:
+            deliveries = fn(*args)
+        except Exception:
+            log.exception("unexpected error applying backplane news")
+            return
+        for delivery in deliveries:
+            if type(delivery.event) is ErrorEvent:
+                self.counters.error(delivery.event.code)
+        self._deliver(deliveries)
+
+    def _flush(self) -> None:
+        state = self.state
+        while True:
+            ops = state.take_ops()
+            if not ops:
+                break
+            for op in ops:
+                if not self.backplane.submit(op):
+                    self._guarded(state.on_result, op, Unavailable("backplane queue full"))
+        if state.up and not self.synced.is_set():
+            self.synced.set()
+            log.info("Redis backplane ready (node %s, epoch %s)", self.backplane.node, state.epoch)
+        super()._flush()
+
+
+def attach_backplane(server: ChatServer, url: str | None = None, **options: Any) -> BackplaneHub:
+    """Make *server* share its rooms through Redis (before it serves).
+
+    Replaces the server's in-memory hub with a :class:`BackplaneHub` on
+    ``url`` (default: ``server.config.redis_url``), registers a ``/healthz``
+    check and the ``trio_chat_backplane_up`` metric.  *options* go to
+    :class:`Backplane`.  Returns the hub.
+    """
+    config = server.config
+    url = url or config.redis_url
+    if not url:
+        raise ValueError("attach_backplane needs a redis:// URL")
+    backplane = Backplane(url, history_size=config.history_size, **options)
+    state = ClusterState(
+        backplane.node,
+        history_size=config.history_size,
+        max_rooms=config.max_rooms,
+        max_rooms_per_connection=config.max_rooms_per_connection,
+        prefix=backplane.prefix,
+    )
+    hub = BackplaneHub(state, backplane)
+    server.hub = hub
+    server.metrics.hub = hub
+    server.metrics.backplane_up = lambda: state.up
+    server.health_checks.append(hub.health)
+    return hub
+

@@ -1,0 +1,994 @@
+"""The backplane hub's bookkeeping: one process's view of a shared cluster.
+
+:class:`ClusterState` plays the part :class:`~trio_chat._hub_state.HubState`
+plays for a single process, when rooms are shared through Redis.  It is pure
+and synchronous like ``HubState``: each method applies one command and returns
+the :class:`~trio_chat._hub_state.Delivery` list it causes for this process's
+connections; what must happen in Redis is appended to an outbox of
+:class:`Op` records (:meth:`ClusterState.take_ops`), whose results come back
+later through :meth:`ClusterState.on_result`.  It never performs I/O.
+
+What Redis decides, and this state only follows:
+
+* chat ids (per room) and direct-message ids (per addressee) come from Redis
+  and every message is kept in a Redis Stream, so every process delivers the
+  same messages with the same ids;
+* pub/sub messages are only a wake-up: each *log* (a room, or a user's inbox)
+  has a cursor, the last id delivered here.  An id at or below the cursor is
+  a duplicate and ignored; an id beyond ``cursor + 1`` means pub/sub lost
+  something, and the log is filled from the stream (:class:`FillOp`).  After
+  every (re)connection every log is filled from its cursor, so a message
+  acknowledged by any process reaches each connection here exactly once;
+* cluster membership of rooms (who is in a room on any process) and whether a
+  user is connected anywhere: ``system`` join/leave events are published by
+  Redis when a user's first connection in the whole cluster joins or the last
+  one leaves, and carry a per-room version so that a stale snapshot never
+  overrides a newer event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+import attrs
+
+from ._hub_state import Delivery, HubStats
+from ._protocol import (
+    Chat,
+    ChatAck,
+    ChatMessage,
+    ClientEvent,
+    Direct,
+    DirectAck,
+    DirectMessage,
+    ErrorEvent,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Presence,
+    PresenceUpdate,
+    ProtocolError,
+    ServerEvent,
+    Typing,
+    TypingNotice,
+    format_time,
+)
+
+__all__ = [
+    "ClusterState",
+    "RawEvent",
+    "Op",
+    "ChatOp",
+    "DirectOp",
+    "MemberOp",
+    "OnlineOp",
+    "LoadOp",
+    "LoadResult",
+    "PresenceOp",
+    "TypingOp",
+    "FillOp",
+    "FloorOp",
+    "MembersOp",
+    "SyncOp",
+    "Unavailable",
+    "UNAVAILABLE",
+    "FILL_COUNT",
+]
+
+Key = Hashable
+
+#: The error a client gets instead of an ack while Redis cannot be reached.
+UNAVAILABLE = "backplane unavailable, retry"
+#: Entries one :class:`FillOp` reads at most; a full page asks for the next.
+FILL_COUNT = 500
+
+#: '{"type":"chat","payload":{"id":' -- the part of a chat frame before its id.
+_CHAT_PREFIX = '{"type":"chat","payload":{"id":'
+
+
+class Unavailable(Exception):
+    """An op could not be carried out because Redis is unreachable."""
+
+
+class Reply(Protocol):
+    """Where the result of an embedder's publish or direct goes."""
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None: ...
+
+
+@attrs.frozen
+class RawEvent:
+    """A server event already encoded: the JSON text of its whole frame."""
+
+    text: str
+
+    def to_json(self) -> str:
+        return self.text
+
+
+# --------------------------------------------------------------------------
+# Ops: what must happen in Redis
+
+
+@attrs.define(eq=False)
+class Op:
+    """Base class of the requests the state makes of Redis."""
+
+
+@attrs.define(eq=False)
+class ChatOp(Op):
+    """Append a chat message to *room*'s log and publish it."""
+
+    room: str
+    user_id: str
+    #: The message frame around its id: ``prefix + str(id) + suffix``.
+    prefix: str
+    suffix: str
+    time: str
+    ref: str | None
+    #: ``node:serial`` of the sending connection (skipped on delivery) or ``-``.
+    origin: str
+    create: bool
+    epoch: str
+    reply_to: Key | Reply | None
+
+
+@attrs.define(eq=False)
+class DirectOp(Op):
+    """Append a direct message to *to*'s inbox log and publish it."""
+
+    user_id: str
+    to: str
+    frame: str
+    time: str
+    ref: str | None
+    origin: str
+    epoch: str
+    reply_to: Key | Reply | None
+
+
+@attrs.define(eq=False)
+class MemberOp(Op):
+    """This process's first (``joined``) or last connection of a user in a room."""
+
+    room: str
+    user_id: str
+    joined: bool
+
+
+@attrs.define(eq=False)
+class OnlineOp(Op):
+    """This process's first (``online``) or last connection of a user.
+
+    Going online answers the user's inbox id at that moment (an int).
+    """
+
+    user_id: str
+    online: bool
+
+
+@attrs.define(eq=False)
+class LoadOp(Op):
+    """Read a room: its last id, recent history and cluster members."""
+
+    room: str
+    count: int
+
+
+@attrs.frozen
+class LoadResult:
+    """The answer to a :class:`LoadOp`."""
+
+    last_id: int
+    #: ``(id, origin, frame)``, oldest first.
+    entries: list[tuple[int, str, str]]
+    members: list[str]
+    members_version: int
+    #: user -> presence frame, for members that have set a status.
+    presence: dict[str, str]
+
+
+@attrs.define(eq=False)
+class PresenceOp(Op):
+    """Store a user's presence and publish it to every process."""
+
+    user_id: str
+    frame: str
+
+
+@attrs.define(eq=False)
+class TypingOp(Op):
+    """Publish a typing notice to the other processes serving *room*."""
+
+    room: str
+    user_id: str
+    origin: str
+    frame: str
+
+
+@attrs.define(eq=False)
+class FillOp(Op):
+    """Read a log's entries after *after* (answers ``(id, origin, frame)`` list).
+
+    *kind* is ``"r"`` for a room, ``"u"`` for a user's inbox.
+    """
+
+    kind: str
+    name: str
+    after: int
+
+
+@attrs.define(eq=False)
+class FloorOp(Op):
+    """After Redis lost its data: make *room*'s next id greater than *floor*."""
+
+    room: str
+    floor: int
+
+
+@attrs.define(eq=False)
+class MembersOp(Op):
+    """Read a room's cluster members (answers ``(version, [users])``)."""
+
+    room: str
+
+
+@attrs.define(eq=False)
+class SyncOp(Op):
+    """Make Redis hold exactly this process's memberships; answer the epoch.
+
+    *entries* are ``"m ROOM USER"`` and ``"u USER"``; *inbox_users* are users
+    whose inbox id is wanted.  Answers ``(epoch, {user: inbox id})``.
+    """
+
+    entries: list[str]
+    inbox_users: list[str]
+
+
+# --------------------------------------------------------------------------
+# Local bookkeeping
+
+
+@attrs.define(eq=False)
+class _Log:
+    """Delivery progress of one log (a room or a user's inbox) here."""
+
+    #: The last id delivered to this process's connections.
+    cursor: int = 0
+    #: False until the starting cursor is known (a load is in flight).
+    ready: bool = False
+    #: A :class:`FillOp` is in flight.
+    filling: bool = False
+    #: The highest id seen on pub/sub but not delivered (loading or filling).
+    seen: int = 0
+
+
+@attrs.define(eq=False)
+class _Room:
+    history: deque[list[Any]]
+    log: _Log = attrs.Factory(_Log)
+    #: Local member connections, in join order.
+    conns: dict[Key, None] = attrs.Factory(dict)
+    #: Local member users and how many of their connections are in the room.
+    local_users: dict[str, int] = attrs.Factory(dict)
+    #: Cluster members as Redis last told us, and the version of that news.
+    members: dict[str, None] = attrs.Factory(dict)
+    members_version: int = 0
+    #: Joins waiting for the room to load.
+    pending: list[tuple[Key, Join]] = attrs.Factory(list)
+
+    def after(self, since: int | None) -> tuple[list[dict[str, Any]], bool]:
+        """History payloads with ``id > since`` and whether some are missing."""
+        last = self.log.cursor
+        if since is None or since > last:
+            since = 0
+        oldest = self.history[0][0] if self.history else last + 1
+        messages = []
+        for item in self.history:
+            if item[0] > since:
+                if item[2] is None:
+                    item[2] = json.loads(item[1])["payload"]
+                messages.append(item[2])
+        return messages, since + 1 < oldest
+
+
+@attrs.define(eq=False)
+class _Conn:
+    user_id: str
+    origin: str
+    rooms: dict[str, None] = attrs.Factory(dict)
+
+
+@attrs.define(eq=False)
+class _User:
+    conns: dict[Key, None] = attrs.Factory(dict)
+    inbox: _Log = attrs.Factory(_Log)
+
+
+def chat_frame_parts(room: str, user_id: str, content: str, time: str) -> tuple[str, str]:
+    """The chat frame of a message, split around its (not yet known) id."""
+    text = ChatMessage(0, room, user_id, content, time).to_json()
+    head = _CHAT_PREFIX + "0"
+    assert text.startswith(head)
+    return _CHAT_PREFIX, text[len(head):]
+
+
+def _error(code: int, message: str, ref: str | None) -> ErrorEvent:
+    return ErrorEvent(code, message, ref)
+
+
+@attrs.define
+class ClusterState:
+    """This process's connections, rooms and cursors, beside Redis.
+
+    Args:
+        node: this process's id in the cluster (no spaces or colons).
+        history_size: messages a ``joined`` carries at most.
+        max_rooms: rooms served here at once (a new one beyond: 403).
+        max_rooms_per_connection: rooms one connection may be in.
+        prefix: the Redis key prefix (pub/sub channels start with it).
+    """
+
+    node: str
+    history_size: int = 100
+    max_rooms: int = 10_000
+    max_rooms_per_connection: int = 100
+    prefix: str = "trio_chat:"
+
+    #: Redis is reachable and this process's state is registered there.
+    up: bool = attrs.field(init=False, default=False)
+    #: The Redis data set this state belongs to (changes if Redis lost data).
+    epoch: str | None = attrs.field(init=False, default=None)
+    #: A :class:`SyncOp` is wanted (set when a registration op failed).
+    want_sync: bool = attrs.field(init=False, default=False)
+    #: Messages published through this process.
+    messages: int = attrs.field(init=False, default=0)
+    #: Messages a fill found already trimmed from the stream.
+    lost: int = attrs.field(init=False, default=0)
+
+    _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
+    _users: dict[str, _User] = attrs.field(init=False, factory=dict)
+    _rooms: dict[str, _Room] = attrs.field(init=False, factory=dict)
+    _origins: dict[str, Key] = attrs.field(init=False, factory=dict)
+    #: user -> served rooms where the user is a member (cluster or local).
+    _member_rooms: dict[str, set[str]] = attrs.field(init=False, factory=dict)
+    #: user -> presence frame, for users this process has an audience for.
+    _presence: dict[str, str] = attrs.field(init=False, factory=dict)
+    _ops: list[Op] = attrs.field(init=False, factory=list)
+    _serial: int = attrs.field(init=False, default=0)
+    _syncing: bool = attrs.field(init=False, default=False)
+
+    # ------------------------------------------------------------ queries
+
+    def stats(self) -> HubStats:
+        return HubStats(
+            connections=len(self._conns),
+            users=len(self._users),
+            rooms=len(self._rooms),
+            messages=self.messages,
+            history=sum(len(r.history) for r in self._rooms.values()),
+        )
+
+    def user_of(self, key: Key) -> str:
+        return self._conns[key].user_id
+
+    def is_connected(self, user_id: str) -> bool:
+        """Whether *user_id* has a connection on this process."""
+        return user_id in self._users
+
+    def rooms_of(self, key: Key) -> list[str]:
+        return list(self._conns[key].rooms)
+
+    def members(self, room: str) -> list[str]:
+        """The room's members across the cluster, as far as known here."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            return []
+        return list(entry.members) + [u for u in entry.local_users if u not in entry.members]
+
+    def connections_in(self, room: str) -> list[Key]:
+        entry = self._rooms.get(room)
+        return list(entry.conns) if entry else []
+
+    def room_names(self) -> list[str]:
+        """Rooms served here (rooms with a member connection on this process)."""
+        return list(self._rooms)
+
+    def last_id(self, room: str) -> int | None:
+        entry = self._rooms.get(room)
+        return entry.log.cursor if entry and entry.log.ready else None
+
+    def cursor(self, kind: str, name: str) -> int | None:
+        """The last id delivered here for a room (``"r"``) or inbox (``"u"``)."""
+        log = self._log(kind, name)
+        return log.cursor if log is not None and log.ready else None
+
+    def take_ops(self) -> list[Op]:
+        """The ops requested since the last call, in order."""
+        ops, self._ops = self._ops, []
+        return ops
+
+    # ------------------------------------------------------------ connections
+
+    def connect(self, key: Key, user_id: str) -> list[Delivery]:
+        if key in self._conns:
+            raise ValueError(f"connection {key!r} is already connected")
+        self._serial += 1
+        origin = f"{self.node}:{self._serial}"
+        self._conns[key] = _Conn(user_id, origin)
+        self._origins[origin] = key
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._users[user_id] = _User()
+            if self.up:
+                self._ops.append(OnlineOp(user_id, True))
+        user.conns[key] = None
+        return []
+
+    def disconnect(self, key: Key) -> list[Delivery]:
+        conn = self._conns.get(key)
+        if conn is None:
+            return []
+        deliveries: list[Delivery] = []
+        for room in list(conn.rooms):
+            deliveries += self._leave(key, conn, room)
+        del self._conns[key]
+        del self._origins[conn.origin]
+        user = self._users[conn.user_id]
+        del user.conns[key]
+        if not user.conns:
+            del self._users[conn.user_id]
+            if self.up:
+                self._ops.append(OnlineOp(conn.user_id, False))
+            self._forget_presence(conn.user_id)
+        return deliveries
+
+    def handle(self, key: Key, event: ClientEvent, now: float) -> list[Delivery]:
+        """Apply one client event from connection *key*."""
+        conn = self._conns[key]
+        if isinstance(event, Chat):
+            room = self._rooms.get(event.room)
+            if room is None or key not in room.conns:
+                raise ProtocolError(
+                    403, f"join room {event.room!r} before chatting in it", event.ref
+                )
+            self.publish(conn.user_id, event.room, event.content, now,
+                         ref=event.ref, reply_to=key, origin=conn.origin)
+            return []
+        if isinstance(event, Join):
+            return self._join(key, conn, event)
+        if isinstance(event, Leave):
+            return [Delivery(Left(event.room, event.ref), (key,))] + self._leave(
+                key, conn, event.room
+            )
+        if isinstance(event, Direct):
+            self.direct(conn.user_id, event.to, event.content, now,
+                        ref=event.ref, reply_to=key, origin=conn.origin)
+            return []
+        if isinstance(event, Presence):
+            return self._presence_local(conn.user_id, event)
+        if isinstance(event, Typing):
+            room = self._rooms.get(event.room)
+            if room is None or key not in room.conns:
+                raise ProtocolError(
+                    403, f"join room {event.room!r} before typing in it", event.ref
+                )
+            frame = TypingNotice(event.room, conn.user_id).to_json()
+            if self.up:
+                self._ops.append(TypingOp(event.room, conn.user_id, conn.origin, frame))
+            if not room.log.ready:
+                return []
+            others = tuple(k for k in room.conns if k != key)
+            return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
+        raise TypeError(f"not a client event: {event!r}")
+
+    def publish(
+        self,
+        user_id: str,
+        room: str,
+        content: str,
+        now: float,
+        *,
+        ref: str | None = None,
+        reply_to: Key | Reply | None = None,
+        origin: str = "-",
+        create: bool = True,
+    ) -> None:
+        """Ask Redis to publish a chat message; the ack goes to *reply_to*."""
+        if not self.up:
+            raise ProtocolError(503, UNAVAILABLE, ref)
+        time = format_time(now)
+        prefix, suffix = chat_frame_parts(room, user_id, content, time)
+        self._ops.append(ChatOp(room, user_id, prefix, suffix, time, ref, origin,
+                                create, self.epoch or "", reply_to))
+
+    def direct(
+        self,
+        user_id: str,
+        to: str,
+        content: str,
+        now: float,
+        *,
+        ref: str | None = None,
+        reply_to: Key | Reply | None = None,
+        origin: str = "-",
+    ) -> None:
+        """Ask Redis to deliver a direct message to every connection of *to*."""
+        if not self.up:
+            raise ProtocolError(503, UNAVAILABLE, ref)
+        time = format_time(now)
+        frame = DirectMessage(user_id, content, time).to_json()
+        self._ops.append(DirectOp(user_id, to, frame, time, ref, origin,
+                                  self.epoch or "", reply_to))
+
+    # ------------------------------------------------------------ rooms
+
+    def _join(self, key: Key, conn: _Conn, event: Join) -> list[Delivery]:
+        name = event.room
+        if name not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
+            raise ProtocolError(
+                403,
+                f"a connection may be in at most {self.max_rooms_per_connection} rooms",
+                event.ref,
+            )
+        room = self._rooms.get(name)
+        if room is None:
+            if not self.up:
+                raise ProtocolError(503, UNAVAILABLE, event.ref)
+            if len(self._rooms) >= self.max_rooms:
+                raise ProtocolError(403, "the server's room limit is reached", event.ref)
+            room = self._rooms[name] = _Room(deque(maxlen=self.history_size))
+            self._ops.append(LoadOp(name, self.history_size))
+        if key not in room.conns:
+            room.conns[key] = None
+            conn.rooms[name] = None
+            count = room.local_users.get(conn.user_id, 0)
+            room.local_users[conn.user_id] = count + 1
+            if count == 0:
+                self._index(conn.user_id, name)
+                if self.up:
+                    self._ops.append(MemberOp(name, conn.user_id, True))
+        if not room.log.ready:
+            room.pending.append((key, event))
+            return []
+        return self._joined(key, name, room, conn.user_id, event)
+
+    def _joined(self, key: Key, name: str, room: _Room, user_id: str, event: Join) -> list[Delivery]:
+        history, truncated = room.after(event.since)
+        members = self.members(name)
+        deliveries = [Delivery(Joined(name, members, history, truncated, event.ref), (key,))]
+        for member in members:
+            frame = self._presence.get(member)
+            if frame is not None and member != user_id:
+                deliveries.append(Delivery(RawEvent(frame), (key,), ephemeral=True))
+        return deliveries
+
+    def _leave(self, key: Key, conn: _Conn, name: str) -> list[Delivery]:
+        room = self._rooms.get(name)
+        if room is None or key not in room.conns:
+            return []
+        del room.conns[key]
+        del conn.rooms[name]
+        if room.pending:
+            room.pending = [(k, e) for k, e in room.pending if k != key]
+        count = room.local_users[conn.user_id] - 1
+        if count:
+            room.local_users[conn.user_id] = count
+        else:
+            del room.local_users[conn.user_id]
+            if self.up:
+                self._ops.append(MemberOp(name, conn.user_id, False))
+            if conn.user_id not in room.members:
+                self._unindex(conn.user_id, name)
+        if not room.conns:
+            self._drop_room(name, room)
+        return []
+
+    def _drop_room(self, name: str, room: _Room) -> None:
+        del self._rooms[name]
+        for user_id in list(room.members) + list(room.local_users):
+            self._unindex(user_id, name)
+
+    def _index(self, user_id: str, room: str) -> None:
+        self._member_rooms.setdefault(user_id, set()).add(room)
+
+    def _unindex(self, user_id: str, room: str) -> None:
+        rooms = self._member_rooms.get(user_id)
+        if rooms is None:
+            return
+        rooms.discard(room)
+        if not rooms:
+            del self._member_rooms[user_id]
+            self._forget_presence(user_id)
+
+    # ------------------------------------------------------------ presence
+
+    def _forget_presence(self, user_id: str) -> None:
+        if user_id not in self._users and user_id not in self._member_rooms:
+            self._presence.pop(user_id, None)
+
+    def _audience(self, user_id: str) -> tuple[Key, ...]:
+        audience: dict[Key, None] = {}
+        user = self._users.get(user_id)
+        if user is not None:
+            audience.update(dict.fromkeys(user.conns))
+        for name in self._member_rooms.get(user_id, ()):
+            room = self._rooms[name]
+            if room.log.ready:
+                audience.update(dict.fromkeys(room.conns))
+        return tuple(audience)
+
+    def _presence_local(self, user_id: str, event: Presence) -> list[Delivery]:
+        frame = PresenceUpdate(user_id, event.status, event.text).to_json()
+        self._presence[user_id] = frame
+        if self.up:
+            self._ops.append(PresenceOp(user_id, frame))
+        return [Delivery(RawEvent(frame), self._audience(user_id), ephemeral=True)]
+
+    # ------------------------------------------------------------ Redis status
+
+    def on_connected(self) -> None:
+        """Redis is reachable again (subscribed): register and catch up."""
+        self._sync()
+
+    def on_disconnected(self) -> None:
+        """Redis is unreachable: refuse chat and direct until it is back."""
+        self.up = False
+        self._syncing = False
+        for log in self._logs():
+            log.filling = False
+
+    def on_tick(self) -> None:
+        """Called periodically: retry a sync that could not be sent."""
+        if self.want_sync and not self._syncing:
+            self._sync()
+
+    def on_overflow(self) -> None:
+        """Pub/sub messages were dropped here: fill every log from Redis."""
+        for kind, name, log in self._named_logs():
+            if log.ready:
+                self._fill(kind, name, log)
+
+    def _sync(self) -> None:
+        entries = []
+        for name, room in self._rooms.items():
+            entries += [f"m {name} {user}" for user in room.local_users]
+        entries += [f"u {user}" for user in self._users]
+        waiting = [u for u, user in self._users.items() if not user.inbox.ready]
+        self.want_sync = False
+        self._syncing = True
+        self._ops.append(SyncOp(entries, waiting))
+
+    def _synced(self, epoch: str, inbox_ids: dict[str, int]) -> None:
+        self._syncing = False
+        if self.epoch is not None and epoch != self.epoch:
+            # Redis lost its data: ids start again from what was delivered
+            # here, and everything in the new streams is new.
+            for name, room in self._rooms.items():
+                room.members_version = 0
+                if room.log.ready:
+                    self._ops.append(FloorOp(name, room.log.cursor))
+                    room.history.clear()
+            for log in self._logs():
+                if log.ready:
+                    log.cursor = log.seen = 0
+        self.epoch = epoch
+        for user_id, last in inbox_ids.items():
+            user = self._users.get(user_id)
+            if user is not None and not user.inbox.ready:
+                user.inbox.ready = True
+                user.inbox.cursor = last
+        for kind, name, log in self._named_logs():
+            if log.ready:
+                log.filling = False
+                self._fill(kind, name, log)
+        for name, room in self._rooms.items():
+            if room.log.ready:
+                self._ops.append(MembersOp(name))
+        self.up = True
+
+    # ------------------------------------------------------------ logs
+
+    def _log(self, kind: str, name: str) -> _Log | None:
+        if kind == "r":
+            room = self._rooms.get(name)
+            return room.log if room is not None else None
+        user = self._users.get(name)
+        return user.inbox if user is not None else None
+
+    def _logs(self) -> list[_Log]:
+        return [r.log for r in self._rooms.values()] + [u.inbox for u in self._users.values()]
+
+    def _named_logs(self) -> list[tuple[str, str, _Log]]:
+        return [("r", n, r.log) for n, r in self._rooms.items()] + [
+            ("u", n, u.inbox) for n, u in self._users.items()
+        ]
+
+    def _fill(self, kind: str, name: str, log: _Log) -> None:
+        if not log.filling:
+            log.filling = True
+            self._ops.append(FillOp(kind, name, log.cursor))
+
+    def _ingest(
+        self, kind: str, name: str, entries: list[tuple[int, str, str]], live: bool
+    ) -> list[Delivery]:
+        """Deliver new log entries here, each exactly once and in id order.
+
+        *live* entries come from pub/sub, which keeps order but may lose
+        messages: a gap is filled from the stream.  Other entries come from
+        the stream itself; a gap there means the stream was trimmed.
+        """
+        log = self._log(kind, name)
+        if log is None:
+            return []
+        if not log.ready:
+            if entries:
+                log.seen = max(log.seen, entries[-1][0])
+            return []
+        deliveries: list[Delivery] = []
+        for entry_id, origin, frame in entries:
+            if entry_id <= log.cursor:
+                continue
+            if entry_id != log.cursor + 1:
+                if live:
+                    log.seen = max(log.seen, entry_id)
+                    self._fill(kind, name, log)
+                    continue
+                self.lost += entry_id - log.cursor - 1
+            log.cursor = entry_id
+            if kind == "r":
+                room = self._rooms[name]
+                room.history.append([entry_id, frame, None])
+                sender = self._origins.get(origin)
+                if sender is None:
+                    to = tuple(room.conns)
+                else:
+                    to = tuple(k for k in room.conns if k is not sender)
+            else:
+                to = tuple(self._users[name].conns)
+            if to:
+                deliveries.append(Delivery(RawEvent(frame), to))
+        return deliveries
+
+    # ------------------------------------------------------------ pub/sub
+
+    def on_messages(self, items: list[tuple[str, str]]) -> list[Delivery]:
+        """Apply pub/sub messages: ``(channel, data)`` pairs, in order."""
+        deliveries: list[Delivery] = []
+        skip = len(self.prefix) + 3  # "<prefix>ch:"
+        for channel, data in items:
+            try:
+                kind, number, origin, subject, frame = data.split(" ", 4)
+                target = channel[skip:]
+                if kind == "m":
+                    deliveries += self._ingest(
+                        target[0], target[2:], [(int(number), origin, frame)], True
+                    )
+                elif kind == "j" or kind == "l":
+                    deliveries += self._member_event(
+                        target[2:], subject, kind == "j", int(number), frame
+                    )
+                elif kind == "t":
+                    deliveries += self._remote_typing(target[2:], origin, frame)
+                elif kind == "p":
+                    deliveries += self._remote_presence(subject, origin, frame)
+            except (ValueError, IndexError, KeyError):
+                continue  # not one of ours
+        return deliveries
+
+    def _member_event(
+        self, name: str, user_id: str, joined: bool, version: int, frame: str
+    ) -> list[Delivery]:
+        room = self._rooms.get(name)
+        if room is None or not room.log.ready or version <= room.members_version:
+            return []
+        if version > room.members_version + 1:
+            self._ops.append(MembersOp(name))  # some news was lost
+        room.members_version = version
+        if joined == (user_id in room.members):
+            return []
+        if joined:
+            room.members[user_id] = None
+            self._index(user_id, name)
+        else:
+            del room.members[user_id]
+            if user_id not in room.local_users:
+                self._unindex(user_id, name)
+            else:
+                return []
+        return self._system(room, user_id, frame)
+
+    def _system(self, room: _Room, user_id: str, frame: str) -> list[Delivery]:
+        to = tuple(k for k in room.conns if self._conns[k].user_id != user_id)
+        return [Delivery(RawEvent(frame), to)] if to else []
+
+    def _remote_typing(self, name: str, origin: str, frame: str) -> list[Delivery]:
+        if origin.partition(":")[0] == self.node:
+            return []
+        room = self._rooms.get(name)
+        if room is None or not room.log.ready or not room.conns:
+            return []
+        return [Delivery(RawEvent(frame), tuple(room.conns), ephemeral=True)]
+
+    def _remote_presence(self, user_id: str, origin: str, frame: str) -> list[Delivery]:
+        if origin == self.node:
+            return []
+        if user_id not in self._users and user_id not in self._member_rooms:
+            return []
+        self._presence[user_id] = frame
+        audience = self._audience(user_id)
+        return [Delivery(RawEvent(frame), audience, ephemeral=True)] if audience else []
+
+    # ------------------------------------------------------------ results
+
+    def on_result(self, op: Op, result: Any) -> list[Delivery]:
+        """Apply the result of an op: a value, or the exception it failed with."""
+        failed = isinstance(result, BaseException)
+        if isinstance(op, ChatOp):
+            return self._chat_result(op, result)
+        if isinstance(op, DirectOp):
+            return self._direct_result(op, result)
+        if isinstance(op, FillOp):
+            log = self._log(op.kind, op.name)
+            if log is None:
+                return []
+            log.filling = False
+            if failed:
+                self.want_sync = True
+                return []
+            deliveries = self._ingest(op.kind, op.name, result, False)
+            if len(result) >= FILL_COUNT or log.seen > log.cursor:
+                self._fill(op.kind, op.name, log)
+            return deliveries
+        if isinstance(op, LoadOp):
+            return self._loaded(op, result)
+        if isinstance(op, MembersOp):
+            return [] if failed else self._members_result(op.room, *result)
+        if isinstance(op, OnlineOp):
+            if failed:
+                self.want_sync = True
+            elif op.online:
+                user = self._users.get(op.user_id)
+                if user is not None and not user.inbox.ready:
+                    user.inbox.ready = True
+                    user.inbox.cursor = result
+                    if user.inbox.seen > result:
+                        self._fill("u", op.user_id, user.inbox)
+            return []
+        if isinstance(op, MemberOp):
+            if failed:
+                self.want_sync = True
+            return []
+        if isinstance(op, SyncOp):
+            if failed:
+                self._syncing = False
+                self.want_sync = True
+            else:
+                self._synced(*result)
+            return []
+        return []  # presence, typing, floor: nothing to answer
+
+    def _answer(self, reply_to: Any, ack: ServerEvent | None, error: ProtocolError | None) -> list[Delivery]:
+        if reply_to is None:
+            return []
+        if hasattr(reply_to, "resolve"):
+            reply_to.resolve(ack, error)
+            return []
+        if reply_to not in self._conns:
+            return []
+        event = ack if error is None else error.to_event()
+        return [Delivery(event, (reply_to,))]
+
+    def _failure(self, result: BaseException, ref: str | None) -> ProtocolError:
+        if isinstance(result, ProtocolError):
+            return result
+        return ProtocolError(503, UNAVAILABLE, ref)
+
+    def _chat_result(self, op: ChatOp, result: Any) -> list[Delivery]:
+        if isinstance(result, BaseException):
+            return self._answer(op.reply_to, None, self._failure(result, op.ref))
+        status = result[0]
+        if status == "ok":
+            self.messages += 1
+            return self._answer(op.reply_to, ChatAck(int(result[1]), op.room, op.time, op.ref), None)
+        if status == "dup":
+            return self._answer(op.reply_to, parse_ack(result[1], op.ref), None)
+        if status == "noroom":
+            error = ProtocolError(404, f"room {op.room!r} does not exist", op.ref)
+            return self._answer(op.reply_to, None, error)
+        # "epoch": Redis lost its data since this process last synced.
+        self.want_sync = True
+        return self._answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
+
+    def _direct_result(self, op: DirectOp, result: Any) -> list[Delivery]:
+        if isinstance(result, BaseException):
+            return self._answer(op.reply_to, None, self._failure(result, op.ref))
+        status = result[0]
+        if status == "ok":
+            return self._answer(op.reply_to, DirectAck(op.to, op.time, op.ref), None)
+        if status == "dup":
+            return self._answer(op.reply_to, parse_ack(result[1], op.ref), None)
+        if status == "absent":
+            error = ProtocolError(404, f"user {op.to!r} is not connected", op.ref)
+            return self._answer(op.reply_to, None, error)
+        self.want_sync = True
+        return self._answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
+
+    def _loaded(self, op: LoadOp, result: Any) -> list[Delivery]:
+        room = self._rooms.get(op.room)
+        if room is None or room.log.ready:
+            return []
+        deliveries: list[Delivery] = []
+        if isinstance(result, BaseException):
+            # The joins cannot be answered: refuse them, as if never made.
+            for key, event in room.pending:
+                deliveries.append(Delivery(_error(503, UNAVAILABLE, event.ref), (key,)))
+            room.pending = []
+            for key in list(room.conns):
+                self._leave(key, self._conns[key], op.room)
+            return deliveries
+        room.log.ready = True
+        room.log.cursor = result.last_id
+        for entry_id, _origin, frame in result.entries:
+            if entry_id <= result.last_id:
+                room.history.append([entry_id, frame, None])
+        room.members_version = result.members_version
+        for user_id in result.members:
+            room.members[user_id] = None
+            self._index(user_id, op.room)
+        for user_id, frame in result.presence.items():
+            self._presence.setdefault(user_id, frame)
+        for key, event in room.pending:
+            if key in room.conns:
+                deliveries += self._joined(key, op.room, room, self._conns[key].user_id, event)
+        room.pending = []
+        if room.log.seen > room.log.cursor:
+            self._fill("r", op.room, room.log)
+        return deliveries
+
+    def _members_result(self, name: str, version: int, members: list[str]) -> list[Delivery]:
+        room = self._rooms.get(name)
+        if room is None or not room.log.ready or version <= room.members_version:
+            return []
+        room.members_version = version
+        now = dict.fromkeys(members)
+        deliveries: list[Delivery] = []
+        for user_id in list(room.members):
+            if user_id not in now:
+                del room.members[user_id]
+                if user_id not in room.local_users:
+                    self._unindex(user_id, name)
+                    frame = _system_frame("leave", name, user_id)
+                    deliveries += self._system(room, user_id, frame)
+        for user_id in members:
+            if user_id not in room.members:
+                room.members[user_id] = None
+                self._index(user_id, name)
+                deliveries += self._system(room, user_id, _system_frame("join", name, user_id))
+        return deliveries
+
+
+def _system_frame(event: str, room: str, user_id: str) -> str:
+    return (
+        '{"type":"system","payload":{"event":"' + event + '","room":"' + room
+        + '","user_id":"' + user_id + '"}}'
+    )
+
+
+def parse_ack(value: str, ref: str | None) -> ServerEvent:
+    """The ack remembered in Redis for a ``ref``: ``c ID ROOM TIME`` or ``d TO TIME``."""
+    parts = value.split(" ")
+    if parts[0] == "c":
+        return ChatAck(int(parts[1]), parts[2], parts[3], ref)
+    return DirectAck(parts[1], parts[2], ref)
+
+
+def ack_memo(op: ChatOp | DirectOp) -> str:
+    """What Redis remembers for *op*'s ``ref`` (the id is appended for chat)."""
+    if isinstance(op, ChatOp):
+        return f"{op.room} {op.time}"
+    return f"d {op.to} {op.time}"
