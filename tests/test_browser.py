@@ -232,6 +232,10 @@ def escapes_and_errors(server_url: str) -> None:
             carol.sign_in("carol", "general")
             carol.wait_state("online")
 
+            # Typing shows up on the other side.
+            carol.page.fill("#composer-input", "hmm")
+            alice.page.wait_for_function("document.querySelector('#typing').textContent === 'carol is typing…'")
+
             # User text is shown as text, never parsed as HTML.
             carol.send(hostile)
             alice.wait_message("general", hostile)

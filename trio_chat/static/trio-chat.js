@@ -61,7 +61,8 @@ export const State = Object.freeze({
  * @property {number} [baseDelayMs=500] Exponential backoff: the first delay's upper bound.
  * @property {number} [maxDelayMs=30000] Exponential backoff: the cap on any delay.
  * @property {number} [reconnectInterval=1000] Fixed backoff: the delay between attempts, in ms.
- * @property {number} [maxReconnectAttempts=Infinity] Attempts in a row before giving up (state `offline`).
+ * @property {number} [maxReconnectAttempts=Infinity] Reconnect attempts in a row (after the first
+ *   connection attempt) before giving up (state `offline`).
  * @property {number} [resetAfterMs=10000] A connection that stays up this long resets the backoff.
  * @property {number} [connectTimeoutMs=10000] Give up on an attempt with no `welcome` after this long.
  * @property {number} [maxSendAttempts=5] A message whose connection dropped this many times
