@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from trio_chat import Chat, ChatServer, Config, make_token
 from trio_chat._client_state import ClientState, RoomState
+from trio_chat._protocol import Welcome
 from trio_chat.client import (
     Backoff,
     ChatAck,
@@ -36,8 +37,7 @@ from trio_chat.client import (
     System,
     open_chat_client,
 )
-from trio_chat.testing import open_test_client, open_test_server
-from trio_chat._protocol import Welcome
+from trio_chat.testing import open_test_server
 
 #: Reconnect quickly in tests (the policy is the real one, only faster).
 FAST = Backoff(base=0.02, cap=0.1)
@@ -454,6 +454,76 @@ async def test_cancelled_send_is_not_resent_and_leave_fails_pending():
             assert ack.id == 1
             [got] = await chats(bob, 1)
             assert got.content == "kept"
+
+
+class FreezingProxy:
+    """A TCP proxy in front of the server that can go silent.
+
+    :meth:`freeze` makes every connection open so far a black hole: sockets
+    stay open but nothing is forwarded any more, like a network that died
+    without a FIN or RST.  Later connections are forwarded normally.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.generation = 0
+        self.frozen_upto = -1
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    def freeze(self) -> None:
+        self.frozen_upto = self.generation
+
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        self.generation += 1
+        generation = self.generation
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+
+        async def pump(source, sink) -> None:
+            while True:
+                data = await source.receive_some(65536)
+                if not data:
+                    break
+                if generation <= self.frozen_upto:
+                    await trio.sleep_forever()
+                await sink.send_all(data)
+            nursery.cancel_scope.cancel()
+
+        async with upstream, downstream, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, downstream, upstream)
+            nursery.start_soon(pump, upstream, downstream)
+
+
+@_bounded()
+async def test_heartbeat_detects_a_silent_network_and_loses_nothing():
+    async with open_test_server() as server, trio.open_nursery() as nursery:
+        proxy = FreezingProxy(server.port)
+        await nursery.start(proxy.serve)
+        async with open_chat_client(
+            proxy.url, user="alice", backoff=FAST, ping_interval=0.2, ping_timeout=0.3
+        ) as alice:
+            await alice.join(ROOM)
+            await server.publish(ROOM, "before")
+            [before] = await chats(alice, 1)
+            assert before.content == "before"
+            proxy.freeze()
+            await server.publish(ROOM, "while frozen")
+            state = await until_state(alice, ConnectionState.RECONNECTING)
+            assert state.reason == "no pong within 0.3 s"
+            await until_state(alice, ConnectionState.ONLINE)
+            ack = await alice.send(ROOM, "after")
+            got = await chats(alice, 2)
+            assert [(m.id, m.content) for m in got] == [(2, "while frozen"), (3, "after")]
+            assert ack.id == 3
+        nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- property test

@@ -8,10 +8,10 @@ checks what another client sees.  Every test is bounded by fail_after.
 from __future__ import annotations
 
 import functools
-from contextlib import asynccontextmanager
 import re
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -197,6 +197,23 @@ async def test_refused_messages_and_unreachable_servers_exit_1():
     result = await run_piped(url, b"hi\n", "--room", ROOM, "--user", "dan")
     assert result.returncode == 1
     assert result.stdout.decode().startswith("! cannot connect")
+
+
+@_bounded()
+async def test_input_from_a_regular_file(tmp_path):
+    script = tmp_path / "script.txt"
+    script.write_text("from a file\n/quit\n")
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            with script.open("rb") as stdin:
+                result = await trio.run_process(
+                    connect_command(server.url, "--room", ROOM, "--user", "erin"),
+                    stdin=stdin, capture_stdout=True, check=False,
+                )
+            assert result.returncode == 0, result.stdout.decode()
+            [message] = await chats(bob, 1)
+            assert (message.user_id, message.content) == ("erin", "from a file")
 
 
 def test_format_event_lines():

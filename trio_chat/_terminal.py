@@ -176,7 +176,7 @@ def _clean(text: str) -> str:
 def _clock(stamp: str) -> str:
     """``HH:MM`` in local time for an RFC 3339 UTC time."""
     try:
-        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        when = datetime.datetime.fromisoformat(stamp)
     except (ValueError, AttributeError):
         return "--:--"
     return when.astimezone().strftime("%H:%M")

@@ -55,7 +55,6 @@ from ._protocol import (
     Joined,
     Left,
     PresenceUpdate,
-    ServerEvent,
     System,
     TypingNotice,
     Welcome,
@@ -89,6 +88,8 @@ log = logging.getLogger("trio_chat.client")
 SUBPROTOCOL = "trio-chat.v1"
 #: HTTP statuses that will not get better by retrying the handshake.
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410})
+#: Reconnect policy by default: base 0.5 s, cap 30 s, reset after 10 s online.
+DEFAULT_BACKOFF = Backoff()
 #: Largest frame accepted from the server (a ``joined`` carries history).
 _MAX_FRAME = 16 * 1024 * 1024
 
@@ -195,7 +196,7 @@ class ChatClient:
         *,
         token: Token | None = None,
         user: str | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
         ping_interval: float | None = 30.0,
@@ -530,9 +531,14 @@ class ChatClient:
                         self._ws = None
                         self._state.connection_lost()
                     if ws is not None:
-                        # Cancelled from outside: trio-websocket's reader is
-                        # cancelled too, so no closing handshake can finish.
-                        graceful = trio.current_effective_deadline() != -math.inf
+                        # A closing handshake only when we close by choice: a
+                        # dead connection (no pong) would only time out, and
+                        # when cancelled from outside trio-websocket's reader
+                        # is cancelled too, so no handshake could finish.
+                        graceful = (
+                            self._closing
+                            and trio.current_effective_deadline() != -math.inf
+                        )
                         with trio.CancelScope(shield=True):
                             with trio.move_on_after(self._close_timeout if graceful else 0):
                                 await ws.aclose()
@@ -684,7 +690,7 @@ async def open_chat_client(
     *,
     token: Token | None = None,
     user: str | None = None,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = DEFAULT_BACKOFF,
     connect_timeout: float = 10.0,
     close_timeout: float = 2.0,
     ping_interval: float | None = 30.0,
@@ -745,7 +751,7 @@ async def open_chat_client(
         else:
             try:
                 yield client
-            except BaseException as exc:  # re-raised below, outside the nursery
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, outside the nursery
                 error = exc
             finally:
                 with trio.CancelScope(shield=True):
