@@ -158,7 +158,8 @@ class Config:
                 raise ConfigError(f"config: cannot read {os.fspath(file)}: {exc}") from None
             table = table.get("trio_chat", table)
             for key, value in table.items():
-                values[_field_name(key, "config file")] = _coerce(key, value)
+                name = _field_name(key, "config file")
+                values[name] = _coerce(name, value)
         environ = os.environ if environ is None else environ
         for name in SETTINGS:
             raw = environ.get("TRIO_CHAT_" + name.upper())
@@ -166,7 +167,8 @@ class Config:
                 values[name] = _coerce(name, raw)
         for key, value in (overrides or {}).items():
             if value is not None:
-                values[_field_name(key, "option")] = _coerce(key, value)
+                name = _field_name(key, "option")
+                values[name] = _coerce(name, value)
         try:
             return cls(**values)
         except ConfigError:
