@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import math
+import ssl
 
 import attrs
 import pytest
 import trio
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -267,6 +269,27 @@ async def test_body_errors_propagate_unwrapped():
                 await alice.join(ROOM)
                 await trio.sleep_forever()
         assert scope.cancelled_caught
+
+
+@_bounded()
+async def test_wss_with_a_custom_ssl_context(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    config = Config(certfile=str(certfile), keyfile=str(keyfile))
+    async with open_test_server(config) as server:
+        assert server.url.startswith("wss://")
+        async with open_chat_client(server.url, user="tess", ssl_context=context) as tess:
+            await tess.join(ROOM)
+            assert (await tess.send(ROOM, "over tls")).id == 1
+        with pytest.raises(ConnectError) as untrusted:  # not in the system's store
+            async with open_chat_client(server.url, user="tess"):
+                pass  # pragma: no cover
+        assert "certificate verify failed" in str(untrusted.value)
 
 
 # ---------------------------------------------------------------- rate limits

@@ -389,6 +389,12 @@ class ClientState:
             self._queue_join(room)
         return None
 
+    def forget_join_waiter(self, name: str, waiter: JoinWaiter) -> None:
+        """*waiter* stopped waiting (the room stays wanted)."""
+        room = self.rooms.get(name)
+        if room is not None and waiter in room.join_waiters:
+            room.join_waiters.remove(waiter)
+
     def leave(self, name: str, waiter: Callable[[], None]) -> bool:
         """Stop being in room *name*; its queued chats are given up.
 

@@ -299,7 +299,11 @@ class ChatClient:
         if joined is not None:
             await trio.lowlevel.checkpoint()
             return joined
-        await done.wait()
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            self._state.forget_join_waiter(room, settle)
+            raise
         if isinstance(result[0], ClientError):
             raise result[0]
         return result[0]
@@ -497,14 +501,7 @@ class ChatClient:
                             self._attempt_scope.cancel()
                         try:
                             with trio.fail_after(self._connect_timeout):
-                                ws = await trio_websocket.connect_websocket_url(
-                                    ws_nursery,
-                                    await self._build_url(),
-                                    self._ssl_context,
-                                    subprotocols=[SUBPROTOCOL],
-                                    extra_headers=await self._headers(),
-                                    max_message_size=_MAX_FRAME,
-                                )
+                                ws = await self._open_websocket(ws_nursery)
                                 welcome = await self._read_welcome(ws)
                         except _CONNECT_ERRORS as exc:
                             ended = _ended_by(exc)
@@ -607,6 +604,42 @@ class ChatClient:
                 continue
             return f"no pong within {self._ping_timeout:g} s"
 
+    async def _open_websocket(self, nursery: trio.Nursery) -> trio_websocket.WebSocketConnection:
+        """TCP, then TLS for ``wss://``, then the WebSocket handshake.
+
+        TCP and TLS are set up here rather than by trio-websocket so that a
+        failed TLS handshake raises at once (trio-websocket would wait for an
+        opening handshake that can no longer come).
+        """
+        parts = urllib.parse.urlsplit(await self._build_url())
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"not a ws:// or wss:// URL: {self.url!r}")
+        secure = parts.scheme == "wss"
+        host = parts.hostname
+        port = parts.port or (443 if secure else 80)
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = f"[{host}]" if ":" in host else host
+        if port != (443 if secure else 80):
+            host_header += f":{port}"
+        headers = await self._headers()
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        stream = await trio.open_tcp_stream(host, port)
+        if secure:
+            context = self._ssl_context or ssl.create_default_context()
+            stream = trio.SSLStream(
+                stream, context, server_hostname=host, https_compatible=True
+            )
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+        return await trio_websocket.wrap_client_stream(
+            nursery, stream, host_header, resource,
+            subprotocols=[SUBPROTOCOL], extra_headers=headers,
+            max_message_size=_MAX_FRAME,
+        )
+
     async def _read_welcome(self, ws: trio_websocket.WebSocketConnection) -> Welcome:
         event = parse_server_frame(await ws.get_message())
         if not isinstance(event, Welcome):
@@ -681,6 +714,8 @@ def _describe(exc: BaseException) -> str:
         return text
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # e.g. the TLS error behind a failed handshake
     return str(exc) or type(exc).__name__
 
 
