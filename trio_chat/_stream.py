@@ -149,8 +149,7 @@ class WireStream(trio.abc.Stream):
                 # trio-websocket sends each frame in its own send_all, and a
                 # server close frame always starts 0x88 (the HTTP handshake
                 # starts "H").  Once it is on its way no data frame may
-                # follow, even where trio-websocket has not yet set
-                # ``closed`` (its reply to a protocol error does not).
+                # follow, whatever order trio-websocket sets ``closed`` in.
                 self._close_sent = True
             await self._write_locked(data)
 
