@@ -30,7 +30,6 @@ BROWSER_TEST_TIMEOUT = 180  # seconds, for a whole scenario
 
 @pytest.fixture
 async def chat_server(nursery, tmp_path):
-    require_chromium()
     server = ChatServer(tmp_path / "server.log")
     await server.start(nursery)
     try:
@@ -42,6 +41,7 @@ async def chat_server(nursery, tmp_path):
 
 async def in_browser(scenario, *args):
     """Run a sync playwright scenario in a worker thread."""
+    require_chromium()  # a missing browser fails the test: CI installs it
     with trio.fail_after(BROWSER_TEST_TIMEOUT):
         return await trio.to_thread.run_sync(functools.partial(scenario, *args), abandon_on_cancel=True)
 
@@ -280,7 +280,6 @@ SECRET = "a-secret-for-the-browser-tests-only"
 
 @pytest.fixture
 async def secured_server(nursery, tmp_path):
-    require_chromium()
     server = ChatServer(tmp_path / "server.log", "--secret", SECRET)
     await server.start(nursery)
     try:

@@ -545,8 +545,9 @@ const ui = {
       this.renderConnection(detail);
     },
 
-    welcome({ userId }) {
+    welcome({ userId, limits }) {
       this.me = userId;
+      if (limits?.max_content_chars) $("composer-input").maxLength = limits.max_content_chars;
       $("me-name").textContent = userId;
       $("me-avatar").replaceWith(Object.assign(avatar(userId), { id: "me-avatar" }));
       if (!localStorage.getItem(STORAGE.name) || !userId.startsWith("guest-")) {
