@@ -453,6 +453,38 @@ async def test_refused_reconnect_stops_the_client():
 
 
 @_bounded()
+async def test_gives_up_after_max_attempts_when_the_token_source_fails():
+    secret = "s3cret-for-tests-only-0123456789abcdef"
+    async with open_test_server(Config(secret=secret)) as server:
+        token = make_token(secret, "fay", ttl=600)
+        calls = []
+
+        def flaky() -> str:
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("token service down")
+            return token
+
+        limited = Backoff(base=0.01, cap=0.02, max_attempts=2)
+        async with open_chat_client(server.url, token=flaky, backoff=limited) as fay:
+            await fay.join(ROOM)
+            pending = fay.post(ROOM, "stuck")
+            drop(server, "fay", None)
+            states = []
+            with pytest.raises(ConnectError) as info:
+                async for event in fay:
+                    if isinstance(event, StateChanged):
+                        states.append(event.state)
+            assert "gave up after 2 attempts" in str(info.value)
+            assert "token service down" in str(info.value)
+            assert states.count(ConnectionState.RECONNECTING) == 2
+            assert states[-1] is ConnectionState.CLOSED
+            with pytest.raises(ClientError) as failed:
+                await pending.wait()
+            assert failed.value.code == 0
+
+
+@_bounded()
 async def test_cancelled_send_is_not_resent_and_leave_fails_pending():
     slow = Backoff(base=0.5, cap=0.5)
     async with open_test_server() as server:

@@ -385,9 +385,10 @@ class ChatClient:
             raise
 
     def _check_open(self) -> None:
-        if self._closing or self._failure is not None:
-            reason = str(self._failure) if self._failure is not None else "closed"
-            raise ClientError(0, f"the client is closed: {reason}")
+        if self._failure is not None:
+            raise ClientError(0, f"the client is closed: {self._failure}")
+        if self._closing:
+            raise ClientError(0, "the client is closed")
 
     # ------------------------------------------------------------ events
 
@@ -574,7 +575,12 @@ class ChatClient:
             except (ValueError, TypeError):
                 log.debug("ignoring a frame that is not a server event: %.200r", text)
                 continue
-            self._emit(self._state.receive(event, trio.current_time()))
+            try:
+                events = self._state.receive(event, trio.current_time())
+            except (TypeError, ValueError, KeyError, AttributeError):
+                log.warning("ignoring a malformed %s frame: %.200r", event.type, text)
+                continue
+            self._emit(events)
             self._notify()
 
     async def _writer(self, ws: trio_websocket.WebSocketConnection) -> str:
@@ -650,9 +656,14 @@ class ChatClient:
         token = self._token
         if token is None or isinstance(token, str):
             return token
-        value = token()
+        try:
+            value = token()
+            if not isinstance(value, str):
+                value = await value
+        except Exception as exc:
+            raise _AttemptFailed(f"could not get a token: {exc!r}") from exc
         if not isinstance(value, str):
-            value = await value
+            raise _AttemptFailed(f"the token function returned {type(value).__name__}, not str")
         return value
 
     async def _build_url(self) -> str:
@@ -678,7 +689,12 @@ class ChatClient:
             await self._stopped.wait()
 
 
+class _AttemptFailed(Exception):
+    """A connection attempt that failed before reaching the network."""
+
+
 _CONNECT_ERRORS = (
+    _AttemptFailed,
     OSError,
     HandshakeError,
     ConnectionClosed,
