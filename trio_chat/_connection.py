@@ -1,8 +1,9 @@
-"""One accepted WebSocket: a nursery running a reader, a writer and a heartbeat.
+"""One accepted WebSocket: a reader, a writer and a heartbeat task.
 
-* The **reader** takes each message from trio-websocket and hands it to the
-  endpoint's handler (chat: parse, rate-limit, pass to the hub; echo: send it
-  back).
+* The **reader** is trio-websocket's own reader task: it parses frames and,
+  through :class:`~trio_chat._websocket.Dispatch`, calls the endpoint's
+  handler with each complete message, in the same task (chat: parse,
+  rate-limit, pass to the hub; echo: send it back).
 * The **writer** is the only task that writes data frames: it takes everything
   waiting in the connection's bounded queue and writes it in one go, within
   ``write_timeout``, else the connection is aborted.
@@ -37,6 +38,7 @@ from ._protocol import (
 )
 from ._ratelimit import RateLimiter
 from ._stream import WireStream
+from ._websocket import Dispatch, reader_task
 
 if TYPE_CHECKING:
     from ._auth import Identity
@@ -58,15 +60,18 @@ _RATED = (Chat, Direct, Presence)
 
 
 class Connection:
-    """An accepted WebSocket and the three tasks that serve it.
+    """An accepted WebSocket and the tasks that serve it.
 
-    ``handler`` is called with each inbound message (``str`` or ``bytes``);
-    it decides what the endpoint does with it.
+    The reader (:meth:`read`) runs from before the opening handshake until
+    the connection ends, in the nursery of whoever opened the connection;
+    :meth:`run` starts handing messages to a handler and runs the writer and
+    the heartbeat until the connection ends, then closes it.
     """
 
     def __init__(
         self,
         ws: WebSocketConnection,
+        dispatch: Dispatch,
         stream: WireStream,
         config: Config,
         counters: HubCounters,
@@ -75,6 +80,9 @@ class Connection:
         peer: str = "",
     ) -> None:
         self.ws = ws
+        self.dispatch = dispatch
+        dispatch.counters = counters
+        dispatch.on_close = self._websocket_closed
         self.stream = stream
         self.config = config
         self.user_id = user_id
@@ -82,7 +90,8 @@ class Connection:
         self.session_id = secrets.token_urlsafe(9)
         self.started = time.monotonic()
         self._tasks: trio.Nursery | None = None
-        self._reader_scope = trio.CancelScope()
+        #: Cancelled if the connection dies during the opening handshake.
+        self.handshake_scope: trio.CancelScope | None = None
         self.outlet = Outlet(stream, config.queue_size, self._on_kill, counters, user_id)
 
     # ------------------------------------------------------------ control
@@ -90,15 +99,19 @@ class Connection:
     def _on_kill(self) -> None:
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
+        elif self.handshake_scope is not None:
+            self.handshake_scope.cancel()
 
     def close(self, code: int | None, reason: str) -> None:
         """Close now, dropping what is queued (None: abort, no close frame)."""
         self.outlet.kill(code, reason)
 
     def drain(self, code: int = 1001, reason: str = "server shutting down") -> None:
-        """Stop reading, flush what is queued, then close with *code*."""
-        self._reader_scope.cancel()
+        """Stop handling messages, flush what is queued, then close with *code*."""
+        self.dispatch.stop()
         self.outlet.finish(code, reason)
+        if self._tasks is None:
+            self._on_kill()
 
     def send(self, frame: bytes) -> None:
         """Queue one pre-encoded frame for this connection."""
@@ -109,44 +122,49 @@ class Connection:
 
     # ------------------------------------------------------------ running
 
+    async def read(self) -> None:
+        """The reader task: trio-websocket's reader, from handshake to end.
+
+        When it ends the connection is over: the outlet learns why.
+        """
+        try:
+            await reader_task(self.ws)
+        finally:
+            self._websocket_closed()
+
+    def _websocket_closed(self) -> None:
+        """The WebSocket is closed or closing: end the connection, saying why."""
+        reason = self.ws.closed
+        if reason is None:
+            self.outlet.kill(None, "connection lost")
+        else:
+            self.outlet.kill(reason.code, reason.reason or "closed by client")
+
     async def run(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
-        """Serve the connection until it ends; close it under a deadline."""
+        """Hand messages to *handler* and serve the connection until it ends.
+
+        Closes it (or aborts it) under a deadline before returning.
+        """
+        self.dispatch.start(handler)
         try:
             async with trio.open_nursery() as tasks:
                 self._tasks = tasks
                 if self.outlet.closed:  # killed before we started
                     tasks.cancel_scope.cancel()
-                tasks.start_soon(self._guard, self._reader, handler)
                 tasks.start_soon(self._guard, self._writer)
                 tasks.start_soon(self._guard, self._heartbeat)
         finally:
             self._tasks = None
+            self.dispatch.stop()
             await self._close()
 
-    async def _guard(self, task: Callable[..., Awaitable[None]], *args: object) -> None:
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
-            await task(*args)
+            await task()
         finally:
-            # A reader stopped by drain() leaves the writer to flush and
-            # finish; any other end of any task ends the connection.
-            if not (task == self._reader and self._reader_scope.cancelled_caught):
-                self._on_kill()
-
-    async def _reader(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
-        with self._reader_scope:
-            ws = self.ws
-            while True:
-                try:
-                    message = await ws.get_message()
-                except ConnectionClosed as exc:
-                    reason = exc.reason
-                    if reason is None:
-                        self.outlet.kill(None, "connection lost")
-                    else:
-                        self.outlet.kill(reason.code, reason.reason or "closed by client")
-                    return
-                self.outlet.counters.frames_received += 1
-                await handler(message)
+            # Whichever task ends first, for whatever reason, ends the
+            # connection (a drained writer ends it normally).
+            self._on_kill()
 
     async def _writer(self) -> None:
         queue = self.outlet.queue

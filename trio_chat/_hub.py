@@ -118,6 +118,10 @@ class Outlet:
         queue = self.queue
         if not queue.frames:
             stream = self.stream
+            if not stream.writable:
+                # Closing (a close frame is out) or broken: whoever ends the
+                # connection records why; this frame just has nowhere to go.
+                return False
             try:
                 if stream.write_nowait(data):
                     if stream.has_tail:

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from ._auth import (
     AnonymousAuthenticator,
@@ -48,12 +49,22 @@ from ._protocol import (
 )
 from ._ratelimit import IpLimiter
 from ._stream import WireStream
+from ._websocket import get_request, new_server_websocket
 
 __all__ = ["ChatServer", "ServerStats"]
 
 log = logging.getLogger("trio_chat.server")
 
 SUBPROTOCOL = "trio-chat.v1"
+#: How a connection ends when its peer goes away mid-way.  A LocalProtocolError
+#: is trio-websocket trying to send a control frame (a second close, e.g. for
+#: a second oversized message in one read) once the connection is closing.
+_CONNECTION_ENDED = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio_websocket.ConnectionClosed,
+    wsproto.utilities.LocalProtocolError,
+)
 _API_ROOM = re.compile(r"^/api/rooms/([^/]+)/messages$")
 _FALLBACK_PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>trio-chat</title></head>
@@ -308,8 +319,12 @@ class ChatServer:
                     handover.upgrade.context, handover.prefix, transport,
                     handover.deadline, peer,
                 )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* _CONNECTION_ENDED as group:
+            log.debug("connection from %s ended: %r", peer, group.exceptions)
+        except* Exception:
+            # Whatever goes wrong with one connection ends that connection,
+            # never the server.
+            log.exception("unexpected error serving a connection from %s", peer)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await transport.aclose()
@@ -319,53 +334,53 @@ class ChatServer:
         deadline: float, peer: str,
     ) -> None:
         stream = WireStream(transport, prefix)
+        ws, dispatch = new_server_websocket(
+            stream, max_message_size=self.config.max_message_bytes
+        )
+        conn = Connection(ws, dispatch, stream, self.config, self.hub.counters,
+                          user_id=identity.user_id, peer=peer)
         self._ip_limits.opened(peer)
         self._upgrading += 1
-        counted = True
+        upgrading = True
         try:
-            async with trio.open_nursery() as ws_nursery:
-                ws = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.read)
+                accepted = False
                 with trio.CancelScope(deadline=deadline) as scope:
+                    conn.handshake_scope = scope
                     self._handshake_scopes.add(scope)
                     try:
-                        ws_request = await trio_websocket.wrap_server_stream(
-                            ws_nursery, stream,
-                            max_message_size=self.config.max_message_bytes,
-                            receive_buffer_size=16384,
-                        )
-                        offered = ws_request.proposed_subprotocols
-                        ws = await ws_request.accept(
+                        request = await get_request(ws)
+                        offered = request.proposed_subprotocols
+                        await request.accept(
                             subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
                         )
+                        accepted = True
                     except trio_websocket.ConnectionClosed:
-                        ws = None
+                        pass
                     finally:
+                        conn.handshake_scope = None
                         self._handshake_scopes.discard(scope)
-                if ws is None or self.draining:
-                    ws_nursery.cancel_scope.cancel()
-                    if ws is None:
+                if not accepted or self.draining:
+                    nursery.cancel_scope.cancel()
+                    if not accepted:
                         log.info("handshake with %s not completed", peer)
                     return
                 stream.websocket = ws
                 self._upgrading -= 1
-                counted = False
+                upgrading = False
                 self.metrics.handshakes_accepted += 1
-                await self._run_connection(ws, stream, identity, peer)
-                ws_nursery.cancel_scope.cancel()
+                await self._run_connection(conn, identity)
+                nursery.cancel_scope.cancel()
         finally:
-            if counted:
+            if upgrading:
                 self._upgrading -= 1
             self._ip_limits.closed(peer)
             self._stop_accepting_if_drained()
 
-    async def _run_connection(
-        self, ws: trio_websocket.WebSocketConnection, stream: WireStream,
-        identity: Identity, peer: str,
-    ) -> None:
-        conn = Connection(ws, stream, self.config, self.hub.counters,
-                          user_id=identity.user_id, peer=peer)
+    async def _run_connection(self, conn: Connection, identity: Identity) -> None:
         self._connections.add(conn)
-        log.info("connect user=%s peer=%s session=%s", identity.user_id, peer, conn.session_id)
+        log.info("connect user=%s peer=%s session=%s", identity.user_id, conn.peer, conn.session_id)
         try:
             if self.echo:
                 await conn.run(EchoHandler(conn))
@@ -384,7 +399,7 @@ class ChatServer:
             code = "abort" if outlet.close_code is None else outlet.close_code
             log.info(
                 "disconnect user=%s peer=%s session=%s duration=%.1fs code=%s reason=%s",
-                identity.user_id, peer, conn.session_id,
+                identity.user_id, conn.peer, conn.session_id,
                 time.monotonic() - conn.started, code, outlet.close_reason or "-",
             )
 
