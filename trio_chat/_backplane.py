@@ -498,7 +498,7 @@ class Backplane:
 
         client = coredis.Redis.from_url(
             self.url, decode_responses=True, retry_policy=NoRetryPolicy(),
-            connect_timeout=self.timeout,
+            connect_timeout=self.timeout, client_name=f"trio_chat:{self.node}",
         )
         # Setting up must finish in time; serving then lasts until a failure.
         with trio.CancelScope(deadline=trio.current_time() + 2 * self.timeout) as scope:

@@ -1,0 +1,900 @@
+"""The Redis backplane: several server processes sharing rooms through Redis.
+
+Rules of this module:
+
+* the pure :class:`ClusterState` is tested without any I/O (ops answered by
+  hand, pub/sub messages made up), Hypothesis included;
+* everything else runs against a real ``redis-server`` started by the test on
+  a spare 127.0.0.1 port (``redis_helpers``); a missing ``redis-server`` is a
+  failure, never a skip;
+* several servers in one trio run each have their own hub and backplane, as
+  separate processes would; the tests with ``start_chat_process`` use real
+  processes;
+* every I/O test runs under a time cap; nothing asserts on speed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from http_support import http_request
+from redis_helpers import (  # noqa: F401 - fixtures
+    RedisServer,
+    durable_redis_server,
+    redis_server,
+    start_chat_process,
+)
+from trio_chat import ChatServer, Config, ProtocolError
+from trio_chat._backplane import attach_backplane, split_url
+from trio_chat._backplane_state import (
+    ChatOp,
+    ClusterState,
+    DirectOp,
+    FillOp,
+    FloorOp,
+    LoadOp,
+    LoadResult,
+    MemberOp,
+    MembersOp,
+    OnlineOp,
+    SyncOp,
+    Unavailable,
+)
+from trio_chat._protocol import Chat, Direct, Join, Leave, Presence
+from trio_chat.testing import TestClient, open_test_client
+
+
+def _bounded(seconds: float):
+    def wrap(test):
+        @functools.wraps(test)
+        async def bounded(*args, **kwargs):
+            with trio.fail_after(seconds):
+                await test(*args, **kwargs)
+
+        return bounded
+
+    return wrap
+
+
+# ==========================================================================
+# The pure state
+
+
+def _frame(i: int, room: str = "r", user: str = "other") -> str:
+    return json.dumps({"type": "chat", "payload": {"id": i, "room": room, "user_id": user,
+                                                   "content": f"m{i}", "time": "t"}},
+                      separators=(",", ":"))
+
+
+def _entry(i: int, origin: str = "n2:1") -> tuple[int, str, str]:
+    return (i, origin, _frame(i))
+
+
+def _live(i: int, origin: str = "n2:1", room: str = "r") -> tuple[str, str]:
+    return (f"trio_chat:ch:r:{room}", f"m {i} {origin} - {_frame(i, room)}")
+
+
+def _ids(deliveries, key) -> list[int]:
+    out = []
+    for d in deliveries:
+        if key in d.to:
+            frame = json.loads(d.event.to_json())
+            if frame["type"] == "chat":
+                out.append(frame["payload"]["id"])
+    return out
+
+
+def _events(deliveries, key) -> list[dict[str, Any]]:
+    return [json.loads(d.event.to_json()) for d in deliveries if key in d.to]
+
+
+def _up(state: ClusterState, epoch: str = "e1", inbox: dict[str, int] | None = None) -> list:
+    state.on_connected()
+    [sync] = [op for op in state.take_ops() if isinstance(op, SyncOp)]
+    state.on_result(sync, (epoch, inbox or {}))
+    return state.take_ops()
+
+
+def _joined(state: ClusterState, key: Any, user: str, room: str = "r", last_id: int = 0,
+            members: list[str] | None = None) -> list:
+    if key not in state._conns:
+        state.connect(key, user)
+    deliveries = state.handle(key, Join(room), 0.0)
+    ops = state.take_ops()
+    if deliveries:  # the room is served here already
+        return deliveries
+    [load] = [op for op in ops if isinstance(op, LoadOp)]
+    deliveries = state.on_result(load, LoadResult(last_id, [], members or [], 0, {}))
+    state.take_ops()
+    return deliveries
+
+
+def test_chat_and_unloaded_joins_answer_503_while_redis_is_down():
+    state = ClusterState("n1")
+    state.connect(1, "alice")
+    with pytest.raises(ProtocolError) as err:
+        state.handle(1, Join("r", ref="j"), 0.0)
+    assert (err.value.code, err.value.ref) == (503, "j")
+    _up(state)
+    deliveries = _joined(state, 1, "alice", last_id=7)
+    [joined] = _events(deliveries, 1)
+    assert joined["type"] == "joined" and joined["payload"]["members"] == ["alice"]
+    state.on_disconnected()
+    for event in (Chat("r", "hi", "c1"), Direct("bob", "hi", "d1")):
+        with pytest.raises(ProtocolError) as err:
+            state.handle(1, event, 0.0)
+        assert err.value.code == 503 and err.value.message == "backplane unavailable, retry"
+    # A room already served here can still be joined from what is known.
+    state.connect(2, "bob")
+    [joined] = _events(state.handle(2, Join("r"), 0.0), 2)
+    assert joined["type"] == "joined" and sorted(joined["payload"]["members"]) == ["alice", "bob"]
+    assert state.take_ops() == []  # nothing is sent to Redis while it is down
+
+
+def test_an_op_that_fails_answers_503_to_its_sender():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice")
+    state.handle(1, Chat("r", "hi", "c1"), 0.0)
+    [op] = state.take_ops()
+    assert isinstance(op, ChatOp) and op.ref == "c1"
+    [error] = _events(state.on_result(op, Unavailable("down")), 1)
+    assert error == {"type": "error", "payload": {"code": 503,
+                     "message": "backplane unavailable, retry"}, "ref": "c1"}
+    state.handle(1, Chat("r", "hi", "c2"), 0.0)
+    [op] = state.take_ops()
+    [ack] = _events(state.on_result(op, ("ok", 8)), 1)
+    assert ack["type"] == "ack" and ack["payload"]["id"] == 8 and ack["ref"] == "c2"
+    state.handle(1, Chat("r", "hi", "c2"), 0.0)
+    [op] = state.take_ops()
+    [ack] = _events(state.on_result(op, ("dup", "c 8 r 2026-01-01T00:00:00.000Z")), 1)
+    assert ack == {"type": "ack", "payload": {"id": 8, "room": "r",
+                   "time": "2026-01-01T00:00:00.000Z"}, "ref": "c2"}
+
+
+def test_a_message_reaches_every_local_member_but_its_sending_connection():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice")
+    _joined(state, 2, "alice")
+    _joined(state, 3, "bob")
+    state.handle(1, Chat("r", "hi"), 0.0)
+    [op] = state.take_ops()
+    origin = op.origin
+    assert origin.startswith("n1:")
+    deliveries = state.on_messages([_live(1, origin)])
+    assert [sorted(d.to) for d in deliveries] == [[2, 3]]
+    deliveries = state.on_messages([_live(2, "n2:9")])
+    assert [sorted(d.to) for d in deliveries] == [[1, 2, 3]]
+
+
+def test_duplicates_are_ignored_and_a_gap_is_filled_from_the_stream():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice", last_id=3)
+    assert _ids(state.on_messages([_live(4), _live(4), _live(3)]), 1) == [4]
+    assert _ids(state.on_messages([_live(7)]), 1) == []  # 5 and 6 were lost
+    [fill] = state.take_ops()
+    assert isinstance(fill, FillOp) and (fill.kind, fill.name, fill.after) == ("r", "r", 4)
+    assert _ids(state.on_messages([_live(8)]), 1) == []  # one fill at a time
+    assert state.take_ops() == []
+    # The fill ran before 8 was published: a second one is needed for 8.
+    assert _ids(state.on_result(fill, [_entry(5), _entry(6), _entry(7)]), 1) == [5, 6, 7]
+    [fill] = state.take_ops()
+    assert fill.after == 7
+    assert _ids(state.on_result(fill, [_entry(8)]), 1) == [8]
+    assert state.take_ops() == []
+    assert state.cursor("r", "r") == 8
+
+
+def test_messages_published_while_a_room_loads_are_not_lost():
+    state = ClusterState("n1")
+    _up(state)
+    state.connect(1, "alice")
+    state.handle(1, Join("r"), 0.0)
+    [load] = [op for op in state.take_ops() if isinstance(op, LoadOp)]
+    # Pub/sub overtakes the load's answer: 11 and 12 come before it.
+    assert state.on_messages([_live(11), _live(12)]) == []
+    deliveries = state.on_result(load, LoadResult(10, [_entry(10)], [], 0, {}))
+    [joined] = _events(deliveries, 1)
+    assert [m["id"] for m in joined["payload"]["history"]] == [10]
+    [fill] = state.take_ops()
+    assert fill.after == 10
+    assert _ids(state.on_result(fill, [_entry(11), _entry(12)]), 1) == [11, 12]
+
+
+def test_a_failed_load_refuses_the_waiting_joins():
+    state = ClusterState("n1")
+    _up(state)
+    state.connect(1, "alice")
+    state.handle(1, Join("r", ref="j1"), 0.0)
+    ops = state.take_ops()
+    [load] = [op for op in ops if isinstance(op, LoadOp)]
+    assert any(isinstance(op, MemberOp) and op.joined for op in ops)
+    [error] = _events(state.on_result(load, Unavailable()), 1)
+    assert error["payload"]["code"] == 503 and error["ref"] == "j1"
+    assert state.rooms_of(1) == [] and state.room_names() == []
+    [leave] = state.take_ops()
+    assert isinstance(leave, MemberOp) and not leave.joined
+
+
+def test_system_events_follow_the_cluster_and_its_versions():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice", members=["alice"])
+    join_bob = ("trio_chat:ch:r:r", 'j 1 - bob {"type":"system","payload":'
+                '{"event":"join","room":"r","user_id":"bob"}}')
+    [event] = _events(state.on_messages([join_bob]), 1)
+    assert event["payload"] == {"event": "join", "room": "r", "user_id": "bob"}
+    assert _events(state.on_messages([join_bob]), 1) == []  # same version: news already
+    assert sorted(state.members("r")) == ["alice", "bob"]
+    # A snapshot older than what is known changes nothing.
+    state.on_result(MembersOp("r"), (0, ["alice"]))
+    assert sorted(state.members("r")) == ["alice", "bob"]
+    # A newer snapshot: bob left meanwhile, carol came.
+    events = _events(state.on_result(MembersOp("r"), (5, ["alice", "carol"])), 1)
+    assert [(e["payload"]["event"], e["payload"]["user_id"]) for e in events] == [
+        ("leave", "bob"), ("join", "carol")]
+
+
+def test_redis_losing_its_data_keeps_ids_growing():
+    state = ClusterState("n1")
+    _up(state, "e1")
+    _joined(state, 1, "alice", last_id=41)
+    state.on_disconnected()
+    ops = _up(state, "e2")
+    floor = [op for op in ops if isinstance(op, FloorOp)]
+    assert [(op.room, op.floor) for op in floor] == [("r", 41)]
+    [fill] = [op for op in ops if isinstance(op, FillOp)]
+    assert fill.after == 0  # everything in the new stream is new here
+    assert _ids(state.on_result(fill, [_entry(42)]), 1) == [42]
+
+
+def test_an_inbox_starts_at_the_id_redis_gives():
+    state = ClusterState("n1")
+    _up(state)
+    state.connect(1, "bob")
+    [online] = state.take_ops()
+    assert isinstance(online, OnlineOp) and online.online
+    assert state.on_messages([("trio_chat:ch:u:bob", "m 6 n2:1 - {\"type\":\"direct\"}")]) == []
+    state.on_result(online, 5)
+    [fill] = state.take_ops()
+    assert (fill.kind, fill.name, fill.after) == ("u", "bob", 5)
+    deliveries = state.on_result(fill, [(6, "n2:1", '{"type":"direct"}')])
+    assert [d.to for d in deliveries] == [(1,)]
+    state.disconnect(1)
+    [offline] = state.take_ops()
+    assert isinstance(offline, OnlineOp) and not offline.online
+
+
+def test_presence_reaches_local_members_at_once_and_remote_ones_through_redis():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice", members=["alice", "bob"])
+    _joined(state, 2, "carol", members=["alice", "bob"])
+    deliveries = state.handle(1, Presence("away"), 0.0)
+    assert sorted(deliveries[0].to) == [1, 2] and deliveries[0].ephemeral
+    assert any(op.__class__.__name__ == "PresenceOp" for op in state.take_ops())
+    echo = ("trio_chat:ch:p", 'p 0 n1 alice {"type":"presence"}')
+    assert state.on_messages([echo]) == []  # its own, already delivered
+    remote = ("trio_chat:ch:p", 'p 0 n2 bob {"type":"presence","payload":{"user_id":"bob","status":"busy"}}')
+    [delivery] = state.on_messages([remote])
+    assert sorted(delivery.to) == [1, 2]
+    stranger = ("trio_chat:ch:p", 'p 0 n2 zed {"type":"presence"}')
+    assert state.on_messages([stranger]) == []
+    # A later joiner learns bob's status.
+    events = _events(_joined(state, 3, "dave", members=["alice", "bob"]), 3)
+    assert [e["type"] for e in events] == ["joined", "presence", "presence"]
+
+
+def test_malformed_pubsub_messages_are_ignored():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice")
+    junk = [("trio_chat:ch:r:r", ""), ("trio_chat:ch:r:r", "m x y - z"),
+            ("trio_chat:ch:r:r", "q 1 2 3 4"), ("x", "m 1 n2:1 - {}"), ("trio_chat:ch:r:zz", "m 1 - - {}")]
+    assert state.on_messages(junk) == []
+    assert _ids(state.on_messages([_live(1)]), 1) == [1]
+
+
+@given(st.lists(st.sampled_from(["publish", "deliver", "run", "disconnect", "connect",
+                                 "overflow"]), max_size=60))
+def test_every_message_is_delivered_exactly_once_in_order(actions):
+    """Whatever pub/sub loses and whenever fills and reconnections happen.
+
+    Other processes publish into the room's stream; while connected, each
+    message also goes out on pub/sub, which keeps order but loses what is in
+    flight when the connection drops or the local queue overflows.  Ops run
+    in order while connected and fail while not.
+    """
+    state = ClusterState("n1")
+    stream: list[tuple[int, str, str]] = []
+    wire: list[tuple[str, str]] = []  # pub/sub messages in flight, in order
+    pending: list[Any] = []
+    delivered: list[int] = []
+    connected = True
+    _up(state)
+    delivered += _ids(_joined(state, 1, "alice"), 1)
+
+    def run(op):
+        if not connected:
+            return state.on_result(op, Unavailable())
+        if isinstance(op, FillOp):
+            return state.on_result(op, [e for e in stream if e[0] > op.after][:500])
+        if isinstance(op, SyncOp):
+            return state.on_result(op, ("e1", {}))
+        if isinstance(op, MembersOp):
+            return state.on_result(op, (0, []))
+        return state.on_result(op, None)
+
+    for action in actions:
+        if action == "publish":
+            entry = _entry(len(stream) + 1)
+            stream.append(entry)
+            if connected:
+                wire.append(_live(entry[0]))
+        elif action == "deliver" and wire:
+            delivered += _ids(state.on_messages([wire.pop(0)]), 1)
+        elif action == "run" and pending:
+            delivered += _ids(run(pending.pop(0)), 1)
+        elif action == "disconnect" and connected:
+            connected = False
+            wire.clear()
+            state.on_disconnected()
+        elif action == "connect" and not connected:
+            connected = True
+            state.on_connected()
+        elif action == "overflow" and connected:
+            wire.clear()
+            state.on_overflow()
+        pending += state.take_ops()
+    # Quiet again: connected, the last pub/sub messages arrive, every op runs.
+    if not connected:
+        connected = True
+        state.on_connected()
+    for message in wire:
+        delivered += _ids(state.on_messages([message]), 1)
+    pending += state.take_ops()
+    while pending:
+        delivered += _ids(run(pending.pop(0)), 1)
+        pending += state.take_ops()
+    assert delivered == list(range(1, len(stream) + 1))
+
+
+def test_redis_url_options_are_separated_from_the_url():
+    url, options = split_url("redis://127.0.0.1:7000/2?prefix=a:&node_ttl=1.5&heartbeat=0.2")
+    assert url == "redis://127.0.0.1:7000/2"
+    assert options == {"prefix": "a:", "node_ttl": 1.5, "heartbeat": 0.2}
+    with pytest.raises(ValueError):
+        split_url("http://example.com")
+    with pytest.raises(ValueError):
+        split_url("redis://h/0?node_ttl=soon")
+
+
+# ==========================================================================
+# Several servers against a real Redis
+
+FAST = "?timeout=0.5&heartbeat=0.2&node_ttl=2"
+
+
+@asynccontextmanager
+async def open_cluster(redis: RedisServer, count: int = 2, **settings: Any) -> AsyncIterator[list[ChatServer]]:
+    """*count* servers in this trio run, each with its own hub and backplane."""
+    settings.setdefault("rate_messages", 10_000)
+    config = Config(host="127.0.0.1", port=0, redis_url=redis.url + FAST, shutdown_grace=2,
+                    **settings)
+    servers = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            server = ChatServer(config)
+            attach_backplane(server)
+            await nursery.start(server.serve)
+            servers.append(server)
+        try:
+            yield servers
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(15):
+                async with trio.open_nursery() as stopping:
+                    for server in servers:
+                        stopping.start_soon(server.shutdown)
+            nursery.cancel_scope.cancel()
+
+
+async def _expect_chat(client: TestClient, timeout: float = 5) -> dict[str, Any]:
+    frame = await client.expect("chat", timeout)
+    return frame["payload"]
+
+
+async def _health(server: ChatServer) -> dict[str, Any]:
+    return (await http_request(server.port, "GET", "/healthz")).json()
+
+
+async def _wait_for(predicate, timeout: float = 10, interval: float = 0.05) -> None:
+    with trio.fail_after(timeout):
+        while not await predicate():
+            await trio.sleep(interval)
+
+
+@_bounded(30)
+async def test_ids_are_gap_free_across_processes_and_each_message_arrives_once(redis_server):
+    async with open_cluster(redis_server) as (s0, s1), AsyncExitStack() as stack:
+        users = [("alice", s0), ("bob", s1), ("carol", s1), ("dave", s0)]
+        clients = [await stack.enter_async_context(open_test_client(s, user=u)) for u, s in users]
+        for client in clients:
+            await client.join("lobby")
+        per_client = 15
+        acks: dict[str, list[int]] = {}
+        received: dict[str, list[dict[str, Any]]] = {}
+
+        async def talk(client: TestClient) -> None:
+            me = client.user_id
+            for i in range(per_client):
+                await client.send("chat", {"room": "lobby", "content": f"{me} {i}"}, f"{me}-{i}")
+            acks[me], received[me] = [], []
+            others = per_client * (len(clients) - 1)
+            while len(acks[me]) < per_client or len(received[me]) < others:
+                frame = await client.receive(10)
+                if frame["type"] == "ack":
+                    acks[me].append(frame["payload"]["id"])
+                elif frame["type"] == "chat":
+                    received[me].append(frame["payload"])
+                else:
+                    assert frame["type"] == "system", frame
+
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                nursery.start_soon(talk, client)
+        everything = sorted(i for ids in acks.values() for i in ids)
+        assert everything == list(range(1, per_client * len(clients) + 1))
+        contents = {}
+        for me, messages in received.items():
+            ids = [m["id"] for m in messages]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)  # in order, once
+            assert set(ids) == set(everything) - set(acks[me])  # all but its own
+            assert all(m["user_id"] != me for m in messages)
+            for m in messages:
+                assert contents.setdefault(m["id"], m["content"]) == m["content"]
+        # Each sender's messages kept their order.
+        for me in acks:
+            mine = sorted((i, contents[i]) for i in acks[me])
+            assert [c for _, c in mine] == [f"{me} {i}" for i in range(per_client)]
+
+
+@_bounded(30)
+async def test_history_and_resume_work_on_any_process(redis_server):
+    async with open_cluster(redis_server, history_size=3) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice:
+            await alice.join("lobby")
+            for i in range(1, 6):
+                assert (await alice.chat("lobby", f"m{i}"))["payload"]["id"] == i
+            async with open_test_client(s1, user="bob") as bob:
+                joined = (await bob.join("lobby", since=3))["payload"]
+                assert [m["id"] for m in joined["history"]] == [4, 5]
+                assert joined["truncated"] is False
+                assert sorted(joined["members"]) == ["alice", "bob"]
+                assert [m["content"] for m in joined["history"]] == ["m4", "m5"]
+                joined = (await bob.join("lobby", since=0))["payload"]
+                assert [m["id"] for m in joined["history"]] == [3, 4, 5]
+                assert joined["truncated"] is True
+            # bob comes back on the other process with what he had seen.
+            for i in range(6, 8):
+                await alice.chat("lobby", f"m{i}")
+            async with open_test_client(s0, user="bob") as bob:
+                joined = (await bob.join("lobby", since=5))["payload"]
+                assert [m["content"] for m in joined["history"]] == ["m6", "m7"]
+                assert joined["truncated"] is False
+            # A room this process does not serve yet is read from Redis.
+            async with open_test_client(s1, user="carol") as carol:
+                joined = (await carol.join("lobby"))["payload"]
+                assert [m["id"] for m in joined["history"]] == [5, 6, 7]
+
+
+@_bounded(30)
+async def test_system_events_and_presence_are_cluster_wide(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="bob") as bob:
+            await bob.join("lobby")
+            async with open_test_client(s1, user="alice") as alice1:
+                joined = (await alice1.join("lobby"))["payload"]
+                assert sorted(joined["members"]) == ["alice", "bob"]
+                event = await bob.expect("system")
+                assert event["payload"] == {"event": "join", "room": "lobby", "user_id": "alice"}
+                # alice's second connection, on the other process: not news.
+                async with open_test_client(s0, user="alice") as alice0:
+                    await alice0.join("lobby")
+                    await alice1.send("presence", {"status": "away", "text": "lunch"})
+                    for client in (bob, alice0, alice1):
+                        update = await client.expect("presence")
+                        assert update["payload"] == {"user_id": "alice", "status": "away",
+                                                     "text": "lunch"}
+                    async with open_test_client(s1, user="carol") as carol:
+                        await carol.join("lobby")
+                        update = await carol.expect("presence")
+                        assert update["payload"]["user_id"] == "alice"
+                    for event in ("join", "leave"):
+                        frame = await bob.expect("system")
+                        assert frame["payload"] == {"event": event, "room": "lobby",
+                                                    "user_id": "carol"}
+                    await alice0.send("leave", {"room": "lobby"})
+                    await alice0.expect("left")
+                    await alice1.chat("lobby", "marker")
+                    # alice is still in the room through her other connection:
+                    # bob sees no event between carol's leave and the marker.
+                    frame = await bob.receive()
+                    assert (frame["type"], frame["payload"]["content"]) == ("chat", "marker")
+            event = await bob.expect("system")
+            assert event["payload"] == {"event": "leave", "room": "lobby", "user_id": "alice"}
+            assert (await _health(s0))["backplane"] == "up"
+
+
+@_bounded(30)
+async def test_direct_messages_reach_every_connection_on_any_process(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice, \
+                open_test_client(s0, user="bob") as bob0, \
+                open_test_client(s1, user="bob") as bob1:
+            for client in (alice, bob0, bob1):
+                await client.join("lobby")  # answered after the user is registered
+            await alice.send("direct", {"to": "bob", "content": "psst"}, "d1")
+            ack = await alice.expect("ack")
+            assert ack["ref"] == "d1" and ack["payload"]["to"] == "bob"
+            for bob in (bob0, bob1):
+                message = await bob.expect("direct")
+                assert message["payload"] == {"from": "alice", "content": "psst",
+                                              "time": ack["payload"]["time"]}
+            await alice.send("direct", {"to": "nobody", "content": "hello?"}, "d2")
+            error = await alice.expect("error")
+            assert error["payload"]["code"] == 404 and error["ref"] == "d2"
+            # The same ref again, even from another process: the first ack.
+            async with open_test_client(s1, user="alice") as alice1:
+                await alice1.send("direct", {"to": "bob", "content": "psst"}, "d1")
+                assert (await alice1.expect("ack")) == ack
+            await bob0.chat("lobby", "marker")
+            assert (await bob1.expect("chat"))["payload"]["content"] == "marker"
+        # Everyone gone: bob is nowhere.
+        async with open_test_client(s1, user="carol") as carol:
+            async def refused() -> bool:
+                await carol.send("direct", {"to": "bob", "content": "x"})
+                frame = await carol.receive()
+                return frame["type"] == "error" and frame["payload"]["code"] == 404
+            await _wait_for(refused)
+
+
+@_bounded(30)
+async def test_a_resent_ref_is_acked_once_whichever_process_gets_it(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s1, user="bob") as bob:
+            await bob.join("lobby")
+            async with open_test_client(s0, user="alice") as alice:
+                await alice.join("lobby")
+                first = await alice.chat("lobby", "only once", ref="r-1")
+            async with open_test_client(s1, user="alice") as alice:
+                await alice.join("lobby")
+                again = await alice.chat("lobby", "only once", ref="r-1")
+                assert again == first
+                await alice.chat("lobby", "after")
+            contents = [(await _expect_chat(bob))["content"] for _ in range(2)]
+            assert contents == ["only once", "after"]
+
+
+@_bounded(30)
+async def test_embedders_publish_through_the_backplane(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s1, user="bob") as bob:
+            await bob.join("news")
+            ack = await s0.publish("news", "from the server")
+            message = await _expect_chat(bob)
+            assert (message["id"], message["user_id"], message["content"]) == (
+                ack.id, "server", "from the server")
+            direct = await s0.send_direct("bob", "hello bob", user_id="ops")
+            assert direct.to == "bob"
+            assert (await bob.expect("direct"))["payload"]["from"] == "ops"
+            with pytest.raises(ProtocolError) as err:
+                await s0.send_direct("nobody", "x")
+            assert err.value.code == 404
+            assert s1.stats().rooms == 1 and s1.hub.state.members("news") == ["bob"]
+
+
+# ==========================================================================
+# Outages
+
+
+async def _converse(clients: list[TestClient], room: str, outage, *, count: int = 40):
+    """Each client sends *count* messages with refs while *outage* runs.
+
+    A message answered 503 is sent again later with the same ref, as a
+    client should.  Returns acks (ref -> ack payload), the 503 count and each
+    client's received chats.
+    """
+    acks: dict[str, dict[str, Any]] = {}
+    refused = 0
+    received: dict[str, list[dict[str, Any]]] = {c.user_id: [] for c in clients}
+
+    async def reader(client: TestClient, waiting: dict[str, str]):
+        nonlocal refused
+        while True:
+            frame = await client.receive(30)
+            if frame["type"] == "chat":
+                received[client.user_id].append(frame["payload"])
+            elif frame["type"] == "ack":
+                acks[frame["ref"]] = frame["payload"]
+                waiting.pop(frame["ref"], None)
+            elif frame["type"] == "error":
+                assert frame["payload"]["code"] == 503, frame
+                assert frame["payload"]["message"] == "backplane unavailable, retry"
+                refused += 1
+
+    async def sender(client: TestClient, nursery: trio.Nursery):
+        me = client.user_id
+        waiting: dict[str, str] = {}
+        nursery.start_soon(reader, client, waiting)
+        for i in range(count):
+            ref = f"{me}-{i}"
+            waiting[ref] = f"{me} says {i}"
+            await client.send("chat", {"room": room, "content": waiting[ref]}, ref)
+            await trio.sleep(0.03)
+        while waiting:  # resend what was refused (or not answered yet), same ref
+            await trio.sleep(0.5)
+            for ref, content in list(waiting.items()):
+                await client.send("chat", {"room": room, "content": content}, ref)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outage)
+        async with trio.open_nursery() as senders:
+            for client in clients:
+                senders.start_soon(sender, client, nursery)
+        # Every acked message should now be on its way to everyone.
+        expected = {c.user_id: {p["id"] for r, p in acks.items()
+                                if not r.startswith(c.user_id + "-")} for c in clients}
+        with trio.fail_after(15):
+            while any(len(received[u]) < len(expected[u]) for u in received):
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)  # room for duplicates to show up, if there were any
+        nursery.cancel_scope.cancel()
+    return acks, refused, received
+
+
+def _check_exactly_once(acks, received, senders):
+    assert len(acks) == 40 * len(senders)
+    ids = sorted(p["id"] for p in acks.values())
+    assert len(set(ids)) == len(ids)
+    for user, messages in received.items():
+        got = [m["id"] for m in messages]
+        assert len(got) == len(set(got)), f"{user} got a message twice"
+        assert got == sorted(got), f"{user} got messages out of order"
+        expected = sorted(p["id"] for r, p in acks.items() if not r.startswith(user + "-"))
+        assert got == expected, f"{user} missed acknowledged messages"
+        by_id = {p["id"]: r for r, p in acks.items()}
+        for m in messages:
+            sender, _, i = by_id[m["id"]].rpartition("-")
+            assert m["content"] == f"{sender} says {i}"
+
+
+@_bounded(60)
+async def test_redis_paused_mid_conversation(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice, \
+                open_test_client(s1, user="bob") as bob:
+            await alice.join("lobby")
+            await bob.join("lobby")
+            health = {}
+
+            async def outage():
+                await trio.sleep(0.4)
+                redis_server.pause()
+                try:
+                    async def down() -> bool:
+                        return (await _health(s0))["backplane"] == "down"
+                    await _wait_for(down)
+                    health["during"] = await _health(s0)
+                    await trio.sleep(0.5)
+                finally:
+                    redis_server.resume()
+
+                async def up() -> bool:
+                    return all([(await _health(s))["backplane"] == "up" for s in (s0, s1)])
+                await _wait_for(up)
+
+            acks, refused, received = await _converse([alice, bob], "lobby", outage)
+            assert health["during"]["status"] == "degraded"
+            assert refused > 0
+            _check_exactly_once(acks, received, ["alice", "bob"])
+            metrics = (await http_request(s1.port, "GET", "/metrics")).body.decode()
+            assert "trio_chat_backplane_up 1.0" in metrics
+
+
+@_bounded(60)
+async def test_messages_published_while_subscriptions_are_down_are_replayed(redis_server):
+    # Only the pub/sub connections drop: the other process goes on publishing
+    # meanwhile, and what it publishes exists only in the streams.
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice, \
+                open_test_client(s1, user="bob") as bob:
+            await alice.join("lobby")
+            await bob.join("lobby")
+
+            async def outage():
+                for _ in range(4):
+                    await trio.sleep(0.25)
+                    redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+
+            acks, refused, received = await _converse([alice, bob], "lobby", outage)
+            _check_exactly_once(acks, received, ["alice", "bob"])
+
+
+@_bounded(30)
+async def test_what_was_published_while_a_process_resubscribed_is_replayed(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice, \
+                open_test_client(s1, user="bob") as bob:
+            await alice.join("lobby")
+            await bob.join("lobby")
+            await alice.chat("lobby", "before")
+            assert (await _expect_chat(bob))["content"] == "before"
+            # Drop s1's subscription only, and publish at once from s0:
+            # nothing comes after these, so only the replay can bring them.
+            name = f"name=trio_chat:{s1.hub.backplane.node}"
+            for line in redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode().splitlines():
+                if name in line.split():
+                    redis_server.command("CLIENT", "KILL", "ID", line.split()[0][3:])
+            for i in range(5):
+                await alice.send("chat", {"room": "lobby", "content": f"during {i}"})
+            assert [(await _expect_chat(bob))["content"] for _ in range(5)] == [
+                f"during {i}" for i in range(5)]
+            await alice.chat("lobby", "after")
+            assert (await _expect_chat(bob))["content"] == "after"
+
+
+@_bounded(30)
+async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_server):
+    async with open_cluster(redis_server, count=1) as (s0,):
+        # s1 takes a pub/sub message only while its pump is waiting for one.
+        config = attrs.evolve(s0.config, port=0)
+        s1 = ChatServer(config)
+        hub = attach_backplane(s1, events_size=0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(s1.serve)
+            try:
+                async with open_test_client(s0, user="alice") as alice, \
+                        open_test_client(s1, user="bob") as bob:
+                    await alice.join("lobby")
+                    await bob.join("lobby")
+                    for i in range(100):
+                        await alice.send("chat", {"room": "lobby", "content": f"m{i}"})
+                    ids = [(await _expect_chat(bob))["id"] for _ in range(100)]
+                    assert ids == list(range(1, 101))
+                assert hub.backplane.overflows > 0
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await s1.shutdown()
+                nursery.cancel_scope.cancel()
+
+
+@_bounded(60)
+async def test_redis_killed_and_restarted_mid_conversation(durable_redis_server):
+    redis = durable_redis_server
+    async with open_cluster(redis) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice, \
+                open_test_client(s1, user="bob") as bob:
+            await alice.join("lobby")
+            await bob.join("lobby")
+
+            async def outage():
+                await trio.sleep(0.4)
+                redis.kill()
+                await trio.sleep(1.0)
+                assert (await _health(s1))["backplane"] == "down"
+                redis.start()
+
+            acks, refused, received = await _converse([alice, bob], "lobby", outage)
+            assert refused > 0
+            _check_exactly_once(acks, received, ["alice", "bob"])
+
+
+@_bounded(60)
+async def test_redis_restarted_empty_keeps_rooms_working(redis_server):
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice, \
+                open_test_client(s1, user="bob") as bob:
+            await alice.join("lobby")
+            await bob.join("lobby")
+            for i in range(1, 4):
+                assert (await alice.chat("lobby", f"m{i}"))["payload"]["id"] == i
+                assert (await _expect_chat(bob))["id"] == i
+            redis_server.kill()
+            answer = await alice.chat("lobby", "lost")
+            assert answer["type"] == "error" and answer["payload"]["code"] == 503
+            redis_server.start()  # empty: no persistence
+
+            async def up() -> bool:
+                return all([(await _health(s))["backplane"] == "up" for s in (s0, s1)])
+            await _wait_for(up)
+            # Ids go on from what the clients have seen; nothing is repeated.
+            ack = await alice.chat("lobby", "m4")
+            assert ack["type"] == "ack" and ack["payload"]["id"] > 3
+            message = await _expect_chat(bob)
+            assert (message["id"], message["content"]) == (ack["payload"]["id"], "m4")
+            await bob.send("direct", {"to": "alice", "content": "still here"})
+            assert (await alice.expect("direct"))["payload"]["content"] == "still here"
+            async with open_test_client(s1, user="carol") as carol:
+                joined = (await carol.join("lobby"))["payload"]
+                assert sorted(joined["members"]) == ["alice", "bob", "carol"]
+
+
+@_bounded(30)
+async def test_servers_start_while_redis_is_down_and_catch_up(redis_server):
+    redis_server.kill()
+    async with open_cluster(redis_server, count=1) as (s0,):
+        async with open_test_client(s0, user="alice") as alice:
+            assert (await _health(s0))["backplane"] == "down"
+            await alice.send("join", {"room": "lobby"}, "j1")
+            error = await alice.expect("error")
+            assert error["payload"]["code"] == 503 and error["ref"] == "j1"
+            redis_server.start()
+
+            async def up() -> bool:
+                return (await _health(s0))["backplane"] == "up"
+            await _wait_for(up)
+            await alice.join("lobby")
+            assert (await alice.chat("lobby", "hello"))["payload"]["id"] == 1
+
+
+# ==========================================================================
+# Real processes
+
+
+def _serve_args(redis: RedisServer, extra: str = "") -> list[str]:
+    return ["serve", "--host", "127.0.0.1", "--port", "0", "--redis-url",
+            redis.url + FAST + extra, "--log-level", "warning", "--shutdown-grace", "2"]
+
+
+@_bounded(60)
+async def test_two_server_processes_share_rooms(redis_server, tmp_path):
+    p0 = await start_chat_process(_serve_args(redis_server), tmp_path, "p0")
+    p1 = await start_chat_process(_serve_args(redis_server), tmp_path, "p1")
+    try:
+        async with open_test_client(p0.url, user="alice") as alice, \
+                open_test_client(p1.url, user="bob") as bob:
+            await alice.join("lobby")
+            joined = (await bob.join("lobby"))["payload"]
+            assert sorted(joined["members"]) == ["alice", "bob"]
+            assert (await alice.expect("system"))["payload"]["user_id"] == "bob"
+            first = await alice.chat("lobby", "hi bob", ref="a1")
+            assert first["payload"]["id"] == 1
+            assert (await _expect_chat(bob))["content"] == "hi bob"
+            assert (await bob.chat("lobby", "hi alice"))["payload"]["id"] == 2
+            assert (await _expect_chat(alice))["id"] == 2
+            assert await alice.chat("lobby", "hi bob", ref="a1") == first
+            await bob.send("presence", {"status": "busy"})
+            assert (await alice.expect("presence"))["payload"]["status"] == "busy"
+            await bob.send("direct", {"to": "alice", "content": "psst"})
+            assert (await alice.expect("direct"))["payload"]["from"] == "bob"
+            async with open_test_client(p1.url, user="carol") as carol:
+                joined = (await carol.join("lobby", since=1))["payload"]
+                assert [m["content"] for m in joined["history"]] == ["hi alice"]
+            # p1 dies without a word: its users leave the room once it expires.
+            p1.signal(signal.SIGKILL)
+            await p1.wait()
+            with trio.fail_after(15):
+                while True:
+                    frame = await alice.receive(15)
+                    if frame["type"] == "system" and frame["payload"] == {
+                            "event": "leave", "room": "lobby", "user_id": "bob"}:
+                        break
+            await alice.send("direct", {"to": "bob", "content": "gone?"}, "d9")
+            assert (await alice.expect("error"))["payload"]["code"] == 404
+    finally:
+        p0.signal(signal.SIGTERM)
+        p1.stop()
+        assert await p0.wait() == 0
