@@ -181,7 +181,11 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         f"websockets {v.get('websockets', '?')}; trio_chat from {meta.get('trio_chat_source')}. "
         "Server on core 0, load generator on core 1.",
         "",
-        "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions).",
+        "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions). "
+        "\"Per server CPU-second\" is 1 / (server CPU per delivery): what one fully available core "
+        "would carry at that cost. The *share of its core* rows show how much of core 0 the server "
+        "actually got: where other work shared the core, throughput rows drop with it, CPU-cost rows "
+        "much less.",
         "",
         report.markdown_table(summary, names),
     ]

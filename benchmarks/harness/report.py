@@ -18,6 +18,7 @@ BASELINE = "websockets-asyncio"
 ROWS = [
     ("fanout_max", "deliveries_per_s", "max fan-out: deliveries/s (200 clients, 1 room)", True, "{:,.0f}"),
     ("fanout_max", "server_us_per_delivery", "max fan-out: server µs per delivery ↓", True, "{:.2f}"),
+    ("fanout_max", "deliveries_per_cpu_s", "max fan-out: deliveries per server CPU-second", True, "{:,.0f}"),
     ("fanout_rate", "delivery_ratio", "fixed rate ≈100k deliveries/s: delivery ratio", False, "{:.4f}"),
     ("fanout_rate", "p50_ms", "fixed rate: p50 latency ms ↓", True, "{:.2f}"),
     ("fanout_rate", "p99_ms", "fixed rate: p99 latency ms ↓", True, "{:.2f}"),
@@ -25,12 +26,15 @@ ROWS = [
     ("fanout_rate", "server_us_per_delivery", "fixed rate: server µs per delivery ↓", True, "{:.2f}"),
     ("many_rooms", "deliveries_per_s", "many rooms: deliveries/s (200 rooms of 10)", True, "{:,.0f}"),
     ("many_rooms", "server_us_per_delivery", "many rooms: server µs per delivery ↓", True, "{:.2f}"),
+    ("many_rooms", "deliveries_per_cpu_s", "many rooms: deliveries per server CPU-second", True, "{:,.0f}"),
     ("echo", "round_trips_per_s", "echo: round trips/s (50 clients)", True, "{:,.0f}"),
     ("echo", "server_us_per_round_trip", "echo: server µs per round trip ↓", True, "{:.1f}"),
     ("handshakes", "handshakes_per_s", "handshakes/s (32 concurrent)", True, "{:,.0f}"),
+    ("handshakes", "server_us_per_handshake", "handshakes: server µs per handshake ↓", True, "{:,.0f}"),
     ("idle_5000", "kb_per_connection", "idle memory, 5,000 connections: KB each ↓", True, "{:.1f}"),
     ("idle_10000", "kb_per_connection", "idle memory, 10,000 connections: KB each ↓", True, "{:.1f}"),
     ("fanout_max", "server_cpu_frac", "*server's share of its core, max fan-out*", False, "{:.0%}"),
+    ("many_rooms", "server_cpu_frac", "*server's share of its core, many rooms*", False, "{:.0%}"),
     ("fanout_max", "gen_cpu_frac", "*load generator's share of its core, max fan-out*", False, "{:.0%}"),
     ("fanout_rate", "gen_cpu_frac", "*load generator's share of its core, fixed rate*", False, "{:.0%}"),
 ]
