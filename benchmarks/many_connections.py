@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.metrics import scrape  # noqa: E402
-from harness.servers import BENCH_DIR, ServerProcess, default_specs, raise_fd_limit  # noqa: E402
+from harness.servers import BENCH_DIR, ServerProcess, default_specs, export_snapshot, raise_fd_limit  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"))
     p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
                    help="directory holding the trio_chat package (default: this checkout)")
+    p.add_argument("--trio-chat-rev", help="measure trio_chat as committed at this git revision")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "many_connections.json"))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's section")
     return p.parse_args()
@@ -49,6 +50,8 @@ def main() -> int:
     args = parse_args()
     limit = raise_fd_limit(args.connections * 2 + 1000)
     loadgen.build()
+    if args.trio_chat_rev:
+        args.trio_chat_src = export_snapshot(args.trio_chat_rev)
     spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[args.server]
     with ServerProcess(spec, core=0, log_path=os.path.join(BENCH_DIR, "results", "raw", "many-server.log")) as srv:
         time.sleep(0.5)

@@ -98,8 +98,10 @@ def export_snapshot(rev: str = "HEAD") -> str:
     """Export the committed ``trio_chat`` package at ``rev`` to a temporary
     directory (``git archive``), so a run measures one fixed commit even if
     the working tree changes meanwhile.  Returns the directory."""
+    import atexit
     import tempfile
     out = tempfile.mkdtemp(prefix="trio-chat-snapshot-")
+    atexit.register(shutil.rmtree, out, True)
     archive = subprocess.run(["git", "-C", REPO_DIR, "archive", rev, "trio_chat"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
