@@ -110,7 +110,7 @@ async def test_a_huge_request_head_is_refused_and_closed():
     async with open_test_server() as server:
         data = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Filler: " + b"a" * 40_000 + b"\r\n\r\n"
         answer = await raw_exchange(server.port, data)
-        assert re.match(rb"HTTP/1\.1 4\d\d ", answer), answer[:80]
+        assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:80]
 
 
 async def test_a_request_body_larger_than_allowed_is_413():

@@ -25,7 +25,8 @@ _REASONS = {
     200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
     401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
     405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Payload Too Large",
-    426: b"Upgrade Required", 429: b"Too Many Requests", 500: b"Internal Server Error",
+    426: b"Upgrade Required", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
 
