@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep  # noqa: E402
-from harness.servers import (BENCH_DIR, ServerError, ServerProcess, default_specs,  # noqa: E402
-                             export_snapshot, raise_fd_limit)
+from harness.servers import (BENCH_DIR, RedisServer, ServerError, ServerProcess,  # noqa: E402
+                             default_specs, export_snapshot, raise_fd_limit)
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
@@ -50,6 +50,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trio-chat-rev", help="measure trio_chat as committed at this git revision "
                    "(exported with git archive) instead of the working tree")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's results section")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin server and generator to cores (e.g. trio_chat --workers 2)")
+    p.add_argument("--redis", action="store_true",
+                   help="start a redis-server and run trio_chat with --redis-url (flushed before each start)")
     p.add_argument("--tag", default="", help="suffix for the results file name")
     return p.parse_args()
 
@@ -57,10 +61,11 @@ def parse_args() -> argparse.Namespace:
 def config(args: argparse.Namespace) -> Config:
     log_dir = os.path.join(RESULTS_DIR, "raw")
     os.makedirs(log_dir, exist_ok=True)
+    pin = {"server_core": None, "gen_core": None} if args.no_pin else {}
     if args.quick:
         return Config(warmup=0.5, duration=2.0, drain=0.5, log_dir=log_dir, idle_counts=(5000,),
-                      sweep_offered=(25_000, 100_000, 200_000), sweep_duration=2.0)
-    return Config(log_dir=log_dir)
+                      sweep_offered=(25_000, 100_000, 200_000), sweep_duration=2.0, **pin)
+    return Config(log_dir=log_dir, **pin)
 
 
 def available(spec, cfg: Config) -> str | None:
@@ -91,7 +96,6 @@ def versions() -> dict:
 
 def main() -> int:
     args = parse_args()
-    reps = args.reps or (1 if args.quick else 3)
     cfg = config(args)
     raise_fd_limit()
     loadgen.build()
@@ -102,9 +106,24 @@ def main() -> int:
             source = "commit " + f.read().strip()
     elif args.trio_chat_src:
         source = args.trio_chat_src
-    specs = default_specs(trio_chat_cmd=args.trio_chat_cmd,
-                          trio_chat_extra=shlex.split(args.trio_chat_args),
+    extra = shlex.split(args.trio_chat_args)
+    redis = None
+    if args.redis:
+        redis = RedisServer()
+        extra += ["--redis-url", redis.url]
+    specs = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_extra=extra,
                           trio_chat_src=args.trio_chat_src)
+    if redis:
+        specs["trio_chat"].prestart = redis.flush_command()
+    try:
+        return measure_all(args, cfg, specs, source)
+    finally:
+        if redis:
+            redis.stop()
+
+
+def measure_all(args, cfg, specs, source) -> int:
+    reps = args.reps or (1 if args.quick else 3)
     names = args.servers.split(",") if args.servers else list(specs)
     scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     if args.quick and not args.scenarios:
@@ -150,7 +169,8 @@ def main() -> int:
     summary = report.summarize(runs)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = {"meta": {"date": stamp, "quick": args.quick, "reps": reps, "config": cfg.__dict__,
-                     "versions": versions(), "servers": names, "trio_chat_source": source, "unavailable": unavailable,
+                     "versions": versions(), "servers": names, "trio_chat_source": source,
+                     "trio_chat_args": specs["trio_chat"].extra, "pinned": not args.no_pin, "unavailable": unavailable,
                      "elapsed_s": time.monotonic() - started},
             "runs": runs, "summary": summary, "sweeps": sweeps, "generator_ceiling": ceiling}
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -179,7 +199,9 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         f"{meta['elapsed_s'] / 60:.1f} min); {v.get('cpu', '?')}, {v.get('cpus')} cores; "
         f"Python {v['python']}, trio {v.get('trio', '?')}, trio-websocket {v.get('trio-websocket', '?')}, "
         f"websockets {v.get('websockets', '?')}; trio_chat from {meta.get('trio_chat_source')}. "
-        "Server on core 0, load generator on core 1.",
+        + ("Server on core 0, load generator on core 1." if meta.get("pinned", True)
+           else "Server and load generator not pinned.")
+        + (f" trio_chat arguments: `{' '.join(meta['trio_chat_args'])}`." if meta.get("trio_chat_args") else ""),
         "",
         "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions). "
         "\"Per server CPU-second\" is 1 / (server CPU per delivery): what one fully available core "

@@ -55,6 +55,7 @@ class ServerSpec:
     extra: list[str] = field(default_factory=list)
     label: str = ""
     cwd: str = REPO_DIR  # also put first on PYTHONPATH
+    prestart: list[str] | None = None  # a command run before every start
 
     def argv(self, mode: str) -> list[str]:
         args = [*self.command, mode, "--host", "127.0.0.1", "--port", "0"]
@@ -92,6 +93,37 @@ def refhub_spec(batch: bool = True) -> ServerSpec:
     binary = os.path.join(BENCH_DIR, "loadgen", "build", "refhub")
     return ServerSpec("refhub" if batch else "refhub-unbatched", [binary],
                       [] if batch else ["--no-batch"], label="native reference hub")
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on a free 127.0.0.1 port (no persistence),
+    for measuring trio_chat with ``--redis-url``."""
+
+    def __init__(self) -> None:
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise ServerError("redis-server did not start")
+
+    def flush_command(self) -> list[str] | None:
+        cli = shutil.which("redis-cli")
+        return [cli, "-p", str(self.port), "flushall"] if cli else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def export_snapshot(rev: str = "HEAD") -> str:
@@ -155,6 +187,8 @@ class ServerProcess:
         self.stop()
 
     def start(self) -> None:
+        if self.spec.prestart:
+            subprocess.run(self.spec.prestart, check=False, capture_output=True)
         argv = taskset(self.core) + self.spec.argv(self.mode)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = self.spec.cwd + os.pathsep + env.get("PYTHONPATH", "")
@@ -200,9 +234,20 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def cpu(self) -> float:
-        """Server CPU seconds so far (user + system)."""
-        t = self.ps.cpu_times()
-        return t.user + t.system
+        """Server CPU seconds so far (user + system), its live child processes
+        (``--workers``) included."""
+        total = 0.0
+        try:
+            procs = [self.ps] + self.ps.children(recursive=True)
+        except psutil.Error:
+            procs = [self.ps]
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
