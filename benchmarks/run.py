@@ -211,6 +211,10 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         "",
         report.markdown_table(summary, names),
     ]
+    if "trio_chat" in summary.get("fanout_max", {}):
+        lines += ["", "Targets, from the medians above (status from the throughput ratio as the issue "
+                  "states it; \"per CPU-second\" is the same ratio from server CPU cost, steadier when "
+                  "the server did not get its whole core):", "", report.targets(summary)]
     ceiling = data.get("generator_ceiling")
     if ceiling:
         lines += ["", f"Load generator ceiling (max fan-out against a native C hub that batches frames): "

@@ -145,3 +145,63 @@ def update_readme(readme: str, section: str, name: str = "results") -> bool:
     with open(readme, "w", encoding="utf-8") as f:
         f.write(text)
     return True
+
+
+def targets(summary: dict, server: str = "trio_chat", naive: str = "trio-naive") -> str:
+    """Issue #7's targets, checked against the medians of this run."""
+    def med(scen, srv, metric):
+        stat = summary.get(scen, {}).get(srv, {}).get(metric)
+        return None if stat is None else stat[0]
+
+    def ratio(scen, metric):
+        a, b = med(scen, server, metric), med(scen, BASELINE, metric)
+        return None if a is None or not b else a / b
+
+    def mark(ok):
+        return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+    rows = []
+
+    def add(label, value, ok, note=""):
+        rows.append(f"| {label} | {value} | {mark(ok)} | {note} |")
+
+    fmt = lambda v, f="{:.2f}×": "n/a" if v is None else f.format(v)  # noqa: E731
+    r = ratio("fanout_max", "deliveries_per_s")
+    rc = ratio("fanout_max", "deliveries_per_cpu_s")
+    add("max fan-out ≥ 2× websockets (stretch ≥ 4×)", f"{fmt(r)} (per CPU-second {fmt(rc)})",
+        None if r is None else r >= 2, "stretch met" if r and r >= 4 else "")
+    d = med("fanout_rate", server, "delivery_ratio")
+    add("fixed rate ≈100k/s: delivery ratio 1.0", fmt(d, "{:.4f}"), None if d is None else d >= 0.9995)
+    p = med("fanout_rate", server, "p99_ms")
+    add("fixed rate: p99 ≤ 15 ms", fmt(p, "{:.1f} ms"), None if p is None else p <= 15)
+    c = ratio("fanout_rate", "server_us_per_delivery")
+    add("fixed rate: server CPU per delivery ≤ websockets'", f"{fmt(c)} of websockets'",
+        None if c is None else c <= 1)
+    m = med("idle_10000", server, "kb_per_connection")
+    add("idle memory at 10,000 connections ≤ 20 KB (stretch ≤ 15 KB)", fmt(m, "{:.1f} KB"),
+        None if m is None else m <= 20, "stretch met" if m and m <= 15 else "")
+    e = ratio("echo", "round_trips_per_s")
+    ec = ratio("echo", "server_us_per_round_trip")
+    ec = 1 / ec if ec else None
+    add("echo ≥ 0.8× websockets (stretch ≥ 1.0×)", f"{fmt(e)} (per CPU-second {fmt(ec)})",
+        None if e is None else e >= 0.8,
+        "stretch met" if e and e >= 1 else "")
+    mr = ratio("many_rooms", "deliveries_per_s")
+    mrc = ratio("many_rooms", "deliveries_per_cpu_s")
+    add("many rooms ≥ 1.5× websockets", f"{fmt(mr)} (per CPU-second {fmt(mrc)})",
+        None if mr is None else mr >= 1.5)
+    below, compared = [], 0
+    for scen, metric, label, show_ratio, _fmt in ROWS:
+        if not show_ratio:
+            continue
+        a, b = med(scen, server, metric), med(scen, naive, metric)
+        if a is None or b is None:
+            continue
+        compared += 1
+        lower_better = "↓" in label
+        if (a > b) if lower_better else (a < b):
+            below.append(label.replace(" ↓", ""))
+    add("never below the naive trio design", "; ".join(below) if below else "—",
+        None if not compared else not below, "rows where it is below" if below else "")
+    head = ["| target (issue #7) | measured | status | |", "|---|---|---|---|"]
+    return "\n".join(head + rows)
