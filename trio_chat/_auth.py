@@ -126,7 +126,6 @@ class TokenAuthenticator:
     """
 
     secret: str = attrs.field(repr=False)
-    clock: Callable[[], float] = time.time
 
     def __call__(self, request: HandshakeRequest) -> Identity:
         token = request.bearer_token()
