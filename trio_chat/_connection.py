@@ -8,7 +8,12 @@
   waiting in the connection's bounded queue and writes it in one go, within
   ``write_timeout``, else the connection is aborted.
 * The **heartbeat** pings every ``ping_interval`` and aborts the connection when
-  no pong comes within ``pong_timeout``.
+  no pong comes within ``pong_timeout``.  It is also the read deadline: a pong
+  cannot be parsed before the frame in front of it is complete, so a client
+  that stops in the middle of a frame (like one whose host vanished, or a
+  frozen process) is aborted within ``ping_interval + pong_timeout``
+  (``tests/test_faults.py``).  A client pausing *between* the fragments of a
+  message can still answer pings; it holds at most ``max_message_bytes``.
 
 When any of them ends, the others are cancelled, the hub is told, and the
 WebSocket is closed (or aborted) under a deadline.
