@@ -128,8 +128,7 @@ static int room_id(const char *name, size_t n) {
     return nrooms++;
 }
 
-static void on_message(client *c, char *m, size_t n, const unsigned char *raw, size_t rawlen) {
-    (void)raw; (void)rawlen;
+static void on_message(client *c, char *m, size_t n) {
     if (echo_mode) { out_frame(c, 1, m, n); return; }
     char *r = memmem(m, n, "\"room\":\"", 8);
     if (!r) return;
@@ -192,9 +191,9 @@ static void on_readable(client *c) {
         char *pl = (char *)p + h;
         if (masked) { unsigned char *mk = p + h - 4; if (mk[0] | mk[1] | mk[2] | mk[3]) for (uint64_t i = 0; i < len; i++) pl[i] ^= mk[i & 3]; }
         off += h + len;
-        if (op == 8) { out_frame(c, 8, pl, len < 2 ? len : 2); c->room = c->room; break; }
+        if (op == 8) { out_frame(c, 8, pl, len < 2 ? len : 2); break; }
         if (op == 9) { out_frame(c, 10, pl, len); continue; }
-        if (op == 1 || op == 2) on_message(c, pl, len, p, h + len);
+        if (op == 1 || op == 2) on_message(c, pl, len);
     }
     memmove(c->in, c->in + off, c->inlen - off);
     c->inlen -= off;
