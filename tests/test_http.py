@@ -191,6 +191,16 @@ async def test_a_head_dripped_byte_by_byte_is_still_cut_off():
             assert closed
 
 
+async def test_a_request_body_that_never_arrives_is_closed_too():
+    async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
+                                  b"Content-Length: 100\r\n\r\n{\"content\":")
+            with trio.fail_after(10):
+                assert await _wait_closed(stream) == b""
+
+
 async def test_a_silent_connection_and_an_idle_keep_alive_are_closed():
     async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
         silent = await trio.open_tcp_stream("127.0.0.1", server.port)
