@@ -67,10 +67,11 @@ _RATED = (Chat, Direct, Presence)
 class Connection:
     """An accepted WebSocket and the tasks that serve it.
 
-    The reader (:meth:`read`) runs from before the opening handshake until
-    the connection ends, in the nursery of whoever opened the connection;
-    :meth:`run` starts handing messages to a handler and runs the writer and
-    the heartbeat until the connection ends, then closes it.
+    One nursery per connection holds its three tasks: the reader
+    (:meth:`read`, started before the opening handshake), the writer
+    (started by :meth:`run`) and the heartbeat (:meth:`run` itself, in the
+    nursery's body).  When any of them ends, the others stop and the
+    WebSocket is closed under a deadline.
     """
 
     def __init__(
@@ -94,7 +95,7 @@ class Connection:
         self.peer = peer
         self.session_id = secrets.token_urlsafe(9)
         self.started = time.monotonic()
-        self._tasks: trio.Nursery | None = None
+        self._running = False
         #: Cancelled if the connection dies during the opening handshake.
         self.handshake_scope: trio.CancelScope | None = None
         self.outlet = Outlet(stream, config.queue_size, self._on_kill, counters, user_id)
@@ -102,8 +103,9 @@ class Connection:
     # ------------------------------------------------------------ control
 
     def _on_kill(self) -> None:
-        if self._tasks is not None:
-            self._tasks.cancel_scope.cancel()
+        if self._running:
+            self._writer_scope.cancel()
+            self._heartbeat_scope.cancel()
         elif self.handshake_scope is not None:
             self.handshake_scope.cancel()
 
@@ -115,7 +117,7 @@ class Connection:
         """Stop handling messages, flush what is queued, then close with *code*."""
         self.dispatch.stop()
         self.outlet.finish(code, reason)
-        if self._tasks is None:
+        if not self._running:
             self._on_kill()
 
     def send(self, frame: bytes) -> None:
@@ -145,31 +147,52 @@ class Connection:
         else:
             self.outlet.kill(reason.code, reason.reason or "closed by client")
 
-    async def run(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
-        """Hand messages to *handler* and serve the connection until it ends.
+    async def run(
+        self, handler: Callable[[str | bytes], Awaitable[None]], nursery: trio.Nursery
+    ) -> None:
+        """Serve the connection until it ends, then close it under a deadline.
 
-        Closes it (or aborts it) under a deadline before returning.
+        Call it in the body of the connection's *nursery* (the one running
+        :meth:`read`): it starts handing messages to *handler*, starts the
+        writer task in *nursery* and runs the heartbeat itself, so the
+        nursery's body is the heartbeat task.
         """
         self.dispatch.start(handler)
+        self._writer_scope = trio.CancelScope()
+        self._heartbeat_scope = trio.CancelScope()
+        self._writer_done = trio.Event()
+        self._running = True
+        if self.outlet.closed:  # killed before we started
+            self._on_kill()
+        nursery.start_soon(self._writer_task)
         try:
-            async with trio.open_nursery() as tasks:
-                self._tasks = tasks
-                if self.outlet.closed:  # killed before we started
-                    tasks.cancel_scope.cancel()
-                tasks.start_soon(self._guard, self._writer)
-                tasks.start_soon(self._guard, self._heartbeat)
+            with self._heartbeat_scope:
+                await self._task("heartbeat", self._heartbeat)
+            # However it ended (killed, finished, no pong), the writer stops
+            # too; once it has, close.
+            self._on_kill()
+            await self._writer_done.wait()
         finally:
-            self._tasks = None
+            self._running = False
             self.dispatch.stop()
             await self._close()
 
-    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+    async def _writer_task(self) -> None:
         try:
-            await task()
+            with self._writer_scope:
+                await self._task("writer", self._writer)
         finally:
-            # Whichever task ends first, for whatever reason, ends the
-            # connection (a drained writer ends it normally).
+            self._writer_done.set()
+            # A drained (or failed) writer ends the connection.
             self._on_kill()
+
+    async def _task(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run *body*; a bug in it ends this connection (1011), not the server."""
+        try:
+            await body()
+        except Exception:
+            log.exception("unexpected error in the %s of %s", name, self.user_id)
+            self.outlet.kill(1011, "internal error")
 
     async def _writer(self) -> None:
         queue = self.outlet.queue

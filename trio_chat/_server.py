@@ -315,10 +315,10 @@ class ChatServer:
                 idle_scopes=self._idle_scopes,
             )
             if handover is not None:
-                await self._serve_websocket(
-                    handover.upgrade.context, handover.prefix, transport,
-                    handover.deadline, peer,
-                )
+                identity, prefix = handover.upgrade.context, handover.prefix
+                deadline = handover.deadline
+                del handover  # the parsed request is not kept for the WebSocket's life
+                await self._serve_websocket(identity, prefix, transport, deadline, peer)
         except* _CONNECTION_ENDED as group:
             log.debug("connection from %s ended: %r", peer, group.exceptions)
         except* Exception:
@@ -370,7 +370,7 @@ class ChatServer:
                 self._upgrading -= 1
                 upgrading = False
                 self.metrics.handshakes_accepted += 1
-                await self._run_connection(conn, identity)
+                await self._run_connection(conn, identity, nursery)
                 nursery.cancel_scope.cancel()
         finally:
             if upgrading:
@@ -378,17 +378,19 @@ class ChatServer:
             self._ip_limits.closed(peer)
             self._stop_accepting_if_drained()
 
-    async def _run_connection(self, conn: Connection, identity: Identity) -> None:
+    async def _run_connection(
+        self, conn: Connection, identity: Identity, nursery: trio.Nursery
+    ) -> None:
         self._connections.add(conn)
         log.info("connect user=%s peer=%s session=%s", identity.user_id, conn.peer, conn.session_id)
         try:
             if self.echo:
-                await conn.run(EchoHandler(conn))
+                await conn.run(EchoHandler(conn), nursery)
                 return
             conn.send(welcome_frame(conn.session_id, identity.user_id, self.config))
             await self.hub.connect(conn.outlet, identity.user_id)
             try:
-                await conn.run(ChatHandler(conn, self.hub, identity, self.metrics))
+                await conn.run(ChatHandler(conn, self.hub, identity, self.metrics), nursery)
             finally:
                 self.hub.depart(conn.outlet)
         finally:
