@@ -309,6 +309,11 @@ SCRIPTS = {
     "heartbeat": _HEARTBEAT,
 }
 
+#: Pub/sub messages handed to the hub at once at most.
+PUMP_BATCH = 1024
+#: Scheduling rounds without a new pub/sub message that end a batch.
+PUMP_QUIET_ROUNDS = 3
+
 #: Messages kept in each room's stream at least, whatever the history size:
 #: what a process that missed pub/sub messages can still read back.
 MIN_RETAIN = 256
@@ -531,14 +536,23 @@ class Backplane:
         raise ConnectionError("the subscription ended")
 
     async def _pump(self, hub: BackplaneHub) -> None:
+        # coredis hands over one pub/sub message per scheduling round, so a
+        # burst read from the socket arrives over several rounds: keep
+        # collecting while it does, so that the hub delivers it as one batch
+        # (one write per connection for many messages, not one per message).
         receive = self._events
         while True:
             batch = [await receive.receive()]
-            while len(batch) < 1024:
-                try:
-                    batch.append(receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            quiet = 0
+            while len(batch) < PUMP_BATCH and quiet < PUMP_QUIET_ROUNDS:
+                await trio.sleep(0)
+                before = len(batch)
+                while len(batch) < PUMP_BATCH:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                quiet = quiet + 1 if len(batch) == before else 0
             await hub.notify(_Messages(batch))
             if self._overflowed:
                 self._overflowed = False
