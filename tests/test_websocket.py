@@ -18,7 +18,13 @@ import trio.testing
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from trio_chat._websocket import Dispatch, get_request, new_server_websocket, reader_task
+from trio_chat._websocket import (
+    Dispatch,
+    get_request,
+    new_server_websocket,
+    reader_task,
+    release_handshake,
+)
 
 PINNED = "0.12.2"
 
@@ -148,3 +154,30 @@ async def test_after_stop_messages_are_dropped_but_the_close_handshake_completes
 def test_dispatch_is_small():
     # The point of Dispatch is to be smaller than a memory channel pair.
     assert not hasattr(Dispatch(), "__dict__")
+
+
+async def test_the_connection_works_after_its_handshake_state_is_released():
+    got = []
+
+    async def handler(message):
+        got.append(message)
+
+    async with trio.open_nursery() as nursery:
+        ws, dispatch, client = await _pair(nursery)
+        with trio.fail_after(5):
+            while ws._wsproto.connection is None:
+                await trio.sleep(0.01)
+        handshake = ws._wsproto.handshake
+        release_handshake(ws)
+        assert ws._wsproto.handshake is not handshake
+        dispatch.start(handler)
+        with trio.fail_after(5):
+            await client.send_message("still here")
+            await ws.ping(b"p1")  # the pong comes back through the reader
+            await client.ping(b"p2")  # and the server answers pings
+            while not got:
+                await trio.sleep(0.01)
+            await ws.aclose(1000)
+        assert got == ["still here"]
+        assert client.closed.code == 1000
+        nursery.cancel_scope.cancel()

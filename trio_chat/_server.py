@@ -49,7 +49,7 @@ from ._protocol import (
 )
 from ._ratelimit import IpLimiter
 from ._stream import WireStream
-from ._websocket import get_request, new_server_websocket
+from ._websocket import get_request, new_server_websocket, release_handshake
 
 __all__ = ["ChatServer", "ServerStats"]
 
@@ -334,6 +334,7 @@ class ChatServer:
         deadline: float, peer: str,
     ) -> None:
         stream = WireStream(transport, prefix)
+        del prefix
         ws, dispatch = new_server_websocket(
             stream, max_message_size=self.config.max_message_bytes
         )
@@ -355,6 +356,7 @@ class ChatServer:
                         await request.accept(
                             subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
                         )
+                        del request  # not kept for the WebSocket's life
                         accepted = True
                     except trio_websocket.ConnectionClosed:
                         pass
@@ -367,6 +369,7 @@ class ChatServer:
                         log.info("handshake with %s not completed", peer)
                     return
                 stream.websocket = ws
+                release_handshake(ws)
                 self._upgrading -= 1
                 upgrading = False
                 self.metrics.handshakes_accepted += 1

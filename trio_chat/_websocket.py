@@ -8,11 +8,13 @@ connection (about 2 KB).  trio_chat skips it: :class:`Dispatch` stands in for
 that channel and calls the endpoint's handler directly, inside the reader
 task.  So each connection's *reader task* is trio-websocket's own.
 
-This uses three names that are not trio-websocket's public API: the
-``_send_channel``/``_recv_channel`` attributes (replaced here) and the
+This uses names that are not trio-websocket's public API: the
+``_send_channel``/``_recv_channel`` attributes (replaced here), the
 ``_reader_task``/``_get_request`` methods (what its public
-``wrap_server_stream`` calls).  The version is pinned in ``pyproject.toml``
-and ``tests/test_websocket.py`` checks every assumption made here.
+``wrap_server_stream`` calls) and ``_wsproto`` (to let the finished opening
+handshake's parser go, :func:`release_handshake`).  The version is pinned in
+``pyproject.toml`` and ``tests/test_websocket.py`` checks every assumption
+made here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import trio
 from trio_websocket import WebSocketConnection
 from wsproto import ConnectionType, WSConnection
 
-__all__ = ["Dispatch", "new_server_websocket"]
+__all__ = ["Dispatch", "new_server_websocket", "release_handshake"]
 
 log = logging.getLogger("trio_chat.connection")
 
@@ -122,6 +124,30 @@ def new_server_websocket(
     ws._send_channel = dispatch  # type: ignore[assignment]
     ws._recv_channel = dispatch  # type: ignore[assignment]
     return ws, dispatch
+
+
+class _FinishedHandshake:
+    """Stands in for wsproto's opening-handshake parser once it is done.
+
+    After the handshake, wsproto's ``WSConnection`` only asks its
+    ``handshake`` for leftover events, and there are none; the real object
+    would keep its HTTP parser, request and buffers for the connection's life.
+    """
+
+    __slots__ = ()
+
+    def events(self) -> tuple[()]:
+        return ()
+
+
+_FINISHED = _FinishedHandshake()
+
+
+def release_handshake(ws: WebSocketConnection) -> None:
+    """Free the opening handshake's state once the WebSocket is open."""
+    wsproto = ws._wsproto
+    if wsproto.connection is not None:
+        wsproto.handshake = _FINISHED  # type: ignore[assignment]
 
 
 async def reader_task(ws: WebSocketConnection) -> None:
