@@ -298,6 +298,19 @@ def test_presence_reaches_local_members_at_once_and_remote_ones_through_redis():
     assert [e["type"] for e in events] == ["joined", "presence", "presence"]
 
 
+def test_a_sync_answered_after_its_connection_dropped_changes_nothing():
+    state = ClusterState("n1")
+    state.on_connected()
+    [sync] = state.take_ops()
+    state.on_disconnected()
+    state.on_result(sync, ("e1", {}))
+    assert not state.up and state.epoch is None
+    state.on_connected()
+    [sync] = state.take_ops()
+    state.on_result(sync, ("e1", {}))
+    assert state.up and state.epoch == "e1"
+
+
 def test_malformed_pubsub_messages_are_ignored():
     state = ClusterState("n1")
     _up(state)
@@ -536,6 +549,30 @@ async def test_system_events_and_presence_are_cluster_wide(redis_server):
             event = await bob.expect("system")
             assert event["payload"] == {"event": "leave", "room": "lobby", "user_id": "alice"}
             assert (await _health(s0))["backplane"] == "up"
+
+
+@_bounded(30)
+async def test_room_data_expires_a_week_after_its_last_member_leaves(redis_server):
+    def ttl(key: str) -> int:
+        return int(redis_server.command("TTL", f"trio_chat:{key}"))
+
+    async with open_cluster(redis_server) as (s0, s1):
+        async with open_test_client(s0, user="alice") as alice:
+            await alice.join("lobby")
+            await alice.chat("lobby", "hello")
+            async with open_test_client(s1, user="bob") as bob:
+                await bob.join("lobby")
+            assert [ttl(k) for k in ("seq:lobby", "log:lobby", "mver:lobby")] == [-1, -1, -1]
+            await alice.send("leave", {"room": "lobby"})
+            await alice.expect("left")
+
+            async def expiring() -> bool:
+                return all(0 < ttl(k) <= 7 * 86400 for k in ("seq:lobby", "log:lobby", "mver:lobby"))
+            await _wait_for(expiring)
+            # Back in the room: kept again, and ids go on.
+            await alice.join("lobby")
+            assert ttl("seq:lobby") == -1
+            assert (await alice.chat("lobby", "again"))["payload"]["id"] == 2
 
 
 @_bounded(30)

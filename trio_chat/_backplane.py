@@ -25,11 +25,12 @@ again and every log it serves is read from its stream after the last id
 delivered here: nothing acknowledged is missed, nothing is delivered twice.
 
 Redis keys (``<prefix>`` defaults to ``trio_chat:``): ``seq:<room>`` (last id),
-``log:<room>`` (stream), ``members:<room>`` and ``mver:<room>``,
-``dmseq:<user>`` and ``dm:<user>`` (direct messages), ``online``,
-``presence``, ``refs:<user>`` and ``refq:<user>`` (remembered ``ref``\\s),
-``procs`` and ``proc:<node>`` (live processes and what each registered),
-``epoch`` (changes when Redis loses its data).
+``log:<room>`` (stream), ``members:<room>`` and ``mver:<room>`` (kept while
+the room has members anywhere and a week after), ``dmseq:<user>`` and
+``dm:<user>`` (direct messages), ``online``, ``presence``, ``refs:<user>``
+and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
+``proc:<node>`` (live processes and what each registered), ``epoch``
+(changes when Redis loses its data).
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ local function system_frame(event, room, user)
   return '{"type":"system","payload":{"event":"' .. event .. '","room":"' .. room
     .. '","user_id":"' .. user .. '"}}'
 end
+local ROOM_TTL = 604800
+-- A room's data lives while it has members anywhere, and a week after.
+local function room_expiry(room)
+  local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room}
+  for _, key in ipairs(keys) do
+    if redis.call('EXISTS', P .. 'members:' .. room) == 1 then
+      redis.call('PERSIST', key)
+    else
+      redis.call('EXPIRE', key, ROOM_TTL)
+    end
+  end
+end
 local function member_count(room, user, delta)
   local key = P .. 'members:' .. room
   local n = redis.call('HINCRBY', key, user, delta)
@@ -94,6 +107,7 @@ local function member_count(room, user, delta)
     if delta > 0 then kind, event = 'j', 'join' end
     redis.call('PUBLISH', P .. 'ch:r:' .. room,
       kind .. ' ' .. v .. ' - ' .. user .. ' ' .. system_frame(event, room, user))
+    room_expiry(room)
   end
 end
 local function member_add(node, room, user)
@@ -112,6 +126,9 @@ local function online_count(user, delta)
   if n <= 0 then
     redis.call('HDEL', P .. 'online', user)
     redis.call('HDEL', P .. 'presence', user)
+    redis.call('EXPIRE', P .. 'dmseq:' .. user, 604800)
+  elseif n == 1 and delta > 0 then
+    redis.call('PERSIST', P .. 'dmseq:' .. user)
   end
 end
 local function online_add(node, user)
@@ -154,8 +171,8 @@ local function remember(refs, queue, ref, memo, limit)
 end
 """
 
-#: KEYS: epoch, refs, refq, seq, log.  ARGV: epoch, ref, ref memory, create,
-#: frame prefix, frame suffix, origin, retain, channel, memo.
+#: KEYS: epoch, refs, refq, seq, log, members, mver.  ARGV: epoch, ref, ref
+#: memory, create, frame prefix, frame suffix, origin, retain, channel, memo.
 _CHAT = _REMEMBER + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
 local ref = ARGV[2]
@@ -169,6 +186,12 @@ local frame = ARGV[5] .. id .. ARGV[6]
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], id .. '-0', 'o', ARGV[7], 'f', frame)
 redis.call('PUBLISH', ARGV[9], 'm ' .. id .. ' ' .. ARGV[7] .. ' - ' .. frame)
 if ref ~= '' then remember(KEYS[2], KEYS[3], ref, 'c ' .. id .. ' ' .. ARGV[10], ARGV[3]) end
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  -- Nobody in the room (a publish through the API): a week to live.
+  redis.call('EXPIRE', KEYS[4], 604800)
+  redis.call('EXPIRE', KEYS[5], 604800)
+  redis.call('EXPIRE', KEYS[7], 604800)
+end
 return {'ok', id}
 """
 
@@ -628,7 +651,8 @@ class Backplane:
             return self._script(pipe, "chat", [
                 op.epoch, op.ref or "", self.ref_memory, "1" if op.create else "0",
                 op.prefix, op.suffix, op.origin, self.retain, f"{p}ch:r:{room}", ack_memo(op),
-            ], [f"{p}epoch", f"{p}refs:{user}", f"{p}refq:{user}", f"{p}seq:{room}", f"{p}log:{room}"])
+            ], [f"{p}epoch", f"{p}refs:{user}", f"{p}refq:{user}", f"{p}seq:{room}",
+                f"{p}log:{room}", f"{p}members:{room}", f"{p}mver:{room}"])
         if isinstance(op, DirectOp):
             user, to = op.user_id, op.to
             return self._script(pipe, "direct", [

@@ -247,6 +247,9 @@ class SyncOp(Op):
 
     entries: list[str]
     inbox_users: list[str]
+    #: The connection it was made for; an answer meant for an older one is
+    #: ignored.
+    generation: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -361,6 +364,7 @@ class ClusterState:
     _ops: list[Op] = attrs.field(init=False, factory=list)
     _serial: int = attrs.field(init=False, default=0)
     _syncing: bool = attrs.field(init=False, default=False)
+    _generation: int = attrs.field(init=False, default=0)
 
     # ------------------------------------------------------------ queries
 
@@ -633,10 +637,12 @@ class ClusterState:
 
     def on_connected(self) -> None:
         """Redis is reachable again (subscribed): register and catch up."""
+        self._generation += 1
         self._sync()
 
     def on_disconnected(self) -> None:
         """Redis is unreachable: refuse chat and direct until it is back."""
+        self._generation += 1
         self.up = False
         self._syncing = False
         for log in self._logs():
@@ -661,7 +667,7 @@ class ClusterState:
         waiting = [u for u, user in self._users.items() if not user.inbox.ready]
         self.want_sync = False
         self._syncing = True
-        self._ops.append(SyncOp(entries, waiting))
+        self._ops.append(SyncOp(entries, waiting, self._generation))
 
     def _synced(self, epoch: str, inbox_ids: dict[str, int]) -> None:
         self._syncing = False
@@ -864,6 +870,8 @@ class ClusterState:
                 self.want_sync = True
             return []
         if isinstance(op, SyncOp):
+            if op.generation != self._generation:
+                return []  # made for a connection that is gone
             if failed:
                 self._syncing = False
                 self.want_sync = True
