@@ -819,9 +819,13 @@ class BackplaneHub(Hub):
         kind = type(command)
         if kind is _Results:
             self.counters.commands += 1
-            on_result = self.state.on_result
+            state = self.state
+            lost = state.lost
             for op, result in command.items:
-                self._guarded(on_result, op, result)
+                self._guarded(state.on_result, op, result)
+            if state.lost != lost:
+                log.warning("%d messages were trimmed from Redis before this process "
+                            "could deliver them", state.lost - lost)
         elif kind is _Messages:
             self.counters.commands += 1
             self._guarded(self.state.on_messages, command.items)
