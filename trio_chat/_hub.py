@@ -196,6 +196,8 @@ class Hub:
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](inbox_size)
         self._departed: list[Outlet] = []
         self._touched: list[Outlet] = []
+        #: This wake's ephemeral frames, by id (the dict keeps them alive).
+        self._ephemeral: dict[int, bytes] = {}
         #: Called with each client event before it is applied.  Tests set it
         #: to inject faults; an exception it raises is handled like a bug.
         self.fault_hook: Callable[[ClientEvent], None] | None = None
@@ -321,6 +323,7 @@ class Hub:
             frame = text_frame(delivery.event.to_json())
             self.counters.frames_delivered += len(delivery.to)
             if delivery.ephemeral:
+                self._ephemeral[id(frame)] = frame
                 for outlet in delivery.to:
                     pending = outlet.pending
                     if outlet.queue.frames + len(pending) > outlet.half:
@@ -337,11 +340,21 @@ class Hub:
                     pending.append(frame)
 
     def _flush(self) -> None:
+        ephemeral = self._ephemeral
         for outlet in self._touched:
             frames = outlet.pending
             outlet.pending = []
+            if ephemeral and outlet.queue.frames + len(frames) > outlet.limit:
+                # Ephemeral frames are never what overflows a queue: drop
+                # them from a batch that would, then see if the rest fits.
+                kept = [f for f in frames if id(f) not in ephemeral]
+                self.counters.ephemeral_dropped += len(frames) - len(kept)
+                frames = kept
+                if not frames:
+                    continue
             if len(frames) == 1:
                 outlet.push(frames[0])
             else:
                 outlet.push(b"".join(frames), len(frames))
         self._touched.clear()
+        ephemeral.clear()

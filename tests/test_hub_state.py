@@ -1,0 +1,704 @@
+"""The pure hub state (PROTOCOL §2-§5), beside a reference model.
+
+:class:`HubMachine` drives :class:`HubState` with random commands -- connect,
+disconnect, join (with and without ``since``), leave, chat (with fresh and
+repeated refs), presence, direct, typing, server-side publish -- from several
+connections per user, and checks each command's deliveries against a small,
+obviously-correct model: every delivery, to every connection, exactly.  Room
+caps are small so eviction and the 403 limits happen often.  The unit tests
+below it pin each rule with a readable scenario.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+
+import attrs
+import pytest
+from hypothesis import event as label
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+)
+
+from trio_chat._hub_state import Delivery, HubState, HubStats, recipients
+from trio_chat._protocol import (
+    Chat,
+    ChatAck,
+    ChatMessage,
+    Direct,
+    DirectAck,
+    DirectMessage,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Presence,
+    PresenceUpdate,
+    ProtocolError,
+    ServerEvent,
+    System,
+    Typing,
+    TypingNotice,
+    format_time,
+)
+
+USERS = ["ann", "bob", "cy"]
+ROOMS = ["r1", "r2", "r3", "r4", "r5"]
+#: Stands for "a room this connection is in", so that most chats succeed.
+MINE = "<mine>"
+room_choice = st.sampled_from([MINE, MINE, *ROOMS])
+REFS = ["a", "b", "c"]
+#: Small history rings, so that ``truncated`` happens often.
+HISTORY_SIZES = [1, 2, 3]
+MAX_ROOMS = 3
+MAX_PER_CONN = 2
+EPHEMERAL = (TypingNotice, PresenceUpdate)
+T0 = 1_790_000_000.0
+
+Expected = list[tuple[ServerEvent, list[int]]]
+
+
+def norm(event: ServerEvent) -> str:
+    """A comparable form of an event; member order is not part of §4."""
+    if isinstance(event, Joined):
+        event = attrs.evolve(event, members=sorted(event.members))
+    return event.to_json()
+
+
+@attrs.define
+class RoomModel:
+    history_size: int
+    messages: list[ChatMessage] = attrs.Factory(list)
+
+    @property
+    def last_id(self) -> int:
+        return len(self.messages)
+
+    def after(self, since: int | None) -> tuple[list[dict], bool]:
+        # A since beyond the last id means the room was forgotten and
+        # started again since the client saw it: send the whole history.
+        if since is None or since > self.last_id:
+            since = 0
+        retained = self.messages[-self.history_size:]
+        kept = {m.id for m in retained}
+        history = [m.payload() for m in retained if m.id > since]
+        missing = [i for i in range(since + 1, self.last_id + 1) if i not in kept]
+        return history, bool(missing)
+
+
+@attrs.define
+class Model:
+    history_size: int
+    conns: dict[int, str] = attrs.Factory(dict)
+    joined: dict[int, dict[str, None]] = attrs.Factory(dict)
+    #: Rooms, least recently used first (joins and messages use a room).
+    rooms: OrderedDict[str, RoomModel] = attrs.Factory(OrderedDict)
+    status: dict[str, tuple[str, str | None]] = attrs.Factory(dict)
+    refs: dict[str, dict[str, ServerEvent]] = attrs.Factory(dict)
+    published: int = 0
+
+    def users(self) -> set[str]:
+        return set(self.conns.values())
+
+    def conns_of(self, user: str) -> list[int]:
+        return [k for k, u in self.conns.items() if u == user]
+
+    def room_conns(self, room: str) -> list[int]:
+        return [k for k in self.conns if room in self.joined[k]]
+
+    def room_users(self, room: str) -> set[str]:
+        return {self.conns[k] for k in self.room_conns(room)}
+
+    def make_room(self, room: str) -> bool:
+        """Create *room* if needed, forgetting the LRU empty room; False if full."""
+        if room in self.rooms:
+            return True
+        if len(self.rooms) >= MAX_ROOMS:
+            empty = [r for r in self.rooms if not self.room_conns(r)]
+            if not empty:
+                return False
+            del self.rooms[empty[0]]
+        self.rooms[room] = RoomModel(self.history_size)
+        return True
+
+
+class HubMachine(RuleBasedStateMachine):
+    connections = Bundle("connections")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = HubState()
+        self.model = Model(0)
+        self.next_key = 0
+        self.now = T0
+        #: Each user's last accepted chat, to resend it as after a reconnect.
+        self.last_chat: dict[str, Chat] = {}
+
+    # ------------------------------------------------------------ helpers
+
+    def handle(self, key: int, event: object) -> list[Delivery] | ProtocolError:
+        self.now += 1.25
+        try:
+            return self.state.handle(key, event, self.now)  # type: ignore[arg-type]
+        except ProtocolError as err:
+            return err
+
+    def room(self, key: int, room: str) -> str:
+        if room == MINE:
+            mine = list(self.model.joined[key])
+            return mine[-1] if mine else ROOMS[0]
+        return room
+
+    def refused(self, result: object, code: int, ref: str | None) -> None:
+        assert isinstance(result, ProtocolError), f"expected {code}, got {result!r}"
+        assert (result.code, result.ref) == (code, ref), result
+
+    def check(self, deliveries: object, expected: Expected, gone: int | None = None) -> None:
+        assert isinstance(deliveries, list), f"unexpected refusal: {deliveries!r}"
+        m = self.model
+        for d in deliveries:
+            assert len(set(d.to)) == len(d.to), f"duplicate recipient in {d}"
+            assert d.ephemeral == isinstance(d.event, EPHEMERAL), d
+            for key in d.to:
+                # Nothing goes to a connection that left or disconnected.
+                assert key != gone and key in m.conns, f"{d.event} to dead connection {key}"
+            if isinstance(d.event, (ChatMessage, TypingNotice, System)):
+                members = set(m.room_conns(d.event.room))
+                assert set(d.to) <= members, f"{d.event} to non-members {set(d.to) - members}"
+        actual = Counter((k, norm(d.event)) for d in deliveries for k in d.to)
+        wanted = Counter((k, norm(e)) for e, keys in expected for k in keys)
+        assert actual == wanted, (
+            f"\nmissing:    {sorted((wanted - actual).elements())}"
+            f"\nunexpected: {sorted((actual - wanted).elements())}"
+        )
+
+    # ------------------------------------------------------------ rules
+
+    @initialize(
+        target=connections,
+        history_size=st.sampled_from(HISTORY_SIZES),
+        users=st.lists(st.sampled_from(USERS), max_size=3),
+    )
+    def start(self, history_size: int, users: list[str]) -> object:
+        """Small caps, and a few connections already in a room (or none)."""
+        self.state = HubState(
+            history_size=history_size, max_rooms=MAX_ROOMS, max_rooms_per_connection=MAX_PER_CONN
+        )
+        self.model = Model(history_size)
+        keys = [self.connect(user) for user in users]
+        for key in keys:
+            self.join(key, ROOMS[0], None, None)
+        return multiple(*keys)
+
+    @rule(target=connections, user=st.sampled_from(USERS))
+    def connect(self, user: str) -> int:
+        key = self.next_key
+        self.next_key += 1
+        assert self.state.connect(key, user) == []
+        self.model.conns[key] = user
+        self.model.joined[key] = {}
+        return key
+
+    @rule(key=consumes(connections))
+    def disconnect(self, key: int) -> None:
+        m = self.model
+        user = m.conns[key]
+        expected: Expected = []
+        rooms = list(m.joined[key])
+        del m.conns[key]
+        del m.joined[key]
+        for room in rooms:
+            remaining = m.room_conns(room)
+            if remaining and user not in m.room_users(room):
+                label("disconnect: system leave")
+                expected.append((System("leave", room, user), remaining))
+        if user not in m.users():
+            m.status.pop(user, None)
+        self.check(self.state.disconnect(key), expected, gone=key)
+
+    @rule(
+        key=connections,
+        room=st.sampled_from(ROOMS),
+        since=st.none() | st.integers(0, 9),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def join(self, key: int, room: str, since: int | None, ref: str | None) -> None:
+        m = self.model
+        user = m.conns[key]
+        result = self.handle(key, Join(room, since, ref))
+        if room not in m.joined[key] and len(m.joined[key]) >= MAX_PER_CONN:
+            label("join: 403, connection in too many rooms")
+            return self.refused(result, 403, ref)
+        rooms_before = set(m.rooms)
+        if not m.make_room(room):
+            label("join: 403, every room in use")
+            return self.refused(result, 403, ref)
+        if rooms_before - set(m.rooms):
+            label("join: forgot an empty room")
+        m.rooms.move_to_end(room)
+        expected: Expected = []
+        if room not in m.joined[key]:
+            others = m.room_conns(room)
+            first = user not in m.room_users(room)
+            m.joined[key][room] = None
+            if first and others:
+                expected.append((System("join", room, user), others))
+        history, truncated = m.rooms[room].after(since)
+        label(f"join: since={'set' if since is not None else 'none'}, truncated={truncated}")
+        members = sorted(m.room_users(room))
+        expected.append((Joined(room, members, history, truncated, ref), [key]))
+        for other in members:
+            if other != user and other in m.status:
+                expected.append((PresenceUpdate(other, *m.status[other]), [key]))
+        self.check(result, expected)
+
+    @rule(key=connections, back=st.integers(0, 4))
+    def catch_up(self, key: int, back: int) -> None:
+        """Join a room again with ``since`` a few messages back, as a client
+        that reconnects does."""
+        room = self.room(key, MINE)
+        last = self.model.rooms[room].last_id if room in self.model.rooms else 0
+        self.join(key, room, max(0, last - back), None)
+
+    @rule(key=connections, room=room_choice, ref=st.none() | st.sampled_from(REFS))
+    def leave(self, key: int, room: str, ref: str | None) -> None:
+        m = self.model
+        room = self.room(key, room)
+        user = m.conns[key]
+        expected: Expected = [(Left(room, ref), [key])]
+        if room in m.joined[key]:
+            del m.joined[key][room]
+            remaining = m.room_conns(room)
+            if remaining and user not in m.room_users(room):
+                expected.append((System("leave", room, user), remaining))
+        self.check(self.handle(key, Leave(room, ref)), expected)
+
+    def _chat(self, key: int, event: Chat) -> None:
+        m = self.model
+        user = m.conns[key]
+        result = self.handle(key, event)
+        if event.room not in m.joined[key]:
+            return self.refused(result, 403, event.ref)
+        if event.ref is not None and event.ref in m.refs.get(user, {}):
+            # Seen before: the original ack again, and nothing published.
+            label("chat: repeated ref")
+            return self.check(result, [(m.refs[user][event.ref], [key])])
+        log = m.rooms[event.room]
+        message = ChatMessage(log.last_id + 1, event.room, user, event.content, format_time(self.now))
+        log.messages.append(message)
+        m.rooms.move_to_end(event.room)
+        m.published += 1
+        label(f"chat: published, others={len(m.room_conns(event.room)) - 1}")
+        ack = ChatAck(message.id, event.room, message.time, event.ref)
+        if event.ref is not None:
+            m.refs.setdefault(user, {})[event.ref] = ack
+        self.last_chat[user] = event
+        others = [k for k in m.room_conns(event.room) if k != key]
+        self.check(result, [(message, others), (ack, [key])])
+
+    @rule(
+        key=connections,
+        room=room_choice,
+        content=st.sampled_from(["hi", "hello"]) | st.text(min_size=1, max_size=8),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def chat(self, key: int, room: str, content: str, ref: str | None) -> None:
+        self._chat(key, Chat(self.room(key, room), content, ref))
+
+    @rule(key=connections, ref=st.none() | st.sampled_from(REFS))
+    def chat_in_my_room(self, key: int, ref: str | None) -> None:
+        """Chats are most of the traffic: a second rule for them."""
+        self._chat(key, Chat(self.room(key, MINE), "msg", ref))
+
+    @rule(key=connections)
+    def resend_last_chat(self, key: int) -> None:
+        """The same frame again, from any of the user's connections."""
+        previous = self.last_chat.get(self.model.conns[key])
+        if previous is not None:
+            self._chat(key, previous)
+
+    @rule(
+        key=connections,
+        status=st.sampled_from(["online", "away", "busy", "s" * 32]),
+        text=st.none() | st.sampled_from(["lunch", ""]),
+    )
+    def presence(self, key: int, status: str, text: str | None) -> None:
+        m = self.model
+        user = m.conns[key]
+        m.status[user] = (status, text)
+        audience = set(m.conns_of(user))
+        for own in m.conns_of(user):
+            for room in m.joined[own]:
+                audience.update(m.room_conns(room))
+        self.check(
+            self.handle(key, Presence(status, text)),
+            [(PresenceUpdate(user, status, text), sorted(audience))],
+        )
+
+    @rule(
+        key=connections,
+        to=st.sampled_from(USERS),
+        content=st.sampled_from(["psst", "x"]),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def direct(self, key: int, to: str, content: str, ref: str | None) -> None:
+        m = self.model
+        user = m.conns[key]
+        result = self.handle(key, Direct(to, content, ref))
+        if ref is not None and ref in m.refs.get(user, {}):
+            label("direct: repeated ref")
+            return self.check(result, [(m.refs[user][ref], [key])])
+        if to not in m.users():
+            label("direct: 404")
+            return self.refused(result, 404, ref)
+        time = format_time(self.now)
+        ack = DirectAck(to, time, ref)
+        if ref is not None:
+            m.refs.setdefault(user, {})[ref] = ack
+        self.check(result, [(DirectMessage(user, content, time), m.conns_of(to)), (ack, [key])])
+
+    @rule(key=connections, room=room_choice)
+    def typing(self, key: int, room: str) -> None:
+        m = self.model
+        room = self.room(key, room)
+        result = self.handle(key, Typing(room))
+        if room not in m.joined[key]:
+            return self.refused(result, 403, None)
+        others = [k for k in m.room_conns(room) if k != key]
+        expected: Expected = [(TypingNotice(room, m.conns[key]), others)] if others else []
+        self.check(result, expected)
+
+    @rule(room=st.sampled_from(ROOMS), create=st.booleans())
+    def server_publish(self, room: str, create: bool) -> None:
+        """An embedder's publish: no sender connection, may create the room."""
+        m = self.model
+        self.now += 1.25
+        try:
+            ack, deliveries = self.state.publish("system", room, "notice", self.now, create=create)
+        except ProtocolError as err:
+            result: object = err
+        else:
+            result = deliveries
+        if room not in m.rooms and not create:
+            return self.refused(result, 404, None)
+        if not m.make_room(room):
+            return self.refused(result, 403, None)
+        log = m.rooms[room]
+        message = ChatMessage(log.last_id + 1, room, "system", "notice", format_time(self.now))
+        log.messages.append(message)
+        m.rooms.move_to_end(room)
+        m.published += 1
+        self.check(result, [(message, m.room_conns(room))])
+        assert ack == ChatAck(message.id, room, message.time)
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def state_matches_model(self) -> None:
+        s, m = self.state, self.model
+        # Rooms in least-recently-used order: which one is forgotten next.
+        assert s.room_names() == list(m.rooms)
+        for room, log in m.rooms.items():
+            assert s.last_id(room) == log.last_id  # ids 1..n, no gap
+            assert set(s.members(room)) == m.room_users(room)
+            assert sorted(s.connections_in(room)) == m.room_conns(room)
+        for key, user in m.conns.items():
+            assert s.user_of(key) == user
+            assert set(s.rooms_of(key)) == set(m.joined[key])
+            assert len(m.joined[key]) <= MAX_PER_CONN
+        for user in USERS:
+            assert s.is_connected(user) == (user in m.users())
+        assert s.stats() == HubStats(
+            connections=len(m.conns),
+            users=len(m.users()),
+            rooms=len(m.rooms),
+            messages=m.published,
+            history=sum(min(len(log.messages), m.history_size) for log in m.rooms.values()),
+        )
+
+
+HubMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+TestHubMachine = HubMachine.TestCase
+
+
+# --------------------------------------------------------------------------
+# Scenarios, one rule each
+
+NOW = T0
+
+
+def hub(**kw: int) -> HubState:
+    return HubState(**kw)
+
+
+def deliveries_to(deliveries: list[Delivery], key: object) -> list[ServerEvent]:
+    return [d.event for d in deliveries if key in d.to]
+
+
+def test_chat_reaches_room_but_sender_and_acks_sender() -> None:
+    s = hub()
+    for key, user in [(1, "ann"), (2, "ann"), (3, "bob"), (4, "cy")]:
+        s.connect(key, user)
+    for key in (1, 2, 3):
+        s.handle(key, Join("r"), NOW)
+    out = s.handle(1, Chat("r", "hi", "c1"), NOW)
+    message = ChatMessage(1, "r", "ann", "hi", format_time(NOW))
+    # the sender's other connection gets it too (tabs stay in sync); cy is not in r
+    assert out == [
+        Delivery(message, (2, 3)),
+        Delivery(ChatAck(1, "r", format_time(NOW), "c1"), (1,)),
+    ]
+
+
+def test_ids_start_at_one_and_are_per_room() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    s.handle(1, Join("a"), NOW)
+    s.handle(1, Join("b"), NOW)
+    ids = [s.handle(1, Chat(room, "x"), NOW)[1].event.id for room in "aabab"]
+    assert ids == [1, 2, 1, 3, 2]
+
+
+def test_chat_needs_membership() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    with pytest.raises(ProtocolError) as info:
+        s.handle(1, Chat("r", "x", "c1"), NOW)
+    assert (info.value.code, info.value.ref) == (403, "c1")
+    s.handle(1, Join("r"), NOW)
+    s.handle(1, Leave("r"), NOW)
+    with pytest.raises(ProtocolError):
+        s.handle(1, Chat("r", "x"), NOW)
+    with pytest.raises(ProtocolError):
+        s.handle(1, Typing("r"), NOW)
+    assert s.last_id("r") == 0
+
+
+def test_system_events_on_first_join_and_last_leave_only() -> None:
+    s = hub()
+    for key, user in [(1, "ann"), (2, "bob"), (3, "bob")]:
+        s.connect(key, user)
+    s.handle(1, Join("r"), NOW)
+    assert deliveries_to(s.handle(2, Join("r"), NOW), 1) == [System("join", "r", "bob")]
+    assert deliveries_to(s.handle(3, Join("r"), NOW), 1) == []  # bob's second tab
+    assert deliveries_to(s.handle(2, Leave("r"), NOW), 1) == []  # bob still there
+    assert deliveries_to(s.disconnect(3), 1) == [System("leave", "r", "bob")]
+    # joining again is idempotent: a joined reply, no system event
+    out = s.handle(1, Join("r", ref="j"), NOW)
+    assert out == [Delivery(Joined("r", ["ann"], [], False, "j"), (1,))]
+
+
+def test_history_since_and_truncated() -> None:
+    s = hub(history_size=3)
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    for i in range(5):
+        s.handle(1, Chat("r", f"m{i + 1}"), NOW)
+    s.connect(2, "bob")
+
+    def joined(since: int | None) -> tuple[list[int], bool]:
+        s.handle(2, Leave("r"), NOW)
+        event = s.handle(2, Join("r", since), NOW)[0].event
+        return [m["id"] for m in event.history], event.truncated
+
+    assert joined(None) == ([3, 4, 5], True)  # the most recent, older ones gone
+    assert joined(0) == ([3, 4, 5], True)
+    assert joined(1) == ([3, 4, 5], True)  # 2 is missing
+    assert joined(2) == ([3, 4, 5], False)
+    assert joined(4) == ([5], False)
+    assert joined(5) == ([], False)
+    assert joined(9) == ([3, 4, 5], True)  # room started again: send it all
+    first = s.handle(2, Join("r", 4), NOW)[0].event.history[0]
+    assert first == {"id": 5, "room": "r", "user_id": "ann", "content": "m5", "time": format_time(NOW)}
+
+
+def test_history_default_size_is_100() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    for _ in range(101):
+        s.handle(1, Chat("r", "x"), NOW)
+    event = s.handle(1, Join("r"), NOW)[0].event
+    assert [m["id"] for m in event.history] == list(range(2, 102))
+    assert event.truncated
+
+
+def test_repeated_ref_answers_original_ack_even_after_reconnect() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    s.connect(9, "bob")
+    s.handle(1, Join("r"), NOW)
+    s.handle(9, Join("r"), NOW)
+    first = s.handle(1, Chat("r", "hi", "c1"), NOW)
+    ack = first[-1].event
+    s.disconnect(1)
+    s.connect(2, "ann")
+    s.handle(2, Join("r"), NOW)
+    again = s.handle(2, Chat("r", "hi", "c1"), NOW + 5)
+    assert again == [Delivery(ack, (2,))]
+    assert s.last_id("r") == 1
+    # another user may use the same ref
+    assert s.handle(9, Chat("r", "yo", "c1"), NOW)[-1].event.id == 2
+    # direct refs are de-duplicated too, before the addressee is looked up
+    dack = s.handle(2, Direct("bob", "psst", "d1"), NOW)[-1].event
+    s.disconnect(9)
+    assert s.handle(2, Direct("bob", "psst", "d1"), NOW) == [Delivery(dack, (2,))]
+
+
+def test_refused_frame_does_not_consume_its_ref() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    with pytest.raises(ProtocolError):
+        s.handle(1, Chat("r", "hi", "c1"), NOW)
+    s.handle(1, Join("r"), NOW)
+    assert s.handle(1, Chat("r", "hi", "c1"), NOW)[-1].event == ChatAck(1, "r", format_time(NOW), "c1")
+
+
+def test_ref_memory_keeps_the_last_1000() -> None:
+    s = hub()
+    assert s.ref_memory == 1000
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    for i in range(1001):
+        s.handle(1, Chat("r", "x", f"ref{i}"), NOW)
+    assert s.handle(1, Chat("r", "x", "ref1"), NOW) == [
+        Delivery(ChatAck(2, "r", format_time(NOW), "ref1"), (1,))
+    ]
+    # ref0 fell out of the window: published again
+    assert s.handle(1, Chat("r", "x", "ref0"), NOW)[-1].event.id == 1002
+
+
+def test_refs_of_idle_users_are_forgotten_first() -> None:
+    s = hub(remembered_users=1)
+    for key, user in [(1, "ann"), (2, "bob")]:
+        s.connect(key, user)
+        s.handle(key, Join("r"), NOW)
+    s.handle(1, Chat("r", "x", "a"), NOW)
+    s.handle(2, Chat("r", "x", "b"), NOW)  # both connected: both kept
+    assert len(s.handle(1, Chat("r", "x", "a"), NOW)) == 1
+    s.disconnect(1)
+    s.connect(3, "cy")
+    s.handle(3, Join("r"), NOW)
+    s.handle(3, Chat("r", "x", "c"), NOW)  # ann is idle: her refs go
+    s.connect(4, "ann")
+    s.handle(4, Join("r"), NOW)
+    assert s.handle(4, Chat("r", "x", "a"), NOW)[-1].event.id == 4
+    assert len(s.handle(2, Chat("r", "x", "b"), NOW)) == 1
+
+
+def test_direct_reaches_every_connection_of_the_addressee() -> None:
+    s = hub()
+    for key, user in [(1, "ann"), (2, "bob"), (3, "bob")]:
+        s.connect(key, user)
+    out = s.handle(1, Direct("bob", "psst", "d"), NOW)
+    t = format_time(NOW)
+    assert out == [
+        Delivery(DirectMessage("ann", "psst", t), (2, 3)),
+        Delivery(DirectAck("bob", t, "d"), (1,)),
+    ]
+    with pytest.raises(ProtocolError) as info:
+        s.handle(1, Direct("cy", "psst", "d2"), NOW)
+    assert (info.value.code, info.value.ref) == (404, "d2")
+
+
+def test_presence_goes_to_room_members_and_own_tabs() -> None:
+    s = hub()
+    for key, user in [(1, "ann"), (2, "ann"), (3, "bob"), (4, "cy"), (5, "dee")]:
+        s.connect(key, user)
+    s.handle(1, Join("a"), NOW)
+    s.handle(3, Join("a"), NOW)
+    s.handle(2, Join("b"), NOW)
+    s.handle(4, Join("b"), NOW)
+    (d,) = s.handle(1, Presence("away", "lunch"), NOW)
+    assert d == Delivery(PresenceUpdate("ann", "away", "lunch"), d.to, ephemeral=True)
+    assert sorted(d.to) == [1, 2, 3, 4]  # not dee, who shares no room
+    # a later joiner learns current statuses with its joined reply
+    out = s.handle(5, Join("a"), NOW)
+    assert deliveries_to(out, 5)[1:] == [PresenceUpdate("ann", "away", "lunch")]
+    assert all(d.ephemeral for d in out if isinstance(d.event, PresenceUpdate))
+
+
+def test_typing_is_ephemeral_and_skips_the_typist() -> None:
+    s = hub()
+    for key, user in [(1, "ann"), (2, "ann"), (3, "bob")]:
+        s.connect(key, user)
+        s.handle(key, Join("r"), NOW)
+    assert s.handle(1, Typing("r"), NOW) == [
+        Delivery(TypingNotice("r", "ann"), (2, 3), ephemeral=True)
+    ]
+    s.disconnect(2)
+    s.disconnect(3)
+    assert s.handle(1, Typing("r"), NOW) == []
+    assert s.stats().history == 0  # never stored
+
+
+def test_disconnect_is_idempotent_and_leaves_every_room() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    s.connect(2, "bob")
+    for room in ("a", "b"):
+        s.handle(1, Join(room), NOW)
+        s.handle(2, Join(room), NOW)
+    out = s.disconnect(1)
+    assert sorted(d.event.room for d in out) == ["a", "b"]
+    assert recipients(out) == {2}
+    assert s.disconnect(1) == []
+    assert not s.is_connected("ann")
+    with pytest.raises(ValueError):
+        s.connect(2, "bob")
+
+
+def test_room_caps() -> None:
+    s = hub(max_rooms=2, max_rooms_per_connection=2)
+    s.connect(1, "ann")
+    s.connect(2, "bob")
+    s.handle(1, Join("a"), NOW)
+    s.handle(1, Chat("a", "x"), NOW)
+    s.handle(1, Join("b"), NOW)
+    with pytest.raises(ProtocolError) as info:
+        s.handle(1, Join("c", ref="j"), NOW)  # per connection
+    assert (info.value.code, info.value.ref) == (403, "j")
+    with pytest.raises(ProtocolError) as info:
+        s.handle(2, Join("c"), NOW)  # server-wide, every room in use
+    assert info.value.code == 403
+    assert s.room_names() == ["a", "b"]
+    s.handle(1, Leave("a"), NOW)
+    s.handle(2, Join("c"), NOW)  # forgets empty room a
+    assert s.room_names() == ["b", "c"]
+    s.handle(2, Leave("c"), NOW)
+    s.handle(2, Join("a"), NOW)  # a starts again at id 0
+    assert s.last_id("a") == 0
+
+
+def test_refusals_change_nothing() -> None:
+    s = hub(max_rooms=1)
+    s.connect(1, "ann")
+    s.handle(1, Join("a"), NOW)
+    before = (s.stats(), s.room_names(), s.rooms_of(1))
+    for event in [Join("b"), Chat("b", "x"), Typing("b"), Direct("bob", "x")]:
+        with pytest.raises(ProtocolError):
+            s.handle(1, event, NOW)
+    assert (s.stats(), s.room_names(), s.rooms_of(1)) == before
+
+
+def test_server_publish() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    with pytest.raises(ProtocolError) as info:
+        s.publish("server", "news", "hello", NOW)
+    assert info.value.code == 404
+    ack, out = s.publish("server", "news", "hello", NOW, create=True)
+    assert ack == ChatAck(1, "news", format_time(NOW))
+    assert out == [Delivery(ChatMessage(1, "news", "server", "hello", format_time(NOW)), ())]
+    s.handle(1, Join("news"), NOW)
+    ack2, out = s.publish("server", "news", "again", NOW, ref="p")
+    assert out[0].to == (1,) and ack2.id == 2
+    assert s.publish("server", "news", "again", NOW, ref="p") == (ack2, [])
