@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -28,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep  # noqa: E402
-from harness.servers import (BENCH_DIR, RedisServer, ServerError, ServerProcess,  # noqa: E402
-                             default_specs, export_snapshot, raise_fd_limit)
+from harness.servers import (BENCH_DIR, OPTIONAL, RedisServer, ServerError, ServerProcess,  # noqa: E402
+                             default_specs, ensure_node_deps, export_snapshot, raise_fd_limit)
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
@@ -41,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(default_specs()))
     p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--no-sweep", action="store_true", help="skip the latency sweep and plot")
+    p.add_argument("--with-node", action="store_true", help="also measure the Node.js ws peer (npm ci)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the generator-ceiling check")
     p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"),
                    help="command that starts trio_chat (default: python -m trio_chat)")
@@ -124,7 +126,14 @@ def main() -> int:
 
 def measure_all(args, cfg, specs, source) -> int:
     reps = args.reps or (1 if args.quick else 3)
-    names = args.servers.split(",") if args.servers else list(specs)
+    names = args.servers.split(",") if args.servers else [n for n in specs if n not in OPTIONAL]
+    if args.with_node and "node-ws" not in names:
+        names.append("node-ws")
+    if "node-ws" in names:
+        try:
+            ensure_node_deps()
+        except (ServerError, OSError, subprocess.CalledProcessError) as exc:
+            print(f"[skip] node-ws: {exc}", flush=True)
     scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     if args.quick and not args.scenarios:
         scenarios = [s for s in scenarios if s != "idle_10000"]

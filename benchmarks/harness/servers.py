@@ -85,7 +85,22 @@ def default_specs(python: str = sys.executable, trio_chat_cmd: str | None = None
                                       label="websockets.trio + broadcast()"),
         "trio-naive": ServerSpec("trio-naive", peer("trio_naive.py"),
                                  label="naive trio-websocket"),
+        # Optional (run.py --with-node): needs node and `npm ci` in benchmarks/.
+        "node-ws": ServerSpec("node-ws", ["node", os.path.join(PEERS_DIR, "ws_node.mjs")],
+                              label="Node.js ws"),
     }
+
+OPTIONAL = {"node-ws"}
+
+
+def ensure_node_deps() -> None:
+    """``npm ci`` in benchmarks/ unless the ``ws`` package is already there."""
+    if os.path.isdir(os.path.join(BENCH_DIR, "node_modules", "ws")):
+        return
+    if not shutil.which("npm"):
+        raise ServerError("node-ws needs node and npm")
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def refhub_spec(batch: bool = True) -> ServerSpec:
