@@ -6,6 +6,7 @@ and trio's ``autojump_clock`` where what matters is when the server returns.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -243,3 +244,19 @@ async def test_upgrade_during_the_drain_is_503_and_healthz_says_draining(autojum
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 ")
         assert json.loads(body)["status"] == "draining"
+
+
+def _bounded(test):
+    """Fail a test that has not finished after 30 seconds instead of hanging."""
+
+    @functools.wraps(test)
+    async def bounded(*args, **kwargs):
+        with trio.fail_after(30):
+            await test(*args, **kwargs)
+
+    return bounded
+
+
+for _name, _test in list(globals().items()):
+    if _name.startswith("test_"):
+        globals()[_name] = _bounded(_test)

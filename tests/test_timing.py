@@ -8,6 +8,8 @@ moment each connection ends is known exactly.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 import trio.testing
@@ -260,3 +262,19 @@ async def test_close_not_answered_is_bounded(autojump_clock, disconnects):
         await served.done.wait()
         assert served.ended_at - start == pytest.approx(CLOSE_TIMEOUT, abs=1e-6)
         assert "code=1008" in disconnects[0]
+
+
+def _bounded(test):
+    """Fail a test that has not finished after 10_000 virtual seconds instead of hanging."""
+
+    @functools.wraps(test)
+    async def bounded(*args, **kwargs):
+        with trio.fail_after(10_000):
+            await test(*args, **kwargs)
+
+    return bounded
+
+
+for _name, _test in list(globals().items()):
+    if _name.startswith("test_"):
+        globals()[_name] = _bounded(_test)
