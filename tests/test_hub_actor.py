@@ -495,3 +495,23 @@ async def test_cancelling_the_hub_leaves_no_task_behind() -> None:
         nursery.cancel_scope.cancel()
     assert count_tasks() == before
     assert not nursery.child_tasks
+
+
+async def test_embedder_text_that_cannot_be_sent_is_refused_before_it_is_stored(hub: Hub) -> None:
+    a = QueuePeer(hub, "ann", 16)
+    await a.connect("r")
+    await wait_all_tasks_blocked()
+    await a.events()
+    for call in (
+        hub.publish("r", "half a pair: \ud83d", user_id="server"),
+        hub.direct("ann", "\udc00", user_id="server"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            await call
+        assert info.value.code == 400
+    assert hub.state.last_id("r") == 0
+    # The hub is unharmed and the room's history stays sendable.
+    await hub.publish("r", "fine", user_id="server")
+    await a.send(Join("r", since=0))
+    events = await a.events()
+    assert [m["content"] for m in events[-1].history] == ["fine"]

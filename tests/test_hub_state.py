@@ -303,6 +303,11 @@ class HubMachine(RuleBasedStateMachine):
         self.last_chat[user] = event
         others = [k for k in m.room_conns(event.room) if k != key]
         self.check(result, [(message, others), (ack, [key])])
+        # Spelled out: the room's current connections but the sender's; the
+        # ack to the sender alone.
+        by_type = {type(d.event): d for d in result}  # type: ignore[union-attr]
+        assert sorted(by_type[ChatMessage].to) == others
+        assert by_type[ChatAck].to == (key,)
 
     @rule(
         key=connections,
