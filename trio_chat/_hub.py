@@ -161,12 +161,12 @@ class Outlet:
         self.queue.close(drop=drop)
 
 
-def _check_unicode(ref: str | None, *texts: str) -> None:
+def _check_unicode(ref: str | None, **texts: str) -> None:
     """Refuse text that could not be encoded on the way out, before it is
     stored: it would fail every later delivery of the room's history."""
-    for text in texts:
+    for name, text in texts.items():
         if not is_unicode(text):
-            raise ProtocolError(400, f"{text[:20]!r}: must not contain lone surrogates", ref)
+            raise ProtocolError(400, f"{name}: must not contain lone surrogates", ref)
 
 
 @attrs.frozen
@@ -249,7 +249,7 @@ class Hub:
         create: bool = True,
     ) -> ChatAck:
         """Publish into *room* as *user_id*: the same path as a client chat."""
-        _check_unicode(ref, room, content, user_id)
+        _check_unicode(ref, room=room, content=content, user_id=user_id)
         return await self.call(
             lambda state, now: state.publish(
                 user_id, room, content, now, ref=ref, create=create
@@ -260,7 +260,7 @@ class Hub:
         self, to: str, content: str, *, user_id: str, ref: str | None = None
     ) -> DirectAck:
         """Send a direct message to *to* as *user_id*."""
-        _check_unicode(ref, to, content, user_id)
+        _check_unicode(ref, to=to, content=content, user_id=user_id)
         return await self.call(
             lambda state, now: state.direct(user_id, to, content, now, ref=ref)
         )
