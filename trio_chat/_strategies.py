@@ -1,9 +1,9 @@
 """Hypothesis strategies for the trio_chat wire protocol.
 
-They describe what the protocol (``docs``/PROTOCOL, version 1) accepts and
-rejects, so that code built on trio_chat -- clients, bots, bridges, other
-servers -- can be property-tested against the same contract the server is
-tested against:
+They describe what wire protocol version 1 accepts and rejects, so that
+code built on trio_chat -- clients, bots, bridges, other servers -- can be
+property-tested against the same contract the server itself is tested
+against:
 
 * :func:`room_names`, :func:`user_ids` (and their ``invalid_`` twins);
 * :func:`client_events` and :func:`client_frames`: valid client frames with the
