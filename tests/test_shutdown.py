@@ -199,6 +199,24 @@ async def test_shutdown_cuts_a_stalled_flush_at_the_grace(autojump_clock):
         assert server.stats().connections == 0
 
 
+async def test_shutdown_does_not_wait_for_idle_or_unfinished_requests(autojump_clock):
+    config = Config(handshake_timeout=30, shutdown_grace=10)
+    async with open_memory_server(config) as server:
+        idle = open_memory_stream(server)  # connected, nothing sent
+        partial = open_memory_stream(server)
+        await partial.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        keepalive = open_memory_stream(server)
+        await keepalive.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await keepalive.receive_some()).startswith(b"HTTP/1.1 200 ")
+        start = trio.current_time()
+        await server.shutdown()
+        assert trio.current_time() - start == pytest.approx(0, abs=1e-6)
+        for stream in (idle, partial, keepalive):
+            with trio.fail_after(1):
+                while await stream.receive_some():
+                    pass
+
+
 async def test_drain_over_memory_streams_with_clients_that_answer(autojump_clock):
     async with open_memory_server(Config(shutdown_grace=5)) as server:
         async with open_memory_client(server, user="a") as a, \

@@ -72,6 +72,22 @@ _FALLBACK_PAGE = b"""<!doctype html>
 """
 
 
+class _ScopeSet(set):  # type: ignore[type-arg]
+    """Cancel scopes to end at shutdown; once closed, a scope added is cancelled at once."""
+
+    closed = False
+
+    def add(self, scope: trio.CancelScope) -> None:
+        super().add(scope)
+        if self.closed:
+            scope.cancel()
+
+    def close(self) -> None:
+        self.closed = True
+        for scope in list(self):
+            scope.cancel()
+
+
 @attrs.frozen
 class ServerStats:
     """A read-only snapshot of a running server."""
@@ -132,7 +148,7 @@ class ChatServer:
         self._ip_limits = IpLimiter(config.max_connections_per_ip, config.max_handshakes_per_ip)
         self._connections: set[Connection] = set()
         self._upgrading = 0
-        self._idle_scopes: set[trio.CancelScope] = set()
+        self._idle_scopes: set[trio.CancelScope] = _ScopeSet()
         self._handshake_scopes: set[trio.CancelScope] = set()
         self._accept_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
@@ -220,8 +236,9 @@ class ChatServer:
         if self.draining and not self._connections and not self._upgrading:
             if self._accept_scope is not None:
                 self._accept_scope.cancel()
-            for scope in list(self._idle_scopes):
-                scope.cancel()
+            # Also those of connections accepted just before the listeners
+            # closed, whose handlers have not started waiting yet.
+            self._idle_scopes.close()
 
     # ------------------------------------------------------------ embedding
 
