@@ -397,8 +397,9 @@ async def test_metrics_follow_what_happens():
 
 async def test_metrics_count_slow_consumers():
     # A client that joins and never reads: publishing into its room fills
-    # the socket buffers, then its small queue; it is closed with 1013.
-    config = Config(port=0, queue_size=4)
+    # the socket buffers, then its small queue; it is closed with 1013 (and,
+    # since it reads nothing, aborted once the close frame cannot be written).
+    config = Config(port=0, queue_size=4, write_timeout=1.0)
     async with open_test_server(config) as server:
         stream, _ = await open_raw_websocket(server.port, "/ws?user=sloth")
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -408,9 +409,10 @@ async def test_metrics_count_slow_consumers():
             while "busy" not in server.hub.state.room_names():
                 await trio.sleep(0.01)
         content = "x" * 4000
-        with trio.fail_after(30):
+        with trio.fail_after(60):
             while server.stats().slow_consumer_drops == 0:
                 await server.publish("busy", content)
+        with trio.fail_after(30):
             while server.stats().connections:
                 await trio.sleep(0.01)
         metrics = await _scrape(server.port)
