@@ -529,6 +529,59 @@ async def test_twenty_invalid_frames_in_a_row_close_1008():
         assert server.hub.counters.errors[400] == 39
 
 
+# ---------------------------------------------------------------- nothing left behind
+
+
+def count_tasks() -> int:
+    def walk(task) -> int:
+        return 1 + sum(walk(child) for nursery in task.child_nurseries
+                       for child in nursery.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+async def test_every_way_a_connection_ends_leaves_no_task_behind():
+    config = Config(max_message_bytes=1024)
+    async with open_test_server(config) as server:
+        baseline = count_tasks()
+        # A normal close, from a member of a room.
+        async with open_test_client(server, user="a") as a:
+            await a.join("r")
+            await a.chat("r", "hi")
+        # 1009 and 1008.
+        async with open_test_client(server, user="b") as b:
+            await b.ws.send_message("x" * 2000)
+            assert await expect_closed(b) == 1009
+        async with open_test_client(server, user="c") as c:
+            for _ in range(20):
+                await c.ws.send_message("junk")
+            assert await expect_closed(c) == 1008
+        # An abort: the TCP connection just goes away.
+        raw = RawClient(await trio.open_tcp_stream("127.0.0.1", server.port))
+        await raw.handshake(target="/ws?user=d")
+        await raw.send_frame("join", {"room": "r"})
+        await raw.stream.aclose()
+        # A refused handshake, a plain request, half a request.
+        with pytest.raises(ConnectionRejected):
+            async with open_test_client(server, user="-bad"):
+                pass  # pragma: no cover
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while await stream.receive_some():
+            pass
+        await stream.aclose()
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        await stream.aclose()
+
+        await wait_until(lambda: count_tasks() == baseline)
+        await wait_until(lambda: server.stats().users == 0)
+        stats = server.stats()
+        assert stats.connections == 0
+        assert server.hub.state.members("r") == []
+        assert server._upgrading == 0
+
+
 # ---------------------------------------------------------------- slow consumers
 
 
