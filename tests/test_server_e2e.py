@@ -16,8 +16,6 @@ import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from _raw_client import RawClient, collect_logs, open_small_socket
-from wsproto.events import CloseConnection
-
 from trio_chat import ChatAck, ChatServer, Config, DirectAck, Identity, ProtocolError
 from trio_chat.testing import TestClient, open_test_client, open_test_server
 
