@@ -50,9 +50,10 @@ from trio_chat._backplane_state import (
     OnlineOp,
     SyncOp,
     Unavailable,
+    chat_frame_parts,
 )
-from trio_chat._protocol import Chat, Direct, Join, Leave, Presence
-from trio_chat.testing import TestClient, open_test_client
+from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Leave, Presence
+from trio_chat.testing import TestClient, open_test_client, room_names, timestamps, user_ids
 
 
 def _bounded(seconds: float):
@@ -309,6 +310,14 @@ def test_a_sync_answered_after_its_connection_dropped_changes_nothing():
     [sync] = state.take_ops()
     state.on_result(sync, ("e1", {}))
     assert state.up and state.epoch == "e1"
+
+
+@given(room=room_names(), user=user_ids(), content=st.text(min_size=1), time=timestamps(),
+       i=st.integers(1, 2**40))
+def test_chat_frames_are_encoded_exactly_as_the_in_memory_hub_does(room, user, content, time, i):
+    prefix, suffix = chat_frame_parts(room, user, content, time)
+    expected = ChatMessage(i, room, user, content, time).to_json()
+    assert prefix + str(i) + suffix == expected
 
 
 def test_malformed_pubsub_messages_are_ignored():

@@ -313,11 +313,15 @@ class _User:
 
 
 def chat_frame_parts(room: str, user_id: str, content: str, time: str) -> tuple[str, str]:
-    """The chat frame of a message, split around its (not yet known) id."""
-    text = ChatMessage(0, room, user_id, content, time).to_json()
-    head = _CHAT_PREFIX + "0"
-    assert text.startswith(head)
-    return _CHAT_PREFIX, text[len(head):]
+    """The chat frame of a message, split around its (not yet known) id.
+
+    The same text as ``ChatMessage(id, ...).to_json()``: room names, user ids
+    and times need no JSON escaping (their patterns exclude it).
+    """
+    return _CHAT_PREFIX, (
+        ',"room":"' + room + '","user_id":"' + user_id + '","content":'
+        + json.dumps(content, ensure_ascii=False) + ',"time":"' + time + '"}}'
+    )
 
 
 def _error(code: int, message: str, ref: str | None) -> ErrorEvent:
