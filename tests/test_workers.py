@@ -66,6 +66,17 @@ def test_workers_without_redis_are_refused_with_a_clear_message():
     assert "listening" not in result.stdout
 
 
+def test_a_bad_redis_url_is_refused_before_anything_starts():
+    for command in (["--workers", "2"], []):
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_chat", "serve", "--port", "0",
+             "--redis-url", "http://127.0.0.1:6379/0", *command],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "redis_url: expected redis://HOST:PORT/DB" in result.stderr
+
+
 async def test_two_workers_share_the_port_and_rooms_and_drain_on_sigterm(redis_server, tmp_path):
     with trio.fail_after(60):
         parent = await start_chat_process(_args(redis_server), tmp_path, "workers")

@@ -66,6 +66,7 @@ from ._backplane_state import (
     Unavailable,
     ack_memo,
 )
+from ._config import ConfigError
 from ._hub import Hub
 from ._protocol import ErrorEvent
 
@@ -384,6 +385,20 @@ def split_url(url: str) -> tuple[str, dict[str, Any]]:
         except ValueError:
             raise ValueError(f"redis_url: {name} must be a number, got {value!r}") from None
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
+
+
+def check_redis_url(url: str) -> None:
+    """Raise :class:`ConfigError` if *url* cannot work (or coredis is missing)."""
+    try:
+        split_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        import coredis  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "redis_url: the Redis backplane needs coredis: pip install 'trio-chat[redis]'"
+        ) from None
 
 
 def _node_id() -> str:
@@ -916,12 +931,14 @@ def attach_backplane(server: ChatServer, url: str | None = None, **options: Any)
     Replaces the server's in-memory hub with a :class:`BackplaneHub` on
     ``url`` (default: ``server.config.redis_url``), registers a ``/healthz``
     check and the ``trio_chat_backplane_up`` metric.  *options* go to
-    :class:`Backplane`.  Returns the hub.
+    :class:`Backplane`.  Returns the hub.  Raises :class:`ConfigError` for a
+    URL that cannot work or when coredis is not installed.
     """
     config = server.config
     url = url or config.redis_url
     if not url:
-        raise ValueError("attach_backplane needs a redis:// URL")
+        raise ConfigError("redis_url: attach_backplane needs a redis:// URL")
+    check_redis_url(url)
     backplane = Backplane(url, history_size=config.history_size, **options)
     state = ClusterState(
         backplane.node,

@@ -96,6 +96,14 @@ def run_workers(config: Config, argv: Sequence[str] = ()) -> int:
         print("trio-chat: error: workers: more than one worker needs --redis-url, "
               "so that the processes share rooms", file=sys.stderr)
         return 2
+    from ._backplane import check_redis_url
+    from ._config import ConfigError
+
+    try:
+        check_redis_url(config.redis_url)
+    except ConfigError as exc:
+        print(f"trio-chat: error: {exc}", file=sys.stderr)
+        return 2
     try:
         reservation = _reuseport_socket(config.host, config.port)
     except OSError as exc:
