@@ -4,9 +4,12 @@
   through :class:`~trio_chat._websocket.Dispatch`, calls the endpoint's
   handler with each complete message, in the same task (chat: parse,
   rate-limit, pass to the hub; echo: send it back).
-* The **writer** is the only task that writes data frames: it takes everything
-  waiting in the connection's bounded queue and writes it in one go, within
-  ``write_timeout``, else the connection is aborted.
+* The **writer** is the only task that writes queued data frames: it takes
+  everything waiting in the connection's bounded queue and writes it in one
+  go, within ``write_timeout``, else the connection is aborted.  It runs only
+  while there is a backlog: a client that keeps up is written to directly by
+  the hub (see :class:`~trio_chat._hub.Outlet`), and an idle connection holds
+  no writer task.
 * The **heartbeat** pings every ``ping_interval`` and aborts the connection when
   no pong comes within ``pong_timeout``.  It is also the read deadline: a pong
   cannot be parsed before the frame in front of it is complete, so a client
@@ -96,6 +99,11 @@ class Connection:
         self.session_id = secrets.token_urlsafe(9)
         self.started = time.monotonic()
         self._running = False
+        self._nursery: trio.Nursery | None = None
+        self._heartbeat_scope = trio.CancelScope()
+        #: Set while a writer task runs (there is a backlog).
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_exit: trio.Event | None = None
         #: Cancelled if the connection dies during the opening handshake.
         self.handshake_scope: trio.CancelScope | None = None
         self.outlet = Outlet(stream, config.queue_size, self._on_kill, counters, user_id)
@@ -104,7 +112,8 @@ class Connection:
 
     def _on_kill(self) -> None:
         if self._running:
-            self._writer_scope.cancel()
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
             self._heartbeat_scope.cancel()
         elif self.handshake_scope is not None:
             self.handshake_scope.cancel()
@@ -153,38 +162,57 @@ class Connection:
         """Serve the connection until it ends, then close it under a deadline.
 
         Call it in the body of the connection's *nursery* (the one running
-        :meth:`read`): it starts handing messages to *handler*, starts the
-        writer task in *nursery* and runs the heartbeat itself, so the
-        nursery's body is the heartbeat task.
+        :meth:`read`): it starts handing messages to *handler* and runs the
+        heartbeat itself, so the nursery's body is the heartbeat task; the
+        writer task is started in *nursery* whenever frames are waiting.
         """
         self.dispatch.start(handler)
-        self._writer_scope = trio.CancelScope()
         self._heartbeat_scope = trio.CancelScope()
-        self._writer_done = trio.Event()
+        self._nursery = nursery
         self._running = True
+        queue = self.outlet.queue
+        queue.wake = self._start_writer
         if self.outlet.closed:  # killed before we started
             self._on_kill()
-        nursery.start_soon(self._writer_task)
+        elif len(queue) or queue.closed:
+            self._start_writer()
         try:
             with self._heartbeat_scope:
                 await self._task("heartbeat", self._heartbeat)
             # However it ended (killed, finished, no pong), the writer stops
             # too; once it has, close.
             self._on_kill()
-            await self._writer_done.wait()
+            if self._writer_scope is not None:
+                self._writer_exit = trio.Event()
+                await self._writer_exit.wait()
         finally:
             self._running = False
+            self._nursery = None
+            queue.wake = None
             self.dispatch.stop()
             await self._close()
 
+    def _start_writer(self) -> None:
+        """Frames are waiting (or the queue closed): make sure a writer runs."""
+        if self._writer_scope is None and self._nursery is not None:
+            self._writer_scope = trio.CancelScope()
+            self._nursery.start_soon(self._writer_task)
+
     async def _writer_task(self) -> None:
+        idle = False
         try:
             with self._writer_scope:
-                await self._task("writer", self._writer)
+                idle = await self._writer()
+        except Exception:
+            log.exception("unexpected error in the writer of %s", self.user_id)
+            self.outlet.kill(1011, "internal error")
         finally:
-            self._writer_done.set()
-            # A drained (or failed) writer ends the connection.
-            self._on_kill()
+            self._writer_scope = None
+            if self._writer_exit is not None:
+                self._writer_exit.set()
+            if not idle:
+                # Drained, failed or cancelled: the connection is over.
+                self._on_kill()
 
     async def _task(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run *body*; a bug in it ends this connection (1011), not the server."""
@@ -194,25 +222,32 @@ class Connection:
             log.exception("unexpected error in the %s of %s", name, self.user_id)
             self.outlet.kill(1011, "internal error")
 
-    async def _writer(self) -> None:
+    async def _writer(self) -> bool:
+        """Write everything waiting, in one write per wake, until none is left.
+
+        Runs only while there is a backlog.  Returns True when the backlog
+        is written and the connection goes on; False when the connection is
+        over: the queue was closed (a drain, or a slow consumer) and is now
+        empty, or a write failed or took longer than ``write_timeout``.
+        """
         queue = self.outlet.queue
         stream = self.stream
         outlet = self.outlet
         timeout = self.config.write_timeout
         while True:
-            try:
-                data, frames = await queue.take_all()
-            except trio.EndOfChannel:
-                return  # drained: time to close
+            batch = queue.take_nowait()
+            if batch is None:
+                return not queue.closed
+            data, frames = batch
             try:
                 with trio.fail_after(timeout):
                     await stream.send_frames(data)
             except trio.TooSlowError:
                 outlet.kill(None, f"write not finished within {timeout:g} s")
-                return
+                return False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 outlet.kill(None, "connection lost while writing")
-                return
+                return False
             queue.written(frames)
 
     async def _heartbeat(self) -> None:

@@ -1,14 +1,18 @@
 """A bounded frame queue between the hub and one connection's writer.
 
 The hub puts pre-encoded frames in with :meth:`FrameQueue.put_nowait` (never
-blocks); the writer takes *everything* waiting in one call,
-:meth:`FrameQueue.take_all`, joined into one bytes object for one write.  It
-replaces a memory channel here because there are thousands of these: it holds
-one list and at most one parked task, a fraction of a channel's memory, and
-hands over a whole backlog in one step.
+blocks); the writer takes *everything* waiting in one call
+(:meth:`FrameQueue.take_nowait`, or :meth:`FrameQueue.take_all` to wait),
+joined into one bytes object for one write.  It replaces a memory channel here
+because there are thousands of these: it holds one list and at most one
+parked task, a fraction of a channel's memory, and hands over a whole backlog
+in one step.  Its ``wake`` hook lets the owner run a writer task only while
+there is a backlog.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import trio
 
@@ -22,7 +26,7 @@ class FrameQueue:
     :meth:`written`), which is what the owner bounds.
     """
 
-    __slots__ = ("_chunks", "_frames_waiting", "frames", "_waiter", "_closed")
+    __slots__ = ("_chunks", "_frames_waiting", "frames", "_waiter", "_closed", "wake")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
@@ -31,6 +35,9 @@ class FrameQueue:
         self.frames = 0
         self._waiter: trio.lowlevel.Task | None = None
         self._closed = False
+        #: Called when data arrives (or the queue closes) and no task is
+        #: waiting in :meth:`take_all`: the owner starts a consumer then.
+        self.wake: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -46,10 +53,15 @@ class FrameQueue:
         self._chunks.append(data)
         self._frames_waiting += frames
         self.frames += frames
+        self._notify()
+
+    def _notify(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             trio.lowlevel.reschedule(waiter)
+        elif self.wake is not None:
+            self.wake()
 
     def close(self, *, drop: bool = False) -> None:
         """No more puts; :meth:`take_all` drains what is left, then ends.
@@ -62,10 +74,7 @@ class FrameQueue:
             self._chunks.clear()
             self.frames -= self._frames_waiting
             self._frames_waiting = 0
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            trio.lowlevel.reschedule(waiter)
+        self._notify()
 
     async def take_all(self) -> tuple[bytes, int]:
         """Wait for data; return all of it joined, and its frame count.
@@ -89,6 +98,14 @@ class FrameQueue:
                 raise trio.EndOfChannel
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
+        chunks, self._chunks = self._chunks, []
+        frames, self._frames_waiting = self._frames_waiting, 0
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), frames
+
+    def take_nowait(self) -> tuple[bytes, int] | None:
+        """Everything waiting, joined, and its frame count; None if empty."""
+        if not self._chunks:
+            return None
         chunks, self._chunks = self._chunks, []
         frames, self._frames_waiting = self._frames_waiting, 0
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), frames
