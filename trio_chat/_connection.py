@@ -99,7 +99,10 @@ class Connection:
         self.session_id = secrets.token_urlsafe(9)
         self.started = time.monotonic()
         self._running = False
+        self._stopping = False
         self._nursery: trio.Nursery | None = None
+        #: The heartbeat's current wait (a sleep or a ping): its deadline
+        #: times the heartbeat, and cancelling it stops the heartbeat.
         self._heartbeat_scope = trio.CancelScope()
         #: Set while a writer task runs (there is a backlog).
         self._writer_scope: trio.CancelScope | None = None
@@ -112,6 +115,7 @@ class Connection:
 
     def _on_kill(self) -> None:
         if self._running:
+            self._stopping = True
             if self._writer_scope is not None:
                 self._writer_scope.cancel()
             self._heartbeat_scope.cancel()
@@ -167,7 +171,6 @@ class Connection:
         writer task is started in *nursery* whenever frames are waiting.
         """
         self.dispatch.start(handler)
-        self._heartbeat_scope = trio.CancelScope()
         self._nursery = nursery
         self._running = True
         queue = self.outlet.queue
@@ -177,8 +180,11 @@ class Connection:
         elif len(queue) or queue.closed:
             self._start_writer()
         try:
-            with self._heartbeat_scope:
-                await self._task("heartbeat", self._heartbeat)
+            try:
+                await self._heartbeat()
+            except Exception:
+                log.exception("unexpected error in the heartbeat of %s", self.user_id)
+                self.outlet.kill(1011, "internal error")
             # However it ended (killed, finished, no pong), the writer stops
             # too; once it has, close.
             self._on_kill()
@@ -214,14 +220,6 @@ class Connection:
                 # Drained, failed or cancelled: the connection is over.
                 self._on_kill()
 
-    async def _task(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run *body*; a bug in it ends this connection (1011), not the server."""
-        try:
-            await body()
-        except Exception:
-            log.exception("unexpected error in the %s of %s", name, self.user_id)
-            self.outlet.kill(1011, "internal error")
-
     async def _writer(self) -> bool:
         """Write everything waiting, in one write per wake, until none is left.
 
@@ -251,18 +249,31 @@ class Connection:
             queue.written(frames)
 
     async def _heartbeat(self) -> None:
+        """Ping every ``ping_interval``; abort when a pong is ``pong_timeout`` late.
+
+        Each wait runs in one cancel scope whose deadline times it and which
+        :meth:`_on_kill` cancels to stop the heartbeat (one scope, not a
+        sleep's own scope nested in a stop scope: there are thousands).
+        """
         interval = self.config.ping_interval
         timeout = self.config.pong_timeout
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(timeout):
+        while not self._stopping:
+            with trio.CancelScope(deadline=trio.current_time() + interval) as scope:
+                self._heartbeat_scope = scope
+                await trio.sleep_forever()
+            if self._stopping:
+                return
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                self._heartbeat_scope = scope
                 try:
                     await self.ws.ping()
                 except ConnectionClosed:
                     return
-                continue
-            self.outlet.kill(None, f"no pong within {timeout:g} s")
-            return
+            if self._stopping:
+                return
+            if scope.cancelled_caught:
+                self.outlet.kill(None, f"no pong within {timeout:g} s")
+                return
 
     async def _close(self) -> None:
         """Close the WebSocket as the outlet's fate says, under a deadline."""

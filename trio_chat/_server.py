@@ -199,7 +199,7 @@ class ChatServer:
                         if not listeners:
                             await trio.sleep_forever()
                         await trio.serve_listeners(
-                            self._handle_tcp, listeners, handler_nursery=connections
+                            self.handle_stream, listeners, handler_nursery=connections
                         )
                 root.cancel_scope.cancel()
         finally:
@@ -294,12 +294,16 @@ class ChatServer:
 
     # ------------------------------------------------------------ connections
 
-    async def _handle_tcp(self, transport: trio.SocketStream) -> None:
+    @staticmethod
+    def _peer_of(transport: trio.abc.Stream) -> str:
+        sock = getattr(transport, "socket", None)
+        if sock is None:
+            return "memory"
         try:
-            peer = transport.socket.getpeername()[0]
+            address = sock.getpeername()
         except OSError:
-            peer = "?"
-        await self.handle_stream(transport, peer)
+            return "?"
+        return address[0] if isinstance(address, tuple) else str(address or "local")
 
     def serve_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
         """Serve an already connected stream beside the listeners' connections.
@@ -312,8 +316,14 @@ class ChatServer:
             raise RuntimeError("the server is not serving")
         self._conn_nursery.start_soon(self.handle_stream, transport, peer)
 
-    async def handle_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
-        """Serve one connected stream (TCP, TLS or in-memory) to its end."""
+    async def handle_stream(self, transport: trio.abc.Stream, peer: str | None = None) -> None:
+        """Serve one connected stream (TCP, TLS or in-memory) to its end.
+
+        *peer* names the client (its IP, for per-IP limits and logs); by
+        default it is read from the socket, or ``"memory"``.
+        """
+        if peer is None:
+            peer = self._peer_of(transport)
         try:
             if self._ssl_context is not None:
                 transport = trio.SSLStream(transport, self._ssl_context, server_side=True)

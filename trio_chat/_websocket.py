@@ -150,9 +150,13 @@ def release_handshake(ws: WebSocketConnection) -> None:
         wsproto.handshake = _FINISHED  # type: ignore[assignment]
 
 
-async def reader_task(ws: WebSocketConnection) -> None:
-    """Run *ws*'s reader: the handshake, then every frame until the end."""
-    await ws._reader_task()
+def reader_task(ws: WebSocketConnection) -> Awaitable[None]:
+    """*ws*'s reader: the handshake, then every frame until the end.
+
+    Returns the coroutine itself (no wrapper frame kept for the connection's
+    life).
+    """
+    return ws._reader_task()
 
 
 async def get_request(ws: WebSocketConnection):  # -> trio_websocket.WebSocketRequest
