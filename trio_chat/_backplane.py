@@ -528,6 +528,7 @@ class Backplane:
             nursery.start_soon(self._pump, hub)
             nursery.start_soon(self._publisher, hub)
             delay = 0.05
+            reported = -float("inf")
             while True:
                 started = trio.current_time()
                 try:
@@ -543,6 +544,10 @@ class Backplane:
                     self.last_error = _describe(exc)
                 if self.connected:
                     log.warning("Redis backplane connection lost: %s", self.last_error)
+                    reported = trio.current_time()
+                elif trio.current_time() - reported > 30:
+                    log.warning("Redis backplane unreachable: %s", self.last_error)
+                    reported = trio.current_time()
                 self.connected = False
                 self._client = None
                 self._scope = None
@@ -828,10 +833,7 @@ class BackplaneHub(Hub):
     def health(self) -> tuple[bool, dict[str, Any]]:
         """For ``/healthz``: whether Redis is reachable, and this node's id."""
         up = self.state.up
-        detail: dict[str, Any] = {"backplane": "up" if up else "down", "node": self.backplane.node}
-        if not up and self.backplane.last_error:
-            detail["backplane_error"] = self.backplane.last_error
-        return up, detail
+        return up, {"backplane": "up" if up else "down", "node": self.backplane.node}
 
     # ----------------------------------------------------- embedder side
 
