@@ -448,19 +448,20 @@ async def test_embedder_calls(hub: Hub) -> None:
 async def test_departures_are_never_lost(nursery: trio.Nursery) -> None:
     hub = Hub(HubState(), inbox_size=1)
     await nursery.start(hub.run)
-    a, b, c = QueuePeer(hub, "ann", 16), QueuePeer(hub, "bob", 16), QueuePeer(hub, "cy", 16)
-    for peer in (a, b, c):
+    a, b, c, d = (QueuePeer(hub, user, 16) for user in ("ann", "bob", "cy", "dee"))
+    for peer in (a, b, c, d):
         await peer.connect("r")
     await wait_all_tasks_blocked()
-    await c.events()
-    hub.depart(a.outlet)  # fills the one-slot inbox
-    hub.depart(b.outlet)  # inbox full: kept aside, handled in the same wake
+    await d.events()
+    hub.depart(a.outlet)  # handed straight to the waiting hub
+    hub.depart(b.outlet)  # fills the one-slot inbox
+    hub.depart(c.outlet)  # inbox full: kept aside, handled in the same wake
     await wait_all_tasks_blocked()
-    assert await c.events() == [System("leave", "r", "ann"), System("leave", "r", "bob")]
-    assert hub.state.connections_in("r") == [c.outlet]
+    assert await d.events() == [System("leave", "r", user) for user in ("ann", "bob", "cy")]
+    assert hub.state.connections_in("r") == [d.outlet]
     # Commands from a departed connection are ignored.
     await a.send(Chat("r", "x"))
-    assert hub.state.last_id("r") == 0 and await c.events() == []
+    assert hub.state.last_id("r") == 0 and await d.events() == []
 
 
 async def test_a_broken_socket_is_killed_without_a_close_code(hub: Hub) -> None:
