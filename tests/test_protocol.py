@@ -12,7 +12,7 @@ import json
 
 import attrs
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trio_chat import text_frame
@@ -133,7 +133,8 @@ def test_valid_client_frames_parse_to_their_event(case: tuple[str, ClientEvent])
     assert parse_client_frame(encode_client_event(expected)) == expected
 
 
-@given(client_frames(max_content_chars=10))
+@settings(max_examples=50)
+@given(client_frames(types=["chat", "direct"], max_content_chars=10))
 def test_content_limit_is_a_parameter(case: tuple[str, ClientEvent]) -> None:
     text, expected = case
     assert parse_client_frame(text, max_content_chars=10) == expected
@@ -249,6 +250,7 @@ def test_strategy_types_argument() -> None:
         client_frames([]).example()
 
 
+@settings(max_examples=20)
 @given(client_frames(types=["presence"]))
 def test_client_frames_types_filter(case: tuple[str, ClientEvent]) -> None:
     assert isinstance(case[1], Presence)
