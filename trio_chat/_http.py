@@ -133,6 +133,7 @@ async def serve_http(
     head_timeout: float,
     max_body: int,
     idle_scopes: set[trio.CancelScope] | None = None,
+    first_deadline: float | None = None,
 ) -> Handover | None:
     """Answer requests on *stream* until it closes, or until an upgrade.
 
@@ -143,11 +144,15 @@ async def serve_http(
     Returning, rather than calling on, lets the HTTP parser's state be freed
     for the WebSocket's whole life.  Waiting for the next request happens
     inside a cancel scope kept in *idle_scopes*, so a graceful shutdown can
-    end idle keep-alive connections at once.
+    end idle keep-alive connections at once.  *first_deadline* bounds the
+    first request head instead of *head_timeout* (the connection's whole
+    handshake budget, when a TLS handshake has already used part of it).
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     while True:
         deadline = trio.current_time() + head_timeout
+        if first_deadline is not None:
+            deadline, first_deadline = min(deadline, first_deadline), None
         with trio.CancelScope(deadline=deadline) as scope:
             if idle_scopes is not None:
                 idle_scopes.add(scope)

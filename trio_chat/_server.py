@@ -324,10 +324,12 @@ class ChatServer:
         """
         if peer is None:
             peer = self._peer_of(transport)
+        # One budget for TLS, the request head and the WebSocket handshake.
+        deadline = trio.current_time() + self.config.handshake_timeout
         try:
             if self._ssl_context is not None:
                 transport = trio.SSLStream(transport, self._ssl_context, server_side=True)
-                with trio.move_on_after(self.config.handshake_timeout) as scope:
+                with trio.CancelScope(deadline=deadline) as scope:
                     try:
                         await transport.do_handshake()
                     except trio.BrokenResourceError:
@@ -340,6 +342,7 @@ class ChatServer:
                 head_timeout=self.config.handshake_timeout,
                 max_body=self.config.max_message_bytes,
                 idle_scopes=self._idle_scopes,
+                first_deadline=deadline,
             )
             if handover is not None:
                 identity, prefix = handover.upgrade.context, handover.prefix
