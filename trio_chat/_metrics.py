@@ -49,7 +49,9 @@ class Metrics:
         self.registry.register(self)
 
     def connection_closed(self, code: int | None) -> None:
-        key = "abort" if code is None else str(code)
+        # Dropped without a closing handshake (by either side): 1006, as
+        # RFC 6455 names an abnormal closure.
+        key = "1006" if code is None else str(code)
         self.closed_by_code[key] = self.closed_by_code.get(key, 0) + 1
 
     def handshake_refused(self, status: int) -> None:
