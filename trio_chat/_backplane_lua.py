@@ -1,0 +1,282 @@
+"""The Lua scripts of the Redis backplane (see :mod:`trio_chat._backplane`).
+
+Each script is one atomic step in Redis.  Room and user names cannot hold
+spaces or quotes (the protocol's patterns), so they are joined into fields,
+channel messages and frames as they are.  Channel messages are
+``KIND NUMBER ORIGIN SUBJECT FRAME``: ``m`` a logged message (NUMBER its id),
+``j``/``l`` a cluster-wide join/leave (NUMBER the room's membership
+version), ``t`` typing, ``p`` presence.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCRIPTS", "DEREGISTER"]
+
+_COMMON = r"""
+local P = ARGV[1]
+local function system_frame(event, room, user)
+  return '{"type":"system","payload":{"event":"' .. event .. '","room":"' .. room
+    .. '","user_id":"' .. user .. '"}}'
+end
+local ROOM_TTL = 604800
+-- A room's data lives while it has members anywhere, and a week after.
+local function room_expiry(room)
+  local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room}
+  for _, key in ipairs(keys) do
+    if redis.call('EXISTS', P .. 'members:' .. room) == 1 then
+      redis.call('PERSIST', key)
+    else
+      redis.call('EXPIRE', key, ROOM_TTL)
+    end
+  end
+end
+local function member_count(room, user, delta)
+  local key = P .. 'members:' .. room
+  local n = redis.call('HINCRBY', key, user, delta)
+  if n <= 0 then redis.call('HDEL', key, user) end
+  if (delta > 0 and n == 1) or (delta < 0 and n <= 0) then
+    local v = redis.call('INCR', P .. 'mver:' .. room)
+    local kind, event = 'l', 'leave'
+    if delta > 0 then kind, event = 'j', 'join' end
+    redis.call('PUBLISH', P .. 'ch:r:' .. room,
+      kind .. ' ' .. v .. ' - ' .. user .. ' ' .. system_frame(event, room, user))
+    room_expiry(room)
+  end
+end
+local function member_add(node, room, user)
+  if redis.call('HSETNX', P .. 'proc:' .. node, 'm ' .. room .. ' ' .. user, '1') == 1 then
+    redis.call('SET', P .. 'seq:' .. room, '0', 'NX')
+    member_count(room, user, 1)
+  end
+end
+local function member_del(node, room, user)
+  if redis.call('HDEL', P .. 'proc:' .. node, 'm ' .. room .. ' ' .. user) == 1 then
+    member_count(room, user, -1)
+  end
+end
+local function online_count(user, delta)
+  local n = redis.call('HINCRBY', P .. 'online', user, delta)
+  if n <= 0 then
+    redis.call('HDEL', P .. 'online', user)
+    redis.call('HDEL', P .. 'presence', user)
+    redis.call('EXPIRE', P .. 'dmseq:' .. user, 604800)
+  elseif n == 1 and delta > 0 then
+    redis.call('PERSIST', P .. 'dmseq:' .. user)
+  end
+end
+local function online_add(node, user)
+  if redis.call('HSETNX', P .. 'proc:' .. node, 'u ' .. user, '1') == 1 then
+    online_count(user, 1)
+  end
+  return tonumber(redis.call('GET', P .. 'dmseq:' .. user) or '0')
+end
+local function online_del(node, user)
+  if redis.call('HDEL', P .. 'proc:' .. node, 'u ' .. user) == 1 then
+    online_count(user, -1)
+  end
+end
+local function unregister(node, field)
+  local kind, a, b = string.match(field, '^(%a) (%S+) ?(%S*)$')
+  if kind == 'm' then member_del(node, a, b) elseif kind == 'u' then online_del(node, a) end
+end
+local function drop_node(node)
+  for _, field in ipairs(redis.call('HKEYS', P .. 'proc:' .. node)) do
+    unregister(node, field)
+  end
+  redis.call('DEL', P .. 'proc:' .. node)
+  redis.call('ZREM', P .. 'procs', node)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+_REMEMBER = r"""
+local function remember(refs, queue, ref, memo, limit)
+  redis.call('HSET', refs, ref, memo)
+  redis.call('RPUSH', queue, ref)
+  if redis.call('LLEN', queue) > tonumber(limit) then
+    redis.call('HDEL', refs, redis.call('LPOP', queue))
+  end
+  redis.call('EXPIRE', refs, 86400)
+  redis.call('EXPIRE', queue, 86400)
+end
+"""
+
+#: Several chat messages, each as atomic as one script: for each, check the
+#: sender's ref, take the room's next id, append the frame to the room's
+#: stream, publish it, remember the ref.  ARGV: prefix, epoch, ref memory,
+#: retain, then 8 per message: room, user, ref, create ('1'/'0'), frame
+#: prefix, frame suffix, origin, memo.  Answers one result per message.
+_CHATS = _REMEMBER + r"""
+local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local same_epoch = redis.call('GET', P .. 'epoch') == epoch
+local out = {}
+for i = 5, #ARGV, 8 do
+  local room, user, ref = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local refs, queue = P .. 'refs:' .. user, P .. 'refq:' .. user
+  local seq = P .. 'seq:' .. room
+  local seen = false
+  if same_epoch and ref ~= '' then seen = redis.call('HGET', refs, ref) end
+  if not same_epoch then
+    out[#out + 1] = {'epoch'}
+  elseif seen then
+    out[#out + 1] = {'dup', seen}
+  elseif ARGV[i + 3] == '0' and redis.call('EXISTS', seq) == 0 then
+    out[#out + 1] = {'noroom'}
+  else
+    local id = redis.call('INCR', seq)
+    local frame = ARGV[i + 4] .. id .. ARGV[i + 5]
+    local log = P .. 'log:' .. room
+    redis.call('XADD', log, 'MAXLEN', '~', retain, id .. '-0', 'o', ARGV[i + 6], 'f', frame)
+    redis.call('PUBLISH', P .. 'ch:r:' .. room, 'm ' .. id .. ' ' .. ARGV[i + 6] .. ' - ' .. frame)
+    if ref ~= '' then remember(refs, queue, ref, 'c ' .. id .. ' ' .. ARGV[i + 7], limit) end
+    if redis.call('EXISTS', P .. 'members:' .. room) == 0 then
+      -- Nobody in the room (a publish through the API): a week to live.
+      redis.call('EXPIRE', seq, 604800)
+      redis.call('EXPIRE', log, 604800)
+      redis.call('EXPIRE', P .. 'mver:' .. room, 604800)
+    end
+    out[#out + 1] = {'ok', id}
+  end
+end
+return out
+"""
+
+#: KEYS: epoch, refs, refq, online, dmseq, dm.  ARGV: epoch, ref, ref memory,
+#: to, frame, origin, retain, channel, memo.
+_DIRECT = _REMEMBER + r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
+local ref = ARGV[2]
+if ref ~= '' then
+  local seen = redis.call('HGET', KEYS[2], ref)
+  if seen then return {'dup', seen} end
+end
+if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0 then return {'absent'} end
+local id = redis.call('INCR', KEYS[5])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], id .. '-0', 'o', ARGV[6], 'f', ARGV[5])
+redis.call('EXPIRE', KEYS[6], 86400)
+redis.call('PUBLISH', ARGV[8], 'm ' .. id .. ' ' .. ARGV[6] .. ' - ' .. ARGV[5])
+if ref ~= '' then remember(KEYS[2], KEYS[3], ref, ARGV[9], ARGV[3]) end
+return {'ok', id}
+"""
+
+#: ARGV: prefix, node, room, user, '1' (join) or '0' (leave).
+_MEMBER = _COMMON + r"""
+if ARGV[5] == '1' then member_add(ARGV[2], ARGV[3], ARGV[4])
+else member_del(ARGV[2], ARGV[3], ARGV[4]) end
+return 1
+"""
+
+#: ARGV: prefix, node, user, '1' (online: answers the inbox id) or '0'.
+_ONLINE = _COMMON + r"""
+if ARGV[4] == '1' then return online_add(ARGV[2], ARGV[3]) end
+online_del(ARGV[2], ARGV[3])
+return 0
+"""
+
+#: ARGV: prefix, room, history count.
+_LOAD = _COMMON + r"""
+local room = ARGV[2]
+local last = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
+local entries = {}
+if tonumber(ARGV[3]) > 0 then
+  entries = redis.call('XREVRANGE', P .. 'log:' .. room, '+', '-', 'COUNT', ARGV[3])
+end
+local members = redis.call('HKEYS', P .. 'members:' .. room)
+local version = tonumber(redis.call('GET', P .. 'mver:' .. room) or '0')
+local presence = {}
+for _, user in ipairs(members) do
+  local frame = redis.call('HGET', P .. 'presence', user)
+  if frame then
+    presence[#presence + 1] = user
+    presence[#presence + 1] = frame
+  end
+end
+return {last, entries, members, version, presence}
+"""
+
+#: ARGV: prefix, room.
+_MEMBERS = _COMMON + r"""
+local version = tonumber(redis.call('GET', P .. 'mver:' .. ARGV[2]) or '0')
+return {version, redis.call('HKEYS', P .. 'members:' .. ARGV[2])}
+"""
+
+#: ARGV: prefix, node, user, frame.
+_PRESENCE = _COMMON + r"""
+if redis.call('HEXISTS', P .. 'online', ARGV[3]) == 1 then
+  redis.call('HSET', P .. 'presence', ARGV[3], ARGV[4])
+end
+redis.call('PUBLISH', P .. 'ch:p', 'p 0 ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+return 1
+"""
+
+#: ARGV: prefix, room, floor.
+_FLOOR = _COMMON + r"""
+local key = P .. 'seq:' .. ARGV[2]
+if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', key, ARGV[3])
+end
+return 1
+"""
+
+#: ARGV: prefix, node, ttl ms, candidate epoch, n, n entries, inbox users...
+_SYNC = _COMMON + r"""
+local node = ARGV[2]
+local epoch = redis.call('GET', P .. 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', P .. 'epoch', epoch)
+end
+redis.call('ZADD', P .. 'procs', now_ms() + tonumber(ARGV[3]), node)
+local n = tonumber(ARGV[5])
+local want = {}
+for i = 6, 5 + n do want[ARGV[i]] = true end
+for _, field in ipairs(redis.call('HKEYS', P .. 'proc:' .. node)) do
+  if not want[field] then unregister(node, field) end
+end
+for i = 6, 5 + n do
+  local kind, a, b = string.match(ARGV[i], '^(%a) (%S+) ?(%S*)$')
+  if kind == 'm' then member_add(node, a, b) elseif kind == 'u' then online_add(node, a) end
+end
+local ids = {}
+for i = 6 + n, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+  ids[#ids + 1] = tonumber(redis.call('GET', P .. 'dmseq:' .. ARGV[i]) or '0')
+end
+return {epoch, ids}
+"""
+
+#: ARGV: prefix, node, ttl ms, epoch.  Also removes processes that expired.
+_HEARTBEAT = _COMMON + r"""
+local node = ARGV[2]
+local now = now_ms()
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'procs', '-inf', now)) do
+  if other ~= node then drop_node(other) end
+end
+if redis.call('GET', P .. 'epoch') ~= ARGV[4] or not redis.call('ZSCORE', P .. 'procs', node) then
+  return 'lost'
+end
+redis.call('ZADD', P .. 'procs', now + tonumber(ARGV[3]), node)
+return 'ok'
+"""
+
+#: ARGV: prefix, node.
+DEREGISTER = _COMMON + r"""
+drop_node(ARGV[2])
+return 1
+"""
+
+SCRIPTS = {
+    "chats": _CHATS,
+    "direct": _DIRECT,
+    "member": _MEMBER,
+    "online": _ONLINE,
+    "load": _LOAD,
+    "members": _MEMBERS,
+    "presence": _PRESENCE,
+    "floor": _FLOOR,
+    "sync": _SYNC,
+    "heartbeat": _HEARTBEAT,
+}
