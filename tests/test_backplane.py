@@ -40,7 +40,6 @@ from trio_chat._backplane import attach_backplane, split_url
 from trio_chat._backplane_state import (
     ChatOp,
     ClusterState,
-    DirectOp,
     FillOp,
     FloorOp,
     LoadOp,
@@ -52,7 +51,7 @@ from trio_chat._backplane_state import (
     Unavailable,
     chat_frame_parts,
 )
-from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Leave, Presence
+from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Presence
 from trio_chat.testing import TestClient, open_test_client, room_names, timestamps, user_ids
 
 

@@ -39,7 +39,6 @@ from ._hub_state import Delivery, HubStats
 from ._protocol import (
     Chat,
     ChatAck,
-    ChatMessage,
     ClientEvent,
     Direct,
     DirectAck,
