@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.metrics import scrape  # noqa: E402
-from harness.servers import BENCH_DIR, ServerProcess, default_specs, export_snapshot, raise_fd_limit  # noqa: E402
+from harness.servers import BENCH_DIR, ServerProcess, default_specs, export_snapshot, raise_fd_limit, source_label  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +74,7 @@ def main() -> int:
         alive = srv.alive()
     n = stats.get("open", 0)
     result = {
-        "connections_requested": args.connections, "users": args.users, "fd_limit": limit,
+        "source": source_label(args.trio_chat_src), "connections_requested": args.connections, "users": args.users, "fd_limit": limit,
         "joined": ready.get("joined"), "open_at_end": n, "connect_and_join_s": connect_s,
         "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
         "kb_per_connection": (after - before) / max(n, 1) / 1024, "server_fds": fds,
@@ -89,7 +89,8 @@ def main() -> int:
           f"{broadcast.get('expected'):,} in {broadcast.get('ms')} ms; "
           f"{result['kb_per_connection']:.1f} KB of server RSS per connection")
     if not args.no_readme:
-        section = (f"{n:,} connections ({args.users} user ids) held on one {args.server} process, all in one "
+        section = (f"{n:,} connections ({args.users} user ids) held on one {args.server} process "
+                   f"({result['source']}), all in one "
                    f"room; connected and joined in {connect_s:.0f} s. One broadcast reached "
                    f"{broadcast.get('received'):,} of {broadcast.get('expected'):,} other connections in "
                    f"{broadcast.get('ms')} ms. Server RSS {before / 2**20:.0f} MB before, "

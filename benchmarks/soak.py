@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.metrics import scrape  # noqa: E402
-from harness.servers import BENCH_DIR, ServerProcess, default_specs, export_snapshot, raise_fd_limit  # noqa: E402
+from harness.servers import BENCH_DIR, ServerProcess, default_specs, export_snapshot, raise_fd_limit, source_label  # noqa: E402
 
 TOLERANCE = 0.05
 
@@ -82,7 +82,7 @@ def summary_md(r: dict) -> str:
     """The README's soak section."""
     a, churn = r["args"], r["churn"]
     fmt = lambda v: "n/a" if v is None else f"{v:,.1f}"  # noqa: E731
-    lines = [f"{a['minutes']:g} minutes against {a['server']}: {a['clients']} connection slots in rooms of "
+    lines = [f"{a['minutes']:g} minutes against {a['server']} ({r.get('source', 'the working tree')}): {a['clients']} connection slots in rooms of "
              f"{a['room_size']}, each living {a['life_min']:g}–{a['life_max']:g} s then dropped abruptly "
              f"(TCP reset or close without a close frame) and reconnecting; "
              f"{churn.get('drops', 0):,} drops, {churn.get('sent', 0):,} chats, "
@@ -178,7 +178,7 @@ def main() -> int:
               for key in ("fds", "tasks", "connections")}
     ok = alive and all(c["ok"] is not False for c in checks.values()) \
         and all(r[2] is not False for r in reaped.values())
-    report_dict = {"args": vars(args), "server_alive": alive, "idle_before": idle_before, "idle_after": idle_after,
+    report_dict = {"args": vars(args), "source": source_label(args.trio_chat_src), "server_alive": alive, "idle_before": idle_before, "idle_after": idle_after,
               "checks": checks, "reaped": reaped, "ok": ok, "samples": samples, "churn": result}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -159,6 +159,18 @@ def export_snapshot(rev: str = "HEAD") -> str:
     return out
 
 
+def source_label(src: str | None) -> str:
+    """How a run names the trio_chat it measured: a snapshot's commit, a
+    directory, or the working tree."""
+    if not src:
+        return "the working tree"
+    commit = os.path.join(src, "COMMIT")
+    if os.path.exists(commit):
+        with open(commit) as f:
+            return "commit " + f.read().strip()
+    return src
+
+
 def raise_fd_limit(target: int = 65536) -> int:
     """Raise RLIMIT_NOFILE (hard too, when allowed) so children inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
