@@ -29,8 +29,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep  # noqa: E402
-from harness.servers import (BENCH_DIR, OPTIONAL, RedisServer, ServerError, ServerProcess,  # noqa: E402
-                             default_specs, ensure_node_deps, export_snapshot, raise_fd_limit)
+from harness.servers import (
+    BENCH_DIR,
+    OPTIONAL,
+    RedisServer,
+    ServerError,
+    ServerProcess,  # noqa: E402
+    default_specs,
+    ensure_node_deps,
+    export_snapshot,
+    raise_fd_limit,
+)
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
@@ -44,18 +53,33 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-sweep", action="store_true", help="skip the latency sweep and plot")
     p.add_argument("--with-node", action="store_true", help="also measure the Node.js ws peer (npm ci)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the generator-ceiling check")
-    p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"),
-                   help="command that starts trio_chat (default: python -m trio_chat)")
+    p.add_argument(
+        "--trio-chat-cmd",
+        default=os.environ.get("TRIO_CHAT_CMD"),
+        help="command that starts trio_chat (default: python -m trio_chat)",
+    )
     p.add_argument("--trio-chat-args", default="", help="extra arguments for trio_chat serve")
-    p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
-                   help="directory holding the trio_chat package to measure (default: this checkout)")
-    p.add_argument("--trio-chat-rev", help="measure trio_chat as committed at this git revision "
-                   "(exported with git archive) instead of the working tree")
+    p.add_argument(
+        "--trio-chat-src",
+        default=os.environ.get("TRIO_CHAT_SRC"),
+        help="directory holding the trio_chat package to measure (default: this checkout)",
+    )
+    p.add_argument(
+        "--trio-chat-rev",
+        help="measure trio_chat as committed at this git revision "
+        "(exported with git archive) instead of the working tree",
+    )
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's results section")
-    p.add_argument("--no-pin", action="store_true",
-                   help="do not pin server and generator to cores (e.g. trio_chat --workers 2)")
-    p.add_argument("--redis", action="store_true",
-                   help="start a redis-server and run trio_chat with --redis-url (flushed before each start)")
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin server and generator to cores (e.g. trio_chat --workers 2)",
+    )
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="start a redis-server and run trio_chat with --redis-url (flushed before each start)",
+    )
     p.add_argument("--tag", default="", help="suffix for the results file name")
     return p.parse_args()
 
@@ -65,24 +89,40 @@ def config(args: argparse.Namespace) -> Config:
     os.makedirs(log_dir, exist_ok=True)
     pin = {"server_core": None, "gen_core": None} if args.no_pin else {}
     if args.quick:
-        return Config(warmup=0.5, duration=2.0, drain=0.5, log_dir=log_dir, idle_counts=(5000,),
-                      sweep_offered=(25_000, 100_000, 200_000), sweep_duration=2.0, **pin)
+        return Config(
+            warmup=0.5,
+            duration=2.0,
+            drain=0.5,
+            log_dir=log_dir,
+            idle_counts=(5000,),
+            sweep_offered=(25_000, 100_000, 200_000),
+            sweep_duration=2.0,
+            **pin,
+        )
     return Config(log_dir=log_dir, **pin)
 
 
 def available(spec, cfg: Config) -> str | None:
     """None if the server starts and prints its listening line, else why not."""
     try:
-        with ServerProcess(spec, core=cfg.server_core, start_timeout=15,
-                           log_path=os.path.join(cfg.log_dir, f"{spec.name}.log")):
+        with ServerProcess(
+            spec,
+            core=cfg.server_core,
+            start_timeout=15,
+            log_path=os.path.join(cfg.log_dir, f"{spec.name}.log"),
+        ):
             return None
     except ServerError as exc:
         return str(exc)[:300]
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count(), "kernel": platform.release()}
+    out = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+    }
     for dist in ("trio", "trio-websocket", "wsproto", "websockets", "trio-chat"):
         try:
             out[dist] = metadata.version(dist)
@@ -113,8 +153,9 @@ def main() -> int:
     if args.redis:
         redis = RedisServer()
         extra += ["--redis-url", redis.url]
-    specs = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_extra=extra,
-                          trio_chat_src=args.trio_chat_src)
+    specs = default_specs(
+        trio_chat_cmd=args.trio_chat_cmd, trio_chat_extra=extra, trio_chat_src=args.trio_chat_src
+    )
     if redis:
         specs["trio_chat"].prestart = redis.flush_command()
     try:
@@ -150,14 +191,17 @@ def measure_all(args, cfg, specs, source) -> int:
     if not args.no_ceiling:
         try:
             ceiling = generator_ceiling(cfg)
-            print(f"[ceiling] load generator against the native hub: {ceiling['deliveries_per_s']:,.0f} "
-                  f"deliveries/s at {ceiling['gen_cpu_frac']:.0%} of its core", flush=True)
+            print(
+                f"[ceiling] load generator against the native hub: {ceiling['deliveries_per_s']:,.0f} "
+                f"deliveries/s at {ceiling['gen_cpu_frac']:.0%} of its core",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001
             print(f"[ceiling] failed: {exc}", flush=True)
     runs = []
     for rep in range(reps):
         for scenario in scenarios:
-            order = active[rep % len(active):] + active[:rep % len(active)] if active else []
+            order = active[rep % len(active) :] + active[: rep % len(active)] if active else []
             for name in order:
                 t0 = time.monotonic()
                 try:
@@ -165,10 +209,15 @@ def measure_all(args, cfg, specs, source) -> int:
                 except Exception as exc:  # noqa: BLE001 - record and go on
                     metrics = {"error": f"{type(exc).__name__}: {exc}"[:400]}
                 runs.append({"server": name, "scenario": scenario, "rep": rep, "metrics": metrics})
-                brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()
-                         if k not in ("close_codes", "first_error") and not isinstance(v, dict)}
-                print(f"[rep {rep + 1}/{reps}] {scenario:<12} {name:<19} {time.monotonic() - t0:5.1f}s {brief}",
-                      flush=True)
+                brief = {
+                    k: round(v, 3) if isinstance(v, float) else v
+                    for k, v in metrics.items()
+                    if k not in ("close_codes", "first_error") and not isinstance(v, dict)
+                }
+                print(
+                    f"[rep {rep + 1}/{reps}] {scenario:<12} {name:<19} {time.monotonic() - t0:5.1f}s {brief}",
+                    flush=True,
+                )
 
     sweeps = {}
     if not args.no_sweep:
@@ -177,11 +226,25 @@ def measure_all(args, cfg, specs, source) -> int:
 
     summary = report.summarize(runs)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    data = {"meta": {"date": stamp, "quick": args.quick, "reps": reps, "config": cfg.__dict__,
-                     "versions": versions(), "servers": names, "trio_chat_source": source,
-                     "trio_chat_args": specs["trio_chat"].extra, "pinned": not args.no_pin, "unavailable": unavailable,
-                     "elapsed_s": time.monotonic() - started},
-            "runs": runs, "summary": summary, "sweeps": sweeps, "generator_ceiling": ceiling}
+    data = {
+        "meta": {
+            "date": stamp,
+            "quick": args.quick,
+            "reps": reps,
+            "config": cfg.__dict__,
+            "versions": versions(),
+            "servers": names,
+            "trio_chat_source": source,
+            "trio_chat_args": specs["trio_chat"].extra,
+            "pinned": not args.no_pin,
+            "unavailable": unavailable,
+            "elapsed_s": time.monotonic() - started,
+        },
+        "runs": runs,
+        "summary": summary,
+        "sweeps": sweeps,
+        "generator_ceiling": ceiling,
+    }
     os.makedirs(RESULTS_DIR, exist_ok=True)
     name = f"results-{stamp}{'-' + args.tag if args.tag else ''}.json"
     for path in (os.path.join(RESULTS_DIR, name), os.path.join(RESULTS_DIR, "latest.json")):
@@ -208,12 +271,19 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         f"{meta['elapsed_s'] / 60:.1f} min); {v.get('cpu', '?')}, {v.get('cpus')} cores; "
         f"Python {v['python']}, trio {v.get('trio', '?')}, trio-websocket {v.get('trio-websocket', '?')}, "
         f"websockets {v.get('websockets', '?')}; trio_chat from {meta.get('trio_chat_source')}. "
-        + ("Server on core 0, load generator on core 1." if meta.get("pinned", True)
-           else "Server and load generator not pinned.")
-        + (f" trio_chat arguments: `{' '.join(meta['trio_chat_args'])}`." if meta.get("trio_chat_args") else ""),
+        + (
+            "Server on core 0, load generator on core 1."
+            if meta.get("pinned", True)
+            else "Server and load generator not pinned."
+        )
+        + (
+            f" trio_chat arguments: `{' '.join(meta['trio_chat_args'])}`."
+            if meta.get("trio_chat_args")
+            else ""
+        ),
         "",
         "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions). "
-        "\"Per server CPU-second\" is 1 / (server CPU per delivery): what one fully available core "
+        '"Per server CPU-second" is 1 / (server CPU per delivery): what one fully available core '
         "would carry at that cost. The *share of its core* rows show how much of core 0 the server "
         "actually got: where other work shared the core, throughput rows drop with it, CPU-cost rows "
         "much less.",
@@ -221,23 +291,37 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         report.markdown_table(summary, names),
     ]
     if "trio_chat" in summary.get("fanout_max", {}):
-        lines += ["", "Targets, from the medians above (status from the throughput ratio as the issue "
-                  "states it; \"per CPU-second\" is the same ratio from server CPU cost, steadier when "
-                  "the server did not get its whole core):", "", report.targets(summary)]
+        lines += [
+            "",
+            "Targets, from the medians above (status from the throughput ratio as the issue "
+            'states it; "per CPU-second" is the same ratio from server CPU cost, steadier when '
+            "the server did not get its whole core):",
+            "",
+            report.targets(summary),
+        ]
     ceiling = data.get("generator_ceiling")
     if ceiling:
-        lines += ["", f"Load generator ceiling (max fan-out against a native C hub that batches frames): "
-                      f"{ceiling['deliveries_per_s']:,.0f} deliveries/s with the generator at "
-                      f"{ceiling['gen_cpu_frac']:.0%} of its core ({ceiling['gen_us_per_delivery']:.2f} µs "
-                      f"per delivery)."]
+        lines += [
+            "",
+            f"Load generator ceiling (max fan-out against a native C hub that batches frames): "
+            f"{ceiling['deliveries_per_s']:,.0f} deliveries/s with the generator at "
+            f"{ceiling['gen_cpu_frac']:.0%} of its core ({ceiling['gen_us_per_delivery']:.2f} µs "
+            f"per delivery).",
+        ]
     for name, why in unavailable.items():
         lines += ["", f"*{name}: not measured in this run ({why}).*"]
     errs = report.errors(runs)
     if errs:
         lines += ["", "Failed runs:", ""] + [f"- {e}" for e in errs]
     if sweeps:
-        lines += ["", "Latency against offered load (fixed-rate fan-out, 200 clients, one room):", "",
-                  "![latency against offered load](latency.png)", "", report.sweep_table(sweeps)]
+        lines += [
+            "",
+            "Latency against offered load (fixed-rate fan-out, 200 clients, one room):",
+            "",
+            "![latency against offered load](latency.png)",
+            "",
+            report.sweep_table(sweeps),
+        ]
     return "\n".join(lines)
 
 

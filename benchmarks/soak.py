@@ -35,7 +35,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import loadgen, report  # noqa: E402
 from harness.metrics import scrape  # noqa: E402
-from harness.servers import BENCH_DIR, ServerProcess, default_specs, export_snapshot, raise_fd_limit, source_label  # noqa: E402
+from harness.servers import (
+    BENCH_DIR,
+    ServerProcess,
+    default_specs,
+    export_snapshot,
+    raise_fd_limit,
+    source_label,
+)  # noqa: E402
 
 TOLERANCE = 0.05
 
@@ -52,8 +59,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=60.0, help="seconds before the start value")
     p.add_argument("--server", default="trio_chat", help="server name (default trio_chat)")
     p.add_argument("--trio-chat-cmd", default=os.environ.get("TRIO_CHAT_CMD"))
-    p.add_argument("--trio-chat-src", default=os.environ.get("TRIO_CHAT_SRC"),
-                   help="directory holding the trio_chat package (default: this checkout)")
+    p.add_argument(
+        "--trio-chat-src",
+        default=os.environ.get("TRIO_CHAT_SRC"),
+        help="directory holding the trio_chat package (default: this checkout)",
+    )
     p.add_argument("--trio-chat-rev", help="measure trio_chat as committed at this git revision")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "soak.json"))
     p.add_argument("--plot", default=os.path.join(BENCH_DIR, "soak.png"))
@@ -63,9 +73,14 @@ def parse_args() -> argparse.Namespace:
 
 def sample(server: ServerProcess, t0: float, churn: dict) -> dict:
     gauges = scrape(server.port)
-    return {"t": time.monotonic() - t0, "rss_mb": server.rss() / 2**20, "fds": server.num_fds(),
-            "tasks": gauges["trio_chat_tasks"], "connections": gauges["trio_chat_connections_open"],
-            "client_open": churn.get("open")}
+    return {
+        "t": time.monotonic() - t0,
+        "rss_mb": server.rss() / 2**20,
+        "fds": server.num_fds(),
+        "tasks": gauges["trio_chat_tasks"],
+        "connections": gauges["trio_chat_connections_open"],
+        "client_open": churn.get("open"),
+    }
 
 
 def check(samples: list[dict], key: str, warmup: float) -> dict:
@@ -82,31 +97,49 @@ def summary_md(r: dict) -> str:
     """The README's soak section."""
     a, churn = r["args"], r["churn"]
     fmt = lambda v: "n/a" if v is None else f"{v:,.1f}"  # noqa: E731
-    lines = [f"{a['minutes']:g} minutes against {a['server']} ({r.get('source', 'the working tree')}): {a['clients']} connection slots in rooms of "
-             f"{a['room_size']}, each living {a['life_min']:g}–{a['life_max']:g} s then dropped abruptly "
-             f"(TCP reset or close without a close frame) and reconnecting; "
-             f"{churn.get('drops', 0):,} drops, {churn.get('sent', 0):,} chats, "
-             f"{churn.get('deliveries', 0):,} deliveries, {churn.get('errors', 0)} error frames. "
-             f"Result: **{'PASS' if r['ok'] else 'FAIL'}**.", "",
-             "| sampled every %gs | start | end | change | within 5%% |" % a["sample"], "|---|---|---|---|---|"]
-    for key, label in (("rss_mb", "server RSS, MB"), ("fds", "open file descriptors"), ("tasks", "trio tasks")):
+    lines = [
+        f"{a['minutes']:g} minutes against {a['server']} ({r.get('source', 'the working tree')}): {a['clients']} connection slots in rooms of "
+        f"{a['room_size']}, each living {a['life_min']:g}–{a['life_max']:g} s then dropped abruptly "
+        f"(TCP reset or close without a close frame) and reconnecting; "
+        f"{churn.get('drops', 0):,} drops, {churn.get('sent', 0):,} chats, "
+        f"{churn.get('deliveries', 0):,} deliveries, {churn.get('errors', 0)} error frames. "
+        f"Result: **{'PASS' if r['ok'] else 'FAIL'}**.",
+        "",
+        "| sampled every %gs | start | end | change | within 5%% |" % a["sample"],
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("rss_mb", "server RSS, MB"),
+        ("fds", "open file descriptors"),
+        ("tasks", "trio tasks"),
+    ):
         c = r["checks"][key]
         change = "n/a" if c["change"] is None else f"{c['change']:+.1%}"
         verdict = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
         lines.append(f"| {label} | {fmt(c['start'])} | {fmt(c['end'])} | {change} | {verdict} |")
-    lines += ["", "After the churn stopped (idle, before → after): " + ", ".join(
-        f"{k} {b} → {af}" for k, (b, af, _ok) in r["reaped"].items()) + ".", "",
-        "![soak: RSS, fds, tasks and connections over time](soak.png)"]
+    lines += [
+        "",
+        "After the churn stopped (idle, before → after): "
+        + ", ".join(f"{k} {b} → {af}" for k, (b, af, _ok) in r["reaped"].items())
+        + ".",
+        "",
+        "![soak: RSS, fds, tasks and connections over time](soak.png)",
+    ]
     return "\n".join(lines)
 
 
 def plot(samples: list[dict], idle: dict, path: str, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("rss_mb", "server RSS (MB)"), ("fds", "open file descriptors"),
-            ("tasks", "trio tasks"), ("connections", "open connections")]
+    keys = [
+        ("rss_mb", "server RSS (MB)"),
+        ("fds", "open file descriptors"),
+        ("tasks", "trio tasks"),
+        ("connections", "open connections"),
+    ]
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 9), dpi=100, sharex=True)
     xs = [s["t"] / 60 for s in samples]
     for ax, (key, label) in zip(axes, keys):
@@ -138,12 +171,22 @@ def main() -> int:
     duration = args.minutes * 60
     samples: list[dict] = []
     churn: dict = {}
-    with ServerProcess(spec, core=0, log_path=os.path.join(BENCH_DIR, "results", "raw", "soak-server.log")) as srv:
+    with ServerProcess(
+        spec, core=0, log_path=os.path.join(BENCH_DIR, "results", "raw", "soak-server.log")
+    ) as srv:
         time.sleep(1.0)
         idle_before = sample(srv, time.monotonic(), {})
-        options = dict(mode="churn", clients=args.clients, room_size=args.room_size,
-                       msg_interval=args.msg_interval, life_min=args.life_min, life_max=args.life_max,
-                       duration=duration, stats_every=min(args.sample, 10), concurrency=64)
+        options = dict(
+            mode="churn",
+            clients=args.clients,
+            room_size=args.room_size,
+            msg_interval=args.msg_interval,
+            life_min=args.life_min,
+            life_max=args.life_max,
+            duration=duration,
+            stats_every=min(args.sample, 10),
+            concurrency=64,
+        )
         result: dict = {}
 
         def on_event(name: str, payload: dict) -> None:
@@ -151,8 +194,7 @@ def main() -> int:
                 churn.update(payload)
 
         def drive() -> None:
-            result.update(loadgen.run(srv.port, options, core=1, on_event=on_event,
-                                      timeout=duration + 120))
+            result.update(loadgen.run(srv.port, options, core=1, on_event=on_event, timeout=duration + 120))
 
         t0 = time.monotonic()
         driver = threading.Thread(target=drive, daemon=True)
@@ -163,41 +205,72 @@ def main() -> int:
             if driver.is_alive() and next_at - 0.01 <= time.monotonic() < t0 + duration - 1.0:
                 samples.append(sample(srv, t0, churn))
                 s = samples[-1]
-                print(f"{s['t'] / 60:6.1f} min  rss {s['rss_mb']:7.1f} MB  fds {s['fds']:5d}  "
-                      f"tasks {s['tasks'] if s['tasks'] is not None else 'n/a'}  "
-                      f"conns {s['connections'] if s['connections'] is not None else 'n/a'}  "
-                      f"churn {churn}", flush=True)
+                print(
+                    f"{s['t'] / 60:6.1f} min  rss {s['rss_mb']:7.1f} MB  fds {s['fds']:5d}  "
+                    f"tasks {s['tasks'] if s['tasks'] is not None else 'n/a'}  "
+                    f"conns {s['connections'] if s['connections'] is not None else 'n/a'}  "
+                    f"churn {churn}",
+                    flush=True,
+                )
                 next_at += args.sample
         alive = srv.alive()
         time.sleep(5.0)  # let the server reap the last connections
         idle_after = sample(srv, t0, {})
 
     checks = {key: check(samples, key, min(args.warmup, duration / 3)) for key in ("rss_mb", "fds", "tasks")}
-    reaped = {key: (idle_before[key], idle_after[key],
-                    None if idle_before[key] is None else idle_after[key] <= idle_before[key] * (1 + TOLERANCE) + 1)
-              for key in ("fds", "tasks", "connections")}
-    ok = alive and all(c["ok"] is not False for c in checks.values()) \
+    reaped = {
+        key: (
+            idle_before[key],
+            idle_after[key],
+            None if idle_before[key] is None else idle_after[key] <= idle_before[key] * (1 + TOLERANCE) + 1,
+        )
+        for key in ("fds", "tasks", "connections")
+    }
+    ok = (
+        alive
+        and all(c["ok"] is not False for c in checks.values())
         and all(r[2] is not False for r in reaped.values())
-    report_dict = {"args": vars(args), "source": source_label(args.trio_chat_src), "server_alive": alive, "idle_before": idle_before, "idle_after": idle_after,
-              "checks": checks, "reaped": reaped, "ok": ok, "samples": samples, "churn": result}
+    )
+    report_dict = {
+        "args": vars(args),
+        "source": source_label(args.trio_chat_src),
+        "server_alive": alive,
+        "idle_before": idle_before,
+        "idle_after": idle_after,
+        "checks": checks,
+        "reaped": reaped,
+        "ok": ok,
+        "samples": samples,
+        "churn": result,
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report_dict, f, indent=1)
-    plot(samples, idle_before, args.plot,
-         f"{args.server}: {args.minutes:g} min churn, {args.clients} clients "
-         f"({result.get('drops', '?')} abrupt drops)")
+    plot(
+        samples,
+        idle_before,
+        args.plot,
+        f"{args.server}: {args.minutes:g} min churn, {args.clients} clients "
+        f"({result.get('drops', '?')} abrupt drops)",
+    )
     print()
     for key, c in checks.items():
-        fmt = (lambda v: "n/a" if v is None else f"{v:.1f}")
+        fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
         change = "n/a" if c["change"] is None else f"{c['change']:+.1%}"
-        print(f"{key:7} start {fmt(c['start'])}  end {fmt(c['end'])}  change {change}  "
-              f"{'ok' if c['ok'] else 'n/a' if c['ok'] is None else 'FAIL'}")
+        print(
+            f"{key:7} start {fmt(c['start'])}  end {fmt(c['end'])}  change {change}  "
+            f"{'ok' if c['ok'] else 'n/a' if c['ok'] is None else 'FAIL'}"
+        )
     for key, (before, after, good) in reaped.items():
-        print(f"idle {key}: before {before}  after {after}  "
-              f"{'ok' if good else 'n/a' if good is None else 'FAIL'}")
-    print(f"connects {churn.get('connects')}  drops {result.get('drops')}  "
-          f"chats sent {result.get('sent')}  deliveries {result.get('deliveries')}  "
-          f"errors {result.get('errors')}  server alive: {alive}")
+        print(
+            f"idle {key}: before {before}  after {after}  "
+            f"{'ok' if good else 'n/a' if good is None else 'FAIL'}"
+        )
+    print(
+        f"connects {churn.get('connects')}  drops {result.get('drops')}  "
+        f"chats sent {result.get('sent')}  deliveries {result.get('deliveries')}  "
+        f"errors {result.get('errors')}  server alive: {alive}"
+    )
     if not args.no_readme:
         report.update_readme(os.path.join(BENCH_DIR, "README.md"), summary_md(report_dict), "soak")
     print("SOAK", "PASS" if ok else "FAIL")

@@ -55,11 +55,21 @@ def argv(port: int, options: dict, core: int | None = 1) -> list[str]:
     return args
 
 
-def run(port: int, options: dict, core: int | None = 1,
-        on_event: Callable[[str, dict], None] | None = None, timeout: float = 300) -> dict:
+def run(
+    port: int,
+    options: dict,
+    core: int | None = 1,
+    on_event: Callable[[str, dict], None] | None = None,
+    timeout: float = 300,
+) -> dict:
     """Run the generator to completion; return its RESULT as a dict."""
-    proc = subprocess.Popen(argv(port, options, core), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        argv(port, options, core),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     result = None
     try:
         for line in proc.stdout:
@@ -88,9 +98,14 @@ class Holder:
     """
 
     def __init__(self, port: int, options: dict, core: int | None = 1):
-        self.proc = subprocess.Popen(argv(port, dict(options, mode="hold"), core),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            argv(port, dict(options, mode="hold"), core),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     def wait_event(self, name: str) -> dict:
         for line in self.proc.stdout:

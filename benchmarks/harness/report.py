@@ -57,8 +57,11 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def errors(runs: list[dict]) -> list[str]:
-    return [f"{r['server']} / {r['scenario']} (rep {r['rep']}): {r['metrics']['error']}"
-            for r in runs if "error" in r["metrics"]]
+    return [
+        f"{r['server']} / {r['scenario']} (rep {r['rep']}): {r['metrics']['error']}"
+        for r in runs
+        if "error" in r["metrics"]
+    ]
 
 
 def _cell(stat, fmt: str, base, show_ratio: bool) -> str:
@@ -75,8 +78,7 @@ def _cell(stat, fmt: str, base, show_ratio: bool) -> str:
 
 def markdown_table(summary: dict, servers: list[str]) -> str:
     cols = [s for s in servers]
-    lines = ["| scenario / metric | " + " | ".join(cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    lines = ["| scenario / metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for scen, metric, label, show_ratio, fmt in ROWS:
         per = summary.get(scen, {})
         if not per:
@@ -91,20 +93,25 @@ def markdown_table(summary: dict, servers: list[str]) -> str:
 
 
 def sweep_table(sweeps: dict) -> str:
-    lines = ["| server | offered/s | delivered/s | ratio | p50 ms | p99 ms | max ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | offered/s | delivered/s | ratio | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     f = lambda v, fmt: "n/a" if v is None else fmt.format(v)  # noqa: E731
     for server, points in sweeps.items():
         for p in points:
-            lines.append(f"| {server} | {p['offered_per_s']:,.0f} | {p['deliveries_per_s']:,.0f} | "
-                         f"{p['delivery_ratio']:.3f} | {f(p['p50_ms'], '{:.2f}')} | "
-                         f"{f(p['p99_ms'], '{:.2f}')} | {f(p['max_ms'], '{:.1f}')} |")
+            lines.append(
+                f"| {server} | {p['offered_per_s']:,.0f} | {p['deliveries_per_s']:,.0f} | "
+                f"{p['delivery_ratio']:.3f} | {f(p['p50_ms'], '{:.2f}')} | "
+                f"{f(p['p99_ms'], '{:.2f}')} | {f(p['max_ms'], '{:.1f}')} |"
+            )
     return "\n".join(lines)
 
 
 def plot_latency(sweeps: dict, path: str) -> None:
     """p50 (dashed) and p99 (solid) latency against offered deliveries/s."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -149,6 +156,7 @@ def update_readme(readme: str, section: str, name: str = "results") -> bool:
 
 def targets(summary: dict, server: str = "trio_chat", naive: str = "trio-naive") -> str:
     """Issue #7's targets, checked against the medians of this run."""
+
     def med(scen, srv, metric):
         stat = summary.get(scen, {}).get(srv, {}).get(metric)
         return None if stat is None else stat[0]
@@ -168,28 +176,45 @@ def targets(summary: dict, server: str = "trio_chat", naive: str = "trio-naive")
     fmt = lambda v, f="{:.2f}×": "n/a" if v is None else f.format(v)  # noqa: E731
     r = ratio("fanout_max", "deliveries_per_s")
     rc = ratio("fanout_max", "deliveries_per_cpu_s")
-    add("max fan-out ≥ 2× websockets (stretch ≥ 4×)", f"{fmt(r)} (per CPU-second {fmt(rc)})",
-        None if r is None else r >= 2, "stretch met" if r and r >= 4 else "")
+    add(
+        "max fan-out ≥ 2× websockets (stretch ≥ 4×)",
+        f"{fmt(r)} (per CPU-second {fmt(rc)})",
+        None if r is None else r >= 2,
+        "stretch met" if r and r >= 4 else "",
+    )
     d = med("fanout_rate", server, "delivery_ratio")
     add("fixed rate ≈100k/s: delivery ratio 1.0", fmt(d, "{:.4f}"), None if d is None else d >= 0.9995)
     p = med("fanout_rate", server, "p99_ms")
     add("fixed rate: p99 ≤ 15 ms", fmt(p, "{:.1f} ms"), None if p is None else p <= 15)
     c = ratio("fanout_rate", "server_us_per_delivery")
-    add("fixed rate: server CPU per delivery ≤ websockets'", f"{fmt(c)} of websockets'",
-        None if c is None else c <= 1)
+    add(
+        "fixed rate: server CPU per delivery ≤ websockets'",
+        f"{fmt(c)} of websockets'",
+        None if c is None else c <= 1,
+    )
     m = med("idle_10000", server, "kb_per_connection")
-    add("idle memory at 10,000 connections ≤ 20 KB (stretch ≤ 15 KB)", fmt(m, "{:.1f} KB"),
-        None if m is None else m <= 20, "stretch met" if m and m <= 15 else "")
+    add(
+        "idle memory at 10,000 connections ≤ 20 KB (stretch ≤ 15 KB)",
+        fmt(m, "{:.1f} KB"),
+        None if m is None else m <= 20,
+        "stretch met" if m and m <= 15 else "",
+    )
     e = ratio("echo", "round_trips_per_s")
     ec = ratio("echo", "server_us_per_round_trip")
     ec = 1 / ec if ec else None
-    add("echo ≥ 0.8× websockets (stretch ≥ 1.0×)", f"{fmt(e)} (per CPU-second {fmt(ec)})",
+    add(
+        "echo ≥ 0.8× websockets (stretch ≥ 1.0×)",
+        f"{fmt(e)} (per CPU-second {fmt(ec)})",
         None if e is None else e >= 0.8,
-        "stretch met" if e and e >= 1 else "")
+        "stretch met" if e and e >= 1 else "",
+    )
     mr = ratio("many_rooms", "deliveries_per_s")
     mrc = ratio("many_rooms", "deliveries_per_cpu_s")
-    add("many rooms ≥ 1.5× websockets", f"{fmt(mr)} (per CPU-second {fmt(mrc)})",
-        None if mr is None else mr >= 1.5)
+    add(
+        "many rooms ≥ 1.5× websockets",
+        f"{fmt(mr)} (per CPU-second {fmt(mrc)})",
+        None if mr is None else mr >= 1.5,
+    )
     below, compared = [], 0
     for scen, metric, label, show_ratio, _fmt in ROWS:
         if not show_ratio:
@@ -201,7 +226,11 @@ def targets(summary: dict, server: str = "trio_chat", naive: str = "trio-naive")
         lower_better = "↓" in label
         if (a > b) if lower_better else (a < b):
             below.append(label.replace(" ↓", ""))
-    add("never below the naive trio design", "; ".join(below) if below else "—",
-        None if not compared else not below, "rows where it is below" if below else "")
+    add(
+        "never below the naive trio design",
+        "; ".join(below) if below else "—",
+        None if not compared else not below,
+        "rows where it is below" if below else "",
+    )
     head = ["| target (issue #7) | measured | status | |", "|---|---|---|---|"]
     return "\n".join(head + rows)

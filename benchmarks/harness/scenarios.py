@@ -44,7 +44,7 @@ class Config:
     drain: float = 1.0
     server_core: int | None = 0
     gen_core: int | None = 1
-    poll_us: int = 1000          # read pacing in closed-loop scenarios
+    poll_us: int = 1000  # read pacing in closed-loop scenarios
     log_dir: str | None = None
     idle_counts: tuple[int, ...] = (5000, 10000)
     sweep_offered: tuple[int, ...] = (10_000, 25_000, 50_000, 100_000, 150_000, 200_000, 300_000)
@@ -95,12 +95,22 @@ def _common(r: dict) -> dict:
 
 def fanout_max(spec: ServerSpec, cfg: Config) -> dict:
     with _server(spec, cfg) as srv:
-        r = measure(srv, dict(mode="fanout", clients=200, room_size=200, senders_per_room=10,
-                              window=16, poll_us=cfg.poll_us), cfg)
+        r = measure(
+            srv,
+            dict(
+                mode="fanout", clients=200, room_size=200, senders_per_room=10, window=16, poll_us=cfg.poll_us
+            ),
+            cfg,
+        )
     us = _per(r, "deliveries_per_s")
-    return {"deliveries_per_s": r["deliveries_per_s"], "server_us_per_delivery": us,
-            "deliveries_per_cpu_s": 1e6 / us if us else None,
-            "delivery_ratio": r["delivery_ratio"], "p50_ms": r["latency_ms"]["p50"], **_common(r)}
+    return {
+        "deliveries_per_s": r["deliveries_per_s"],
+        "server_us_per_delivery": us,
+        "deliveries_per_cpu_s": 1e6 / us if us else None,
+        "delivery_ratio": r["delivery_ratio"],
+        "p50_ms": r["latency_ms"]["p50"],
+        **_common(r),
+    }
 
 
 def generator_ceiling(cfg: Config) -> dict:
@@ -112,49 +122,82 @@ def generator_ceiling(cfg: Config) -> dict:
     Python servers' runs).
     """
     from .servers import refhub_spec
+
     out = fanout_max(refhub_spec(), cfg)
     out["gen_us_per_delivery"] = out["gen_cpu_frac"] / out["deliveries_per_s"] * 1e6
     return out
 
 
-def fanout_rate(spec: ServerSpec, cfg: Config, rate: float = 500, poll_us: int = 0,
-                duration: float | None = None) -> dict:
+def fanout_rate(
+    spec: ServerSpec, cfg: Config, rate: float = 500, poll_us: int = 0, duration: float | None = None
+) -> dict:
     c = Config(**{**cfg.__dict__, "duration": duration or cfg.duration})
     with _server(spec, c) as srv:
-        r = measure(srv, dict(mode="fanout", clients=200, room_size=200, senders_per_room=10,
-                              rate=rate, poll_us=poll_us), c)
+        r = measure(
+            srv,
+            dict(mode="fanout", clients=200, room_size=200, senders_per_room=10, rate=rate, poll_us=poll_us),
+            c,
+        )
     lat = {k: (v if v >= 0 else None) for k, v in r["latency_ms"].items()}
-    return {"offered_per_s": rate * 199, "deliveries_per_s": r["deliveries_per_s"],
-            "delivery_ratio": r["delivery_ratio"],
-            "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "max_ms": lat["max"],
-            "server_us_per_delivery": _per(r, "deliveries_per_s"), **_common(r)}
+    return {
+        "offered_per_s": rate * 199,
+        "deliveries_per_s": r["deliveries_per_s"],
+        "delivery_ratio": r["delivery_ratio"],
+        "p50_ms": lat["p50"],
+        "p90_ms": lat["p90"],
+        "p99_ms": lat["p99"],
+        "max_ms": lat["max"],
+        "server_us_per_delivery": _per(r, "deliveries_per_s"),
+        **_common(r),
+    }
 
 
 def many_rooms(spec: ServerSpec, cfg: Config) -> dict:
     with _server(spec, cfg) as srv:
-        r = measure(srv, dict(mode="fanout", clients=2000, room_size=10, senders_per_room=1,
-                              window=8, poll_us=cfg.poll_us, concurrency=100), cfg)
+        r = measure(
+            srv,
+            dict(
+                mode="fanout",
+                clients=2000,
+                room_size=10,
+                senders_per_room=1,
+                window=8,
+                poll_us=cfg.poll_us,
+                concurrency=100,
+            ),
+            cfg,
+        )
     us = _per(r, "deliveries_per_s")
-    return {"deliveries_per_s": r["deliveries_per_s"], "server_us_per_delivery": us,
-            "deliveries_per_cpu_s": 1e6 / us if us else None,
-            "delivery_ratio": r["delivery_ratio"], **_common(r)}
+    return {
+        "deliveries_per_s": r["deliveries_per_s"],
+        "server_us_per_delivery": us,
+        "deliveries_per_cpu_s": 1e6 / us if us else None,
+        "delivery_ratio": r["delivery_ratio"],
+        **_common(r),
+    }
 
 
 def echo(spec: ServerSpec, cfg: Config) -> dict:
     with _server(spec, cfg, mode="echo") as srv:
         r = measure(srv, dict(mode="echo", clients=50, window=1), cfg)
     lat = {k: (v if v >= 0 else None) for k, v in r["latency_ms"].items()}
-    return {"round_trips_per_s": r["round_trips_per_s"],
-            "server_us_per_round_trip": _per(r, "round_trips_per_s"),
-            "p99_ms": lat["p99"], **_common(r)}
+    return {
+        "round_trips_per_s": r["round_trips_per_s"],
+        "server_us_per_round_trip": _per(r, "round_trips_per_s"),
+        "p99_ms": lat["p99"],
+        **_common(r),
+    }
 
 
 def handshakes(spec: ServerSpec, cfg: Config) -> dict:
     with _server(spec, cfg) as srv:
         r = measure(srv, dict(mode="handshake", concurrency=32), cfg)
-    return {"handshakes_per_s": r["handshakes_per_s"],
-            "server_us_per_handshake": _per(r, "handshakes_per_s"),
-            "handshake_fail": r["handshake_fail"], **_common(r)}
+    return {
+        "handshakes_per_s": r["handshakes_per_s"],
+        "server_us_per_handshake": _per(r, "handshakes_per_s"),
+        "handshake_fail": r["handshake_fail"],
+        **_common(r),
+    }
 
 
 def idle_memory(spec: ServerSpec, cfg: Config, count: int) -> dict:
@@ -162,8 +205,11 @@ def idle_memory(spec: ServerSpec, cfg: Config, count: int) -> dict:
     with _server(spec, cfg) as srv:
         time.sleep(0.5)
         before = srv.stable_rss()
-        holder = loadgen.Holder(srv.port, dict(clients=count, room_size=0, concurrency=200,
-                                               connect_timeout=120), core=cfg.gen_core)
+        holder = loadgen.Holder(
+            srv.port,
+            dict(clients=count, room_size=0, concurrency=200, connect_timeout=120),
+            core=cfg.gen_core,
+        )
         try:
             ready = holder.wait_event("ready")
             after = srv.stable_rss()
@@ -176,10 +222,15 @@ def idle_memory(spec: ServerSpec, cfg: Config, count: int) -> dict:
     if not stats.get("open"):
         raise RuntimeError(f"no connection stayed open ({ready})")
     open_ = stats.get("open", 0)
-    return {"connections": open_, "rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20,
-            "kb_per_connection": (after - before) / max(open_, 1) / 1024,
-            "server_fds": fds, "connect_fail": ready.get("connect_fail", 0),
-            "handshake_fail": ready.get("handshake_fail", 0)}
+    return {
+        "connections": open_,
+        "rss_before_mb": before / 2**20,
+        "rss_after_mb": after / 2**20,
+        "kb_per_connection": (after - before) / max(open_, 1) / 1024,
+        "server_fds": fds,
+        "connect_fail": ready.get("connect_fail", 0),
+        "handshake_fail": ready.get("handshake_fail", 0),
+    }
 
 
 SCENARIOS = {
@@ -204,9 +255,11 @@ def run_sweep(spec: ServerSpec, cfg: Config, log=print) -> list[dict]:
             log(f"  sweep {spec.name} {offered}: {exc}")
             break
         points.append(point)
-        log(f"  sweep {spec.name} offered {offered:>7,}/s: got {point['deliveries_per_s']:>9,.0f}/s "
+        log(
+            f"  sweep {spec.name} offered {offered:>7,}/s: got {point['deliveries_per_s']:>9,.0f}/s "
             f"ratio {point['delivery_ratio']:.3f} p50 {point['p50_ms']} ms "
-            f"p99 {point['p99_ms']} ms gen cpu {point['gen_cpu_frac']:.0%}")
+            f"p99 {point['p99_ms']} ms gen cpu {point['gen_cpu_frac']:.0%}"
+        )
         if point["delivery_ratio"] < 0.9 or point["deliveries_per_s"] < 0.8 * offered:
             break
     return points

@@ -32,13 +32,20 @@ LISTENING = re.compile(r"listening on ws://([^:/\s]+):(\d+)")
 # a benchmark: per-connection rate limits and per-IP connection limits (all
 # load comes from 127.0.0.1).
 TRIO_CHAT_BENCH_ARGS = [
-    "--rate-messages", "1000000000", "--rate-seconds", "1",
-    "--max-connections", "100000",
-    "--max-connections-per-ip", "100000",
-    "--max-handshakes-per-ip", "100000000",
+    "--rate-messages",
+    "1000000000",
+    "--rate-seconds",
+    "1",
+    "--max-connections",
+    "100000",
+    "--max-connections-per-ip",
+    "100000",
+    "--max-handshakes-per-ip",
+    "100000000",
     # The peers log nothing per connection; trio_chat logs every connect and
     # disconnect at "info".
-    "--log-level", "warning",
+    "--log-level",
+    "warning",
 ]
 
 
@@ -64,9 +71,12 @@ class ServerSpec:
         return args
 
 
-def default_specs(python: str = sys.executable, trio_chat_cmd: str | None = None,
-                  trio_chat_extra: list[str] | None = None,
-                  trio_chat_src: str | None = None) -> dict[str, ServerSpec]:
+def default_specs(
+    python: str = sys.executable,
+    trio_chat_cmd: str | None = None,
+    trio_chat_extra: list[str] | None = None,
+    trio_chat_src: str | None = None,
+) -> dict[str, ServerSpec]:
     """The peers and trio_chat.
 
     ``trio_chat_cmd`` replaces ``python -m trio_chat``; ``trio_chat_src`` is
@@ -76,19 +86,26 @@ def default_specs(python: str = sys.executable, trio_chat_cmd: str | None = None
     peer = lambda f: [python, os.path.join(PEERS_DIR, f)]  # noqa: E731
     tc_cmd = shlex.split(trio_chat_cmd) if trio_chat_cmd else [python, "-m", "trio_chat"]
     return {
-        "websockets-asyncio": ServerSpec("websockets-asyncio", peer("ws_asyncio.py"),
-                                         label="websockets (asyncio) + broadcast()"),
-        "trio_chat": ServerSpec("trio_chat", tc_cmd,
-                                TRIO_CHAT_BENCH_ARGS + list(trio_chat_extra or []),
-                                label="trio_chat", cwd=os.path.abspath(trio_chat_src or REPO_DIR)),
-        "websockets-trio": ServerSpec("websockets-trio", peer("ws_trio.py"),
-                                      label="websockets.trio + broadcast()"),
-        "trio-naive": ServerSpec("trio-naive", peer("trio_naive.py"),
-                                 label="naive trio-websocket"),
+        "websockets-asyncio": ServerSpec(
+            "websockets-asyncio", peer("ws_asyncio.py"), label="websockets (asyncio) + broadcast()"
+        ),
+        "trio_chat": ServerSpec(
+            "trio_chat",
+            tc_cmd,
+            TRIO_CHAT_BENCH_ARGS + list(trio_chat_extra or []),
+            label="trio_chat",
+            cwd=os.path.abspath(trio_chat_src or REPO_DIR),
+        ),
+        "websockets-trio": ServerSpec(
+            "websockets-trio", peer("ws_trio.py"), label="websockets.trio + broadcast()"
+        ),
+        "trio-naive": ServerSpec("trio-naive", peer("trio_naive.py"), label="naive trio-websocket"),
         # Optional (run.py --with-node): needs node and `npm ci` in benchmarks/.
-        "node-ws": ServerSpec("node-ws", ["node", os.path.join(PEERS_DIR, "ws_node.mjs")],
-                              label="Node.js ws"),
+        "node-ws": ServerSpec(
+            "node-ws", ["node", os.path.join(PEERS_DIR, "ws_node.mjs")], label="Node.js ws"
+        ),
     }
+
 
 OPTIONAL = {"node-ws"}
 
@@ -99,15 +116,20 @@ def ensure_node_deps() -> None:
         return
     if not shutil.which("npm"):
         raise ServerError("node-ws needs node and npm")
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def refhub_spec(batch: bool = True) -> ServerSpec:
     """The native reference hub (loadgen/refhub.c), for the generator's ceiling."""
     binary = os.path.join(BENCH_DIR, "loadgen", "build", "refhub")
-    return ServerSpec("refhub" if batch else "refhub-unbatched", [binary],
-                      [] if batch else ["--no-batch"], label="native reference hub")
+    return ServerSpec(
+        "refhub" if batch else "refhub-unbatched",
+        [binary],
+        [] if batch else ["--no-batch"],
+        label="native reference hub",
+    )
 
 
 class RedisServer:
@@ -116,13 +138,26 @@ class RedisServer:
 
     def __init__(self) -> None:
         import socket
+
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -147,13 +182,16 @@ def export_snapshot(rev: str = "HEAD") -> str:
     the working tree changes meanwhile.  Returns the directory."""
     import atexit
     import tempfile
+
     out = tempfile.mkdtemp(prefix="trio-chat-snapshot-")
     atexit.register(shutil.rmtree, out, True)
-    archive = subprocess.run(["git", "-C", REPO_DIR, "archive", rev, "trio_chat"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", REPO_DIR, "archive", rev, "trio_chat"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
-    commit = subprocess.run(["git", "-C", REPO_DIR, "rev-parse", "--short", rev],
-                            check=True, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", REPO_DIR, "rev-parse", "--short", rev], check=True, capture_output=True, text=True
+    ).stdout.strip()
     with open(os.path.join(out, "COMMIT"), "w") as f:
         f.write(commit + "\n")
     return out
@@ -196,8 +234,14 @@ class ServerError(RuntimeError):
 class ServerProcess:
     """A running server; use as a context manager."""
 
-    def __init__(self, spec: ServerSpec, mode: str = "serve", core: int | None = 0,
-                 start_timeout: float = 20.0, log_path: str | None = None):
+    def __init__(
+        self,
+        spec: ServerSpec,
+        mode: str = "serve",
+        core: int | None = 0,
+        start_timeout: float = 20.0,
+        log_path: str | None = None,
+    ):
         self.spec, self.mode, self.core = spec, mode, core
         self.start_timeout = start_timeout
         self.log_path = log_path
@@ -223,9 +267,15 @@ class ServerProcess:
         if self.log_path:
             log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log,
-                                     stdin=subprocess.DEVNULL, env=env, cwd=self.spec.cwd,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=self.spec.cwd,
+            start_new_session=True,
+        )
         if log is not subprocess.DEVNULL:
             log.close()
         found = threading.Event()
@@ -245,8 +295,9 @@ class ServerProcess:
         while not found.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise ServerError(f"{self.spec.name} did not start: " +
-                                  " | ".join(self._lines[-5:]) + self._log_tail())
+                raise ServerError(
+                    f"{self.spec.name} did not start: " + " | ".join(self._lines[-5:]) + self._log_tail()
+                )
         self.ps = psutil.Process(self.proc.pid)
         # taskset execs the server in place, so the pid is the server's.
 

@@ -63,9 +63,7 @@ async def main() -> None:
 
     handler = echo if args.mode == "echo" else chat
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            serve_websocket, handler, args.host, args.port, None
-        )
+        server = await nursery.start(serve_websocket, handler, args.host, args.port, None)
         _common.announce("trio-naive", args.host, server.port)
 
 

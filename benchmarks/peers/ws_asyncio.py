@@ -49,8 +49,7 @@ async def main() -> None:
             await ws.send(message)
 
     handler = echo if args.mode == "echo" else chat
-    async with serve(handler, args.host, args.port, compression=None, max_size=65536,
-                     backlog=4096) as server:
+    async with serve(handler, args.host, args.port, compression=None, max_size=65536, backlog=4096) as server:
         port = server.sockets[0].getsockname()[1]
         _common.announce("websockets-asyncio", args.host, port)
         await server.serve_forever()

@@ -52,8 +52,9 @@ async def main() -> None:
     handler = echo if args.mode == "echo" else chat
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
-            functools.partial(serve, handler, args.port, host=args.host, compression=None,
-                              max_size=65536, backlog=4096)
+            functools.partial(
+                serve, handler, args.port, host=args.host, compression=None, max_size=65536, backlog=4096
+            )
         )
         port = server.listeners[0].socket.getsockname()[1]
         _common.announce("websockets-trio", args.host, port)
