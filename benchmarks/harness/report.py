@@ -35,6 +35,8 @@ ROWS = [
     ("idle_10000", "kb_per_connection", "idle memory, 10,000 connections: KB each ↓", True, "{:.1f}"),
     ("fanout_max", "server_cpu_frac", "*server's share of its core, max fan-out*", False, "{:.0%}"),
     ("many_rooms", "server_cpu_frac", "*server's share of its core, many rooms*", False, "{:.0%}"),
+    ("fanout_max", "server_wait_frac", "*time the server waited for its core (other work), max fan-out*",
+     False, "{:.0%}"),
     ("fanout_max", "gen_cpu_frac", "*load generator's share of its core, max fan-out*", False, "{:.0%}"),
     ("fanout_rate", "gen_cpu_frac", "*load generator's share of its core, fixed rate*", False, "{:.0%}"),
 ]

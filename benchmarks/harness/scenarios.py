@@ -63,6 +63,7 @@ def measure(server: ServerProcess, options: dict, cfg: Config) -> dict:
     def on_event(name: str, _payload: dict) -> None:
         if name in ("measure_start", "measure_end"):
             marks[name] = server.cpu()
+            marks[name + "_wait"] = server.run_queue_wait()
 
     opts = dict(warmup=cfg.warmup, duration=cfg.duration, drain=cfg.drain)
     opts.update(options)
@@ -72,6 +73,8 @@ def measure(server: ServerProcess, options: dict, cfg: Config) -> dict:
     cpu = marks.get("measure_end", 0.0) - marks.get("measure_start", 0.0)
     result["server_cpu_s"] = cpu
     result["server_cpu_frac"] = cpu / result["window_s"] if result["window_s"] else None
+    wait = marks.get("measure_end_wait", 0.0) - marks.get("measure_start_wait", 0.0)
+    result["server_wait_frac"] = wait / result["window_s"] if result["window_s"] else None
     return result
 
 
@@ -86,6 +89,7 @@ def _common(r: dict) -> dict:
         "gen_cpu_frac": r["gen_cpu_frac"],
         "gen_us_per_event": r["gen_cpu_frac"] / per_s * 1e6 if per_s else None,
         "server_cpu_frac": r["server_cpu_frac"],
+        "server_wait_frac": r["server_wait_frac"],
         "errors": r["errors"],
         "close_codes": r["close_codes"],
         "connected": r["connected"],

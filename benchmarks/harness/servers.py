@@ -327,6 +327,24 @@ class ServerProcess:
                 pass
         return total
 
+    def run_queue_wait(self) -> float:
+        """Seconds the server's threads have spent runnable but waiting for a
+        CPU (``/proc/PID/task/*/schedstat``, second field): time other work
+        took from it on its core.  0.0 where schedstat is unavailable."""
+        total = 0
+        try:
+            pids = [self.ps.pid] + [c.pid for c in self.ps.children(recursive=True)]
+        except psutil.Error:
+            pids = [self.ps.pid]
+        for pid in pids:
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        total += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return total / 1e9
+
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
