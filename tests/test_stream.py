@@ -15,6 +15,8 @@ import ssl
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import trio.testing
 import trustme
 from wsproto.events import CloseConnection, Message, Ping
@@ -229,6 +231,82 @@ async def test_prefix_is_replayed_before_reading_the_transport() -> None:
     assert await wire.receive_some(4) == b"GET "
     assert await wire.receive_some() == b"/ws HTTP/1.1\r\n"
     assert await wire.receive_some(100) == b"rest"
+
+
+# ------------------------------------ property: concurrent writers, any reader
+
+
+writes = st.lists(st.integers(0, 12_000), min_size=1, max_size=25)
+
+
+@settings(max_examples=40)
+@given(
+    hub=writes,
+    control=st.lists(st.integers(0, 125), max_size=15),
+    reads=st.lists(st.integers(1, 20_000), min_size=1, max_size=10),
+    yields=st.lists(st.booleans(), min_size=1, max_size=10),
+)
+def test_concurrent_writes_arrive_whole_and_in_order(
+    hub: list[int], control: list[int], reads: list[int], yields: list[bool]
+) -> None:
+    """Whatever the sizes and the reader's pace: a hub-like writer (fast path
+    first, locked write when refused, as the Outlet does) and a
+    trio-websocket-like writer (control frames through ``send_all``) share
+    one socket with tiny buffers; the reader sees every frame whole, each
+    writer's frames in its own order, and nothing else."""
+
+    async def scenario() -> None:
+        server, peer = stream_pair(small=True)
+        wire = WireStream(server)
+        hub_frames = [text_frame(f"h{i}:" + "h" * n) for i, n in enumerate(hub)]
+        control_frames = [
+            bytes((0x8A, n)) + (f"c{j}:" + "c" * n)[:n].encode() for j, n in enumerate(control)
+        ]
+        total = sum(map(len, hub_frames)) + sum(map(len, control_frames))
+        received = bytearray()
+
+        async def hub_writer() -> None:
+            for i, frame in enumerate(hub_frames):
+                if not wire.write_nowait(frame):
+                    await wire.send_frames(frame)
+                if yields[i % len(yields)]:
+                    await trio.sleep(0)
+            await wire.send_frames(b"")  # whatever tail is left
+
+        async def control_writer() -> None:
+            for j, frame in enumerate(control_frames):
+                await wire.send_all(frame)
+                if yields[j % len(yields)]:
+                    await trio.sleep(0)
+
+        async def reader() -> None:
+            k = 0
+            while chunk := await peer.receive_some(reads[k % len(reads)]):
+                received.extend(chunk)
+                k += 1
+                if yields[k % len(yields)]:
+                    await trio.sleep(0)
+
+        with trio.fail_after(5):  # each example takes milliseconds
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                async with trio.open_nursery() as writers:
+                    writers.start_soon(control_writer)
+                    writers.start_soon(hub_writer)
+                assert not wire.busy and wire.writable
+                await wire.aclose()  # the reader reads to EOF
+        assert len(received) == total
+        frames, rest = parse_frames(bytes(received))
+        assert rest == b""
+        assert [f for f in frames if f.opcode == OP_TEXT] == [
+            parse_frames(f)[0][0] for f in hub_frames
+        ]
+        assert [f for f in frames if f.opcode == OP_PONG] == [
+            parse_frames(f)[0][0] for f in control_frames
+        ]
+        await peer.aclose()
+
+    trio.run(scenario)
 
 
 # ------------------------------------------------- closed sockets, fd reuse
