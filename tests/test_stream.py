@@ -15,28 +15,27 @@ import ssl
 
 import pytest
 import trio
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import trio.lowlevel
 import trio.testing
 import trustme
-from wsproto.events import CloseConnection, Message, Ping
-
-from trio_chat._config import Config
-from trio_chat._frames import binary_frame, text_frame
-from trio_chat._hub import SLOW_CONSUMER, HubCounters, Outlet
-from trio_chat._stream import WireStream
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wire_support import (
     OP_CLOSE,
     OP_PONG,
     OP_TEXT,
-    RawClient,
     assert_nothing_after_close,
     open_served_connection,
     parse_frames,
     shrink_buffers,
     stream_pair,
 )
+from wsproto.events import CloseConnection, Message, Ping
+
+from trio_chat._config import Config
+from trio_chat._frames import binary_frame, text_frame
+from trio_chat._hub import SLOW_CONSUMER, HubCounters, Outlet
+from trio_chat._stream import WireStream
 
 BIG = 256 * 1024  # far more than a shrunk socket buffer holds
 
@@ -87,7 +86,9 @@ async def test_write_nowait_writes_whole_data_when_the_socket_has_room() -> None
     assert pending_bytes(peer.socket) == data
 
 
-async def test_partial_write_keeps_a_tail_that_the_next_locked_write_sends_first() -> None:
+async def test_partial_write_keeps_a_tail_that_the_next_locked_write_sends_first() -> (
+    None
+):
     server, peer = stream_pair(small=True)
     wire = WireStream(server)
     first = pattern(BIG, 1)
@@ -171,7 +172,9 @@ async def test_cancelling_a_write_midway_breaks_the_stream_for_good() -> None:
     assert bytes(got) == big[: len(got)]
 
 
-async def test_cancel_while_waiting_for_the_lock_writes_nothing_and_breaks_nothing() -> None:
+async def test_cancel_while_waiting_for_the_lock_writes_nothing_and_breaks_nothing() -> (
+    None
+):
     server, peer = stream_pair(small=True)
     wire = WireStream(server)
     big = pattern(BIG, 5)
@@ -217,7 +220,7 @@ async def test_a_close_frame_through_send_all_stops_data_frames() -> None:
 
 
 async def test_the_http_handshake_response_is_not_mistaken_for_a_close() -> None:
-    server, peer = stream_pair()
+    server, _peer = stream_pair()
     wire = WireStream(server)
     await wire.send_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
     assert wire.writable
@@ -260,7 +263,8 @@ def test_concurrent_writes_arrive_whole_and_in_order(
         wire = WireStream(server)
         hub_frames = [text_frame(f"h{i}:" + "h" * n) for i, n in enumerate(hub)]
         control_frames = [
-            bytes((0x8A, n)) + (f"c{j}:" + "c" * n)[:n].encode() for j, n in enumerate(control)
+            bytes((0x8A, n)) + (f"c{j}:" + "c" * n)[:n].encode()
+            for j, n in enumerate(control)
         ]
         total = sum(map(len, hub_frames)) + sum(map(len, control_frames))
         received = bytearray()
@@ -270,14 +274,14 @@ def test_concurrent_writes_arrive_whole_and_in_order(
                 if not wire.write_nowait(frame):
                     await wire.send_frames(frame)
                 if yields[i % len(yields)]:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             await wire.send_frames(b"")  # whatever tail is left
 
         async def control_writer() -> None:
             for j, frame in enumerate(control_frames):
                 await wire.send_all(frame)
                 if yields[j % len(yields)]:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         async def reader() -> None:
             k = 0
@@ -285,7 +289,7 @@ def test_concurrent_writes_arrive_whole_and_in_order(
                 received.extend(chunk)
                 k += 1
                 if yields[k % len(yields)]:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         with trio.fail_after(5):  # each example takes milliseconds
             async with trio.open_nursery() as nursery:
@@ -312,7 +316,9 @@ def test_concurrent_writes_arrive_whole_and_in_order(
 # ------------------------------------------------- closed sockets, fd reuse
 
 
-def _socket_on_fd(fd: int) -> tuple[list[socket.socket], socket.socket | None, socket.socket | None]:
+def _socket_on_fd(
+    fd: int,
+) -> tuple[list[socket.socket], socket.socket | None, socket.socket | None]:
     """Open socketpairs until one end lands on descriptor *fd* (POSIX hands out
     the lowest free number, so it is normally the first)."""
     opened: list[socket.socket] = []
@@ -327,7 +333,9 @@ def _socket_on_fd(fd: int) -> tuple[list[socket.socket], socket.socket | None, s
 
 
 @pytest.mark.parametrize("how", ["wire.aclose", "transport.aclose", "socket.close"])
-async def test_no_write_reaches_a_new_socket_that_reused_the_descriptor(how: str) -> None:
+async def test_no_write_reaches_a_new_socket_that_reused_the_descriptor(
+    how: str,
+) -> None:
     server, peer = stream_pair()
     wire = WireStream(server)
     assert wire.write_nowait(b"before")
@@ -358,13 +366,15 @@ async def test_no_write_reaches_a_new_socket_that_reused_the_descriptor(how: str
 
 
 async def test_a_write_waiting_for_room_wakes_up_when_the_socket_is_closed() -> None:
-    server, peer = stream_pair(small=True)
+    server, _peer = stream_pair(small=True)
     wire = WireStream(server)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
 
             async def write() -> None:
-                with pytest.raises((trio.ClosedResourceError, trio.BrokenResourceError)):
+                with pytest.raises(
+                    (trio.ClosedResourceError, trio.BrokenResourceError)
+                ):
                     await wire.send_frames(pattern(BIG))
 
             nursery.start_soon(write)
@@ -404,7 +414,9 @@ async def test_tls_streams_take_the_queued_path() -> None:
         assert wire.write_nowait(text_frame("secret")) is False
         assert pending_bytes(a.socket) == b""
         await wire.send_frames(text_frame("secret"))
-        assert await read_exactly(client, len(text_frame("secret"))) == text_frame("secret")
+        assert await read_exactly(client, len(text_frame("secret"))) == text_frame(
+            "secret"
+        )
 
 
 async def test_outlet_over_memory_streams_always_queues() -> None:
@@ -461,7 +473,7 @@ async def test_a_slow_consumer_gets_whole_frames_then_close_1013() -> None:
         with trio.fail_after(10):
             while outlet.push(text_frame(f"{pushed}:" + "s" * 500)):
                 pushed += 1
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         assert outlet.close_code == SLOW_CONSUMER
         assert pushed >= 20
         with trio.fail_after(10):
@@ -514,7 +526,7 @@ async def test_direct_and_queued_frames_arrive_whole_and_in_order() -> None:
             seen.add(("queued" if outlet.queued else "direct", wire.has_tail))
             if i % 5 == 0:
                 await client.read_some(3000)  # a slow reader
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         assert ("direct", False) in seen and ("direct", True) in seen
         assert any(mode == "queued" for mode, _ in seen)
         expected = []
@@ -545,12 +557,12 @@ async def test_data_frames_never_interleave_with_pongs() -> None:
             for i in range(count):
                 outlet.push(text_frame(f"{i:05d}:" + "d" * (i * 53 % 2500)))
                 if i % 3 == 0:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         async def ping() -> None:
             for j in range(pings):
                 await client.send(Ping(f"p{j}".encode()))
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         async def read_slowly() -> None:
             while True:
@@ -560,7 +572,7 @@ async def test_data_frames_never_interleave_with_pongs() -> None:
                 if texts == count and pongs == pings:
                     return
                 assert await client.read_some(2000)
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
@@ -600,16 +612,21 @@ async def test_echoes_and_pushes_interleave_whole() -> None:
         async def read_slowly() -> None:
             while sum(f.opcode == OP_TEXT for f in client.frames()[0]) < 2 * count:
                 assert await client.read_some(1500)
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send)
                 nursery.start_soon(read_slowly)
         frames, rest = client.frames()
+        assert rest == b""
         texts = [f.text for f in frames if f.opcode == OP_TEXT]
-        assert [t for t in texts if t.startswith("m")] == [body(i) for i in range(count)]
-        assert [t for t in texts if t.startswith("push")] == [f"push{i}" for i in range(count)]
+        assert [t for t in texts if t.startswith("m")] == [
+            body(i) for i in range(count)
+        ]
+        assert [t for t in texts if t.startswith("push")] == [
+            f"push{i}" for i in range(count)
+        ]
         assert all(f.fin for f in frames)
         assert len(client.wsproto_frames()) == len(frames)
 
@@ -634,7 +651,7 @@ async def test_no_data_frame_after_the_clients_close_under_backlog() -> None:
             while not served.finished.is_set():
                 outlet.push(text_frame(f"late{i}"))
                 i += 1
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -666,7 +683,7 @@ async def test_a_protocol_error_ends_the_connection_with_whole_frames_only() -> 
             while not served.finished.is_set():
                 outlet.push(text_frame(f"late{i}"))
                 i += 1
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -712,7 +729,9 @@ async def test_server_close_drops_queued_frames_and_sends_nothing_after() -> Non
         assert all(b"after close" not in f.payload for f in frames)
 
 
-async def test_a_write_timeout_aborts_without_a_close_frame_after_half_a_frame() -> None:
+async def test_a_write_timeout_aborts_without_a_close_frame_after_half_a_frame() -> (
+    None
+):
     config = Config(port=0, write_timeout=0.3, queue_size=100_000)
     async with open_served_connection(config) as served:
         outlet, client = served.outlet, served.client

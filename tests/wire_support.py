@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 import trio
-import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Event, Request
 from wsproto.frame_protocol import FrameProtocol
@@ -104,7 +103,11 @@ def parse_frames(data: bytes) -> tuple[list[Frame], bytes]:
             head = 10
         if n - pos < head + length:
             break
-        frames.append(Frame(opcode, bool(b0 & 0x80), bytes(data[pos + head : pos + head + length])))
+        frames.append(
+            Frame(
+                opcode, bool(b0 & 0x80), bytes(data[pos + head : pos + head + length])
+            )
+        )
         pos += head + length
     return frames, bytes(data[pos:])
 
@@ -113,7 +116,9 @@ def assert_nothing_after_close(frames: list[Frame], rest: bytes) -> Frame | None
     """At most one close frame, and if there is one, nothing after it."""
     for i, frame in enumerate(frames):
         if frame.opcode == OP_CLOSE:
-            assert i == len(frames) - 1, f"frames after the close frame: {frames[i + 1:]!r}"
+            assert i == len(frames) - 1, (
+                f"frames after the close frame: {frames[i + 1 :]!r}"
+            )
             assert rest == b"", f"bytes after the close frame: {rest[:40]!r}"
             return frame
     return None
@@ -217,7 +222,7 @@ class Served:
 
 def only_connection(server: ChatServer) -> Connection | None:
     """The server's one open connection, if it has one (test introspection)."""
-    connections = list(server._connections)  # noqa: SLF001
+    connections = list(server._connections)
     assert len(connections) <= 1, connections
     return connections[0] if connections else None
 
@@ -247,22 +252,24 @@ async def open_served_connection(
     server_side, client_side = transport_pair
     client = RawClient(client_side)
     finished = trio.Event()
-    async with open_test_server(config, echo=echo) as server:
-        async with trio.open_nursery() as nursery:
+    async with (
+        open_test_server(config, echo=echo) as server,
+        trio.open_nursery() as nursery,
+    ):
 
-            async def serve() -> None:
-                try:
-                    await server.handle_stream(server_side, "socketpair")
-                finally:
-                    finished.set()
-
-            nursery.start_soon(serve)
-            with trio.fail_after(5):
-                await client.send_raw(client.request_bytes())
-                await client.read_handshake()
-                while (conn := only_connection(server)) is None:
-                    await trio.sleep(0.001)
+        async def serve() -> None:
             try:
-                yield Served(server, conn, client, finished)
+                await server.handle_stream(server_side, "socketpair")
             finally:
-                nursery.cancel_scope.cancel()
+                finished.set()
+
+        nursery.start_soon(serve)
+        with trio.fail_after(5):
+            await client.send_raw(client.request_bytes())
+            await client.read_handshake()
+            while (conn := only_connection(server)) is None:
+                await trio.sleep(0.001)
+        try:
+            yield Served(server, conn, client, finished)
+        finally:
+            nursery.cancel_scope.cancel()
