@@ -155,7 +155,9 @@ class Connection:
     def _websocket_closed(self) -> None:
         """The WebSocket is closed or closing: end the connection, saying why."""
         reason = self.ws.closed
-        if reason is None:
+        if reason is None or reason.code == 1006:
+            # 1006 is trio-websocket's mark for a transport that ended with
+            # no close frame (EOF, reset): an abort, not the client's close.
             self.outlet.kill(None, "connection lost")
         else:
             self.outlet.kill(reason.code, reason.reason or "closed by client")
