@@ -10,6 +10,7 @@ clients and tests).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time as _time
@@ -80,7 +81,14 @@ def format_time(seconds: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-29T04:31:24.123Z``."""
     millis = int(seconds * 1000)
     whole, ms = divmod(millis, 1000)
-    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(whole)) + f".{ms:03d}Z"
+    return _format_second(whole) + f".{ms:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _format_second(whole: int) -> str:
+    # The hub stamps every message of a batch, and many batches a second,
+    # with the same second.
+    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(whole))
 
 
 def is_unicode(text: str) -> bool:
@@ -100,6 +108,10 @@ def is_unicode(text: str) -> bool:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+#: A JSON string literal for a str, exactly as ``_dumps`` writes it.
+_string = json.encoder.encode_basestring
 
 
 # --------------------------------------------------------------------------
@@ -414,6 +426,15 @@ class ChatMessage(ServerEvent):
     content: str
     time: str
 
+    def to_json(self) -> str:
+        # The hot path: one per broadcast.  Same text as the generic
+        # ``_dumps(self.frame())``, which the tests check.
+        return (
+            f'{{"type":"chat","payload":{{"id":{int(self.id)},"room":{_string(self.room)},'
+            f'"user_id":{_string(self.user_id)},"content":{_string(self.content)},'
+            f'"time":{_string(self.time)}}}}}'
+        )
+
 
 @attrs.frozen
 class ChatAck(_WithRef):
@@ -422,6 +443,14 @@ class ChatAck(_WithRef):
     room: str
     time: str
     ref: str | None = None
+
+    def to_json(self) -> str:
+        # One per chat message; same text as the generic serialization.
+        ref = "" if self.ref is None else f',"ref":{_string(self.ref)}'
+        return (
+            f'{{"type":"ack","payload":{{"id":{int(self.id)},"room":{_string(self.room)},'
+            f'"time":{_string(self.time)}}}{ref}}}'
+        )
 
 
 @attrs.frozen
