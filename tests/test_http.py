@@ -24,7 +24,12 @@ from http_support import (
 from trio_chat import Config
 from trio_chat._auth import make_token
 from trio_chat._metrics import count_tasks
-from trio_chat._testing_server import open_test_client, open_test_server
+from trio_chat._testing_server import (
+    open_memory_server,
+    open_memory_stream,
+    open_test_client,
+    open_test_server,
+)
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -542,3 +547,27 @@ async def test_api_requests_are_logged_without_tokens():
             await http_request(server.port, "GET", "/api/rooms?token=" + admin)
             await http_request(server.port, "GET", "/api/rooms", headers=_bearer(admin))
         assert not any(admin in m for m in logs.messages)
+
+
+async def test_a_client_that_never_reads_its_response_is_closed_after_the_write_timeout(
+    autojump_clock,
+):
+    # A lockstep stream is a socket whose peer stopped reading: the server's
+    # response write waits until the client reads, which it never does.
+    config = Config(write_timeout=1, handshake_timeout=5)
+    async with open_memory_server(config) as server:
+        before = count_tasks()
+        client = open_memory_stream(server, lockstep=True)
+        await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await trio.sleep(30)
+        # The server gave up on the response and closed the stream: no task
+        # is left waiting for the client, which finds only what had been
+        # handed over (the response head), then the end of the stream.
+        assert count_tasks() == before
+        received = b""
+        with trio.fail_after(1):
+            while chunk := await client.receive_some(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert received.endswith(b"\r\n\r\n")
+        await client.aclose()

@@ -134,6 +134,7 @@ async def serve_http(
     max_body: int,
     idle_scopes: set[trio.CancelScope] | None = None,
     first_deadline: float | None = None,
+    write_timeout: float | None = None,
 ) -> Handover | None:
     """Answer requests on *stream* until it closes, or until an upgrade.
 
@@ -147,8 +148,21 @@ async def serve_http(
     end idle keep-alive connections at once.  *first_deadline* bounds the
     first request head instead of *head_timeout* (the connection's whole
     handshake budget, when a TLS handshake has already used part of it).
+    Each response must be written within *write_timeout* (default:
+    *head_timeout*), else the conversation ends: a client that sends
+    requests but never reads the answers does not hold a task forever.
     """
+    if write_timeout is None:
+        write_timeout = head_timeout
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+
+    async def respond(response: HttpResponse, *, head_only: bool = False) -> bool:
+        """Send *response*; False if it was not written in time."""
+        with trio.move_on_after(write_timeout):
+            await send_response(conn, stream, response, head_only=head_only)
+            return True
+        return False
+
     while True:
         deadline = trio.current_time() + head_timeout
         if first_deadline is not None:
@@ -159,7 +173,8 @@ async def serve_http(
             try:
                 event = await _next_event(conn, stream)
             except h11.RemoteProtocolError as exc:
-                await _refuse_malformed(conn, stream, exc)
+                with trio.move_on_after(write_timeout):
+                    await _refuse_malformed(conn, stream, exc)
                 return None
             finally:
                 if idle_scopes is not None:
@@ -180,23 +195,25 @@ async def serve_http(
             if isinstance(answer, Upgrade):
                 trailing, _ = conn.trailing_data
                 return Handover(request, answer, _request_bytes(event) + trailing, deadline)
-            await send_response(conn, stream, answer)
+            await respond(answer)
             return  # never keep a refused upgrade's connection alive
         with trio.move_on_after(head_timeout) as body_scope:
             body = await _read_body(conn, stream, max_body)
         if body_scope.cancelled_caught:
             return
         if body is None:
-            await send_response(conn, stream, HttpResponse(413, b"request body too large\n"))
+            await respond(HttpResponse(413, b"request body too large\n"))
             return
         request = attrs.evolve(request, body=body)
         try:
             answer = await router(request)
         except h11.RemoteProtocolError as exc:  # pragma: no cover - defensive
-            await _refuse_malformed(conn, stream, exc)
+            with trio.move_on_after(write_timeout):
+                await _refuse_malformed(conn, stream, exc)
             return
         assert isinstance(answer, HttpResponse)
-        await send_response(conn, stream, answer, head_only=request.method == "HEAD")
+        if not await respond(answer, head_only=request.method == "HEAD"):
+            return
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             return
         conn.start_next_cycle()

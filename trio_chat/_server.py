@@ -343,6 +343,7 @@ class ChatServer:
                 max_body=self.config.max_message_bytes,
                 idle_scopes=self._idle_scopes,
                 first_deadline=deadline,
+                write_timeout=self.config.write_timeout,
             )
             if handover is not None:
                 identity, prefix = handover.upgrade.context, handover.prefix
