@@ -571,3 +571,21 @@ async def test_a_client_that_never_reads_its_response_is_closed_after_the_write_
         assert received.startswith(b"HTTP/1.1 200 ")
         assert received.endswith(b"\r\n\r\n")
         await client.aclose()
+
+
+async def test_client_chosen_close_codes_share_one_metrics_label():
+    # Codes 3000-4999 are the client's to choose: each must not become a
+    # series of its own.
+    async with open_test_server(Config(port=0)) as server:
+        for code in (3000, 4001, 4999):
+            async with open_test_client(server, user="alice") as alice:
+                await alice.ws.aclose(code)
+        async with open_test_client(server, user="bob"):
+            pass
+        with trio.fail_after(10):
+            while server.stats().connections:
+                await trio.sleep(0.01)
+        metrics = _parse(server.metrics.render().decode())
+        assert _value(metrics, "trio_chat_connections_closed_total", code="other") == 3
+        assert _value(metrics, "trio_chat_connections_closed_total", code="1000") == 1
+        assert set(server.metrics.closed_by_code) == {"other", "1000"}

@@ -50,8 +50,15 @@ class Metrics:
 
     def connection_closed(self, code: int | None) -> None:
         # Dropped without a closing handshake (by either side): 1006, as
-        # RFC 6455 names an abnormal closure.
-        key = "1006" if code is None else str(code)
+        # RFC 6455 names an abnormal closure.  A client may close with any
+        # of some 2,000 application codes (3000-4999): counted together as
+        # "other", so clients cannot multiply the label set.
+        if code is None:
+            key = "1006"
+        elif 1000 <= code <= 1015:
+            key = str(code)
+        else:
+            key = "other"
         self.closed_by_code[key] = self.closed_by_code.get(key, 0) + 1
 
     def handshake_refused(self, status: int) -> None:
