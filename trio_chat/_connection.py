@@ -1,4 +1,4 @@
-"""One accepted WebSocket: a reader, a writer and a heartbeat task.
+"""One accepted WebSocket: a reader, a writer (when needed) and a heartbeat.
 
 * The **reader** is trio-websocket's own reader task: it parses frames and,
   through :class:`~trio_chat._websocket.Dispatch`, calls the endpoint's
@@ -10,16 +10,18 @@
   while there is a backlog: a client that keeps up is written to directly by
   the hub (see :class:`~trio_chat._hub.Outlet`), and an idle connection holds
   no writer task.
-* The **heartbeat** pings every ``ping_interval`` and aborts the connection when
-  no pong comes within ``pong_timeout``.  It is also the read deadline: a pong
+* The **heartbeat** (the connection nursery's body, not a task of its own)
+  pings every ``ping_interval`` and aborts the connection when no pong comes
+  within ``pong_timeout``.  It is also the read deadline: a pong
   cannot be parsed before the frame in front of it is complete, so a client
   that stops in the middle of a frame (like one whose host vanished, or a
   frozen process) is aborted within ``ping_interval + pong_timeout``
   (``tests/test_faults.py``).  A client pausing *between* the fragments of a
   message can still answer pings; it holds at most ``max_message_bytes``.
 
-When any of them ends, the others are cancelled, the hub is told, and the
-WebSocket is closed (or aborted) under a deadline.
+When the reader or the heartbeat ends, or the writer fails, the others are
+stopped, the hub is told, and the WebSocket is closed (or aborted) under a
+deadline.  (A writer that has written its backlog just ends.)
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ _RATED = (Chat, Direct, Presence)
 class Connection:
     """An accepted WebSocket and the tasks that serve it.
 
-    One nursery per connection holds its three tasks: the reader
-    (:meth:`read`, started before the opening handshake), the writer
-    (started by :meth:`run`) and the heartbeat (:meth:`run` itself, in the
-    nursery's body).  When any of them ends, the others stop and the
-    WebSocket is closed under a deadline.
+    One nursery per connection holds the reader (:meth:`read`, started
+    before the opening handshake), the heartbeat (:meth:`run` itself, in the
+    nursery's body) and, while frames are queued, the writer (started when
+    the queue wakes its owner).  When the connection ends, they all stop and
+    the WebSocket is closed under a deadline.
     """
 
     def __init__(
