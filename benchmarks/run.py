@@ -81,6 +81,11 @@ def parse_args() -> argparse.Namespace:
         help="start a redis-server and run trio_chat with --redis-url (flushed before each start)",
     )
     p.add_argument("--tag", default="", help="suffix for the results file name")
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="measure nothing: rebuild the table, plot and README section from a results file",
+    )
     return p.parse_args()
 
 
@@ -95,7 +100,7 @@ def config(args: argparse.Namespace) -> Config:
             drain=0.5,
             log_dir=log_dir,
             idle_counts=(5000,),
-            sweep_offered=(25_000, 100_000, 200_000),
+            sweep_offered=(25_000, 100_000, 300_000),
             sweep_duration=2.0,
             **pin,
         )
@@ -138,6 +143,8 @@ def versions() -> dict:
 
 def main() -> int:
     args = parse_args()
+    if args.from_json:
+        return rebuild(args)
     cfg = config(args)
     raise_fd_limit()
     loadgen.build()
@@ -260,6 +267,25 @@ def measure_all(args, cfg, specs, source) -> int:
     if not args.no_readme:
         if report.update_readme(os.path.join(BENCH_DIR, "README.md"), section):
             print("\nREADME.md results section updated.")
+    return 0
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    """Regenerate results/latest.md, latency.png and the README section from a saved run."""
+    with open(args.from_json) as f:
+        data = json.load(f)
+    summary = report.summarize(data["runs"])
+    sweeps = data.get("sweeps") or {}
+    if sweeps:
+        report.plot_latency(sweeps, os.path.join(BENCH_DIR, "latency.png"))
+    section = results_section(
+        data, data["meta"]["servers"], summary, sweeps, data["runs"], data["meta"].get("unavailable", {})
+    )
+    with open(os.path.join(RESULTS_DIR, "latest.md"), "w") as f:
+        f.write(section + "\n")
+    print(section)
+    if not args.no_readme and report.update_readme(os.path.join(BENCH_DIR, "README.md"), section):
+        print("\nREADME.md results section updated.")
     return 0
 
 
