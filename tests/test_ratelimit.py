@@ -281,3 +281,24 @@ async def test_unrated_frames_never_close_for_flooding(frame):
             assert (await alice.chat("x", "last"))["type"] in ("ack", "error")
             assert server.stats().connections == 1
             assert server.stats().rate_limited == 0
+
+
+class _SweepCounter(IpLimiter):
+    sweeps = 0
+
+    def _prune(self, now: float) -> None:
+        self.sweeps += 1
+        super()._prune(now)
+
+
+def test_ip_limiter_sweeps_rarely_while_many_ips_are_active():
+    # 20,000 IPs in one window: none is stale, so a sweep per handshake
+    # (each over the whole table) would make every handshake slower.
+    limits = _SweepCounter(max_connections=50, max_handshakes=1, window=10.0)
+    for i in range(20_000):
+        assert limits.handshake(f"2001:db8::{i:x}", 0.0) is None
+    assert limits.sweeps <= 5
+    # Once they go quiet, the next sweep forgets them all.
+    for i in range(limits._prune_above + 1):
+        limits.handshake(f"10.1.{i // 256}.{i % 256}", 20.0)
+    assert not any(ip.startswith("2001:") for ip in limits._handshakes)

@@ -13,6 +13,9 @@ import attrs
 
 __all__ = ["RateLimiter", "IpLimiter", "IpRefusal"]
 
+#: Handshake windows kept before the first sweep of stale ones.
+_PRUNE_ABOVE = 4096
+
 
 @attrs.define
 class RateLimiter:
@@ -51,13 +54,20 @@ class IpRefusal:
 
 @attrs.define
 class IpLimiter:
-    """Per-IP caps on open connections and on handshakes per *window* seconds."""
+    """Per-IP caps on open connections and on handshakes per *window* seconds.
+
+    Handshake windows of IPs gone quiet are forgotten in sweeps, once the
+    table outgrows a threshold that doubles with what a sweep leaves (so
+    many IPs active at once cost one sweep per doubling, not one per
+    handshake).
+    """
 
     max_connections: int
     max_handshakes: int
     window: float = 10.0
     _open: dict[str, int] = attrs.field(init=False, factory=dict)
     _handshakes: dict[str, tuple[float, int]] = attrs.field(init=False, factory=dict)
+    _prune_above: int = attrs.field(init=False, default=_PRUNE_ABOVE)
 
     def handshake(self, ip: str, now: float) -> IpRefusal | None:
         """Count a handshake attempt from *ip*; refuse it if over a cap."""
@@ -68,7 +78,7 @@ class IpLimiter:
             return IpRefusal(429, f"more than {self.max_handshakes} handshakes "
                              f"from {ip} in {self.window:g} s")
         self._handshakes[ip] = (start, count + 1)
-        if len(self._handshakes) > 4096:
+        if len(self._handshakes) > self._prune_above:
             self._prune(now)
         if self._open.get(ip, 0) >= self.max_connections:
             return IpRefusal(429, f"{ip} already has {self.max_connections} connections")
@@ -91,3 +101,4 @@ class IpLimiter:
         stale = [ip for ip, (start, _) in self._handshakes.items() if now - start >= self.window]
         for ip in stale:
             del self._handshakes[ip]
+        self._prune_above = max(_PRUNE_ABOVE, 2 * len(self._handshakes))
