@@ -581,22 +581,22 @@ def test_ref_memory_keeps_the_last_1000() -> None:
     assert s.handle(1, Chat("r", "x", "ref0"), NOW)[-1].event.id == 1002
 
 
-def test_refs_of_idle_users_are_forgotten_first() -> None:
-    s = hub(remembered_users=1)
+def test_refs_of_the_least_recently_active_users_are_forgotten_first() -> None:
+    s = hub(remembered_users=2)
     for key, user in [(1, "ann"), (2, "bob")]:
         s.connect(key, user)
         s.handle(key, Join("r"), NOW)
     s.handle(1, Chat("r", "x", "a"), NOW)
-    s.handle(2, Chat("r", "x", "b"), NOW)  # both connected: both kept
+    s.handle(2, Chat("r", "x", "b"), NOW)  # two users: both kept
     assert len(s.handle(1, Chat("r", "x", "a"), NOW)) == 1
     s.disconnect(1)
     s.connect(3, "cy")
     s.handle(3, Join("r"), NOW)
-    s.handle(3, Chat("r", "x", "c"), NOW)  # ann is idle: her refs go
+    s.handle(3, Chat("r", "x", "c"), NOW)  # bob is the least recently active
     s.connect(4, "ann")
     s.handle(4, Join("r"), NOW)
-    assert s.handle(4, Chat("r", "x", "a"), NOW)[-1].event.id == 4
-    assert len(s.handle(2, Chat("r", "x", "b"), NOW)) == 1
+    assert len(s.handle(4, Chat("r", "x", "a"), NOW)) == 1  # ann's ref is kept
+    assert s.handle(2, Chat("r", "x", "b"), NOW)[-1].event.id == 4  # bob's is not
 
 
 def test_direct_reaches_every_connection_of_the_addressee() -> None:
@@ -707,3 +707,23 @@ def test_server_publish() -> None:
     ack2, out = s.publish("server", "news", "again", NOW, ref="p")
     assert out[0].to == (1,) and ack2.id == 2
     assert s.publish("server", "news", "again", NOW, ref="p") == (ack2, [])
+
+
+def test_ref_memory_is_bounded_in_all_and_forgets_the_least_active_first():
+    state = HubState(ref_memory=5, remembered_users=3, max_refs=8)
+    for n, user in enumerate(["u1", "u2", "u3", "u4"]):
+        state.connect(n, user)
+        state.handle(n, Join("r"), 0.0)
+    state.handle(0, Chat("r", "m", "a1"), 0.0)
+    for n in (1, 2, 3):
+        for i in range(3):
+            state.handle(n, Chat("r", "m", f"r{i}"), 0.0)
+    # u1, the least recently active, is forgotten when a fourth user comes;
+    # past 8 refs in all, u2 (now the least recently active) loses its oldest.
+    assert state._ref_count == 8
+    assert list(state._refs) == ["u2", "u3", "u4"]
+    assert [len(refs) for refs in state._refs.values()] == [2, 3, 3]
+    assert [d.event.type for d in state.handle(3, Chat("r", "m", "r0"), 0.0)] == ["ack"]
+    assert [d.event.type for d in state.handle(1, Chat("r", "m", "r1"), 0.0)] == ["ack"]
+    assert [d.event.type for d in state.handle(1, Chat("r", "m", "r0"), 0.0)] == ["chat", "ack"]
+    assert [d.event.type for d in state.handle(0, Chat("r", "m", "a1"), 0.0)] == ["chat", "ack"]

@@ -138,8 +138,10 @@ class HubState:
             the least recently used room without members is forgotten, and a
             new room is refused when every room has members.
         max_rooms_per_connection: rooms one connection may be in at once.
-        remembered_users: users whose refs are kept; connected users are never
-            forgotten, the least recently active others are.
+        remembered_users: users whose refs are kept at once.
+        max_refs: refs kept in all.  Past either bound, the least recently
+            active users' oldest refs are forgotten first, so memory stays
+            bounded whatever names clients choose.
     """
 
     history_size: int = 100
@@ -147,6 +149,7 @@ class HubState:
     max_rooms: int = 10_000
     max_rooms_per_connection: int = 100
     remembered_users: int = 10_000
+    max_refs: int = 100_000
 
     _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
     _users: dict[str, _User] = attrs.field(init=False, factory=dict)
@@ -155,6 +158,7 @@ class HubState:
         init=False, factory=OrderedDict
     )
     _messages: int = attrs.field(init=False, default=0)
+    _ref_count: int = attrs.field(init=False, default=0)
 
     # ------------------------------------------------------------ queries
 
@@ -393,7 +397,12 @@ class HubState:
         if ref is None:
             return None
         refs = self._refs.get(user_id)
-        return refs.get(ref) if refs is not None else None
+        if refs is None:
+            return None
+        seen = refs.get(ref)
+        if seen is not None:
+            self._refs.move_to_end(user_id)  # resending: recently active
+        return seen
 
     def _remember(self, user_id: str, ref: str | None, ack: ServerEvent) -> None:
         if ref is None:
@@ -401,20 +410,26 @@ class HubState:
         refs = self._refs.get(user_id)
         if refs is None:
             refs = self._refs[user_id] = OrderedDict()
-            self._forget_idle_users()
         else:
             self._refs.move_to_end(user_id)
-        refs[ref] = ack
+        refs[ref] = ack  # a new ref: _seen() answered None for it
+        self._ref_count += 1
         if len(refs) > self.ref_memory:
             refs.popitem(last=False)
+            self._ref_count -= 1
+        self._trim_refs()
 
-    def _forget_idle_users(self) -> None:
-        excess = len(self._refs) - self.remembered_users
-        if excess <= 0:
-            return
-        idle = [u for u in self._refs if u not in self._users][:excess]
-        for user_id in idle:
-            del self._refs[user_id]
+    def _trim_refs(self) -> None:
+        """Forget the least recently active users' refs past the bounds."""
+        while len(self._refs) > self.remembered_users:
+            _, refs = self._refs.popitem(last=False)
+            self._ref_count -= len(refs)
+        while self._ref_count > self.max_refs:
+            user_id, refs = next(iter(self._refs.items()))
+            refs.popitem(last=False)
+            self._ref_count -= 1
+            if not refs:
+                del self._refs[user_id]
 
 
 def recipients(deliveries: Iterable[Delivery]) -> set[Key]:
