@@ -285,3 +285,19 @@ async def test_refused_clients_do_not_disturb_others():
             assert ack["type"] == "ack"
             chat = await bob.expect("chat")
             assert json.dumps(chat["payload"]["content"]) == '"still fine"'
+
+
+async def test_join_leave_and_typing_floods_are_limited_separately():
+    # Not counted against the chat rate, but not unlimited either: each one
+    # can make the server write to a whole room.
+    config = Config(port=0, rate_messages=2, rate_seconds=60)
+    async with open_test_server(config) as server:
+        async with open_test_client(server, user="flood") as client:
+            codes = []
+            for i in range(2 * 4 + 1):
+                await client.send("join", {"room": "r"}, ref=f"j{i}")
+                frame = await client.receive()
+                codes.append(frame["type"] if frame["type"] != "error" else frame["payload"]["code"])
+            assert codes == ["joined"] * 8 + [429]
+            # The chat rate is untouched.
+            assert (await client.chat("r", "still fine"))["type"] == "ack"

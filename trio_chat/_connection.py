@@ -67,6 +67,8 @@ MAX_RATE_STRIKES = 3
 CLOSE_TIMEOUT = 2.0
 
 _RATED = (Chat, Direct, Presence)
+#: How many more join/leave/typing frames than rated frames a window allows.
+CONTROL_RATE_FACTOR = 4
 
 
 class Connection:
@@ -326,6 +328,12 @@ class ChatHandler:
         self.max_bytes = config.max_message_bytes
         self.max_chars = config.max_content_chars
         self.limiter = RateLimiter(config.rate_messages, config.rate_seconds)
+        #: join, leave and typing: not limited by the protocol's rate, but
+        #: each can make the server send to a whole room, so a client may
+        #: send CONTROL_RATE_FACTOR times as many of them.
+        self.control_limiter = RateLimiter(
+            config.rate_messages * CONTROL_RATE_FACTOR, config.rate_seconds
+        )
         self.invalid_in_a_row = 0
 
     async def __call__(self, message: str | bytes) -> None:
@@ -348,20 +356,20 @@ class ChatHandler:
             self._refuse(ProtocolError(500, "internal server error"))
             return
         self.invalid_in_a_row = 0
-        if isinstance(event, _RATED):
-            retry = self.limiter.check(time.monotonic())
-            if retry is not None:
-                if self.metrics is not None:
-                    self.metrics.rate_limited += 1
-                if self.limiter.strikes > MAX_RATE_STRIKES:
-                    conn.close(1008, "still flooding after rate-limit errors")
-                    return
-                self._refuse(
-                    ProtocolError(429, f"rate limit exceeded: retry in {retry} ms",
-                                  event.ref, retry)
-                )
+        limiter = self.limiter if isinstance(event, _RATED) else self.control_limiter
+        retry = limiter.check(time.monotonic())
+        if retry is not None:
+            if self.metrics is not None:
+                self.metrics.rate_limited += 1
+            if limiter.strikes > MAX_RATE_STRIKES:
+                conn.close(1008, "still flooding after rate-limit errors")
                 return
-        elif isinstance(event, Join) and not self.identity.may_join(event.room):
+            self._refuse(
+                ProtocolError(429, f"rate limit exceeded: retry in {retry} ms",
+                              event.ref, retry)
+            )
+            return
+        if isinstance(event, Join) and not self.identity.may_join(event.room):
             self._refuse(ProtocolError(403, f"not allowed to join room {event.room!r}", event.ref))
             return
         await self.hub.submit(conn.outlet, event)
