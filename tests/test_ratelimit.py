@@ -302,3 +302,13 @@ def test_ip_limiter_sweeps_rarely_while_many_ips_are_active():
     for i in range(limits._prune_above + 1):
         limits.handshake(f"10.1.{i // 256}.{i % 256}", 20.0)
     assert not any(ip.startswith("2001:") for ip in limits._handshakes)
+
+
+def test_per_ip_limits_count_an_ipv6_slash_64_as_one_client():
+    from trio_chat._ratelimit import client_key
+
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9")
+    assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("memory") == "memory"

@@ -67,8 +67,10 @@ MAX_RATE_STRIKES = 3
 CLOSE_TIMEOUT = 2.0
 
 _RATED = (Chat, Direct, Presence)
-#: How many more join/leave/typing frames than rated frames a window allows.
+#: join/leave/typing frames a window allows: this many times the rated
+#: frames, and at least CONTROL_RATE_FLOOR.
 CONTROL_RATE_FACTOR = 4
+CONTROL_RATE_FLOOR = 100
 
 
 class Connection:
@@ -328,11 +330,12 @@ class ChatHandler:
         self.max_bytes = config.max_message_bytes
         self.max_chars = config.max_content_chars
         self.limiter = RateLimiter(config.rate_messages, config.rate_seconds)
-        #: join, leave and typing: not limited by the protocol's rate, but
-        #: each can make the server send to a whole room, so a client may
-        #: send CONTROL_RATE_FACTOR times as many of them.
+        #: join, leave and typing are outside the protocol's rate, but each
+        #: can make the server write to a whole room: a much wider window
+        #: keeps a flood of them from amplifying without bound.
         self.control_limiter = RateLimiter(
-            config.rate_messages * CONTROL_RATE_FACTOR, config.rate_seconds
+            max(config.rate_messages * CONTROL_RATE_FACTOR, CONTROL_RATE_FLOOR),
+            config.rate_seconds,
         )
         self.invalid_in_a_row = 0
 

@@ -7,11 +7,30 @@ open connections of each client IP.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 
 import attrs
 
-__all__ = ["RateLimiter", "IpLimiter", "IpRefusal"]
+__all__ = ["RateLimiter", "IpLimiter", "IpRefusal", "client_key"]
+
+
+def client_key(ip: str) -> str:
+    """The unit per-IP limits count: the address, or its /64 for IPv6.
+
+    One IPv6 host commonly holds a whole /64, so counting single addresses
+    would let it multiply its limits; IPv4-mapped addresses count as IPv4.
+    Anything that is not an IP address (in-memory peers) is its own key.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return ip
 
 #: Handshake windows kept before the first sweep of stale ones.
 _PRUNE_ABOVE = 4096

@@ -47,7 +47,7 @@ from ._protocol import (
     is_valid_room,
     is_valid_user_id,
 )
-from ._ratelimit import IpLimiter
+from ._ratelimit import IpLimiter, client_key
 from ._stream import WireStream
 from ._websocket import get_request, new_server_websocket, release_handshake
 
@@ -371,7 +371,7 @@ class ChatServer:
         )
         conn = Connection(ws, dispatch, stream, self.config, self.hub.counters,
                           user_id=identity.user_id, peer=peer)
-        self._ip_limits.opened(peer)
+        self._ip_limits.opened(client_key(peer))
         self._upgrading += 1
         upgrading = True
         try:
@@ -409,7 +409,7 @@ class ChatServer:
         finally:
             if upgrading:
                 self._upgrading -= 1
-            self._ip_limits.closed(peer)
+            self._ip_limits.closed(client_key(peer))
             self._stop_accepting_if_drained()
 
     async def _run_connection(
@@ -487,7 +487,7 @@ class ChatServer:
             return self._refuse(400, "not a valid WebSocket upgrade request", peer)
         if not self._origin_allowed(headers):
             return self._refuse(403, f"origin {headers.get('origin')!r} not allowed", peer)
-        refusal = self._ip_limits.handshake(peer, time.monotonic())
+        refusal = self._ip_limits.handshake(client_key(peer), time.monotonic())
         if refusal is not None:
             return self._refuse(refusal.status, refusal.reason, peer)
         if len(self._connections) + self._upgrading >= self.config.max_connections:
