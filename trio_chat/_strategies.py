@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from ._protocol import (
     DEFAULT_MAX_CONTENT_CHARS,
+    _client_frame,
     MAX_PRESENCE_TEXT_CHARS,
     MAX_REF_CHARS,
     MAX_STATUS_CHARS,
@@ -253,18 +254,6 @@ def client_events(
     return st.one_of([makers[t] for t in _types(types)])
 
 
-def _frame_of(event: ClientEvent) -> dict[str, Any]:
-    payload = {
-        f.name: getattr(event, f.name)
-        for f in attrs.fields(type(event))
-        if f.name != "ref" and getattr(event, f.name) is not None
-    }
-    frame: dict[str, Any] = {"type": event.type, "payload": payload}
-    if event.ref is not None:  # type: ignore[attr-defined]
-        frame["ref"] = event.ref  # type: ignore[attr-defined]
-    return frame
-
-
 def _extra_fields(taken: Iterable[str]) -> st.SearchStrategy[dict[str, Any]]:
     taken = set(taken)
     return st.dictionaries(
@@ -295,7 +284,7 @@ def _encode(draw: st.DrawFn, frame: dict[str, Any], *, ascii_only: bool = False)
 @st.composite
 def _valid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: int) -> tuple[str, ClientEvent]:
     event = draw(client_events(types, max_content_chars=max_content_chars))
-    frame = _frame_of(event)
+    frame = _client_frame(event)
     payload = frame["payload"]
     # Explicit nulls mean "absent" for the optional fields and for ref.
     for name in _OPTIONAL.get(event.type, ()):
@@ -391,7 +380,7 @@ _DEPTH = 200_000
 @st.composite
 def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: int) -> InvalidFrame:
     event = draw(client_events(types, max_content_chars=max_content_chars))
-    frame = _frame_of(event)
+    frame = _client_frame(event)
     payload = frame["payload"]
     ref = event.ref  # type: ignore[attr-defined]
     kind = event.type
