@@ -312,7 +312,7 @@ def client_frames(
     ``ref`` (also ``"ref": null``), ``join`` with and without ``since``,
     ``presence`` with and without ``text``, unknown extra fields in the
     frame and in the payload (which must be ignored), key order, whitespace,
-    ``\\uXXXX`` escapes, and content up to exactly *max_content_chars*
+    ``\\u`` escapes (four hex digits), and content up to exactly *max_content_chars*
     characters.
 
     Args:
