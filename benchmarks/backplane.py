@@ -43,10 +43,16 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen  # noqa: E402
-from harness.scenarios import Config  # noqa: E402
-from harness.servers import (BENCH_DIR, TRIO_CHAT_BENCH_ARGS, RedisServer,  # noqa: E402
-                             ServerProcess, ServerSpec, raise_fd_limit)
+from harness import loadgen
+from harness.scenarios import Config
+from harness.servers import (
+    BENCH_DIR,
+    TRIO_CHAT_BENCH_ARGS,
+    RedisServer,
+    ServerProcess,
+    ServerSpec,
+    raise_fd_limit,
+)
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 README = os.path.join(BENCH_DIR, "README.md")
@@ -58,23 +64,37 @@ VARIANTS = {
     "redis-2": ("Redis backplane, `--workers 2`", True, 2),
 }
 SCENARIOS = {
-    "fanout": ("200 clients in 1 room", dict(mode="fanout", clients=200, room_size=200,
-                                             senders_per_room=10, window=16)),
-    "rooms": ("200 rooms of 10", dict(mode="fanout", clients=2000, room_size=10,
-                                      senders_per_room=1, window=8, concurrency=100)),
+    "fanout": (
+        "200 clients in 1 room",
+        dict(mode="fanout", clients=200, room_size=200, senders_per_room=10, window=16),
+    ),
+    "rooms": (
+        "200 rooms of 10",
+        dict(
+            mode="fanout", clients=2000, room_size=10, senders_per_room=1, window=8, concurrency=100
+        ),
+    ),
 }
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1 repetition, short windows")
     p.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="subset of " + ", ".join(VARIANTS))
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="subset of " + ", ".join(SCENARIOS))
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help="subset of " + ", ".join(VARIANTS)
+    )
+    p.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="subset of " + ", ".join(SCENARIOS)
+    )
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's section")
-    p.add_argument("--from-json", metavar="FILE",
-                   help="measure nothing: rewrite the README section from a saved run")
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="measure nothing: rewrite the README section from a saved run",
+    )
     return p.parse_args()
 
 
@@ -101,21 +121,28 @@ def measure_once(variant: str, scenario: str, redis: RedisServer, cfg: Config) -
     pinned = VARIANTS[variant][2] == 1
     log = os.path.join(cfg.log_dir, f"backplane-{variant}.log")
     marks: dict[str, tuple[float, float]] = {}
-    with ServerProcess(spec, core=cfg.server_core if pinned else None, log_path=log,
-                       start_timeout=30) as server:
+    with ServerProcess(
+        spec, core=cfg.server_core if pinned else None, log_path=log, start_timeout=30
+    ) as server:
+
         def on_event(name: str, _payload: dict) -> None:
             if name in ("measure_start", "measure_end"):
                 marks[name] = (server.cpu(), redis_cpu(redis))
 
-        options = dict(SCENARIOS[scenario][1], warmup=cfg.warmup, duration=cfg.duration,
-                       drain=cfg.drain, poll_us=cfg.poll_us)
+        options = dict(
+            SCENARIOS[scenario][1],
+            warmup=cfg.warmup,
+            duration=cfg.duration,
+            drain=cfg.drain,
+            poll_us=cfg.poll_us,
+        )
         result = loadgen.run(server.port, options, core=cfg.gen_core, on_event=on_event)
         if not server.alive():
             raise RuntimeError(f"{variant} exited during the run")
     deliveries = result["deliveries_per_s"] * result["window_s"]
     server_s = marks["measure_end"][0] - marks["measure_start"][0]
     redis_s = marks["measure_end"][1] - marks["measure_start"][1]
-    per = (lambda seconds: seconds / deliveries * 1e6 if deliveries else None)
+    per = lambda seconds: seconds / deliveries * 1e6 if deliveries else None
     return {
         "deliveries_per_s": result["deliveries_per_s"],
         "delivery_ratio": result["delivery_ratio"],
@@ -189,7 +216,9 @@ def write_readme(text: str) -> None:
         tail = rest.split(END, 1)[1]
         readme = head + START + "\n" + text + "\n" + END + tail
     else:
-        readme = readme.rstrip("\n") + "\n\n" + SECTION_INTRO + START + "\n" + text + "\n" + END + "\n"
+        readme = (
+            readme.rstrip("\n") + "\n\n" + SECTION_INTRO + START + "\n" + text + "\n" + END + "\n"
+        )
     with open(README, "w") as f:
         f.write(readme)
 
@@ -224,12 +253,14 @@ def summary(stamp: str, saved: dict, minutes: float | None) -> str:
     scenarios = list(results)
     variants = list(next(iter(results.values())))
     took = f", {minutes:.1f} min" if minutes is not None else ""
-    return (f"Run {stamp} ({'quick' if saved['quick'] else 'full'}, {saved['reps']} "
-            f"repetition(s){took}), {os.cpu_count()} cores, machine shared with other work. "
-            f"Cells: median (min–max over repetitions).\n\n"
-            + table(results, variants, scenarios)
-            + "\n\nPer-delivery cost of the backplane (one process, server pinned to its core):"
-            "\n\n" + cost_summary(results))
+    return (
+        f"Run {stamp} ({'quick' if saved['quick'] else 'full'}, {saved['reps']} "
+        f"repetition(s){took}), {os.cpu_count()} cores, machine shared with other work. "
+        f"Cells: median (min–max over repetitions).\n\n"
+        + table(results, variants, scenarios)
+        + "\n\nPer-delivery cost of the backplane (one process, server pinned to its core):"
+        "\n\n" + cost_summary(results)
+    )
 
 
 def main() -> int:
@@ -237,7 +268,7 @@ def main() -> int:
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
-        stamp = os.path.basename(args.from_json)[len("backplane-"):-len(".json")]
+        stamp = os.path.basename(args.from_json)[len("backplane-") : -len(".json")]
         text = summary(stamp, saved, None)
         print(text)
         if not args.no_readme:
@@ -259,15 +290,17 @@ def main() -> int:
     results: dict = {s: {v: [] for v in variants} for s in scenarios}
     try:
         for rep in range(reps):
-            order = variants[rep % len(variants):] + variants[:rep % len(variants)]
+            order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
             for scenario in scenarios:
                 for variant in order:
                     r = measure_once(variant, scenario, redis, cfg)
                     results[scenario][variant].append(r)
-                    print(f"[{rep + 1}/{reps}] {scenario:7} {variant:8} "
-                          f"{r['deliveries_per_s']:>10,.0f}/s  server {r['server_us_per_delivery']:.2f} µs"
-                          f"  redis {r['redis_us_per_delivery']:.2f} µs  ratio {r['delivery_ratio']:.4f}",
-                          flush=True)
+                    print(
+                        f"[{rep + 1}/{reps}] {scenario:7} {variant:8} "
+                        f"{r['deliveries_per_s']:>10,.0f}/s  server {r['server_us_per_delivery']:.2f} µs"
+                        f"  redis {r['redis_us_per_delivery']:.2f} µs  ratio {r['delivery_ratio']:.4f}",
+                        flush=True,
+                    )
     finally:
         redis.stop()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

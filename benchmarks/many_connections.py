@@ -27,8 +27,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen, report  # noqa: E402
-from harness.metrics import scrape  # noqa: E402
+from harness import loadgen, report
+from harness.metrics import scrape
 from harness.servers import (
     BENCH_DIR,
     ServerProcess,
@@ -36,11 +36,13 @@ from harness.servers import (
     export_snapshot,
     raise_fd_limit,
     source_label,
-)  # noqa: E402
+)
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--connections", type=int, default=10000)
     p.add_argument("--users", type=int, default=100, help="distinct user ids among the connections")
     p.add_argument("--server", default="trio_chat")
@@ -62,7 +64,9 @@ def main() -> int:
     loadgen.build()
     if args.trio_chat_rev:
         args.trio_chat_src = export_snapshot(args.trio_chat_rev)
-    spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[args.server]
+    spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[
+        args.server
+    ]
     with ServerProcess(
         spec, core=0, log_path=os.path.join(BENCH_DIR, "results", "raw", "many-server.log")
     ) as srv:
@@ -108,7 +112,9 @@ def main() -> int:
         "server_gauges": gauges,
         "broadcast": broadcast,
         "server_alive": alive,
-        "ok": bool(alive and broadcast.get("received") == broadcast.get("expected") == args.connections - 1),
+        "ok": bool(
+            alive and broadcast.get("received") == broadcast.get("expected") == args.connections - 1
+        ),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -27,14 +27,14 @@ from importlib import metadata
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen, report  # noqa: E402
-from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep  # noqa: E402
+from harness import loadgen, report
+from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep
 from harness.servers import (
     BENCH_DIR,
     OPTIONAL,
     RedisServer,
     ServerError,
-    ServerProcess,  # noqa: E402
+    ServerProcess,
     default_specs,
     ensure_node_deps,
     export_snapshot,
@@ -45,13 +45,17 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1 repetition, short windows, fewer points")
     p.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
     p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(default_specs()))
     p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--no-sweep", action="store_true", help="skip the latency sweep and plot")
-    p.add_argument("--with-node", action="store_true", help="also measure the Node.js ws peer (npm ci)")
+    p.add_argument(
+        "--with-node", action="store_true", help="also measure the Node.js ws peer (npm ci)"
+    )
     p.add_argument("--no-ceiling", action="store_true", help="skip the generator-ceiling check")
     p.add_argument(
         "--trio-chat-cmd",
@@ -69,7 +73,9 @@ def parse_args() -> argparse.Namespace:
         help="measure trio_chat as committed at this git revision "
         "(exported with git archive) instead of the working tree",
     )
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's results section")
+    p.add_argument(
+        "--no-readme", action="store_true", help="do not rewrite README.md's results section"
+    )
     p.add_argument(
         "--no-pin",
         action="store_true",
@@ -135,7 +141,9 @@ def versions() -> dict:
             pass
     try:
         with open("/proc/cpuinfo") as f:
-            out["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+            out["cpu"] = next(
+                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), ""
+            )
     except OSError:
         pass
     return out
@@ -203,7 +211,7 @@ def measure_all(args, cfg, specs, source) -> int:
                 f"deliveries/s at {ceiling['gen_cpu_frac']:.0%} of its core",
                 flush=True,
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"[ceiling] failed: {exc}", flush=True)
     runs = []
     for rep in range(reps):
@@ -213,7 +221,7 @@ def measure_all(args, cfg, specs, source) -> int:
                 t0 = time.monotonic()
                 try:
                     metrics = SCENARIOS[scenario](specs[name], cfg)
-                except Exception as exc:  # noqa: BLE001 - record and go on
+                except Exception as exc:
                     metrics = {"error": f"{type(exc).__name__}: {exc}"[:400]}
                 runs.append({"server": name, "scenario": scenario, "rep": rep, "metrics": metrics})
                 brief = {
@@ -279,7 +287,12 @@ def rebuild(args: argparse.Namespace) -> int:
     if sweeps:
         report.plot_latency(sweeps, os.path.join(BENCH_DIR, "latency.png"))
     section = results_section(
-        data, data["meta"]["servers"], summary, sweeps, data["runs"], data["meta"].get("unavailable", {})
+        data,
+        data["meta"]["servers"],
+        summary,
+        sweeps,
+        data["runs"],
+        data["meta"].get("unavailable", {}),
     )
     with open(os.path.join(RESULTS_DIR, "latest.md"), "w") as f:
         f.write(section + "\n")

@@ -33,8 +33,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen, report  # noqa: E402
-from harness.metrics import scrape  # noqa: E402
+from harness import loadgen, report
+from harness.metrics import scrape
 from harness.servers import (
     BENCH_DIR,
     ServerProcess,
@@ -42,13 +42,15 @@ from harness.servers import (
     export_snapshot,
     raise_fd_limit,
     source_label,
-)  # noqa: E402
+)
 
 TOLERANCE = 0.05
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--clients", type=int, default=200, help="concurrent connection slots")
     p.add_argument("--room-size", type=int, default=10)
@@ -67,7 +69,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trio-chat-rev", help="measure trio_chat as committed at this git revision")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "soak.json"))
     p.add_argument("--plot", default=os.path.join(BENCH_DIR, "soak.png"))
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's soak section")
+    p.add_argument(
+        "--no-readme", action="store_true", help="do not rewrite README.md's soak section"
+    )
     return p.parse_args()
 
 
@@ -151,7 +155,14 @@ def plot(samples: list[dict], idle: dict, path: str, title: str) -> None:
                 ax.legend(fontsize=7, loc="lower right")
             ax.set_ylim(bottom=0)
         else:
-            ax.text(0.5, 0.5, "n/a (gauge not exported)", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "n/a (gauge not exported)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("minutes")
@@ -167,7 +178,9 @@ def main() -> int:
     loadgen.build()
     if args.trio_chat_rev:
         args.trio_chat_src = export_snapshot(args.trio_chat_rev)
-    spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[args.server]
+    spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[
+        args.server
+    ]
     duration = args.minutes * 60
     samples: list[dict] = []
     churn: dict = {}
@@ -194,7 +207,9 @@ def main() -> int:
                 churn.update(payload)
 
         def drive() -> None:
-            result.update(loadgen.run(srv.port, options, core=1, on_event=on_event, timeout=duration + 120))
+            result.update(
+                loadgen.run(srv.port, options, core=1, on_event=on_event, timeout=duration + 120)
+            )
 
         t0 = time.monotonic()
         driver = threading.Thread(target=drive, daemon=True)
@@ -217,12 +232,17 @@ def main() -> int:
         time.sleep(5.0)  # let the server reap the last connections
         idle_after = sample(srv, t0, {})
 
-    checks = {key: check(samples, key, min(args.warmup, duration / 3)) for key in ("rss_mb", "fds", "tasks")}
+    checks = {
+        key: check(samples, key, min(args.warmup, duration / 3))
+        for key in ("rss_mb", "fds", "tasks")
+    }
     reaped = {
         key: (
             idle_before[key],
             idle_after[key],
-            None if idle_before[key] is None else idle_after[key] <= idle_before[key] * (1 + TOLERANCE) + 1,
+            None
+            if idle_before[key] is None
+            else idle_after[key] <= idle_before[key] * (1 + TOLERANCE) + 1,
         )
         for key in ("fds", "tasks", "connections")
     }

@@ -74,8 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--room", default="clock", help="where the ticks go")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between ticks")
-    parser.add_argument("--stats-interval", type=float, default=10.0,
-                        help="seconds between statistics lines")
+    parser.add_argument(
+        "--stats-interval", type=float, default=10.0, help="seconds between statistics lines"
+    )
     return parser.parse_args()
 
 

@@ -73,7 +73,11 @@ class ChatServer:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "wb")
         self.process = await trio.lowlevel.open_process(
-            SERVER_COMMAND + self.extra_args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log
+            SERVER_COMMAND + self.extra_args,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
         )
         seen = b""
         with trio.move_on_after(timeout):
@@ -223,7 +227,9 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         try:
             yield browser
         finally:
@@ -233,16 +239,28 @@ def chromium():
 class ChatPage:
     """Drives the chat page at GET / through the UI, as a person would."""
 
-    def __init__(self, browser, base_url: str, *, viewport=LAPTOP, name: str = "page", timeout_ms: int = 15_000):
+    def __init__(
+        self,
+        browser,
+        base_url: str,
+        *,
+        viewport=LAPTOP,
+        name: str = "page",
+        timeout_ms: int = 15_000,
+    ):
         self.name = name
         self.context = browser.new_context(viewport=viewport)
         self.context.set_default_timeout(timeout_ms)
         self.page = self.context.new_page()
         self.problems: list[str] = []
-        self.page.on("pageerror", lambda error: self.problems.append(f"{name}: page error: {error}"))
+        self.page.on(
+            "pageerror", lambda error: self.problems.append(f"{name}: page error: {error}")
+        )
         self.page.on(
             "console",
-            lambda message: message.type == "error" and self.problems.append(f"{name}: console: {message.text}"),
+            lambda message: (
+                message.type == "error" and self.problems.append(f"{name}: console: {message.text}")
+            ),
         )
         self.page.goto(base_url + "/")
 
@@ -266,10 +284,14 @@ class ChatPage:
 
     def rooms(self) -> list[str]:
         """The rooms listed in the sidebar."""
-        return self.page.eval_on_selector_all("#room-list li", "els => els.map(el => el.dataset.conv.slice(5))")
+        return self.page.eval_on_selector_all(
+            "#room-list li", "els => els.map(el => el.dataset.conv.slice(5))"
+        )
 
     def wait_state(self, state: str, timeout_ms: int | None = None) -> None:
-        self.page.wait_for_selector(f"body[data-connection='{state}']", state="attached", timeout=timeout_ms)
+        self.page.wait_for_selector(
+            f"body[data-connection='{state}']", state="attached", timeout=timeout_ms
+        )
 
     def state(self) -> str:
         return self.page.get_attribute("body", "data-connection")
@@ -298,12 +320,14 @@ class ChatPage:
 
     def pending(self, room: str) -> list[str]:
         return self.page.eval_on_selector_all(
-            f".log[data-conv='room:{room}'] .outbox .msg", "els => els.map(el => el.querySelector('.text').textContent)"
+            f".log[data-conv='room:{room}'] .outbox .msg",
+            "els => els.map(el => el.querySelector('.text').textContent)",
         )
 
     def notices(self, room: str) -> list[str]:
         return self.page.eval_on_selector_all(
-            f".log[data-conv='room:{room}'] .notice .notice-text", "els => els.map(el => el.textContent)"
+            f".log[data-conv='room:{room}'] .notice .notice-text",
+            "els => els.map(el => el.textContent)",
         )
 
     def wait_message(self, room: str, text: str, timeout_ms: int | None = None) -> None:
@@ -324,11 +348,14 @@ class ChatPage:
     def members(self) -> dict[str, str]:
         """The member list of the open room: user id -> status."""
         return self.page.eval_on_selector_all(
-            "#member-list li", "els => Object.fromEntries(els.map(el => [el.dataset.user, el.dataset.status]))"
+            "#member-list li",
+            "els => Object.fromEntries(els.map(el => [el.dataset.user, el.dataset.status]))",
         )
 
     def wait_member(self, user: str, status: str | None = None, *, present: bool = True) -> None:
-        selector = f"#member-list li[data-user='{user}']" + (f"[data-status='{status}']" if status else "")
+        selector = f"#member-list li[data-user='{user}']" + (
+            f"[data-status='{status}']" if status else ""
+        )
         self.page.wait_for_selector(selector, state="attached" if present else "detached")
 
     def screenshot(self, name: str) -> Path:

@@ -184,7 +184,9 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 10) -> bytes:
 
 
 async def rejected_status(
-    url: str, *, headers: list[tuple[str, str]] | None = None,
+    url: str,
+    *,
+    headers: list[tuple[str, str]] | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Open a WebSocket with trio-websocket's client, expecting a refusal.
@@ -195,9 +197,7 @@ async def rejected_status(
     extra = [(k.encode(), v.encode()) for k, v in headers or []]
     with trio.fail_after(10):
         try:
-            async with trio_websocket.open_websocket_url(
-                url, ssl_context, extra_headers=extra
-            ):
+            async with trio_websocket.open_websocket_url(url, ssl_context, extra_headers=extra):
                 pass
         except trio_websocket.ConnectionRejected as exc:
             return exc.status_code
@@ -237,8 +237,14 @@ class LogCapture(logging.Handler):
 # ---------------------------------------------------------------- raw WebSocket
 
 
-def client_frame(payload: bytes, opcode: int = 0x1, *, fin: bool = True,
-                 mask: bytes = b"\x11\x22\x33\x44", length: int | None = None) -> bytes:
+def client_frame(
+    payload: bytes,
+    opcode: int = 0x1,
+    *,
+    fin: bool = True,
+    mask: bytes = b"\x11\x22\x33\x44",
+    length: int | None = None,
+) -> bytes:
     """One masked client frame, as bytes (*length* overrides the header's)."""
     n = len(payload) if length is None else length
     head = bytes([(0x80 if fin else 0) | opcode])

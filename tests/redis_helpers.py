@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import trio
 
-__all__ = ["RedisServer", "redis_server", "start_chat_process", "ChatProcess", "spare_port"]
+__all__ = ["ChatProcess", "RedisServer", "redis_server", "spare_port", "start_chat_process"]
 
 LISTENING = re.compile(r"listening on ws://([^:/\s]+):(\d+)/ws")
 
@@ -66,8 +66,15 @@ class RedisServer:
     def start(self) -> None:
         """Start (or restart) the server on its port and wait until it answers."""
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--dir", str(self.directory),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.directory),
         ]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
@@ -75,8 +82,9 @@ class RedisServer:
             args += ["--appendonly", "no"]
         log = open(self.directory / "redis.log", "ab")
         try:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         finally:
             log.close()
         deadline = time.monotonic() + 10
@@ -117,15 +125,19 @@ class RedisServer:
     def command(self, *args: str) -> bytes:
         """Run one command with ``redis-cli`` and return its raw output."""
         cli = shutil.which("redis-cli") or "redis-cli"
-        return subprocess.run([cli, "-p", str(self.port), *args], capture_output=True,
-                              check=True, timeout=5).stdout
+        return subprocess.run(
+            [cli, "-p", str(self.port), *args], capture_output=True, check=True, timeout=5
+        ).stdout
 
 
 def _redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server): "
-                    "the Redis backplane tests need a real one", pytrace=False)
+        pytest.fail(
+            "redis-server is not installed (apt-get install redis-server): "
+            "the Redis backplane tests need a real one",
+            pytrace=False,
+        )
     return binary
 
 
@@ -182,8 +194,9 @@ class ChatProcess:
             self.proc.wait()
 
 
-async def start_chat_process(args: list[str], directory: Path, name: str = "server",
-                             timeout: float = 20) -> ChatProcess:
+async def start_chat_process(
+    args: list[str], directory: Path, name: str = "server", timeout: float = 20
+) -> ChatProcess:
     """Run ``python -m trio_chat <args>``; return once it prints its listening line.
 
     stdout and stderr go to ``<directory>/<name>.out`` (a file, not a pipe,
@@ -192,8 +205,13 @@ async def start_chat_process(args: list[str], directory: Path, name: str = "serv
     output = directory / f"{name}.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(output, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "trio_chat", *args], stdout=sink,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_chat", *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     process = ChatProcess(proc, output)
     with trio.fail_after(timeout):
         while True:

@@ -38,6 +38,7 @@ from typing import Any
 import attrs
 import trio
 import trio_websocket
+from http_support import LogCapture
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection as WsConnection
@@ -45,15 +46,24 @@ from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.utilities import RemoteProtocolError
 
-from http_support import LogCapture
 from trio_chat import Config
 from trio_chat._metrics import count_tasks
 from trio_chat._testing_server import open_test_server
 
 ROOM = "lobby"
 MAX_BYTES = 4096
-SERVER_TYPES = {"welcome", "joined", "left", "system", "chat", "ack", "presence",
-                "direct", "typing", "error"}
+SERVER_TYPES = {
+    "welcome",
+    "joined",
+    "left",
+    "system",
+    "chat",
+    "ack",
+    "presence",
+    "direct",
+    "typing",
+    "error",
+}
 ERROR_CODES = {400, 403, 404, 413, 429}
 CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009}
 SEND_EVERY = 0.5  # well-behaved pace: 20 per 10 s, well under the default 30
@@ -129,8 +139,9 @@ class Chatter:
         await self.go.wait()
         while not self.stop.is_set():
             content = f"{self.name}:{self.sent}"
-            await ws.send_message(json.dumps(
-                {"type": "chat", "payload": {"room": ROOM, "content": content}}))
+            await ws.send_message(
+                json.dumps({"type": "chat", "payload": {"room": ROOM, "content": content}})
+            )
             self.sent += 1
             with trio.move_on_after(SEND_EVERY):
                 await self.stop.wait()
@@ -189,7 +200,7 @@ class ServerThread:
     def _run(self) -> None:
         try:
             trio.run(self._main)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.failure = exc
             self.ready.set()
 
@@ -239,8 +250,12 @@ class ServerThread:
         for chatter in self.chatters:
             chatter.stop.set()
         with trio.move_on_after(timeout):
-            while not (alice.received == bob.sent and bob.received == alice.sent
-                       and alice.acked == alice.sent and bob.acked == bob.sent):
+            while not (
+                alice.received == bob.sent
+                and bob.received == alice.sent
+                and alice.acked == alice.sent
+                and bob.acked == bob.sent
+            ):
                 await trio.sleep(0.05)
 
 
@@ -249,8 +264,15 @@ class ServerThread:
 _MASK = b"\x5a\xa5\x3c\xc3"
 
 
-def frame(payload: bytes, opcode: int = 0x1, *, fin: bool = True, rsv: int = 0,
-          masked: bool = True, length: int | None = None) -> bytes:
+def frame(
+    payload: bytes,
+    opcode: int = 0x1,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    length: int | None = None,
+) -> bytes:
     n = len(payload) if length is None else length
     head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode & 0xF])
     mask_bit = 0x80 if masked else 0
@@ -270,8 +292,13 @@ def text(obj: Any) -> bytes:
 
 
 def upgrade_request(target: str, extra: list[tuple[str, str]] = (), key: bool = True) -> bytes:
-    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {target} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+    ]
     if key:
         lines.append("Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode())
     lines += [f"{k}: {v}" for k, v in extra]
@@ -383,12 +410,12 @@ class Abuser:
 
 # ---------------------------------------------------------------- strategies
 
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats()
-                | st.text(max_size=20))
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 rooms = st.sampled_from([ROOM, "other", "x", "a" * 64, "a" * 65, "bad room", ""]) | json_values
@@ -399,13 +426,18 @@ huge_ints = st.integers(min_value=60, max_value=4000).map(lambda n: int("9" * n)
 @st.composite
 def protocolish(draw) -> bytes:
     """Frames shaped like the protocol's, with any field any value."""
-    kind = draw(st.sampled_from(["join", "leave", "chat", "presence", "direct", "typing"])
-                | json_values)
+    kind = draw(
+        st.sampled_from(["join", "leave", "chat", "presence", "direct", "typing"]) | json_values
+    )
     payload: dict[str, Any] = {}
-    for field, values in [("room", rooms), ("content", st.text(max_size=50) | json_values),
-                          ("since", st.integers() | huge_ints | json_values),
-                          ("status", st.text(max_size=40) | json_values),
-                          ("text", st.text(max_size=80)), ("to", users)]:
+    for field, values in [
+        ("room", rooms),
+        ("content", st.text(max_size=50) | json_values),
+        ("since", st.integers() | huge_ints | json_values),
+        ("status", st.text(max_size=40) | json_values),
+        ("text", st.text(max_size=80)),
+        ("to", users),
+    ]:
         if draw(st.booleans()):
             payload[field] = draw(values)
     body: dict[str, Any] = {"type": kind, "payload": payload}
@@ -426,11 +458,12 @@ def _lone_surrogate() -> bytes:
 
 def _burst(kind: str, n: int) -> bytes:
     if kind == "chat":
-        return b"".join(text({"type": "chat", "payload": {"room": ROOM, "content": f"spam {i}"}})
-                        for i in range(n))
+        return b"".join(
+            text({"type": "chat", "payload": {"room": ROOM, "content": f"spam {i}"}})
+            for i in range(n)
+        )
     if kind == "presence":
-        return b"".join(text({"type": "presence", "payload": {"status": "away"}})
-                        for _ in range(n))
+        return b"".join(text({"type": "presence", "payload": {"status": "away"}}) for _ in range(n))
     return b"".join(frame(b"nope") for _ in range(n))
 
 
@@ -461,14 +494,26 @@ ws_actions = st.one_of(
     st.builds(_burst, st.sampled_from(["chat", "presence", "invalid"]), st.integers(1, 40)),
     st.builds(lambda p: frame(p, 0x9), st.binary(max_size=125)),  # ping
     st.builds(lambda p: frame(p, 0xA), st.binary(max_size=125)),  # unsolicited pong
-    st.builds(lambda code, reason: frame(struct.pack("!H", code) + reason, 0x8),
-              st.integers(0, 65535), st.binary(max_size=30)),
-    st.builds(lambda parts: b"".join(
-        frame(p.encode(), 0x1 if i == 0 else 0x0, fin=i == len(parts) - 1)
-        for i, p in enumerate(parts)), st.lists(st.text(max_size=30), min_size=1, max_size=5)),
-    st.builds(lambda op, p, fin, rsv, masked: frame(p, op, fin=fin, rsv=rsv, masked=masked),
-              st.integers(0, 15), st.binary(max_size=200), st.booleans(), st.integers(0, 7),
-              st.booleans()),
+    st.builds(
+        lambda code, reason: frame(struct.pack("!H", code) + reason, 0x8),
+        st.integers(0, 65535),
+        st.binary(max_size=30),
+    ),
+    st.builds(
+        lambda parts: b"".join(
+            frame(p.encode(), 0x1 if i == 0 else 0x0, fin=i == len(parts) - 1)
+            for i, p in enumerate(parts)
+        ),
+        st.lists(st.text(max_size=30), min_size=1, max_size=5),
+    ),
+    st.builds(
+        lambda op, p, fin, rsv, masked: frame(p, op, fin=fin, rsv=rsv, masked=masked),
+        st.integers(0, 15),
+        st.binary(max_size=200),
+        st.booleans(),
+        st.integers(0, 7),
+        st.booleans(),
+    ),
     st.builds(lambda n: frame(b"", length=n), st.integers(MAX_BYTES, (1 << 64) - 1)),
     st.binary(min_size=1, max_size=300),  # raw garbage on the socket
     st.just(b"READ"),
@@ -476,18 +521,34 @@ ws_actions = st.one_of(
 
 http_openers = st.one_of(
     st.binary(max_size=400),
-    st.builds(lambda t, b: b"GET " + t + b" HTTP/1.1\r\nHost: a\r\n" + b,
-              st.sampled_from([b"/", b"/healthz", b"/metrics", b"/ws", b"/api/rooms", b"/x"]),
-              st.binary(max_size=200)),
-    st.builds(lambda m, b: m + b" /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
-              b"Content-Length: " + str(len(b)).encode() + b"\r\n\r\n" + b,
-              st.sampled_from([b"POST", b"PUT", b"GET"]), st.binary(max_size=200)),
-    st.builds(lambda extra: upgrade_request("/ws", extra, key=False),
-              st.lists(st.tuples(st.sampled_from(["Origin", "Sec-WebSocket-Version", "X"]),
-                                 st.text("abc:/. 9", max_size=20)), max_size=3)),
+    st.builds(
+        lambda t, b: b"GET " + t + b" HTTP/1.1\r\nHost: a\r\n" + b,
+        st.sampled_from([b"/", b"/healthz", b"/metrics", b"/ws", b"/api/rooms", b"/x"]),
+        st.binary(max_size=200),
+    ),
+    st.builds(
+        lambda m, b: (
+            m + b" /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Length: " + str(len(b)).encode() + b"\r\n\r\n" + b
+        ),
+        st.sampled_from([b"POST", b"PUT", b"GET"]),
+        st.binary(max_size=200),
+    ),
+    st.builds(
+        lambda extra: upgrade_request("/ws", extra, key=False),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["Origin", "Sec-WebSocket-Version", "X"]),
+                st.text("abc:/. 9", max_size=20),
+            ),
+            max_size=3,
+        ),
+    ),
     st.builds(lambda name: upgrade_request("/ws?user=" + name), st.text(max_size=70)),
-    st.builds(lambda o: upgrade_request("/ws", [("Origin", o)]),
-              st.sampled_from(["http://evil.example", "null", "http://127.0.0.1"])),
+    st.builds(
+        lambda o: upgrade_request("/ws", [("Origin", o)]),
+        st.sampled_from(["http://evil.example", "null", "http://127.0.0.1"]),
+    ),
 )
 
 
@@ -497,8 +558,7 @@ def connections(draw) -> dict[str, Any]:
     if websocket:
         user = draw(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))
         opener = upgrade_request(f"/ws?user=abuser-{user}")
-        actions = draw(st.lists(draw(st.sampled_from([ws_actions, valid_ws_actions])),
-                                max_size=12))
+        actions = draw(st.lists(draw(st.sampled_from([ws_actions, valid_ws_actions])), max_size=12))
     else:
         opener = draw(http_openers)
         actions = draw(st.lists(st.binary(max_size=100) | st.just(b"READ"), max_size=3))
@@ -522,9 +582,16 @@ def plans(draw) -> tuple[list[dict[str, Any]], list[int]]:
 
 def plan_of(*conns: tuple[list[bytes], str]) -> tuple[list[dict[str, Any]], list[int]]:
     """A plan of WebSocket abusers, each (actions, ending), run one after another."""
-    specs = [{"websocket": True, "opener": upgrade_request(f"/ws?user=abuser-{i}"),
-              "actions": actions, "end": end, "partial": frame(b"x" * 300)}
-             for i, (actions, end) in enumerate(conns)]
+    specs = [
+        {
+            "websocket": True,
+            "opener": upgrade_request(f"/ws?user=abuser-{i}"),
+            "actions": actions,
+            "end": end,
+            "partial": frame(b"x" * 300),
+        }
+        for i, (actions, end) in enumerate(conns)
+    ]
     return specs, [i for i, spec in enumerate(specs) for _ in spec["actions"]]
 
 
@@ -535,20 +602,25 @@ EXPLICIT = [
     # second close (1009) and raises; that ended the whole server.
     plan_of(([frame(b"a" * (MAX_BYTES + 400)) * 2], "drop")),
     # Flooding: 30 pass, three 429s, then 1008.
-    plan_of(([text({"type": "join", "payload": {"room": ROOM}}), _burst("chat", 40),
-              b"READ"], "close-frame")),
+    plan_of(
+        (
+            [text({"type": "join", "payload": {"room": ROOM}}), _burst("chat", 40), b"READ"],
+            "close-frame",
+        )
+    ),
     # 20 invalid frames in a row: 1008; invalid UTF-8: 1007; a reset mid-frame.
-    plan_of(([_burst("invalid", 25), b"READ"], "fin"),
-            ([frame(b"\xc3\x28")], "rst-mid-frame"),
-            ([_deep(1500), _lone_surrogate(), frame(b"", length=1 << 63)], "rst")),
+    plan_of(
+        ([_burst("invalid", 25), b"READ"], "fin"),
+        ([frame(b"\xc3\x28")], "rst-mid-frame"),
+        ([_deep(1500), _lone_surrogate(), frame(b"", length=1 << 63)], "rst"),
+    ),
 ]
 
 
 # ---------------------------------------------------------------- the test
 
 
-def run_plan(port: int, plan: tuple[list[dict[str, Any]], list[int]],
-             problems: list[str]) -> None:
+def run_plan(port: int, plan: tuple[list[dict[str, Any]], list[int]], problems: list[str]) -> None:
     conns, order = plan
     abusers: list[Abuser] = []
     for spec in conns:
@@ -591,10 +663,17 @@ def test_abusers_do_not_hurt_the_server_or_well_behaved_clients():
         assert baseline[1] == 2
         problems: list[str] = []
 
-        @settings(max_examples=50, phases=[Phase.explicit, Phase.reuse, Phase.generate],
-                  deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                         HealthCheck.filter_too_much])
+        @settings(
+            max_examples=50,
+            phases=[Phase.explicit, Phase.reuse, Phase.generate],
+            deadline=None,
+            database=None,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.filter_too_much,
+            ],
+        )
         @given(plans())
         @example(EXPLICIT[0])
         @example(EXPLICIT[1])
@@ -613,7 +692,8 @@ def test_abusers_do_not_hurt_the_server_or_well_behaved_clients():
         settled = server.run(server.settle, baseline, 20.0)
         assert settled == baseline, (
             f"tasks/connections {settled}, expected {baseline}; tasks now: "
-            f"{server.run_sync(task_names)}")
+            f"{server.run_sync(task_names)}"
+        )
         server.run(server.finish_chat, 20.0)
         alice, bob = server.chatters
         assert not server.problems, server.problems

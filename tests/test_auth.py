@@ -16,8 +16,8 @@ import jwt
 import pytest
 import trio
 import trio_websocket
-
 from http_support import LogCapture, rejected_status
+
 from trio_chat import Config
 from trio_chat._auth import (
     HandshakeRequest,
@@ -91,8 +91,17 @@ def _forged(secret: str = SECRET, **claims) -> str:
         (_forged(sub="bad name!"), "token sub must match"),
         (_forged(rooms="lobby"), "token rooms must be a list"),
     ],
-    ids=["missing", "malformed", "malformed-3-parts", "bad-signature", "expired",
-         "no-exp", "no-sub", "bad-sub", "bad-rooms"],
+    ids=[
+        "missing",
+        "malformed",
+        "malformed-3-parts",
+        "bad-signature",
+        "expired",
+        "no-exp",
+        "no-sub",
+        "bad-sub",
+        "bad-rooms",
+    ],
 )
 async def test_bad_tokens_are_refused_with_401_and_the_reason_logged(token, reason):
     async with open_test_server(secret_config()) as server:
@@ -141,8 +150,10 @@ async def test_tokens_signed_with_another_algorithm_are_refused():
 def test_verify_checks_expiry_at_each_call():
     auth = TokenAuthenticator(SECRET)
     assert auth.verify(make_token(SECRET, "alice", ttl=5)).user_id == "alice"
-    for token in (make_token(SECRET, "alice", ttl=-1),
-                  make_token(SECRET, "alice", ttl=60, now=time.time() - 3600)):
+    for token in (
+        make_token(SECRET, "alice", ttl=-1),
+        make_token(SECRET, "alice", ttl=60, now=time.time() - 3600),
+    ):
         with pytest.raises(Rejection) as info:
             auth.verify(token)
         assert info.value.status == 401
@@ -255,7 +266,8 @@ async def test_an_embedders_authenticator_decides():
 async def _start_cli_server(*args: str, env: dict[str, str] | None = None):
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_chat", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     buffer = b""
@@ -283,7 +295,9 @@ async def _stop(proc) -> None:
 def _cli_token(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "trio_chat", "token", *args],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
     )
 
@@ -318,10 +332,18 @@ async def test_cli_token_is_accepted_by_a_cli_server():
 
 async def test_cli_token_reads_the_secret_from_the_environment():
     minted = await trio.to_thread.run_sync(
-        lambda: _cli_token("ops", "--admin", "--ttl", "90s", env={"TRIO_CHAT_SECRET": "an-environment-secret-long-enough-for-hs256"})
+        lambda: _cli_token(
+            "ops",
+            "--admin",
+            "--ttl",
+            "90s",
+            env={"TRIO_CHAT_SECRET": "an-environment-secret-long-enough-for-hs256"},
+        )
     )
     assert minted.returncode == 0, minted.stderr
-    claims = jwt.decode(minted.stdout.strip(), "an-environment-secret-long-enough-for-hs256", algorithms=["HS256"])
+    claims = jwt.decode(
+        minted.stdout.strip(), "an-environment-secret-long-enough-for-hs256", algorithms=["HS256"]
+    )
     assert claims["sub"] == "ops" and claims["admin"] is True
     assert 85 <= claims["exp"] - time.time() <= 91
 

@@ -25,16 +25,16 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from http_support import http_request
 from hypothesis import given
 from hypothesis import strategies as st
-
-from http_support import http_request
 from redis_helpers import (  # noqa: F401 - fixtures
     RedisServer,
     durable_redis_server,
     redis_server,
     start_chat_process,
 )
+
 from trio_chat import ChatServer, Config, ProtocolError
 from trio_chat._backplane import attach_backplane, split_url
 from trio_chat._backplane_state import (
@@ -72,9 +72,13 @@ def _bounded(seconds: float):
 
 
 def _frame(i: int, room: str = "r", user: str = "other") -> str:
-    return json.dumps({"type": "chat", "payload": {"id": i, "room": room, "user_id": user,
-                                                   "content": f"m{i}", "time": "t"}},
-                      separators=(",", ":"))
+    return json.dumps(
+        {
+            "type": "chat",
+            "payload": {"id": i, "room": room, "user_id": user, "content": f"m{i}", "time": "t"},
+        },
+        separators=(",", ":"),
+    )
 
 
 def _entry(i: int, origin: str = "n2:1") -> tuple[int, str, str]:
@@ -106,8 +110,14 @@ def _up(state: ClusterState, epoch: str = "e1", inbox: dict[str, int] | None = N
     return state.take_ops()
 
 
-def _joined(state: ClusterState, key: Any, user: str, room: str = "r", last_id: int = 0,
-            members: list[str] | None = None) -> list:
+def _joined(
+    state: ClusterState,
+    key: Any,
+    user: str,
+    room: str = "r",
+    last_id: int = 0,
+    members: list[str] | None = None,
+) -> list:
     if key not in state._conns:
         state.connect(key, user)
     deliveries = state.handle(key, Join(room), 0.0)
@@ -150,8 +160,11 @@ def test_an_op_that_fails_answers_503_to_its_sender():
     [op] = state.take_ops()
     assert isinstance(op, ChatOp) and op.ref == "c1"
     [error] = _events(state.on_result(op, Unavailable("down")), 1)
-    assert error == {"type": "error", "payload": {"code": 503,
-                     "message": "backplane unavailable, retry"}, "ref": "c1"}
+    assert error == {
+        "type": "error",
+        "payload": {"code": 503, "message": "backplane unavailable, retry"},
+        "ref": "c1",
+    }
     state.handle(1, Chat("r", "hi", "c2"), 0.0)
     [op] = state.take_ops()
     [ack] = _events(state.on_result(op, ("ok", 8)), 1)
@@ -159,8 +172,11 @@ def test_an_op_that_fails_answers_503_to_its_sender():
     state.handle(1, Chat("r", "hi", "c2"), 0.0)
     [op] = state.take_ops()
     [ack] = _events(state.on_result(op, ("dup", "c 8 r 2026-01-01T00:00:00.000Z")), 1)
-    assert ack == {"type": "ack", "payload": {"id": 8, "room": "r",
-                   "time": "2026-01-01T00:00:00.000Z"}, "ref": "c2"}
+    assert ack == {
+        "type": "ack",
+        "payload": {"id": 8, "room": "r", "time": "2026-01-01T00:00:00.000Z"},
+        "ref": "c2",
+    }
 
 
 def test_a_message_reaches_every_local_member_but_its_sending_connection():
@@ -233,8 +249,10 @@ def test_system_events_follow_the_cluster_and_its_versions():
     state = ClusterState("n1")
     _up(state)
     _joined(state, 1, "alice", members=["alice"])
-    join_bob = ("trio_chat:ch:r:r", 'j 1 - bob {"type":"system","payload":'
-                '{"event":"join","room":"r","user_id":"bob"}}')
+    join_bob = (
+        "trio_chat:ch:r:r",
+        'j 1 - bob {"type":"system","payload":{"event":"join","room":"r","user_id":"bob"}}',
+    )
     [event] = _events(state.on_messages([join_bob]), 1)
     assert event["payload"] == {"event": "join", "room": "r", "user_id": "bob"}
     assert _events(state.on_messages([join_bob]), 1) == []  # same version: news already
@@ -245,7 +263,9 @@ def test_system_events_follow_the_cluster_and_its_versions():
     # A newer snapshot: bob left meanwhile, carol came.
     events = _events(state.on_result(MembersOp("r"), (5, ["alice", "carol"])), 1)
     assert [(e["payload"]["event"], e["payload"]["user_id"]) for e in events] == [
-        ("leave", "bob"), ("join", "carol")]
+        ("leave", "bob"),
+        ("join", "carol"),
+    ]
 
 
 def test_redis_losing_its_data_keeps_ids_growing():
@@ -267,7 +287,7 @@ def test_an_inbox_starts_at_the_id_redis_gives():
     state.connect(1, "bob")
     [online] = state.take_ops()
     assert isinstance(online, OnlineOp) and online.online
-    assert state.on_messages([("trio_chat:ch:u:bob", "m 6 n2:1 - {\"type\":\"direct\"}")]) == []
+    assert state.on_messages([("trio_chat:ch:u:bob", 'm 6 n2:1 - {"type":"direct"}')]) == []
     state.on_result(online, 5)
     [fill] = state.take_ops()
     assert (fill.kind, fill.name, fill.after) == ("u", "bob", 5)
@@ -288,7 +308,10 @@ def test_presence_reaches_local_members_at_once_and_remote_ones_through_redis():
     assert any(op.__class__.__name__ == "PresenceOp" for op in state.take_ops())
     echo = ("trio_chat:ch:p", 'p 0 n1 alice {"type":"presence"}')
     assert state.on_messages([echo]) == []  # its own, already delivered
-    remote = ("trio_chat:ch:p", 'p 0 n2 bob {"type":"presence","payload":{"user_id":"bob","status":"busy"}}')
+    remote = (
+        "trio_chat:ch:p",
+        'p 0 n2 bob {"type":"presence","payload":{"user_id":"bob","status":"busy"}}',
+    )
     [delivery] = state.on_messages([remote])
     assert sorted(delivery.to) == [1, 2]
     stranger = ("trio_chat:ch:p", 'p 0 n2 zed {"type":"presence"}')
@@ -311,8 +334,13 @@ def test_a_sync_answered_after_its_connection_dropped_changes_nothing():
     assert state.up and state.epoch == "e1"
 
 
-@given(room=room_names(), user=user_ids(), content=st.text(min_size=1), time=timestamps(),
-       i=st.integers(1, 2**40))
+@given(
+    room=room_names(),
+    user=user_ids(),
+    content=st.text(min_size=1),
+    time=timestamps(),
+    i=st.integers(1, 2**40),
+)
 def test_chat_frames_are_encoded_exactly_as_the_in_memory_hub_does(room, user, content, time, i):
     prefix, suffix = chat_frame_parts(room, user, content, time)
     expected = ChatMessage(i, room, user, content, time).to_json()
@@ -323,14 +351,23 @@ def test_malformed_pubsub_messages_are_ignored():
     state = ClusterState("n1")
     _up(state)
     _joined(state, 1, "alice")
-    junk = [("trio_chat:ch:r:r", ""), ("trio_chat:ch:r:r", "m x y - z"),
-            ("trio_chat:ch:r:r", "q 1 2 3 4"), ("x", "m 1 n2:1 - {}"), ("trio_chat:ch:r:zz", "m 1 - - {}")]
+    junk = [
+        ("trio_chat:ch:r:r", ""),
+        ("trio_chat:ch:r:r", "m x y - z"),
+        ("trio_chat:ch:r:r", "q 1 2 3 4"),
+        ("x", "m 1 n2:1 - {}"),
+        ("trio_chat:ch:r:zz", "m 1 - - {}"),
+    ]
     assert state.on_messages(junk) == []
     assert _ids(state.on_messages([_live(1)]), 1) == [1]
 
 
-@given(st.lists(st.sampled_from(["publish", "deliver", "run", "disconnect", "connect",
-                                 "overflow"]), max_size=60))
+@given(
+    st.lists(
+        st.sampled_from(["publish", "deliver", "run", "disconnect", "connect", "overflow"]),
+        max_size=60,
+    )
+)
 def test_every_message_is_delivered_exactly_once_in_order(actions):
     """Whatever pub/sub loses and whenever fills and reconnections happen.
 
@@ -410,11 +447,14 @@ FAST = "?timeout=0.5&heartbeat=0.2&node_ttl=2"
 
 
 @asynccontextmanager
-async def open_cluster(redis: RedisServer, count: int = 2, **settings: Any) -> AsyncIterator[list[ChatServer]]:
+async def open_cluster(
+    redis: RedisServer, count: int = 2, **settings: Any
+) -> AsyncIterator[list[ChatServer]]:
     """*count* servers in this trio run, each with its own hub and backplane."""
     settings.setdefault("rate_messages", 10_000)
-    config = Config(host="127.0.0.1", port=0, redis_url=redis.url + FAST, shutdown_grace=2,
-                    **settings)
+    config = Config(
+        host="127.0.0.1", port=0, redis_url=redis.url + FAST, shutdown_grace=2, **settings
+    )
     servers = []
     async with trio.open_nursery() as nursery:
         for _ in range(count):
@@ -537,16 +577,22 @@ async def test_system_events_and_presence_are_cluster_wide(redis_server):
                     await alice1.send("presence", {"status": "away", "text": "lunch"})
                     for client in (bob, alice0, alice1):
                         update = await client.expect("presence")
-                        assert update["payload"] == {"user_id": "alice", "status": "away",
-                                                     "text": "lunch"}
+                        assert update["payload"] == {
+                            "user_id": "alice",
+                            "status": "away",
+                            "text": "lunch",
+                        }
                     async with open_test_client(s1, user="carol") as carol:
                         await carol.join("lobby")
                         update = await carol.expect("presence")
                         assert update["payload"]["user_id"] == "alice"
                     for event in ("join", "leave"):
                         frame = await bob.expect("system")
-                        assert frame["payload"] == {"event": event, "room": "lobby",
-                                                    "user_id": "carol"}
+                        assert frame["payload"] == {
+                            "event": event,
+                            "room": "lobby",
+                            "user_id": "carol",
+                        }
                     await alice0.send("leave", {"room": "lobby"})
                     await alice0.expect("left")
                     await alice1.chat("lobby", "marker")
@@ -575,7 +621,10 @@ async def test_room_data_expires_a_week_after_its_last_member_leaves(redis_serve
             await alice.expect("left")
 
             async def expiring() -> bool:
-                return all(0 < ttl(k) <= 7 * 86400 for k in ("seq:lobby", "log:lobby", "mver:lobby"))
+                return all(
+                    0 < ttl(k) <= 7 * 86400 for k in ("seq:lobby", "log:lobby", "mver:lobby")
+                )
+
             await _wait_for(expiring)
             # Back in the room: kept again, and ids go on.
             await alice.join("lobby")
@@ -586,9 +635,11 @@ async def test_room_data_expires_a_week_after_its_last_member_leaves(redis_serve
 @_bounded(30)
 async def test_direct_messages_reach_every_connection_on_any_process(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
-        async with open_test_client(s0, user="alice") as alice, \
-                open_test_client(s0, user="bob") as bob0, \
-                open_test_client(s1, user="bob") as bob1:
+        async with (
+            open_test_client(s0, user="alice") as alice,
+            open_test_client(s0, user="bob") as bob0,
+            open_test_client(s1, user="bob") as bob1,
+        ):
             for client in (alice, bob0, bob1):
                 await client.join("lobby")  # answered after the user is registered
             await alice.send("direct", {"to": "bob", "content": "psst"}, "d1")
@@ -596,8 +647,11 @@ async def test_direct_messages_reach_every_connection_on_any_process(redis_serve
             assert ack["ref"] == "d1" and ack["payload"]["to"] == "bob"
             for bob in (bob0, bob1):
                 message = await bob.expect("direct")
-                assert message["payload"] == {"from": "alice", "content": "psst",
-                                              "time": ack["payload"]["time"]}
+                assert message["payload"] == {
+                    "from": "alice",
+                    "content": "psst",
+                    "time": ack["payload"]["time"],
+                }
             await alice.send("direct", {"to": "nobody", "content": "hello?"}, "d2")
             error = await alice.expect("error")
             assert error["payload"]["code"] == 404 and error["ref"] == "d2"
@@ -609,10 +663,12 @@ async def test_direct_messages_reach_every_connection_on_any_process(redis_serve
             assert (await bob1.expect("chat"))["payload"]["content"] == "marker"
         # Everyone gone: bob is nowhere.
         async with open_test_client(s1, user="carol") as carol:
+
             async def refused() -> bool:
                 await carol.send("direct", {"to": "bob", "content": "x"})
                 frame = await carol.receive()
                 return frame["type"] == "error" and frame["payload"]["code"] == 404
+
             await _wait_for(refused)
 
 
@@ -641,7 +697,10 @@ async def test_embedders_publish_through_the_backplane(redis_server):
             ack = await s0.publish("news", "from the server")
             message = await _expect_chat(bob)
             assert (message["id"], message["user_id"], message["content"]) == (
-                ack.id, "server", "from the server")
+                ack.id,
+                "server",
+                "from the server",
+            )
             direct = await s0.send_direct("bob", "hello bob", user_id="ops")
             assert direct.to == "bob"
             assert (await bob.expect("direct"))["payload"]["from"] == "ops"
@@ -700,8 +759,10 @@ async def _converse(clients: list[TestClient], room: str, outage, *, count: int 
             for client in clients:
                 senders.start_soon(sender, client, nursery)
         # Every acked message should now be on its way to everyone.
-        expected = {c.user_id: {p["id"] for r, p in acks.items()
-                                if not r.startswith(c.user_id + "-")} for c in clients}
+        expected = {
+            c.user_id: {p["id"] for r, p in acks.items() if not r.startswith(c.user_id + "-")}
+            for c in clients
+        }
         with trio.fail_after(15):
             while any(len(received[u]) < len(expected[u]) for u in received):
                 await trio.sleep(0.05)
@@ -729,8 +790,10 @@ def _check_exactly_once(acks, received, senders):
 @_bounded(60)
 async def test_redis_paused_mid_conversation(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
-        async with open_test_client(s0, user="alice") as alice, \
-                open_test_client(s1, user="bob") as bob:
+        async with (
+            open_test_client(s0, user="alice") as alice,
+            open_test_client(s1, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             health = {}
@@ -739,8 +802,10 @@ async def test_redis_paused_mid_conversation(redis_server):
                 await trio.sleep(0.4)
                 redis_server.pause()
                 try:
+
                     async def down() -> bool:
                         return (await _health(s0))["backplane"] == "down"
+
                     await _wait_for(down)
                     health["during"] = await _health(s0)
                     await trio.sleep(0.5)
@@ -749,6 +814,7 @@ async def test_redis_paused_mid_conversation(redis_server):
 
                 async def up() -> bool:
                     return all([(await _health(s))["backplane"] == "up" for s in (s0, s1)])
+
                 await _wait_for(up)
 
             acks, refused, received = await _converse([alice, bob], "lobby", outage)
@@ -764,8 +830,10 @@ async def test_messages_published_while_subscriptions_are_down_are_replayed(redi
     # Only the pub/sub connections drop: the other process goes on publishing
     # meanwhile, and what it publishes exists only in the streams.
     async with open_cluster(redis_server) as (s0, s1):
-        async with open_test_client(s0, user="alice") as alice, \
-                open_test_client(s1, user="bob") as bob:
+        async with (
+            open_test_client(s0, user="alice") as alice,
+            open_test_client(s1, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
 
@@ -781,8 +849,10 @@ async def test_messages_published_while_subscriptions_are_down_are_replayed(redi
 @_bounded(30)
 async def test_what_was_published_while_a_process_resubscribed_is_replayed(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
-        async with open_test_client(s0, user="alice") as alice, \
-                open_test_client(s1, user="bob") as bob:
+        async with (
+            open_test_client(s0, user="alice") as alice,
+            open_test_client(s1, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             await alice.chat("lobby", "before")
@@ -790,13 +860,16 @@ async def test_what_was_published_while_a_process_resubscribed_is_replayed(redis
             # Drop s1's subscription only, and publish at once from s0:
             # nothing comes after these, so only the replay can bring them.
             name = f"name=trio_chat:{s1.hub.backplane.node}"
-            for line in redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode().splitlines():
+            for line in (
+                redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode().splitlines()
+            ):
                 if name in line.split():
                     redis_server.command("CLIENT", "KILL", "ID", line.split()[0][3:])
             for i in range(5):
                 await alice.send("chat", {"room": "lobby", "content": f"during {i}"})
             assert [(await _expect_chat(bob))["content"] for _ in range(5)] == [
-                f"during {i}" for i in range(5)]
+                f"during {i}" for i in range(5)
+            ]
             await alice.chat("lobby", "after")
             assert (await _expect_chat(bob))["content"] == "after"
 
@@ -811,8 +884,10 @@ async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_s
         async with trio.open_nursery() as nursery:
             await nursery.start(s1.serve)
             try:
-                async with open_test_client(s0, user="alice") as alice, \
-                        open_test_client(s1, user="bob") as bob:
+                async with (
+                    open_test_client(s0, user="alice") as alice,
+                    open_test_client(s1, user="bob") as bob,
+                ):
                     await alice.join("lobby")
                     await bob.join("lobby")
                     for i in range(100):
@@ -830,8 +905,10 @@ async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_s
 async def test_redis_killed_and_restarted_mid_conversation(durable_redis_server):
     redis = durable_redis_server
     async with open_cluster(redis) as (s0, s1):
-        async with open_test_client(s0, user="alice") as alice, \
-                open_test_client(s1, user="bob") as bob:
+        async with (
+            open_test_client(s0, user="alice") as alice,
+            open_test_client(s1, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
 
@@ -850,8 +927,10 @@ async def test_redis_killed_and_restarted_mid_conversation(durable_redis_server)
 @_bounded(60)
 async def test_redis_restarted_empty_keeps_rooms_working(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
-        async with open_test_client(s0, user="alice") as alice, \
-                open_test_client(s1, user="bob") as bob:
+        async with (
+            open_test_client(s0, user="alice") as alice,
+            open_test_client(s1, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             for i in range(1, 4):
@@ -864,6 +943,7 @@ async def test_redis_restarted_empty_keeps_rooms_working(redis_server):
 
             async def up() -> bool:
                 return all([(await _health(s))["backplane"] == "up" for s in (s0, s1)])
+
             await _wait_for(up)
             # Ids go on from what the clients have seen; nothing is repeated.
             ack = await alice.chat("lobby", "m4")
@@ -890,6 +970,7 @@ async def test_servers_start_while_redis_is_down_and_catch_up(redis_server):
 
             async def up() -> bool:
                 return (await _health(s0))["backplane"] == "up"
+
             await _wait_for(up)
             await alice.join("lobby")
             assert (await alice.chat("lobby", "hello"))["payload"]["id"] == 1
@@ -900,8 +981,19 @@ async def test_servers_start_while_redis_is_down_and_catch_up(redis_server):
 
 
 def _serve_args(redis: RedisServer, extra: str = "") -> list[str]:
-    return ["serve", "--host", "127.0.0.1", "--port", "0", "--redis-url",
-            redis.url + FAST + extra, "--log-level", "warning", "--shutdown-grace", "2"]
+    return [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--redis-url",
+        redis.url + FAST + extra,
+        "--log-level",
+        "warning",
+        "--shutdown-grace",
+        "2",
+    ]
 
 
 @_bounded(60)
@@ -909,8 +1001,10 @@ async def test_two_server_processes_share_rooms(redis_server, tmp_path):
     p0 = await start_chat_process(_serve_args(redis_server), tmp_path, "p0")
     p1 = await start_chat_process(_serve_args(redis_server), tmp_path, "p1")
     try:
-        async with open_test_client(p0.url, user="alice") as alice, \
-                open_test_client(p1.url, user="bob") as bob:
+        async with (
+            open_test_client(p0.url, user="alice") as alice,
+            open_test_client(p1.url, user="bob") as bob,
+        ):
             await alice.join("lobby")
             joined = (await bob.join("lobby"))["payload"]
             assert sorted(joined["members"]) == ["alice", "bob"]
@@ -935,7 +1029,10 @@ async def test_two_server_processes_share_rooms(redis_server, tmp_path):
                 while True:
                     frame = await alice.receive(15)
                     if frame["type"] == "system" and frame["payload"] == {
-                            "event": "leave", "room": "lobby", "user_id": "bob"}:
+                        "event": "leave",
+                        "room": "lobby",
+                        "user_id": "bob",
+                    }:
                         break
             await alice.send("direct", {"to": "bob", "content": "gone?"}, "d9")
             assert (await alice.expect("error"))["payload"]["code"] == 404

@@ -13,7 +13,6 @@ import time
 
 import pytest
 import trio
-
 from browser_support import (
     FAKE_SOCKET_JS,
     LAPTOP,
@@ -43,7 +42,9 @@ async def in_browser(scenario, *args):
     """Run a sync playwright scenario in a worker thread."""
     require_chromium()  # a missing browser fails the test: CI installs it
     with trio.fail_after(BROWSER_TEST_TIMEOUT):
-        return await trio.to_thread.run_sync(functools.partial(scenario, *args), abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(
+            functools.partial(scenario, *args), abandon_on_cancel=True
+        )
 
 
 def in_trio(fn, *args, **kwargs):
@@ -60,7 +61,9 @@ def assert_exactly_once_in_order(messages: list[dict], expected_texts: list[str]
     ids = [message["id"] for message in messages]
     texts = [message["text"] for message in messages]
     assert texts == expected_texts, f"{who} shows {texts}"
-    assert ids == list(range(ids[0], ids[0] + len(ids))), f"{who}: ids not contiguous and increasing: {ids}"
+    assert ids == list(range(ids[0], ids[0] + len(ids))), (
+        f"{who}: ids not contiguous and increasing: {ids}"
+    )
 
 
 def run_scenario(page, script: str, timeout_s: float = 30):
@@ -101,7 +104,9 @@ def chat_survives_drops(server_url: str, proxy: TcpProxy) -> None:
 
     with chromium() as browser:
         alice = ChatPage(browser, server_url, viewport=LAPTOP, name="alice")
-        bob = ChatPage(browser, proxy.base_url, viewport=PHONE, name="bob")  # bob's traffic can be cut
+        bob = ChatPage(
+            browser, proxy.base_url, viewport=PHONE, name="bob"
+        )  # bob's traffic can be cut
         try:
             # Two people meet in a room.
             alice.sign_in("alice", room)
@@ -209,7 +214,10 @@ def server_restart(server: ChatServer, nursery: trio.Nursery) -> None:
             expected = [(1, "before 1"), (2, "before 2"), (1, "after restart"), (2, "welcome back")]
             for page in (alice, bob):
                 assert [(m["id"], m["text"]) for m in page.messages(room)] == expected, page.name
-                assert "The server restarted: messages are numbered afresh from here." in page.notices(room)
+                assert (
+                    "The server restarted: messages are numbered afresh from here."
+                    in page.notices(room)
+                )
             no_page_errors(alice, bob)
         finally:
             alice.screenshot("browser-after-restart.png")
@@ -234,7 +242,9 @@ def escapes_and_errors(server_url: str) -> None:
 
             # Typing shows up on the other side.
             carol.page.fill("#composer-input", "hmm")
-            alice.page.wait_for_function("document.querySelector('#typing').textContent === 'carol is typing…'")
+            alice.page.wait_for_function(
+                "document.querySelector('#typing').textContent === 'carol is typing…'"
+            )
 
             # User text is shown as text, never parsed as HTML.
             carol.send(hostile)
@@ -252,8 +262,12 @@ def escapes_and_errors(server_url: str) -> None:
             carol.send("/dm alice psst, a secret")
             alice.page.locator("#dm-list li[data-conv='dm:carol'] .badge").wait_for()
             alice.page.click("#dm-list li[data-conv='dm:carol'] button")
-            alice.page.locator(".log[data-conv='dm:carol'] .msg .text", has_text="psst, a secret").wait_for()
-            carol.page.locator(".log[data-conv='dm:alice'] .msg--own .text", has_text="psst, a secret").wait_for()
+            alice.page.locator(
+                ".log[data-conv='dm:carol'] .msg .text", has_text="psst, a secret"
+            ).wait_for()
+            carol.page.locator(
+                ".log[data-conv='dm:alice'] .msg--own .text", has_text="psst, a secret"
+            ).wait_for()
             alice.screenshot("browser-direct-message.png")
 
             # Rooms come and go from the sidebar.
@@ -454,11 +468,14 @@ def client_backoff(server_url: str) -> None:
             client.close();
             const urls = FakeSocket.sockets.map((s) => s.url);
             return { fixed, high, low, jitter, delays, urls, protocols: FakeSocket.sockets[0].protocols };
-        }"""
+        }""",
         )
 
     fixed = result["fixed"]
-    assert [d["state"] for d in fixed] == ["connecting", "reconnecting"] * 3 + ["connecting", "offline"]
+    assert [d["state"] for d in fixed] == ["connecting", "reconnecting"] * 3 + [
+        "connecting",
+        "offline",
+    ]
     assert {d["delayMs"] for d in fixed if d["state"] == "reconnecting"} == {20}
     assert fixed[-1]["gaveUp"] is True
 
@@ -588,7 +605,7 @@ def client_resume(server_url: str) -> None:
             client.close();
             return { check, errors, sent: sent.map((d) => d.ref), pending: pending.length,
                      messages: messages.map((m) => [m.id, m.user_id, m.content, m.own, m.replayed]) };
-        }"""
+        }""",
         )
 
     check = result["check"]
@@ -700,7 +717,7 @@ def client_limits(server_url: str) -> None:
             client.close();
             out.errors = errors.map((e) => e.code);
             return out;
-        }"""
+        }""",
         )
 
     assert result["sentAtOnce"] == ["a", "b", "c"]

@@ -88,8 +88,12 @@ class Running:
 async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterator[Running]:
     """Start *argv*, wait for its listening line; kill it if still running at exit."""
     process = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env if env is not None else clean_env(), cwd=ROOT,
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env if env is not None else clean_env(),
+        cwd=ROOT,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -137,8 +141,10 @@ async def close_code(ws: trio_websocket.WebSocketConnection) -> int:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_chat_then_signal_closes_1001_and_exits_0(signum):
     async with run(serve()) as server:
-        async with open_test_client(server.url, user="alice") as alice, \
-                open_test_client(server.url, user="bob") as bob:
+        async with (
+            open_test_client(server.url, user="alice") as alice,
+            open_test_client(server.url, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             await alice.expect("system")
@@ -168,7 +174,9 @@ async def test_serve_chat_then_signal_closes_1001_and_exits_0(signum):
         assert re.search(rf"\bconnect user={user} peer=127\.0\.0\.1\b", connect), connect
         assert re.search(
             rf"\bdisconnect user={user} peer=127\.0\.0\.1 .*duration=\d+\.\ds "
-            r"code=1001 reason=server shutting down$", disconnect), disconnect
+            r"code=1001 reason=server shutting down$",
+            disconnect,
+        ), disconnect
     assert not any("secret-" in line or "psst" in line for line in lines)
 
 
@@ -199,19 +207,17 @@ async def test_log_level_warning_is_quiet():
 
 async def test_precedence_flags_over_env_over_file(tmp_path):
     config = tmp_path / "chat.toml"
-    config.write_text(
-        "ping_interval = 11\nrate_messages = 5\nmax_content_chars = 100\n"
-    )
+    config.write_text("ping_interval = 11\nrate_messages = 5\nmax_content_chars = 100\n")
     env = clean_env(TRIO_CHAT_PING_INTERVAL="22", TRIO_CHAT_RATE_MESSAGES="6")
     async with run(serve("--config", str(config), "--ping-interval", "33"), env=env) as server:
         async with open_test_client(server.url, user="eve") as eve:
             limits = eve.welcome["payload"]["limits"]
         assert await server.stop() == 0
     assert limits == {
-        "max_message_bytes": 65536,                 # default
-        "max_content_chars": 100,                   # file
+        "max_message_bytes": 65536,  # default
+        "max_content_chars": 100,  # file
         "rate": {"messages": 6, "per_seconds": 10.0},  # environment over file
-        "ping_interval_seconds": 33.0,              # flag over environment and file
+        "ping_interval_seconds": 33.0,  # flag over environment and file
     }
 
 
@@ -222,8 +228,13 @@ async def exits_with_error(argv: list[str], env: dict[str, str] | None = None) -
     """Run *argv* to completion; assert exit code 2 and no stdout; return stderr."""
     with trio.fail_after(15):
         result = await trio.run_process(
-            argv, capture_stdout=True, capture_stderr=True, check=False,
-            env=env if env is not None else clean_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+            argv,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env if env is not None else clean_env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
         )
     assert result.returncode == 2, result
     assert result.stdout == b""
@@ -261,7 +272,8 @@ async def test_bad_settings_exit_2_with_one_line_naming_the_setting(tmp_path):
         assert len(lines) == 1, results[i]
         assert lines[0].startswith(f"trio-chat: error: {setting}:"), lines[0]
     assert results[1].splitlines() == [
-        "trio-chat: error: port: must be between 0 and 65535, got 70000"]
+        "trio-chat: error: port: must be between 0 and 65535, got 70000"
+    ]
 
 
 async def test_unknown_flag_exits_2():
@@ -298,8 +310,16 @@ async def test_console_script_is_installed():
 
 
 async def test_embed_example_runs_beside_its_own_tasks():
-    argv = [sys.executable, str(ROOT / "examples" / "embed.py"), "--port", "0",
-            "--interval", "0.05", "--stats-interval", "0.05"]
+    argv = [
+        sys.executable,
+        str(ROOT / "examples" / "embed.py"),
+        "--port",
+        "0",
+        "--interval",
+        "0.05",
+        "--stats-interval",
+        "0.05",
+    ]
     async with run(argv) as example:
         async with open_test_client(example.url, user="watcher") as watcher:
             joined = await watcher.join("clock")

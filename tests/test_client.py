@@ -110,8 +110,10 @@ async def until_state(client, state: ConnectionState, timeout: float = 5.0) -> S
 @_bounded()
 async def test_two_clients_chat_both_ways():
     async with open_test_server() as server:
-        async with open_chat_client(server.url, user="alice") as alice, \
-                open_chat_client(server.url, user="bob") as bob:
+        async with (
+            open_chat_client(server.url, user="alice") as alice,
+            open_chat_client(server.url, user="bob") as bob,
+        ):
             assert alice.user_id == "alice" and alice.state is ConnectionState.ONLINE
             joined = await alice.join(ROOM)
             assert isinstance(joined, Joined) and joined.members == ["alice"]
@@ -141,8 +143,10 @@ async def test_two_clients_chat_both_ways():
 async def test_history_on_join_and_typed_events():
     async with open_test_server() as server:
         await server.publish(ROOM, "before you came", user_id="carol")
-        async with open_chat_client(server.url, user="alice") as alice, \
-                open_chat_client(server.url, user="bob") as bob:
+        async with (
+            open_chat_client(server.url, user="alice") as alice,
+            open_chat_client(server.url, user="bob") as bob,
+        ):
             joined = await alice.join(ROOM)
             assert joined.history == []
             [old] = await chats(alice, 1)
@@ -342,8 +346,10 @@ async def test_rate_limited_messages_are_retried_or_raised():
 @_bounded()
 async def test_drop_between_send_and_ack_delivers_once():
     async with open_test_server() as server:
-        async with open_chat_client(server.url, user="alice", backoff=FAST) as alice, \
-                open_chat_client(server.url, user="bob") as bob:
+        async with (
+            open_chat_client(server.url, user="alice", backoff=FAST) as alice,
+            open_chat_client(server.url, user="bob") as bob,
+        ):
             await bob.join(ROOM)
             await alice.join(ROOM)
             armed = [None]
@@ -370,9 +376,10 @@ async def test_drop_between_send_and_ack_delivers_once():
 async def test_messages_sent_while_offline_go_out_in_order():
     slow = Backoff(base=0.4, cap=0.4)
     async with open_test_server() as server:
-        async with open_chat_client(
-            server.url, user="alice", backoff=slow, random=lambda: 0.999
-        ) as alice, open_chat_client(server.url, user="bob") as bob:
+        async with (
+            open_chat_client(server.url, user="alice", backoff=slow, random=lambda: 0.999) as alice,
+            open_chat_client(server.url, user="bob") as bob,
+        ):
             await bob.join(ROOM)
             await alice.join(ROOM)
             drop(server, "alice", 1013)
@@ -391,8 +398,10 @@ async def test_messages_sent_while_offline_go_out_in_order():
 async def test_reconnect_resumes_with_since():
     slow = Backoff(base=0.3, cap=0.3)
     async with open_test_server() as server:
-        async with open_chat_client(server.url, user="alice") as alice, \
-                open_chat_client(server.url, user="bob", backoff=slow, random=lambda: 0.999) as bob:
+        async with (
+            open_chat_client(server.url, user="alice") as alice,
+            open_chat_client(server.url, user="bob", backoff=slow, random=lambda: 0.999) as bob,
+        ):
             await bob.join(ROOM)
             await alice.join(ROOM)
             await alice.send(ROOM, "m1")
@@ -438,9 +447,7 @@ async def test_refused_reconnect_stops_the_client():
     secret = "s3cret-for-tests-only-0123456789abcdef"
     async with open_test_server(Config(secret=secret)) as server:
         tokens = iter([make_token(secret, "eve", ttl=600), "expired-or-bad"])
-        async with open_chat_client(
-            server.url, token=lambda: next(tokens), backoff=FAST
-        ) as eve:
+        async with open_chat_client(server.url, token=lambda: next(tokens), backoff=FAST) as eve:
             await eve.join(ROOM)
             drop(server, "eve", 1013)
             with pytest.raises(ConnectError) as info:
@@ -488,9 +495,10 @@ async def test_gives_up_after_max_attempts_when_the_token_source_fails():
 async def test_cancelled_send_is_not_resent_and_leave_fails_pending():
     slow = Backoff(base=0.5, cap=0.5)
     async with open_test_server() as server:
-        async with open_chat_client(
-            server.url, user="alice", backoff=slow, random=lambda: 0.999
-        ) as alice, open_chat_client(server.url, user="bob") as bob:
+        async with (
+            open_chat_client(server.url, user="alice", backoff=slow, random=lambda: 0.999) as alice,
+            open_chat_client(server.url, user="bob") as bob,
+        ):
             await bob.join(ROOM)
             await bob.join("other")
             await alice.join(ROOM)
@@ -609,11 +617,12 @@ async def test_exactly_once_in_order_under_drops(schedule):
     config = Config(rate_messages=100_000, history_size=1000)
     with trio.fail_after(10):
         async with open_test_server(config) as server:
-            async with open_chat_client(
-                server.url, user="alice", backoff=FAST, max_send_attempts=None
-            ) as alice, open_chat_client(
-                server.url, user="bob", backoff=FAST
-            ) as bob:
+            async with (
+                open_chat_client(
+                    server.url, user="alice", backoff=FAST, max_send_attempts=None
+                ) as alice,
+                open_chat_client(server.url, user="bob", backoff=FAST) as bob,
+            ):
                 await bob.join(ROOM)
                 await alice.join(ROOM)
                 armed: list[int | None] = []
@@ -683,7 +692,7 @@ async def test_exactly_once_in_order_under_drops(schedule):
 def test_backoff_is_full_jitter_under_the_cap(attempt, base, cap, r):
     policy = Backoff(base=base, cap=cap)
     delay = policy.delay(attempt, lambda: r)
-    ceiling = min(cap, base * 2.0 ** attempt)
+    ceiling = min(cap, base * 2.0**attempt)
     assert 0 <= delay <= ceiling
     assert math.isclose(delay, r * ceiling, rel_tol=1e-9)
 
@@ -697,8 +706,12 @@ def test_room_positions_deliver_each_id_once_in_order(ids):
 
 
 def _welcome(user="alice", rate=None):
-    limits = {"max_message_bytes": 65536, "max_content_chars": 4000,
-              "rate": rate or {"messages": 30, "per_seconds": 10}, "ping_interval_seconds": 54}
+    limits = {
+        "max_message_bytes": 65536,
+        "max_content_chars": 4000,
+        "rate": rate or {"messages": 30, "per_seconds": 10},
+        "ping_interval_seconds": 54,
+    }
     return Welcome("s1", user, limits)
 
 
@@ -710,9 +723,16 @@ def test_state_rejoins_with_since_and_resends_with_the_same_ref():
     state.connection_made(_welcome())
     join = json.loads(state.next_frame(0.0))
     assert join["type"] == "join" and "since" not in join["payload"]
-    state.receive(Joined(ROOM, ["alice"], [{"id": 7, "room": ROOM, "user_id": "bob",
-                                            "content": "x", "time": "t"}], False,
-                         join["ref"]), 0.0)
+    state.receive(
+        Joined(
+            ROOM,
+            ["alice"],
+            [{"id": 7, "room": ROOM, "user_id": "bob", "content": "x", "time": "t"}],
+            False,
+            join["ref"],
+        ),
+        0.0,
+    )
     entry = state.submit("chat", ROOM, "hello")
     first = json.loads(state.next_frame(0.0))
     assert first["ref"] == entry.ref and state.next_frame(0.0) is None

@@ -90,16 +90,19 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     path.write_text(
         "ping_interval = 11\nrate_messages = 5\nmax_content_chars = 100\nqueue_size = 64\n"
     )
-    environ = {"TRIO_CHAT_PING_INTERVAL": "22", "TRIO_CHAT_RATE_MESSAGES": "6",
-               "TRIO_CHAT_QUEUE_SIZE": "65"}
+    environ = {
+        "TRIO_CHAT_PING_INTERVAL": "22",
+        "TRIO_CHAT_RATE_MESSAGES": "6",
+        "TRIO_CHAT_QUEUE_SIZE": "65",
+    }
     overrides = {"ping_interval": "33", "queue_size": None, "port": None}
     config = Config.load(file=path, environ=environ, overrides=overrides)
-    assert config.ping_interval == 33       # flag
-    assert config.rate_messages == 6        # environment
-    assert config.queue_size == 65          # environment (flag not given)
+    assert config.ping_interval == 33  # flag
+    assert config.rate_messages == 6  # environment
+    assert config.queue_size == 65  # environment (flag not given)
     assert config.max_content_chars == 100  # file
-    assert config.history_size == 100       # default
-    assert config.port == 8080              # default (flag not given)
+    assert config.history_size == 100  # default
+    assert config.port == 8080  # default (flag not given)
 
 
 def test_file_keys_may_use_dashes(tmp_path):
@@ -143,8 +146,10 @@ BAD = [
 
 @pytest.mark.parametrize(("name", "value"), BAD)
 def test_bad_values_name_the_setting(name, value):
-    for kwargs in ({"environ": {f"TRIO_CHAT_{name.upper()}": value}},
-                   {"environ": {}, "overrides": {name: value}}):
+    for kwargs in (
+        {"environ": {f"TRIO_CHAT_{name.upper()}": value}},
+        {"environ": {}, "overrides": {name: value}},
+    ):
         with pytest.raises(ConfigError) as info:
             Config.load(**kwargs)
         message = str(info.value)
@@ -159,7 +164,7 @@ def test_bad_values_name_the_setting(name, value):
         ("queue_size = true\n", "queue_size"),
         ("queue_size = 1.5\n", "queue_size"),
         ("ping_interval = -2\n", "ping_interval"),
-        ('host = 5\n', "host"),
+        ("host = 5\n", "host"),
         ("pingg_interval = 3\n", "pingg_interval"),
         ("this is not toml\n", "config"),
     ],
@@ -196,7 +201,9 @@ def test_direct_construction_validates_too():
     with pytest.raises(ConfigError, match="^port"):
         Config(port=65536)
     assert Config(allowed_origins="https://a, https://b").allowed_origins == (
-        "https://a", "https://b")
+        "https://a",
+        "https://b",
+    )
 
 
 def test_every_setting_is_a_serve_flag_and_documented():
@@ -204,17 +211,33 @@ def test_every_setting_is_a_serve_flag_and_documented():
     for name, field in SETTINGS.items():
         assert field.metadata["help"], name
         if name == "allowed_origins":
-            args = parser.parse_args(["serve", "--allowed-origin", "https://x",
-                                      "--allowed-origin", "https://y"])
+            args = parser.parse_args(
+                ["serve", "--allowed-origin", "https://x", "--allowed-origin", "https://y"]
+            )
             assert args.allowed_origins == ["https://x", "https://y"]
             continue
         value = "1" if name not in SAMPLES else as_text(SAMPLES[name])
         args = parser.parse_args(["serve", "--" + name.replace("_", "-"), value])
         assert getattr(args, name) == value
     help_text = parser._subparsers._group_actions[0].choices["serve"].format_help()
-    for flag in ("--ping-interval", "--pong-timeout", "--write-timeout", "--handshake-timeout",
-                 "--shutdown-grace", "--max-message-bytes", "--max-content-chars",
-                 "--queue-size", "--history-size", "--max-connections", "--rate-messages",
-                 "--rate-seconds", "--config", "--host", "--port", "--log-level",
-                 "--log-format", "TRIO_CHAT_PING_INTERVAL"):
+    for flag in (
+        "--ping-interval",
+        "--pong-timeout",
+        "--write-timeout",
+        "--handshake-timeout",
+        "--shutdown-grace",
+        "--max-message-bytes",
+        "--max-content-chars",
+        "--queue-size",
+        "--history-size",
+        "--max-connections",
+        "--rate-messages",
+        "--rate-seconds",
+        "--config",
+        "--host",
+        "--port",
+        "--log-level",
+        "--log-format",
+        "TRIO_CHAT_PING_INTERVAL",
+    ):
         assert flag in help_text, flag

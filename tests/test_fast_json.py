@@ -31,5 +31,7 @@ def test_format_time_is_rfc3339_with_milliseconds(seconds):
     import time
 
     millis = int(seconds * 1000)
-    expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+    expected = (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+    )
     assert format_time(seconds) == expected

@@ -339,9 +339,7 @@ async def test_a_reset_slow_client_does_not_disturb_the_others(
     "sent",
     [
         pytest.param(b"", id="nothing"),
-        pytest.param(
-            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgr", id="half-a-request-head"
-        ),
+        pytest.param(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgr", id="half-a-request-head"),
     ],
 )
 async def test_a_connection_without_a_handshake_is_dropped_at_handshake_timeout(

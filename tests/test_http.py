@@ -9,18 +9,19 @@ import socket
 
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
-
+import trio.lowlevel
 from http_support import (
     LogCapture,
     client_frame,
     http_request,
-    open_raw_websocket,
     open_http,
+    open_raw_websocket,
     raw_exchange,
     rejected_status,
     ws_refusal,
 )
+from prometheus_client.parser import text_string_to_metric_families
+
 from trio_chat import Config
 from trio_chat._auth import make_token
 from trio_chat._metrics import count_tasks
@@ -51,8 +52,13 @@ async def test_client_script_and_static_files():
         assert script.status == 200
         assert script.headers["content-type"].startswith("text/javascript")
         assert script.body
-        for target in ("/static/no-such-file.css", "/static/../_server.py",
-                       "/static/%2e%2e/_server.py", "/static/.hidden", "/static/"):
+        for target in (
+            "/static/no-such-file.css",
+            "/static/../_server.py",
+            "/static/%2e%2e/_server.py",
+            "/static/.hidden",
+            "/static/",
+        ):
             assert (await http_request(server.port, "GET", target)).status == 404, target
 
 
@@ -66,9 +72,15 @@ async def test_unknown_path_is_404():
 
 async def test_wrong_method_is_405_with_allow():
     async with open_test_server() as server:
-        for method, target in [("POST", "/healthz"), ("PUT", "/metrics"), ("DELETE", "/"),
-                               ("POST", "/trio-chat.js"), ("POST", "/ws"),
-                               ("POST", "/api/rooms"), ("GET", "/api/rooms/lobby/messages")]:
+        for method, target in [
+            ("POST", "/healthz"),
+            ("PUT", "/metrics"),
+            ("DELETE", "/"),
+            ("POST", "/trio-chat.js"),
+            ("POST", "/ws"),
+            ("POST", "/api/rooms"),
+            ("GET", "/api/rooms/lobby/messages"),
+        ]:
             reply = await http_request(server.port, method, target, body=b"{}")
             assert reply.status == 405, (method, target)
             assert "allow" in reply.headers
@@ -123,8 +135,11 @@ async def test_a_request_body_larger_than_allowed_is_413():
     admin = make_token(SECRET, "ops", admin=True)
     async with open_test_server(config) as server:
         reply = await http_request(
-            server.port, "POST", "/api/rooms/lobby/messages",
-            headers=[("authorization", f"Bearer {admin}")], body=b"x" * 5000,
+            server.port,
+            "POST",
+            "/api/rooms/lobby/messages",
+            headers=[("authorization", f"Bearer {admin}")],
+            body=b"x" * 5000,
         )
         assert reply.status == 413
 
@@ -144,9 +159,11 @@ async def test_keep_alive_serves_several_requests_on_one_socket():
 
 async def test_pipelined_requests_are_answered_in_order():
     async with open_test_server() as server:
-        data = (b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
-                b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
-                b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        data = (
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
         answer = await raw_exchange(server.port, data)
         statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
         assert statuses == [b"200", b"404", b"200"]
@@ -200,8 +217,10 @@ async def test_a_request_body_that_never_arrives_is_closed_too():
     async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         async with stream:
-            await stream.send_all(b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
-                                  b"Content-Length: 100\r\n\r\n{\"content\":")
+            await stream.send_all(
+                b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
+                b'Content-Length: 100\r\n\r\n{"content":'
+            )
             with trio.fail_after(10):
                 assert await _wait_closed(stream) == b""
 
@@ -272,7 +291,7 @@ async def test_healthz_is_503_draining_during_a_graceful_shutdown():
             nursery.start_soon(server.shutdown)
             with trio.fail_after(10):
                 while not server.draining:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 reply = await http_request(port, "GET", "/healthz")
                 assert reply.status == 503
                 assert reply.json()["status"] == "draining"
@@ -354,11 +373,15 @@ async def test_metrics_follow_what_happens():
                 assert _value(mid, "trio_chat_connections_open") == 2
                 assert _value(mid, "trio_chat_history_messages") == 3
                 # A join and 3 chats from alice, a join from bob.
-                assert (_value(mid, "trio_chat_frames_received_total")
-                        - _value(before, "trio_chat_frames_received_total")) == 5
+                assert (
+                    _value(mid, "trio_chat_frames_received_total")
+                    - _value(before, "trio_chat_frames_received_total")
+                ) == 5
                 # Through the hub: joined x2, system x1, (chat + ack) x3.
-                assert (_value(mid, "trio_chat_frames_delivered_total")
-                        - _value(before, "trio_chat_frames_delivered_total")) == 9
+                assert (
+                    _value(mid, "trio_chat_frames_delivered_total")
+                    - _value(before, "trio_chat_frames_delivered_total")
+                ) == 9
 
                 # An invalid frame: error 400.  Over the rate limit: 429.
                 await alice.ws.send_message("not json")
@@ -451,7 +474,10 @@ async def test_publish_api_reaches_members_and_history():
             await alice.join("lobby")
             await alice.chat("lobby", "first")
             reply = await http_request(
-                server.port, "POST", "/api/rooms/lobby/messages", headers=_bearer(admin),
+                server.port,
+                "POST",
+                "/api/rooms/lobby/messages",
+                headers=_bearer(admin),
                 body=json.dumps({"content": "deploy finished", "user_id": "deploy-bot"}).encode(),
             )
             assert reply.status == 201
@@ -459,11 +485,19 @@ async def test_publish_api_reaches_members_and_history():
             assert body["id"] == 2
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["time"])
             chat = await alice.expect("chat")
-            assert chat["payload"] == {"id": 2, "room": "lobby", "user_id": "deploy-bot",
-                                       "content": "deploy finished", "time": body["time"]}
+            assert chat["payload"] == {
+                "id": 2,
+                "room": "lobby",
+                "user_id": "deploy-bot",
+                "content": "deploy finished",
+                "time": body["time"],
+            }
             # Without user_id the message is from "server".
             reply = await http_request(
-                server.port, "POST", "/api/rooms/lobby/messages", headers=_bearer(admin),
+                server.port,
+                "POST",
+                "/api/rooms/lobby/messages",
+                headers=_bearer(admin),
                 body=b'{"content": "hello"}',
             )
             assert reply.status == 201 and reply.json()["id"] == 3
@@ -485,7 +519,9 @@ async def test_publish_api_refusals():
         good = b'{"content": "hi", "user_id": "bot"}'
 
         async def post(body: bytes, headers=(), target=target) -> int:
-            reply = await http_request(server.port, "POST", target, headers=list(headers), body=body)
+            reply = await http_request(
+                server.port, "POST", target, headers=list(headers), body=body
+            )
             assert reply.headers["content-type"] == "application/json"
             assert "error" in reply.json() or reply.status == 201
             return reply.status
@@ -514,16 +550,19 @@ async def test_publish_api_refusals():
 async def test_publish_api_needs_a_secret():
     async with open_test_server() as server:
         await server.publish("lobby", "x")
-        reply = await http_request(server.port, "POST", "/api/rooms/lobby/messages",
-                                   body=b'{"content": "hi"}')
+        reply = await http_request(
+            server.port, "POST", "/api/rooms/lobby/messages", body=b'{"content": "hi"}'
+        )
         assert reply.status == 401
 
 
 async def test_rooms_listing_for_admins():
     admin = make_token(SECRET, "ops", admin=True)
     async with open_test_server(Config(port=0, secret=SECRET)) as server:
-        async with open_test_client(server, token=make_token(SECRET, "alice")) as alice, \
-                open_test_client(server, token=make_token(SECRET, "bob")) as bob:
+        async with (
+            open_test_client(server, token=make_token(SECRET, "alice")) as alice,
+            open_test_client(server, token=make_token(SECRET, "bob")) as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             await bob.join("dev")
@@ -535,8 +574,9 @@ async def test_rooms_listing_for_admins():
             assert rooms["lobby"] == {"name": "lobby", "members": 2, "last_id": 2}
             assert rooms["dev"] == {"name": "dev", "members": 1, "last_id": 0}
             assert (await http_request(server.port, "GET", "/api/rooms")).status == 401
-            denied = await http_request(server.port, "GET", "/api/rooms",
-                                        headers=_bearer(make_token(SECRET, "alice")))
+            denied = await http_request(
+                server.port, "GET", "/api/rooms", headers=_bearer(make_token(SECRET, "alice"))
+            )
             assert denied.status == 403
 
 

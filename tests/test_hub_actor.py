@@ -195,8 +195,10 @@ def chats(events: list[ServerEvent]) -> list[int]:
 
 async def test_direct_and_queued_paths_get_the_same_bytes(hub: Hub) -> None:
     sock, q1, q2, sender = (
-        SocketPeer(hub, "ann", 16), QueuePeer(hub, "bob", 16),
-        QueuePeer(hub, "cy", 16), QueuePeer(hub, "dee", 16),
+        SocketPeer(hub, "ann", 16),
+        QueuePeer(hub, "bob", 16),
+        QueuePeer(hub, "cy", 16),
+        QueuePeer(hub, "dee", 16),
     )
     for peer in (sock, q1, q2, sender):
         await peer.connect("lobby")
@@ -240,7 +242,9 @@ async def test_hub_drains_its_inbox_before_flushing(nursery: trio.Nursery) -> No
     assert chats(await s.events()) == [1, 2, 3]
 
 
-async def test_frames_stay_in_order_across_direct_and_queued_writes(hub: Hub, nursery: trio.Nursery) -> None:
+async def test_frames_stay_in_order_across_direct_and_queued_writes(
+    hub: Hub, nursery: trio.Nursery
+) -> None:
     # A tiny socket buffer: direct writes soon leave a tail, later frames
     # queue behind it, and the writer finishes them -- in order, whole.
     slowish = SocketPeer(hub, "ann", 1000)
@@ -266,7 +270,9 @@ async def test_frames_stay_in_order_across_direct_and_queued_writes(hub: Hub, nu
 # Slow consumers
 
 
-async def test_slow_consumer_is_marked_1013_and_others_get_everything(hub: Hub, nursery: trio.Nursery) -> None:
+async def test_slow_consumer_is_marked_1013_and_others_get_everything(
+    hub: Hub, nursery: trio.Nursery
+) -> None:
     slow = QueuePeer(hub, "slow", 8)  # nobody ever reads it
     fast = QueuePeer(hub, "fast", 8)
     fast_events: list[ServerEvent] = []

@@ -87,7 +87,7 @@ class RoomModel:
         # started again since the client saw it: send the whole history.
         if since is None or since > self.last_id:
             since = 0
-        retained = self.messages[-self.history_size:]
+        retained = self.messages[-self.history_size :]
         kept = {m.id for m in retained}
         history = [m.payload() for m in retained if m.id > since]
         missing = [i for i in range(since + 1, self.last_id + 1) if i not in kept]
@@ -292,7 +292,9 @@ class HubMachine(RuleBasedStateMachine):
             label("chat: repeated ref")
             return self.check(result, [(m.refs[user][event.ref], [key])])
         log = m.rooms[event.room]
-        message = ChatMessage(log.last_id + 1, event.room, user, event.content, format_time(self.now))
+        message = ChatMessage(
+            log.last_id + 1, event.room, user, event.content, format_time(self.now)
+        )
         log.messages.append(message)
         m.rooms.move_to_end(event.room)
         m.published += 1
@@ -522,7 +524,13 @@ def test_history_since_and_truncated() -> None:
     assert joined(5) == ([], False)
     assert joined(9) == ([3, 4, 5], True)  # room started again: send it all
     first = s.handle(2, Join("r", 4), NOW)[0].event.history[0]
-    assert first == {"id": 5, "room": "r", "user_id": "ann", "content": "m5", "time": format_time(NOW)}
+    assert first == {
+        "id": 5,
+        "room": "r",
+        "user_id": "ann",
+        "content": "m5",
+        "time": format_time(NOW),
+    }
 
 
 def test_history_default_size_is_100() -> None:
@@ -564,7 +572,9 @@ def test_refused_frame_does_not_consume_its_ref() -> None:
     with pytest.raises(ProtocolError):
         s.handle(1, Chat("r", "hi", "c1"), NOW)
     s.handle(1, Join("r"), NOW)
-    assert s.handle(1, Chat("r", "hi", "c1"), NOW)[-1].event == ChatAck(1, "r", format_time(NOW), "c1")
+    assert s.handle(1, Chat("r", "hi", "c1"), NOW)[-1].event == ChatAck(
+        1, "r", format_time(NOW), "c1"
+    )
 
 
 def test_ref_memory_keeps_the_last_1000() -> None:

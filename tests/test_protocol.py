@@ -277,7 +277,10 @@ def test_client_frames_types_filter(case: tuple[str, ClientEvent]) -> None:
         (frame("presence", {"status": "at lunch, back at 2"}), Presence("at lunch, back at 2")),
         (frame("presence", {"status": "busy", "text": "call"}), Presence("busy", "call")),
         (frame("presence", {"status": "busy", "text": None}), Presence("busy")),
-        (frame("direct", {"to": "bob@example.com", "content": "psst"}), Direct("bob@example.com", "psst")),
+        (
+            frame("direct", {"to": "bob@example.com", "content": "psst"}),
+            Direct("bob@example.com", "psst"),
+        ),
         (frame("typing", {"room": "a:b.c-d_e"}), Typing("a:b.c-d_e")),
         # unknown extra fields are ignored, at both levels
         (frame("typing", {"room": "r", "extra": [1, {"x": None}]}, v=2, id=7), Typing("r")),
@@ -312,12 +315,26 @@ BAD = [
     ('{"type":"typing","payload":{"room":"r"}}x', 400, "frame is not valid JSON", None),
     ('{"type":"typing","payload":{"room":"r"', 400, "frame is not valid JSON", None),
     ('{"type":"join","payload":{"room":"r","since":NaN}}', 400, "frame is not valid JSON", None),
-    ('{"type":"join","payload":{"room":"r","since":Infinity}}', 400, "frame is not valid JSON", None),
-    ('{"type":"typing","payload":{"room":"r","x":-Infinity}}', 400, "frame is not valid JSON", None),
+    (
+        '{"type":"join","payload":{"room":"r","since":Infinity}}',
+        400,
+        "frame is not valid JSON",
+        None,
+    ),
+    (
+        '{"type":"typing","payload":{"room":"r","x":-Infinity}}',
+        400,
+        "frame is not valid JSON",
+        None,
+    ),
     ('{"type":"typing","ref":' + "9" * 5000 + ',"payload":{"room":"r"}}', 400, "", None),
     ("[" * 100_000 + "]" * 100_000, 400, "frame is not valid JSON", None),
-    ('{"type":"typing","payload":{"room":"r","x":' + "[" * 100_000 + "]" * 100_000 + "}}",
-     400, "frame is not valid JSON", None),
+    (
+        '{"type":"typing","payload":{"room":"r","x":' + "[" * 100_000 + "]" * 100_000 + "}}",
+        400,
+        "frame is not valid JSON",
+        None,
+    ),
     ("[]", 400, "frame must be a JSON object", None),
     ('"{\\"type\\":\\"typing\\"}"', 400, "frame must be a JSON object", None),
     ("42", 400, "frame must be a JSON object", None),
@@ -377,7 +394,9 @@ BAD = [
     (frame("presence", {"status": "s", "text": 5}), 400, "payload.text:", None),
     (
         frame("presence", {"status": "s", "text": "t" * (MAX_PRESENCE_TEXT_CHARS + 1)}),
-        400, "payload.text:", None,
+        400,
+        "payload.text:",
+        None,
     ),
     ('{"type":"presence","payload":{"status":"s","text":"\\udfff"}}', 400, "payload.text:", None),
 ]
@@ -434,13 +453,27 @@ T = "2026-11-29T04:31:24.123Z"
     [
         (
             Welcome("s1", "alice", {"max_message_bytes": 65536}),
-            {"type": "welcome", "payload": {"session_id": "s1", "user_id": "alice",
-                                            "limits": {"max_message_bytes": 65536}}},
+            {
+                "type": "welcome",
+                "payload": {
+                    "session_id": "s1",
+                    "user_id": "alice",
+                    "limits": {"max_message_bytes": 65536},
+                },
+            },
         ),
         (
             Joined("lobby", ["alice"], [], False, "j1"),
-            {"type": "joined", "payload": {"room": "lobby", "members": ["alice"], "history": [],
-                                           "truncated": False}, "ref": "j1"},
+            {
+                "type": "joined",
+                "payload": {
+                    "room": "lobby",
+                    "members": ["alice"],
+                    "history": [],
+                    "truncated": False,
+                },
+                "ref": "j1",
+            },
         ),
         (Left("lobby"), {"type": "left", "payload": {"room": "lobby"}}),
         (
@@ -449,15 +482,20 @@ T = "2026-11-29T04:31:24.123Z"
         ),
         (
             ChatMessage(7, "lobby", "bob", "hi", T),
-            {"type": "chat", "payload": {"id": 7, "room": "lobby", "user_id": "bob",
-                                         "content": "hi", "time": T}},
+            {
+                "type": "chat",
+                "payload": {"id": 7, "room": "lobby", "user_id": "bob", "content": "hi", "time": T},
+            },
         ),
         (
             ChatAck(7, "lobby", T, "c1"),
             {"type": "ack", "payload": {"id": 7, "room": "lobby", "time": T}, "ref": "c1"},
         ),
         (ChatAck(7, "lobby", T), {"type": "ack", "payload": {"id": 7, "room": "lobby", "time": T}}),
-        (DirectAck("bob", T, "d1"), {"type": "ack", "payload": {"to": "bob", "time": T}, "ref": "d1"}),
+        (
+            DirectAck("bob", T, "d1"),
+            {"type": "ack", "payload": {"to": "bob", "time": T}, "ref": "d1"},
+        ),
         (
             PresenceUpdate("bob", "away"),
             {"type": "presence", "payload": {"user_id": "bob", "status": "away"}},
@@ -470,7 +508,10 @@ T = "2026-11-29T04:31:24.123Z"
             DirectMessage("alice", "psst", T),
             {"type": "direct", "payload": {"from": "alice", "content": "psst", "time": T}},
         ),
-        (TypingNotice("lobby", "bob"), {"type": "typing", "payload": {"room": "lobby", "user_id": "bob"}}),
+        (
+            TypingNotice("lobby", "bob"),
+            {"type": "typing", "payload": {"room": "lobby", "user_id": "bob"}},
+        ),
         (ErrorEvent(400, "bad"), {"type": "error", "payload": {"code": 400, "message": "bad"}}),
         (
             ErrorEvent(404, "no such user", "d2"),
@@ -491,7 +532,12 @@ def test_server_json_is_compact_utf8() -> None:
 
 
 def test_parse_server_frame_refuses_non_events() -> None:
-    for text in ["[]", '{"type":"chat"}', '{"type":"nope","payload":{}}', '{"type":"chat","payload":{}}']:
+    for text in [
+        "[]",
+        '{"type":"chat"}',
+        '{"type":"nope","payload":{}}',
+        '{"type":"chat","payload":{}}',
+    ]:
         with pytest.raises(ValueError):
             parse_server_frame(text)
 

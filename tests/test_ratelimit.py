@@ -128,8 +128,10 @@ async def _marker(server, room: str, client) -> None:
 
 async def test_over_the_limit_is_429_with_retry_after_and_not_delivered():
     async with open_test_server(RATE) as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             await alice.expect("system")
@@ -152,8 +154,10 @@ async def test_over_the_limit_is_429_with_retry_after_and_not_delivered():
 
 async def test_direct_and_presence_count_typing_and_join_do_not():
     async with open_test_server(RATE) as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+        ):
             await bob.join("lobby")
             # Joins, leaves and typing: as many as the client likes.
             for i in range(10):
@@ -189,8 +193,10 @@ async def test_direct_and_presence_count_typing_and_join_do_not():
 
 async def test_the_limit_is_per_connection():
     async with open_test_server(RATE) as server:
-        async with open_test_client(server, user="alice") as one, \
-                open_test_client(server, user="alice") as two:
+        async with (
+            open_test_client(server, user="alice") as one,
+            open_test_client(server, user="alice") as two,
+        ):
             await one.join("lobby")
             await two.join("lobby")
             for i in range(3):
@@ -225,8 +231,10 @@ async def _close_code(ws) -> int:
 
 async def test_still_flooding_after_three_429s_is_closed_1008():
     async with open_test_server(RATE) as server:
-        async with open_test_client(server, user="flood") as flood, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="flood") as flood,
+            open_test_client(server, user="bob") as bob,
+        ):
             await flood.join("lobby")
             await bob.join("lobby")
             codes = []
@@ -268,11 +276,14 @@ async def test_429s_spread_over_windows_do_not_close():
             assert (await alice.chat("lobby", "still open"))["type"] == "ack"
 
 
-@pytest.mark.parametrize("frame", [
-    {"type": "join", "payload": {"room": "x"}},
-    {"type": "leave", "payload": {"room": "x"}},
-    {"type": "typing", "payload": {"room": "x"}},
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "join", "payload": {"room": "x"}},
+        {"type": "leave", "payload": {"room": "x"}},
+        {"type": "typing", "payload": {"room": "x"}},
+    ],
+)
 async def test_unrated_frames_never_close_for_flooding(frame):
     async with open_test_server(Config(port=0, rate_messages=1, rate_seconds=60)) as server:
         async with open_test_client(server, user="alice") as alice:

@@ -7,7 +7,6 @@ import json
 
 import trio
 import trio_websocket
-
 from http_support import (
     LogCapture,
     client_frame,
@@ -15,6 +14,7 @@ from http_support import (
     rejected_status,
     ws_refusal,
 )
+
 from trio_chat import Config
 from trio_chat._cli import _load, _parser
 from trio_chat._config import SETTINGS
@@ -50,8 +50,9 @@ async def test_default_origin_rule_is_same_host_or_no_origin():
             assert await _accepted(server, [("origin", f"http://{host}")], host=host)
             assert await _accepted(server, [("origin", f"https://{host}")], host=host)
             assert await _accepted(server, [("origin", f"http://{host.upper()}")], host=host)
-            assert await _accepted(server, [("origin", "http://Chat.Example:8080")],
-                                   host="chat.example:8080")
+            assert await _accepted(
+                server, [("origin", "http://Chat.Example:8080")], host="chat.example:8080"
+            )
             assert not await _accepted(server, [("origin", "http://evil.example")], host=host)
             assert not await _accepted(server, [("origin", "http://127.0.0.1:1")], host=host)
             assert not await _accepted(server, [("origin", "null")], host=host)
@@ -64,7 +65,9 @@ async def test_default_origin_rule_is_same_host_or_no_origin():
 
 async def test_a_browser_client_from_another_origin_is_refused():
     async with open_test_server() as server:
-        assert await rejected_status(server.url, headers=[("origin", "https://evil.example")]) == 403
+        assert (
+            await rejected_status(server.url, headers=[("origin", "https://evil.example")]) == 403
+        )
         assert server.stats().connections == 0
 
 
@@ -78,8 +81,7 @@ async def test_allowed_origins_replace_the_default_rule():
         assert await _accepted(server, [], host=host)
         assert not await _accepted(server, [("origin", f"http://{host}")], host=host)
         assert not await _accepted(server, [("origin", "http://chat.example.com")], host=host)
-        assert not await _accepted(server, [("origin", "https://chat.example.com.evil")],
-                                   host=host)
+        assert not await _accepted(server, [("origin", "https://chat.example.com.evil")], host=host)
 
 
 async def test_a_star_allows_every_origin():
@@ -219,7 +221,7 @@ async def test_a_fragmented_message_over_the_limit_closes_1009():
                     received += chunk
             # The close frame: opcode 8, status 1009 (0x03f1).
             assert b"\x88" in received
-            close = received[received.index(b"\x88"):]
+            close = received[received.index(b"\x88") :]
             assert close[2:4] == (1009).to_bytes(2, "big")
         await _wait(lambda: server.stats().connections == 0)
 
@@ -261,7 +263,7 @@ async def test_a_huge_frame_is_cut_off_without_being_buffered():
                         pass
                     await trio.sleep_forever()
         assert sent < size
-        close = received[received.index(b"\x88"):]
+        close = received[received.index(b"\x88") :]
         assert close[2:4] == (1009).to_bytes(2, "big")
         await _wait(lambda: server.stats().connections == 0)
         assert server.metrics.closed_by_code.get("1009") == 1
@@ -273,8 +275,10 @@ async def test_a_huge_frame_is_cut_off_without_being_buffered():
 async def test_refused_clients_do_not_disturb_others():
     config = Config(port=0, max_connections=3, max_connections_per_ip=3)
     async with open_test_server(config) as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             assert await rejected_status(server.url, headers=[("origin", "http://evil")]) == 403
@@ -296,7 +300,9 @@ async def test_join_leave_and_typing_floods_are_limited_separately():
             for i in range(101):  # the window: max(4 * rate_messages, 100)
                 await client.send("join", {"room": "r"}, ref=f"j{i}")
                 frame = await client.receive()
-                codes.append(frame["type"] if frame["type"] != "error" else frame["payload"]["code"])
+                codes.append(
+                    frame["type"] if frame["type"] != "error" else frame["payload"]["code"]
+                )
             assert codes == ["joined"] * 100 + [429]
             # The chat rate is untouched.
             assert (await client.chat("r", "still fine"))["type"] == "ack"

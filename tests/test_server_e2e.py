@@ -13,9 +13,9 @@ import re
 import pytest
 import trio
 import trio_websocket
+from _raw_client import RawClient, collect_logs, open_small_socket
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from _raw_client import RawClient, collect_logs, open_small_socket
 from trio_chat import ChatAck, ChatServer, Config, DirectAck, Identity, ProtocolError
 from trio_chat.testing import TestClient, open_test_client, open_test_server
 
@@ -62,8 +62,13 @@ async def nothing_more(client: TestClient, marker_room: str, server: ChatServer)
 
 
 async def test_welcome_is_first_and_carries_the_limits():
-    config = Config(max_message_bytes=2048, max_content_chars=500, rate_messages=7,
-                    rate_seconds=3.0, ping_interval=30.0)
+    config = Config(
+        max_message_bytes=2048,
+        max_content_chars=500,
+        rate_messages=7,
+        rate_seconds=3.0,
+        ping_interval=30.0,
+    )
     async with open_test_server(config) as server:
         async with open_test_client(server, user="alice") as alice:
             welcome = alice.welcome
@@ -132,7 +137,10 @@ async def test_join_gives_members_and_history():
         async with open_test_client(server, user="alice") as alice:
             joined = await alice.join("lobby")
             assert joined["payload"] == {
-                "room": "lobby", "members": ["alice"], "history": [], "truncated": False,
+                "room": "lobby",
+                "members": ["alice"],
+                "history": [],
+                "truncated": False,
             }
             acks = [await alice.chat("lobby", f"m{i}") for i in range(1, 4)]
             assert [a["payload"]["id"] for a in acks] == [1, 2, 3]
@@ -146,13 +154,18 @@ async def test_join_gives_members_and_history():
                 assert [m["content"] for m in history] == ["m1", "m2", "m3"]
                 for message, ack in zip(history, acks, strict=True):
                     assert message == {
-                        "id": ack["payload"]["id"], "room": "lobby", "user_id": "alice",
-                        "content": message["content"], "time": ack["payload"]["time"],
+                        "id": ack["payload"]["id"],
+                        "room": "lobby",
+                        "user_id": "alice",
+                        "content": message["content"],
+                        "time": ack["payload"]["time"],
                     }
                 # alice hears that bob joined; joining again is idempotent.
                 system = await alice.receive()
-                assert system == {"type": "system",
-                                  "payload": {"event": "join", "room": "lobby", "user_id": "bob"}}
+                assert system == {
+                    "type": "system",
+                    "payload": {"event": "join", "room": "lobby", "user_id": "bob"},
+                }
                 again = await bob.join("lobby", since=2)
                 assert again["payload"]["members"] == ["alice", "bob"]
                 assert [m["id"] for m in again["payload"]["history"]] == [3]
@@ -166,10 +179,10 @@ async def test_join_since_and_truncated_history():
             for i in range(1, 6):
                 await alice.chat("r", f"m{i}")
             cases = {
-                None: ([3, 4, 5], True),   # most recent, 1 and 2 are gone
+                None: ([3, 4, 5], True),  # most recent, 1 and 2 are gone
                 0: ([3, 4, 5], True),
-                1: ([3, 4, 5], True),      # 2 is gone
-                2: ([3, 4, 5], False),     # everything after 2 is retained
+                1: ([3, 4, 5], True),  # 2 is gone
+                2: ([3, 4, 5], False),  # everything after 2 is retained
                 3: ([4, 5], False),
                 5: ([], False),
             }
@@ -182,17 +195,28 @@ async def test_join_since_and_truncated_history():
 
 async def test_leave_and_system_events():
     async with open_test_server() as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             assert (await alice.receive())["payload"] == {
-                "event": "join", "room": "lobby", "user_id": "bob"}
+                "event": "join",
+                "room": "lobby",
+                "user_id": "bob",
+            }
             await bob.send("leave", {"room": "lobby"}, ref="l1")
-            assert await bob.receive() == {"type": "left", "payload": {"room": "lobby"},
-                                           "ref": "l1"}
+            assert await bob.receive() == {
+                "type": "left",
+                "payload": {"room": "lobby"},
+                "ref": "l1",
+            }
             assert (await alice.receive())["payload"] == {
-                "event": "leave", "room": "lobby", "user_id": "bob"}
+                "event": "leave",
+                "room": "lobby",
+                "user_id": "bob",
+            }
             # bob no longer gets the room's messages.
             await alice.chat("lobby", "after")
             await bob.join("elsewhere")
@@ -204,9 +228,11 @@ async def test_leave_and_system_events():
 
 async def test_chat_reaches_others_and_the_senders_other_connections():
     async with open_test_server() as server:
-        async with open_test_client(server, user="alice") as a1, \
-                open_test_client(server, user="alice") as a2, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as a1,
+            open_test_client(server, user="alice") as a2,
+            open_test_client(server, user="bob") as bob,
+        ):
             for client in (a1, a2, bob):
                 await client.join("lobby")
             # a2's own join is no "system" event for a1: same user.
@@ -219,9 +245,16 @@ async def test_chat_reaches_others_and_the_senders_other_connections():
             assert ack["payload"]["id"] == 1
             assert ack["payload"]["room"] == "lobby"
             assert TIME.match(ack["payload"]["time"])
-            expected = {"type": "chat", "payload": {
-                "id": 1, "room": "lobby", "user_id": "alice", "content": "hello",
-                "time": ack["payload"]["time"]}}
+            expected = {
+                "type": "chat",
+                "payload": {
+                    "id": 1,
+                    "room": "lobby",
+                    "user_id": "alice",
+                    "content": "hello",
+                    "time": ack["payload"]["time"],
+                },
+            }
             assert await bob.receive() == expected
             assert await a2.receive() == expected
 
@@ -280,8 +313,10 @@ async def test_ref_deduplication_across_a_reconnect():
 
 async def test_direct_ref_deduplication():
     async with open_test_server() as server:
-        async with open_test_client(server, user="bob") as bob, \
-                open_test_client(server, user="alice") as alice:
+        async with (
+            open_test_client(server, user="bob") as bob,
+            open_test_client(server, user="alice") as alice,
+        ):
             await alice.send("direct", {"to": "bob", "content": "psst"}, ref="d-1")
             ack = await alice.receive()
             await alice.send("direct", {"to": "bob", "content": "psst"}, ref="d-1")
@@ -296,17 +331,21 @@ async def test_direct_ref_deduplication():
 
 async def test_presence_reaches_room_members_and_newcomers():
     async with open_test_server() as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob, \
-                open_test_client(server, user="loner") as loner:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+            open_test_client(server, user="loner") as loner,
+        ):
             await alice.join("lobby")
             await bob.join("lobby")
             await alice.expect("system")
             await loner.join("elsewhere")
 
             await alice.send("presence", {"status": "away", "text": "lunch"}, ref="p1")
-            expected = {"type": "presence",
-                        "payload": {"user_id": "alice", "status": "away", "text": "lunch"}}
+            expected = {
+                "type": "presence",
+                "payload": {"user_id": "alice", "status": "away", "text": "lunch"},
+            }
             assert await bob.receive() == expected
             assert await alice.receive() == expected  # never acked, no ref
             await nothing_more(loner, "elsewhere", server)
@@ -322,16 +361,20 @@ async def test_presence_reaches_room_members_and_newcomers():
 
 async def test_direct_reaches_every_connection_of_the_addressee():
     async with open_test_server() as server:
-        async with open_test_client(server, user="bob") as b1, \
-                open_test_client(server, user="bob") as b2, \
-                open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="alice") as alice2:
+        async with (
+            open_test_client(server, user="bob") as b1,
+            open_test_client(server, user="bob") as b2,
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="alice") as alice2,
+        ):
             await alice.send("direct", {"to": "bob", "content": "secret"}, ref="d7")
             ack = await alice.receive()
             assert ack["type"] == "ack" and ack["ref"] == "d7"
             assert ack["payload"]["to"] == "bob" and TIME.match(ack["payload"]["time"])
-            expected = {"type": "direct", "payload": {
-                "from": "alice", "content": "secret", "time": ack["payload"]["time"]}}
+            expected = {
+                "type": "direct",
+                "payload": {"from": "alice", "content": "secret", "time": ack["payload"]["time"]},
+            }
             assert await b1.receive() == expected
             assert await b2.receive() == expected
             # Nobody else: not the sender's other connection.
@@ -352,11 +395,31 @@ BAD_FRAMES = [
     ("payload not an object", json.dumps({"type": "join", "payload": [], "ref": "e4"}), "e4"),
     ("missing room", json.dumps({"type": "join", "payload": {}, "ref": "e5"}), "e5"),
     ("room not a string", json.dumps({"type": "join", "payload": {"room": 5}, "ref": "e6"}), "e6"),
-    ("bad room name", json.dumps({"type": "join", "payload": {"room": "no spaces"}, "ref": "e7"}), "e7"),
-    ("bad since", json.dumps({"type": "join", "payload": {"room": "r", "since": -1}, "ref": "e8"}), "e8"),
-    ("empty content", json.dumps({"type": "chat", "payload": {"room": "r", "content": ""}, "ref": "e9"}), "e9"),
-    ("content not a string", json.dumps({"type": "chat", "payload": {"room": "r", "content": 1}}), None),
-    ("bad addressee", json.dumps({"type": "direct", "payload": {"to": "", "content": "x"}, "ref": "e10"}), "e10"),
+    (
+        "bad room name",
+        json.dumps({"type": "join", "payload": {"room": "no spaces"}, "ref": "e7"}),
+        "e7",
+    ),
+    (
+        "bad since",
+        json.dumps({"type": "join", "payload": {"room": "r", "since": -1}, "ref": "e8"}),
+        "e8",
+    ),
+    (
+        "empty content",
+        json.dumps({"type": "chat", "payload": {"room": "r", "content": ""}, "ref": "e9"}),
+        "e9",
+    ),
+    (
+        "content not a string",
+        json.dumps({"type": "chat", "payload": {"room": "r", "content": 1}}),
+        None,
+    ),
+    (
+        "bad addressee",
+        json.dumps({"type": "direct", "payload": {"to": "", "content": "x"}, "ref": "e10"}),
+        "e10",
+    ),
     ("ref too long", json.dumps({"type": "join", "payload": {"room": "r"}, "ref": "x" * 65}), None),
 ]
 
@@ -415,8 +478,11 @@ async def test_direct_to_an_absent_user_is_404():
         async with open_test_client(server, user="alice") as alice:
             await alice.send("direct", {"to": "nobody", "content": "hello?"}, ref="d1")
             frame = await alice.receive()
-            assert frame == {"type": "error", "ref": "d1",
-                             "payload": {"code": 404, "message": frame["payload"]["message"]}}
+            assert frame == {
+                "type": "error",
+                "ref": "d1",
+                "payload": {"code": 404, "message": frame["payload"]["message"]},
+            }
             async with open_test_client(server, user="nobody") as nobody:
                 await alice.send("direct", {"to": "nobody", "content": "hello"}, ref="d1")
                 assert (await alice.receive())["type"] == "ack"
@@ -437,8 +503,10 @@ async def test_content_over_the_limit_is_413():
 
 async def test_rate_limit_is_429_with_retry_after_and_nothing_delivered():
     async with open_test_server(Config(rate_messages=3, rate_seconds=60)) as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+        ):
             await alice.join("r")
             await bob.join("r")
             await alice.expect("system")
@@ -456,7 +524,10 @@ async def test_rate_limit_is_429_with_retry_after_and_nothing_delivered():
             assert (await alice.join("other"))["type"] == "joined"
 
             assert [(await bob.receive())["payload"]["content"] for _ in range(3)] == [
-                "ok0", "ok1", "ok2"]
+                "ok0",
+                "ok1",
+                "ok2",
+            ]
             await nothing_more(bob, "r", server)  # the refused one never came
             assert server.stats().rate_limited == 2
 
@@ -475,6 +546,7 @@ async def test_still_flooding_after_rate_limit_errors_is_closed_1008():
 
 async def test_server_fault_is_500_and_the_connection_stays():
     async with open_test_server() as server:
+
         def fault(event):
             if getattr(event, "content", None) == "boom":
                 raise RuntimeError("injected fault")
@@ -495,8 +567,10 @@ async def test_server_fault_is_500_and_the_connection_stays():
 
 async def test_oversized_frame_is_closed_1009():
     async with open_test_server(Config(max_message_bytes=1024)) as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="bob") as bob:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="bob") as bob,
+        ):
             await alice.ws.send_message("x" * 2000)
             assert await expect_closed(alice) == 1009
             # Multi-byte characters count in bytes: 600 × 3 bytes > 1024.
@@ -532,8 +606,9 @@ async def test_twenty_invalid_frames_in_a_row_close_1008():
 
 def count_tasks() -> int:
     def walk(task) -> int:
-        return 1 + sum(walk(child) for nursery in task.child_nurseries
-                       for child in nursery.child_tasks)
+        return 1 + sum(
+            walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+        )
 
     return walk(trio.lowlevel.current_root_task())
 
@@ -601,8 +676,10 @@ def outlet_of(server: ChatServer, user: str):
 async def test_slow_consumer_is_closed_1013_while_the_room_keeps_receiving():
     with collect_logs("disconnect ") as disconnects:
         async with open_test_server(Config(queue_size=8, rate_messages=100_000)) as server:
-            async with open_test_client(server, user="bob") as bob, \
-                    open_test_client(server, user="carol") as carol:
+            async with (
+                open_test_client(server, user="bob") as bob,
+                open_test_client(server, user="carol") as carol,
+            ):
                 await bob.join("r")
                 await carol.join("r")
                 slow = await connect_stalled(server, "slow", "r")
@@ -627,8 +704,10 @@ async def test_slow_consumer_is_closed_1013_while_the_room_keeps_receiving():
                 assert events[-1].code == 1013
                 assert await slow.drain() == []
                 text = "".join(e.data for e in events[:-1])
-                ids = [json.loads(line)["payload"]["id"]
-                       for line in text.replace("}}{", "}}\n{").splitlines()]
+                ids = [
+                    json.loads(line)["payload"]["id"]
+                    for line in text.replace("}}{", "}}\n{").splitlines()
+                ]
                 assert ids == list(range(1, len(ids) + 1))
                 assert len(ids) < sent
                 await wait_until(lambda: server.stats().connections == 2)
@@ -698,17 +777,26 @@ async def test_ephemeral_events_are_dropped_not_queued_for_a_backed_up_client():
 
 async def test_publish_and_send_direct_take_the_client_path():
     async with open_test_server() as server:
-        async with open_test_client(server, user="alice") as alice, \
-                open_test_client(server, user="alice") as alice2:
+        async with (
+            open_test_client(server, user="alice") as alice,
+            open_test_client(server, user="alice") as alice2,
+        ):
             await alice.join("news")
             first = await alice.chat("news", "from a client")
             ack = await server.publish("news", "from the server", user_id="bot", ref="s-1")
             assert isinstance(ack, ChatAck)
             assert ack.id == first["payload"]["id"] + 1 == 2
             assert ack.room == "news" and TIME.match(ack.time)
-            assert await alice.receive() == {"type": "chat", "payload": {
-                "id": 2, "room": "news", "user_id": "bot", "content": "from the server",
-                "time": ack.time}}
+            assert await alice.receive() == {
+                "type": "chat",
+                "payload": {
+                    "id": 2,
+                    "room": "news",
+                    "user_id": "bot",
+                    "content": "from the server",
+                    "time": ack.time,
+                },
+            }
             # The same ref again: the same ack, nothing published.
             assert await server.publish("news", "from the server", user_id="bot", ref="s-1") == ack
             # A room with no members yet is created; history keeps it.
@@ -717,8 +805,10 @@ async def test_publish_and_send_direct_take_the_client_path():
             direct = await server.send_direct("alice", "psst", user_id="bot")
             assert isinstance(direct, DirectAck) and direct.to == "alice"
             for client in (alice, alice2):
-                assert await client.receive() == {"type": "direct", "payload": {
-                    "from": "bot", "content": "psst", "time": direct.time}}
+                assert await client.receive() == {
+                    "type": "direct",
+                    "payload": {"from": "bot", "content": "psst", "time": direct.time},
+                }
 
             async with open_test_client(server, user="bob") as bob:
                 history = (await bob.join("news"))["payload"]["history"]
@@ -727,8 +817,7 @@ async def test_publish_and_send_direct_take_the_client_path():
                 assert [m["content"] for m in history] == ["first words"]
 
             # bob's connection is gone once the server has seen its close.
-            await wait_until(lambda: server.stats().connections == 2
-                             and server.stats().users == 1)
+            await wait_until(lambda: server.stats().connections == 2 and server.stats().users == 1)
             stats = server.stats()
             assert stats.messages == 3
             assert stats.rooms == 2

@@ -12,10 +12,10 @@ import json
 import pytest
 import trio
 import trio.testing
+from _raw_client import RawClient, collect_logs, open_small_socket
 from trio_websocket import ConnectionClosed, ConnectionRejected
 from wsproto.events import CloseConnection, RejectConnection, Request
 
-from _raw_client import RawClient, collect_logs, open_small_socket
 from trio_chat import ChatServer, Config
 from trio_chat._connection import CLOSE_TIMEOUT
 from trio_chat.testing import (
@@ -219,8 +219,10 @@ async def test_shutdown_does_not_wait_for_idle_or_unfinished_requests(autojump_c
 
 async def test_drain_over_memory_streams_with_clients_that_answer(autojump_clock):
     async with open_memory_server(Config(shutdown_grace=5)) as server:
-        async with open_memory_client(server, user="a") as a, \
-                open_memory_client(server, user="b") as b:
+        async with (
+            open_memory_client(server, user="a") as a,
+            open_memory_client(server, user="b") as b,
+        ):
             await a.join("r")
             await b.join("r")
             await a.expect("system")

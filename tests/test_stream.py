@@ -86,9 +86,7 @@ async def test_write_nowait_writes_whole_data_when_the_socket_has_room() -> None
     assert pending_bytes(peer.socket) == data
 
 
-async def test_partial_write_keeps_a_tail_that_the_next_locked_write_sends_first() -> (
-    None
-):
+async def test_partial_write_keeps_a_tail_that_the_next_locked_write_sends_first() -> None:
     server, peer = stream_pair(small=True)
     wire = WireStream(server)
     first = pattern(BIG, 1)
@@ -172,9 +170,7 @@ async def test_cancelling_a_write_midway_breaks_the_stream_for_good() -> None:
     assert bytes(got) == big[: len(got)]
 
 
-async def test_cancel_while_waiting_for_the_lock_writes_nothing_and_breaks_nothing() -> (
-    None
-):
+async def test_cancel_while_waiting_for_the_lock_writes_nothing_and_breaks_nothing() -> None:
     server, peer = stream_pair(small=True)
     wire = WireStream(server)
     big = pattern(BIG, 5)
@@ -263,8 +259,7 @@ def test_concurrent_writes_arrive_whole_and_in_order(
         wire = WireStream(server)
         hub_frames = [text_frame(f"h{i}:" + "h" * n) for i, n in enumerate(hub)]
         control_frames = [
-            bytes((0x8A, n)) + (f"c{j}:" + "c" * n)[:n].encode()
-            for j, n in enumerate(control)
+            bytes((0x8A, n)) + (f"c{j}:" + "c" * n)[:n].encode() for j, n in enumerate(control)
         ]
         total = sum(map(len, hub_frames)) + sum(map(len, control_frames))
         received = bytearray()
@@ -372,9 +367,7 @@ async def test_a_write_waiting_for_room_wakes_up_when_the_socket_is_closed() -> 
         async with trio.open_nursery() as nursery:
 
             async def write() -> None:
-                with pytest.raises(
-                    (trio.ClosedResourceError, trio.BrokenResourceError)
-                ):
+                with pytest.raises((trio.ClosedResourceError, trio.BrokenResourceError)):
                     await wire.send_frames(pattern(BIG))
 
             nursery.start_soon(write)
@@ -414,9 +407,7 @@ async def test_tls_streams_take_the_queued_path() -> None:
         assert wire.write_nowait(text_frame("secret")) is False
         assert pending_bytes(a.socket) == b""
         await wire.send_frames(text_frame("secret"))
-        assert await read_exactly(client, len(text_frame("secret"))) == text_frame(
-            "secret"
-        )
+        assert await read_exactly(client, len(text_frame("secret"))) == text_frame("secret")
 
 
 async def test_outlet_over_memory_streams_always_queues() -> None:
@@ -621,12 +612,8 @@ async def test_echoes_and_pushes_interleave_whole() -> None:
         frames, rest = client.frames()
         assert rest == b""
         texts = [f.text for f in frames if f.opcode == OP_TEXT]
-        assert [t for t in texts if t.startswith("m")] == [
-            body(i) for i in range(count)
-        ]
-        assert [t for t in texts if t.startswith("push")] == [
-            f"push{i}" for i in range(count)
-        ]
+        assert [t for t in texts if t.startswith("m")] == [body(i) for i in range(count)]
+        assert [t for t in texts if t.startswith("push")] == [f"push{i}" for i in range(count)]
         assert all(f.fin for f in frames)
         assert len(client.wsproto_frames()) == len(frames)
 
@@ -729,9 +716,7 @@ async def test_server_close_drops_queued_frames_and_sends_nothing_after() -> Non
         assert all(b"after close" not in f.payload for f in frames)
 
 
-async def test_a_write_timeout_aborts_without_a_close_frame_after_half_a_frame() -> (
-    None
-):
+async def test_a_write_timeout_aborts_without_a_close_frame_after_half_a_frame() -> None:
     config = Config(port=0, write_timeout=0.3, queue_size=100_000)
     async with open_served_connection(config) as served:
         outlet, client = served.outlet, served.client

@@ -49,8 +49,11 @@ def connect_command(url: str, *args: str) -> list[str]:
 
 async def run_piped(url: str, stdin: bytes, *args: str) -> subprocess.CompletedProcess:
     return await trio.run_process(
-        connect_command(url, *args), stdin=stdin,
-        capture_stdout=True, capture_stderr=True, check=False,
+        connect_command(url, *args),
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
 
 
@@ -59,10 +62,15 @@ async def terminal(url: str, *args: str):
     """The terminal client as a subprocess with piped stdin and stdout."""
     command = connect_command(url, *args)
     async with trio.open_nursery() as nursery:
-        process = await nursery.start(functools.partial(
-            trio.run_process, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            check=False,
-        ))
+        process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
         try:
             yield process
         finally:
@@ -86,16 +94,15 @@ async def test_printf_hi_quit_sends_waits_for_the_ack_and_exits_0():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
             await bob.join(ROOM)
-            result = await run_piped(
-                server.url, b"hi\n/quit\n", "--room", ROOM, "--user", "carol"
-            )
+            result = await run_piped(server.url, b"hi\n/quit\n", "--room", ROOM, "--user", "carol")
             out = result.stdout.decode()
             assert result.returncode == 0, (out, result.stderr.decode())
             [message] = await chats(bob, 1)
             assert (message.user_id, message.content) == ("carol", "hi")
             # The sender printed its own message once acknowledged.
-            assert any(LINE.match(line) and line.endswith("carol: hi")
-                       for line in out.splitlines()), out
+            assert any(
+                LINE.match(line) and line.endswith("carol: hi") for line in out.splitlines()
+            ), out
             assert "* joined lobby" in out
 
 
@@ -115,9 +122,7 @@ async def test_end_of_input_exits_after_pending_acks_with_commands():
                 "/leave other\n"
                 "//slash\n"
             )
-            result = await run_piped(
-                server.url, script.encode(), "--room", ROOM, "--user", "carol"
-            )
+            result = await run_piped(server.url, script.encode(), "--room", ROOM, "--user", "carol")
             out = result.stdout.decode()
             assert result.returncode == 0, (out, result.stderr.decode())
             events = []
@@ -130,10 +135,16 @@ async def test_end_of_input_exits_after_pending_acks_with_commands():
             assert seen == [(ROOM, "one"), (ROOM, "two"), ("other", "in other"), (ROOM, "/slash")]
             [dm] = [e for e in events if isinstance(e, DirectMessage)]
             assert (dm.from_, dm.content) == ("carol", "psst")
-            assert any(isinstance(e, PresenceUpdate) and (e.user_id, e.status, e.text)
-                       == ("carol", "away", "lunch") for e in events)
-            assert any(isinstance(e, System) and (e.event, e.room, e.user_id)
-                       == ("leave", "other", "carol") for e in events)
+            assert any(
+                isinstance(e, PresenceUpdate)
+                and (e.user_id, e.status, e.text) == ("carol", "away", "lunch")
+                for e in events
+            )
+            assert any(
+                isinstance(e, System)
+                and (e.event, e.room, e.user_id) == ("leave", "other", "carol")
+                for e in events
+            )
             assert "(dm to bob) carol: psst" in out
             assert "* left other" in out
 
@@ -152,11 +163,16 @@ async def test_incoming_events_are_printed_as_lines():
                 assert match and match.group(1) == "bob"
                 assert match.group(2) == "hello \N{REPLACEMENT CHARACTER}[31mcarol"
                 await bob.direct("carol", "private")
-                assert await output.until(lambda line: line.startswith("(dm)")) == "(dm) bob: private"
+                assert (
+                    await output.until(lambda line: line.startswith("(dm)")) == "(dm) bob: private"
+                )
                 await bob.set_presence("busy")
                 assert await output.until(lambda line: "busy" in line) == "* bob is busy"
                 await process.stdin.send_all(b"/who\n")
-                assert await output.until(lambda line: line.startswith("* in ")) == "* in lobby: bob, carol"
+                assert (
+                    await output.until(lambda line: line.startswith("* in "))
+                    == "* in lobby: bob, carol"
+                )
                 await process.stdin.send_all(b"/nonsense\n/quit\n")
                 assert (await output.until(lambda line: line.startswith("!"))).startswith(
                     "! unknown command"
@@ -209,7 +225,9 @@ async def test_input_from_a_regular_file(tmp_path):
             with script.open("rb") as stdin:
                 result = await trio.run_process(
                     connect_command(server.url, "--room", ROOM, "--user", "erin"),
-                    stdin=stdin, capture_stdout=True, check=False,
+                    stdin=stdin,
+                    capture_stdout=True,
+                    check=False,
                 )
             assert result.returncode == 0, result.stdout.decode()
             [message] = await chats(bob, 1)

@@ -13,9 +13,9 @@ import functools
 import pytest
 import trio
 import trio.testing
+from _raw_client import RawClient, collect_logs
 from wsproto.events import CloseConnection, Ping, TextMessage
 
-from _raw_client import RawClient, collect_logs
 from trio_chat import ChatServer, Config
 from trio_chat._connection import CLOSE_TIMEOUT
 from trio_chat.testing import open_memory_client, open_memory_server

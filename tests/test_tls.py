@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio_websocket
 import trustme
-
 from http_support import http_request, open_http
+
 from trio_chat import Config
 from trio_chat._auth import make_token
 from trio_chat._config import ConfigError
@@ -72,8 +72,10 @@ async def test_wss_chat_round_trip(tls_files, client_context):
     certfile, keyfile = tls_files
     async with open_test_server(Config(port=0, certfile=certfile, keyfile=keyfile)) as server:
         assert server.url.startswith("wss://")
-        async with wss_client(server.url + "?user=alice", client_context) as (alice, _), \
-                wss_client(server.url + "?user=bob", client_context) as (bob, _):
+        async with (
+            wss_client(server.url + "?user=alice", client_context) as (alice, _),
+            wss_client(server.url + "?user=bob", client_context) as (bob, _),
+        ):
             await send(alice, "join", {"room": "lobby"})
             await expect(alice, "joined")
             await send(bob, "join", {"room": "lobby"})
@@ -159,9 +161,21 @@ def test_certfile_and_keyfile_go_together(tls_files):
 async def test_cli_serves_wss(tls_files, client_context):
     certfile, keyfile = tls_files
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_chat", "serve", "--port", "0",
-         "--certfile", certfile, "--keyfile", keyfile],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "trio_chat",
+            "serve",
+            "--port",
+            "0",
+            "--certfile",
+            certfile,
+            "--keyfile",
+            keyfile,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
     )
     try:
         line = b""

@@ -12,7 +12,6 @@ reports the connection closed.
 from importlib.metadata import version
 
 import pytest
-
 import trio
 import trio.testing
 import trio_websocket
@@ -32,8 +31,9 @@ PINNED = "0.12.2"
 def test_pinned_version_and_internal_names():
     assert version("trio-websocket") == PINNED
     for name in ("_send_channel", "_recv_channel"):
-        ws, dispatch = new_server_websocket(trio.testing.memory_stream_pair()[0],
-                                            max_message_size=100)
+        ws, dispatch = new_server_websocket(
+            trio.testing.memory_stream_pair()[0], max_message_size=100
+        )
         assert getattr(ws, name) is dispatch
     assert callable(WebSocketConnection._reader_task)
     assert callable(WebSocketConnection._get_request)

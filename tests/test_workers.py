@@ -18,18 +18,31 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
-from trio_websocket import ConnectionClosed
-
 from http_support import http_request
 from redis_helpers import RedisServer, redis_server, start_chat_process  # noqa: F401
+from trio_websocket import ConnectionClosed
+
 from trio_chat.testing import TestClient, open_test_client
 
 FAST = "?timeout=0.5&heartbeat=0.2&node_ttl=2"
 
 
 def _args(redis: RedisServer) -> list[str]:
-    return ["serve", "--host", "127.0.0.1", "--port", "0", "--workers", "2",
-            "--redis-url", redis.url + FAST, "--shutdown-grace", "3", "--log-level", "info"]
+    return [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--redis-url",
+        redis.url + FAST,
+        "--shutdown-grace",
+        "3",
+        "--log-level",
+        "info",
+    ]
 
 
 def _children(pid: int) -> set[int]:
@@ -58,7 +71,9 @@ async def _nodes(port: int, tries: int = 40) -> dict[str, int]:
 def test_workers_without_redis_are_refused_with_a_clear_message():
     result = subprocess.run(
         [sys.executable, "-m", "trio_chat", "serve", "--port", "0", "--workers", "2"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={k: v for k, v in os.environ.items() if k != "TRIO_CHAT_REDIS_URL"},
     )
     assert result.returncode == 2
@@ -69,9 +84,20 @@ def test_workers_without_redis_are_refused_with_a_clear_message():
 def test_a_bad_redis_url_is_refused_before_anything_starts():
     for command in (["--workers", "2"], []):
         result = subprocess.run(
-            [sys.executable, "-m", "trio_chat", "serve", "--port", "0",
-             "--redis-url", "http://127.0.0.1:6379/0", *command],
-            capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "trio_chat",
+                "serve",
+                "--port",
+                "0",
+                "--redis-url",
+                "http://127.0.0.1:6379/0",
+                *command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 2, result.stderr
         assert "redis_url: expected redis://HOST:PORT/DB" in result.stderr
@@ -88,7 +114,8 @@ async def test_two_workers_share_the_port_and_rooms_and_drain_on_sigterm(redis_s
                 # Connect until both workers serve somebody.
                 while True:
                     client = await stack.enter_async_context(
-                        open_test_client(parent.url, user=f"u{len(clients)}"))
+                        open_test_client(parent.url, user=f"u{len(clients)}")
+                    )
                     await client.join("lobby")
                     clients.append(client)
                     nodes = await _nodes(parent.port)

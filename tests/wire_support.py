@@ -103,11 +103,7 @@ def parse_frames(data: bytes) -> tuple[list[Frame], bytes]:
             head = 10
         if n - pos < head + length:
             break
-        frames.append(
-            Frame(
-                opcode, bool(b0 & 0x80), bytes(data[pos + head : pos + head + length])
-            )
-        )
+        frames.append(Frame(opcode, bool(b0 & 0x80), bytes(data[pos + head : pos + head + length])))
         pos += head + length
     return frames, bytes(data[pos:])
 
@@ -116,9 +112,7 @@ def assert_nothing_after_close(frames: list[Frame], rest: bytes) -> Frame | None
     """At most one close frame, and if there is one, nothing after it."""
     for i, frame in enumerate(frames):
         if frame.opcode == OP_CLOSE:
-            assert i == len(frames) - 1, (
-                f"frames after the close frame: {frames[i + 1 :]!r}"
-            )
+            assert i == len(frames) - 1, f"frames after the close frame: {frames[i + 1 :]!r}"
             assert rest == b"", f"bytes after the close frame: {rest[:40]!r}"
             return frame
     return None

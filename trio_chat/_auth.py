@@ -20,11 +20,11 @@ import jwt
 from ._protocol import USER_PATTERN, is_valid_room, is_valid_user_id
 
 __all__ = [
+    "AnonymousAuthenticator",
+    "Authenticator",
     "HandshakeRequest",
     "Identity",
     "Rejection",
-    "Authenticator",
-    "AnonymousAuthenticator",
     "TokenAuthenticator",
     "make_token",
     "room_allowed",

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import trio
+import trio.lowlevel
 
 from ._backplane_lua import DEREGISTER, SCRIPTS
 from ._backplane_state import (
@@ -290,8 +291,11 @@ class Backplane:
         from coredis.retry import NoRetryPolicy
 
         client = coredis.Redis.from_url(
-            self.url, decode_responses=True, retry_policy=NoRetryPolicy(),
-            connect_timeout=self.timeout, client_name=f"trio_chat:{self.node}",
+            self.url,
+            decode_responses=True,
+            retry_policy=NoRetryPolicy(),
+            connect_timeout=self.timeout,
+            client_name=f"trio_chat:{self.node}",
         )
         # Setting up must finish in time; serving then lasts until a failure.
         with trio.CancelScope(deadline=trio.current_time() + 2 * self.timeout) as scope:
@@ -300,8 +304,10 @@ class Backplane:
                 for name, lua in SCRIPTS.items():
                     self._shas[name] = await client.script_load(lua)
                 pubsub = client.pubsub(
-                    patterns=[self.prefix + "ch:*"], retry_policy=None,
-                    ignore_subscribe_messages=True, subscription_timeout=self.timeout,
+                    patterns=[self.prefix + "ch:*"],
+                    retry_policy=None,
+                    ignore_subscribe_messages=True,
+                    subscription_timeout=self.timeout,
                 )
                 async with pubsub, trio.open_nursery() as nursery:
                     nursery.start_soon(self._subscriber, pubsub)
@@ -333,7 +339,7 @@ class Backplane:
             batch = [await receive.receive()]
             quiet = 0
             while len(batch) < PUMP_BATCH and quiet < PUMP_QUIET_ROUNDS:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 before = len(batch)
                 while len(batch) < PUMP_BATCH:
                     try:
@@ -357,7 +363,8 @@ class Backplane:
                 continue
             with trio.fail_after(self.timeout):
                 answer = await client.evalsha(
-                    self._shas["heartbeat"], keys=[],
+                    self._shas["heartbeat"],
+                    keys=[],
                     args=[self.prefix, self.node, ttl, state.epoch or ""],
                 )
             if answer == "lost":
@@ -402,7 +409,8 @@ class Backplane:
                 groups.append([op])
         async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
             requests = [
-                self._chats(pipe, group) if type(group[0]) is ChatOp
+                self._chats(pipe, group)
+                if type(group[0]) is ChatOp
                 else self._command(pipe, group[0])
                 for group in groups
             ]
@@ -425,8 +433,16 @@ class Backplane:
     def _chats(self, pipe: Any, ops: list[ChatOp]) -> Any:
         args: list[Any] = [self.prefix, ops[0].epoch, self.ref_memory, self.retain]
         for op in ops:
-            args += [op.room, op.user_id, op.ref or "", "1" if op.create else "0",
-                     op.prefix, op.suffix, op.origin, ack_memo(op)]
+            args += [
+                op.room,
+                op.user_id,
+                op.ref or "",
+                "1" if op.create else "0",
+                op.prefix,
+                op.suffix,
+                op.origin,
+                ack_memo(op),
+            ]
         return self._script(pipe, "chats", args)
 
     def _script(self, pipe: Any, name: str, args: list[Any], keys: list[str] | None = None) -> Any:
@@ -436,21 +452,41 @@ class Backplane:
         p = self.prefix
         if isinstance(op, DirectOp):
             user, to = op.user_id, op.to
-            return self._script(pipe, "direct", [
-                op.epoch, op.ref or "", self.ref_memory, to, op.frame, op.origin,
-                MIN_RETAIN, f"{p}ch:u:{to}", ack_memo(op),
-            ], [f"{p}epoch", f"{p}refs:{user}", f"{p}refq:{user}", f"{p}online",
-                f"{p}dmseq:{to}", f"{p}dm:{to}"])
+            return self._script(
+                pipe,
+                "direct",
+                [
+                    op.epoch,
+                    op.ref or "",
+                    self.ref_memory,
+                    to,
+                    op.frame,
+                    op.origin,
+                    MIN_RETAIN,
+                    f"{p}ch:u:{to}",
+                    ack_memo(op),
+                ],
+                [
+                    f"{p}epoch",
+                    f"{p}refs:{user}",
+                    f"{p}refq:{user}",
+                    f"{p}online",
+                    f"{p}dmseq:{to}",
+                    f"{p}dm:{to}",
+                ],
+            )
         if isinstance(op, FillOp):
             key = f"{p}log:{op.name}" if op.kind == "r" else f"{p}dm:{op.name}"
             start = f"({op.after}-0" if op.after else "-"
             return pipe.xrange(key, start, "+", count=FILL_COUNT)
         if isinstance(op, MemberOp):
-            return self._script(pipe, "member", [p, self.node, op.room, op.user_id,
-                                                 "1" if op.joined else "0"])
+            return self._script(
+                pipe, "member", [p, self.node, op.room, op.user_id, "1" if op.joined else "0"]
+            )
         if isinstance(op, OnlineOp):
-            return self._script(pipe, "online", [p, self.node, op.user_id,
-                                                 "1" if op.online else "0"])
+            return self._script(
+                pipe, "online", [p, self.node, op.user_id, "1" if op.online else "0"]
+            )
         if isinstance(op, LoadOp):
             return self._script(pipe, "load", [p, op.room, op.count])
         if isinstance(op, TypingOp):
@@ -463,10 +499,19 @@ class Backplane:
             return self._script(pipe, "floor", [p, op.room, op.floor])
         if isinstance(op, SyncOp):
             candidate = secrets.token_hex(8)
-            return self._script(pipe, "sync", [
-                p, self.node, int(self.node_ttl * 1000), candidate, len(op.entries),
-                *op.entries, *op.inbox_users,
-            ])
+            return self._script(
+                pipe,
+                "sync",
+                [
+                    p,
+                    self.node,
+                    int(self.node_ttl * 1000),
+                    candidate,
+                    len(op.entries),
+                    *op.entries,
+                    *op.inbox_users,
+                ],
+            )
         raise TypeError(f"not an op: {op!r}")  # pragma: no cover
 
     @staticmethod
@@ -475,8 +520,11 @@ class Backplane:
             return tuple(raw)
         if isinstance(op, FillOp):
             return [
-                (int(e.identifier.partition("-")[0]), e.field_values.get("o", "-"),
-                 e.field_values["f"])
+                (
+                    int(e.identifier.partition("-")[0]),
+                    e.field_values.get("o", "-"),
+                    e.field_values["f"],
+                )
                 for e in raw
             ]
         if isinstance(op, OnlineOp):
@@ -487,8 +535,13 @@ class Backplane:
             for entry_id, fields in reversed(entries):
                 values = dict(zip(fields[::2], fields[1::2]))
                 parsed.append((int(entry_id.partition("-")[0]), values.get("o", "-"), values["f"]))
-            return LoadResult(int(last), parsed, list(members), int(version),
-                              dict(zip(presence[::2], presence[1::2])))
+            return LoadResult(
+                int(last),
+                parsed,
+                list(members),
+                int(version),
+                dict(zip(presence[::2], presence[1::2])),
+            )
         if isinstance(op, MembersOp):
             return int(raw[0]), list(raw[1])
         if isinstance(op, SyncOp):
@@ -504,7 +557,9 @@ class Backplane:
         with trio.move_on_after(timeout):
             try:
                 client = coredis.Redis.from_url(
-                    self.url, decode_responses=True, retry_policy=NoRetryPolicy(),
+                    self.url,
+                    decode_responses=True,
+                    retry_policy=NoRetryPolicy(),
                     connect_timeout=timeout,
                 )
                 async with client:
@@ -528,7 +583,11 @@ class BackplaneHub(Hub):
     """
 
     def __init__(
-        self, state: ClusterState, backplane: Backplane, *, inbox_size: int = 4096,
+        self,
+        state: ClusterState,
+        backplane: Backplane,
+        *,
+        inbox_size: int = 4096,
         startup_wait: float = 3.0,
     ) -> None:
         super().__init__(state, inbox_size=inbox_size)  # type: ignore[arg-type]
@@ -551,8 +610,10 @@ class BackplaneHub(Hub):
                 with trio.move_on_after(self.startup_wait):
                     await self.synced.wait()
                 if not self.synced.is_set():
-                    log.warning("Redis backplane not reachable yet (%s): chat answers 503 "
-                                "until it is", self.backplane.last_error or "no answer")
+                    log.warning(
+                        "Redis backplane not reachable yet (%s): chat answers 503 until it is",
+                        self.backplane.last_error or "no answer",
+                    )
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -574,7 +635,12 @@ class BackplaneHub(Hub):
         return reply.value
 
     async def publish(
-        self, room: str, content: str, *, user_id: str, ref: str | None = None,
+        self,
+        room: str,
+        content: str,
+        *,
+        user_id: str,
+        ref: str | None = None,
         create: bool = True,
     ) -> Any:
         return await self._await_reply(
@@ -583,12 +649,11 @@ class BackplaneHub(Hub):
             )
         )
 
-    async def direct(
-        self, to: str, content: str, *, user_id: str, ref: str | None = None
-    ) -> Any:
+    async def direct(self, to: str, content: str, *, user_id: str, ref: str | None = None) -> Any:
         return await self._await_reply(
-            lambda state, now, reply: state.direct(user_id, to, content, now, ref=ref,
-                                                   reply_to=reply)
+            lambda state, now, reply: state.direct(
+                user_id, to, content, now, ref=ref, reply_to=reply
+            )
         )
 
     # ----------------------------------------------------- the actor
@@ -602,8 +667,10 @@ class BackplaneHub(Hub):
             for op, result in command.items:
                 self._guarded(state.on_result, op, result)
             if state.lost != lost:
-                log.warning("%d messages were trimmed from Redis before this process "
-                            "could deliver them", state.lost - lost)
+                log.warning(
+                    "%d messages were trimmed from Redis before this process could deliver them",
+                    state.lost - lost,
+                )
         elif kind is _Messages:
             self.counters.commands += 1
             self._guarded(self.state.on_messages, command.items)
@@ -683,4 +750,3 @@ def attach_backplane(server: ChatServer, url: str | None = None, **options: Any)
     server.metrics.backplane_up = lambda: state.up
     server.health_checks.append(hub.health)
     return hub
-

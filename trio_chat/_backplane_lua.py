@@ -10,7 +10,7 @@ version), ``t`` typing, ``p`` presence.
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS", "DEREGISTER"]
+__all__ = ["DEREGISTER", "SCRIPTS"]
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -109,7 +109,9 @@ end
 #: stream, publish it, remember the ref.  ARGV: prefix, epoch, ref memory,
 #: retain, then 8 per message: room, user, ref, create ('1'/'0'), frame
 #: prefix, frame suffix, origin, memo.  Answers one result per message.
-_CHATS = _REMEMBER + r"""
+_CHATS = (
+    _REMEMBER
+    + r"""
 local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local same_epoch = redis.call('GET', P .. 'epoch') == epoch
 local out = {}
@@ -143,10 +145,13 @@ for i = 5, #ARGV, 8 do
 end
 return out
 """
+)
 
 #: KEYS: epoch, refs, refq, online, dmseq, dm.  ARGV: epoch, ref, ref memory,
 #: to, frame, origin, retain, channel, memo.
-_DIRECT = _REMEMBER + r"""
+_DIRECT = (
+    _REMEMBER
+    + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
 local ref = ARGV[2]
 if ref ~= '' then
@@ -161,23 +166,32 @@ redis.call('PUBLISH', ARGV[8], 'm ' .. id .. ' ' .. ARGV[6] .. ' - ' .. ARGV[5])
 if ref ~= '' then remember(KEYS[2], KEYS[3], ref, ARGV[9], ARGV[3]) end
 return {'ok', id}
 """
+)
 
 #: ARGV: prefix, node, room, user, '1' (join) or '0' (leave).
-_MEMBER = _COMMON + r"""
+_MEMBER = (
+    _COMMON
+    + r"""
 if ARGV[5] == '1' then member_add(ARGV[2], ARGV[3], ARGV[4])
 else member_del(ARGV[2], ARGV[3], ARGV[4]) end
 return 1
 """
+)
 
 #: ARGV: prefix, node, user, '1' (online: answers the inbox id) or '0'.
-_ONLINE = _COMMON + r"""
+_ONLINE = (
+    _COMMON
+    + r"""
 if ARGV[4] == '1' then return online_add(ARGV[2], ARGV[3]) end
 online_del(ARGV[2], ARGV[3])
 return 0
 """
+)
 
 #: ARGV: prefix, room, history count.
-_LOAD = _COMMON + r"""
+_LOAD = (
+    _COMMON
+    + r"""
 local room = ARGV[2]
 local last = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
 local entries = {}
@@ -196,33 +210,45 @@ for _, user in ipairs(members) do
 end
 return {last, entries, members, version, presence}
 """
+)
 
 #: ARGV: prefix, room.
-_MEMBERS = _COMMON + r"""
+_MEMBERS = (
+    _COMMON
+    + r"""
 local version = tonumber(redis.call('GET', P .. 'mver:' .. ARGV[2]) or '0')
 return {version, redis.call('HKEYS', P .. 'members:' .. ARGV[2])}
 """
+)
 
 #: ARGV: prefix, node, user, frame.
-_PRESENCE = _COMMON + r"""
+_PRESENCE = (
+    _COMMON
+    + r"""
 if redis.call('HEXISTS', P .. 'online', ARGV[3]) == 1 then
   redis.call('HSET', P .. 'presence', ARGV[3], ARGV[4])
 end
 redis.call('PUBLISH', P .. 'ch:p', 'p 0 ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 return 1
 """
+)
 
 #: ARGV: prefix, room, floor.
-_FLOOR = _COMMON + r"""
+_FLOOR = (
+    _COMMON
+    + r"""
 local key = P .. 'seq:' .. ARGV[2]
 if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[3]) then
   redis.call('SET', key, ARGV[3])
 end
 return 1
 """
+)
 
 #: ARGV: prefix, node, ttl ms, candidate epoch, n, n entries, inbox users...
-_SYNC = _COMMON + r"""
+_SYNC = (
+    _COMMON
+    + r"""
 local node = ARGV[2]
 local epoch = redis.call('GET', P .. 'epoch')
 if not epoch then
@@ -247,9 +273,12 @@ for i = 6 + n, #ARGV do
 end
 return {epoch, ids}
 """
+)
 
 #: ARGV: prefix, node, ttl ms, epoch.  Also removes processes that expired.
-_HEARTBEAT = _COMMON + r"""
+_HEARTBEAT = (
+    _COMMON
+    + r"""
 local node = ARGV[2]
 local now = now_ms()
 for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'procs', '-inf', now)) do
@@ -261,12 +290,16 @@ end
 redis.call('ZADD', P .. 'procs', now + tonumber(ARGV[3]), node)
 return 'ok'
 """
+)
 
 #: ARGV: prefix, node.
-DEREGISTER = _COMMON + r"""
+DEREGISTER = (
+    _COMMON
+    + r"""
 drop_node(ARGV[2])
 return 1
 """
+)
 
 SCRIPTS = {
     "chats": _CHATS,

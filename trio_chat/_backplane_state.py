@@ -58,24 +58,24 @@ from ._protocol import (
 )
 
 __all__ = [
-    "ClusterState",
-    "RawEvent",
-    "Op",
+    "FILL_COUNT",
+    "UNAVAILABLE",
     "ChatOp",
+    "ClusterState",
     "DirectOp",
-    "MemberOp",
-    "OnlineOp",
-    "LoadOp",
-    "LoadResult",
-    "PresenceOp",
-    "TypingOp",
     "FillOp",
     "FloorOp",
+    "LoadOp",
+    "LoadResult",
+    "MemberOp",
     "MembersOp",
+    "OnlineOp",
+    "Op",
+    "PresenceOp",
+    "RawEvent",
     "SyncOp",
+    "TypingOp",
     "Unavailable",
-    "UNAVAILABLE",
-    "FILL_COUNT",
 ]
 
 Key = Hashable
@@ -318,8 +318,15 @@ def chat_frame_parts(room: str, user_id: str, content: str, time: str) -> tuple[
     and times need no JSON escaping (their patterns exclude it).
     """
     return _CHAT_PREFIX, (
-        ',"room":"' + room + '","user_id":"' + user_id + '","content":'
-        + json.dumps(content, ensure_ascii=False) + ',"time":"' + time + '"}}'
+        ',"room":"'
+        + room
+        + '","user_id":"'
+        + user_id
+        + '","content":'
+        + json.dumps(content, ensure_ascii=False)
+        + ',"time":"'
+        + time
+        + '"}}'
     )
 
 
@@ -463,8 +470,15 @@ class ClusterState:
                 raise ProtocolError(
                     403, f"join room {event.room!r} before chatting in it", event.ref
                 )
-            self.publish(conn.user_id, event.room, event.content, now,
-                         ref=event.ref, reply_to=key, origin=conn.origin)
+            self.publish(
+                conn.user_id,
+                event.room,
+                event.content,
+                now,
+                ref=event.ref,
+                reply_to=key,
+                origin=conn.origin,
+            )
             return []
         if isinstance(event, Join):
             return self._join(key, conn, event)
@@ -473,17 +487,22 @@ class ClusterState:
                 key, conn, event.room
             )
         if isinstance(event, Direct):
-            self.direct(conn.user_id, event.to, event.content, now,
-                        ref=event.ref, reply_to=key, origin=conn.origin)
+            self.direct(
+                conn.user_id,
+                event.to,
+                event.content,
+                now,
+                ref=event.ref,
+                reply_to=key,
+                origin=conn.origin,
+            )
             return []
         if isinstance(event, Presence):
             return self._presence_local(conn.user_id, event)
         if isinstance(event, Typing):
             room = self._rooms.get(event.room)
             if room is None or key not in room.conns:
-                raise ProtocolError(
-                    403, f"join room {event.room!r} before typing in it", event.ref
-                )
+                raise ProtocolError(403, f"join room {event.room!r} before typing in it", event.ref)
             frame = TypingNotice(event.room, conn.user_id).to_json()
             if self.up:
                 self._ops.append(TypingOp(event.room, conn.user_id, conn.origin, frame))
@@ -510,8 +529,11 @@ class ClusterState:
             raise ProtocolError(503, UNAVAILABLE, ref)
         time = format_time(now)
         prefix, suffix = chat_frame_parts(room, user_id, content, time)
-        self._ops.append(ChatOp(room, user_id, prefix, suffix, time, ref, origin,
-                                create, self.epoch or "", reply_to))
+        self._ops.append(
+            ChatOp(
+                room, user_id, prefix, suffix, time, ref, origin, create, self.epoch or "", reply_to
+            )
+        )
 
     def direct(
         self,
@@ -529,8 +551,9 @@ class ClusterState:
             raise ProtocolError(503, UNAVAILABLE, ref)
         time = format_time(now)
         frame = DirectMessage(user_id, content, time).to_json()
-        self._ops.append(DirectOp(user_id, to, frame, time, ref, origin,
-                                  self.epoch or "", reply_to))
+        self._ops.append(
+            DirectOp(user_id, to, frame, time, ref, origin, self.epoch or "", reply_to)
+        )
 
     # ------------------------------------------------------------ rooms
 
@@ -564,7 +587,9 @@ class ClusterState:
             return []
         return self._joined(key, name, room, conn.user_id, event)
 
-    def _joined(self, key: Key, name: str, room: _Room, user_id: str, event: Join) -> list[Delivery]:
+    def _joined(
+        self, key: Key, name: str, room: _Room, user_id: str, event: Join
+    ) -> list[Delivery]:
         history, truncated = room.after(event.since)
         members = self.members(name)
         deliveries = [Delivery(Joined(name, members, history, truncated, event.ref), (key,))]
@@ -883,7 +908,9 @@ class ClusterState:
             return []
         return []  # presence, typing, floor: nothing to answer
 
-    def _answer(self, reply_to: Any, ack: ServerEvent | None, error: ProtocolError | None) -> list[Delivery]:
+    def _answer(
+        self, reply_to: Any, ack: ServerEvent | None, error: ProtocolError | None
+    ) -> list[Delivery]:
         if reply_to is None:
             return []
         if hasattr(reply_to, "resolve"):
@@ -905,7 +932,9 @@ class ClusterState:
         status = result[0]
         if status == "ok":
             self.messages += 1
-            return self._answer(op.reply_to, ChatAck(int(result[1]), op.room, op.time, op.ref), None)
+            return self._answer(
+                op.reply_to, ChatAck(int(result[1]), op.room, op.time, op.ref), None
+            )
         if status == "dup":
             return self._answer(op.reply_to, parse_ack(result[1], op.ref), None)
         if status == "noroom":
@@ -985,8 +1014,13 @@ class ClusterState:
 
 def _system_frame(event: str, room: str, user_id: str) -> str:
     return (
-        '{"type":"system","payload":{"event":"' + event + '","room":"' + room
-        + '","user_id":"' + user_id + '"}}'
+        '{"type":"system","payload":{"event":"'
+        + event
+        + '","room":"'
+        + room
+        + '","user_id":"'
+        + user_id
+        + '"}}'
     )
 
 

@@ -43,17 +43,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
     _add_setting_flags(serve, [n for n in SETTINGS if n not in _NOT_FLAGS])
     serve.add_argument(
-        "--allowed-origin", dest="allowed_origins", action="append", default=None,
+        "--allowed-origin",
+        dest="allowed_origins",
+        action="append",
+        default=None,
         metavar="ORIGIN",
         help="allowed browser Origin, repeatable (default: same host; env "
-             "TRIO_CHAT_ALLOWED_ORIGINS, comma-separated)",
+        "TRIO_CHAT_ALLOWED_ORIGINS, comma-separated)",
     )
 
     echo = commands.add_parser("echo", help="run a plain WebSocket echo server on /ws")
     echo.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
-    _add_setting_flags(echo, ["host", "port", "max_message_bytes", "ping_interval",
-                              "pong_timeout", "write_timeout", "handshake_timeout",
-                              "shutdown_grace", "queue_size", "log_level", "log_format"])
+    _add_setting_flags(
+        echo,
+        [
+            "host",
+            "port",
+            "max_message_bytes",
+            "ping_interval",
+            "pong_timeout",
+            "write_timeout",
+            "handshake_timeout",
+            "shutdown_grace",
+            "queue_size",
+            "log_level",
+            "log_format",
+        ],
+    )
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("user", help="the user id (the token's sub)")
@@ -99,9 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_workers(config, sys.argv[1:] if argv is None else list(argv))
             return _serve(config, echo=False)
         if args.command == "echo":
-            config = _load(args, ["host", "port", "max_message_bytes", "ping_interval",
-                                  "pong_timeout", "write_timeout", "handshake_timeout",
-                                  "shutdown_grace", "queue_size", "log_level", "log_format"])
+            config = _load(
+                args,
+                [
+                    "host",
+                    "port",
+                    "max_message_bytes",
+                    "ping_interval",
+                    "pong_timeout",
+                    "write_timeout",
+                    "handshake_timeout",
+                    "shutdown_grace",
+                    "queue_size",
+                    "log_level",
+                    "log_format",
+                ],
+            )
             if args.max_message_bytes is None and "TRIO_CHAT_MAX_MESSAGE_BYTES" not in os.environ:
                 config = attrs.evolve(config, max_message_bytes=16 * 1024 * 1024)
             return _serve(config, echo=True)
@@ -129,7 +158,9 @@ def _token(args: argparse.Namespace) -> int:
     if args.rooms is not None:
         rooms = [r.strip() for r in args.rooms.split(",") if r.strip()]
     try:
-        token = make_token(secret, args.user, ttl=_parse_ttl(args.ttl), rooms=rooms, admin=args.admin)
+        token = make_token(
+            secret, args.user, ttl=_parse_ttl(args.ttl), rooms=rooms, admin=args.admin
+        )
     except ValueError as exc:
         raise ConfigError(f"user: {exc}") from None
     print(token)
@@ -150,8 +181,9 @@ def _serve(config: Config, *, echo: bool, listeners: list | None = None) -> int:
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(lambda task_status: server.serve(
-                    listeners=listeners, task_status=task_status))
+                await nursery.start(
+                    lambda task_status: server.serve(listeners=listeners, task_status=task_status)
+                )
                 print(f"trio-chat listening on {server.url}", flush=True)
                 async for _ in signals:
                     break

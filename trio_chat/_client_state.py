@@ -61,12 +61,12 @@ from ._protocol import (
 )
 
 __all__ = [
-    "ClientError",
-    "ConnectionState",
-    "StateChanged",
     "Backoff",
-    "Outgoing",
+    "ClientError",
     "ClientState",
+    "ConnectionState",
+    "Outgoing",
+    "StateChanged",
 ]
 
 #: Seconds added to the server's rate window when pacing sends, for jitter.
@@ -356,10 +356,14 @@ class ClientState:
                 entry.drops += 1
                 limit = self.max_send_attempts
                 if limit is not None and entry.drops >= limit:
-                    self._fail(entry, ClientError(
-                        0, f"not acknowledged after {entry.drops} dropped connections",
-                        ref=entry.ref,
-                    ))
+                    self._fail(
+                        entry,
+                        ClientError(
+                            0,
+                            f"not acknowledged after {entry.drops} dropped connections",
+                            ref=entry.ref,
+                        ),
+                    )
 
     def close(self, reason: str) -> None:
         """The client stopped for good: settle everything still waiting."""
@@ -410,8 +414,10 @@ class ClientState:
         for entry in list(self.outbox):
             # Messages already written on this connection are answered
             # before the server's ``left``; the others are given up.
-            if entry.kind == "chat" and entry.target == name and (
-                not self.online or entry.sent_on != self.serial
+            if (
+                entry.kind == "chat"
+                and entry.target == name
+                and (not self.online or entry.sent_on != self.serial)
             ):
                 self._fail(entry, _left_before_ack(entry))
         in_room = room.joined_on == self.serial or room.join_sent_on == self.serial
@@ -454,9 +460,7 @@ class ClientState:
     def set_presence(self, status: str, text: str | None) -> None:
         if not isinstance(status, str) or not 0 < len(status) <= MAX_STATUS_CHARS:
             raise ClientError(400, f"status must be 1 to {MAX_STATUS_CHARS} characters")
-        if text is not None and (
-            not isinstance(text, str) or len(text) > MAX_PRESENCE_TEXT_CHARS
-        ):
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_PRESENCE_TEXT_CHARS):
             raise ClientError(400, f"text must be at most {MAX_PRESENCE_TEXT_CHARS} characters")
         self.presence = (status, text)
         self.presence_sent_on = None
@@ -547,16 +551,15 @@ class ClientState:
         chars = self.limits.get("max_content_chars")
         if isinstance(chars, int) and len(entry.content) > chars:
             return ClientError(
-                413, f"content longer than {chars} characters ({len(entry.content)})",
+                413,
+                f"content longer than {chars} characters ({len(entry.content)})",
                 ref=entry.ref,
             )
         limit = self.limits.get("max_message_bytes")
         if isinstance(limit, int):
             size = len(entry.frame().encode()) + _REF_ROOM
             if size > limit:
-                return ClientError(
-                    413, f"frame larger than {limit} bytes ({size})", ref=entry.ref
-                )
+                return ClientError(413, f"frame larger than {limit} bytes ({size})", ref=entry.ref)
         return None
 
     def _queue_join(self, room: RoomState) -> None:
@@ -674,9 +677,12 @@ class ClientState:
                 wait = (error.retry_after_ms or 1000) / 1000
                 self.paused_until = max(self.paused_until, now + wait)
                 return [error]
-            self._fail(entry, ClientError(
-                error.code, error.message, ref=ref, retry_after_ms=error.retry_after_ms
-            ))
+            self._fail(
+                entry,
+                ClientError(
+                    error.code, error.message, ref=ref, retry_after_ms=error.retry_after_ms
+                ),
+            )
             return []
         if ref is not None and ref == self.presence_ref:
             if error.code == 429 and self.retry_rate_limited:
@@ -695,9 +701,13 @@ class ClientState:
                 room.settle_join(failure)
                 for queued in list(self.outbox):
                     if queued.kind == "chat" and queued.target == name:
-                        self._fail(queued, ClientError(
-                            error.code, f"cannot join room {name!r}: {error.message}",
-                            ref=queued.ref,
-                        ))
+                        self._fail(
+                            queued,
+                            ClientError(
+                                error.code,
+                                f"cannot join room {name!r}: {error.message}",
+                                ref=queued.ref,
+                            ),
+                        )
                 return [] if had_waiters else [error]
         return [error]

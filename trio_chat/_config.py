@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Config", "ConfigError", "SETTINGS"]
+__all__ = ["SETTINGS", "Config", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,8 @@ class Config:
         4000, "longest chat or direct content in characters", _positive
     )
     queue_size: int = _setting(
-        256, "outbound frames queued per connection before it is a slow consumer",
+        256,
+        "outbound frames queued per connection before it is a slow consumer",
         _positive,
     )
     history_size: int = _setting(100, "messages kept per room", _non_negative)
@@ -95,7 +96,8 @@ class Config:
         50, "open connections allowed per client IP (more: HTTP 429)", _positive
     )
     max_handshakes_per_ip: int = _setting(
-        100, "handshakes allowed per client IP per 10 seconds (more: HTTP 429)",
+        100,
+        "handshakes allowed per client IP per 10 seconds (more: HTTP 429)",
         _positive,
     )
     rate_messages: int = _setting(
@@ -118,9 +120,7 @@ class Config:
         None, "redis://HOST:PORT/DB: share rooms across processes through Redis"
     )
     workers: int = _setting(1, "server processes sharing the port", _positive)
-    log_level: str = _setting(
-        "info", "log level", _choice("debug", "info", "warning", "error")
-    )
+    log_level: str = _setting("info", "log level", _choice("debug", "info", "warning", "error"))
     log_format: str = _setting("text", "log format", _choice("text", "json"))
 
     def __attrs_post_init__(self) -> None:
@@ -128,8 +128,7 @@ class Config:
             raise ConfigError("certfile/keyfile: give both or neither")
         if self.workers > 1 and not self.redis_url:
             raise ConfigError(
-                "workers: more than one worker needs --redis-url, so that the "
-                "processes share rooms"
+                "workers: more than one worker needs --redis-url, so that the processes share rooms"
             )
 
     @property

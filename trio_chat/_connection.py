@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ._config import Config
     from ._metrics import Metrics
 
-__all__ = ["Connection", "ChatHandler", "EchoHandler"]
+__all__ = ["ChatHandler", "Connection", "EchoHandler"]
 
 log = logging.getLogger("trio_chat.connection")
 
@@ -368,8 +368,7 @@ class ChatHandler:
                 conn.close(1008, "still flooding after rate-limit errors")
                 return
             self._refuse(
-                ProtocolError(429, f"rate limit exceeded: retry in {retry} ms",
-                              event.ref, retry)
+                ProtocolError(429, f"rate limit exceeded: retry in {retry} ms", event.ref, retry)
             )
             return
         if isinstance(event, Join) and not self.identity.may_join(event.room):

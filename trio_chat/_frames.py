@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["text_frame", "binary_frame"]
+__all__ = ["binary_frame", "text_frame"]
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2

@@ -17,16 +17,25 @@ import attrs
 import h11
 import trio
 
-__all__ = ["HttpRequest", "HttpResponse", "Upgrade", "Handover", "serve_http", "json_response"]
+__all__ = ["Handover", "HttpRequest", "HttpResponse", "Upgrade", "json_response", "serve_http"]
 
 #: Largest request head accepted.
 MAX_HEAD_BYTES = 16 * 1024
 _REASONS = {
-    200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
-    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Payload Too Large",
-    426: b"Upgrade Required", 429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    200: b"OK",
+    201: b"Created",
+    204: b"No Content",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    426: b"Upgrade Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
 
@@ -108,7 +117,10 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
 
 
 async def send_response(
-    conn: h11.Connection, stream: trio.abc.Stream, response: HttpResponse, *,
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    response: HttpResponse,
+    *,
     head_only: bool = False,
 ) -> None:
     headers = [
@@ -117,10 +129,15 @@ async def send_response(
         ("server", "trio-chat"),
         *response.headers,
     ]
-    await _send(conn, stream, h11.Response(
-        status_code=response.status, headers=headers,
-        reason=_REASONS.get(response.status, b""),
-    ))
+    await _send(
+        conn,
+        stream,
+        h11.Response(
+            status_code=response.status,
+            headers=headers,
+            reason=_REASONS.get(response.status, b""),
+        ),
+    )
     if response.body and not head_only:
         await _send(conn, stream, h11.Data(data=response.body))
     await _send(conn, stream, h11.EndOfMessage())
@@ -236,12 +253,16 @@ async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) 
             return b"".join(parts)
 
 
-async def _refuse_malformed(conn: h11.Connection, stream: trio.abc.Stream, exc: h11.RemoteProtocolError) -> None:
+async def _refuse_malformed(
+    conn: h11.Connection, stream: trio.abc.Stream, exc: h11.RemoteProtocolError
+) -> None:
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
     body = f"malformed request: {exc}\n".encode()
     try:
-        await send_response(conn, stream, HttpResponse(status, body, headers=(("connection", "close"),)))
+        await send_response(
+            conn, stream, HttpResponse(status, body, headers=(("connection", "close"),))
+        )
     except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass

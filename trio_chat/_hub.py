@@ -31,7 +31,7 @@ from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolErro
 from ._queue import FrameQueue
 from ._stream import WireStream
 
-__all__ = ["Hub", "Outlet", "HubCounters"]
+__all__ = ["Hub", "HubCounters", "Outlet"]
 
 log = logging.getLogger("trio_chat.hub")
 
@@ -65,17 +65,17 @@ class Outlet:
     """
 
     __slots__ = (
-        "stream",
-        "limit",
-        "half",
-        "queue",
-        "pending",
-        "closed",
+        "_on_kill",
         "close_code",
         "close_reason",
-        "user_id",
-        "_on_kill",
+        "closed",
         "counters",
+        "half",
+        "limit",
+        "pending",
+        "queue",
+        "stream",
+        "user_id",
     )
 
     def __init__(
@@ -253,15 +253,18 @@ class Hub:
         return call.result
 
     async def publish(
-        self, room: str, content: str, *, user_id: str, ref: str | None = None,
+        self,
+        room: str,
+        content: str,
+        *,
+        user_id: str,
+        ref: str | None = None,
         create: bool = True,
     ) -> ChatAck:
         """Publish into *room* as *user_id*: the same path as a client chat."""
         _check_unicode(ref, room=room, content=content, user_id=user_id)
         return await self.call(
-            lambda state, now: state.publish(
-                user_id, room, content, now, ref=ref, create=create
-            )
+            lambda state, now: state.publish(user_id, room, content, now, ref=ref, create=create)
         )
 
     async def direct(
@@ -269,9 +272,7 @@ class Hub:
     ) -> DirectAck:
         """Send a direct message to *to* as *user_id*."""
         _check_unicode(ref, to=to, content=content, user_id=user_id)
-        return await self.call(
-            lambda state, now: state.direct(user_id, to, content, now, ref=ref)
-        )
+        return await self.call(lambda state, now: state.direct(user_id, to, content, now, ref=ref))
 
     def stats(self) -> HubStats:
         return self.state.stats()

@@ -40,7 +40,7 @@ from ._protocol import (
     format_time,
 )
 
-__all__ = ["Delivery", "HubState", "RoomLog", "HubStats"]
+__all__ = ["Delivery", "HubState", "HubStats", "RoomLog"]
 
 Key = Hashable
 
@@ -248,9 +248,7 @@ class HubState:
         if isinstance(event, Typing):
             room = self._rooms.get(event.room)
             if room is None or key not in room.conns:
-                raise ProtocolError(
-                    403, f"join room {event.room!r} before typing in it", event.ref
-                )
+                raise ProtocolError(403, f"join room {event.room!r} before typing in it", event.ref)
             others = tuple(k for k in room.conns if k != key)
             notice = TypingNotice(event.room, conn.user_id)
             return [Delivery(notice, others, ephemeral=True)] if others else []
@@ -337,10 +335,7 @@ class HubState:
         return entry
 
     def _join(self, key: Key, conn: _Conn, event: Join) -> list[Delivery]:
-        if (
-            event.room not in conn.rooms
-            and len(conn.rooms) >= self.max_rooms_per_connection
-        ):
+        if event.room not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
             raise ProtocolError(
                 403,
                 f"a connection may be in at most {self.max_rooms_per_connection} rooms",

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from ._hub import Hub
 
-__all__ = ["Metrics", "count_tasks", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "Metrics", "count_tasks"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -80,42 +80,59 @@ class Metrics:
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
 
-        yield gauge("trio_chat_connections_open", "Open WebSocket connections.",
-                    self.open_connections())
+        yield gauge(
+            "trio_chat_connections_open", "Open WebSocket connections.", self.open_connections()
+        )
         closed = CounterMetricFamily(
-            "trio_chat_connections_closed", "Closed connections, by close code.",
-            labels=["code"])
+            "trio_chat_connections_closed", "Closed connections, by close code.", labels=["code"]
+        )
         for code, n in sorted(self.closed_by_code.items()):
             closed.add_metric([code], n)
         yield closed
-        yield counter("trio_chat_handshakes_accepted", "WebSocket handshakes accepted.",
-                      self.handshakes_accepted)
+        yield counter(
+            "trio_chat_handshakes_accepted",
+            "WebSocket handshakes accepted.",
+            self.handshakes_accepted,
+        )
         refused = CounterMetricFamily(
-            "trio_chat_handshakes_refused", "Handshakes refused, by HTTP status.",
-            labels=["status"])
+            "trio_chat_handshakes_refused", "Handshakes refused, by HTTP status.", labels=["status"]
+        )
         for status, n in sorted(self.handshakes_refused.items()):
             refused.add_metric([str(status)], n)
         yield refused
-        yield counter("trio_chat_frames_received", "Frames received from clients.",
-                      counters.frames_received)
-        yield counter("trio_chat_frames_delivered", "Frames handed to client queues.",
-                      counters.frames_delivered)
+        yield counter(
+            "trio_chat_frames_received", "Frames received from clients.", counters.frames_received
+        )
+        yield counter(
+            "trio_chat_frames_delivered",
+            "Frames handed to client queues.",
+            counters.frames_delivered,
+        )
         errors = CounterMetricFamily(
-            "trio_chat_errors_sent", "Error frames sent, by code.", labels=["code"])
+            "trio_chat_errors_sent", "Error frames sent, by code.", labels=["code"]
+        )
         for code, n in sorted(counters.errors.items()):
             errors.add_metric([str(code)], n)
         yield errors
-        yield counter("trio_chat_slow_consumer_drops",
-                      "Connections closed as slow consumers.", counters.slow_consumers)
-        yield counter("trio_chat_ephemeral_dropped",
-                      "Typing/presence events dropped for busy connections.",
-                      counters.ephemeral_dropped)
-        yield counter("trio_chat_rate_limit_rejections", "Frames refused with 429.",
-                      self.rate_limited)
-        yield gauge("trio_chat_hub_inbox_depth", "Commands waiting for the hub.",
-                    self.hub.inbox_depth)
-        yield gauge("trio_chat_history_messages", "Messages retained in room history.",
-                    stats.history)
+        yield counter(
+            "trio_chat_slow_consumer_drops",
+            "Connections closed as slow consumers.",
+            counters.slow_consumers,
+        )
+        yield counter(
+            "trio_chat_ephemeral_dropped",
+            "Typing/presence events dropped for busy connections.",
+            counters.ephemeral_dropped,
+        )
+        yield counter(
+            "trio_chat_rate_limit_rejections", "Frames refused with 429.", self.rate_limited
+        )
+        yield gauge(
+            "trio_chat_hub_inbox_depth", "Commands waiting for the hub.", self.hub.inbox_depth
+        )
+        yield gauge(
+            "trio_chat_history_messages", "Messages retained in room history.", stats.history
+        )
         yield gauge("trio_chat_rooms", "Rooms known to the hub.", stats.rooms)
         yield counter("trio_chat_messages", "Chat messages published.", stats.messages)
         try:
@@ -123,5 +140,8 @@ class Metrics:
         except RuntimeError:  # scraped outside trio (tests)
             pass
         if self.backplane_up is not None:
-            yield gauge("trio_chat_backplane_up", "1 if the Redis backplane is reachable.",
-                        1 if self.backplane_up() else 0)
+            yield gauge(
+                "trio_chat_backplane_up",
+                "1 if the Redis backplane is reachable.",
+                1 if self.backplane_up() else 0,
+            )

@@ -19,37 +19,37 @@ from typing import Any, ClassVar
 import attrs
 
 __all__ = [
-    "ROOM_PATTERN",
-    "USER_PATTERN",
+    "MAX_PRESENCE_TEXT_CHARS",
     "MAX_REF_CHARS",
     "MAX_STATUS_CHARS",
-    "MAX_PRESENCE_TEXT_CHARS",
-    "ProtocolError",
-    "ClientEvent",
-    "Join",
-    "Leave",
+    "ROOM_PATTERN",
+    "USER_PATTERN",
     "Chat",
-    "Presence",
-    "Direct",
-    "Typing",
-    "ServerEvent",
-    "Welcome",
-    "Joined",
-    "Left",
-    "System",
-    "ChatMessage",
     "ChatAck",
+    "ChatMessage",
+    "ClientEvent",
+    "Direct",
     "DirectAck",
-    "PresenceUpdate",
     "DirectMessage",
-    "TypingNotice",
     "ErrorEvent",
-    "parse_client_frame",
-    "parse_server_frame",
+    "Join",
+    "Joined",
+    "Leave",
+    "Left",
+    "Presence",
+    "PresenceUpdate",
+    "ProtocolError",
+    "ServerEvent",
+    "System",
+    "Typing",
+    "TypingNotice",
+    "Welcome",
     "format_time",
+    "is_unicode",
     "is_valid_room",
     "is_valid_user_id",
-    "is_unicode",
+    "parse_client_frame",
+    "parse_server_frame",
 ]
 
 ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -265,9 +265,7 @@ class _Fields:
         if not content:
             raise self.fail("payload.content: must not be empty")
         if len(content) > max_chars:
-            raise self.fail(
-                f"payload.content: longer than {max_chars} characters", 413
-            )
+            raise self.fail(f"payload.content: longer than {max_chars} characters", 413)
         return content
 
 
@@ -323,14 +321,10 @@ def parse_client_frame(
     if kind == "presence":
         status = fields.string("status")
         if not status or len(status) > MAX_STATUS_CHARS:
-            raise fields.fail(
-                f"payload.status: must be 1 to {MAX_STATUS_CHARS} characters"
-            )
+            raise fields.fail(f"payload.status: must be 1 to {MAX_STATUS_CHARS} characters")
         text_ = fields.string("text", optional=True)
         if text_ is not None and len(text_) > MAX_PRESENCE_TEXT_CHARS:
-            raise fields.fail(
-                f"payload.text: longer than {MAX_PRESENCE_TEXT_CHARS} characters"
-            )
+            raise fields.fail(f"payload.text: longer than {MAX_PRESENCE_TEXT_CHARS} characters")
         return Presence(status, text_, ref)
     raise ProtocolError(
         400,
@@ -368,15 +362,11 @@ class _WithRef(ServerEvent):
     """Events that echo the ``ref`` of the frame they answer."""
 
     def payload(self) -> dict[str, Any]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in attrs.fields(type(self))
-            if f.name != "ref"
-        }
+        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name != "ref"}
 
     def frame(self) -> dict[str, Any]:
         frame = super().frame()
-        ref = getattr(self, "ref")
+        ref = self.ref
         if ref is not None:
             frame["ref"] = ref
         return frame

@@ -26,7 +26,7 @@ class FrameQueue:
     :meth:`written`), which is what the owner bounds.
     """
 
-    __slots__ = ("_chunks", "_frames_waiting", "frames", "_waiter", "_closed", "wake")
+    __slots__ = ("_chunks", "_closed", "_frames_waiting", "_waiter", "frames", "wake")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []

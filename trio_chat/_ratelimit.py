@@ -12,7 +12,7 @@ import math
 
 import attrs
 
-__all__ = ["RateLimiter", "IpLimiter", "IpRefusal", "client_key"]
+__all__ = ["IpLimiter", "IpRefusal", "RateLimiter", "client_key"]
 
 
 def client_key(ip: str) -> str:
@@ -31,6 +31,7 @@ def client_key(ip: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return ip
+
 
 #: Handshake windows kept before the first sweep of stale ones.
 _PRUNE_ABOVE = 4096
@@ -94,8 +95,9 @@ class IpLimiter:
         if now - start >= self.window:
             start, count = now, 0
         if count >= self.max_handshakes:
-            return IpRefusal(429, f"more than {self.max_handshakes} handshakes "
-                             f"from {ip} in {self.window:g} s")
+            return IpRefusal(
+                429, f"more than {self.max_handshakes} handshakes from {ip} in {self.window:g} s"
+            )
         self._handshakes[ip] = (start, count + 1)
         if len(self._handshakes) > self._prune_above:
             self._prune(now)

@@ -134,11 +134,15 @@ class ChatServer:
             )
         self.authenticator = authenticator
         self.echo = echo
-        self.hub = hub if hub is not None else Hub(
-            HubState(
-                history_size=config.history_size,
-                max_rooms=config.max_rooms,
-                max_rooms_per_connection=config.max_rooms_per_connection,
+        self.hub = (
+            hub
+            if hub is not None
+            else Hub(
+                HubState(
+                    history_size=config.history_size,
+                    max_rooms=config.max_rooms,
+                    max_rooms_per_connection=config.max_rooms_per_connection,
+                )
             )
         )
         self.metrics = Metrics(self.hub, lambda: len(self._connections))
@@ -290,7 +294,9 @@ class ChatServer:
         if not isinstance(content, str) or not content:
             raise ProtocolError(400, "content: must be a non-empty string")
         if len(content) > self.config.max_content_chars:
-            raise ProtocolError(413, f"content: longer than {self.config.max_content_chars} characters")
+            raise ProtocolError(
+                413, f"content: longer than {self.config.max_content_chars} characters"
+            )
 
     # ------------------------------------------------------------ connections
 
@@ -361,16 +367,25 @@ class ChatServer:
                 await transport.aclose()
 
     async def _serve_websocket(
-        self, identity: Identity, prefix: bytes, transport: trio.abc.Stream,
-        deadline: float, peer: str,
+        self,
+        identity: Identity,
+        prefix: bytes,
+        transport: trio.abc.Stream,
+        deadline: float,
+        peer: str,
     ) -> None:
         stream = WireStream(transport, prefix)
         del prefix
-        ws, dispatch = new_server_websocket(
-            stream, max_message_size=self.config.max_message_bytes
+        ws, dispatch = new_server_websocket(stream, max_message_size=self.config.max_message_bytes)
+        conn = Connection(
+            ws,
+            dispatch,
+            stream,
+            self.config,
+            self.hub.counters,
+            user_id=identity.user_id,
+            peer=peer,
         )
-        conn = Connection(ws, dispatch, stream, self.config, self.hub.counters,
-                          user_id=identity.user_id, peer=peer)
         self._ip_limits.opened(client_key(peer))
         self._upgrading += 1
         upgrading = True
@@ -435,8 +450,12 @@ class ChatServer:
             code = "abort" if outlet.close_code is None else outlet.close_code
             log.info(
                 "disconnect user=%s peer=%s session=%s duration=%.1fs code=%s reason=%s",
-                identity.user_id, conn.peer, conn.session_id,
-                time.monotonic() - conn.started, code, outlet.close_reason or "-",
+                identity.user_id,
+                conn.peer,
+                conn.session_id,
+                time.monotonic() - conn.started,
+                code,
+                outlet.close_reason or "-",
             )
 
     # ------------------------------------------------------------ HTTP routes
@@ -454,22 +473,27 @@ class ChatServer:
             if request.method != "GET":
                 return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET"),))
             if not request.is_upgrade:
-                return HttpResponse(426, b"this endpoint speaks WebSocket\n",
-                                    headers=(("upgrade", "websocket"),))
+                return HttpResponse(
+                    426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
+                )
             return self._check_upgrade(request, peer)
         if request.method not in ("GET", "HEAD") and not path.startswith("/api/"):
-            if path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith("/static/"):
+            if path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith(
+                "/static/"
+            ):
                 return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
         if path == "/healthz":
             return self._healthz()
         if path == "/metrics":
             return HttpResponse(200, self.metrics.render(), CONTENT_TYPE)
         if path == "/":
-            return self._static("index.html") or HttpResponse(200, _FALLBACK_PAGE, "text/html; charset=utf-8")
+            return self._static("index.html") or HttpResponse(
+                200, _FALLBACK_PAGE, "text/html; charset=utf-8"
+            )
         if path == "/trio-chat.js":
             return self._static("trio-chat.js") or HttpResponse(404, b"not found\n")
         if path.startswith("/static/"):
-            return self._static(path[len("/static/"):]) or HttpResponse(404, b"not found\n")
+            return self._static(path[len("/static/") :]) or HttpResponse(404, b"not found\n")
         if path.startswith("/api/"):
             return await self._api(request)
         return HttpResponse(404, b"not found\n")
@@ -562,8 +586,13 @@ class ChatServer:
             rooms = []
             state = self.hub.state
             for name in state.room_names():
-                rooms.append({"name": name, "members": len(state.members(name)),
-                              "last_id": state.last_id(name)})
+                rooms.append(
+                    {
+                        "name": name,
+                        "members": len(state.members(name)),
+                        "last_id": state.last_id(name),
+                    }
+                )
             return json_response(200, {"rooms": rooms})
         room = match.group(1)
         try:

@@ -41,7 +41,6 @@ from hypothesis import strategies as st
 
 from ._protocol import (
     DEFAULT_MAX_CONTENT_CHARS,
-    _client_frame,
     MAX_PRESENCE_TEXT_CHARS,
     MAX_REF_CHARS,
     MAX_STATUS_CHARS,
@@ -64,13 +63,14 @@ from ._protocol import (
     Typing,
     TypingNotice,
     Welcome,
+    _client_frame,
     format_time,
 )
 
 __all__ = [
     "CLIENT_TYPES",
-    "InvalidFrame",
     "SERVER_EVENT_CLASSES",
+    "InvalidFrame",
     "client_events",
     "client_frames",
     "invalid_frame_cases",
@@ -119,9 +119,7 @@ _LONE_SURROGATES = ("\ud800", "\udbff", "\udc00", "\udfff")
 
 
 def _names(chars: str) -> st.SearchStrategy[str]:
-    return st.builds(
-        str.__add__, st.sampled_from(_ALNUM), st.text(chars, max_size=_MAX_NAME - 1)
-    )
+    return st.builds(str.__add__, st.sampled_from(_ALNUM), st.text(chars, max_size=_MAX_NAME - 1))
 
 
 def room_names() -> st.SearchStrategy[str]:
@@ -192,8 +190,10 @@ def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
     )
     return st.recursive(
         scalars,
-        lambda children: st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
         max_leaves=max_leaves,
     )
 
@@ -282,7 +282,9 @@ def _encode(draw: st.DrawFn, frame: dict[str, Any], *, ascii_only: bool = False)
 
 
 @st.composite
-def _valid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: int) -> tuple[str, ClientEvent]:
+def _valid_frame(
+    draw: st.DrawFn, types: tuple[str, ...], max_content_chars: int
+) -> tuple[str, ClientEvent]:
     event = draw(client_events(types, max_content_chars=max_content_chars))
     frame = _client_frame(event)
     payload = frame["payload"]
@@ -352,12 +354,19 @@ class InvalidFrame:
 
 
 _NOT_STRING = st.one_of(
-    st.integers(-5, 5), st.floats(allow_nan=False), st.booleans(),
-    st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 _NOT_OBJECT = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-    st.text(max_size=10), st.lists(st.integers(), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=10),
+    st.lists(st.integers(), max_size=3),
 )
 
 
@@ -387,10 +396,24 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
     text_fields = [n for n in _REQUIRED[kind] + _OPTIONAL.get(kind, ()) if n != "since"]
     room_field = "room" in _REQUIRED[kind]
     defects = [
-        "not json", "truncated", "trailing data", "nan", "huge number", "deep nesting",
-        "not an object", "type missing", "type not a string", "unknown type",
-        "payload missing", "payload not an object", "ref not a string", "ref too long",
-        "ref surrogate", "field missing", "field null", "field not a string",
+        "not json",
+        "truncated",
+        "trailing data",
+        "nan",
+        "huge number",
+        "deep nesting",
+        "not an object",
+        "type missing",
+        "type not a string",
+        "unknown type",
+        "payload missing",
+        "payload not an object",
+        "ref not a string",
+        "ref too long",
+        "ref surrogate",
+        "field missing",
+        "field null",
+        "field not a string",
         "field surrogate",
     ]
     if room_field:
@@ -405,7 +428,9 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
         defects += ["bad status", "text too long", "text not a string"]
     defect = draw(st.sampled_from(defects))
 
-    def case(code: int, field: str | None, *, frame_ref: bool = True, ascii_only: bool = False) -> InvalidFrame:
+    def case(
+        code: int, field: str | None, *, frame_ref: bool = True, ascii_only: bool = False
+    ) -> InvalidFrame:
         text = draw(_encode(frame, ascii_only=ascii_only))
         return InvalidFrame(text, code, field, ref if frame_ref else None, defect)
 
@@ -414,12 +439,16 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
 
     compact = json.dumps(frame, separators=(",", ":"))
     if defect == "not json":
-        return whole(draw(st.one_of(
-            st.text().filter(lambda t: not _is_json(t)),
-            st.just(repr(frame)),            # Python's repr: single quotes
-            st.just("\ufeff" + compact),     # byte order mark
-            st.just(compact.replace('"', "'")),
-        ).filter(lambda t: not _is_json(t))))
+        return whole(
+            draw(
+                st.one_of(
+                    st.text().filter(lambda t: not _is_json(t)),
+                    st.just(repr(frame)),  # Python's repr: single quotes
+                    st.just("\ufeff" + compact),  # byte order mark
+                    st.just(compact.replace('"', "'")),
+                ).filter(lambda t: not _is_json(t))
+            )
+        )
     if defect == "truncated":
         return whole(compact[: draw(st.integers(0, len(compact) - 1))])
     if defect == "trailing data":
@@ -445,11 +474,13 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
         payload["extra"] = "@@"
         return whole(json.dumps(frame).replace('"@@"', _deep(_DEPTH)))
     if defect == "not an object":
-        value = draw(st.one_of(
-            _NOT_OBJECT,
-            st.just([frame]),   # the frame in a list
-            st.just(compact),   # the frame as a JSON string
-        ))
+        value = draw(
+            st.one_of(
+                _NOT_OBJECT,
+                st.just([frame]),  # the frame in a list
+                st.just(compact),  # the frame as a JSON string
+            )
+        )
         return whole(json.dumps(value))
     if defect == "type missing":
         del frame["type"]
@@ -458,10 +489,16 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
         frame["type"] = draw(_NOT_STRING | st.none())
         return case(400, "type")
     if defect == "unknown type":
-        frame["type"] = draw(st.one_of(
-            st.sampled_from([t.upper() for t in CLIENT_TYPES] + [t + " " for t in CLIENT_TYPES] + ["", "ack", "error", "welcome"]),
-            st.text(max_size=20),
-        ).filter(lambda t: t not in CLIENT_TYPES))
+        frame["type"] = draw(
+            st.one_of(
+                st.sampled_from(
+                    [t.upper() for t in CLIENT_TYPES]
+                    + [t + " " for t in CLIENT_TYPES]
+                    + ["", "ack", "error", "welcome"]
+                ),
+                st.text(max_size=20),
+            ).filter(lambda t: t not in CLIENT_TYPES)
+        )
         return case(400, "type")
     if defect == "payload missing":
         del frame["payload"]
@@ -509,11 +546,16 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
         payload["content"] = draw(st.sampled_from("xé🙂")) * n
         return case(413, "payload.content")
     if defect == "bad since":
-        payload["since"] = draw(st.one_of(
-            st.integers(max_value=-1), st.booleans(), st.floats(allow_nan=False, allow_infinity=False),
-            st.integers(0, 100).map(str), st.lists(st.integers(0, 3), max_size=2),
-            st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
-        ))
+        payload["since"] = draw(
+            st.one_of(
+                st.integers(max_value=-1),
+                st.booleans(),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.integers(0, 100).map(str),
+                st.lists(st.integers(0, 3), max_size=2),
+                st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+            )
+        )
         return case(400, "payload.since")
     if defect == "since not finite":
         # 1e400 is valid JSON for a float that overflows to infinity.
@@ -522,10 +564,14 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
         text = json.dumps(frame).replace('"@@"', literal)
         return InvalidFrame(text, 400, "payload.since", ref, defect)
     if defect == "bad status":
-        payload["status"] = draw(st.just("") | st.text(min_size=MAX_STATUS_CHARS + 1, max_size=MAX_STATUS_CHARS + 30))
+        payload["status"] = draw(
+            st.just("") | st.text(min_size=MAX_STATUS_CHARS + 1, max_size=MAX_STATUS_CHARS + 30)
+        )
         return case(400, "payload.status")
     if defect == "text too long":
-        payload["text"] = draw(st.text(min_size=MAX_PRESENCE_TEXT_CHARS + 1, max_size=MAX_PRESENCE_TEXT_CHARS + 30))
+        payload["text"] = draw(
+            st.text(min_size=MAX_PRESENCE_TEXT_CHARS + 1, max_size=MAX_PRESENCE_TEXT_CHARS + 30)
+        )
         return case(400, "payload.text")
     if defect == "text not a string":
         payload["text"] = draw(_NOT_STRING)
@@ -580,7 +626,13 @@ def _history(draw: st.DrawFn, room: str) -> list[dict[str, Any]]:
     first = draw(st.integers(1, 10_000))
     size = draw(st.integers(0, 5))
     return [
-        ChatMessage(first + i, room, draw(user_ids()), draw(st.text(min_size=1, max_size=40)), draw(timestamps())).payload()
+        ChatMessage(
+            first + i,
+            room,
+            draw(user_ids()),
+            draw(st.text(min_size=1, max_size=40)),
+            draw(timestamps()),
+        ).payload()
         for i in range(size)
     ]
 
@@ -599,15 +651,19 @@ def _joined(draw: st.DrawFn) -> Joined:
 
 
 def _limits() -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({
-        "max_message_bytes": st.integers(1, 2**31),
-        "max_content_chars": st.integers(1, 2**20),
-        "rate": st.fixed_dictionaries({
-            "messages": st.integers(1, 10_000),
-            "per_seconds": st.integers(1, 3600) | st.floats(0.001, 3600),
-        }),
-        "ping_interval_seconds": st.integers(1, 3600) | st.floats(0.001, 3600),
-    })
+    return st.fixed_dictionaries(
+        {
+            "max_message_bytes": st.integers(1, 2**31),
+            "max_content_chars": st.integers(1, 2**20),
+            "rate": st.fixed_dictionaries(
+                {
+                    "messages": st.integers(1, 10_000),
+                    "per_seconds": st.integers(1, 3600) | st.floats(0.001, 3600),
+                }
+            ),
+            "ping_interval_seconds": st.integers(1, 3600) | st.floats(0.001, 3600),
+        }
+    )
 
 
 @st.composite
@@ -619,8 +675,17 @@ def _error(draw: st.DrawFn) -> ErrorEvent:
 
 #: Every server event class, in PROTOCOL §4 order.
 SERVER_EVENT_CLASSES: tuple[type[ServerEvent], ...] = (
-    Welcome, Joined, Left, System, ChatMessage, ChatAck, DirectAck,
-    PresenceUpdate, DirectMessage, TypingNotice, ErrorEvent,
+    Welcome,
+    Joined,
+    Left,
+    System,
+    ChatMessage,
+    ChatAck,
+    DirectAck,
+    PresenceUpdate,
+    DirectMessage,
+    TypingNotice,
+    ErrorEvent,
 )
 
 

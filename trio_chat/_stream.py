@@ -68,7 +68,7 @@ class WireStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             data = self._prefix if max_bytes is None else self._prefix[:max_bytes]
-            self._prefix = self._prefix[len(data):]
+            self._prefix = self._prefix[len(data) :]
             await trio.lowlevel.checkpoint()
             return data
         # The prefix is spent: from now on reads go straight to the transport,
@@ -92,8 +92,7 @@ class WireStream(trio.abc.Stream):
         """Data frames may still be written."""
         ws = self.websocket
         return not (
-            self._broken or self._closed or self._close_sent
-            or (ws is not None and ws.closed)
+            self._broken or self._closed or self._close_sent or (ws is not None and ws.closed)
         )
 
     def write_nowait(self, data: bytes) -> bool:

@@ -81,8 +81,12 @@ def run_terminal(
 
 
 async def _main(
-    url: str, rooms: list[str], user: str | None, token: str | None,
-    source: IO[Any], out: IO[str],
+    url: str,
+    rooms: list[str],
+    user: str | None,
+    token: str | None,
+    source: IO[Any],
+    out: IO[str],
 ) -> int:
     lines = LineReader(source)
     try:
@@ -185,8 +189,9 @@ def _clock(stamp: str) -> str:
 def format_event(event: object) -> str | None:
     """One line for an event of the client's stream (None: not shown)."""
     if isinstance(event, ChatMessage):
-        return (f"[{event.room}] {_clock(event.time)} "
-                f"{_clean(event.user_id)}: {_clean(event.content)}")
+        return (
+            f"[{event.room}] {_clock(event.time)} {_clean(event.user_id)}: {_clean(event.content)}"
+        )
     if isinstance(event, System):
         verb = {"join": "joined", "leave": "left"}.get(event.event, event.event)
         return f"* {_clean(event.user_id)} {_clean(verb)} {event.room}"
@@ -223,8 +228,7 @@ class Session:
     async def run(self, rooms: list[str], lines: LineReader) -> int:
         """Join *rooms*, then act on each input line until /quit or the end."""
         client = self.client
-        self.say(f"* connected to {client.url} as {client.user_id}"
-                 " (/help for commands)")
+        self.say(f"* connected to {client.url} as {client.user_id} (/help for commands)")
         with self.input_scope:
             for room in rooms:
                 await self._join(room)
@@ -255,8 +259,10 @@ class Session:
                         if online_count > 1:
                             self.say("* reconnected")
                     elif event.state is ConnectionState.RECONNECTING:
-                        self.say(f"* connection lost ({event.reason}); "
-                                 f"reconnecting in {event.delay or 0:.1f} s")
+                        self.say(
+                            f"* connection lost ({event.reason}); "
+                            f"reconnecting in {event.delay or 0:.1f} s"
+                        )
                     continue
                 if isinstance(event, Joined):
                     if event.room not in self.announced:

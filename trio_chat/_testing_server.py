@@ -27,12 +27,12 @@ from ._protocol import ServerEvent, parse_server_frame
 from ._server import ChatServer
 
 __all__ = [
-    "open_test_server",
     "TestClient",
-    "open_test_client",
+    "open_memory_client",
     "open_memory_server",
     "open_memory_stream",
-    "open_memory_client",
+    "open_test_client",
+    "open_test_server",
 ]
 
 
@@ -208,8 +208,12 @@ async def open_memory_client(
     stream = open_memory_stream(server, lockstep=lockstep)
     async with trio.open_nursery() as nursery:
         ws = await trio_websocket.wrap_client_stream(
-            nursery, stream, "localhost", _resource("/ws", user, token),
-            subprotocols=subprotocols, message_queue_size=message_queue_size,
+            nursery,
+            stream,
+            "localhost",
+            _resource("/ws", user, token),
+            subprotocols=subprotocols,
+            message_queue_size=message_queue_size,
         )
         try:
             client = TestClient(ws)

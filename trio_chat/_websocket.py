@@ -43,7 +43,7 @@ class Dispatch:
     only to complete its closing handshake).
     """
 
-    __slots__ = ("handler", "_ready", "stopped", "counters", "on_close")
+    __slots__ = ("_ready", "counters", "handler", "on_close", "stopped")
 
     def __init__(self) -> None:
         self.handler: Handler | None = None

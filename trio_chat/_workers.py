@@ -50,8 +50,7 @@ HEALTHY_AFTER = 10.0
 
 
 def _address(host: str, port: int) -> tuple[int, Any]:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _type, _proto, _name, address = infos[0]
     return family, address
 
@@ -93,8 +92,11 @@ def run_workers(config: Config, argv: Sequence[str] = ()) -> int:
 
     configure_logging(config.log_level, config.log_format)
     if not config.redis_url:
-        print("trio-chat: error: workers: more than one worker needs --redis-url, "
-              "so that the processes share rooms", file=sys.stderr)
+        print(
+            "trio-chat: error: workers: more than one worker needs --redis-url, "
+            "so that the processes share rooms",
+            file=sys.stderr,
+        )
         return 2
     from ._backplane import check_redis_url
     from ._config import ConfigError
@@ -143,8 +145,11 @@ class Supervisor:
                     first.start_soon(_set_then_cancel, ready, first.cancel_scope)
                     first.start_soon(_set_then_cancel, stop, first.cancel_scope)
                 if ready.is_set() and not stop.is_set():
-                    print(f"trio-chat listening on {_url(self.config, self.config.port)} "
-                          f"({self.count} workers)", flush=True)
+                    print(
+                        f"trio-chat listening on {_url(self.config, self.config.port)} "
+                        f"({self.count} workers)",
+                        flush=True,
+                    )
                     await stop.wait()
                 await self._stop_all()
                 nursery.cancel_scope.cancel()
@@ -179,14 +184,18 @@ class Supervisor:
             return
         ready.set()
 
-    async def _keep(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _keep(
+        self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run worker *index*, restarting it whenever it dies, until stopping."""
         delay = RESTART_DELAY[0]
         started_once = False
         while not self.stopping:
             began = trio.current_time()
             proc = await trio.lowlevel.open_process(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 start_new_session=True,
             )
             self.procs[index] = proc
@@ -260,6 +269,7 @@ async def _read_ready(proc: trio.Process) -> bool:
 async def _wait_draining(proc: trio.Process) -> int:
     """Wait for *proc* to exit, reading (and dropping) whatever it prints."""
     async with trio.open_nursery() as nursery:
+
         async def drain() -> None:
             try:
                 while await proc.stdout.receive_some(4096):

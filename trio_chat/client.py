@@ -62,24 +62,24 @@ from ._protocol import (
 )
 
 __all__ = [
-    "open_chat_client",
-    "ChatClient",
-    "PendingMessage",
     "Backoff",
+    "ChatAck",
+    "ChatClient",
+    "ChatMessage",
     "ClientError",
     "ConnectError",
     "ConnectionState",
-    "StateChanged",
-    "ChatMessage",
-    "ChatAck",
     "DirectAck",
     "DirectMessage",
     "ErrorEvent",
     "Joined",
     "Left",
+    "PendingMessage",
     "PresenceUpdate",
+    "StateChanged",
     "System",
     "TypingNotice",
+    "open_chat_client",
 ]
 
 log = logging.getLogger("trio_chat.client")
@@ -223,9 +223,7 @@ class ChatClient:
             retry_rate_limited=retry_rate_limited,
             pace=pace,
         )
-        self._events_in, self._events_out = trio.open_memory_channel[Any](
-            max_buffered_events
-        )
+        self._events_in, self._events_out = trio.open_memory_channel[Any](max_buffered_events)
         self._changed = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._closing = False
@@ -450,22 +448,28 @@ class ChatClient:
                         f"cannot connect to {self.url}: {ended.reason}", ended.status
                     )
                 if ended.status in _PERMANENT_STATUSES:
-                    self._stop(ConnectError(
-                        f"the server refused to reconnect: {ended.reason}", ended.status
-                    ))
+                    self._stop(
+                        ConnectError(
+                            f"the server refused to reconnect: {ended.reason}", ended.status
+                        )
+                    )
                     return
                 if ended.online and ended.uptime >= self._backoff.reset_after:
                     attempt = 0
                 limit = self._backoff.max_attempts
                 if limit is not None and attempt >= limit:
-                    self._stop(ConnectError(
-                        f"gave up after {attempt} attempts: {ended.reason}", ended.status
-                    ))
+                    self._stop(
+                        ConnectError(
+                            f"gave up after {attempt} attempts: {ended.reason}", ended.status
+                        )
+                    )
                     return
                 delay = self._backoff.delay(attempt, self._random)
                 attempt += 1
                 self._set_state(
-                    ConnectionState.RECONNECTING, attempt=attempt, delay=delay,
+                    ConnectionState.RECONNECTING,
+                    attempt=attempt,
+                    delay=delay,
                     reason=ended.reason,
                 )
                 with trio.CancelScope() as self._attempt_scope:
@@ -533,10 +537,7 @@ class ChatClient:
                         # dead connection (no pong) would only time out, and
                         # when cancelled from outside trio-websocket's reader
                         # is cancelled too, so no handshake could finish.
-                        graceful = (
-                            self._closing
-                            and trio.current_effective_deadline() != -math.inf
-                        )
+                        graceful = self._closing and trio.current_effective_deadline() != -math.inf
                         with trio.CancelScope(shield=True):
                             with trio.move_on_after(self._close_timeout if graceful else 0):
                                 await ws.aclose()
@@ -632,17 +633,19 @@ class ChatClient:
         stream = await trio.open_tcp_stream(host, port)
         if secure:
             context = self._ssl_context or ssl.create_default_context()
-            stream = trio.SSLStream(
-                stream, context, server_hostname=host, https_compatible=True
-            )
+            stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
             try:
                 await stream.do_handshake()
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
         return await trio_websocket.wrap_client_stream(
-            nursery, stream, host_header, resource,
-            subprotocols=[SUBPROTOCOL], extra_headers=headers,
+            nursery,
+            stream,
+            host_header,
+            resource,
+            subprotocols=[SUBPROTOCOL],
+            extra_headers=headers,
             max_message_size=_MAX_FRAME,
         )
 
@@ -787,11 +790,20 @@ async def open_chat_client(
     the client runs; messages still unacknowledged then fail with code 0.
     """
     client = ChatClient(
-        url, token=token, user=user, backoff=backoff, connect_timeout=connect_timeout,
-        close_timeout=close_timeout, ping_interval=ping_interval,
-        ping_timeout=ping_timeout, max_send_attempts=max_send_attempts,
-        retry_rate_limited=retry_rate_limited, pace=pace,
-        max_buffered_events=max_buffered_events, ssl_context=ssl_context, random=random,
+        url,
+        token=token,
+        user=user,
+        backoff=backoff,
+        connect_timeout=connect_timeout,
+        close_timeout=close_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        max_send_attempts=max_send_attempts,
+        retry_rate_limited=retry_rate_limited,
+        pace=pace,
+        max_buffered_events=max_buffered_events,
+        ssl_context=ssl_context,
+        random=random,
     )
     error: BaseException | None = None
     async with trio.open_nursery() as nursery:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 from .servers import BENCH_DIR, taskset
 
@@ -24,7 +24,11 @@ REFHUB = os.path.join(BENCH_DIR, "loadgen", "build", "refhub")
 
 
 def _compile(source: str, binary: str, force: bool) -> str:
-    if not force and os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+    if (
+        not force
+        and os.path.exists(binary)
+        and os.path.getmtime(binary) >= os.path.getmtime(source)
+    ):
         return binary
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:

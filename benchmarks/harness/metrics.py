@@ -9,7 +9,7 @@ GAUGES = ("trio_chat_tasks", "trio_chat_connections_open")
 
 def scrape(port: int, names=GAUGES, timeout: float = 3.0) -> dict[str, float | None]:
     """Return {name: value}; a gauge that is missing (or no endpoint) is None."""
-    values: dict[str, float | None] = {name: None for name in names}
+    values: dict[str, float | None] = dict.fromkeys(names)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
             text = resp.read().decode("utf-8", "replace")

@@ -16,29 +16,106 @@ BASELINE = "websockets-asyncio"
 
 # (scenario, metric, label, show ratio, format)
 ROWS = [
-    ("fanout_max", "deliveries_per_s", "max fan-out: deliveries/s (200 clients, 1 room)", True, "{:,.0f}"),
-    ("fanout_max", "server_us_per_delivery", "max fan-out: server µs per delivery ↓", True, "{:.2f}"),
-    ("fanout_max", "deliveries_per_cpu_s", "max fan-out: deliveries per server CPU-second", True, "{:,.0f}"),
-    ("fanout_rate", "delivery_ratio", "fixed rate ≈100k deliveries/s: delivery ratio", False, "{:.4f}"),
+    (
+        "fanout_max",
+        "deliveries_per_s",
+        "max fan-out: deliveries/s (200 clients, 1 room)",
+        True,
+        "{:,.0f}",
+    ),
+    (
+        "fanout_max",
+        "server_us_per_delivery",
+        "max fan-out: server µs per delivery ↓",
+        True,
+        "{:.2f}",
+    ),
+    (
+        "fanout_max",
+        "deliveries_per_cpu_s",
+        "max fan-out: deliveries per server CPU-second",
+        True,
+        "{:,.0f}",
+    ),
+    (
+        "fanout_rate",
+        "delivery_ratio",
+        "fixed rate ≈100k deliveries/s: delivery ratio",
+        False,
+        "{:.4f}",
+    ),
     ("fanout_rate", "p50_ms", "fixed rate: p50 latency ms ↓", True, "{:.2f}"),
     ("fanout_rate", "p99_ms", "fixed rate: p99 latency ms ↓", True, "{:.2f}"),
     ("fanout_rate", "max_ms", "fixed rate: max latency ms ↓", True, "{:.1f}"),
-    ("fanout_rate", "server_us_per_delivery", "fixed rate: server µs per delivery ↓", True, "{:.2f}"),
-    ("many_rooms", "deliveries_per_s", "many rooms: deliveries/s (200 rooms of 10)", True, "{:,.0f}"),
-    ("many_rooms", "server_us_per_delivery", "many rooms: server µs per delivery ↓", True, "{:.2f}"),
-    ("many_rooms", "deliveries_per_cpu_s", "many rooms: deliveries per server CPU-second", True, "{:,.0f}"),
+    (
+        "fanout_rate",
+        "server_us_per_delivery",
+        "fixed rate: server µs per delivery ↓",
+        True,
+        "{:.2f}",
+    ),
+    (
+        "many_rooms",
+        "deliveries_per_s",
+        "many rooms: deliveries/s (200 rooms of 10)",
+        True,
+        "{:,.0f}",
+    ),
+    (
+        "many_rooms",
+        "server_us_per_delivery",
+        "many rooms: server µs per delivery ↓",
+        True,
+        "{:.2f}",
+    ),
+    (
+        "many_rooms",
+        "deliveries_per_cpu_s",
+        "many rooms: deliveries per server CPU-second",
+        True,
+        "{:,.0f}",
+    ),
     ("echo", "round_trips_per_s", "echo: round trips/s (50 clients)", True, "{:,.0f}"),
     ("echo", "server_us_per_round_trip", "echo: server µs per round trip ↓", True, "{:.1f}"),
     ("handshakes", "handshakes_per_s", "handshakes/s (32 concurrent)", True, "{:,.0f}"),
-    ("handshakes", "server_us_per_handshake", "handshakes: server µs per handshake ↓", True, "{:,.0f}"),
+    (
+        "handshakes",
+        "server_us_per_handshake",
+        "handshakes: server µs per handshake ↓",
+        True,
+        "{:,.0f}",
+    ),
     ("idle_5000", "kb_per_connection", "idle memory, 5,000 connections: KB each ↓", True, "{:.1f}"),
-    ("idle_10000", "kb_per_connection", "idle memory, 10,000 connections: KB each ↓", True, "{:.1f}"),
+    (
+        "idle_10000",
+        "kb_per_connection",
+        "idle memory, 10,000 connections: KB each ↓",
+        True,
+        "{:.1f}",
+    ),
     ("fanout_max", "server_cpu_frac", "*server's share of its core, max fan-out*", False, "{:.0%}"),
     ("many_rooms", "server_cpu_frac", "*server's share of its core, many rooms*", False, "{:.0%}"),
-    ("fanout_max", "server_wait_frac", "*time the server waited for its core (other work), max fan-out*",
-     False, "{:.0%}"),
-    ("fanout_max", "gen_cpu_frac", "*load generator's share of its core, max fan-out*", False, "{:.0%}"),
-    ("fanout_rate", "gen_cpu_frac", "*load generator's share of its core, fixed rate*", False, "{:.0%}"),
+    (
+        "fanout_max",
+        "server_wait_frac",
+        "*time the server waited for its core (other work), max fan-out*",
+        False,
+        "{:.0%}",
+    ),
+    (
+        "fanout_max",
+        "gen_cpu_frac",
+        "*load generator's share of its core, max fan-out*",
+        False,
+        "{:.0%}",
+    ),
+    (
+        "fanout_rate",
+        "gen_cpu_frac",
+        "*load generator's share of its core, fixed rate*",
+        False,
+        "{:.0%}",
+    ),
 ]
 
 
@@ -50,11 +127,17 @@ def summarize(runs: list[dict]) -> dict:
             continue
         per = out.setdefault(run["scenario"], {}).setdefault(run["server"], {})
         for key, value in run["metrics"].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and value is not None
+            ):
                 per.setdefault(key, []).append(value)
     for scen in out.values():
         for server, metrics in scen.items():
-            scen[server] = {k: (statistics.median(v), min(v), max(v), len(v)) for k, v in metrics.items()}
+            scen[server] = {
+                k: (statistics.median(v), min(v), max(v), len(v)) for k, v in metrics.items()
+            }
     return out
 
 
@@ -125,7 +208,9 @@ def plot_latency(sweeps: dict, path: str) -> None:
         points = [p for p in points if p["p99_ms"] is not None]
         xs = [p["offered_per_s"] / 1000 for p in points]
         ax.plot(xs, [p["p99_ms"] for p in points], "-o", color=color, label=f"{server} p99")
-        ax.plot(xs, [p["p50_ms"] for p in points], "--", color=color, alpha=0.7, label=f"{server} p50")
+        ax.plot(
+            xs, [p["p50_ms"] for p in points], "--", color=color, alpha=0.7, label=f"{server} p50"
+        )
     ax.set_yscale("log")
     ax.set_xlabel("offered load, thousand deliveries/s (200 clients, one room)")
     ax.set_ylabel("delivery latency, ms (log)")
@@ -185,7 +270,11 @@ def targets(summary: dict, server: str = "trio_chat", naive: str = "trio-naive")
         "stretch met" if r and r >= 4 else "",
     )
     d = med("fanout_rate", server, "delivery_ratio")
-    add("fixed rate ≈100k/s: delivery ratio 1.0", fmt(d, "{:.4f}"), None if d is None else d >= 0.9995)
+    add(
+        "fixed rate ≈100k/s: delivery ratio 1.0",
+        fmt(d, "{:.4f}"),
+        None if d is None else d >= 0.9995,
+    )
     p = med("fanout_rate", server, "p99_ms")
     add("fixed rate: p99 ≤ 15 ms", fmt(p, "{:.1f} ms"), None if p is None else p <= 15)
     c = ratio("fanout_rate", "server_us_per_delivery")

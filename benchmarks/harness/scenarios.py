@@ -49,7 +49,16 @@ class Config:
     log_dir: str | None = None
     idle_counts: tuple[int, ...] = (5000, 10000)
     sweep_offered: tuple[int, ...] = (
-        10_000, 25_000, 50_000, 100_000, 150_000, 200_000, 300_000, 450_000, 600_000, 800_000,
+        10_000,
+        25_000,
+        50_000,
+        100_000,
+        150_000,
+        200_000,
+        300_000,
+        450_000,
+        600_000,
+        800_000,
     )
     sweep_poll_us: int = 200  # read pacing in the sweep: the generator keeps up past 200k/s
     sweep_duration: float = 3.0
@@ -106,7 +115,12 @@ def fanout_max(spec: ServerSpec, cfg: Config) -> dict:
         r = measure(
             srv,
             dict(
-                mode="fanout", clients=200, room_size=200, senders_per_room=10, window=16, poll_us=cfg.poll_us
+                mode="fanout",
+                clients=200,
+                room_size=200,
+                senders_per_room=10,
+                window=16,
+                poll_us=cfg.poll_us,
             ),
             cfg,
         )
@@ -137,13 +151,24 @@ def generator_ceiling(cfg: Config) -> dict:
 
 
 def fanout_rate(
-    spec: ServerSpec, cfg: Config, rate: float = 500, poll_us: int = 0, duration: float | None = None
+    spec: ServerSpec,
+    cfg: Config,
+    rate: float = 500,
+    poll_us: int = 0,
+    duration: float | None = None,
 ) -> dict:
     c = Config(**{**cfg.__dict__, "duration": duration or cfg.duration})
     with _server(spec, c) as srv:
         r = measure(
             srv,
-            dict(mode="fanout", clients=200, room_size=200, senders_per_room=10, rate=rate, poll_us=poll_us),
+            dict(
+                mode="fanout",
+                clients=200,
+                room_size=200,
+                senders_per_room=10,
+                rate=rate,
+                poll_us=poll_us,
+            ),
             c,
         )
     lat = {k: (v if v >= 0 else None) for k, v in r["latency_ms"].items()}
@@ -258,8 +283,10 @@ def run_sweep(spec: ServerSpec, cfg: Config, log=print) -> list[dict]:
     for offered in cfg.sweep_offered:
         rate = offered / 199
         try:
-            point = fanout_rate(spec, cfg, rate=rate, poll_us=cfg.sweep_poll_us, duration=cfg.sweep_duration)
-        except Exception as exc:  # noqa: BLE001 - a failed point ends the sweep
+            point = fanout_rate(
+                spec, cfg, rate=rate, poll_us=cfg.sweep_poll_us, duration=cfg.sweep_duration
+            )
+        except Exception as exc:
             log(f"  sweep {spec.name} {offered}: {exc}")
             break
         points.append(point)

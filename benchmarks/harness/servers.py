@@ -117,7 +117,10 @@ def ensure_node_deps() -> None:
     if not shutil.which("npm"):
         raise ServerError("node-ws needs node and npm")
     subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True, stdout=subprocess.DEVNULL
+        ["npm", "ci", "--no-audit", "--no-fund"],
+        cwd=BENCH_DIR,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -190,7 +193,10 @@ def export_snapshot(rev: str = "HEAD") -> str:
     ).stdout
     subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
     commit = subprocess.run(
-        ["git", "-C", REPO_DIR, "rev-parse", "--short", rev], check=True, capture_output=True, text=True
+        ["git", "-C", REPO_DIR, "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     with open(os.path.join(out, "COMMIT"), "w") as f:
         f.write(commit + "\n")
@@ -250,7 +256,7 @@ class ServerProcess:
         self.ps: psutil.Process | None = None
         self._lines: list[str] = []
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.start()
         return self
 
@@ -296,7 +302,9 @@ class ServerProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(
-                    f"{self.spec.name} did not start: " + " | ".join(self._lines[-5:]) + self._log_tail()
+                    f"{self.spec.name} did not start: "
+                    + " | ".join(self._lines[-5:])
+                    + self._log_tail()
                 )
         self.ps = psutil.Process(self.proc.pid)
         # taskset execs the server in place, so the pid is the server's.
@@ -351,7 +359,9 @@ class ServerProcess:
     def num_fds(self) -> int:
         return self.ps.num_fds()
 
-    def stable_rss(self, settle: float = 0.5, timeout: float = 8.0, tolerance: float = 0.005) -> int:
+    def stable_rss(
+        self, settle: float = 0.5, timeout: float = 8.0, tolerance: float = 0.005
+    ) -> int:
         """RSS once two samples ``settle`` seconds apart differ by < tolerance."""
         last = self.rss()
         deadline = time.monotonic() + timeout

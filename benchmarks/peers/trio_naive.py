@@ -7,10 +7,9 @@ task.  This is the straightforward design trio_chat must beat.
 
 from __future__ import annotations
 
+import _common
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
-
-import _common
 
 
 async def main() -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from websockets.asyncio.server import ServerConnection, broadcast, serve
-
 import _common
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 
 async def main() -> None:
@@ -49,7 +48,9 @@ async def main() -> None:
             await ws.send(message)
 
     handler = echo if args.mode == "echo" else chat
-    async with serve(handler, args.host, args.port, compression=None, max_size=65536, backlog=4096) as server:
+    async with serve(
+        handler, args.host, args.port, compression=None, max_size=65536, backlog=4096
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         _common.announce("websockets-asyncio", args.host, port)
         await server.serve_forever()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import functools
 
+import _common
 import trio
 from websockets.trio.server import ServerConnection, broadcast, serve
-
-import _common
 
 
 async def main() -> None:
@@ -53,7 +52,13 @@ async def main() -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             functools.partial(
-                serve, handler, args.port, host=args.host, compression=None, max_size=65536, backlog=4096
+                serve,
+                handler,
+                args.port,
+                host=args.host,
+                compression=None,
+                max_size=65536,
+                backlog=4096,
             )
         )
         port = server.listeners[0].socket.getsockname()[1]
