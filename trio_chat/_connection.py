@@ -360,7 +360,7 @@ class ChatHandler:
             return
         self.invalid_in_a_row = 0
         limiter = self.limiter if isinstance(event, _RATED) else self.control_limiter
-        retry = limiter.check(time.monotonic())
+        retry = limiter.check(trio.current_time())
         if retry is not None:
             if self.metrics is not None:
                 self.metrics.rate_limited += 1

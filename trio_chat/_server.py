@@ -511,7 +511,7 @@ class ChatServer:
             return self._refuse(400, "not a valid WebSocket upgrade request", peer)
         if not self._origin_allowed(headers):
             return self._refuse(403, f"origin {headers.get('origin')!r} not allowed", peer)
-        refusal = self._ip_limits.handshake(client_key(peer), time.monotonic())
+        refusal = self._ip_limits.handshake(client_key(peer), trio.current_time())
         if refusal is not None:
             return self._refuse(refusal.status, refusal.reason, peer)
         if len(self._connections) + self._upgrading >= self.config.max_connections:
