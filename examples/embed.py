@@ -9,8 +9,8 @@ The chat server runs beside two ordinary trio tasks:
 
 Run it, then watch the ticks from a terminal or a browser::
 
-    python examples/embed.py --port 8080
-    trio-chat connect ws://127.0.0.1:8080/ws --room clock
+    .venv/bin/python examples/embed.py --port 8080     # the venv of the README
+    .venv/bin/trio-chat connect ws://127.0.0.1:8080/ws --room clock
     # or open http://127.0.0.1:8080/ and join "clock"
 
 Ctrl+C (or SIGTERM) stops the clock and the reporter, then shuts the server

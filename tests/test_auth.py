@@ -280,7 +280,7 @@ async def _start_cli_server(*args: str, env: dict[str, str] | None = None):
             buffer += chunk
     line = buffer.split(b"\n", 1)[0].decode()
     assert line.startswith("trio-chat listening on ws://"), line
-    return proc, line.rsplit(" ", 1)[1]
+    return proc, line.split()[3]
 
 
 async def _stop(proc) -> None:

@@ -25,7 +25,9 @@ from trio_websocket import ConnectionClosed
 from trio_chat.testing import open_test_client
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"^trio-chat listening on (ws://127\.0\.0\.1:(\d+)/ws)$")
+LISTENING = re.compile(
+    r"^trio-chat listening on (ws://127\.0\.0\.1:(\d+)/ws)( \(chat page: http://127\.0\.0\.1:\2/\))?$"
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -67,6 +69,9 @@ class Running:
         self.url = url
         self.stdout = stdout
         self.stderr = b""
+        self.listening_line = ""
+        #: Set (and replaced) whenever more stderr arrives.
+        self.stderr_grew = trio.Event()
 
     @property
     def stderr_lines(self) -> list[str]:
@@ -75,7 +80,7 @@ class Running:
     async def wait_for_stderr(self, text: str) -> None:
         with trio.fail_after(10):
             while text.encode() not in self.stderr:
-                await trio.sleep(0.01)
+                await self.stderr_grew.wait()
 
     async def stop(self, signum: int = signal.SIGTERM) -> int:
         """Send *signum*, wait (bounded) for the exit; return the exit code."""
@@ -103,6 +108,8 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterat
             async def collect_stderr() -> None:
                 while chunk := await process.stderr.receive_some():
                     running.stderr += chunk
+                    running.stderr_grew.set()
+                    running.stderr_grew = trio.Event()
 
             nursery.start_soon(collect_stderr)
             try:
@@ -111,6 +118,7 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterat
                 match = LISTENING.match(line or "")
                 assert match, f"not the listening line: {line!r}; stderr: {running.stderr!r}"
                 running.url = match.group(1)
+                running.listening_line = line or ""
                 yield running
             finally:
                 if process.returncode is None:
@@ -279,6 +287,77 @@ async def test_bad_settings_exit_2_with_one_line_naming_the_setting(tmp_path):
 async def test_unknown_flag_exits_2():
     stderr = await exits_with_error(serve("--pingg-interval", "3"))
     assert "--pingg-interval" in stderr.splitlines()[-1]
+
+
+async def test_port_in_use_is_one_line_and_exit_2():
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stderr = await exits_with_error(serve("--port", str(port)))
+    assert stderr.splitlines() == [
+        f"trio-chat: error: cannot listen on 127.0.0.1:{port}: the address is already in use"
+    ]
+
+
+async def test_unknown_host_is_one_line_and_exit_2():
+    stderr = await exits_with_error(serve("--host", "192.0.2.1"))
+    assert stderr.splitlines() == [
+        "trio-chat: error: cannot listen on 192.0.2.1:0: no such local address"
+    ]
+
+
+async def test_listening_line_names_the_page_too():
+    async with run(serve("--port", "0")) as server:
+        line = server.listening_line
+        port = server.url.split(":")[-1].split("/")[0]
+        assert line == (
+            f"trio-chat listening on ws://127.0.0.1:{port}/ws (chat page: http://127.0.0.1:{port}/)"
+        )
+        assert await server.stop() == 0
+
+
+async def test_version_flag():
+    from trio_chat import __version__
+
+    result = await trio.run_process(
+        [sys.executable, "-m", "trio_chat", "--version"], capture_stdout=True
+    )
+    assert result.stdout.decode().strip() == f"trio-chat {__version__}"
+
+
+async def test_help_shows_what_each_option_takes():
+    result = await trio.run_process(
+        [sys.executable, "-m", "trio_chat", "serve", "--help"], capture_stdout=True
+    )
+    text = " ".join(result.stdout.decode().split())
+    assert "--max-connections-per-ip N" in text
+    assert "--max-handshakes-per-ip N" in text
+    assert "--max-rooms-per-connection N" in text
+    assert "--max-message-bytes BYTES" in text
+    assert "--ping-interval SECONDS" in text
+    assert "--log-level {debug,info,warning,error}" in text
+    assert "--log-format {text,json}" in text
+    assert text.count("anonymous mode") == 1  # --secret's default, said once
+    connect = await trio.run_process(
+        [sys.executable, "-m", "trio_chat", "connect", "--help"], capture_stdout=True
+    )
+    for command in ("/join ROOM", "/leave", "/dm USER TEXT", "/status", "/quit", "/help"):
+        assert command in connect.stdout.decode()
+    for sub in ("serve", "echo", "token", "connect"):
+        sub_help = await trio.run_process(
+            [sys.executable, "-m", "trio_chat", sub, "--help"], capture_stdout=True
+        )
+        _usage, _, rest = sub_help.stdout.decode().partition("\n\n")
+        assert rest.strip() and not rest.startswith("positional"), (sub, "no description")
+
+
+async def test_short_secret_refused_by_serve():
+    stderr = await exits_with_error(serve("--secret", "abc"))
+    assert stderr.splitlines()[0].startswith(
+        "trio-chat: error: secret: must be at least 32 bytes, got 3"
+    )
+    assert len(stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------- echo, entry point

@@ -29,7 +29,7 @@ SAMPLES = {
     "rate_seconds": 9.5,
     "max_rooms": 10,
     "max_rooms_per_connection": 11,
-    "secret": "s3cret",
+    "secret": "s3cret-long-enough-for-hs256-0123456789",
     "allowed_origins": ("https://a.example", "https://b.example"),
     "redis_url": "redis://127.0.0.1:6379/0",
     "log_level": "debug",

@@ -184,8 +184,9 @@ async def test_cli_serves_wss(tls_files, client_context):
                 chunk = await proc.stdout.receive_some(4096)
                 assert chunk, "the server exited"
                 line += chunk
-        url = line.decode().split()[-1]
+        url = line.decode().split()[3]
         assert url.startswith("wss://127.0.0.1:")
+        assert "(chat page: https://127.0.0.1:" in line.decode()
         async with wss_client(url + "?user=cli", client_context) as (ws, user):
             assert user == "cli"
             await send(ws, "join", {"room": "lobby"})

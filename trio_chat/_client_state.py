@@ -347,8 +347,8 @@ class ClientState:
                 room.settle_leave()  # gone with the connection
         for entry in list(self.outbox):
             if entry.kind == "chat":
-                room = self.rooms.get(entry.target)
-                if room is None or not room.wanted:
+                target = self.rooms.get(entry.target)
+                if target is None or not target.wanted:
                     self._fail(entry, _left_before_ack(entry))
                     continue
             if entry.sent_on == self.serial:
@@ -420,7 +420,7 @@ class ClientState:
                 and (not self.online or entry.sent_on != self.serial)
             ):
                 self._fail(entry, _left_before_ack(entry))
-        in_room = room.joined_on == self.serial or room.join_sent_on == self.serial
+        in_room = self.serial in (room.joined_on, room.join_sent_on)
         room.joined_on = None
         room.join_sent_on = None
         room.members.clear()

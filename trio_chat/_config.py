@@ -23,38 +23,70 @@ class ConfigError(ValueError):
     """A setting has a value it cannot take; the message names the setting."""
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value <= 0:
         raise ConfigError(f"{attribute.name}: must be greater than 0, got {value!r}")
 
 
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value < 0:
         raise ConfigError(f"{attribute.name}: must not be negative, got {value!r}")
 
 
-def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ConfigError(f"port: must be between 0 and 65535, got {value!r}")
 
 
-def _choice(*choices: str):
-    def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
-        if value not in choices:
+#: Shortest HS256 secret accepted, in bytes (RFC 7518 section 3.2: a key of
+#: at least the hash's size).
+MIN_SECRET_BYTES = 32
+
+
+def _secret(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"secret: must be at least {MIN_SECRET_BYTES} bytes, got {len(value.encode())} "
+            "(make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+
+
+class _Choice:
+    """A validator that also tells the command line which values exist."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in self.choices:
             raise ConfigError(
-                f"{attribute.name}: must be one of {', '.join(choices)}, got {value!r}"
+                f"{attribute.name}: must be one of {', '.join(self.choices)}, got {value!r}"
             )
 
-    return check
 
-
-def _setting(default: Any, help: str, validator: Any = None, **kw: Any) -> Any:
-    return attrs.field(default=default, validator=validator, metadata={"help": help}, **kw)
+def _setting(
+    default: Any,
+    help: str,
+    validator: Any = None,
+    *,
+    metavar: str | None = None,
+    shown_default: str | None = None,
+    **kw: Any,
+) -> Any:
+    """A Config field; *help*, *metavar* and *shown_default* feed the CLI."""
+    metadata: dict[str, Any] = {"help": help}
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    if shown_default is not None:
+        metadata["shown_default"] = shown_default
+    if isinstance(validator, _Choice):
+        metadata["choices"] = validator.choices
+    return attrs.field(default=default, validator=validator, metadata=metadata, **kw)
 
 
 def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        value = [v for v in value.split(",")]
+        value = value.split(",")
     return tuple(v.strip() for v in value if v.strip())
 
 
@@ -66,7 +98,7 @@ class Config:
     with ``attrs.evolve``, or merge all sources with :meth:`load`.
     """
 
-    host: str = _setting("127.0.0.1", "address to listen on")
+    host: str = _setting("127.0.0.1", "address to listen on", metavar="ADDRESS")
     port: int = _setting(8080, "TCP port to listen on (0 picks a free one)", _port)
     ping_interval: float = _setting(54.0, "seconds between server pings", _positive)
     pong_timeout: float = _setting(60.0, "seconds to wait for a pong", _positive)
@@ -109,19 +141,26 @@ class Config:
         100, "rooms one connection may be in at once", _positive
     )
     secret: str | None = _setting(
-        None, "HS256 secret: require JWT tokens (default: anonymous mode)", repr=False
+        None,
+        f"HS256 secret of at least {MIN_SECRET_BYTES} bytes: require JWT tokens",
+        _secret,
+        metavar="SECRET",
+        shown_default="none, anonymous mode",
+        repr=False,
     )
     allowed_origins: tuple[str, ...] = _setting(
         (), "allowed browser Origins (default: same host)", converter=_origins
     )
-    certfile: str | None = _setting(None, "TLS certificate chain (PEM): serve wss://")
-    keyfile: str | None = _setting(None, "TLS private key (PEM)")
+    certfile: str | None = _setting(
+        None, "TLS certificate chain (PEM): serve wss://", metavar="FILE"
+    )
+    keyfile: str | None = _setting(None, "TLS private key (PEM)", metavar="FILE")
     redis_url: str | None = _setting(
-        None, "redis://HOST:PORT/DB: share rooms across processes through Redis"
+        None, "share rooms across processes through Redis", metavar="redis://HOST:PORT/DB"
     )
     workers: int = _setting(1, "server processes sharing the port", _positive)
-    log_level: str = _setting("info", "log level", _choice("debug", "info", "warning", "error"))
-    log_format: str = _setting("text", "log format", _choice("text", "json"))
+    log_level: str = _setting("info", "log level", _Choice("debug", "info", "warning", "error"))
+    log_format: str = _setting("text", "log format", _Choice("text", "json"))
 
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
@@ -177,7 +216,7 @@ class Config:
 
 
 #: Setting name -> its attrs field.
-SETTINGS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(Config)}
+SETTINGS: dict[str, attrs.Attribute[Any]] = {f.name: f for f in attrs.fields(Config)}
 
 
 def _field_name(key: str, where: str) -> str:
@@ -190,11 +229,9 @@ def _field_name(key: str, where: str) -> str:
 def _coerce(key: str, value: Any) -> Any:
     """Convert *value* (often a string) to the type of setting *key*."""
     name = key.replace("-", "_")
-    kind = SETTINGS[name].type
-    if isinstance(kind, str):  # postponed annotations
-        kind_name = kind
-    else:  # pragma: no cover
-        kind_name = getattr(kind, "__name__", str(kind))
+    kind: object = SETTINGS[name].type
+    # Annotations are postponed (strings) in this module.
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
         if kind_name == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):

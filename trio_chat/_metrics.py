@@ -7,12 +7,21 @@ metric families when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -24,7 +33,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def count_tasks() -> int:
     """Every trio task alive in this run (the root task's whole tree)."""
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    if root is None:
+        raise RuntimeError("must be called from inside trio")
+    stack = [root]
     count = 0
     while stack:
         task = stack.pop()
@@ -47,6 +59,11 @@ class Metrics:
         self.backplane_up: Callable[[], bool] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+        # The usual process (CPU, memory, descriptors), Python platform and
+        # garbage collector metrics, in this server's registry.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def connection_closed(self, code: int | None) -> None:
         # Dropped without a closing handshake (by either side): 1006, as
@@ -73,6 +90,13 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         counters = self.hub.counters
         stats = self.hub.stats()
+        build = GaugeMetricFamily(
+            "trio_chat_build_info",
+            "The running trio_chat: always 1, with the version as labels.",
+            labels=["version", "python"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
@@ -111,8 +135,8 @@ class Metrics:
         errors = CounterMetricFamily(
             "trio_chat_errors_sent", "Error frames sent, by code.", labels=["code"]
         )
-        for code, n in sorted(counters.errors.items()):
-            errors.add_metric([str(code)], n)
+        for error_code, n in sorted(counters.errors.items()):
+            errors.add_metric([str(error_code)], n)
         yield errors
         yield counter(
             "trio_chat_slow_consumer_drops",

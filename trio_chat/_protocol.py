@@ -236,7 +236,7 @@ class _Fields:
     def fail(self, message: str, code: int = 400) -> ProtocolError:
         return ProtocolError(code, message, self.ref)
 
-    def string(self, name: str, *, optional: bool = False) -> Any:
+    def string(self, name: str, *, optional: bool = False) -> str | None:
         value = self.payload.get(name)
         if value is None:
             if optional:
@@ -248,20 +248,25 @@ class _Fields:
             raise self.fail(f"payload.{name}: must not contain lone surrogates")
         return value
 
+    def required(self, name: str) -> str:
+        value = self.string(name)
+        assert value is not None  # string() raises for a missing required field
+        return value
+
     def room(self) -> str:
-        room = self.string("room")
+        room = self.required("room")
         if _ROOM_RE.fullmatch(room) is None:
             raise self.fail(f"payload.room: must match {ROOM_PATTERN}")
         return room
 
     def user(self, name: str) -> str:
-        user = self.string(name)
+        user = self.required(name)
         if _USER_RE.fullmatch(user) is None:
             raise self.fail(f"payload.{name}: must match {USER_PATTERN}")
         return user
 
     def content(self, max_chars: int) -> str:
-        content = self.string("content")
+        content = self.required("content")
         if not content:
             raise self.fail("payload.content: must not be empty")
         if len(content) > max_chars:
@@ -319,7 +324,7 @@ def parse_client_frame(
     if kind == "direct":
         return Direct(fields.user("to"), fields.content(max_content_chars), ref)
     if kind == "presence":
-        status = fields.string("status")
+        status = fields.required("status")
         if not status or len(status) > MAX_STATUS_CHARS:
             raise fields.fail(f"payload.status: must be 1 to {MAX_STATUS_CHARS} characters")
         text_ = fields.string("text", optional=True)
@@ -360,6 +365,9 @@ class ServerEvent:
 
 class _WithRef(ServerEvent):
     """Events that echo the ``ref`` of the frame they answer."""
+
+    #: Declared by each subclass (an attrs field); named here for the checker.
+    ref: str | None
 
     def payload(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name != "ref"}

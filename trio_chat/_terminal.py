@@ -19,6 +19,7 @@ it reconnects, resumes and re-sends by itself.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import stat
 import sys
@@ -75,13 +76,18 @@ def run_terminal(
     source = stdin if stdin is not None else sys.stdin
     out = stdout if stdout is not None else sys.stdout
     try:
-        return trio.run(_main, url, list(rooms), user, token, source, out)
+        return trio.run(
+            functools.partial(
+                _main, url, rooms=list(rooms), user=user, token=token, source=source, out=out
+            )
+        )
     except KeyboardInterrupt:
         return 130
 
 
 async def _main(
     url: str,
+    *,
     rooms: list[str],
     user: str | None,
     token: str | None,
@@ -315,9 +321,9 @@ class Session:
             if not parts or not parts[0]:
                 self.say("! usage: /status STATUS [TEXT]")
             else:
-                text = parts[1] if len(parts) > 1 and parts[1] else None
+                status_text = parts[1] if len(parts) > 1 and parts[1] else None
                 try:
-                    await self.client.set_presence(parts[0], text)  # echoed as presence
+                    await self.client.set_presence(parts[0], status_text)  # echoed as presence
                 except ClientError as exc:
                     self.say(f"! error {exc.code}: {exc.message}")
         elif command == "who":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import attrs
@@ -73,7 +73,8 @@ class TestClient:
 
     @property
     def user_id(self) -> str:
-        return self.welcome["payload"]["user_id"]
+        user_id: str = self.welcome["payload"]["user_id"]
+        return user_id
 
     async def send(self, type: str, payload: dict[str, Any], ref: str | None = None) -> None:
         frame: dict[str, Any] = {"type": type, "payload": payload}
@@ -84,7 +85,8 @@ class TestClient:
     async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
         """The next frame, as a dict (fails after *timeout* seconds)."""
         with trio.fail_after(timeout):
-            return json.loads(await self.ws.get_message())
+            frame: dict[str, Any] = json.loads(await self.ws.get_message())
+        return frame
 
     async def receive_event(self, timeout: float = 5.0) -> ServerEvent:
         with trio.fail_after(timeout):
@@ -182,10 +184,8 @@ def open_memory_stream(
     write waits until the client reads it (a client that stops reading then
     stalls the server's writer, as a full socket would).
     """
-    if lockstep:
-        client, server_end = trio.testing.lockstep_stream_pair()
-    else:
-        client, server_end = trio.testing.memory_stream_pair()
+    pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+    client, server_end = pair()
     server.serve_stream(server_end, peer)
     return client
 
@@ -209,7 +209,8 @@ async def open_memory_client(
     async with trio.open_nursery() as nursery:
         ws = await trio_websocket.wrap_client_stream(
             nursery,
-            stream,
+            # Annotated as a socket or TLS stream, it takes any trio Stream.
+            cast("trio.SocketStream", stream),
             "localhost",
             _resource("/ws", user, token),
             subprotocols=subprotocols,

@@ -132,6 +132,8 @@ class Supervisor:
         self.codes: list[int | None] = [None] * count
         self.restarts = 0
         self.stopping = False
+        #: Set once a stop is asked for: wakes the restart back-off.
+        self._stop_asked = trio.Event()
         self._failed = False
 
     async def run(self) -> int:
@@ -145,11 +147,10 @@ class Supervisor:
                     first.start_soon(_set_then_cancel, ready, first.cancel_scope)
                     first.start_soon(_set_then_cancel, stop, first.cancel_scope)
                 if ready.is_set() and not stop.is_set():
-                    print(
-                        f"trio-chat listening on {_url(self.config, self.config.port)} "
-                        f"({self.count} workers)",
-                        flush=True,
-                    )
+                    from ._cli import listening_line
+
+                    line = listening_line(_url(self.config, self.config.port))
+                    print(f"{line}, {self.count} workers", flush=True)
                     await stop.wait()
                 await self._stop_all()
                 nursery.cancel_scope.cancel()
@@ -184,6 +185,10 @@ class Supervisor:
             return
         ready.set()
 
+    def _stopped(self) -> bool:
+        """Whether a stop was asked for (read again after every await)."""
+        return self.stopping
+
     async def _keep(
         self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -199,8 +204,9 @@ class Supervisor:
                 start_new_session=True,
             )
             self.procs[index] = proc
+            stdin, stdout = _pipes(proc)
             try:
-                await proc.stdin.send_all(self.payload)
+                await stdin.send_all(self.payload)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             ready = await _read_ready(proc)
@@ -212,9 +218,9 @@ class Supervisor:
             code = await _wait_draining(proc)
             self.procs[index] = None
             self.codes[index] = code
-            await proc.stdin.aclose()
-            await proc.stdout.aclose()
-            if self.stopping:
+            await stdin.aclose()
+            await stdout.aclose()
+            if self._stopped():
                 return
             if not started_once:
                 raise WorkerFailed(f"worker {index} exited ({code}) before it was ready")
@@ -223,21 +229,25 @@ class Supervisor:
             if trio.current_time() - began > HEALTHY_AFTER:
                 delay = RESTART_DELAY[0]
             with trio.move_on_after(delay):
-                while not self.stopping:
-                    await trio.sleep(0.05)
+                await self._stop_asked.wait()
             delay = min(delay * 2, RESTART_DELAY[1])
 
     async def _stop_all(self) -> None:
         """SIGTERM every worker; SIGKILL what is left after the grace period."""
         self.stopping = True
-        for proc in self.procs:
-            if proc is not None and proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
+        self._stop_asked.set()
+        running = [p for p in self.procs if p is not None and p.returncode is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
         with trio.move_on_after(self.config.shutdown_grace + 10):
-            while any(p is not None and p.returncode is None for p in self.procs):
-                await trio.sleep(0.05)
+            async with trio.open_nursery() as nursery:
+                for proc in running:
+                    nursery.start_soon(proc.wait)
         for index, proc in enumerate(self.procs):
-            if proc is not None and proc.returncode is None:
+            if proc is not None and proc.returncode is not None:
+                # Recorded here too: the caller cancels the watchers next.
+                self.codes[index] = proc.returncode
+            elif proc is not None:
                 log.error("worker %d (pid %d) did not stop in time: killing it", index, proc.pid)
                 proc.kill()
                 self.codes[index] = -signal.SIGKILL
@@ -252,12 +262,19 @@ async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+def _pipes(proc: trio.Process) -> tuple[trio.abc.SendStream, trio.abc.ReceiveStream]:
+    """A worker's stdin and stdout (always pipes: see ``_keep``)."""
+    if proc.stdin is None or proc.stdout is None:
+        raise RuntimeError("worker started without pipes")
+    return proc.stdin, proc.stdout
+
+
 async def _read_ready(proc: trio.Process) -> bool:
     """Wait for the worker's ``ready`` line; False if it exits or is too slow."""
     data = b""
     with trio.move_on_after(START_TIMEOUT):
         while b"\n" not in data:
-            chunk = await proc.stdout.receive_some(4096)
+            chunk = await _pipes(proc)[1].receive_some(4096)
             if not chunk:
                 return False
             data += chunk
@@ -272,7 +289,7 @@ async def _wait_draining(proc: trio.Process) -> int:
 
         async def drain() -> None:
             try:
-                while await proc.stdout.receive_some(4096):
+                while await _pipes(proc)[1].receive_some(4096):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass

@@ -425,6 +425,11 @@ class ChatClient:
         self._changed.set()
         self._changed = trio.Event()
 
+    @property
+    def closing(self) -> bool:
+        """:meth:`aclose` was called (or the block is being left)."""
+        return self._closing
+
     # ------------------------------------------------------------ running
 
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -441,7 +446,7 @@ class ChatClient:
                 ended = await self._connection(task_status if first else None)
                 if ended.online:
                     first = False
-                if self._closing:
+                if self.closing:  # closed while this attempt ran
                     return
                 if first:
                     raise ConnectError(
