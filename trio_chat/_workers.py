@@ -237,12 +237,12 @@ class Supervisor:
         self.stopping = True
         self._stop_asked.set()
         running = [p for p in self.procs if p is not None and p.returncode is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
+        for worker in running:
+            worker.send_signal(signal.SIGTERM)
         with trio.move_on_after(self.config.shutdown_grace + 10):
             async with trio.open_nursery() as nursery:
-                for proc in running:
-                    nursery.start_soon(proc.wait)
+                for worker in running:
+                    nursery.start_soon(worker.wait)
         for index, proc in enumerate(self.procs):
             if proc is not None and proc.returncode is not None:
                 # Recorded here too: the caller cancels the watchers next.
