@@ -39,10 +39,8 @@ import attrs
 import trio
 import trio_websocket
 from http_support import LogCapture
-from hypothesis import HealthCheck, Phase, example, given, settings
-from hypothesis import strategies as st
-from wsproto.connection import Connection as WsConnection
-from wsproto.connection import ConnectionType
+from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
+from wsproto.connection import Connection as WsConnection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.utilities import RemoteProtocolError
 

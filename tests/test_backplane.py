@@ -26,8 +26,7 @@ import attrs
 import pytest
 import trio
 from http_support import http_request
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from redis_helpers import (  # noqa: F401 - fixtures
     RedisServer,
     durable_redis_server,

@@ -17,8 +17,7 @@ import attrs
 import pytest
 import trio
 import trustme
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from trio_chat import Chat, ChatServer, Config, make_token
 from trio_chat._client_state import ClientState, RoomState
@@ -65,13 +64,13 @@ def drop(server: ChatServer, user: str, how: int | str | None) -> int:
     frame, or "drain" for a graceful 1001 after flushing.
     """
     dropped = 0
-    for conn in list(server._connections):
-        if conn.user_id == user:
-            if how == "drain":
-                conn.drain(1001, "test drain")
-            else:
-                conn.close(how, "test drop")
-            dropped += 1
+    for conn in server.connections(user):
+        if how == "drain":
+            server.close_connection(conn.session_id, 1001, "test drain", drain=True)
+        else:
+            assert how is None or isinstance(how, int)
+            server.close_connection(conn.session_id, how, "test drop")
+        dropped += 1
     return dropped
 
 

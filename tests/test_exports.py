@@ -43,6 +43,7 @@ EXPECTED = {
     "parse_client_frame",
     "parse_server_frame",
     "ChatServer",
+    "ConnectionInfo",
     "ServerStats",
 }
 

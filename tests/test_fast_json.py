@@ -2,8 +2,7 @@
 
 import json
 
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from trio_chat import ChatAck, ChatMessage
 from trio_chat._protocol import _dumps, format_time

@@ -15,9 +15,7 @@ from collections import Counter, OrderedDict
 
 import attrs
 import pytest
-from hypothesis import event as label
-from hypothesis import settings
-from hypothesis import strategies as st
+from hypothesis import event as label, settings, strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,

@@ -12,8 +12,7 @@ import json
 
 import attrs
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from trio_chat import text_frame
 from trio_chat._protocol import (

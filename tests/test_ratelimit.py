@@ -9,8 +9,7 @@ import math
 import pytest
 import trio
 import trio_websocket
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from trio_chat import Config
 from trio_chat._ratelimit import IpLimiter, RateLimiter

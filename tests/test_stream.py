@@ -18,8 +18,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 import trustme
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from wire_support import (
     OP_CLOSE,
     OP_PONG,

@@ -104,6 +104,19 @@ class ServerStats:
     rate_limited: int
 
 
+@attrs.frozen
+class ConnectionInfo:
+    """One open WebSocket connection, as :meth:`ChatServer.connections` sees it."""
+
+    #: The id sent to the client in its ``welcome`` (unique per connection).
+    session_id: str
+    user_id: str
+    #: The client's address (``"memory"`` for in-memory streams).
+    peer: str
+    #: Seconds since the connection was accepted.
+    age: float
+
+
 class ChatServer:
     """A trio_chat server, standalone or embedded in a trio program.
 
@@ -285,6 +298,34 @@ class ChatServer:
             ephemeral_dropped=counters.ephemeral_dropped,
             rate_limited=self.metrics.rate_limited,
         )
+
+    def connections(self, user_id: str | None = None) -> list[ConnectionInfo]:
+        """The open WebSocket connections (of *user_id* only, if given)."""
+        now = time.monotonic()
+        return [
+            ConnectionInfo(conn.session_id, conn.user_id, conn.peer, now - conn.started)
+            for conn in self._connections
+            if user_id is None or conn.user_id == user_id
+        ]
+
+    def close_connection(
+        self, session_id: str, code: int | None = 1000, reason: str = "", *, drain: bool = False
+    ) -> bool:
+        """Close one connection by its session id; False if it is not open.
+
+        With a *code*, what is queued for it is dropped and it gets a close
+        frame with *code* and *reason*; with ``code=None`` its transport is
+        aborted (no close frame); with *drain*, what is queued is written
+        first, then it is closed with *code* (1001 by default).
+        """
+        for conn in self._connections:
+            if conn.session_id == session_id:
+                if drain:
+                    conn.drain(1001 if code is None else code, reason or "closed by the server")
+                else:
+                    conn.close(code, reason or "closed by the server")
+                return True
+        return False
 
     def _check_message(self, *, content: str, user_id: str, room: str | None = None) -> None:
         if room is not None and not is_valid_room(room):
