@@ -66,13 +66,18 @@ VARIANTS = {
 SCENARIOS = {
     "fanout": (
         "200 clients in 1 room",
-        dict(mode="fanout", clients=200, room_size=200, senders_per_room=10, window=16),
+        {"mode": "fanout", "clients": 200, "room_size": 200, "senders_per_room": 10, "window": 16},
     ),
     "rooms": (
         "200 rooms of 10",
-        dict(
-            mode="fanout", clients=2000, room_size=10, senders_per_room=1, window=8, concurrency=100
-        ),
+        {
+            "mode": "fanout",
+            "clients": 2000,
+            "room_size": 10,
+            "senders_per_room": 1,
+            "window": 8,
+            "concurrency": 100,
+        },
     ),
 }
 
@@ -142,7 +147,10 @@ def measure_once(variant: str, scenario: str, redis: RedisServer, cfg: Config) -
     deliveries = result["deliveries_per_s"] * result["window_s"]
     server_s = marks["measure_end"][0] - marks["measure_start"][0]
     redis_s = marks["measure_end"][1] - marks["measure_start"][1]
-    per = lambda seconds: seconds / deliveries * 1e6 if deliveries else None
+
+    def per(seconds):
+        return seconds / deliveries * 1e6 if deliveries else None
+
     return {
         "deliveries_per_s": result["deliveries_per_s"],
         "delivery_ratio": result["delivery_ratio"],
@@ -297,8 +305,10 @@ def main() -> int:
                     results[scenario][variant].append(r)
                     print(
                         f"[{rep + 1}/{reps}] {scenario:7} {variant:8} "
-                        f"{r['deliveries_per_s']:>10,.0f}/s  server {r['server_us_per_delivery']:.2f} µs"
-                        f"  redis {r['redis_us_per_delivery']:.2f} µs  ratio {r['delivery_ratio']:.4f}",
+                        f"{r['deliveries_per_s']:>10,.0f}/s  "
+                        f"server {r['server_us_per_delivery']:.2f} µs  "
+                        f"redis {r['redis_us_per_delivery']:.2f} µs  "
+                        f"ratio {r['delivery_ratio']:.4f}",
                         flush=True,
                     )
     finally:

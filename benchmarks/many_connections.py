@@ -75,13 +75,13 @@ def main() -> int:
         t0 = time.monotonic()
         holder = loadgen.Holder(
             srv.port,
-            dict(
-                clients=args.connections,
-                room_size=args.connections,
-                users=args.users,
-                concurrency=200,
-                connect_timeout=600,
-            ),
+            {
+                "clients": args.connections,
+                "room_size": args.connections,
+                "users": args.users,
+                "concurrency": 200,
+                "connect_timeout": 600,
+            },
             core=1,
         )
         try:
@@ -132,7 +132,8 @@ def main() -> int:
             f"room; connected and joined in {connect_s:.0f} s. One broadcast reached "
             f"{broadcast.get('received'):,} of {broadcast.get('expected'):,} other connections in "
             f"{broadcast.get('ms')} ms. Server RSS {before / 2**20:.0f} MB before, "
-            f"{after / 2**20:.0f} MB after: **{result['kb_per_connection']:.1f} KB per connection**; "
+            f"{after / 2**20:.0f} MB after: "
+            f"**{result['kb_per_connection']:.1f} KB per connection**; "
             f"{fds:,} open fds. Result: **{'PASS' if result['ok'] else 'FAIL'}**."
         )
         report.update_readme(os.path.join(BENCH_DIR, "README.md"), section, "many-connections")

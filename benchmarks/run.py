@@ -32,6 +32,9 @@ from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep
 from harness.servers import (
     BENCH_DIR,
     OPTIONAL,
+    SQLITE_VARIANT,
+    TRIO_PEERS,
+    VARIANT_SCENARIOS,
     RedisServer,
     ServerError,
     ServerProcess,
@@ -39,6 +42,7 @@ from harness.servers import (
     ensure_node_deps,
     export_snapshot,
     raise_fd_limit,
+    sqlite_variant,
 )
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -55,6 +59,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-sweep", action="store_true", help="skip the latency sweep and plot")
     p.add_argument(
         "--with-node", action="store_true", help="also measure the Node.js ws peer (npm ci)"
+    )
+    p.add_argument(
+        "--trio-peers",
+        action="store_true",
+        help="also measure the two trio designs (websockets.trio, naive trio-websocket)",
+    )
+    p.add_argument(
+        "--no-store-variant",
+        action="store_true",
+        help="do not also measure trio_chat with --store sqlite (where it has that option)",
     )
     p.add_argument("--no-ceiling", action="store_true", help="skip the generator-ceiling check")
     p.add_argument(
@@ -134,7 +148,7 @@ def versions() -> dict:
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
     }
-    for dist in ("trio", "trio-websocket", "wsproto", "websockets", "trio-chat"):
+    for dist in ("trio", "trio-websocket", "wsproto", "websockets", "picows", "trio-chat"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -142,7 +156,7 @@ def versions() -> dict:
     try:
         with open("/proc/cpuinfo") as f:
             out["cpu"] = next(
-                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), ""
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
             )
     except OSError:
         pass
@@ -183,16 +197,26 @@ def main() -> int:
 def measure_all(args, cfg, specs, source) -> int:
     reps = args.reps or (1 if args.quick else 3)
     names = args.servers.split(",") if args.servers else [n for n in specs if n not in OPTIONAL]
+    if args.trio_peers:
+        names += [n for n in TRIO_PEERS if n not in names]
     if args.with_node and "node-ws" not in names:
         names.append("node-ws")
+    if "trio_chat" in names and not args.no_store_variant and SQLITE_VARIANT not in names:
+        variant = sqlite_variant(specs["trio_chat"])
+        if variant:
+            specs[SQLITE_VARIANT] = variant
+            names.append(SQLITE_VARIANT)
     if "node-ws" in names:
         try:
             ensure_node_deps()
         except (ServerError, OSError, subprocess.CalledProcessError) as exc:
             print(f"[skip] node-ws: {exc}", flush=True)
     scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
-    if args.quick and not args.scenarios:
-        scenarios = [s for s in scenarios if s != "idle_10000"]
+    if not args.scenarios:
+        # idle memory at 10,000 connections is the reported one; --quick
+        # measures 5,000 instead (shorter)
+        skip = "idle_10000" if args.quick else "idle_5000"
+        scenarios = [s for s in scenarios if s != skip]
     unavailable = {}
     for name in names:
         why = available(specs[name], cfg)
@@ -207,7 +231,8 @@ def measure_all(args, cfg, specs, source) -> int:
         try:
             ceiling = generator_ceiling(cfg)
             print(
-                f"[ceiling] load generator against the native hub: {ceiling['deliveries_per_s']:,.0f} "
+                "[ceiling] load generator against the native hub: "
+                f"{ceiling['deliveries_per_s']:,.0f} "
                 f"deliveries/s at {ceiling['gen_cpu_frac']:.0%} of its core",
                 flush=True,
             )
@@ -218,6 +243,8 @@ def measure_all(args, cfg, specs, source) -> int:
         for scenario in scenarios:
             order = active[rep % len(active) :] + active[: rep % len(active)] if active else []
             for name in order:
+                if scenario not in VARIANT_SCENARIOS.get(name, (scenario,)):
+                    continue
                 t0 = time.monotonic()
                 try:
                     metrics = SCENARIOS[scenario](specs[name], cfg)
@@ -230,13 +257,16 @@ def measure_all(args, cfg, specs, source) -> int:
                     if k not in ("close_codes", "first_error") and not isinstance(v, dict)
                 }
                 print(
-                    f"[rep {rep + 1}/{reps}] {scenario:<12} {name:<19} {time.monotonic() - t0:5.1f}s {brief}",
+                    f"[rep {rep + 1}/{reps}] {scenario:<14} {name:<19} "
+                    f"{time.monotonic() - t0:5.1f}s {brief}",
                     flush=True,
                 )
 
     sweeps = {}
     if not args.no_sweep:
         for name in active:
+            if name in VARIANT_SCENARIOS:
+                continue
             sweeps[name] = run_sweep(specs[name], cfg, log=lambda m: print(m, flush=True))
 
     summary = report.summarize(runs)
@@ -272,9 +302,8 @@ def measure_all(args, cfg, specs, source) -> int:
     with open(os.path.join(RESULTS_DIR, "latest.md"), "w") as f:
         f.write(section + "\n")
     print("\n" + section)
-    if not args.no_readme:
-        if report.update_readme(os.path.join(BENCH_DIR, "README.md"), section):
-            print("\nREADME.md results section updated.")
+    if not args.no_readme and report.update_readme(os.path.join(BENCH_DIR, "README.md"), section):
+        print("\nREADME.md results section updated.")
     return 0
 
 
@@ -306,9 +335,11 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
     meta = data["meta"]
     v = meta["versions"]
     lines = [
-        f"Run {meta['date']} ({'quick' if meta['quick'] else 'full'}, {meta['reps']} repetition(s), "
+        f"Run {meta['date']} ({'quick' if meta['quick'] else 'full'}, "
+        f"{meta['reps']} repetition(s), "
         f"{meta['elapsed_s'] / 60:.1f} min); {v.get('cpu', '?')}, {v.get('cpus')} cores; "
-        f"Python {v['python']}, trio {v.get('trio', '?')}, trio-websocket {v.get('trio-websocket', '?')}, "
+        f"Python {v['python']}, trio {v.get('trio', '?')}, "
+        f"trio-websocket {v.get('trio-websocket', '?')}, "
         f"websockets {v.get('websockets', '?')}; trio_chat from {meta.get('trio_chat_source')}. "
         + (
             "Server on core 0, load generator on core 1."
@@ -324,20 +355,40 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         "Cells: **ratio to websockets-asyncio** · median (min–max over repetitions). "
         '"Per server CPU-second" is 1 / (server CPU per delivery): what one fully available core '
         "would carry at that cost. The *share of its core* rows show how much of core 0 the server "
-        "actually got: where other work shared the core, throughput rows drop with it, CPU-cost rows "
-        "much less.",
+        "actually got: where other work shared the core, throughput rows drop with it, "
+        "CPU-cost rows much less.",
         "",
-        report.markdown_table(summary, names),
+        report.markdown_table(summary, [n for n in names if n not in VARIANT_SCENARIOS]),
     ]
-    if "trio_chat" in summary.get("fanout_max", {}):
+    if SQLITE_VARIANT in names:
         lines += [
             "",
-            "Targets, from the medians above (status from the throughput ratio as the issue "
+            "History store: trio_chat with `--store sqlite` (a fresh `--data-dir` per server "
+            "start) against its default in-memory history, same run; ratio to in-memory:",
+            "",
+            report.variant_table(summary, "trio_chat", SQLITE_VARIANT),
+        ]
+    if any("trio_chat" in per for per in summary.values()):
+        lines += [
+            "",
+            "Targets, from the medians above (status from the throughput ratio as the target "
             'states it; "per CPU-second" is the same ratio from server CPU cost, steadier when '
             "the server did not get its whole core):",
             "",
-            report.targets(summary),
+            report.targets(
+                summary,
+                deflate_note=f"trio_chat ({meta.get('trio_chat_source')}) did not accept the "
+                "permessage-deflate offer: its compressed fan-out row is plain frames",
+            ),
         ]
+    for name, per in summary.get("fanout_deflate", {}).items():
+        neg = per.get("deflate_negotiated")
+        if neg is not None and neg[0] < 0.999:
+            lines += [
+                "",
+                f"*{name} did not negotiate permessage-deflate ({neg[0]:.0%} of connections): "
+                "its compressed fan-out cells measure plain frames.*",
+            ]
     ceiling = data.get("generator_ceiling")
     if ceiling:
         lines += [

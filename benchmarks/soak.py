@@ -14,10 +14,11 @@ descriptors (psutil) and its trio task count and open connections (the
 "n/a" when absent) are recorded.
 
 Check: samples in the first ``--warmup`` seconds (default 60) are warm-up
-only; the median of the next three samples is the start value, the median of the last three samples under churn is the
-end value; RSS, fds and tasks must each end within 5% of their start.  After
-the churn stops, fds and tasks are also compared with their idle values
-from before the churn (every dropped connection must have been reaped).
+only; the median of the next three samples is the start value, the median
+of the last three samples under churn is the end value; RSS, fds and tasks
+must each end within 5% of their start.  After the churn stops, fds and
+tasks are also compared with their idle values from before the churn (every
+dropped connection must have been reaped).
 Writes benchmarks/results/soak.json and benchmarks/soak.png.
 """
 
@@ -102,14 +103,16 @@ def summary_md(r: dict) -> str:
     a, churn = r["args"], r["churn"]
     fmt = lambda v: "n/a" if v is None else f"{v:,.1f}"  # noqa: E731
     lines = [
-        f"{a['minutes']:g} minutes against {a['server']} ({r.get('source', 'the working tree')}): {a['clients']} connection slots in rooms of "
-        f"{a['room_size']}, each living {a['life_min']:g}–{a['life_max']:g} s then dropped abruptly "
+        f"{a['minutes']:g} minutes against {a['server']} "
+        f"({r.get('source', 'the working tree')}): {a['clients']} connection slots in rooms of "
+        f"{a['room_size']}, each living {a['life_min']:g}–{a['life_max']:g} s "
+        "then dropped abruptly "
         f"(TCP reset or close without a close frame) and reconnecting; "
         f"{churn.get('drops', 0):,} drops, {churn.get('sent', 0):,} chats, "
         f"{churn.get('deliveries', 0):,} deliveries, {churn.get('errors', 0)} error frames. "
         f"Result: **{'PASS' if r['ok'] else 'FAIL'}**.",
         "",
-        "| sampled every %gs | start | end | change | within 5%% |" % a["sample"],
+        "| sampled every {:g}s | start | end | change | within 5% |".format(a["sample"]),
         "|---|---|---|---|---|",
     ]
     for key, label in (
@@ -146,7 +149,7 @@ def plot(samples: list[dict], idle: dict, path: str, title: str) -> None:
     ]
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 9), dpi=100, sharex=True)
     xs = [s["t"] / 60 for s in samples]
-    for ax, (key, label) in zip(axes, keys):
+    for ax, (key, label) in zip(axes, keys, strict=False):
         ys = [s[key] for s in samples]
         if any(y is not None for y in ys):
             ax.plot(xs, [y if y is not None else float("nan") for y in ys], "-o", ms=2)
@@ -189,17 +192,17 @@ def main() -> int:
     ) as srv:
         time.sleep(1.0)
         idle_before = sample(srv, time.monotonic(), {})
-        options = dict(
-            mode="churn",
-            clients=args.clients,
-            room_size=args.room_size,
-            msg_interval=args.msg_interval,
-            life_min=args.life_min,
-            life_max=args.life_max,
-            duration=duration,
-            stats_every=min(args.sample, 10),
-            concurrency=64,
-        )
+        options = {
+            "mode": "churn",
+            "clients": args.clients,
+            "room_size": args.room_size,
+            "msg_interval": args.msg_interval,
+            "life_min": args.life_min,
+            "life_max": args.life_max,
+            "duration": duration,
+            "stats_every": min(args.sample, 10),
+            "concurrency": 64,
+        }
         result: dict = {}
 
         def on_event(name: str, payload: dict) -> None:
@@ -275,7 +278,10 @@ def main() -> int:
     )
     print()
     for key, c in checks.items():
-        fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
+
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.1f}"
+
         change = "n/a" if c["change"] is None else f"{c['change']:+.1%}"
         print(
             f"{key:7} start {fmt(c['start'])}  end {fmt(c['end'])}  change {change}  "

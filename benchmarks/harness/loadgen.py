@@ -23,7 +23,7 @@ REFHUB_SOURCE = os.path.join(BENCH_DIR, "loadgen", "refhub.c")
 REFHUB = os.path.join(BENCH_DIR, "loadgen", "build", "refhub")
 
 
-def _compile(source: str, binary: str, force: bool) -> str:
+def _compile(source: str, binary: str, force: bool, libs: tuple[str, ...] = ()) -> str:
     if (
         not force
         and os.path.exists(binary)
@@ -34,14 +34,15 @@ def _compile(source: str, binary: str, force: bool) -> str:
     if not cc:
         raise RuntimeError("a C compiler (gcc) is needed to build the load generator")
     os.makedirs(os.path.dirname(binary), exist_ok=True)
-    subprocess.run([cc, "-O2", "-Wall", "-o", binary, source], check=True)
+    subprocess.run([cc, "-O2", "-Wall", "-o", binary, source, *libs], check=True)
     return binary
 
 
 def build(force: bool = False) -> str:
-    """Compile the generator and the reference hub (gcc -O2) if missing or stale."""
+    """Compile the generator (gcc -O2, linked with zlib for permessage-deflate)
+    and the reference hub if missing or stale."""
     _compile(REFHUB_SOURCE, REFHUB, force)
-    return _compile(SOURCE, BINARY, force)
+    return _compile(SOURCE, BINARY, force, libs=("-lz",))
 
 
 class LoadgenError(RuntimeError):
@@ -49,7 +50,7 @@ class LoadgenError(RuntimeError):
 
 
 def argv(port: int, options: dict, core: int | None = 1) -> list[str]:
-    args = taskset(core) + [BINARY, "--port", str(port)]
+    args = [*taskset(core), BINARY, "--port", str(port)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if value is True:

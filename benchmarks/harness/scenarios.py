@@ -18,6 +18,21 @@ by the deliveries received in it.
   closed loop (8 in flight per sender).
 * ``echo``         50 clients against the server's echo mode, one message in
   flight each: round trips/s.
+* ``echo_1``       the same with a single client: one message in flight in
+  the whole system, so each round trip pays the server's full per-message
+  path with nothing to batch.
+* ``fanout_deflate``  ``fanout_max`` with permessage-deflate offered by
+  every client (``client_no_context_takeover; server_no_context_takeover``)
+  and text-like content (words, not a run of one letter); the server runs in
+  ``deflate`` mode.  Reports whether it negotiated, the share of deliveries
+  that arrived compressed, and bytes received per delivery (frame headers
+  and acks included; ``fanout_max`` reports the same for plain frames).
+* ``connect_10000``  10,000 clients start connecting at once (all 10,000
+  ``connect()`` calls issued together, as after a deploy), each upgrades and
+  joins its room (rooms of 10): seconds until every one has joined, the
+  per-client time from ``connect()`` to ``joined`` (p50/p99), the server CPU
+  per connection, and the kernel's listen-queue overflows over the run
+  (machine-wide counter: a client whose SYN was dropped retries after 1 s).
 * ``handshakes``   32 concurrent clients repeatedly connect, upgrade and
   close (close frame, wait for the server's): upgrades/s.
 * ``idle_5000`` / ``idle_10000``  RSS growth per idle connection: server RSS
@@ -62,6 +77,7 @@ class Config:
     )
     sweep_poll_us: int = 200  # read pacing in the sweep: the generator keeps up past 200k/s
     sweep_duration: float = 3.0
+    storm_timeout: float = 90.0  # connect_10000: give up (and report) after this
 
 
 def _server(spec: ServerSpec, cfg: Config, mode: str = "serve") -> ServerProcess:
@@ -78,7 +94,7 @@ def measure(server: ServerProcess, options: dict, cfg: Config) -> dict:
             marks[name] = server.cpu()
             marks[name + "_wait"] = server.run_queue_wait()
 
-    opts = dict(warmup=cfg.warmup, duration=cfg.duration, drain=cfg.drain)
+    opts = {"warmup": cfg.warmup, "duration": cfg.duration, "drain": cfg.drain}
     opts.update(options)
     result = loadgen.run(server.port, opts, core=cfg.gen_core, on_event=on_event)
     if not server.alive():
@@ -110,29 +126,45 @@ def _common(r: dict) -> dict:
     }
 
 
-def fanout_max(spec: ServerSpec, cfg: Config) -> dict:
-    with _server(spec, cfg) as srv:
-        r = measure(
-            srv,
-            dict(
-                mode="fanout",
-                clients=200,
-                room_size=200,
-                senders_per_room=10,
-                window=16,
-                poll_us=cfg.poll_us,
-            ),
-            cfg,
-        )
+def _bytes_per_delivery(r: dict) -> float | None:
+    n = r.get("deliveries_in_window")
+    return r["rbytes_in_window"] / n if n and "rbytes_in_window" in r else None
+
+
+def fanout_max(spec: ServerSpec, cfg: Config, deflate: bool = False) -> dict:
+    options = {
+        "mode": "fanout",
+        "clients": 200,
+        "room_size": 200,
+        "senders_per_room": 10,
+        "window": 16,
+        "poll_us": cfg.poll_us,
+    }
+    if deflate:
+        options.update(deflate=True, words=True)
+    with _server(spec, cfg, mode="deflate" if deflate else "serve") as srv:
+        r = measure(srv, options, cfg)
     us = _per(r, "deliveries_per_s")
-    return {
+    out = {
         "deliveries_per_s": r["deliveries_per_s"],
         "server_us_per_delivery": us,
         "deliveries_per_cpu_s": 1e6 / us if us else None,
         "delivery_ratio": r["delivery_ratio"],
         "p50_ms": r["latency_ms"]["p50"],
+        "bytes_per_delivery": _bytes_per_delivery(r),
         **_common(r),
     }
+    if deflate:
+        connected = r["connected"] or 1
+        out["deflate_negotiated"] = r.get("deflate_accepted", 0) / connected
+        out["compressed_share"] = (
+            r.get("messages_compressed", 0) / r["messages"] if r.get("messages") else 0.0
+        )
+    return out
+
+
+def fanout_deflate(spec: ServerSpec, cfg: Config) -> dict:
+    return fanout_max(spec, cfg, deflate=True)
 
 
 def generator_ceiling(cfg: Config) -> dict:
@@ -161,14 +193,14 @@ def fanout_rate(
     with _server(spec, c) as srv:
         r = measure(
             srv,
-            dict(
-                mode="fanout",
-                clients=200,
-                room_size=200,
-                senders_per_room=10,
-                rate=rate,
-                poll_us=poll_us,
-            ),
+            {
+                "mode": "fanout",
+                "clients": 200,
+                "room_size": 200,
+                "senders_per_room": 10,
+                "rate": rate,
+                "poll_us": poll_us,
+            },
             c,
         )
     lat = {k: (v if v >= 0 else None) for k, v in r["latency_ms"].items()}
@@ -189,15 +221,15 @@ def many_rooms(spec: ServerSpec, cfg: Config) -> dict:
     with _server(spec, cfg) as srv:
         r = measure(
             srv,
-            dict(
-                mode="fanout",
-                clients=2000,
-                room_size=10,
-                senders_per_room=1,
-                window=8,
-                poll_us=cfg.poll_us,
-                concurrency=100,
-            ),
+            {
+                "mode": "fanout",
+                "clients": 2000,
+                "room_size": 10,
+                "senders_per_room": 1,
+                "window": 8,
+                "poll_us": cfg.poll_us,
+                "concurrency": 100,
+            },
             cfg,
         )
     us = _per(r, "deliveries_per_s")
@@ -210,9 +242,9 @@ def many_rooms(spec: ServerSpec, cfg: Config) -> dict:
     }
 
 
-def echo(spec: ServerSpec, cfg: Config) -> dict:
+def echo(spec: ServerSpec, cfg: Config, clients: int = 50) -> dict:
     with _server(spec, cfg, mode="echo") as srv:
-        r = measure(srv, dict(mode="echo", clients=50, window=1), cfg)
+        r = measure(srv, {"mode": "echo", "clients": clients, "window": 1}, cfg)
     lat = {k: (v if v >= 0 else None) for k, v in r["latency_ms"].items()}
     return {
         "round_trips_per_s": r["round_trips_per_s"],
@@ -224,12 +256,65 @@ def echo(spec: ServerSpec, cfg: Config) -> dict:
 
 def handshakes(spec: ServerSpec, cfg: Config) -> dict:
     with _server(spec, cfg) as srv:
-        r = measure(srv, dict(mode="handshake", concurrency=32), cfg)
+        r = measure(srv, {"mode": "handshake", "concurrency": 32}, cfg)
     return {
         "handshakes_per_s": r["handshakes_per_s"],
         "server_us_per_handshake": _per(r, "handshakes_per_s"),
         "handshake_fail": r["handshake_fail"],
         **_common(r),
+    }
+
+
+def listen_counters() -> dict[str, int]:
+    """The kernel's TcpExt ListenOverflows / ListenDrops (machine-wide)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = [line.split() for line in f]
+    except OSError:
+        return {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head and head[0] == "TcpExt:":
+            table = dict(zip(head[1:], values[1:], strict=False))
+            return {k: int(table.get(k, 0)) for k in ("ListenOverflows", "ListenDrops")}
+    return {}
+
+
+def connect_storm(spec: ServerSpec, cfg: Config, count: int = 10_000) -> dict:
+    """``count`` clients connect at once; seconds until all have joined."""
+    with _server(spec, cfg) as srv:
+        time.sleep(0.3)
+        before = listen_counters()
+        r = measure(
+            srv,
+            {
+                "mode": "storm",
+                "clients": count,
+                "room_size": 10,
+                "concurrency": count,
+                "connect_timeout": cfg.storm_timeout,
+            },
+            cfg,
+        )
+        after = listen_counters()
+    if r["joined"] < count:
+        raise RuntimeError(
+            f"{r['joined']} of {count} joined within {cfg.storm_timeout:.0f} s "
+            f"(connect failures {r['connect_fail']}, refused upgrades {r['handshake_fail']})"
+        )
+    lat = r["latency_ms"]
+    return {
+        "seconds_to_all_joined": r["window_s"],
+        "joined": r["joined"],
+        "joins_per_s": r["joined"] / r["window_s"],
+        "p50_join_ms": lat["p50"],
+        "p99_join_ms": lat["p99"],
+        "server_us_per_connection": r["server_cpu_s"] / count * 1e6,
+        "retries": r["retries"],
+        "listen_overflows": after.get("ListenOverflows", 0) - before.get("ListenOverflows", 0),
+        "gen_cpu_frac": r["gen_cpu_frac"],
+        "server_cpu_frac": r["server_cpu_frac"],
+        "connect_fail": r["connect_fail"],
+        "handshake_fail": r["handshake_fail"],
     }
 
 
@@ -240,7 +325,7 @@ def idle_memory(spec: ServerSpec, cfg: Config, count: int) -> dict:
         before = srv.stable_rss()
         holder = loadgen.Holder(
             srv.port,
-            dict(clients=count, room_size=0, concurrency=200, connect_timeout=120),
+            {"clients": count, "room_size": 0, "concurrency": 200, "connect_timeout": 120},
             core=cfg.gen_core,
         )
         try:
@@ -270,8 +355,11 @@ SCENARIOS = {
     "fanout_max": fanout_max,
     "fanout_rate": fanout_rate,
     "many_rooms": many_rooms,
+    "fanout_deflate": fanout_deflate,
     "echo": echo,
+    "echo_1": lambda spec, cfg: echo(spec, cfg, clients=1),
     "handshakes": handshakes,
+    "connect_10000": connect_storm,
     "idle_5000": lambda spec, cfg: idle_memory(spec, cfg, 5000),
     "idle_10000": lambda spec, cfg: idle_memory(spec, cfg, 10000),
 }
@@ -291,7 +379,8 @@ def run_sweep(spec: ServerSpec, cfg: Config, log=print) -> list[dict]:
             break
         points.append(point)
         log(
-            f"  sweep {spec.name} offered {offered:>7,}/s: got {point['deliveries_per_s']:>9,.0f}/s "
+            f"  sweep {spec.name} offered {offered:>7,}/s: "
+            f"got {point['deliveries_per_s']:>9,.0f}/s "
             f"ratio {point['delivery_ratio']:.3f} p50 {point['p50_ms']} ms "
             f"p99 {point['p99_ms']} ms gen cpu {point['gen_cpu_frac']:.0%}"
         )

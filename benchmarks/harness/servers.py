@@ -51,10 +51,14 @@ TRIO_CHAT_BENCH_ARGS = [
 
 @dataclass
 class ServerSpec:
-    """How to start one server in chat (``serve``) or ``echo`` mode.
+    """How to start one server in chat (``serve``), ``echo`` or ``deflate``
+    mode.
 
     ``command`` is the argv prefix; the mode word, ``--host``, ``--port`` and
-    ``extra`` (chat mode only) are appended.
+    ``extra`` (chat mode only) are appended.  ``deflate`` is chat mode with
+    ``deflate_args`` added: what makes the server negotiate permessage-deflate
+    when a client offers it (nothing for trio_chat, which negotiates it by
+    default where it implements it).
     """
 
     name: str
@@ -63,11 +67,17 @@ class ServerSpec:
     label: str = ""
     cwd: str = REPO_DIR  # also put first on PYTHONPATH
     prestart: list[str] | None = None  # a command run before every start
+    deflate_args: list[str] = field(default_factory=lambda: ["--deflate"])
+    # An option given a fresh empty directory at every start (e.g. a data dir).
+    fresh_dir_arg: str | None = None
 
     def argv(self, mode: str) -> list[str]:
-        args = [*self.command, mode, "--host", "127.0.0.1", "--port", "0"]
-        if mode == "serve":
+        word = "serve" if mode == "deflate" else mode
+        args = [*self.command, word, "--host", "127.0.0.1", "--port", "0"]
+        if word == "serve":
             args += self.extra
+        if mode == "deflate":
+            args += self.deflate_args
         return args
 
 
@@ -95,7 +105,9 @@ def default_specs(
             TRIO_CHAT_BENCH_ARGS + list(trio_chat_extra or []),
             label="trio_chat",
             cwd=os.path.abspath(trio_chat_src or REPO_DIR),
+            deflate_args=[],
         ),
+        "picows": ServerSpec("picows", peer("picows_hub.py"), label="picows (Cython, asyncio)"),
         "websockets-trio": ServerSpec(
             "websockets-trio", peer("ws_trio.py"), label="websockets.trio + broadcast()"
         ),
@@ -107,7 +119,46 @@ def default_specs(
     }
 
 
-OPTIONAL = {"node-ws"}
+# Not in the default run: the two trio designs (run.py --trio-peers) and
+# Node.js (run.py --with-node).
+OPTIONAL = {"node-ws", "websockets-trio", "trio-naive"}
+TRIO_PEERS = ("websockets-trio", "trio-naive")
+
+# trio_chat with its SQLite history store, where the measured trio_chat has
+# one (``--store sqlite --data-dir DIR``): measured in these scenarios only,
+# against trio_chat's default in-memory history in the same run.
+SQLITE_VARIANT = "trio_chat-sqlite"
+VARIANT_SCENARIOS = {SQLITE_VARIANT: ("fanout_max", "fanout_rate", "many_rooms")}
+
+
+def sqlite_variant(trio_chat: ServerSpec) -> ServerSpec | None:
+    """A spec for trio_chat with ``--store sqlite``, or None if the measured
+    trio_chat has no such option (asks its ``serve --help``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = trio_chat.cwd + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        out = subprocess.run(
+            [*trio_chat.command, "serve", "--help"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=trio_chat.cwd,
+            env=env,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if "--store" not in out or "--data-dir" not in out:
+        return None
+    return ServerSpec(
+        SQLITE_VARIANT,
+        trio_chat.command,
+        [*trio_chat.extra, "--store", "sqlite"],
+        label="trio_chat, --store sqlite",
+        cwd=trio_chat.cwd,
+        deflate_args=[],
+        fresh_dir_arg="--data-dir",
+    )
 
 
 def ensure_node_deps() -> None:
@@ -255,6 +306,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.ps: psutil.Process | None = None
         self._lines: list[str] = []
+        self._fresh_dir: str | None = None
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -267,9 +319,14 @@ class ServerProcess:
         if self.spec.prestart:
             subprocess.run(self.spec.prestart, check=False, capture_output=True)
         argv = taskset(self.core) + self.spec.argv(self.mode)
+        if self.spec.fresh_dir_arg:
+            import tempfile
+
+            self._fresh_dir = tempfile.mkdtemp(prefix=f"bench-{self.spec.name}-")
+            argv += [self.spec.fresh_dir_arg, self._fresh_dir]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = self.spec.cwd + os.pathsep + env.get("PYTHONPATH", "")
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         if self.log_path:
             log.write(f"=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
@@ -324,7 +381,7 @@ class ServerProcess:
         (``--workers``) included."""
         total = 0.0
         try:
-            procs = [self.ps] + self.ps.children(recursive=True)
+            procs = [self.ps, *self.ps.children(recursive=True)]
         except psutil.Error:
             procs = [self.ps]
         for proc in procs:
@@ -374,6 +431,14 @@ class ServerProcess:
         return last
 
     def stop(self, grace: float = 5.0) -> None:
+        try:
+            self._stop(grace)
+        finally:
+            if self._fresh_dir:
+                shutil.rmtree(self._fresh_dir, ignore_errors=True)
+                self._fresh_dir = None
+
+    def _stop(self, grace: float) -> None:
         if not self.proc or self.proc.poll() is not None:
             return
         try:

@@ -30,6 +30,19 @@
  *              ms, lives a random time in [--life-min, --life-max] s, then
  *              drops abruptly (TCP reset, or close without a close frame)
  *              and reconnects.  Prints "EVENT stats" every --stats-every s.
+ *   storm      N clients start connecting at once (--concurrency pending at
+ *              most; default all of them), each upgrades and joins its room;
+ *              the measured window runs from the first connect() to the last
+ *              "joined" (or --connect-timeout).  Reports the time, the
+ *              per-client connect-to-joined latency and the retries.
+ *
+ * --deflate offers permessage-deflate (RFC 7692) with
+ * client_no_context_takeover and server_no_context_takeover in every
+ * upgrade; where the server accepts, frames with RSV1 set are inflated with
+ * zlib (the client's own frames stay uncompressed, which the RFC allows).
+ * --words fills the content with words (text-like, for compression) instead
+ * of a run of 'x'.  Bytes received are counted either way (--deflate or not), so a run can
+ * report bytes on the wire per delivery.
  *
  * Output: "EVENT ..." lines while running (measure_start / measure_end mark
  * the measured window, so a supervisor can sample the server's CPU over the
@@ -51,9 +64,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 enum { ST_FREE, ST_CONNECTING, ST_HANDSHAKE, ST_JOINING, ST_READY, ST_CLOSING, ST_CLOSED };
-enum { M_FANOUT, M_ECHO, M_HANDSHAKE, M_HOLD, M_CHURN };
+enum { M_FANOUT, M_ECHO, M_HANDSHAKE, M_HOLD, M_CHURN, M_STORM };
 
 #define RING 4096
 
@@ -68,6 +82,10 @@ typedef struct conn {
     int64_t t_die;   /* churn: when to drop; hold/handshake: close deadline */
     int64_t t_next;  /* churn / echo: next send */
     int inflight;    /* echo */
+    int64_t t_open;  /* first connect() of this client (storm) */
+    int deflate;     /* permessage-deflate negotiated: 1, and 2 if the server resets its context */
+    int frag_rsv1;   /* the message being reassembled is compressed */
+    z_stream *zs;    /* inflater, created on the first compressed message */
 } conn;
 
 typedef struct sender {
@@ -88,6 +106,8 @@ static double o_rate = 0, o_warmup = 1, o_duration = 5, o_drain = 1, o_settle = 
 static double o_slot_timeout = 2, o_connect_timeout = 60, o_msg_interval = 1000;
 static double o_life_min = 1, o_life_max = 5, o_stats_every = 10;
 static int o_join = 1;
+static int o_deflate = 0;
+static int o_words = 0;
 static int o_poll_us = 0;
 
 /* ---------- state ---------- */
@@ -106,6 +126,8 @@ static int sending;
 static long long c_connect_fail, c_hs_fail, c_disconnects, c_joined, c_connected;
 static long long c_sent, c_sent_win, c_deliv, c_deliv_win_recv, c_deliv_of_win, c_expected_win;
 static long long c_acks, c_errors, c_timeouts, c_pings, c_handshakes, c_drops, c_rtt;
+static long long c_rbytes, c_rbytes_win, c_deflate_ok, c_deflate_nctx, c_msgs_rsv1, c_msgs;
+static long long c_retries;
 static long long c_close_codes[5000];
 static char first_error[256];
 /* latency histogram, log-linear: exact below 1024 us, then 512 sub-buckets
@@ -242,6 +264,27 @@ static void send_chat(conn *c, int s, uint32_t q, int64_t t) {
                      c->room < 0 ? 0 : c->room, (long long)t, s, q);
     int head = (int)(strstr(p, "\"content\":\"") - p) + 11;
     int want = head + o_size;
+    if (o_words) {
+        /* text-like filler (compresses like prose, not like a run of one letter) */
+        static const char *words[] = {
+            "the", "of", "and", "to", "in", "is", "you", "that", "it", "he", "was", "for", "on",
+            "are", "as", "with", "his", "they", "at", "be", "this", "have", "from", "or", "one",
+            "had", "by", "word", "but", "not", "what", "all", "were", "we", "when", "your", "can",
+            "said", "there", "use", "an", "each", "which", "she", "do", "how", "their", "if",
+            "will", "up", "other", "about", "out", "many", "then", "them", "these", "so", "some",
+            "her", "would", "make", "like", "him", "into", "time", "has", "look", "two", "more",
+            "write", "go", "see", "number", "no", "way", "could", "people", "my", "than", "first",
+            "water", "been", "call", "who", "oil", "its", "now", "find", "long", "down", "day",
+            "did", "get", "come", "made", "may", "part", "meeting", "tomorrow", "deploy", "build",
+            "server", "release", "room", "coffee", "lunch", "thanks", "ok", "sure", "yes", "later"};
+        uint32_t x = (uint32_t)q * 2654435761u ^ (uint32_t)(s + 1) * 40503u ^ (uint32_t)t;
+        while (n < want && n < (int)sizeof p - 24) {
+            x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+            const char *w = words[x % (sizeof words / sizeof *words)];
+            while (*w && n < want) p[n++] = *w++;
+            if (n < want) p[n++] = (x >> 24) % 9 ? ' ' : ',';
+        }
+    }
     while (n < want && n < (int)sizeof p - 8) p[n++] = 'x';
     n += snprintf(p + n, sizeof p - n, "\"}}");
     send_text(c, p, n);
@@ -261,7 +304,9 @@ static int open_conn(conn *c) {
     inet_pton(AF_INET, o_host, &a.sin_addr);
     c->fd = fd; set_state(c, ST_CONNECTING); c->t_state = now_us(); c->rlen = 0;
     c->wlen = c->woff = 0; c->fraglen = 0; c->inflight = 0;
-    c->attempts++;
+    if (c->attempts++ == 0) c->t_open = c->t_state;
+    else c_retries++;
+    c->deflate = 0; c->frag_rsv1 = 0;
     struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
     c->wantout = 1;
@@ -277,8 +322,11 @@ static void send_upgrade(conn *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s?user=%s%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n",
-                     o_path, o_prefix, c->idx % users, o_host, o_port);
+                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                     o_path, o_prefix, c->idx % users, o_host, o_port,
+                     o_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                 "client_no_context_takeover; server_no_context_takeover\r\n"
+                               : "");
     set_state(c, ST_HANDSHAKE); c->t_state = now_us();
     ep_set(c, 0);
     conn_write(c, req, n);
@@ -359,6 +407,7 @@ static void on_message(conn *c, const char *m, size_t len) {
         /* rooms are fresh: a joined reply carries no history worth counting */
         if (memmem(m, len, "\"joined\"", 8)) {
             set_state(c, ST_READY); c->t_state = now_us(); c_joined++;
+            if (o_mode == M_STORM) add_lat(c->t_state - c->t_open);
             if (c->room >= 0 && room_members) room_members[c->room]++;
             on_ready(c);
         }
@@ -373,12 +422,55 @@ static void on_message(conn *c, const char *m, size_t len) {
     }
 }
 
+/* RFC 7692: inflate one compressed message (the 00 00 ff ff tail restored)
+ * and hand it on; a server that keeps its context keeps our inflater's */
+static char *zout; static size_t zout_cap = 1 << 16;
+static void on_compressed(conn *c, const char *m, size_t len) {
+    static const unsigned char tail[4] = {0, 0, 0xff, 0xff};
+    if (!c->zs) {
+        c->zs = calloc(1, sizeof(z_stream));
+        if (!c->zs || inflateInit2(c->zs, -15) != Z_OK) die("inflateInit2");
+    }
+    if (!zout) zout = xrealloc(NULL, zout_cap);
+    z_stream *zs = c->zs;
+    size_t out = 0;
+    int ended = 0;
+    for (int part = 0; part < 2 && !ended; part++) {
+        zs->next_in = (Bytef *)(part ? (const char *)tail : m);
+        zs->avail_in = part ? 4 : (uInt)len;
+        while (zs->avail_in > 0) {
+            if (zout_cap - out < 4096) { zout_cap *= 2; zout = xrealloc(zout, zout_cap); }
+            zs->next_out = (Bytef *)zout + out;
+            zs->avail_out = (uInt)(zout_cap - out);
+            int rc = inflate(zs, Z_SYNC_FLUSH);
+            out = zout_cap - zs->avail_out;
+            if (rc == Z_STREAM_END) { inflateReset(zs); ended = 1; break; } /* a final block: done */
+            if (rc == Z_BUF_ERROR && zs->avail_out > 0) break;
+            if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) {
+                c_errors++;
+                if (!first_error[0]) snprintf(first_error, sizeof first_error, "inflate failed: %d", rc);
+                inflateReset(zs);
+                return;
+            }
+        }
+    }
+    if (c->deflate == 2) inflateReset(zs);
+    c_msgs_rsv1++;
+    on_message(c, zout, out);
+}
+
+static void on_data(conn *c, const char *m, size_t len, int rsv1) {
+    c_msgs++;
+    if (rsv1 && c->deflate) on_compressed(c, m, len);
+    else on_message(c, m, len);
+}
+
 /* parse complete frames in buf; returns bytes consumed */
 static size_t parse_frames(conn *c, char *buf, size_t n) {
     size_t off = 0;
     while (n - off >= 2 && c->fd >= 0) {
         unsigned char *p = (unsigned char *)buf + off;
-        int fin = p[0] & 0x80, op = p[0] & 0x0f, masked = p[1] & 0x80;
+        int fin = p[0] & 0x80, op = p[0] & 0x0f, masked = p[1] & 0x80, rsv1 = p[0] & 0x40;
         uint64_t len = p[1] & 0x7f; size_t h = 2;
         if (len == 126) { if (n - off < 4) break; len = (p[2] << 8) | p[3]; h = 4; }
         else if (len == 127) {
@@ -403,10 +495,11 @@ static size_t parse_frames(conn *c, char *buf, size_t n) {
         } else if (op == 9) { c_pings++; send_control(c, 10, pl, len); }
         else if (op == 10) { }
         else if (op == 0 || !fin) {
+            if (op != 0) c->frag_rsv1 = rsv1; /* the first frame says whether it is compressed */
             c->frag = xrealloc(c->frag, c->fraglen + len + 1);
             memcpy(c->frag + c->fraglen, pl, len); c->fraglen += len;
-            if (fin) { on_message(c, c->frag, c->fraglen); c->fraglen = 0; }
-        } else on_message(c, pl, len);
+            if (fin) { on_data(c, c->frag, c->fraglen, c->frag_rsv1); c->fraglen = 0; }
+        } else on_data(c, pl, len, rsv1);
     }
     return off;
 }
@@ -416,6 +509,10 @@ static void on_readable(conn *c) {
     if (c->rlen) memcpy(shared, c->rbuf, c->rlen);
     ssize_t r = recv(c->fd, shared + c->rlen, shared_cap - c->rlen, 0);
     g_now = now_us();
+    if (r > 0) {
+        c_rbytes += r;
+        if (g_now >= t_ws && g_now < t_we) c_rbytes_win += r;
+    }
     if (r <= 0) {
         if (r < 0 && errno == EAGAIN) return;
         if (c->state != ST_CLOSING) c_disconnects++;
@@ -435,6 +532,25 @@ static void on_readable(conn *c) {
         }
         off = end + 4 - shared;
         c_connected++;
+        if (o_deflate) {
+            /* the accepted extension, if any: lower-case copy of the header block */
+            size_t hl = (size_t)(end - shared);
+            char *h = malloc(hl + 1);
+            for (size_t i = 0; i < hl; i++) h[i] = (char)(shared[i] >= 'A' && shared[i] <= 'Z' ? shared[i] + 32 : shared[i]);
+            h[hl] = 0;
+            char *x = strstr(h, "\r\nsec-websocket-extensions:");
+            if (x) {
+                char *eol = strstr(x + 2, "\r\n");
+                if (eol) *eol = 0;
+                if (strstr(x, "permessage-deflate")) {
+                    c->deflate = strstr(x, "server_no_context_takeover") ? 2 : 1;
+                    c_deflate_ok++;
+                    if (c->deflate == 2) c_deflate_nctx++;
+                    if (c->zs) inflateReset(c->zs);
+                }
+            }
+            free(h);
+        }
         on_upgraded(c);
         if (c->fd < 0) return;
     }
@@ -509,13 +625,17 @@ static void print_result(void) {
            "\"handshakes\":%lld,\"handshakes_per_s\":%.1f,"
            "\"latency_ms\":{\"n\":%zu,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
            "\"acks\":%lld,\"errors\":%lld,\"slot_timeouts\":%lld,\"pings\":%lld,"
-           "\"disconnects\":%lld,\"drops\":%lld,\"gen_cpu_s\":%.4f,\"gen_cpu_frac\":%.4f,",
+           "\"disconnects\":%lld,\"drops\":%lld,\"gen_cpu_s\":%.4f,\"gen_cpu_frac\":%.4f,"
+           "\"retries\":%lld,\"rbytes\":%lld,\"rbytes_in_window\":%lld,\"deflate_offered\":%d,"
+           "\"deflate_accepted\":%lld,\"deflate_no_context\":%lld,\"messages\":%lld,"
+           "\"messages_compressed\":%lld,",
            o_mode, o_clients, c_connected, c_joined, c_connect_fail, c_hs_fail, hs_status_last,
            c_sent, c_sent_win, c_deliv, c_deliv_win_recv, c_deliv_of_win, c_expected_win, win_s,
            c_deliv_win_recv / win_s, c_expected_win ? (double)c_deliv_of_win / c_expected_win : 0.0,
            c_rtt, c_rtt / win_s, c_handshakes, c_handshakes / win_s,
            nlat, pct(0.5), pct(0.9), pct(0.99), nlat ? lat_max / 1000.0 : -1.0,
-           c_acks, c_errors, c_timeouts, c_pings, c_disconnects, c_drops, gcpu, gcpu / win_s);
+           c_acks, c_errors, c_timeouts, c_pings, c_disconnects, c_drops, gcpu, gcpu / win_s,
+           c_retries, c_rbytes, c_rbytes_win, o_deflate, c_deflate_ok, c_deflate_nctx, c_msgs, c_msgs_rsv1);
     printf("\"close_codes\":{");
     int first = 1;
     for (int i = 0; i < 5000; i++)
@@ -676,6 +796,20 @@ static void run_fanout(void) {
     }
 }
 
+static void run_storm(void) {
+    t_ws = 0; t_we = INT64_MAX; /* bytes and deliveries all count */
+    win_t0 = now_us(); win_cpu0 = cpu_s();
+    event("measure_start", NULL);
+    connect_all();
+    win_t1 = now_us(); win_cpu1 = cpu_s();
+    event("measure_end", NULL);
+    char j[200];
+    snprintf(j, sizeof j, "{\"connected\":%lld,\"joined\":%lld,\"retries\":%lld}",
+             c_connected, c_joined, c_retries);
+    event("joined", j);
+    for (int i = 0; i < nconns; i++) if (conns[i].fd >= 0) conn_close(&conns[i], 1);
+}
+
 static void run_echo(void) {
     o_join = 0;
     for (int i = 0; i < nconns; i++) conns[i].room = -1;
@@ -833,12 +967,12 @@ static void run_churn(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --port P [--host H] [--path /ws] [--mode fanout|echo|handshake|hold|churn]\n"
+            "usage: loadgen --port P [--host H] [--path /ws] [--mode fanout|echo|handshake|hold|churn|storm]\n"
             "  [--clients N] [--room-size K] [--senders-per-room S] [--window W] [--rate R]\n"
             "  [--size BYTES] [--users U] [--user-prefix P] [--concurrency C]\n"
             "  [--warmup S] [--duration S] [--drain S] [--settle S] [--slot-timeout S]\n"
             "  [--connect-timeout S] [--msg-interval MS] [--life-min S] [--life-max S]\n"
-            "  [--stats-every S] [--poll-us US] [--no-join]\n");
+            "  [--stats-every S] [--poll-us US] [--no-join] [--deflate] [--words]\n");
     exit(2);
 }
 
@@ -854,7 +988,7 @@ int main(int argc, char **argv) {
             const char *m = argv[++i];
             o_mode = !strcmp(m, "fanout") ? M_FANOUT : !strcmp(m, "echo") ? M_ECHO
                    : !strcmp(m, "handshake") ? M_HANDSHAKE : !strcmp(m, "hold") ? M_HOLD
-                   : !strcmp(m, "churn") ? M_CHURN : -1;
+                   : !strcmp(m, "churn") ? M_CHURN : !strcmp(m, "storm") ? M_STORM : -1;
             if (o_mode < 0) usage();
         }
         else if (ARG("--clients")) o_clients = atoi(argv[++i]);
@@ -877,6 +1011,8 @@ int main(int argc, char **argv) {
         else if (ARG("--stats-every")) o_stats_every = atof(argv[++i]);
         else if (ARG("--poll-us")) o_poll_us = atoi(argv[++i]);
         else if (!strcmp(a, "--no-join")) o_join = 0;
+        else if (!strcmp(a, "--deflate")) o_deflate = 1;
+        else if (!strcmp(a, "--words")) o_words = 1;
         else usage();
     }
     if (!o_port) usage();
@@ -907,6 +1043,7 @@ int main(int argc, char **argv) {
     case M_HANDSHAKE: run_handshake(); break;
     case M_HOLD: run_hold(); break;
     case M_CHURN: run_churn(); break;
+    case M_STORM: run_storm(); break;
     }
     print_result();
     return 0;

@@ -4,6 +4,7 @@ Every peer speaks the subset of the trio_chat protocol the load generator
 uses: ``join`` is answered with ``joined``; ``chat`` is relayed verbatim (the
 raw frame, not re-encoded) to the room's other connections and answered with
 an ``ack``.  In ``echo`` mode every message is sent back unchanged.
+Compression is off unless ``--deflate`` is given.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("mode", nargs="?", choices=["serve", "echo"], default="serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="negotiate permessage-deflate when the client offers it (where the library can)",
+    )
     return parser.parse_args()
 
 

@@ -2,6 +2,9 @@
 
 ``broadcast()`` writes the frame to each connection's transport without
 awaiting; it is the fastest fan-out the asyncio implementation offers.
+With ``--deflate`` it negotiates permessage-deflate (websockets' default
+parameters); ``broadcast()`` then compresses the message once per recipient,
+each connection having its own compressor.
 """
 
 from __future__ import annotations
@@ -49,7 +52,12 @@ async def main() -> None:
 
     handler = echo if args.mode == "echo" else chat
     async with serve(
-        handler, args.host, args.port, compression=None, max_size=65536, backlog=4096
+        handler,
+        args.host,
+        args.port,
+        compression="deflate" if args.deflate else None,
+        max_size=65536,
+        backlog=4096,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         _common.announce("websockets-asyncio", args.host, port)

@@ -56,7 +56,7 @@ async def main() -> None:
                 handler,
                 args.port,
                 host=args.host,
-                compression=None,
+                compression="deflate" if args.deflate else None,
                 max_size=65536,
                 backlog=4096,
             )
