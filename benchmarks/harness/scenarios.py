@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import loadgen
@@ -78,6 +79,9 @@ class Config:
     sweep_poll_us: int = 200  # read pacing in the sweep: the generator keeps up past 200k/s
     sweep_duration: float = 3.0
     storm_timeout: float = 90.0  # connect_10000: give up (and report) after this
+    # Called as on_window(server, "measure_start" | "measure_end") at the
+    # edges of each measured window (profile_server.py attaches a profiler there).
+    on_window: Callable[[ServerProcess, str], None] | None = None
 
 
 def _server(spec: ServerSpec, cfg: Config, mode: str = "serve") -> ServerProcess:
@@ -93,6 +97,8 @@ def measure(server: ServerProcess, options: dict, cfg: Config) -> dict:
         if name in ("measure_start", "measure_end"):
             marks[name] = server.cpu()
             marks[name + "_wait"] = server.run_queue_wait()
+            if cfg.on_window:
+                cfg.on_window(server, name)
 
     opts = {"warmup": cfg.warmup, "duration": cfg.duration, "drain": cfg.drain}
     opts.update(options)
