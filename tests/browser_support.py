@@ -136,6 +136,9 @@ class TcpProxy:
         self.port: int | None = None
         self.blocked = False
         self.accepted = 0
+        #: Connections reset because the proxy was blocked.
+        self.refused = 0
+        self._refused_changed = trio.Event()
         self._links: set[_Link] = set()
 
     @property
@@ -163,10 +166,19 @@ class TcpProxy:
     def unblock(self) -> None:
         self.blocked = False
 
+    async def wait_refused(self, count: int) -> None:
+        """Wait (30 s at most) until *count* connections in all were refused while blocked."""
+        with trio.fail_after(30):
+            while self.refused < count:
+                await self._refused_changed.wait()
+
     async def _relay(self, client: trio.SocketStream) -> None:
         self.accepted += 1
         if self.blocked:
             await _abort(client)
+            self.refused += 1
+            self._refused_changed.set()
+            self._refused_changed = trio.Event()
             return
         try:
             upstream = await trio.open_tcp_stream(*self.upstream)

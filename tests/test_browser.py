@@ -52,9 +52,18 @@ def in_trio(fn, *args, **kwargs):
     return trio.from_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
-def settle(seconds: float = 0.7) -> None:
-    """Leave time for anything that should NOT happen (a duplicate) to show up."""
-    time.sleep(seconds)
+def barrier(sender, pages, room: str, expected: list[str]) -> None:
+    """*sender* posts a marker; wait until every page shows it.
+
+    Delivery is in the room's order, so anything that could still show up
+    (a duplicate, a replay) would come before the marker: once every page
+    shows it, what they show is final.  The marker joins *expected*.
+    """
+    marker = f"barrier {len(expected)}"
+    sender.send(marker)
+    expected.append(marker)
+    for page in pages:
+        page.wait_message(room, marker)
 
 
 def assert_exactly_once_in_order(messages: list[dict], expected_texts: list[str], who: str) -> None:
@@ -138,11 +147,11 @@ def chat_survives_drops(server_url: str, proxy: TcpProxy) -> None:
                 text = f"while bob reconnects {n}"
                 alice.send(text)
                 expected.append(text)
-                time.sleep(0.05)
+                time.sleep(0.05)  # pacing: spread the sends over the reconnect
             bob.wait_state("online", timeout_ms=40_000)
             bob.wait_message(room, expected[-1], timeout_ms=30_000)
             alice.wait_message(room, expected[-1])
-            settle()
+            barrier(alice, [alice, bob], room, expected)
             assert_exactly_once_in_order(bob.messages(room), expected, "bob")
             assert_exactly_once_in_order(alice.messages(room), expected, "alice")
             alice.wait_member("bob", "away")  # bob's status survives his reconnect
@@ -161,7 +170,8 @@ def chat_survives_drops(server_url: str, proxy: TcpProxy) -> None:
             bob.send("typed while offline")
             assert bob.pending(room) == ["typed while offline"]
             bob.screenshot("browser-phone-offline.png")
-            time.sleep(1.5)  # a few failed attempts: the backoff grows
+            refused = in_trio(lambda: proxy.refused)
+            trio.from_thread.run(proxy.wait_refused, refused + 2)  # two more failed attempts
             assert not any("while bob is away" in m["text"] for m in bob.messages(room))
 
             in_trio(proxy.unblock)
@@ -170,7 +180,7 @@ def chat_survives_drops(server_url: str, proxy: TcpProxy) -> None:
             alice.wait_message(room, "typed while offline", timeout_ms=20_000)
             bob.wait_message(room, "typed while offline")
             alice.wait_member("bob", "away")
-            settle()
+            barrier(alice, [alice, bob], room, expected)
             assert bob.pending(room) == []
             assert_exactly_once_in_order(bob.messages(room), expected, "bob")
             assert_exactly_once_in_order(alice.messages(room), expected, "alice")
@@ -210,8 +220,16 @@ def server_restart(server: ChatServer, nursery: trio.Nursery) -> None:
             bob.wait_message(room, "after restart")
             bob.send("welcome back")
             alice.wait_message(room, "welcome back")
-            settle()
-            expected = [(1, "before 1"), (2, "before 2"), (1, "after restart"), (2, "welcome back")]
+            bob.send("barrier")  # both pages show it: nothing sent before it can still arrive
+            for page in (alice, bob):
+                page.wait_message(room, "barrier")
+            expected = [
+                (1, "before 1"),
+                (2, "before 2"),
+                (1, "after restart"),
+                (2, "welcome back"),
+                (3, "barrier"),
+            ]
             for page in (alice, bob):
                 assert [(m["id"], m["text"]) for m in page.messages(room)] == expected, page.name
                 assert (
