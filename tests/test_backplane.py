@@ -15,7 +15,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import functools
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from redis_helpers import (  # noqa: F401 - fixtures
     redis_server,
     start_chat_process,
 )
+from support import bounded
 
 from trio_chat import ChatServer, Config, ProtocolError
 from trio_chat._backplane import attach_backplane, split_url
@@ -52,19 +52,6 @@ from trio_chat._backplane_state import (
 )
 from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Presence
 from trio_chat.testing import TestClient, open_test_client, room_names, timestamps, user_ids
-
-
-def _bounded(seconds: float):
-    def wrap(test):
-        @functools.wraps(test)
-        async def bounded(*args, **kwargs):
-            with trio.fail_after(seconds):
-                await test(*args, **kwargs)
-
-        return bounded
-
-    return wrap
-
 
 # ==========================================================================
 # The pure state
@@ -486,7 +473,7 @@ async def _wait_for(predicate, timeout: float = 10, interval: float = 0.05) -> N
             await trio.sleep(interval)
 
 
-@_bounded(30)
+@bounded(30)
 async def test_ids_are_gap_free_across_processes_and_each_message_arrives_once(redis_server):
     async with open_cluster(redis_server) as (s0, s1), AsyncExitStack() as stack:
         users = [("alice", s0), ("bob", s1), ("carol", s1), ("dave", s0)]
@@ -531,7 +518,7 @@ async def test_ids_are_gap_free_across_processes_and_each_message_arrives_once(r
             assert [c for _, c in mine] == [f"{me} {i}" for i in range(per_client)]
 
 
-@_bounded(30)
+@bounded(30)
 async def test_history_and_resume_work_on_any_process(redis_server):
     async with open_cluster(redis_server, history_size=3) as (s0, s1):
         async with open_test_client(s0, user="alice") as alice:
@@ -560,7 +547,7 @@ async def test_history_and_resume_work_on_any_process(redis_server):
                 assert [m["id"] for m in joined["history"]] == [5, 6, 7]
 
 
-@_bounded(30)
+@bounded(30)
 async def test_system_events_and_presence_are_cluster_wide(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with open_test_client(s0, user="bob") as bob:
@@ -604,7 +591,7 @@ async def test_system_events_and_presence_are_cluster_wide(redis_server):
             assert (await _health(s0))["backplane"] == "up"
 
 
-@_bounded(30)
+@bounded(30)
 async def test_room_data_expires_a_week_after_its_last_member_leaves(redis_server):
     def ttl(key: str) -> int:
         return int(redis_server.command("TTL", f"trio_chat:{key}"))
@@ -631,7 +618,7 @@ async def test_room_data_expires_a_week_after_its_last_member_leaves(redis_serve
             assert (await alice.chat("lobby", "again"))["payload"]["id"] == 2
 
 
-@_bounded(30)
+@bounded(30)
 async def test_direct_messages_reach_every_connection_on_any_process(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with (
@@ -671,7 +658,7 @@ async def test_direct_messages_reach_every_connection_on_any_process(redis_serve
             await _wait_for(refused)
 
 
-@_bounded(30)
+@bounded(30)
 async def test_a_resent_ref_is_acked_once_whichever_process_gets_it(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with open_test_client(s1, user="bob") as bob:
@@ -688,7 +675,7 @@ async def test_a_resent_ref_is_acked_once_whichever_process_gets_it(redis_server
             assert contents == ["only once", "after"]
 
 
-@_bounded(30)
+@bounded(30)
 async def test_embedders_publish_through_the_backplane(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with open_test_client(s1, user="bob") as bob:
@@ -786,7 +773,7 @@ def _check_exactly_once(acks, received, senders):
             assert m["content"] == f"{sender} says {i}"
 
 
-@_bounded(60)
+@bounded(60)
 async def test_redis_paused_mid_conversation(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with (
@@ -824,7 +811,7 @@ async def test_redis_paused_mid_conversation(redis_server):
             assert "trio_chat_backplane_up 1.0" in metrics
 
 
-@_bounded(60)
+@bounded(60)
 async def test_messages_published_while_subscriptions_are_down_are_replayed(redis_server):
     # Only the pub/sub connections drop: the other process goes on publishing
     # meanwhile, and what it publishes exists only in the streams.
@@ -845,7 +832,7 @@ async def test_messages_published_while_subscriptions_are_down_are_replayed(redi
             _check_exactly_once(acks, received, ["alice", "bob"])
 
 
-@_bounded(30)
+@bounded(30)
 async def test_what_was_published_while_a_process_resubscribed_is_replayed(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with (
@@ -873,7 +860,7 @@ async def test_what_was_published_while_a_process_resubscribed_is_replayed(redis
             assert (await _expect_chat(bob))["content"] == "after"
 
 
-@_bounded(30)
+@bounded(30)
 async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_server):
     async with open_cluster(redis_server, count=1) as (s0,):
         # s1 takes a pub/sub message only while its pump is waiting for one.
@@ -900,7 +887,7 @@ async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_s
                 nursery.cancel_scope.cancel()
 
 
-@_bounded(60)
+@bounded(60)
 async def test_redis_killed_and_restarted_mid_conversation(durable_redis_server):
     redis = durable_redis_server
     async with open_cluster(redis) as (s0, s1):
@@ -923,7 +910,7 @@ async def test_redis_killed_and_restarted_mid_conversation(durable_redis_server)
             _check_exactly_once(acks, received, ["alice", "bob"])
 
 
-@_bounded(60)
+@bounded(60)
 async def test_redis_restarted_empty_keeps_rooms_working(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with (
@@ -956,7 +943,7 @@ async def test_redis_restarted_empty_keeps_rooms_working(redis_server):
                 assert sorted(joined["members"]) == ["alice", "bob", "carol"]
 
 
-@_bounded(30)
+@bounded(30)
 async def test_servers_start_while_redis_is_down_and_catch_up(redis_server):
     redis_server.kill()
     async with open_cluster(redis_server, count=1) as (s0,):
@@ -995,7 +982,7 @@ def _serve_args(redis: RedisServer, extra: str = "") -> list[str]:
     ]
 
 
-@_bounded(60)
+@bounded(60)
 async def test_two_server_processes_share_rooms(redis_server, tmp_path):
     p0 = await start_chat_process(_serve_args(redis_server), tmp_path, "p0")
     p1 = await start_chat_process(_serve_args(redis_server), tmp_path, "p1")

@@ -9,7 +9,6 @@ client's own ``Backoff`` option, never by patching.  The pure bookkeeping
 
 from __future__ import annotations
 
-import functools
 import math
 import ssl
 
@@ -18,6 +17,7 @@ import pytest
 import trio
 import trustme
 from hypothesis import HealthCheck, given, settings, strategies as st
+from support import bounded
 
 from trio_chat import Chat, ChatServer, Config, make_token
 from trio_chat._client_state import ClientState, RoomState
@@ -43,18 +43,6 @@ from trio_chat.testing import open_test_server
 #: Reconnect quickly in tests (the policy is the real one, only faster).
 FAST = Backoff(base=0.02, cap=0.1)
 ROOM = "lobby"
-
-
-def _bounded(seconds: float = 20):
-    def wrap(test):
-        @functools.wraps(test)
-        async def bounded(*args, **kwargs):
-            with trio.fail_after(seconds):
-                await test(*args, **kwargs)
-
-        return bounded
-
-    return wrap
 
 
 def drop(server: ChatServer, user: str, how: int | str | None) -> int:
@@ -106,7 +94,7 @@ async def until_state(client, state: ConnectionState, timeout: float = 5.0) -> S
 # ---------------------------------------------------------------- basics
 
 
-@_bounded()
+@bounded(20)
 async def test_two_clients_chat_both_ways():
     async with open_test_server() as server:
         async with (
@@ -138,7 +126,7 @@ async def test_two_clients_chat_both_ways():
             assert alice.last_id(ROOM) == 2
 
 
-@_bounded()
+@bounded(20)
 async def test_history_on_join_and_typed_events():
     async with open_test_server() as server:
         await server.publish(ROOM, "before you came", user_id="carol")
@@ -172,7 +160,7 @@ async def test_history_on_join_and_typed_events():
             assert (system.event, system.user_id) == ("leave", "alice")
 
 
-@_bounded()
+@bounded(20)
 async def test_refusals_raise_client_error():
     async with open_test_server(Config(max_content_chars=10)) as server:
         async with open_chat_client(server.url, user="alice") as alice:
@@ -195,7 +183,7 @@ async def test_refusals_raise_client_error():
             assert (await alice.send(ROOM, "fine")).id == 1
 
 
-@_bounded()
+@bounded(20)
 async def test_tokens_rooms_and_refused_connections():
     secret = "s3cret-for-tests-only-0123456789abcdef"
     async with open_test_server(Config(secret=secret)) as server:
@@ -229,7 +217,7 @@ async def test_tokens_rooms_and_refused_connections():
     assert nothing.value.status is None
 
 
-@_bounded()
+@bounded(20)
 async def test_leaving_the_block_closes_cleanly():
     async with open_test_server() as server:
         before = trio.lowlevel.current_statistics().tasks_living
@@ -261,7 +249,7 @@ def task_names(task) -> list[str]:
     return names
 
 
-@_bounded()
+@bounded(20)
 async def test_body_errors_propagate_unwrapped():
     async with open_test_server() as server:
         with pytest.raises(KeyError):
@@ -274,7 +262,7 @@ async def test_body_errors_propagate_unwrapped():
         assert scope.cancelled_caught
 
 
-@_bounded()
+@bounded(20)
 async def test_wss_with_a_custom_ssl_context(tmp_path):
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -298,7 +286,7 @@ async def test_wss_with_a_custom_ssl_context(tmp_path):
 # ---------------------------------------------------------------- rate limits
 
 
-@_bounded(30)
+@bounded(30)
 async def test_pacing_keeps_within_the_rate_limit():
     config = Config(rate_messages=3, rate_seconds=0.5)
     async with open_test_server(config) as server:
@@ -311,7 +299,7 @@ async def test_pacing_keeps_within_the_rate_limit():
             assert server.stats().connections == 1
 
 
-@_bounded(30)
+@bounded(30)
 async def test_rate_limited_messages_are_retried_or_raised():
     config = Config(rate_messages=2, rate_seconds=0.5)
     async with open_test_server(config) as server:
@@ -342,7 +330,7 @@ async def test_rate_limited_messages_are_retried_or_raised():
 # ---------------------------------------------------------------- reconnects
 
 
-@_bounded()
+@bounded(20)
 async def test_drop_between_send_and_ack_delivers_once():
     async with open_test_server() as server:
         async with (
@@ -371,7 +359,7 @@ async def test_drop_between_send_and_ack_delivers_once():
             assert [(m.id, m.content) for m in own] == [(1, "once"), (2, "twice?")]
 
 
-@_bounded()
+@bounded(20)
 async def test_messages_sent_while_offline_go_out_in_order():
     slow = Backoff(base=0.4, cap=0.4)
     async with open_test_server() as server:
@@ -393,7 +381,7 @@ async def test_messages_sent_while_offline_go_out_in_order():
             assert [m.content for m in got] == [f"offline {i}" for i in range(5)]
 
 
-@_bounded()
+@bounded(20)
 async def test_reconnect_resumes_with_since():
     slow = Backoff(base=0.3, cap=0.3)
     async with open_test_server() as server:
@@ -418,7 +406,7 @@ async def test_reconnect_resumes_with_since():
             assert (live.id, live.content) == (6, "m6")
 
 
-@_bounded()
+@bounded(20)
 async def test_server_restart_resets_room_positions():
     config = Config(host="127.0.0.1", port=0, shutdown_grace=1)
     async with trio.open_nursery() as nursery:
@@ -441,7 +429,7 @@ async def test_server_restart_resets_room_positions():
             await second.shutdown()
 
 
-@_bounded()
+@bounded(20)
 async def test_refused_reconnect_stops_the_client():
     secret = "s3cret-for-tests-only-0123456789abcdef"
     async with open_test_server(Config(secret=secret)) as server:
@@ -458,7 +446,7 @@ async def test_refused_reconnect_stops_the_client():
                 await eve.send(ROOM, "too late")
 
 
-@_bounded()
+@bounded(20)
 async def test_gives_up_after_max_attempts_when_the_token_source_fails():
     secret = "s3cret-for-tests-only-0123456789abcdef"
     async with open_test_server(Config(secret=secret)) as server:
@@ -490,7 +478,7 @@ async def test_gives_up_after_max_attempts_when_the_token_source_fails():
             assert failed.value.code == 0
 
 
-@_bounded()
+@bounded(20)
 async def test_cancelled_send_is_not_resent_and_leave_fails_pending():
     slow = Backoff(base=0.5, cap=0.5)
     async with open_test_server() as server:
@@ -564,7 +552,7 @@ class FreezingProxy:
             nursery.start_soon(pump, upstream, downstream)
 
 
-@_bounded()
+@bounded(20)
 async def test_heartbeat_detects_a_silent_network_and_loses_nothing():
     async with open_test_server() as server, trio.open_nursery() as nursery:
         proxy = FreezingProxy(server.port)

@@ -6,7 +6,6 @@ and talks to it the way any client does: JSON text frames over TCP.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 
@@ -14,23 +13,13 @@ import pytest
 import trio
 import trio_websocket
 from _raw_client import RawClient, collect_logs, open_small_socket
+from support import bound_all
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from trio_chat import ChatAck, ChatServer, Config, DirectAck, Identity, ProtocolError
 from trio_chat.testing import TestClient, open_test_client, open_test_server
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def _bounded(test):
-    """Fail a test that runs longer than 20 s instead of hanging the suite."""
-
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        with trio.fail_after(20):
-            await test(*args, **kwargs)
-
-    return bounded
 
 
 async def expect_closed(client: TestClient) -> int:
@@ -859,6 +848,4 @@ async def test_plain_http_on_the_same_port():
             assert json.loads(await ws.get_message())["type"] == "welcome"
 
 
-for _name, _test in list(globals().items()):
-    if _name.startswith("test_"):
-        globals()[_name] = _bounded(_test)
+bound_all(globals(), 20)

@@ -6,13 +6,13 @@ and trio's ``autojump_clock`` where what matters is when the server returns.
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import trio
 import trio.testing
 from _raw_client import RawClient, collect_logs, open_small_socket
+from support import bound_all
 from trio_websocket import ConnectionClosed, ConnectionRejected
 from wsproto.events import CloseConnection, RejectConnection, Request
 
@@ -266,17 +266,4 @@ async def test_upgrade_during_the_drain_is_503_and_healthz_says_draining(autojum
         assert json.loads(body)["status"] == "draining"
 
 
-def _bounded(test):
-    """Fail a test that has not finished after 30 seconds instead of hanging."""
-
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        with trio.fail_after(30):
-            await test(*args, **kwargs)
-
-    return bounded
-
-
-for _name, _test in list(globals().items()):
-    if _name.startswith("test_"):
-        globals()[_name] = _bounded(_test)
+bound_all(globals(), 30)

@@ -8,12 +8,11 @@ moment each connection ends is known exactly.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import trio
 import trio.testing
 from _raw_client import RawClient, collect_logs
+from support import bound_all
 from wsproto.events import CloseConnection, Ping, TextMessage
 
 from trio_chat import ChatServer, Config
@@ -264,17 +263,4 @@ async def test_close_not_answered_is_bounded(autojump_clock, disconnects):
         assert "code=1008" in disconnects[0]
 
 
-def _bounded(test):
-    """Fail a test that has not finished after 10_000 virtual seconds instead of hanging."""
-
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        with trio.fail_after(10_000):
-            await test(*args, **kwargs)
-
-    return bounded
-
-
-for _name, _test in list(globals().items()):
-    if _name.startswith("test_"):
-        globals()[_name] = _bounded(_test)
+bound_all(globals(), 10_000)
