@@ -752,8 +752,24 @@ async def _converse(clients: list[TestClient], room: str, outage, *, count: int 
         with trio.fail_after(15):
             while any(len(received[u]) < len(expected[u]) for u in received):
                 await trio.sleep(0.05)
-        await trio.sleep(0.5)  # room for duplicates to show up, if there were any
+        # A barrier: one more message, sent after every resend has stopped.
+        # Each member receives the room in id order, so once everyone has it
+        # nothing sent before it (a duplicate included) is still on its way.
+        first = clients[0]
+        await first.send("chat", {"room": room, "content": "barrier"}, "barrier")
+
+        def through(client: TestClient) -> bool:
+            if client is first:
+                return "barrier" in acks
+            return any(m["content"] == "barrier" for m in received[client.user_id])
+
+        with trio.fail_after(15):
+            while not all(through(c) for c in clients):
+                await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+    del acks["barrier"]
+    for user, messages in received.items():
+        received[user] = [m for m in messages if m["content"] != "barrier"]
     return acks, refused, received
 
 
