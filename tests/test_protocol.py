@@ -14,7 +14,7 @@ import attrs
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from trio_chat import text_frame
+from trio_chat._frames import text_frame
 from trio_chat._protocol import (
     MAX_PRESENCE_TEXT_CHARS,
     MAX_REF_CHARS,

@@ -13,9 +13,6 @@ from ._auth import (
     make_token as make_token,
 )
 from ._config import Config as Config, ConfigError as ConfigError
-from ._frames import text_frame as text_frame
-from ._hub import Hub as Hub
-from ._hub_state import Delivery as Delivery, HubState as HubState, HubStats as HubStats
 from ._protocol import (
     Chat as Chat,
     ChatAck as ChatAck,
