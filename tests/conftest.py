@@ -1,4 +1,4 @@
-"""Shared test settings: Hypothesis profiles.
+"""Shared test settings: Hypothesis profiles, and fixtures every module may use.
 
 ``ci`` (the default) is derandomized, so every run of the test command tries
 the same examples and a failure reproduces; ``dev`` explores new examples
@@ -9,6 +9,11 @@ machine is shared, and no test asserts on speed.
 import os
 
 from hypothesis import HealthCheck, settings
+
+# A real redis-server on a spare port, for the backplane and workers tests.
+from redis_helpers import durable_redis_server, redis_server
+
+__all__ = ["durable_redis_server", "redis_server"]
 
 settings.register_profile(
     "ci",

@@ -26,12 +26,7 @@ import pytest
 import trio
 from http_support import http_request
 from hypothesis import given, strategies as st
-from redis_helpers import (  # noqa: F401 - fixtures
-    RedisServer,
-    durable_redis_server,
-    redis_server,
-    start_chat_process,
-)
+from redis_helpers import RedisServer, start_chat_process
 from support import bounded
 
 from trio_chat import ChatServer, Config, ProtocolError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 from http_support import http_request
-from redis_helpers import RedisServer, redis_server, start_chat_process  # noqa: F401
+from redis_helpers import RedisServer, start_chat_process
 from trio_websocket import ConnectionClosed
 
 from trio_chat.testing import TestClient, open_test_client
