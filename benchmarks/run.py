@@ -27,7 +27,7 @@ from importlib import metadata
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loadgen, report
+from harness import loadgen, profiling, report
 from harness.scenarios import SCENARIOS, Config, generator_ceiling, run_sweep
 from harness.servers import (
     BENCH_DIR,
@@ -69,6 +69,11 @@ def parse_args() -> argparse.Namespace:
         "--no-store-variant",
         action="store_true",
         help="do not also measure trio_chat with --store sqlite (where it has that option)",
+    )
+    p.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="do not profile trio_chat in the scenarios whose target it missed",
     )
     p.add_argument("--no-ceiling", action="store_true", help="skip the generator-ceiling check")
     p.add_argument(
@@ -270,6 +275,9 @@ def measure_all(args, cfg, specs, source) -> int:
             sweeps[name] = run_sweep(specs[name], cfg, log=lambda m: print(m, flush=True))
 
     summary = report.summarize(runs)
+    profiles = {}
+    if not args.no_profile and "trio_chat" in active:
+        profiles = profile_misses(specs["trio_chat"], cfg, summary, scenarios, source)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = {
         "meta": {
@@ -289,6 +297,7 @@ def measure_all(args, cfg, specs, source) -> int:
         "summary": summary,
         "sweeps": sweeps,
         "generator_ceiling": ceiling,
+        "profiles": profiles,
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)
     name = f"results-{stamp}{'-' + args.tag if args.tag else ''}.json"
@@ -305,6 +314,57 @@ def measure_all(args, cfg, specs, source) -> int:
     if not args.no_readme and report.update_readme(os.path.join(BENCH_DIR, "README.md"), section):
         print("\nREADME.md results section updated.")
     return 0
+
+
+# Idle connections held for the memory profile: per-connection allocation
+# sites do not change with the count, and tracemalloc slows connecting down.
+PROFILE_IDLE_CONNECTIONS = 2000
+
+
+def profile_misses(spec, cfg, summary, scenarios, source) -> dict:
+    """Profile trio_chat once more in each scenario whose target it missed:
+    py-spy over the measured window, or tracemalloc for idle memory."""
+    missed: list[str] = []
+    report.targets(summary, missed=missed)
+    profiles = {}
+    for scen in missed:
+        if scen not in scenarios:
+            continue
+        t0 = time.monotonic()
+        try:
+            if scen.startswith("idle_"):
+                mem = profiling.memory_profile(spec, cfg, PROFILE_IDLE_CONNECTIONS, RESULTS_DIR)
+                profiles[scen] = {"kind": "memory", **mem}
+                text = profiling.memory_markdown(source, mem)
+            else:
+                prof = profiling.profile_scenario(spec, cfg, scen, RESULTS_DIR)
+                profiles[scen] = {"kind": "cpu", **prof}
+                text = profiling.cpu_markdown(scen, source, prof["result"], prof, 200)
+        except Exception as exc:
+            print(f"[profile] {scen}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        with open(os.path.join(RESULTS_DIR, f"profile-{scen}.md"), "w") as f:
+            f.write(text + "\n")
+        print(f"[profile] {scen}: {time.monotonic() - t0:.1f}s", flush=True)
+    return profiles
+
+
+def profile_section(profiles: dict, source: str) -> list[str]:
+    if not profiles:
+        return []
+    lines = [
+        "",
+        "Profiles of trio_chat in the scenarios whose target it missed, taken at the end of "
+        "this run on the same build (one more run of the scenario each; the full tables are "
+        "in `results/profile-<scenario>.md`):",
+    ]
+    for scen, prof in profiles.items():
+        lines.append("")
+        if prof.get("kind") == "memory":
+            lines.append(profiling.memory_markdown(source, prof, top=8))
+        else:
+            lines.append(profiling.cpu_markdown(scen, source, prof["result"], prof, 200, top=8))
+    return lines
 
 
 def rebuild(args: argparse.Namespace) -> int:
@@ -389,6 +449,7 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
                 f"*{name} did not negotiate permessage-deflate ({neg[0]:.0%} of connections): "
                 "its compressed fan-out cells measure plain frames.*",
             ]
+    lines += profile_section(data.get("profiles") or {}, meta.get("trio_chat_source", ""))
     ceiling = data.get("generator_ceiling")
     if ceiling:
         lines += [

@@ -70,6 +70,7 @@ class ServerSpec:
     deflate_args: list[str] = field(default_factory=lambda: ["--deflate"])
     # An option given a fresh empty directory at every start (e.g. a data dir).
     fresh_dir_arg: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment
 
     def argv(self, mode: str) -> list[str]:
         word = "serve" if mode == "deflate" else mode
@@ -324,7 +325,7 @@ class ServerProcess:
 
             self._fresh_dir = tempfile.mkdtemp(prefix=f"bench-{self.spec.name}-")
             argv += [self.spec.fresh_dir_arg, self._fresh_dir]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.spec.env)
         env["PYTHONPATH"] = self.spec.cwd + os.pathsep + env.get("PYTHONPATH", "")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         if self.log_path:
