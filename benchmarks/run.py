@@ -41,8 +41,10 @@ from harness.servers import (
     default_specs,
     ensure_node_deps,
     export_snapshot,
+    has_store_option,
     raise_fd_limit,
     sqlite_variant,
+    use_memory_store,
 )
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -206,10 +208,10 @@ def measure_all(args, cfg, specs, source) -> int:
         names += [n for n in TRIO_PEERS if n not in names]
     if args.with_node and "node-ws" not in names:
         names.append("node-ws")
-    if "trio_chat" in names and not args.no_store_variant and SQLITE_VARIANT not in names:
-        variant = sqlite_variant(specs["trio_chat"])
-        if variant:
-            specs[SQLITE_VARIANT] = variant
+    if "trio_chat" in names and has_store_option(specs["trio_chat"]):
+        use_memory_store(specs["trio_chat"])
+        if not args.no_store_variant and SQLITE_VARIANT not in names:
+            specs[SQLITE_VARIANT] = sqlite_variant(specs["trio_chat"])
             names.append(SQLITE_VARIANT)
     if "node-ws" in names:
         try:
@@ -424,7 +426,8 @@ def results_section(data, names, summary, sweeps, runs, unavailable) -> str:
         lines += [
             "",
             "History store: trio_chat with `--store sqlite` (a fresh `--data-dir` per server "
-            "start) against its default in-memory history, same run; ratio to in-memory:",
+            "start) beside the trio_chat column above (`--store memory`), same run; ratio to "
+            "`--store memory`:",
             "",
             report.variant_table(summary, "trio_chat", SQLITE_VARIANT),
         ]

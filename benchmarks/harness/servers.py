@@ -132,9 +132,9 @@ SQLITE_VARIANT = "trio_chat-sqlite"
 VARIANT_SCENARIOS = {SQLITE_VARIANT: ("fanout_max", "fanout_rate", "many_rooms")}
 
 
-def sqlite_variant(trio_chat: ServerSpec) -> ServerSpec | None:
-    """A spec for trio_chat with ``--store sqlite``, or None if the measured
-    trio_chat has no such option (asks its ``serve --help``)."""
+def has_store_option(trio_chat: ServerSpec) -> bool:
+    """Whether the measured trio_chat has ``--store`` / ``--data-dir`` (asks
+    its ``serve --help``)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = trio_chat.cwd + os.pathsep + env.get("PYTHONPATH", "")
     try:
@@ -148,13 +148,29 @@ def sqlite_variant(trio_chat: ServerSpec) -> ServerSpec | None:
             env=env,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    if "--store" not in out or "--data-dir" not in out:
-        return None
+        return False
+    return "--store" in out and "--data-dir" in out
+
+
+def use_memory_store(trio_chat: ServerSpec) -> None:
+    """Run trio_chat with its in-memory history (``--store memory``), as the
+    peers keep nothing on disk, and give it a fresh ``--data-dir`` at every
+    start so that nothing is read from, or left in, the checkout."""
+    if "--store" not in trio_chat.extra:  # unless --trio-chat-args chose one
+        trio_chat.extra = [*trio_chat.extra, "--store", "memory"]
+    if "--data-dir" not in trio_chat.extra:
+        trio_chat.fresh_dir_arg = "--data-dir"
+
+
+def sqlite_variant(trio_chat: ServerSpec) -> ServerSpec:
+    """trio_chat with ``--store sqlite`` in a fresh ``--data-dir`` per start."""
+    extra = list(trio_chat.extra)
+    if "--store" in extra:
+        del extra[extra.index("--store") : extra.index("--store") + 2]
     return ServerSpec(
         SQLITE_VARIANT,
         trio_chat.command,
-        [*trio_chat.extra, "--store", "sqlite"],
+        [*extra, "--store", "sqlite"],
         label="trio_chat, --store sqlite",
         cwd=trio_chat.cwd,
         deflate_args=[],
@@ -320,7 +336,7 @@ class ServerProcess:
         if self.spec.prestart:
             subprocess.run(self.spec.prestart, check=False, capture_output=True)
         argv = taskset(self.core) + self.spec.argv(self.mode)
-        if self.spec.fresh_dir_arg:
+        if self.spec.fresh_dir_arg and self.mode != "echo":  # chat modes only
             import tempfile
 
             self._fresh_dir = tempfile.mkdtemp(prefix=f"bench-{self.spec.name}-")
