@@ -51,7 +51,9 @@ from harness.servers import (
     RedisServer,
     ServerProcess,
     ServerSpec,
+    has_store_option,
     raise_fd_limit,
+    use_memory_store,
 )
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -111,6 +113,8 @@ def spec_for(variant: str, redis: RedisServer) -> ServerSpec:
     if workers > 1:
         extra += ["--workers", str(workers)]
     spec = ServerSpec(variant, [sys.executable, "-m", "trio_chat"], extra, label=label)
+    if not uses_redis and has_store_option(spec):
+        use_memory_store(spec)
     if uses_redis:
         spec.prestart = redis.flush_command()
     return spec

@@ -34,8 +34,10 @@ from harness.servers import (
     ServerProcess,
     default_specs,
     export_snapshot,
+    has_store_option,
     raise_fd_limit,
     source_label,
+    use_memory_store,
 )
 
 
@@ -67,6 +69,8 @@ def main() -> int:
     spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[
         args.server
     ]
+    if args.server == "trio_chat" and has_store_option(spec):
+        use_memory_store(spec)
     with ServerProcess(
         spec, core=0, log_path=os.path.join(BENCH_DIR, "results", "raw", "many-server.log")
     ) as srv:

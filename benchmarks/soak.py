@@ -41,8 +41,10 @@ from harness.servers import (
     ServerProcess,
     default_specs,
     export_snapshot,
+    has_store_option,
     raise_fd_limit,
     source_label,
+    use_memory_store,
 )
 
 TOLERANCE = 0.05
@@ -184,6 +186,8 @@ def main() -> int:
     spec = default_specs(trio_chat_cmd=args.trio_chat_cmd, trio_chat_src=args.trio_chat_src)[
         args.server
     ]
+    if args.server == "trio_chat" and has_store_option(spec):
+        use_memory_store(spec)
     duration = args.minutes * 60
     samples: list[dict] = []
     churn: dict = {}
