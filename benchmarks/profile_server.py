@@ -7,7 +7,7 @@
 
 Runs the scenario as ``run.py`` does (server on core 0, generator on core 1).
 CPU scenarios: py-spy samples the server over the measured window only
-(without pausing it; idle time is not sampled).  ``idle_*``: the server runs
+(200 samples/s; idle time is not sampled).  ``idle_*``: the server runs
 under tracemalloc and the allocation sites that grew with the idle
 connections are listed per connection.  Writes ``results/profile-<scenario>.md``
 (and py-spy's collapsed stacks, ``results/profile-<scenario>.txt``, for a

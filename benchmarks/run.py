@@ -170,6 +170,28 @@ def versions() -> dict:
     return out
 
 
+def working_tree_label() -> str:
+    """'the working tree at commit X' (and whether trio_chat/ differs from it)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", BENCH_DIR, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", BENCH_DIR, "status", "--porcelain", "--", "../trio_chat"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "the working tree"
+    return f"the working tree at commit {commit}" + (
+        " (trio_chat/ with uncommitted changes)" if dirty else ""
+    )
+
+
 def main() -> int:
     args = parse_args()
     if args.from_json:
@@ -177,7 +199,7 @@ def main() -> int:
     cfg = config(args)
     raise_fd_limit()
     loadgen.build()
-    source = "working tree"
+    source = working_tree_label()
     if args.trio_chat_rev:
         args.trio_chat_src = export_snapshot(args.trio_chat_rev)
         with open(os.path.join(args.trio_chat_src, "COMMIT")) as f:

@@ -2,9 +2,10 @@
 
 * ``profile_scenario``: py-spy samples the server over the scenario's
   measured window only (``Config.on_window``); py-spy runs on the
-  generator's core without pausing the server (``--nonblocking``), and idle
-  time (trio waiting in ``epoll``) is not sampled, so shares are shares of
-  the CPU the server spent.
+  generator's core and stops the server for each sample (a few µs, 200
+  times a second: without that, stacks read while they change are
+  misattributed), and idle time (trio waiting in ``epoll``) is not sampled,
+  so shares are shares of the CPU the server spent.
 * ``memory_profile``: the server runs under tracemalloc
   (``tracemalloc_launch.py``); a snapshot before and one with N idle
   connections open give the allocation sites that hold the memory, per
@@ -57,6 +58,8 @@ def module_of(path: str) -> str:
         return "trio_chat/" + path.rsplit("trio_chat/", 1)[1]
     if "site-packages/" in path:  # py-spy shortens these to "package/module.py"
         path = path.rsplit("site-packages/", 1)[1]
+    if path.startswith("<attrs generated methods "):  # e.g. a trio class's __init__
+        return path.removeprefix("<attrs generated methods ").split(".", 1)[0]
     if path.startswith("<"):
         return "python runtime"
     if "/" in path and not path.startswith("/"):
@@ -79,6 +82,12 @@ def parse(raw: str) -> list[tuple[list[tuple[str, str]], int]]:
     return stacks
 
 
+def _trunk(func: str, module: str) -> bool:
+    return module in ("python runtime", "trio_chat/_cli.py", "trio_chat/__main__.py") or (
+        module == "trio" and func in ("run", "unrolled_run", "_run_handler")
+    )
+
+
 def summarize(stacks, top: int = 15) -> dict:
     total = sum(n for _, n in stacks)
     self_mod: collections.Counter = collections.Counter()
@@ -92,9 +101,9 @@ def summarize(stacks, top: int = 15) -> dict:
             incl_mod[mod] += n
         for key in {(f, module_of(p)) for f, p in frames}:
             incl_fn[key] += n
-    # The trunk (interpreter, trio's run loop, the CLI) is in nearly every
-    # sample and says nothing: leave it out of the function table.
-    branches = [(k, n) for k, n in incl_fn.most_common() if n < 0.8 * total]
+    # The trunk (interpreter, trio's run loop, the CLI) is in every sample
+    # and says nothing: leave it out of the function table.
+    branches = [(k, n) for k, n in incl_fn.most_common() if not _trunk(*k)]
     return {
         "samples": total,
         "self_by_module": self_mod.most_common(top),
@@ -155,7 +164,6 @@ def profile_scenario(
                     "raw",
                     "--rate",
                     str(rate),
-                    "--nonblocking",
                     "--output",
                     raw_path,
                 ],
