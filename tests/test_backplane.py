@@ -526,6 +526,11 @@ async def test_history_and_resume_work_on_any_process(redis_server):
                 assert joined["truncated"] is False
                 assert sorted(joined["members"]) == ["alice", "bob"]
                 assert [m["content"] for m in joined["history"]] == ["m4", "m5"]
+                # Joining again sends nothing bob has been sent already.
+                joined = (await bob.join("lobby", since=0))["payload"]
+                assert (joined["history"], joined["truncated"]) == ([], False)
+                await bob.send("leave", {"room": "lobby"})
+                await bob.expect("left")
                 joined = (await bob.join("lobby", since=0))["payload"]
                 assert [m["id"] for m in joined["history"]] == [3, 4, 5]
                 assert joined["truncated"] is True

@@ -29,6 +29,11 @@ SAMPLES = {
     "rate_seconds": 9.5,
     "max_rooms": 10,
     "max_rooms_per_connection": 11,
+    # outbound and room budgets
+    "queue_bytes": 4096,
+    "queue_bytes_total": 65536,
+    "max_rooms_created_per_connection": 12,
+    "max_rooms_created_per_client": 13,
     "secret": "s3cret-long-enough-for-hs256-0123456789",
     "allowed_origins": ("https://a.example", "https://b.example"),
     "redis_url": "redis://127.0.0.1:6379/0",

@@ -518,6 +518,8 @@ async def test_embedder_text_that_cannot_be_sent_is_refused_before_it_is_stored(
     assert hub.state.last_id("r") == 0
     # The hub is unharmed and the room's history stays sendable.
     await hub.publish("r", "fine", user_id="server")
-    await a.send(Join("r", since=0))
-    events = await a.events()
+    b = QueuePeer(hub, "bob", 16)
+    await b.connect("r")
+    await wait_all_tasks_blocked()
+    events = await b.events()
     assert [m["content"] for m in events[-1].history] == ["fine"]

@@ -58,6 +58,8 @@ REFS = ["a", "b", "c"]
 HISTORY_SIZES = [1, 2, 3]
 MAX_ROOMS = 3
 MAX_PER_CONN = 2
+MAX_CREATED_PER_CONN = 1
+MAX_CREATED_PER_CLIENT = 2
 EPHEMERAL = (TypingNotice, PresenceUpdate)
 T0 = 1_790_000_000.0
 
@@ -75,6 +77,9 @@ def norm(event: ServerEvent) -> str:
 class RoomModel:
     history_size: int
     messages: list[ChatMessage] = attrs.Factory(list)
+    #: The connection that created it and the client (here: its user).
+    creator: int | None = None
+    client: str | None = None
 
     @property
     def last_id(self) -> int:
@@ -115,17 +120,31 @@ class Model:
     def room_users(self, room: str) -> set[str]:
         return {self.conns[k] for k in self.room_conns(room)}
 
-    def make_room(self, room: str) -> bool:
-        """Create *room* if needed, forgetting the LRU empty room; False if full."""
+    def make_room(self, room: str, key: int | None = None) -> bool:
+        """Create *room* if needed (by *key*), within the creation quotas,
+        forgetting the LRU empty room; False if refused."""
         if room in self.rooms:
             return True
+        client = None if key is None else self.conns[key]
+        if key is not None:
+            if sum(r.creator == key for r in self.rooms.values()) >= MAX_CREATED_PER_CONN:
+                return False
+            if sum(r.client == client for r in self.rooms.values()) >= MAX_CREATED_PER_CLIENT:
+                return False
         if len(self.rooms) >= MAX_ROOMS:
             empty = [r for r in self.rooms if not self.room_conns(r)]
             if not empty:
                 return False
             del self.rooms[empty[0]]
-        self.rooms[room] = RoomModel(self.history_size)
+        self.rooms[room] = RoomModel(self.history_size, creator=key, client=client)
         return True
+
+    def emptied(self, room: str) -> None:
+        """*room* lost its last member: forgotten without history, else used."""
+        if not self.rooms[room].messages:
+            del self.rooms[room]
+        else:
+            self.rooms.move_to_end(room)
 
 
 class HubMachine(RuleBasedStateMachine):
@@ -188,7 +207,11 @@ class HubMachine(RuleBasedStateMachine):
     def start(self, history_size: int, users: list[str]) -> object:
         """Small caps, and a few connections already in a room (or none)."""
         self.state = HubState(
-            history_size=history_size, max_rooms=MAX_ROOMS, max_rooms_per_connection=MAX_PER_CONN
+            history_size=history_size,
+            max_rooms=MAX_ROOMS,
+            max_rooms_per_connection=MAX_PER_CONN,
+            max_rooms_created_per_connection=MAX_CREATED_PER_CONN,
+            max_rooms_created_per_client=MAX_CREATED_PER_CLIENT,
         )
         self.model = Model(history_size)
         keys = [self.connect(user) for user in users]
@@ -200,7 +223,7 @@ class HubMachine(RuleBasedStateMachine):
     def connect(self, user: str) -> int:
         key = self.next_key
         self.next_key += 1
-        assert self.state.connect(key, user) == []
+        assert self.state.connect(key, user, user) == []
         self.model.conns[key] = user
         self.model.joined[key] = {}
         return key
@@ -218,6 +241,11 @@ class HubMachine(RuleBasedStateMachine):
             if remaining and user not in m.room_users(room):
                 label("disconnect: system leave")
                 expected.append((System("leave", room, user), remaining))
+            if not remaining:
+                m.emptied(room)
+        for entry in m.rooms.values():
+            if entry.creator == key:
+                entry.creator = None
         if user not in m.users():
             m.status.pop(user, None)
         self.check(self.state.disconnect(key), expected, gone=key)
@@ -236,8 +264,8 @@ class HubMachine(RuleBasedStateMachine):
             label("join: 403, connection in too many rooms")
             return self.refused(result, 403, ref)
         rooms_before = set(m.rooms)
-        if not m.make_room(room):
-            label("join: 403, every room in use")
+        if not m.make_room(room, key):
+            label("join: 403, a creation quota or every room in use")
             return self.refused(result, 403, ref)
         if rooms_before - set(m.rooms):
             label("join: forgot an empty room")
@@ -249,7 +277,11 @@ class HubMachine(RuleBasedStateMachine):
             m.joined[key][room] = None
             if first and others:
                 expected.append((System("join", room, user), others))
-        history, truncated = m.rooms[room].after(since)
+            history, truncated = m.rooms[room].after(since)
+        else:
+            # Already in: it has been sent everything since its first joined.
+            label("join: again")
+            history, truncated = [], False
         label(f"join: since={'set' if since is not None else 'none'}, truncated={truncated}")
         members = sorted(m.room_users(room))
         expected.append((Joined(room, members, history, truncated, ref), [key]))
@@ -260,8 +292,8 @@ class HubMachine(RuleBasedStateMachine):
 
     @rule(key=connections, back=st.integers(0, 4))
     def catch_up(self, key: int, back: int) -> None:
-        """Join a room again with ``since`` a few messages back, as a client
-        that reconnects does."""
+        """Join a room (usually one it is in already) again with ``since`` a
+        few messages back."""
         room = self.room(key, MINE)
         last = self.model.rooms[room].last_id if room in self.model.rooms else 0
         self.join(key, room, max(0, last - back), None)
@@ -277,6 +309,8 @@ class HubMachine(RuleBasedStateMachine):
             remaining = m.room_conns(room)
             if remaining and user not in m.room_users(room):
                 expected.append((System("leave", room, user), remaining))
+            if not remaining:
+                m.emptied(room)
         self.check(self.handle(key, Leave(room, ref)), expected)
 
     def _chat(self, key: int, event: Chat) -> None:
@@ -421,6 +455,9 @@ class HubMachine(RuleBasedStateMachine):
             assert len(m.joined[key]) <= MAX_PER_CONN
         for user in USERS:
             assert s.is_connected(user) == (user in m.users())
+            assert s.rooms_created_by(user) == sum(r.client == user for r in m.rooms.values())
+        # Rooms without members: the next to be forgotten first.
+        assert s.empty_rooms() == [r for r in m.rooms if not m.room_conns(r)]
         assert s.stats() == HubStats(
             connections=len(m.conns),
             users=len(m.users()),
@@ -484,7 +521,7 @@ def test_chat_needs_membership() -> None:
         s.handle(1, Chat("r", "x"), NOW)
     with pytest.raises(ProtocolError):
         s.handle(1, Typing("r"), NOW)
-    assert s.last_id("r") == 0
+    assert s.last_id("r") is None  # left empty with no history: forgotten
 
 
 def test_system_events_on_first_join_and_last_leave_only() -> None:
@@ -521,6 +558,7 @@ def test_history_since_and_truncated() -> None:
     assert joined(4) == ([5], False)
     assert joined(5) == ([], False)
     assert joined(9) == ([3, 4, 5], True)  # room started again: send it all
+    s.handle(2, Leave("r"), NOW)
     first = s.handle(2, Join("r", 4), NOW)[0].event.history[0]
     assert first == {
         "id": 5,
@@ -537,7 +575,8 @@ def test_history_default_size_is_100() -> None:
     s.handle(1, Join("r"), NOW)
     for _ in range(101):
         s.handle(1, Chat("r", "x"), NOW)
-    event = s.handle(1, Join("r"), NOW)[0].event
+    s.connect(2, "bob")
+    event = s.handle(2, Join("r"), NOW)[0].event
     assert [m["id"] for m in event.history] == list(range(2, 102))
     assert event.truncated
 
@@ -689,6 +728,91 @@ def test_room_caps() -> None:
     s.handle(2, Leave("c"), NOW)
     s.handle(2, Join("a"), NOW)  # a starts again at id 0
     assert s.last_id("a") == 0
+
+
+def test_joining_again_sends_no_history_again() -> None:
+    s = hub()
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    for i in range(5):
+        s.handle(1, Chat("r", f"m{i}"), NOW)
+    s.connect(2, "bob")
+    first = s.handle(2, Join("r"), NOW)[0].event
+    assert [m["id"] for m in first.history] == [1, 2, 3, 4, 5]
+    # bob has been sent every message since: again, with or without since,
+    # it gets the members and nothing it already has.
+    for since in (None, 0, 3):
+        again = s.handle(2, Join("r", since, "j"), NOW)
+        assert again == [Delivery(Joined("r", ["ann", "bob"], [], False, "j"), (2,))]
+
+
+def test_joined_history_is_bounded_in_bytes() -> None:
+    s = hub(joined_bytes=100_000)
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    for _ in range(100):
+        s.handle(1, Chat("r", "\u0001" * 4000), NOW)  # 24,000 bytes each in JSON
+    s.connect(2, "bob")
+    joined = s.handle(2, Join("r"), NOW)[0].event
+    # The newest messages that fit, marked truncated.
+    assert [m["id"] for m in joined.history] == [97, 98, 99, 100]
+    assert joined.truncated
+    assert len(joined.to_json().encode()) <= 100_000
+    s.handle(2, Leave("r"), NOW)
+    joined = s.handle(2, Join("r", 98), NOW)[0].event
+    assert [m["id"] for m in joined.history] == [99, 100] and not joined.truncated
+
+
+def test_room_creation_quotas_per_connection_and_client() -> None:
+    s = hub(max_rooms=10, max_rooms_created_per_connection=2, max_rooms_created_per_client=3)
+    s.connect(1, "ann", "ip:a")
+    s.connect(2, "ann2", "ip:a")
+    s.connect(3, "cy", "ip:c")
+    for room in ("a1", "a2"):
+        s.handle(1, Join(room), NOW)
+    with pytest.raises(ProtocolError) as info:
+        s.handle(1, Join("a3", ref="j"), NOW)  # this connection created 2
+    assert (info.value.code, info.value.ref) == (403, "j")
+    s.handle(2, Join("a3"), NOW)
+    with pytest.raises(ProtocolError) as info:
+        s.handle(2, Join("a4"), NOW)  # the client (its IP) created 3
+    assert info.value.code == 403
+    assert s.rooms_refused == {"connection": 1, "client": 1}
+    # Joining rooms that exist is not creating; another client still creates.
+    s.handle(2, Join("a1"), NOW)
+    s.handle(3, Join("c1"), NOW)
+    assert s.rooms_created_by("ip:a") == 3 and s.rooms_created_by("ip:c") == 1
+    # A room forgotten gives its creator's quota back.
+    s.handle(2, Leave("a3"), NOW)  # empty, no history: forgotten
+    assert s.rooms_created_by("ip:a") == 2
+    s.handle(2, Join("a4"), NOW)
+    # A room outlives its creator's connection and still counts for the client.
+    s.handle(1, Chat("a1", "x"), NOW)
+    s.disconnect(1)
+    s.disconnect(2)
+    assert s.rooms_created_by("ip:a") == 1  # a1 kept for its history
+    assert s.empty_rooms() == ["a1"]
+
+
+def test_empty_rooms_are_reclaimed_least_recently_used_first() -> None:
+    s = hub(max_rooms=3)
+    s.connect(1, "ann")
+    for room in ("a", "b", "c"):
+        s.handle(1, Join(room), NOW)
+        s.handle(1, Chat(room, "x"), NOW)
+    s.handle(1, Leave("b"), NOW)
+    s.handle(1, Leave("a"), NOW)  # emptied last: used last
+    assert s.empty_rooms() == ["b", "a"]
+    s.publish("server", "b", "news", NOW)  # a message uses it
+    assert s.empty_rooms() == ["a", "b"]
+    s.connect(2, "bob")
+    s.handle(2, Join("d"), NOW)  # the table is full: a goes
+    assert s.room_names() == ["c", "b", "d"]
+    s.handle(2, Join("e"), NOW)  # then b
+    assert s.room_names() == ["c", "d", "e"] and s.empty_rooms() == []
+    with pytest.raises(ProtocolError):
+        s.handle(2, Join("f"), NOW)  # every room has members
+    assert s.rooms_refused == {"server": 1}
 
 
 def test_refusals_change_nothing() -> None:

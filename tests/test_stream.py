@@ -503,7 +503,9 @@ async def test_the_writer_finishes_a_partial_direct_write_by_itself() -> None:
 
 
 async def test_direct_and_queued_frames_arrive_whole_and_in_order() -> None:
-    async with open_served_connection(Config(port=0, queue_size=100_000)) as served:
+    async with open_served_connection(
+        Config(port=0, queue_size=100_000, queue_bytes=1 << 30)
+    ) as served:
         outlet, wire, client = served.outlet, served.wire, served.client
         count = 600
         seen = set()
@@ -539,7 +541,9 @@ async def test_data_frames_never_interleave_with_pongs() -> None:
     """The hub pushes while the client floods pings: pongs (trio-websocket's
     writes) and data frames (direct and queued) share one socket, whose
     buffers are tiny and usually full.  Every frame must arrive whole."""
-    async with open_served_connection(Config(port=0, queue_size=100_000)) as served:
+    async with open_served_connection(
+        Config(port=0, queue_size=100_000, queue_bytes=1 << 30)
+    ) as served:
         outlet, client = served.outlet, served.client
         count, pings = 1500, 300
 
@@ -585,7 +589,9 @@ async def test_data_frames_never_interleave_with_pongs() -> None:
 async def test_echoes_and_pushes_interleave_whole() -> None:
     """The echo endpoint answers each client message from the reader task,
     through the same Outlet the hub pushes into, while pings come in too."""
-    async with open_served_connection(Config(port=0, queue_size=100_000)) as served:
+    async with open_served_connection(
+        Config(port=0, queue_size=100_000, queue_bytes=1 << 30)
+    ) as served:
         client = served.client
         count = 300
 
@@ -624,7 +630,9 @@ async def test_no_data_frame_after_the_clients_close_under_backlog() -> None:
     """The client closes while the server has a backlog and the hub keeps
     pushing: the close reply waits its turn on the lock, and after it no data
     frame goes out (trio-websocket has set ``closed``)."""
-    async with open_served_connection(Config(port=0, queue_size=100_000)) as served:
+    async with open_served_connection(
+        Config(port=0, queue_size=100_000, queue_bytes=1 << 30)
+    ) as served:
         outlet, client = served.outlet, served.client
         for i in range(50):
             outlet.push(text_frame(f"{i}:" + "b" * 1000))
@@ -656,7 +664,9 @@ async def test_a_protocol_error_ends_the_connection_with_whole_frames_only() -> 
     """An invalid frame from the client fails the connection (trio-websocket
     drops it without a close frame): the frames before are whole, nothing
     follows, and later pushes are refused."""
-    async with open_served_connection(Config(port=0, queue_size=100_000)) as served:
+    async with open_served_connection(
+        Config(port=0, queue_size=100_000, queue_bytes=1 << 30)
+    ) as served:
         outlet, client = served.outlet, served.client
         for i in range(50):
             outlet.push(text_frame(f"{i}:" + "e" * 1000))
@@ -691,7 +701,9 @@ async def test_a_protocol_error_ends_the_connection_with_whole_frames_only() -> 
 
 
 async def test_server_close_drops_queued_frames_and_sends_nothing_after() -> None:
-    async with open_served_connection(Config(port=0, queue_size=100_000)) as served:
+    async with open_served_connection(
+        Config(port=0, queue_size=100_000, queue_bytes=1 << 30)
+    ) as served:
         outlet, client = served.outlet, served.client
         for i in range(30):
             outlet.push(text_frame(f"{i}:" + "c" * 1000))

@@ -742,9 +742,13 @@ def attach_backplane(server: ChatServer, url: str | None = None, **options: Any)
         history_size=config.history_size,
         max_rooms=config.max_rooms,
         max_rooms_per_connection=config.max_rooms_per_connection,
+        max_rooms_created_per_connection=config.max_rooms_created_per_connection,
+        max_rooms_created_per_client=config.max_rooms_created_per_client,
+        joined_bytes=config.queue_bytes // 2,
         prefix=backplane.prefix,
     )
     hub = BackplaneHub(state, backplane)
+    hub.counters.outbound = server.hub.counters.outbound
     server.hub = hub
     server.metrics.hub = hub
     server.metrics.backplane_up = lambda: state.up

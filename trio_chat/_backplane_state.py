@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._hub_state import Delivery, HubStats
+from ._hub_state import Delivery, HubStats, joined_budget, newest_within
 from ._protocol import (
     Chat,
     ChatAck,
@@ -282,20 +282,38 @@ class _Room:
     members_version: int = 0
     #: Joins waiting for the room to load.
     pending: list[tuple[Key, Join]] = attrs.Factory(list)
+    #: The connection that opened it here, while connected.
+    creator: Key | None = None
+    #: The client whose quota it counts against.
+    client: str | None = None
 
-    def after(self, since: int | None) -> tuple[list[dict[str, Any]], bool]:
-        """History payloads with ``id > since`` and whether some are missing."""
+    def after(
+        self, since: int | None, budget: int | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """History payloads with ``id > since`` and whether some are missing.
+
+        With *budget*, only the newest whose frames add up to at most that
+        many bytes (older ones count as missing).
+        """
         last = self.log.cursor
         if since is None or since > last:
             since = 0
         oldest = self.history[0][0] if self.history else last + 1
+        items = [item for item in self.history if item[0] > since]
+        trimmed = False
+        if budget is not None:
+            items, trimmed = newest_within(items, _frame_bytes, budget)
         messages = []
-        for item in self.history:
-            if item[0] > since:
-                if item[2] is None:
-                    item[2] = json.loads(item[1])["payload"]
-                messages.append(item[2])
-        return messages, since + 1 < oldest
+        for item in items:
+            if item[2] is None:
+                item[2] = json.loads(item[1])["payload"]
+            messages.append(item[2])
+        return messages, trimmed or since + 1 < oldest
+
+
+def _frame_bytes(item: list[Any]) -> int:
+    frame: str = item[1]
+    return len(frame) if frame.isascii() else len(frame.encode())
 
 
 @attrs.define(eq=False)
@@ -303,6 +321,9 @@ class _Conn:
     user_id: str
     origin: str
     rooms: dict[str, None] = attrs.Factory(dict)
+    #: Whose room quota it uses, and the rooms it opened here.
+    client: str | None = None
+    created: dict[str, None] = attrs.Factory(dict)
 
 
 @attrs.define(eq=False)
@@ -343,6 +364,10 @@ class ClusterState:
         history_size: messages a ``joined`` carries at most.
         max_rooms: rooms served here at once (a new one beyond: 403).
         max_rooms_per_connection: rooms one connection may be in.
+        max_rooms_created_per_connection: rooms served here that one
+            connection may have opened (a new one beyond: 403).
+        max_rooms_created_per_client: the same per client (an IP or a user).
+        joined_bytes: bytes of history one ``joined`` carries at most.
         prefix: the Redis key prefix (pub/sub channels start with it).
     """
 
@@ -350,6 +375,9 @@ class ClusterState:
     history_size: int = 100
     max_rooms: int = 10_000
     max_rooms_per_connection: int = 100
+    max_rooms_created_per_connection: int = 100
+    max_rooms_created_per_client: int = 500
+    joined_bytes: int = 1 << 19
     prefix: str = "trio_chat:"
 
     #: Redis is reachable and this process's state is registered there.
@@ -375,6 +403,9 @@ class ClusterState:
     _serial: int = attrs.field(init=False, default=0)
     _syncing: bool = attrs.field(init=False, default=False)
     _generation: int = attrs.field(init=False, default=0)
+    _clients: dict[str, int] = attrs.field(init=False, factory=dict)
+    #: Room openings refused, by the bound: ``connection``, ``client``, ``server``.
+    rooms_refused: dict[str, int] = attrs.field(init=False, factory=dict)
 
     # ------------------------------------------------------------ queries
 
@@ -428,12 +459,12 @@ class ClusterState:
 
     # ------------------------------------------------------------ connections
 
-    def connect(self, key: Key, user_id: str) -> list[Delivery]:
+    def connect(self, key: Key, user_id: str, client: str | None = None) -> list[Delivery]:
         if key in self._conns:
             raise ValueError(f"connection {key!r} is already connected")
         self._serial += 1
         origin = f"{self.node}:{self._serial}"
-        self._conns[key] = _Conn(user_id, origin)
+        self._conns[key] = _Conn(user_id, origin, client=client)
         self._origins[origin] = key
         user = self._users.get(user_id)
         if user is None:
@@ -450,6 +481,8 @@ class ClusterState:
         deliveries: list[Delivery] = []
         for room in list(conn.rooms):
             deliveries += self._leave(key, conn, room)
+        for name in conn.created:
+            self._rooms[name].creator = None
         del self._conns[key]
         del self._origins[conn.origin]
         user = self._users[conn.user_id]
@@ -569,10 +602,10 @@ class ClusterState:
         if room is None:
             if not self.up:
                 raise ProtocolError(503, UNAVAILABLE, event.ref)
-            if len(self._rooms) >= self.max_rooms:
-                raise ProtocolError(403, "the server's room limit is reached", event.ref)
-            room = self._rooms[name] = _Room(deque(maxlen=self.history_size))
-            self._ops.append(LoadOp(name, self.history_size))
+            room = self._open_room(name, key, conn, event.ref)
+        elif key in room.conns and room.log.ready:
+            # Joined already: it has been sent every message since.
+            return self._joined(key, name, room, conn.user_id, event, fresh=False)
         if key not in room.conns:
             room.conns[key] = None
             conn.rooms[name] = None
@@ -587,11 +620,49 @@ class ClusterState:
             return []
         return self._joined(key, name, room, conn.user_id, event)
 
+    def _open_room(self, name: str, key: Key, conn: _Conn, ref: str | None) -> _Room:
+        """Start serving room *name* here for *conn*, within the quotas (O(1))."""
+        client = conn.client
+        if len(conn.created) >= self.max_rooms_created_per_connection:
+            self._refused("connection")
+            raise ProtocolError(
+                403,
+                f"a connection may have created at most "
+                f"{self.max_rooms_created_per_connection} rooms that still exist",
+                ref,
+            )
+        if client is not None and self._clients.get(client, 0) >= self.max_rooms_created_per_client:
+            self._refused("client")
+            raise ProtocolError(
+                403,
+                f"a client may have created at most "
+                f"{self.max_rooms_created_per_client} rooms that still exist",
+                ref,
+            )
+        if len(self._rooms) >= self.max_rooms:
+            self._refused("server")
+            raise ProtocolError(403, "the server's room limit is reached", ref)
+        room = self._rooms[name] = _Room(
+            deque(maxlen=self.history_size), creator=key, client=client
+        )
+        conn.created[name] = None
+        if client is not None:
+            self._clients[client] = self._clients.get(client, 0) + 1
+        self._ops.append(LoadOp(name, self.history_size))
+        return room
+
+    def _refused(self, reason: str) -> None:
+        self.rooms_refused[reason] = self.rooms_refused.get(reason, 0) + 1
+
     def _joined(
-        self, key: Key, name: str, room: _Room, user_id: str, event: Join
+        self, key: Key, name: str, room: _Room, user_id: str, event: Join, *, fresh: bool = True
     ) -> list[Delivery]:
-        history, truncated = room.after(event.since)
         members = self.members(name)
+        if fresh:
+            budget = joined_budget(self.joined_bytes, name, members)
+            history, truncated = room.after(event.since, budget)
+        else:
+            history, truncated = [], False
         deliveries = [Delivery(Joined(name, members, history, truncated, event.ref), (key,))]
         for member in members:
             frame = self._presence.get(member)
@@ -622,6 +693,15 @@ class ClusterState:
 
     def _drop_room(self, name: str, room: _Room) -> None:
         del self._rooms[name]
+        if room.creator is not None:
+            del self._conns[room.creator].created[name]
+        client = room.client
+        if client is not None:
+            left = self._clients[client] - 1
+            if left:
+                self._clients[client] = left
+            else:
+                del self._clients[client]
         for user_id in list(room.members) + list(room.local_users):
             self._unindex(user_id, name)
 
@@ -982,9 +1062,13 @@ class ClusterState:
             self._index(user_id, op.room)
         for user_id, frame in result.presence.items():
             self._presence.setdefault(user_id, frame)
+        answered: set[Key] = set()
         for key, event in room.pending:
             if key in room.conns:
-                deliveries += self._joined(key, op.room, room, self._conns[key].user_id, event)
+                user_id = self._conns[key].user_id
+                fresh = key not in answered
+                answered.add(key)
+                deliveries += self._joined(key, op.room, room, user_id, event, fresh=fresh)
         room.pending = []
         if room.log.seen > room.log.cursor:
             self._fill("r", op.room, room.log)

@@ -140,6 +140,28 @@ class Config:
     max_rooms_per_connection: int = _setting(
         100, "rooms one connection may be in at once", _positive
     )
+    # outbound and room budgets
+    queue_bytes: int = _setting(
+        1 << 20,
+        "outbound bytes queued or being written per connection before it is a slow consumer"
+        " (close 1013); a joined carries at most half of it in history",
+        _positive,
+    )
+    queue_bytes_total: int = _setting(
+        256 << 20,
+        "outbound bytes queued for all connections together; at the bound the largest"
+        " backlogs are closed as slow consumers (1013)",
+        _positive,
+    )
+    max_rooms_created_per_connection: int = _setting(
+        100, "rooms one connection may have created that still exist (more: error 403)", _positive
+    )
+    max_rooms_created_per_client: int = _setting(
+        500,
+        "rooms one client (an IP, or a user when tokens are required) may have created that"
+        " still exist (more: error 403)",
+        _positive,
+    )
     secret: str | None = _setting(
         None,
         f"HS256 secret of at least {MIN_SECRET_BYTES} bytes: require JWT tokens",

@@ -13,6 +13,16 @@ a connection:
   for its writer task.  A full queue marks the connection a slow consumer, to
   be closed with 1013; ephemeral events are dropped instead for a queue more
   than half full.
+
+Outbound bytes are bounded twice, by one :class:`~trio_chat._queue.OutboundBudget`
+per server: a connection's queue (waiting, being written, and the tail of a
+direct write the kernel did not take) may hold ``queue_bytes``, and all queues
+together ``queue_bytes_total``.  Past the first the connection is a slow
+consumer; at the second the largest backlogs are dropped as slow consumers
+(the one that would overflow it included) rather than the server growing.
+The frames of one hub wake waiting for a connection (:attr:`Outlet.pending`)
+are pushed early once they pass a quarter of ``queue_bytes``, so they are
+bounded by the same budget.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -28,7 +38,7 @@ import trio
 from ._frames import text_frame
 from ._hub_state import Delivery, HubState, HubStats
 from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError, is_unicode
-from ._queue import FrameQueue
+from ._queue import FrameQueue, OutboundBudget
 from ._stream import WireStream
 
 __all__ = ["Hub", "HubCounters", "Outlet"]
@@ -48,24 +58,35 @@ class HubCounters:
     frames_delivered: int = 0
     ephemeral_dropped: int = 0
     slow_consumers: int = 0
+    #: Slow consumers by the bound they hit: ``frames`` (``queue_size``),
+    #: ``bytes`` (``queue_bytes``), ``server`` (``queue_bytes_total``).
+    slow_consumer_reasons: dict[str, int] = attrs.Factory(dict)
     errors: dict[int, int] = attrs.Factory(dict)
+    #: The outbound byte budget every outlet made with these counters shares.
+    outbound: OutboundBudget = attrs.Factory(OutboundBudget)
 
     def error(self, code: int) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+
+    def slow_consumer(self, reason: str) -> None:
+        self.slow_consumers += 1
+        self.slow_consumer_reasons[reason] = self.slow_consumer_reasons.get(reason, 0) + 1
 
 
 class Outlet:
     """The hub's handle on one connection: where its frames go.
 
     ``queue`` holds the frames waiting for the writer (its ``frames`` count,
-    frames queued or being written, is what ``limit`` bounds); ``pending``
-    collects the frames of the hub's current batch.
+    frames queued or being written, is what ``limit`` bounds; its ``bytes``
+    what ``counters.outbound`` bounds); ``pending`` collects the frames of
+    the hub's current batch (``pending_bytes`` long).
     ``kill(code, reason)`` marks the connection closed and asks its owner to
     close it (``code`` None: abort without a close frame).
     """
 
     __slots__ = (
         "_on_kill",
+        "budget",
         "close_code",
         "close_reason",
         "closed",
@@ -73,6 +94,7 @@ class Outlet:
         "half",
         "limit",
         "pending",
+        "pending_bytes",
         "queue",
         "stream",
         "user_id",
@@ -89,8 +111,10 @@ class Outlet:
         self.stream = stream
         self.limit = queue_size
         self.half = queue_size // 2
-        self.queue = FrameQueue()
+        self.budget = counters.outbound
+        self.queue = FrameQueue(self.budget, self)
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
@@ -99,12 +123,23 @@ class Outlet:
         self.counters = counters
 
     def __repr__(self) -> str:
-        return f"<Outlet {self.user_id} queued={self.queue.frames} closed={self.closed}>"
+        return (
+            f"<Outlet {self.user_id} queued={self.queue.frames}/{self.queue.bytes}B"
+            f" closed={self.closed}>"
+        )
 
     @property
     def queued(self) -> int:
         """Frames queued for, or being written by, the writer."""
         return self.queue.frames
+
+    @property
+    def busy(self) -> bool:
+        """More than half of a budget is used: ephemeral events are skipped."""
+        return (
+            self.queue.frames + len(self.pending) > self.half
+            or 2 * (self.queue.bytes + self.pending_bytes) > self.budget.per_connection
+        )
 
     def push(self, data: bytes, frames: int = 1) -> bool:
         """Deliver *data* (*frames* whole frames) without blocking.
@@ -122,20 +157,90 @@ class Outlet:
                 # Closing (a close frame is out) or broken: whoever ends the
                 # connection records why; this frame just has nowhere to go.
                 return False
+            budget = self.budget
+            if budget.held + len(data) > budget.total and not self.reserve(len(data)):
+                return False  # what the kernel does not take could not be held
             try:
                 if stream.write_nowait(data):
                     if stream.has_tail:
-                        queue.put_nowait(b"", 0)  # wake the writer for the tail
+                        # What the kernel did not take stays in memory: it
+                        # counts (as all of *data*, an upper bound) until
+                        # the writer has written it.
+                        queue.put_nowait(b"", 0, len(data))
                     return True
             except trio.BrokenResourceError:
                 self.kill(None, "write failed")
                 return False
         if queue.frames + frames > self.limit:
-            self.counters.slow_consumers += 1
-            self.finish(SLOW_CONSUMER, "slow consumer: outbound queue overflowed", drop=True)
+            self.overflow("frames", "slow consumer: outbound queue overflowed")
+            return False
+        if not self.reserve(len(data)):
             return False
         queue.put_nowait(data, frames)
         return True
+
+    def reserve(self, n: int) -> bool:
+        """Whether *n* more bytes may be queued; if not, this is a slow consumer.
+
+        At the server-wide bound, the largest backlogs are dropped first
+        until *n* fits; if this connection's is (or nothing else frees
+        enough), it is the one dropped.
+        """
+        budget = self.budget
+        if self.queue.bytes + n > budget.per_connection:
+            self.overflow("bytes", f"slow consumer: more than {budget.per_connection} bytes queued")
+            return False
+        need = budget.held + n - budget.total
+        if need > 0:
+            mine = self.queue.bytes + n
+            for queue in budget.largest():
+                outlet = queue.owner
+                if outlet is self or not isinstance(outlet, Outlet):
+                    continue
+                if queue.bytes < mine:
+                    break  # this connection's backlog would be the largest left
+                need -= queue.bytes
+                outlet.shed()
+                if need <= 0:
+                    break
+            if need > 0:
+                self.shed()
+                return False
+        return True
+
+    def shed(self) -> None:
+        """Drop this slow consumer for the server-wide budget.
+
+        With a write in flight (stuck: the client does not read), the
+        connection is aborted, so that the memory goes at once (its writer
+        is cancelled: its bytes stop counting now); otherwise it takes the
+        slow-consumer path (1013).
+        """
+        if self.closed:
+            return
+        message = "slow consumer: server outbound budget reached"
+        if self.queue.in_flight:
+            self.counters.slow_consumer("server")
+            self.queue.close(drop=True)
+            self.kill(None, message)
+            self.release()
+        else:
+            self.overflow("server", message)
+
+    def overflow(self, reason: str, message: str) -> None:
+        """Mark a slow consumer: drop what is queued, close with 1013."""
+        if self.closed:
+            return
+        self.counters.slow_consumer(reason)
+        self.pending = []
+        self.pending_bytes = 0
+        self.finish(SLOW_CONSUMER, message, drop=True)
+
+    def release(self) -> None:
+        """The connection is over: its queue's bytes no longer count."""
+        self.pending = []
+        self.pending_bytes = 0
+        self.queue.release()
 
     def kill(self, code: int | None, reason: str) -> None:
         """Mark the connection closed (once) and ask its owner to close it."""
@@ -173,6 +278,7 @@ def _check_unicode(ref: str | None, **texts: str) -> None:
 class _Connect:
     outlet: Outlet
     user_id: str
+    client: str | None = None
 
 
 @attrs.frozen
@@ -216,9 +322,11 @@ class Hub:
     def inbox_depth(self) -> int:
         return self._inbox.statistics().current_buffer_used
 
-    async def connect(self, outlet: Outlet, user_id: str) -> None:
+    async def connect(self, outlet: Outlet, user_id: str, client: str | None = None) -> None:
+        """Register a connection of *user_id*; *client* (an IP, or a user)
+        is whose room-creation quota it uses."""
         outlet.user_id = user_id
-        await self._inbox_send.send(_Connect(outlet, user_id))
+        await self._inbox_send.send(_Connect(outlet, user_id, client))
 
     async def submit(self, outlet: Outlet, event: ClientEvent) -> None:
         """Queue a client event from *outlet* (waits if the inbox is full).
@@ -323,7 +431,7 @@ class Hub:
             self._deliver(self.state.disconnect(command.outlet))
         elif type(command) is _Connect:
             if not command.outlet.closed:
-                self.state.connect(command.outlet, command.user_id)
+                self.state.connect(command.outlet, command.user_id, command.client)
         else:
             self._run_call(command, now)
 
@@ -340,40 +448,63 @@ class Hub:
         touched = self._touched
         for delivery in deliveries:
             frame = text_frame(delivery.event.to_json())
-            self.counters.frames_delivered += len(delivery.to)
+            size = len(frame)
+            to = cast("tuple[Outlet, ...]", delivery.to)
+            self.counters.frames_delivered += len(to)
             if delivery.ephemeral:
                 self._ephemeral[id(frame)] = frame
-                for outlet in delivery.to:
-                    pending = outlet.pending
-                    if outlet.queue.frames + len(pending) > outlet.half:
+                for outlet in to:
+                    if outlet.busy:
                         self.counters.ephemeral_dropped += 1
                         continue
-                    if not pending:
-                        touched.append(outlet)
-                    pending.append(frame)
-            else:
-                for outlet in delivery.to:
                     pending = outlet.pending
                     if not pending:
                         touched.append(outlet)
                     pending.append(frame)
+                    outlet.pending_bytes += size
+            else:
+                for outlet in to:
+                    if outlet.closed:
+                        continue
+                    pending = outlet.pending
+                    if not pending:
+                        touched.append(outlet)
+                    pending.append(frame)
+                    outlet.pending_bytes += size
+                    if 4 * outlet.pending_bytes > outlet.budget.per_connection:
+                        # A batch this large goes out now rather than wait
+                        # for the end of the wake (frames like ``joined``
+                        # are one per recipient, not shared).
+                        self._flush_outlet(outlet)
 
     def _flush(self) -> None:
-        ephemeral = self._ephemeral
         for outlet in self._touched:
-            frames = outlet.pending
-            outlet.pending = []
-            if ephemeral and outlet.queue.frames + len(frames) > outlet.limit:
+            self._flush_outlet(outlet)
+        self._touched.clear()
+        self._ephemeral.clear()
+
+    def _flush_outlet(self, outlet: Outlet) -> None:
+        frames = outlet.pending
+        if not frames:
+            return
+        outlet.pending = []
+        outlet.pending_bytes = 0
+        ephemeral = self._ephemeral
+        if ephemeral:
+            queue = outlet.queue
+            size = sum(len(f) for f in frames) if len(frames) > 1 else len(frames[0])
+            if (
+                queue.frames + len(frames) > outlet.limit
+                or queue.bytes + size > outlet.budget.per_connection
+            ):
                 # Ephemeral frames are never what overflows a queue: drop
                 # them from a batch that would, then see if the rest fits.
                 kept = [f for f in frames if id(f) not in ephemeral]
                 self.counters.ephemeral_dropped += len(frames) - len(kept)
                 frames = kept
                 if not frames:
-                    continue
-            if len(frames) == 1:
-                outlet.push(frames[0])
-            else:
-                outlet.push(b"".join(frames), len(frames))
-        self._touched.clear()
-        ephemeral.clear()
+                    return
+        if len(frames) == 1:
+            outlet.push(frames[0])
+        else:
+            outlet.push(b"".join(frames), len(frames))

@@ -12,9 +12,10 @@ Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
 
 import attrs
 
@@ -40,9 +41,53 @@ from ._protocol import (
     format_time,
 )
 
-__all__ = ["Delivery", "HubState", "HubStats", "RoomLog"]
+__all__ = ["Delivery", "HubState", "HubStats", "RoomLog", "newest_within", "payload_bytes"]
 
 Key = Hashable
+T = TypeVar("T")
+
+#: A JSON string literal, as the protocol's encoder writes it.
+_string = json.encoder.encode_basestring
+#: Bytes of a chat payload's JSON besides its strings: keys, quotes, the id.
+_PAYLOAD_OVERHEAD = 80
+#: Bytes of a ``joined`` frame besides its history and member names.
+_JOINED_OVERHEAD = 200
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def payload_bytes(payload: dict[str, Any]) -> int:
+    """An upper bound, within a few bytes, of a chat payload's encoded size."""
+    return (
+        _utf8_len(_string(payload["content"]))
+        + _utf8_len(payload["user_id"])
+        + len(payload["room"])
+        + len(payload["time"])
+        + _PAYLOAD_OVERHEAD
+    )
+
+
+def _payload_bound(payload: dict[str, Any]) -> int:
+    # JSON escapes a character to at most 6 bytes (``\u0001``).
+    return 6 * len(payload["content"]) + 2 * len(payload["user_id"]) + 2 * _PAYLOAD_OVERHEAD
+
+
+def newest_within(items: list[T], size: Callable[[T], int], budget: int) -> tuple[list[T], bool]:
+    """The newest *items* (oldest first) whose sizes add up to *budget* at
+    most, and whether older ones were left out."""
+    total = 0
+    for i in range(len(items) - 1, -1, -1):
+        total += size(items[i])
+        if total > budget:
+            return items[i + 1 :], True
+    return items, False
+
+
+def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
+    """What is left of *budget* for a ``joined``'s history after the rest."""
+    return budget - _JOINED_OVERHEAD - len(room) - sum(_utf8_len(m) + 3 for m in members)
 
 
 @attrs.frozen
@@ -112,12 +157,20 @@ class _Room:
     conns: dict[Key, None] = attrs.Factory(dict)
     #: Member users and how many of their connections are in the room.
     users: dict[str, int] = attrs.Factory(dict)
+    #: The connection that created it, while it is connected.
+    creator: Key | None = None
+    #: The client whose quota it counts against.
+    client: str | None = None
 
 
 @attrs.define
 class _Conn:
     user_id: str
     rooms: dict[str, None] = attrs.Factory(dict)
+    #: Whose room-creation quota this connection uses.
+    client: str | None = None
+    #: Rooms it created that still exist.
+    created: dict[str, None] = attrs.Factory(dict)
 
 
 @attrs.define
@@ -138,22 +191,44 @@ class HubState:
             the least recently used room without members is forgotten, and a
             new room is refused when every room has members.
         max_rooms_per_connection: rooms one connection may be in at once.
+        max_rooms_created_per_connection: rooms one connection may have
+            created that still exist.
+        max_rooms_created_per_client: the same for each client (the
+            ``client`` given to :meth:`connect`: an IP, or a user).
+        joined_bytes: bytes of history (and member names) one ``joined``
+            carries at most: the newest messages that fit, ``truncated``
+            when older ones were left out.
         remembered_users: users whose refs are kept at once.
         max_refs: refs kept in all.  Past either bound, the least recently
             active users' oldest refs are forgotten first, so memory stays
             bounded whatever names clients choose.
+
+    Rooms are reclaimed so that no client can hold the table: a room left
+    empty with no history is forgotten at once (its ids start again at 1);
+    an empty room with history is kept until the table is full, then the
+    least recently used empty room goes first (a room is used by a join, a
+    message, and its last member leaving).  Every refusal is O(1).
     """
 
     history_size: int = 100
     ref_memory: int = 1000
     max_rooms: int = 10_000
     max_rooms_per_connection: int = 100
+    max_rooms_created_per_connection: int = 100
+    max_rooms_created_per_client: int = 500
+    joined_bytes: int = 1 << 19
     remembered_users: int = 10_000
     max_refs: int = 100_000
 
     _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
     _users: dict[str, _User] = attrs.field(init=False, factory=dict)
     _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
+    #: The rooms without members, least recently used first.
+    _empty: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
+    #: Client -> rooms it created that still exist.
+    _clients: dict[str, int] = attrs.field(init=False, factory=dict)
+    #: Room creations refused, by the bound: ``connection``, ``client``, ``server``.
+    rooms_refused: dict[str, int] = attrs.field(init=False, factory=dict)
     _refs: OrderedDict[str, OrderedDict[str, ServerEvent]] = attrs.field(
         init=False, factory=OrderedDict
     )
@@ -197,11 +272,22 @@ class HubState:
 
     # ------------------------------------------------------------ commands
 
-    def connect(self, key: Key, user_id: str) -> list[Delivery]:
-        """Register a new connection of *user_id*."""
+    def rooms_created_by(self, client: str) -> int:
+        """Rooms *client* created that still exist."""
+        return self._clients.get(client, 0)
+
+    def empty_rooms(self) -> list[str]:
+        """Rooms without members, the next to be forgotten first."""
+        return list(self._empty)
+
+    def empty_room_count(self) -> int:
+        return len(self._empty)
+
+    def connect(self, key: Key, user_id: str, client: str | None = None) -> list[Delivery]:
+        """Register a new connection of *user_id*, creating rooms on *client*'s quota."""
         if key in self._conns:
             raise ValueError(f"connection {key!r} is already connected")
-        self._conns[key] = _Conn(user_id)
+        self._conns[key] = _Conn(user_id, client=client)
         self._users.setdefault(user_id, _User()).conns[key] = None
         return []
 
@@ -213,6 +299,8 @@ class HubState:
         deliveries: list[Delivery] = []
         for room in list(conn.rooms):
             deliveries += self._leave(key, conn, room)
+        for room in conn.created:
+            self._rooms[room].creator = None
         del self._conns[key]
         user = self._users[conn.user_id]
         del user.conns[key]
@@ -286,6 +374,11 @@ class HubState:
         self._messages += 1
         ack = ChatAck(message.id, room, message.time, ref)
         self._remember(user_id, ref, ack)
+        if not entry.conns:
+            if entry.log.history:
+                self._empty.move_to_end(room)
+            else:
+                self._drop(room)
         deliveries = [Delivery(message, tuple(k for k in entry.conns if k != sender))]
         if sender is not None:
             deliveries.append(Delivery(ack, (sender,)))
@@ -319,20 +412,70 @@ class HubState:
 
     # ------------------------------------------------------------ internals
 
-    def _room(self, name: str, ref: str | None) -> _Room:
-        """The room called *name*, created (and a stale one evicted) if new."""
+    def _room(
+        self, name: str, ref: str | None, key: Key = None, conn: _Conn | None = None
+    ) -> _Room:
+        """The room called *name*, created if new (by connection *key*).
+
+        A new room counts against its creator's quotas; when the table is
+        full the least recently used empty room is forgotten.  Refusals
+        (403) cost O(1).
+        """
         entry = self._rooms.get(name)
         if entry is not None:
             return entry
+        client = None
+        if conn is not None:
+            client = conn.client
+            if len(conn.created) >= self.max_rooms_created_per_connection:
+                self._refused("connection")
+                raise ProtocolError(
+                    403,
+                    f"a connection may have created at most "
+                    f"{self.max_rooms_created_per_connection} rooms that still exist",
+                    ref,
+                )
+            if (
+                client is not None
+                and self._clients.get(client, 0) >= self.max_rooms_created_per_client
+            ):
+                self._refused("client")
+                raise ProtocolError(
+                    403,
+                    f"a client may have created at most "
+                    f"{self.max_rooms_created_per_client} rooms that still exist",
+                    ref,
+                )
         if len(self._rooms) >= self.max_rooms:
-            for old_name, old in self._rooms.items():
-                if not old.conns:
-                    del self._rooms[old_name]
-                    break
-            else:
+            if not self._empty:
+                self._refused("server")
                 raise ProtocolError(403, "the server's room limit is reached", ref)
-        entry = self._rooms[name] = _Room(RoomLog.with_size(self.history_size))
+            self._drop(next(iter(self._empty)))
+        entry = self._rooms[name] = _Room(RoomLog.with_size(self.history_size), client=client)
+        self._empty[name] = None
+        if conn is not None:
+            entry.creator = key
+            conn.created[name] = None
+        if client is not None:
+            self._clients[client] = self._clients.get(client, 0) + 1
         return entry
+
+    def _refused(self, reason: str) -> None:
+        self.rooms_refused[reason] = self.rooms_refused.get(reason, 0) + 1
+
+    def _drop(self, name: str) -> None:
+        """Forget an empty room: its ids, history and quota."""
+        entry = self._rooms.pop(name)
+        self._empty.pop(name, None)
+        if entry.creator is not None:
+            del self._conns[entry.creator].created[name]
+        client = entry.client
+        if client is not None:
+            left = self._clients[client] - 1
+            if left:
+                self._clients[client] = left
+            else:
+                del self._clients[client]
 
     def _join(self, key: Key, conn: _Conn, event: Join) -> list[Delivery]:
         if event.room not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
@@ -341,11 +484,18 @@ class HubState:
                 f"a connection may be in at most {self.max_rooms_per_connection} rooms",
                 event.ref,
             )
-        entry = self._room(event.room, event.ref)
+        entry = self._room(event.room, event.ref, key, conn)
         self._rooms.move_to_end(event.room)
         deliveries: list[Delivery] = []
-        if key not in entry.conns:
+        if key in entry.conns:
+            # Joined already: every message since its first joined has been
+            # sent to it, so there is no history to send again.
+            history: list[dict[str, Any]] = []
+            truncated = False
+        else:
             others = tuple(entry.conns)
+            if not others:
+                del self._empty[event.room]
             entry.conns[key] = None
             conn.rooms[event.room] = None
             count = entry.users.get(conn.user_id, 0)
@@ -353,7 +503,11 @@ class HubState:
             if count == 0 and others:
                 system = System("join", event.room, conn.user_id)
                 deliveries.append(Delivery(system, others))
-        history, truncated = entry.log.after(event.since)
+            history, truncated = entry.log.after(event.since)
+            budget = joined_budget(self.joined_bytes, event.room, entry.users)
+            if sum(_payload_bound(p) for p in history) > budget:
+                history, trimmed = newest_within(history, payload_bytes, budget)
+                truncated = truncated or trimmed
         joined = Joined(event.room, list(entry.users), history, truncated, event.ref)
         deliveries.insert(0, Delivery(joined, (key,)))
         for member in entry.users:
@@ -375,6 +529,11 @@ class HubState:
             return []
         del entry.users[conn.user_id]
         if not entry.conns:
+            if entry.log.history:
+                self._rooms.move_to_end(room)
+                self._empty[room] = None
+            else:
+                self._drop(room)
             return []
         return [Delivery(System("leave", room, conn.user_id), tuple(entry.conns))]
 

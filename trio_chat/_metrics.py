@@ -87,6 +87,60 @@ class Metrics:
     def describe(self) -> list[Metric]:
         return []
 
+    def _budgets(self) -> Iterator[Metric]:
+        """The outbound and room budgets: how much is used, and the bounds."""
+        counters = self.hub.counters
+        budget = counters.outbound
+        causes = CounterMetricFamily(
+            "trio_chat_slow_consumer_overflows",
+            "Slow consumers by the bound they hit: frames (queue_size), bytes"
+            " (queue_bytes) or server (queue_bytes_total).",
+            labels=["bound"],
+        )
+        for bound in ("frames", "bytes", "server"):
+            causes.add_metric([bound], counters.slow_consumer_reasons.get(bound, 0))
+        yield causes
+        yield GaugeMetricFamily(
+            "trio_chat_outbound_queued_bytes",
+            "Outbound bytes queued or being written, all connections together.",
+            value=budget.held,
+        )
+        yield GaugeMetricFamily(
+            "trio_chat_outbound_queued_bytes_max",
+            "Outbound bytes queued or being written for the connection holding the most.",
+            value=budget.largest_bytes,
+        )
+        limits = GaugeMetricFamily(
+            "trio_chat_outbound_queued_bytes_limit",
+            "The outbound byte budgets: per connection (queue_bytes) and in all"
+            " (queue_bytes_total).",
+            labels=["scope"],
+        )
+        limits.add_metric(["connection"], budget.per_connection)
+        limits.add_metric(["server"], budget.total)
+        yield limits
+        state = self.hub.state
+        yield GaugeMetricFamily(
+            "trio_chat_rooms_limit", "Rooms that may be kept at once (max_rooms).", state.max_rooms
+        )
+        empty = getattr(state, "empty_room_count", None)
+        if empty is not None:
+            yield GaugeMetricFamily(
+                "trio_chat_rooms_empty",
+                "Rooms without members (kept for their history; reclaimed first).",
+                value=empty(),
+            )
+        refused = CounterMetricFamily(
+            "trio_chat_rooms_refused",
+            "New rooms refused, by the bound: connection or client"
+            " (max_rooms_created_per_*) or server (max_rooms).",
+            labels=["bound"],
+        )
+        reasons = getattr(state, "rooms_refused", {})
+        for bound in ("connection", "client", "server"):
+            refused.add_metric([bound], reasons.get(bound, 0))
+        yield refused
+
     def collect(self) -> Iterator[Metric]:
         counters = self.hub.counters
         stats = self.hub.stats()
@@ -143,6 +197,7 @@ class Metrics:
             "Connections closed as slow consumers.",
             counters.slow_consumers,
         )
+        yield from self._budgets()
         yield counter(
             "trio_chat_ephemeral_dropped",
             "Typing/presence events dropped for busy connections.",

@@ -47,6 +47,7 @@ from ._protocol import (
     is_valid_room,
     is_valid_user_id,
 )
+from ._queue import OutboundBudget
 from ._ratelimit import IpLimiter, client_key
 from ._stream import WireStream
 from ._websocket import get_request, new_server_websocket, release_handshake
@@ -155,9 +156,13 @@ class ChatServer:
                     history_size=config.history_size,
                     max_rooms=config.max_rooms,
                     max_rooms_per_connection=config.max_rooms_per_connection,
+                    max_rooms_created_per_connection=config.max_rooms_created_per_connection,
+                    max_rooms_created_per_client=config.max_rooms_created_per_client,
+                    joined_bytes=config.queue_bytes // 2,
                 )
             )
         )
+        self.hub.counters.outbound = OutboundBudget(config.queue_bytes, config.queue_bytes_total)
         self.metrics = Metrics(self.hub, lambda: len(self._connections))
         self.port: int | None = None
         self.draining = False
@@ -478,7 +483,7 @@ class ChatServer:
                 await conn.run(EchoHandler(conn), nursery)
                 return
             conn.send(welcome_frame(conn.session_id, identity.user_id, self.config))
-            await self.hub.connect(conn.outlet, identity.user_id)
+            await self.hub.connect(conn.outlet, identity.user_id, self._client_of(identity, conn))
             try:
                 await conn.run(ChatHandler(conn, self.hub, identity, self.metrics), nursery)
             finally:
@@ -487,6 +492,7 @@ class ChatServer:
             self._connections.discard(conn)
             self._stop_accepting_if_drained()
             outlet = conn.outlet
+            outlet.release()
             self.metrics.connection_closed(outlet.close_code)
             code = "abort" if outlet.close_code is None else outlet.close_code
             log.info(
@@ -498,6 +504,13 @@ class ChatServer:
                 code,
                 outlet.close_reason or "-",
             )
+
+    def _client_of(self, identity: Identity, conn: Connection) -> str:
+        """Who a connection's room quota belongs to: its user when users are
+        authenticated, else its IP (an IPv6 /64)."""
+        if isinstance(self.authenticator, AnonymousAuthenticator):
+            return "ip:" + client_key(conn.peer)
+        return "user:" + identity.user_id
 
     # ------------------------------------------------------------ HTTP routes
 
