@@ -107,7 +107,7 @@ async def frames_received(server: ChatServer, count: int) -> None:
     """Wait until the server has read *count* client frames in all, then
     until the hub has applied them."""
     with trio.fail_after(20):
-        while server.hub.counters.frames_received < count:  # noqa: ASYNC110 - a plain counter
+        while server.hub.counters.frames_received < count:
             await trio.sleep(0.005)
     await hub_barrier(server)
 
