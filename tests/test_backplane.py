@@ -618,6 +618,76 @@ async def test_room_data_expires_a_week_after_its_last_member_leaves(redis_serve
             assert (await alice.chat("lobby", "again"))["payload"]["id"] == 2
 
 
+def _redis_int(redis: RedisServer, *args: str) -> int:
+    return int(redis.command(*args).strip() or b"0")
+
+
+def _logged(redis: RedisServer, room: str) -> list[int]:
+    """The ids in *room*'s Redis log, oldest first."""
+    out = redis.command("XRANGE", f"trio_chat:log:{room}", "-", "+").decode().split()
+    return [int(w.partition("-")[0]) for w in out if w.endswith("-0")]
+
+
+@bounded(30)
+async def test_redis_keeps_at_most_the_history_bytes_per_room(redis_server):
+    content = "\u0001" * 1_640  # a frame of about 10 KB
+    async with open_cluster(redis_server, count=1, history_bytes_per_room=50_000) as (s0,):
+        for _ in range(12):
+            await s0.publish("lobby", content)
+        assert _logged(redis_server, "lobby") == [8, 9, 10, 11, 12]
+        size = _redis_int(redis_server, "HGET", "trio_chat:hsizes", "lobby")
+        assert 40_000 < size <= 50_000
+        async with open_test_client(s0, user="carol") as carol:
+            joined = (await carol.join("lobby"))["payload"]
+            assert [m["id"] for m in joined["history"]] == [8, 9, 10, 11, 12]
+            assert joined["truncated"] is True
+            assert (await carol.chat("lobby", "next"))["payload"]["id"] == 13  # ids go on
+
+
+@bounded(30)
+async def test_redis_keeps_at_most_the_history_bytes_in_all_and_max_rooms_logs(redis_server):
+    content = "\u0001" * 1_640
+    settings = {"history_bytes_total": 100_000, "max_rooms": 4}
+    async with open_cluster(redis_server, count=1, **settings) as (s0,):
+        for room in ("a", "b", "c"):
+            for _ in range(4):
+                await s0.publish(room, content)
+        # 120 KB were written: the least recently written room lost its oldest.
+        total = _redis_int(redis_server, "GET", "trio_chat:hbytes")
+        assert 80_000 < total <= 100_000
+        assert len(_logged(redis_server, "a")) < 4
+        assert _logged(redis_server, "c") == [1, 2, 3, 4]
+        for room in ("d", "e"):
+            await s0.publish(room, "z")
+        # Five rooms logged, four kept: a's log went first.
+        assert _redis_int(redis_server, "ZCARD", "trio_chat:hrooms") == 4
+        assert _logged(redis_server, "a") == []
+        assert _logged(redis_server, "e") == [1]
+
+
+@bounded(30)
+async def test_redis_drops_messages_older_than_the_history_max_age(redis_server):
+    async with (
+        open_cluster(redis_server, count=1, history_max_age=1.0) as (s0,),
+        open_test_client(s0, user="alice") as alice,
+    ):
+        await alice.join("lobby")  # a member: the room's keys do not expire
+        await alice.chat("lobby", "old")
+        start = int(redis_server.command("TIME").split()[0])
+        with trio.fail_after(5):  # wait for Redis's own clock to pass the age
+            while int(redis_server.command("TIME").split()[0]) < start + 2:
+                await trio.sleep(0.1)
+        await alice.chat("lobby", "new")
+        assert _logged(redis_server, "lobby") == [2]
+        # Once nobody is in it, the room lives max_age after its last member.
+        await alice.send("leave", {"room": "lobby"})
+        await alice.expect("left")
+        with trio.fail_after(5):
+            while _redis_int(redis_server, "TTL", "trio_chat:seq:lobby") == -1:
+                await trio.sleep(0.05)
+        assert _redis_int(redis_server, "TTL", "trio_chat:seq:lobby") <= 1
+
+
 @bounded(30)
 async def test_direct_messages_reach_every_connection_on_any_process(redis_server):
     async with open_cluster(redis_server) as (s0, s1):

@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import trio
 import trio.lowlevel
 
-from ._backplane_lua import DEREGISTER, SCRIPTS
+from ._backplane_lua import Retention, render_scripts
 from ._backplane_state import (
     FILL_COUNT,
     ChatOp,
@@ -191,6 +191,8 @@ class Backplane:
         url: ``redis://HOST:PORT/DB``, optionally with ``prefix``,
             ``node_ttl``, ``heartbeat`` and ``timeout`` in its query string.
         history_size: messages each room's ``joined`` carries.
+        retention: what Redis keeps of room history (bytes per room and in
+            all, rooms, age; see :class:`~trio_chat._backplane_lua.Retention`).
         ref_memory: accepted ``ref`` values remembered per user.
         max_batch: ops sent in one pipeline at most.
         queue_size: ops that may wait for Redis; beyond, chat and direct are
@@ -211,6 +213,7 @@ class Backplane:
         max_batch: int = 256,
         queue_size: int = 8192,
         events_size: int = 16384,
+        retention: Retention | None = None,
     ) -> None:
         self.url, options = split_url(url)
         self.prefix: str = options.get("prefix", prefix)
@@ -230,6 +233,9 @@ class Backplane:
         self._client: Any = None
         self._scope: trio.CancelScope | None = None
         self._shas: dict[str, str] = {}
+        self.retention = retention or Retention()
+        self._scripts = render_scripts(self.retention)
+        self._deregister = self._scripts.pop("deregister")
         self._ops_send, self._ops = trio.open_memory_channel[Op](queue_size)
         self._events_send, self._events = trio.open_memory_channel[tuple[str, str]](events_size)
 
@@ -301,7 +307,7 @@ class Backplane:
         with trio.CancelScope(deadline=trio.current_time() + 2 * self.timeout) as scope:
             self._scope = scope
             async with client:
-                for name, lua in SCRIPTS.items():
+                for name, lua in self._scripts.items():
                     self._shas[name] = await client.script_load(lua)
                 pubsub = client.pubsub(
                     patterns=[self.prefix + "ch:*"],
@@ -488,7 +494,7 @@ class Backplane:
                 pipe, "online", [p, self.node, op.user_id, "1" if op.online else "0"]
             )
         if isinstance(op, LoadOp):
-            return self._script(pipe, "load", [p, op.room, op.count])
+            return self._script(pipe, "load", [p, op.room, op.count, op.max_bytes])
         if isinstance(op, TypingOp):
             return pipe.publish(f"{p}ch:r:{op.room}", f"t 0 {op.origin} {op.user_id} {op.frame}")
         if isinstance(op, PresenceOp):
@@ -563,7 +569,7 @@ class Backplane:
                     connect_timeout=timeout,
                 )
                 async with client:
-                    await client.eval(DEREGISTER, keys=[], args=[self.prefix, self.node])
+                    await client.eval(self._deregister, keys=[], args=[self.prefix, self.node])
             except Exception as exc:  # noqa: BLE001 - best effort: expiry does it later
                 log.info("could not deregister from Redis: %s", _describe(exc))
 
@@ -736,6 +742,15 @@ def attach_backplane(server: ChatServer, url: str | None = None, **options: Any)
     if not url:
         raise ConfigError("redis_url: attach_backplane needs a redis:// URL")
     check_redis_url(url)
+    options.setdefault(
+        "retention",
+        Retention(
+            per_room=config.history_bytes_per_room,
+            total=config.history_bytes_total,
+            rooms=config.max_rooms,
+            max_age=config.history_max_age,
+        ),
+    )
     backplane = Backplane(url, history_size=config.history_size, **options)
     state = ClusterState(
         backplane.node,

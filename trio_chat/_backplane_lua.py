@@ -10,7 +10,38 @@ version), ``t`` typing, ``p`` presence.
 
 from __future__ import annotations
 
-__all__ = ["DEREGISTER", "SCRIPTS"]
+import attrs
+
+__all__ = ["DEREGISTER", "SCRIPTS", "Retention", "render_scripts"]
+
+
+@attrs.frozen
+class Retention:
+    """What Redis keeps of room history (the ``history_*`` settings).
+
+    * a room's log holds at most ``per_room`` bytes of frames (and the
+      message count the backplane retains), the oldest trimmed first, and
+      no message older than ``max_age`` seconds (0: no age limit);
+    * all logs together hold at most ``total`` bytes: past it the least
+      recently written room loses its oldest messages first;
+    * at most ``rooms`` rooms have a log: past it the least recently
+      written room's log goes;
+    * a room's keys expire ``max_age`` after its last member left or its
+      last message arrived with nobody in it (0: a week).
+
+    Bytes are those of the frames; Redis's own overhead per stream entry
+    comes on top.  Ids continue across trims (the ``seq`` key stays).
+    """
+
+    per_room: int = 1 << 20
+    total: int = 128 << 20
+    rooms: int = 10_000
+    max_age: float = 604800.0
+
+    @property
+    def ttl(self) -> int:
+        return int(self.max_age) if self.max_age >= 1 else 604800
+
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -18,8 +49,8 @@ local function system_frame(event, room, user)
   return '{"type":"system","payload":{"event":"' .. event .. '","room":"' .. room
     .. '","user_id":"' .. user .. '"}}'
 end
-local ROOM_TTL = 604800
--- A room's data lives while it has members anywhere, and a week after.
+local ROOM_TTL = @TTL@
+-- A room's data lives while it has members anywhere, and ROOM_TTL after.
 local function room_expiry(room)
   local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room}
   for _, key in ipairs(keys) do
@@ -104,15 +135,91 @@ local function remember(refs, queue, ref, memo, limit)
 end
 """
 
+#: Retention of room logs (see :class:`Retention`): ``hsizes`` holds each
+#: logged room's bytes, ``hbytes`` their sum, ``hrooms`` the rooms by last
+#: write.  A log that expired is found there and forgotten when its turn
+#: comes (it holds nothing any more).
+_RETAIN = r"""
+local PER_ROOM, TOTAL, MAX_ROOMS, MAX_AGE_MS = @PER_ROOM@, @TOTAL@, @ROOMS@, @MAX_AGE_MS@
+local ROOM_TTL = @TTL@
+local function forget_log(room)
+  local size = tonumber(redis.call('HGET', P .. 'hsizes', room) or '0')
+  redis.call('DEL', P .. 'log:' .. room)
+  redis.call('HDEL', P .. 'hsizes', room)
+  redis.call('ZREM', P .. 'hrooms', room)
+  redis.call('DECRBY', P .. 'hbytes', size)
+end
+-- Remove the oldest entry of a room's log; false if it has none.
+local function trim_oldest(room)
+  local log = P .. 'log:' .. room
+  local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  if #oldest == 0 then
+    forget_log(room)
+    return false
+  end
+  local id, fields, size = oldest[1][1], oldest[1][2], 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'f' then size = #fields[i + 1] end
+  end
+  redis.call('XDEL', log, id)
+  redis.call('HINCRBY', P .. 'hsizes', room, -size)
+  redis.call('DECRBY', P .. 'hbytes', size)
+  return true
+end
+local function oldest_time(room)
+  local oldest = redis.call('XRANGE', P .. 'log:' .. room, '-', '+', 'COUNT', 1)
+  if #oldest == 0 then return nil end
+  local fields = oldest[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then return tonumber(fields[i + 1]) end
+  end
+  return 0
+end
+local function retain_log(room, now, retain)
+  local log = P .. 'log:' .. room
+  while redis.call('XLEN', log) > retain
+    or tonumber(redis.call('HGET', P .. 'hsizes', room) or '0') > PER_ROOM do
+    if not trim_oldest(room) then break end
+  end
+  if MAX_AGE_MS > 0 then
+    local t = oldest_time(room)
+    while t ~= nil and t < now - MAX_AGE_MS do
+      trim_oldest(room)
+      t = oldest_time(room)
+    end
+  end
+  while tonumber(redis.call('GET', P .. 'hbytes') or '0') > TOTAL do
+    local victim = redis.call('ZRANGE', P .. 'hrooms', 0, 0)[1]
+    if victim == nil then break end
+    trim_oldest(victim)
+  end
+  while redis.call('ZCARD', P .. 'hrooms') > MAX_ROOMS do
+    forget_log(redis.call('ZRANGE', P .. 'hrooms', 0, 0)[1])
+  end
+end
+local function logged(room, size, now, retain)
+  redis.call('HINCRBY', P .. 'hsizes', room, size)
+  redis.call('INCRBY', P .. 'hbytes', size)
+  redis.call('ZADD', P .. 'hrooms', redis.call('INCR', P .. 'hclock'), room)
+  retain_log(room, now, retain)
+end
+"""
+
 #: Several chat messages, each as atomic as one script: for each, check the
 #: sender's ref, take the room's next id, append the frame to the room's
-#: stream, publish it, remember the ref.  ARGV: prefix, epoch, ref memory,
-#: retain, then 8 per message: room, user, ref, create ('1'/'0'), frame
-#: prefix, frame suffix, origin, memo.  Answers one result per message.
+#: stream (within :class:`Retention`), publish it, remember the ref.  ARGV:
+#: prefix, epoch, ref memory, retain, then 8 per message: room, user, ref,
+#: create ('1'/'0'), frame prefix, frame suffix, origin, memo.  Answers one
+#: result per message.
 _CHATS = (
     _REMEMBER
     + r"""
-local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+"""
+    + _RETAIN
+    + r"""
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local same_epoch = redis.call('GET', P .. 'epoch') == epoch
 local out = {}
 for i = 5, #ARGV, 8 do
@@ -131,14 +238,15 @@ for i = 5, #ARGV, 8 do
     local id = redis.call('INCR', seq)
     local frame = ARGV[i + 4] .. id .. ARGV[i + 5]
     local log = P .. 'log:' .. room
-    redis.call('XADD', log, 'MAXLEN', '~', retain, id .. '-0', 'o', ARGV[i + 6], 'f', frame)
+    redis.call('XADD', log, id .. '-0', 'o', ARGV[i + 6], 'f', frame, 't', now)
+    logged(room, #frame, now, retain)
     redis.call('PUBLISH', P .. 'ch:r:' .. room, 'm ' .. id .. ' ' .. ARGV[i + 6] .. ' - ' .. frame)
     if ref ~= '' then remember(refs, queue, ref, 'c ' .. id .. ' ' .. ARGV[i + 7], limit) end
     if redis.call('EXISTS', P .. 'members:' .. room) == 0 then
-      -- Nobody in the room (a publish through the API): a week to live.
-      redis.call('EXPIRE', seq, 604800)
-      redis.call('EXPIRE', log, 604800)
-      redis.call('EXPIRE', P .. 'mver:' .. room, 604800)
+      -- Nobody in the room (a publish through the API): ROOM_TTL to live.
+      redis.call('EXPIRE', seq, ROOM_TTL)
+      redis.call('EXPIRE', log, ROOM_TTL)
+      redis.call('EXPIRE', P .. 'mver:' .. room, ROOM_TTL)
     end
     out[#out + 1] = {'ok', id}
   end
@@ -188,7 +296,8 @@ return 0
 """
 )
 
-#: ARGV: prefix, room, history count.
+#: ARGV: prefix, room, history count, history bytes.  The history is the
+#: newest entries whose frames add up to that many bytes at most.
 _LOAD = (
     _COMMON
     + r"""
@@ -196,7 +305,17 @@ local room = ARGV[2]
 local last = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
 local entries = {}
 if tonumber(ARGV[3]) > 0 then
-  entries = redis.call('XREVRANGE', P .. 'log:' .. room, '+', '-', 'COUNT', ARGV[3])
+  local budget = tonumber(ARGV[4])
+  local newest = redis.call('XREVRANGE', P .. 'log:' .. room, '+', '-', 'COUNT', ARGV[3])
+  for _, entry in ipairs(newest) do
+    local fields, size = entry[2], 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 'f' then size = #fields[i + 1] end
+    end
+    budget = budget - size
+    if budget < 0 then break end
+    entries[#entries + 1] = entry
+  end
 end
 local members = redis.call('HKEYS', P .. 'members:' .. room)
 local version = tonumber(redis.call('GET', P .. 'mver:' .. room) or '0')
@@ -293,7 +412,7 @@ return 'ok'
 )
 
 #: ARGV: prefix, node.
-DEREGISTER = (
+_DEREGISTER = (
     _COMMON
     + r"""
 drop_node(ARGV[2])
@@ -301,7 +420,8 @@ return 1
 """
 )
 
-SCRIPTS = {
+_TEMPLATES = {
+    "deregister": _DEREGISTER,
     "chats": _CHATS,
     "direct": _DIRECT,
     "member": _MEMBER,
@@ -313,3 +433,26 @@ SCRIPTS = {
     "sync": _SYNC,
     "heartbeat": _HEARTBEAT,
 }
+
+
+def render_scripts(retention: Retention | None = None) -> dict[str, str]:
+    """Every script, with *retention*'s bounds written in."""
+    retention = retention or Retention()
+    values = {
+        "@TTL@": str(retention.ttl),
+        "@PER_ROOM@": str(retention.per_room),
+        "@TOTAL@": str(retention.total),
+        "@ROOMS@": str(retention.rooms),
+        "@MAX_AGE_MS@": str(int(retention.max_age * 1000)),
+    }
+    scripts = {}
+    for name, text in _TEMPLATES.items():
+        for key, value in values.items():
+            text = text.replace(key, value)
+        scripts[name] = text
+    return scripts
+
+
+#: The scripts at the default retention.
+SCRIPTS = render_scripts()
+DEREGISTER = SCRIPTS.pop("deregister")

@@ -172,10 +172,15 @@ class OnlineOp(Op):
 
 @attrs.define(eq=False)
 class LoadOp(Op):
-    """Read a room: its last id, recent history and cluster members."""
+    """Read a room: its last id, recent history and cluster members.
+
+    At most *count* messages of history, the newest whose frames add up to
+    *max_bytes* at most.
+    """
 
     room: str
     count: int
+    max_bytes: int = 1 << 19
 
 
 @attrs.frozen
@@ -282,6 +287,8 @@ class _Room:
     members_version: int = 0
     #: Joins waiting for the room to load.
     pending: list[tuple[Key, Join]] = attrs.Factory(list)
+    #: Bytes of the frames in :attr:`history`.
+    history_bytes: int = 0
     #: The connection that opened it here, while connected.
     creator: Key | None = None
     #: The client whose quota it counts against.
@@ -314,6 +321,18 @@ class _Room:
 def _frame_bytes(item: list[Any]) -> int:
     frame: str = item[1]
     return len(frame) if frame.isascii() else len(frame.encode())
+
+
+def _keep(room: _Room, item: list[Any], budget: int) -> None:
+    """Append *item* to *room*'s history, kept to *budget* bytes (oldest out):
+    no ``joined`` carries more."""
+    history = room.history
+    if len(history) == history.maxlen and history:
+        room.history_bytes -= _frame_bytes(history[0])
+    history.append(item)
+    room.history_bytes += _frame_bytes(item)
+    while room.history_bytes > budget and history:
+        room.history_bytes -= _frame_bytes(history.popleft())
 
 
 @attrs.define(eq=False)
@@ -648,7 +667,7 @@ class ClusterState:
         conn.created[name] = None
         if client is not None:
             self._clients[client] = self._clients.get(client, 0) + 1
-        self._ops.append(LoadOp(name, self.history_size))
+        self._ops.append(LoadOp(name, self.history_size, self.joined_bytes))
         return room
 
     def _refused(self, reason: str) -> None:
@@ -687,7 +706,9 @@ class ClusterState:
                 self._ops.append(MemberOp(name, conn.user_id, False))
             if conn.user_id not in room.members:
                 self._unindex(conn.user_id, name)
-        if not room.conns:
+        if not room.conns and room.log.ready:
+            # (A room still loading is kept until it has loaded: joining and
+            # leaving again cannot make it read from Redis more than once.)
             self._drop_room(name, room)
         return []
 
@@ -787,6 +808,7 @@ class ClusterState:
                 if room.log.ready:
                     self._ops.append(FloorOp(name, room.log.cursor))
                     room.history.clear()
+                    room.history_bytes = 0
             for log in self._logs():
                 if log.ready:
                     log.cursor = log.seen = 0
@@ -856,7 +878,7 @@ class ClusterState:
             log.cursor = entry_id
             if kind == "r":
                 room = self._rooms[name]
-                room.history.append([entry_id, frame, None])
+                _keep(room, [entry_id, frame, None], self.joined_bytes)
                 sender = self._origins.get(origin)
                 if sender is None:
                     to = tuple(room.conns)
@@ -1050,12 +1072,13 @@ class ClusterState:
             room.pending = []
             for key in list(room.conns):
                 self._leave(key, self._conns[key], op.room)
+            self._drop_room(op.room, room)
             return deliveries
         room.log.ready = True
         room.log.cursor = result.last_id
         for entry_id, _origin, frame in result.entries:
             if entry_id <= result.last_id:
-                room.history.append([entry_id, frame, None])
+                _keep(room, [entry_id, frame, None], self.joined_bytes)
         room.members_version = result.members_version
         for user_id in result.members:
             room.members[user_id] = None
@@ -1070,6 +1093,9 @@ class ClusterState:
                 answered.add(key)
                 deliveries += self._joined(key, op.room, room, user_id, event, fresh=fresh)
         room.pending = []
+        if not room.conns:
+            self._drop_room(op.room, room)
+            return deliveries
         if room.log.seen > room.log.cursor:
             self._fill("r", op.room, room.log)
         return deliveries

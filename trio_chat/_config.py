@@ -162,6 +162,15 @@ class Config:
         " still exist (more: error 403)",
         _positive,
     )
+    history_bytes_per_room: int = _setting(
+        1 << 20, "bytes of history kept per room (the oldest messages go first)", _positive
+    )
+    history_bytes_total: int = _setting(
+        128 << 20, "bytes of history kept over all rooms (the oldest go first)", _positive
+    )
+    history_max_age: float = _setting(
+        604800.0, "seconds a message is kept in history (0: no age limit)", _non_negative
+    )
     secret: str | None = _setting(
         None,
         f"HS256 secret of at least {MIN_SECRET_BYTES} bytes: require JWT tokens",
