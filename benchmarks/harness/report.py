@@ -201,6 +201,13 @@ ROWS = [
         "{:.0%}",
     ),
     (
+        "fanout_deflate",
+        "gen_cpu_frac",
+        "*load generator's share of its core, compressed fan-out*",
+        False,
+        "{:.0%}",
+    ),
+    (
         "fanout_rate",
         "gen_cpu_frac",
         "*load generator's share of its core, fixed rate*",

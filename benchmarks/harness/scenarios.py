@@ -166,6 +166,12 @@ def fanout_max(spec: ServerSpec, cfg: Config, deflate: bool = False) -> dict:
         out["compressed_share"] = (
             r.get("messages_compressed", 0) / r["messages"] if r.get("messages") else 0.0
         )
+        # distinct compressed payloads the generator had to inflate, per message received
+        out["inflates_per_message"] = (
+            r.get("inflates", 0) / r["messages_compressed"]
+            if r.get("messages_compressed")
+            else None
+        )
     return out
 
 
