@@ -45,7 +45,7 @@ from trio_chat._backplane_state import (
     Unavailable,
     chat_frame_parts,
 )
-from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Presence
+from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Leave, Presence
 from trio_chat.testing import TestClient, open_test_client, room_names, timestamps, user_ids
 
 # ==========================================================================
@@ -209,6 +209,52 @@ def test_messages_published_while_a_room_loads_are_not_lost():
     [fill] = state.take_ops()
     assert fill.after == 10
     assert _ids(state.on_result(fill, [_entry(11), _entry(12)]), 1) == [11, 12]
+
+
+def test_joining_and_leaving_a_loading_room_reads_it_once():
+    state = ClusterState("n1")
+    _up(state)
+    state.connect(1, "mallory")
+    for _ in range(20):
+        state.handle(1, Join("r"), 0.0)
+        state.handle(1, Leave("r"), 0.0)
+    loads = [op for op in state.take_ops() if isinstance(op, LoadOp)]
+    assert len(loads) == 1 and loads[0].max_bytes == state.joined_bytes
+    # Loaded with nobody waiting: nothing is kept.
+    assert state.on_result(loads[0], LoadResult(1, [_entry(1)], [], 0, {})) == []
+    assert state.room_names() == [] and state.history_bytes == 0
+
+
+def test_joining_again_sends_no_history_again_and_history_is_cached_within_bounds():
+    # Three frames of history, and what else a joined holds (200 + names).
+    state = ClusterState("n1", joined_bytes=3 * len(_frame(10)) + 215)
+    _up(state)
+    joined = _events(_joined(state, 1, "alice", last_id=5), 1)
+    state.on_messages([_live(i) for i in range(6, 12)])
+    # No more than one joined carries is cached.
+    assert 2 * len(_frame(10)) < state.history_bytes <= state.joined_bytes
+    [again] = _events(state.handle(1, Join("r", 0), 0.0), 1)
+    assert (again["payload"]["history"], again["payload"]["truncated"]) == ([], False)
+    state.connect(2, "bob")
+    [bob] = _events(state.handle(2, Join("r"), 0.0), 2)
+    assert [m["id"] for m in bob["payload"]["history"]] == [9, 10, 11]
+    assert bob["payload"]["truncated"] is True
+    assert joined[0]["type"] == "joined"
+
+
+def test_cached_history_is_bounded_in_all_least_recently_written_first():
+    size = len(_frame(10))
+    state = ClusterState("n1", history_bytes_total=4 * size)
+    _up(state)
+    for key, room in ((1, "r"), (2, "s")):
+        _joined(state, key, f"u{key}", room=room, last_id=0)
+    state.on_messages([_live(i, room="r") for i in range(1, 4)])
+    state.on_messages([_live(i, room="s") for i in range(1, 4)])
+    assert state.history_bytes <= 4 * size
+    # r was written least recently: it lost its oldest two.
+    state.connect(3, "carol")
+    [r] = _events(state.handle(3, Join("r"), 0.0), 3)
+    assert [m["id"] for m in r["payload"]["history"]] == [3]
 
 
 def test_a_failed_load_refuses_the_waiting_joins():

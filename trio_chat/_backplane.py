@@ -760,6 +760,7 @@ def attach_backplane(server: ChatServer, url: str | None = None, **options: Any)
         max_rooms_created_per_connection=config.max_rooms_created_per_connection,
         max_rooms_created_per_client=config.max_rooms_created_per_client,
         joined_bytes=config.queue_bytes // 2,
+        history_bytes_total=config.history_bytes_total,
         prefix=backplane.prefix,
     )
     hub = BackplaneHub(state, backplane)

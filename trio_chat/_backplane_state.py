@@ -29,7 +29,7 @@ What Redis decides, and this state only follows:
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Any, Protocol
 
@@ -323,16 +323,10 @@ def _frame_bytes(item: list[Any]) -> int:
     return len(frame) if frame.isascii() else len(frame.encode())
 
 
-def _keep(room: _Room, item: list[Any], budget: int) -> None:
-    """Append *item* to *room*'s history, kept to *budget* bytes (oldest out):
-    no ``joined`` carries more."""
-    history = room.history
-    if len(history) == history.maxlen and history:
-        room.history_bytes -= _frame_bytes(history[0])
-    history.append(item)
-    room.history_bytes += _frame_bytes(item)
-    while room.history_bytes > budget and history:
-        room.history_bytes -= _frame_bytes(history.popleft())
+def _pop_oldest(room: _Room) -> int:
+    size = _frame_bytes(room.history.popleft())
+    room.history_bytes -= size
+    return size
 
 
 @attrs.define(eq=False)
@@ -386,7 +380,9 @@ class ClusterState:
         max_rooms_created_per_connection: rooms served here that one
             connection may have opened (a new one beyond: 403).
         max_rooms_created_per_client: the same per client (an IP or a user).
-        joined_bytes: bytes of history one ``joined`` carries at most.
+        joined_bytes: bytes of history one ``joined`` carries at most (and
+            so what is cached per room).
+        history_bytes_total: bytes of history cached here in all.
         prefix: the Redis key prefix (pub/sub channels start with it).
     """
 
@@ -397,6 +393,7 @@ class ClusterState:
     max_rooms_created_per_connection: int = 100
     max_rooms_created_per_client: int = 500
     joined_bytes: int = 1 << 19
+    history_bytes_total: int = 128 << 20
     prefix: str = "trio_chat:"
 
     #: Redis is reachable and this process's state is registered there.
@@ -423,10 +420,19 @@ class ClusterState:
     _syncing: bool = attrs.field(init=False, default=False)
     _generation: int = attrs.field(init=False, default=0)
     _clients: dict[str, int] = attrs.field(init=False, factory=dict)
+    #: Bytes of history cached here in all; rooms with some, least recently
+    #: written first.
+    _history_bytes: int = attrs.field(init=False, default=0)
+    _written: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
     #: Room openings refused, by the bound: ``connection``, ``client``, ``server``.
     rooms_refused: dict[str, int] = attrs.field(init=False, factory=dict)
 
     # ------------------------------------------------------------ queries
+
+    @property
+    def history_bytes(self) -> int:
+        """Bytes of history cached here for the rooms served."""
+        return self._history_bytes
 
     def stats(self) -> HubStats:
         return HubStats(
@@ -712,8 +718,35 @@ class ClusterState:
             self._drop_room(name, room)
         return []
 
+    def _keep(self, name: str, room: _Room, item: list[Any]) -> None:
+        """Append *item* to *room*'s cached history, within the bounds: per
+        room what one ``joined`` carries at most (``joined_bytes``, and the
+        ``history_size`` count); in all ``history_bytes_total``, the least
+        recently written room losing its oldest first."""
+        history = room.history
+        before = room.history_bytes
+        if len(history) == history.maxlen and history:
+            _pop_oldest(room)
+        history.append(item)
+        room.history_bytes += _frame_bytes(item)
+        while room.history_bytes > self.joined_bytes and history:
+            _pop_oldest(room)
+        self._history_bytes += room.history_bytes - before
+        written = self._written
+        written[name] = None
+        written.move_to_end(name)
+        while self._history_bytes > self.history_bytes_total and written:
+            oldest = next(iter(written))
+            victim = self._rooms[oldest]
+            if victim.history:
+                self._history_bytes -= _pop_oldest(victim)
+            if not victim.history:
+                del written[oldest]
+
     def _drop_room(self, name: str, room: _Room) -> None:
         del self._rooms[name]
+        self._history_bytes -= room.history_bytes
+        self._written.pop(name, None)
         if room.creator is not None:
             del self._conns[room.creator].created[name]
         client = room.client
@@ -807,6 +840,7 @@ class ClusterState:
                 room.members_version = 0
                 if room.log.ready:
                     self._ops.append(FloorOp(name, room.log.cursor))
+                    self._history_bytes -= room.history_bytes
                     room.history.clear()
                     room.history_bytes = 0
             for log in self._logs():
@@ -878,7 +912,7 @@ class ClusterState:
             log.cursor = entry_id
             if kind == "r":
                 room = self._rooms[name]
-                _keep(room, [entry_id, frame, None], self.joined_bytes)
+                self._keep(name, room, [entry_id, frame, None])
                 sender = self._origins.get(origin)
                 if sender is None:
                     to = tuple(room.conns)
@@ -1078,7 +1112,7 @@ class ClusterState:
         room.log.cursor = result.last_id
         for entry_id, _origin, frame in result.entries:
             if entry_id <= result.last_id:
-                _keep(room, [entry_id, frame, None], self.joined_bytes)
+                self._keep(op.room, room, [entry_id, frame, None])
         room.members_version = result.members_version
         for user_id in result.members:
             room.members[user_id] = None
