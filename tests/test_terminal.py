@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import subprocess
 import sys
 from contextlib import asynccontextmanager
 
 import trio
 
-from trio_chat import Config
+from trio_chat import Config, make_token
 from trio_chat._terminal import format_event
 from trio_chat.client import (
     ChatMessage,
@@ -190,9 +191,8 @@ async def test_reconnects_by_itself_and_keeps_sending():
                 await output.until(lambda line: line.startswith("* joined lobby"))
                 await process.stdin.send_all(b"before\n")
                 await output.until(lambda line: line.endswith("carol: before"))
-                for conn in list(server._connections):
-                    if conn.user_id == "carol":
-                        conn.close(None, "test drop")
+                for conn in server.connections("carol"):
+                    server.close_connection(conn.session_id, None)
                 await output.until(lambda line: line.startswith("* connection lost"))
                 await process.stdin.send_all(b"after\n")
                 await output.until(lambda line: line == "* reconnected")
@@ -234,6 +234,102 @@ async def test_input_from_a_regular_file(tmp_path):
             assert (message.user_id, message.content) == ("erin", "from a file")
 
 
+@_bounded()
+async def test_history_on_join_is_marked_and_actions_are_shown_as_actions():
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            await bob.send(ROOM, "old one")
+            await bob.send(ROOM, "/me remembers")
+            async with terminal(server.url, "--room", ROOM, "--user", "carol") as process:
+                output = Lines(process.stdout)
+                joined = await output.until(lambda line: line.startswith("* joined lobby"))
+                assert joined == "* joined lobby: bob, carol (2 earlier messages above)"
+                history = [line for line in output.seen if line.startswith("(history) ")]
+                assert len(history) == 2, output.seen
+                assert LINE.match(history[0].removeprefix("(history) "))
+                assert history[0].endswith("bob: old one")
+                assert re.match(r"^\(history\) \[lobby\] \d\d:\d\d \* bob remembers$", history[1])
+                await process.stdin.send_all(b"/me waves\n")
+                *_, action = await chats(bob, 3)  # after bob's own two
+                assert (action.user_id, action.content) == ("carol", "/me waves")
+                mine = await output.until(lambda line: "carol" in line and "waves" in line)
+                assert re.match(r"^\[lobby\] \d\d:\d\d \* carol waves$", mine), mine
+                await bob.send(ROOM, "live one")
+                line = await output.until(lambda line: "live one" in line)
+                assert LINE.match(line), line  # not marked: sent after we joined
+                await process.stdin.send_all(b"/quit\n")
+                assert await process.wait() == 0
+
+
+@_bounded()
+async def test_refusals_show_the_servers_reason_and_a_wrong_path_says_so():
+    secret = "s3cret-for-tests-only-0123456789abcdef"
+    async with open_test_server(Config(secret=secret)) as server:
+        result = await run_piped(server.url, b"hi\n", "--room", ROOM, "--token", "not-a-token")
+        out = result.stdout.decode()
+        assert result.returncode == 1
+        assert re.match(
+            r"^! cannot connect to \S+: handshake refused with HTTP 401: .*token", out
+        ), out
+        base = server.url.removesuffix("/ws")
+        for path, status in (("/nope", 404), ("/healthz", 200)):
+            token = make_token(secret, "dan")
+            result = await run_piped(base + path, b"hi\n", "--room", ROOM, "--token", token)
+            out = result.stdout.decode()
+            assert result.returncode == 1
+            assert f"HTTP {status}" in out, out
+            assert "check the URL's path" in out and "/ws" in out, out
+        # No path at all: /ws is meant.
+        async with open_chat_client(server.url, token=make_token(secret, "bob")) as bob:
+            await bob.join(ROOM)
+            token = make_token(secret, "erin")
+            result = await run_piped(base, b"no path\n/quit\n", "--room", ROOM, "--token", token)
+            assert result.returncode == 0, result.stdout.decode()
+            [message] = await chats(bob, 1)
+            assert (message.user_id, message.content) == ("erin", "no path")
+
+
+@_bounded()
+async def test_bad_room_names_are_refused_with_the_rule():
+    async with open_test_server() as server:
+        result = await run_piped(server.url, b"", "--room", "bad room!", "--user", "dan")
+        assert result.returncode == 2
+        assert "letters, digits" in result.stderr.decode()
+        script = b"/join bad room!\n/room bad\n/quit\n"
+        result = await run_piped(server.url, script, "--room", ROOM, "--user", "dan")
+        out = result.stdout.decode().splitlines()
+        assert result.returncode == 0, out
+        [refusal] = [line for line in out if line.startswith("! cannot join")]
+        assert refusal.startswith("! cannot join 'bad room!': a room name is"), refusal
+        assert "! not in bad: /join bad" in out  # and "bad" was not joined
+
+
+@_bounded()
+async def test_ctrl_c_in_line_mode_exits_130_quietly():
+    async with open_test_server() as server:
+        command = connect_command(server.url, "--room", ROOM, "--user", "carol")
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            )
+            output = Lines(process.stdout)
+            await output.until(lambda line: line.startswith("* joined lobby"))
+            process.send_signal(signal.SIGINT)
+            errors = b""
+            while chunk := await process.stderr.receive_some(65536):
+                errors += chunk
+            assert await process.wait() == 130
+            assert errors == b""
+
+
 def test_format_event_lines():
     message = ChatMessage(3, ROOM, "alice", "hi\x07 there\nsecond line", "2026-11-29T04:31:24.123Z")
     line = format_event(message)
@@ -245,6 +341,14 @@ def test_format_event_lines():
     assert format_event(ErrorEvent(429, "slow down", None, 2000)) == "! error 429: slow down"
     assert format_event(PresenceUpdate("bob", "away", "lunch")) == "* bob is away: lunch"
     assert format_event(PresenceUpdate("bob", "online")) == "* bob is online"
+    action = ChatMessage(4, ROOM, "alice", "/me waves \x1b[2J", "2026-11-29T04:31:24.123Z")
+    assert re.match(
+        r"^\[lobby\] \d\d:\d\d \* alice waves \N{REPLACEMENT CHARACTER}\[2J$", format_event(action)
+    )
+    assert format_event(message, history=True).startswith("(history) [lobby] ")
+    assert format_event(DirectMessage("alice", "/me nods", "t")) == "(dm) * alice nods"
+    # "/me" alone, or "/meh", is not an action.
+    assert format_event(ChatMessage(5, ROOM, "alice", "/meh", "t")).endswith("alice: /meh")
 
 
 class Lines:

@@ -24,6 +24,7 @@ this module only moves frames between it and the network.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -100,13 +101,16 @@ class ConnectError(Exception):
     """The client could not connect (first attempt), or was refused for good.
 
     ``status`` is the HTTP status when the server refused the handshake
-    (401: missing or bad token, 403: origin or room rules, 503: full), else
-    None (network error, timeout).
+    (401: missing or bad token, 403: origin or room rules, 429: too many
+    connections or handshakes, 503: full), else None (network error,
+    timeout).  ``reason`` is the server's own explanation from the refusal's
+    body (``"token expired"``), when it gave one; the message includes it.
     """
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 class PendingMessage:
@@ -169,6 +173,8 @@ class _Ended:
     reason: str
     #: HTTP status of a refused handshake.
     status: int | None = None
+    #: The server's reason for refusing it (from the response body).
+    refusal: str | None = None
     #: The connection got as far as ``welcome``.
     online: bool = False
     #: Seconds it stayed online.
@@ -450,12 +456,16 @@ class ChatClient:
                     return
                 if first:
                     raise ConnectError(
-                        f"cannot connect to {self.url}: {ended.reason}", ended.status
+                        f"cannot connect to {self.url}: {ended.reason}",
+                        ended.status,
+                        ended.refusal,
                     )
                 if ended.status in _PERMANENT_STATUSES:
                     self._stop(
                         ConnectError(
-                            f"the server refused to reconnect: {ended.reason}", ended.status
+                            f"the server refused to reconnect: {ended.reason}",
+                            ended.status,
+                            ended.refusal,
                         )
                     )
                     return
@@ -465,7 +475,9 @@ class ChatClient:
                 if limit is not None and attempt >= limit:
                     self._stop(
                         ConnectError(
-                            f"gave up after {attempt} attempts: {ended.reason}", ended.status
+                            f"gave up after {attempt} attempts: {ended.reason}",
+                            ended.status,
+                            ended.refusal,
                         )
                     )
                     return
@@ -721,8 +733,60 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 
 def _ended_by(exc: BaseException) -> _Ended:
     if isinstance(exc, ConnectionRejected):
-        return _Ended(f"handshake refused with HTTP {exc.status_code}", exc.status_code)
+        refusal = _refusal_reason(exc)
+        text = f"handshake refused with HTTP {exc.status_code}"
+        if refusal:
+            text += f": {refusal}"
+        if exc.status_code < 400 or exc.status_code in (404, 405, 426):
+            # Something answered, but not a WebSocket endpoint (e.g. the page at "/").
+            text += " (not a chat WebSocket endpoint: check the URL's path; trio-chat serves /ws)"
+        return _Ended(text, exc.status_code, refusal)
     return _Ended(_describe(exc))
+
+
+#: Longest refusal reason kept from a response body.
+_MAX_REASON_CHARS = 300
+
+
+def _refusal_reason(exc: ConnectionRejected) -> str | None:
+    """The server's reason from a refused handshake's body, if it gave one.
+
+    A plain-text body is the reason itself (its first line); a JSON object
+    gives its ``reason``, ``message`` or ``error`` string.  Anything else (an
+    HTML page) gives None.  Control characters are dropped and the text is
+    cut to a few hundred characters: it comes from the network.
+    """
+    body = exc.body
+    if not body:
+        return None
+    content_type = ""
+    for name, value in exc.headers:
+        if name.lower() == b"content-type":
+            content_type = value.decode("latin-1").split(";")[0].strip().lower()
+    text = body[: 16 * 1024].decode("utf-8", errors="replace")
+    reason: object = None
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(document, dict):
+            reason = next(
+                (
+                    document[k]
+                    for k in ("reason", "message", "error")
+                    if isinstance(document.get(k), str)
+                ),
+                None,
+            )
+    elif content_type in ("", "text/plain"):
+        reason = next((line for line in text.splitlines() if line.strip()), None)
+    if not isinstance(reason, str):
+        return None
+    reason = "".join(c for c in reason if c.isprintable()).strip()
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[: _MAX_REASON_CHARS - 1] + "…"
+    return reason or None
 
 
 def _describe(exc: BaseException) -> str:
