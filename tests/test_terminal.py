@@ -15,6 +15,7 @@ import sys
 from contextlib import asynccontextmanager
 
 import trio
+from support import bounded
 
 from trio_chat import Config, make_token
 from trio_chat._terminal import format_event
@@ -30,18 +31,6 @@ from trio_chat.testing import open_test_server
 
 ROOM = "lobby"
 LINE = re.compile(r"^\[lobby\] \d\d:\d\d (\S+): (.*)$")
-
-
-def _bounded(seconds: float = 30):
-    def wrap(test):
-        @functools.wraps(test)
-        async def bounded(*args, **kwargs):
-            with trio.fail_after(seconds):
-                await test(*args, **kwargs)
-
-        return bounded
-
-    return wrap
 
 
 def connect_command(url: str, *args: str) -> list[str]:
@@ -90,7 +79,7 @@ async def chats(client, count: int, timeout: float = 10) -> list[ChatMessage]:
     raise AssertionError("stream ended")
 
 
-@_bounded()
+@bounded(30)
 async def test_printf_hi_quit_sends_waits_for_the_ack_and_exits_0():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -107,7 +96,7 @@ async def test_printf_hi_quit_sends_waits_for_the_ack_and_exits_0():
             assert "* joined lobby" in out
 
 
-@_bounded()
+@bounded(30)
 async def test_end_of_input_exits_after_pending_acks_with_commands():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -150,7 +139,7 @@ async def test_end_of_input_exits_after_pending_acks_with_commands():
             assert "* left other" in out
 
 
-@_bounded()
+@bounded(30)
 async def test_incoming_events_are_printed_as_lines():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -181,7 +170,7 @@ async def test_incoming_events_are_printed_as_lines():
                 assert await process.wait() == 0
 
 
-@_bounded()
+@bounded(30)
 async def test_reconnects_by_itself_and_keeps_sending():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -202,7 +191,7 @@ async def test_reconnects_by_itself_and_keeps_sending():
             assert [m.content for m in got] == ["before", "after"]
 
 
-@_bounded()
+@bounded(30)
 async def test_refused_messages_and_unreachable_servers_exit_1():
     async with open_test_server(Config(max_content_chars=5)) as server:
         result = await run_piped(server.url, b"much too long\n", "--room", ROOM, "--user", "dan")
@@ -215,7 +204,7 @@ async def test_refused_messages_and_unreachable_servers_exit_1():
     assert result.stdout.decode().startswith("! cannot connect")
 
 
-@_bounded()
+@bounded(30)
 async def test_input_from_a_regular_file(tmp_path):
     script = tmp_path / "script.txt"
     script.write_text("from a file\n/quit\n")
@@ -234,7 +223,7 @@ async def test_input_from_a_regular_file(tmp_path):
             assert (message.user_id, message.content) == ("erin", "from a file")
 
 
-@_bounded()
+@bounded(30)
 async def test_history_on_join_is_marked_and_actions_are_shown_as_actions():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -262,7 +251,7 @@ async def test_history_on_join_is_marked_and_actions_are_shown_as_actions():
                 assert await process.wait() == 0
 
 
-@_bounded()
+@bounded(30)
 async def test_refusals_show_the_servers_reason_and_a_wrong_path_says_so():
     secret = "s3cret-for-tests-only-0123456789abcdef"
     async with open_test_server(Config(secret=secret)) as server:
@@ -290,7 +279,7 @@ async def test_refusals_show_the_servers_reason_and_a_wrong_path_says_so():
             assert (message.user_id, message.content) == ("erin", "no path")
 
 
-@_bounded()
+@bounded(30)
 async def test_bad_room_names_are_refused_with_the_rule():
     async with open_test_server() as server:
         result = await run_piped(server.url, b"", "--room", "bad room!", "--user", "dan")
@@ -305,7 +294,7 @@ async def test_bad_room_names_are_refused_with_the_rule():
         assert "! not in bad: /join bad" in out  # and "bad" was not joined
 
 
-@_bounded()
+@bounded(30)
 async def test_ctrl_c_in_line_mode_exits_130_quietly():
     async with open_test_server() as server:
         command = connect_command(server.url, "--room", ROOM, "--user", "carol")

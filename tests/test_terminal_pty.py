@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from support import bounded
 from terminal_support import PtyTerminal
 
 from trio_chat import ChatServer, Config, make_token
@@ -27,18 +28,6 @@ ROOM = "lobby"
 SECRET_A = "first-secret-for-tests-0123456789abcdef"
 SECRET_B = "second-secret-for-tests-0123456789abcdef"
 PROMPT = "lobby> "
-
-
-def _bounded(seconds: float = 60):
-    def wrap(test):
-        @functools.wraps(test)
-        async def bounded(*args, **kwargs):
-            with trio.fail_after(seconds):
-                await test(*args, **kwargs)
-
-        return bounded
-
-    return wrap
 
 
 @asynccontextmanager
@@ -77,7 +66,7 @@ async def ready(term: PtyTerminal) -> list[str]:
     )
 
 
-@_bounded()
+@bounded(60)
 async def test_prompt_shows_the_room_and_a_typed_line_appears_once():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -110,7 +99,7 @@ async def test_prompt_shows_the_room_and_a_typed_line_appears_once():
                 assert await term.exit_status() == 0
 
 
-@_bounded()
+@bounded(60)
 async def test_an_incoming_message_does_not_break_the_line_being_typed():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -139,7 +128,7 @@ async def test_an_incoming_message_does_not_break_the_line_being_typed():
                 assert await term.exit_status() == 0
 
 
-@_bounded()
+@bounded(60)
 async def test_ctrl_c_exits_130_without_a_traceback():
     async with open_test_server() as server:
         async with open_chat_client(server.url, user="bob") as bob:
@@ -160,7 +149,7 @@ async def test_ctrl_c_exits_130_without_a_traceback():
             assert (await next_chat(bob)).content == "marker-2"
 
 
-@_bounded()
+@bounded(60)
 async def test_join_with_a_bad_room_name_is_refused_with_the_reason():
     async with open_test_server() as server:
         async with pty_terminal(server.url, "--room", ROOM, "--user", "carol") as term:
@@ -198,7 +187,7 @@ async def restart_with_another_secret(first: ChatServer, port: int, nursery: tri
     await nursery.start(functools.partial(second.serve, listeners=listeners))
 
 
-@_bounded(90)
+@bounded(90)
 async def test_a_refused_reconnect_ends_cleanly_with_the_servers_reason():
     async with restartable_server() as (first, port, nursery):
         url = f"ws://127.0.0.1:{port}/ws"
@@ -224,7 +213,7 @@ async def test_a_refused_reconnect_ends_cleanly_with_the_servers_reason():
             assert b"Traceback" not in raw
 
 
-@_bounded(90)
+@bounded(90)
 async def test_a_refused_reconnect_with_stdin_a_terminal_and_stdout_a_file(tmp_path):
     """Plain line mode reading a terminal: no stuck read of stdin at exit."""
     output = tmp_path / "out.txt"
