@@ -37,6 +37,7 @@ import pytest
 import trio
 import trio.testing
 from _raw_client import RawClient
+from http_support import http_request
 from wsproto.events import Message
 
 from trio_chat import ChatServer, Config
@@ -244,6 +245,7 @@ async def repeated_joins(server: ChatServer, *, leave: bool) -> dict[str, Any]:
         await bystander.enough.wait()
         measured["worst_rtt"] = bystander.worst
         measured["rtts"] = [round(r * 1000, 1) for r in bystander.rtts]
+        print("measured:", {k: v for k, v in measured.items() if k != "rtts"})
         for attacker in attackers:
             reset(attacker)
         await back_to(server, baseline)
@@ -302,6 +304,19 @@ async def test_the_server_wide_outbound_budget_drops_the_largest_backlog():
                 await attackers[0].drain()
             assert server.stats().connections == 4
             assert budget.held <= MiB
+            # An operator sees the pressure on /metrics.
+            text = (await http_request(server.port, "GET", "/metrics")).body.decode()
+            values = {
+                line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+                for line in text.splitlines()
+                if line.startswith("trio_chat_")
+            }
+            assert 3 * 300_000 < values["trio_chat_outbound_queued_bytes"] <= MiB
+            assert 300_000 < values["trio_chat_outbound_queued_bytes_max"] < 400_000
+            assert values['trio_chat_outbound_queued_bytes_limit{scope="server"}'] == MiB
+            assert values['trio_chat_outbound_queued_bytes_limit{scope="connection"}'] == MiB
+            assert values['trio_chat_slow_consumer_overflows_total{bound="server"}'] == 1
+            assert values["trio_chat_rooms_limit"] == 10_000
             assert bystander.worst < RTT_BOUND, bystander.rtts
             for attacker in attackers:
                 reset(attacker)
@@ -373,6 +388,8 @@ async def test_two_addresses_cannot_deny_room_creation_to_everyone():
             state = server.hub.state
             assert state.stats().rooms <= 2 * 500 + 2
             assert state.rooms_refused == {"client": 2 * (5000 - 500)}
+            text = (await http_request(server.port, "GET", "/metrics")).body.decode()
+            assert 'trio_chat_rooms_refused_total{bound="client"} 9000.0' in text
             assert bystander.worst < RTT_BOUND, bystander.rtts
             for attacker in [*attackers, newcomer]:
                 reset(attacker)
