@@ -237,3 +237,21 @@ async def test_a_refused_reconnect_with_stdin_a_terminal_and_stdout_a_file(tmp_p
         assert "! disconnected for good" in out
         assert "HTTP 401: bad token signature" in out
         assert out.count("connection lost") == 1
+
+
+@bounded(60)
+async def test_ctrl_c_while_still_connecting_exits_130_without_a_traceback():
+    # A port that accepts TCP connections (the kernel's backlog) and never
+    # answers the WebSocket handshake: the client is still connecting.
+    with trio.socket.socket() as silent:
+        await silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        async with pty_terminal(f"ws://127.0.0.1:{port}", "--user", "carol") as term:
+            # The terminal is ours once the UI has switched the cursor on.
+            await term.until(lambda _lines: b"\x1b[?25h" in term.raw)
+            await term.send("\x03")
+            assert await term.exit_status() == 130
+            raw = bytes(term.raw)
+            for word in (b"Traceback", b"KeyboardInterrupt", b"Error", b"cannot connect"):
+                assert word not in raw, raw

@@ -43,6 +43,8 @@ __all__ = ["run_interactive"]
 
 #: Seconds between redraws of the status line (its reconnect countdown).
 REFRESH_INTERVAL = 0.5
+#: Longest reason for a lost connection shown in the status line.
+MAX_REASON_CHARS = 60
 
 
 def run_interactive(url: str, *, rooms: list[str], user: str | None, token: str | None) -> int:
@@ -82,7 +84,12 @@ class _Ui:
         # Before the guest run starts, so trio leaves SIGINT to us.  Until
         # then (the token is not there yet) Ctrl-C cannot come.
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
-        with StdoutProxy(sleep_between_writes=0.05) as out:
+        with (
+            StdoutProxy(sleep_between_writes=0.05) as out,
+            # Anything else printed (a warning) goes above the prompt too.
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(out),
+        ):
             self.prompt = PromptSession(erase_when_done=True)
             trio.lowlevel.start_guest_run(
                 self._trio_main,
@@ -169,9 +176,10 @@ class _Ui:
         elif session.retry is not None:
             wait = session.retry_at - time.monotonic()
             when = f"next try in {wait:.0f} s" if wait >= 0.5 else "trying now"
-            parts.append(
-                f"reconnecting ({session.retry.reason}; {when}, attempt {session.retry.attempt})"
-            )
+            reason = session.retry.reason or "connection lost"
+            if len(reason) > MAX_REASON_CHARS:
+                reason = reason[: MAX_REASON_CHARS - 1] + "…"
+            parts.append(f"reconnecting ({reason}; {when}, attempt {session.retry.attempt})")
         elif session.state is ConnectionState.CLOSED:
             parts.append("disconnected")
         else:
