@@ -42,7 +42,7 @@ import re
 import secrets
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import trio
@@ -73,6 +73,7 @@ from ._hub import Hub
 from ._protocol import ErrorEvent
 
 if TYPE_CHECKING:
+    from ._hub_state import Delivery, HubState
     from ._server import ChatServer
 
 __all__ = ["Backplane", "BackplaneHub", "attach_backplane"]
@@ -415,13 +416,14 @@ class Backplane:
                 groups.append([op])
         async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
             requests = [
-                self._chats(pipe, group)
+                # A group of several ops is always of chats (built just above).
+                self._chats(pipe, cast("list[ChatOp]", group))
                 if type(group[0]) is ChatOp
                 else self._command(pipe, group[0])
                 for group in groups
             ]
         results: list[tuple[Op, Any]] = []
-        for group, request in zip(groups, requests):
+        for group, request in zip(groups, requests, strict=True):
             try:
                 raw = await request
             except NoScriptError:
@@ -431,7 +433,7 @@ class Backplane:
                 results += [(op, Unavailable(str(exc))) for op in group]
                 continue
             if type(group[0]) is ChatOp:
-                results += [(op, tuple(answer)) for op, answer in zip(group, raw)]
+                results += [(op, tuple(answer)) for op, answer in zip(group, raw, strict=False)]
             else:
                 results.append((group[0], self._parse(group[0], raw)))
         return results
@@ -539,14 +541,14 @@ class Backplane:
             last, entries, members, version, presence = raw
             parsed = []
             for entry_id, fields in reversed(entries):
-                values = dict(zip(fields[::2], fields[1::2]))
+                values = dict(zip(fields[::2], fields[1::2], strict=False))
                 parsed.append((int(entry_id.partition("-")[0]), values.get("o", "-"), values["f"]))
             return LoadResult(
                 int(last),
                 parsed,
                 list(members),
                 int(version),
-                dict(zip(presence[::2], presence[1::2])),
+                dict(zip(presence[::2], presence[1::2], strict=False)),
             )
         if isinstance(op, MembersOp):
             return int(raw[0]), list(raw[1])
@@ -555,7 +557,7 @@ class Backplane:
             return epoch, {ids[i]: int(ids[i + 1]) for i in range(0, len(ids), 2)}
         return None
 
-    async def deregister(self, timeout: float = 1.0) -> None:
+    async def deregister(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109 - also the connect timeout
         """Remove this process's memberships from Redis (at shutdown)."""
         import coredis
         from coredis.retry import NoRetryPolicy
@@ -634,7 +636,12 @@ class BackplaneHub(Hub):
 
     async def _await_reply(self, fn: Callable[[ClusterState, float, _Reply], None]) -> Any:
         reply = _Reply()
-        await self.call(lambda state, now: (fn(state, now, reply), []))
+
+        def run(state: HubState, now: float) -> tuple[None, list[Delivery]]:
+            fn(cast("ClusterState", state), now, reply)  # this hub's state is a ClusterState
+            return None, []
+
+        await self.call(run)
         await reply.done.wait()
         if reply.error is not None:
             raise reply.error

@@ -541,9 +541,10 @@ class ClusterState:
         if isinstance(event, Join):
             return self._join(key, conn, event)
         if isinstance(event, Leave):
-            return [Delivery(Left(event.room, event.ref), (key,))] + self._leave(
-                key, conn, event.room
-            )
+            return [
+                Delivery(Left(event.room, event.ref), (key,)),
+                *self._leave(key, conn, event.room),
+            ]
         if isinstance(event, Direct):
             self.direct(
                 conn.user_id,
@@ -938,7 +939,7 @@ class ClusterState:
                     deliveries += self._ingest(
                         target[0], target[2:], [(int(number), origin, frame)], True
                     )
-                elif kind == "j" or kind == "l":
+                elif kind in {"j", "l"}:
                     deliveries += self._member_event(
                         target[2:], subject, kind == "j", int(number), frame
                     )
