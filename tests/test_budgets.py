@@ -245,6 +245,9 @@ async def repeated_joins(server: ChatServer, *, leave: bool) -> dict[str, Any]:
         await bystander.enough.wait()
         measured["worst_rtt"] = bystander.worst
         measured["rtts"] = [round(r * 1000, 1) for r in bystander.rtts]
+        text = (await http_request(server.port, "GET", "/metrics")).body.decode()
+        cached = [line for line in text.splitlines() if line.startswith("trio_chat_history_cached")]
+        measured["history_cached"] = float(cached[0].split()[1]) if cached else None
         print("measured:", {k: v for k, v in measured.items() if k != "rtts"})
         for attacker in attackers:
             reset(attacker)
@@ -358,6 +361,7 @@ async def test_joins_through_the_backplane_hold_at_most_the_outbound_budget(
     assert m["rss_growth"] < 48 * MiB, m
     assert m["peak"] <= 3 * MiB + 64 * 1024, m
     assert m["drops"] == {}, m
+    assert m["history_cached"] <= MiB // 2, m
     assert m["worst_rtt"] < RTT_BOUND, m["rtts"]
 
 

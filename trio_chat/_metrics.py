@@ -130,6 +130,14 @@ class Metrics:
                 "Rooms without members (kept for their history; reclaimed first).",
                 value=empty(),
             )
+        cached = getattr(state, "history_bytes", None)
+        if isinstance(cached, int):
+            yield GaugeMetricFamily(
+                "trio_chat_history_cached_bytes",
+                "Bytes of room history this process caches from Redis"
+                " (bounded by history_bytes_total).",
+                value=cached,
+            )
         refused = CounterMetricFamily(
             "trio_chat_rooms_refused",
             "New rooms refused, by the bound: connection or client"
