@@ -156,7 +156,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=SLASH_COMMANDS,
         formatter_class=raw,
     )
-    connect.add_argument("url", metavar="URL", help="the server's WebSocket URL: ws://HOST:PORT/ws")
+    connect.add_argument(
+        "url",
+        metavar="URL",
+        help="the server's WebSocket URL: ws://HOST:PORT/ws (the path defaults to /ws)",
+    )
     connect.add_argument(
         "--room",
         action="append",
