@@ -29,8 +29,11 @@ from harness.servers import (
     BENCH_DIR,
     default_specs,
     export_snapshot,
+    has_store_option,
+    lift_optional_limits,
     raise_fd_limit,
     source_label,
+    use_memory_store,
 )
 
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -52,6 +55,9 @@ def main() -> int:
     spec = default_specs(trio_chat_src=src, trio_chat_extra=args.trio_chat_args.split())[
         "trio_chat"
     ]
+    lift_optional_limits(spec)
+    if has_store_option(spec):
+        use_memory_store(spec)
     cfg = Config(duration=args.duration, log_dir=os.path.join(RESULTS_DIR, "raw"))
     os.makedirs(cfg.log_dir, exist_ok=True)
     if args.scenario.startswith("idle_"):

@@ -42,6 +42,7 @@ from harness.servers import (
     ensure_node_deps,
     export_snapshot,
     has_store_option,
+    lift_optional_limits,
     raise_fd_limit,
     sqlite_variant,
     use_memory_store,
@@ -230,6 +231,8 @@ def measure_all(args, cfg, specs, source) -> int:
         names += [n for n in TRIO_PEERS if n not in names]
     if args.with_node and "node-ws" not in names:
         names.append("node-ws")
+    if "trio_chat" in names:
+        lift_optional_limits(specs["trio_chat"])
     if "trio_chat" in names and has_store_option(specs["trio_chat"]):
         use_memory_store(specs["trio_chat"])
         if not args.no_store_variant and SQLITE_VARIANT not in names:

@@ -311,7 +311,8 @@ def connect_storm(spec: ServerSpec, cfg: Config, count: int = 10_000) -> dict:
     if r["joined"] < count:
         raise RuntimeError(
             f"{r['joined']} of {count} joined within {cfg.storm_timeout:.0f} s "
-            f"(connect failures {r['connect_fail']}, refused upgrades {r['handshake_fail']})"
+            f"(connect failures {r['connect_fail']}, refused upgrades {r['handshake_fail']}, "
+            f"refused joins {r['errors']}: {r['first_error'][:120]})"
         )
     lat = r["latency_ms"]
     return {

@@ -132,9 +132,16 @@ SQLITE_VARIANT = "trio_chat-sqlite"
 VARIANT_SCENARIOS = {SQLITE_VARIANT: ("fanout_max", "fanout_rate", "many_rooms")}
 
 
-def has_store_option(trio_chat: ServerSpec) -> bool:
-    """Whether the measured trio_chat has ``--store`` / ``--data-dir`` (asks
-    its ``serve --help``)."""
+# Limits that a benchmark from one address would hit, in trio_chat versions
+# that have them: lifted where ``serve --help`` lists them.
+TRIO_CHAT_OPTIONAL_BENCH_ARGS = {
+    # connect_10000 joins 1,000 rooms from 127.0.0.1
+    "--max-rooms-created-per-client": "100000",
+}
+
+
+def serve_help(trio_chat: ServerSpec) -> str:
+    """The measured trio_chat's ``serve --help`` text ('' if it fails)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = trio_chat.cwd + os.pathsep + env.get("PYTHONPATH", "")
     try:
@@ -148,8 +155,22 @@ def has_store_option(trio_chat: ServerSpec) -> bool:
             env=env,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return False
+        return ""
+    return out
+
+
+def has_store_option(trio_chat: ServerSpec) -> bool:
+    """Whether the measured trio_chat has ``--store`` / ``--data-dir``."""
+    out = serve_help(trio_chat)
     return "--store" in out and "--data-dir" in out
+
+
+def lift_optional_limits(trio_chat: ServerSpec) -> None:
+    """Add ``TRIO_CHAT_OPTIONAL_BENCH_ARGS`` that this trio_chat has."""
+    out = serve_help(trio_chat)
+    for flag, value in TRIO_CHAT_OPTIONAL_BENCH_ARGS.items():
+        if re.search(re.escape(flag) + r"\b", out) and flag not in trio_chat.extra:
+            trio_chat.extra = [*trio_chat.extra, flag, value]
 
 
 def use_memory_store(trio_chat: ServerSpec) -> None:

@@ -410,6 +410,11 @@ static void on_message(conn *c, const char *m, size_t len) {
             if (o_mode == M_STORM) add_lat(c->t_state - c->t_open);
             if (c->room >= 0 && room_members) room_members[c->room]++;
             on_ready(c);
+        } else if (memmem(m, len, "\"error\"", 7)) {
+            /* the join was refused: say why, and let the caller retry or give up */
+            if (!c_errors) snprintf(first_error, sizeof first_error, "%.*s", (int)(len < 200 ? len : 200), m);
+            c_errors++;
+            conn_close(c, 0);
         }
         return;
     }
