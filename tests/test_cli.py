@@ -182,7 +182,7 @@ async def test_serve_chat_then_signal_closes_1001_and_exits_0(signum):
         assert re.search(rf"\bconnect user={user} peer=127\.0\.0\.1\b", connect), connect
         assert re.search(
             rf"\bdisconnect user={user} peer=127\.0\.0\.1 .*duration=\d+\.\ds "
-            r"code=1001 reason=server shutting down$",
+            r"code=1001 by=server reason=server shutting down$",
             disconnect,
         ), disconnect
     assert not any("secret-" in line or "psst" in line for line in lines)

@@ -42,6 +42,8 @@ SAMPLES = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "log_level": "debug",
     "log_format": "json",
+    "permessage_deflate": "off",
+    "slow_consumer_grace": 0.25,
 }
 #: Settings that only make sense together with others.
 PAIRED = {"certfile", "keyfile", "workers"}

@@ -425,8 +425,9 @@ async def test_metrics_follow_what_happens():
 
 async def test_metrics_count_slow_consumers():
     # A client that joins and never reads: publishing into its room fills
-    # the socket buffers, then its small queue; it is closed with 1013 (and,
-    # since it reads nothing, aborted once the close frame cannot be written).
+    # the socket buffers, then its small queue; it is marked 1013, but since
+    # it reads nothing its close frame cannot be written: it is aborted, and
+    # counted as what happened.
     config = Config(port=0, queue_size=4, write_timeout=1.0)
     async with open_test_server(config) as server:
         stream, _ = await open_raw_websocket(server.port, "/ws?user=sloth")
@@ -445,7 +446,8 @@ async def test_metrics_count_slow_consumers():
                 await trio.sleep(0.01)
         metrics = await _scrape(server.port)
         assert _value(metrics, "trio_chat_slow_consumer_drops_total") == 1
-        assert _value(metrics, "trio_chat_connections_closed_total", code="1013") == 1
+        assert _value(metrics, "trio_chat_connections_closed_total", code="1006") == 1
+        assert _value(metrics, "trio_chat_connections_closed_by_total", code="1006", by="none") == 1
         await stream.aclose()
 
 

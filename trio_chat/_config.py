@@ -192,6 +192,18 @@ class Config:
     workers: int = _setting(1, "server processes sharing the port", _positive)
     log_level: str = _setting("info", "log level", _Choice("debug", "info", "warning", "error"))
     log_format: str = _setting("text", "log format", _Choice("text", "json"))
+    # connection layer
+    permessage_deflate: str = _setting(
+        "on",
+        "negotiate permessage-deflate compression with clients that offer it",
+        _Choice("on", "off"),
+    )
+    slow_consumer_grace: float = _setting(
+        1.0,
+        "seconds a slow consumer gets for its write in flight and its 1013 close frame"
+        " (then: abort)",
+        _positive,
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):

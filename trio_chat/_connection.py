@@ -1,9 +1,12 @@
 """One accepted WebSocket: a reader, a writer (when needed) and a heartbeat.
 
-* The **reader** is trio-websocket's own reader task: it parses frames and,
-  through :class:`~trio_chat._websocket.Dispatch`, calls the endpoint's
-  handler with each complete message, in the same task (chat: parse,
-  rate-limit, pass to the hub; echo: send it back).
+* The **reader** (:meth:`Connection.read`) reads the socket, feeds the bytes
+  to the connection's :class:`~trio_chat._ws.WebSocket` (the frame engine)
+  and calls the endpoint's handler with each complete message, in the same
+  task (chat: parse, rate-limit, pass to the hub; echo: send it back).  It
+  also writes what the engine answers by itself -- pongs, the close reply, a
+  close frame for a protocol error -- and it alone decides that the closing
+  handshake is over.
 * The **writer** is the only task that writes queued data frames: it takes
   everything waiting in the connection's bounded queue and writes it in one
   go, within ``write_timeout``, else the connection is aborted.  It runs only
@@ -21,22 +24,24 @@
 
 When the reader or the heartbeat ends, or the writer fails, the others are
 stopped, the hub is told, and the WebSocket is closed (or aborted) under a
-deadline.  (A writer that has written its backlog just ends.)
+deadline.  (A writer that has written its backlog just ends.)  A slow
+consumer (its queue overflowed) gets ``slow_consumer_grace`` seconds for the
+write in flight and its 1013 close frame, else it is aborted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ._frames import binary_frame, text_frame
-from ._hub import Hub, HubCounters, Outlet
+from ._frames import Encoded, text_frame
+from ._hub import SLOW_CONSUMER, Hub, HubCounters, Outlet
 from ._protocol import (
     Chat,
     Direct,
@@ -48,80 +53,125 @@ from ._protocol import (
 )
 from ._ratelimit import RateLimiter
 from ._stream import WireStream
-from ._websocket import Dispatch, reader_task
+from ._ws import WebSocket
 
 if TYPE_CHECKING:
     from ._auth import Identity
     from ._config import Config
+    from ._deflate import DeflateParams
     from ._metrics import Metrics
 
 __all__ = ["ChatHandler", "Connection", "EchoHandler"]
 
 log = logging.getLogger("trio_chat.connection")
 
-#: Invalid frames in a row that close a connection with 1008.
-MAX_INVALID_IN_A_ROW = 20
+#: Invalid frames among the last INVALID_WINDOW frames that close a
+#: connection with 1008 (a ratio, so that a valid frame now and then does not
+#: reset the count).
+MAX_INVALID = 20
+INVALID_WINDOW = 64
+_WINDOW_MASK = (1 << INVALID_WINDOW) - 1
 #: Rate-limit errors in one window after which a connection is closed (1008).
 MAX_RATE_STRIKES = 3
 #: Seconds allowed for the closing handshake.
 CLOSE_TIMEOUT = 2.0
+#: Bytes asked of the socket per read.
+RECEIVE_SIZE = 65536
 
 _RATED = (Chat, Direct, Presence)
 #: join/leave/typing frames a window allows: this many times the rated
-#: frames, and at least CONTROL_RATE_FLOOR.
+#: frames, and at least CONTROL_RATE_FLOOR.  Pings get the same allowance.
 CONTROL_RATE_FACTOR = 4
 CONTROL_RATE_FLOOR = 100
+
+Handler = Callable[[str | bytes], Awaitable[None]]
+
+
+def control_rate(config: Config) -> int:
+    """join/leave/typing frames, and pings, allowed per ``rate_seconds``."""
+    return max(config.rate_messages * CONTROL_RATE_FACTOR, CONTROL_RATE_FLOOR)
 
 
 class Connection:
     """An accepted WebSocket and the tasks that serve it.
 
-    One nursery per connection holds the reader (:meth:`read`, started
-    before the opening handshake), the heartbeat (:meth:`run` itself, in the
-    nursery's body) and, while frames are queued, the writer (started when
-    the queue wakes its owner).  When the connection ends, they all stop and
-    the WebSocket is closed under a deadline.
+    One nursery per connection holds the reader (started by :meth:`run`),
+    the heartbeat (:meth:`run` itself, in the nursery's body) and, while
+    frames are queued, the writer (started when the queue wakes its owner).
+    When the connection ends, they all stop and the WebSocket is closed
+    under a deadline.
+
+    Args:
+        stream: the transport, wrapped for serialized writes.
+        deflate: the agreed permessage-deflate parameters, if any.
+        prefix: bytes the HTTP front read after the request head (the
+            client's first frames, if it did not wait for the 101).
     """
 
     def __init__(
         self,
-        ws: WebSocketConnection,
-        dispatch: Dispatch,
         stream: WireStream,
         config: Config,
         counters: HubCounters,
         *,
         user_id: str = "",
         peer: str = "",
+        deflate: DeflateParams | None = None,
+        prefix: bytes = b"",
     ) -> None:
-        self.ws = ws
-        self.dispatch = dispatch
-        dispatch.counters = counters
-        dispatch.on_close = self._websocket_closed
         self.stream = stream
         self.config = config
+        self.counters = counters
         self.user_id = user_id
         self.peer = peer
+        self.ws = WebSocket(
+            max_message_bytes=config.max_message_bytes,
+            deflate=deflate is not None,
+            max_pings=control_rate(config),
+            ping_seconds=config.rate_seconds,
+            now=trio.current_time,
+        )
+        #: The window the hub compresses this client's frames with (0: none).
+        self.deflate_bits = 0 if deflate is None else deflate.server_bits
+        self._prefix = prefix
         self.session_id = secrets.token_urlsafe(9)
         self.started = time.monotonic()
+        self._handler: Handler | None = None
+        self._handling = False
         self._running = False
         self._stopping = False
         self._nursery: trio.Nursery | None = None
         #: The heartbeat's current wait (a sleep or a ping): its deadline
         #: times the heartbeat, and cancelling it stops the heartbeat.
         self._heartbeat_scope = trio.CancelScope()
+        self._awaiting_pong = False
+        self._pings = 0
         #: Set while a writer task runs (there is a backlog).
         self._writer_scope: trio.CancelScope | None = None
         self._writer_exit: trio.Event | None = None
+        self._reader_running = False
+        self._reader_exit: trio.Event | None = None
+        #: The engine is done (closing handshake over, or failed): close the
+        #: transport, read no more.
+        self._finished = False
+        #: When a slow consumer's grace ends (trio time), once it is one.
+        self._grace: float | None = None
         #: Cancelled if the connection dies during the opening handshake.
         self.handshake_scope: trio.CancelScope | None = None
         self.outlet = Outlet(stream, config.queue_size, self._on_kill, counters, user_id)
+        self.outlet.deflate = self.deflate_bits
 
     # ------------------------------------------------------------ control
+
+    @property
+    def stopping(self) -> bool:
+        """The connection is ending: the heartbeat and writer stop."""
+        return self._stopping
 
     def _on_kill(self) -> None:
         if self._running:
             self._stopping = True
+            self._handling = False
             if self._writer_scope is not None:
                 self._writer_scope.cancel()
             self._heartbeat_scope.cancel()
@@ -130,11 +180,12 @@ class Connection:
 
     def close(self, code: int | None, reason: str) -> None:
         """Close now, dropping what is queued (None: abort, no close frame)."""
+        self._handling = False
         self.outlet.kill(code, reason)
 
     def drain(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Stop handling messages, flush what is queued, then close with *code*."""
-        self.dispatch.stop()
+        self._handling = False
         self.outlet.finish(code, reason)
         if not self._running:
             self._on_kill()
@@ -143,49 +194,131 @@ class Connection:
         """Queue one pre-encoded frame for this connection."""
         self.outlet.push(frame)
 
+    def send_message(self, message: str | bytes) -> None:
+        """Queue one message, compressed if this client agreed to deflate."""
+        if isinstance(message, str):
+            encoded = Encoded(message.encode("utf-8"))
+        else:
+            encoded = Encoded(message, binary=True)
+        self.outlet.push(encoded.for_bits(self.deflate_bits))
+
     def send_error(self, err: ProtocolError) -> None:
         self.outlet.push(text_frame(err.to_event().to_json()))
 
-    # ------------------------------------------------------------ running
+    # ------------------------------------------------------------ reading
 
     async def read(self) -> None:
-        """The reader task: trio-websocket's reader, from handshake to end.
+        """The reader task: every byte from the client, until the end.
 
-        When it ends the connection is over: the outlet learns why.
+        Messages go to the handler in this task (no hand-off); whatever the
+        engine answers by itself is written here too.  When it ends the
+        connection is over: the outlet learns why.
         """
+        ws = self.ws
+        receive = self.stream.transport.receive_some
+        data: bytes | bytearray = self._prefix
+        self._prefix = b""
+        self._reader_running = True
         try:
-            await reader_task(self.ws)
-        finally:
-            self._websocket_closed()
-
-    def _websocket_closed(self) -> None:
-        """The WebSocket is closed or closing: end the connection, saying why."""
-        reason = self.ws.closed
-        if reason is None or reason.code == 1006:
-            # 1006 is trio-websocket's mark for a transport that ended with
-            # no close frame (EOF, reset): an abort, not the client's close.
+            if not data:
+                data = await receive(RECEIVE_SIZE)
+            while True:
+                messages = ws.receive(data)
+                if ws.wants_write and ws.open:
+                    # Pongs first: their pings came before the end of the
+                    # messages (a ping between the fragments of a message).
+                    await self._write_engine()
+                for message in messages:
+                    if self._handling:
+                        await self._handle(message)
+                if ws.ponged and self._awaiting_pong:
+                    self._awaiting_pong = False
+                    self._heartbeat_scope.cancel()
+                if ws.wants_write or not ws.open:
+                    await self._write_engine()
+                if self._finished:
+                    return
+                data = await receive(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.outlet.kill(None, "connection lost")
-        else:
-            self.outlet.kill(reason.code, reason.reason or "closed by client")
+        finally:
+            self._reader_running = False
+            if self._reader_exit is not None:
+                self._reader_exit.set()
+            # However it ended, the connection is over.
+            if not self.outlet.closed:
+                self.outlet.kill(None, "connection lost")
+            self._on_kill()
 
-    async def run(
-        self, handler: Callable[[str | bytes], Awaitable[None]], nursery: trio.Nursery
-    ) -> None:
+    async def _handle(self, message: str | bytes) -> None:
+        self.counters.frames_received += 1
+        assert self._handler is not None
+        try:
+            await self._handler(message)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise
+        except Exception:
+            # Handlers answer their own faults (error 500); this is the last
+            # line that keeps one connection's bug from reaching the server.
+            log.exception("unexpected error handling a message")
+
+    async def _write_engine(self) -> bool:
+        """Write the engine's own frames; True once the transport must close.
+
+        When the engine has left the OPEN state (the client's close frame,
+        a protocol error, a budget, EOF) the outlet is closed first, with
+        what the engine sent or received, so that no data frame follows.
+        """
+        ws = self.ws
+        writes = ws.data_to_send()
+        if not ws.open and not self.outlet.closed:
+            self._handling = False
+            first = ws.first_close
+            if first is None:
+                self.outlet.kill(None, "connection lost")
+            else:
+                reason = first.reason or ("closed by client" if first.by_client else "closed")
+                # Drop what is queued, but let a write in flight finish so
+                # that the close frame follows whole frames.
+                self.outlet.finish(first.code, reason, drop=True)
+        stream = self.stream
+        timeout = self.config.write_timeout
+        for data in writes:
+            if not data:
+                self._finished = True  # the closing handshake is over
+                break
+            try:
+                await stream.send_all(data, limit=timeout)
+            except trio.TooSlowError:
+                self.outlet.kill(None, f"write not finished within {timeout:g} s")
+                self._finished = True
+                break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.outlet.kill(None, "connection lost while writing")
+                self._finished = True
+                break
+        return self._finished
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, handler: Handler, nursery: trio.Nursery) -> None:
         """Serve the connection until it ends, then close it under a deadline.
 
-        Call it in the body of the connection's *nursery* (the one running
-        :meth:`read`): it starts handing messages to *handler* and runs the
-        heartbeat itself, so the nursery's body is the heartbeat task; the
-        writer task is started in *nursery* whenever frames are waiting.
+        Call it in the body of the connection's *nursery*: it starts the
+        reader, which hands messages to *handler*, and runs the heartbeat
+        itself, so the nursery's body is the heartbeat task; the writer task
+        is started in *nursery* whenever frames are waiting.
         """
-        self.dispatch.start(handler)
+        self._handler = handler
+        self._handling = not self.outlet.closed
         self._nursery = nursery
         self._running = True
         queue = self.outlet.queue
-        queue.wake = self._start_writer
-        if self.outlet.closed:  # killed before we started
+        queue.wake = self._queue_woke
+        nursery.start_soon(self.read)
+        if self.outlet.closed:  # killed or drained before we started
             self._on_kill()
-        elif len(queue) or queue.closed:
+        elif len(queue):
             self._start_writer()
         try:
             try:
@@ -202,19 +335,33 @@ class Connection:
         finally:
             self._running = False
             self._nursery = None
+            self._handling = False
             queue.wake = None
-            self.dispatch.stop()
             await self._close()
 
+    def _queue_woke(self) -> None:
+        """Frames are waiting (or the queue closed): make sure a writer runs.
+
+        A slow consumer's queue closes with what it held dropped: from then
+        on the write in flight and the 1013 close frame have
+        ``slow_consumer_grace`` seconds in all.
+        """
+        outlet = self.outlet
+        if outlet.closed and outlet.close_code == SLOW_CONSUMER and self._grace is None:
+            self._grace = trio.current_time() + self.config.slow_consumer_grace
+            if self._writer_scope is not None:
+                self._writer_scope.deadline = min(self._writer_scope.deadline, self._grace)
+        self._start_writer()
+
     def _start_writer(self) -> None:
-        """Frames are waiting (or the queue closed): make sure a writer runs."""
         if self._writer_scope is None and self._nursery is not None:
-            self._writer_scope = trio.CancelScope()
+            self._writer_scope = trio.CancelScope(deadline=self._grace or math.inf)
             self._nursery.start_soon(self._writer_task)
 
     async def _writer_task(self) -> None:
         idle = False
         try:
+            assert self._writer_scope is not None
             with self._writer_scope:
                 idle = await self._writer()
         except Exception:
@@ -260,45 +407,61 @@ class Connection:
         """Ping every ``ping_interval``; abort when a pong is ``pong_timeout`` late.
 
         Each wait runs in one cancel scope whose deadline times it and which
-        :meth:`_on_kill` cancels to stop the heartbeat (one scope, not a
-        sleep's own scope nested in a stop scope: there are thousands).
+        :meth:`_on_kill` cancels to stop the heartbeat, and the reader
+        cancels when the pong arrives (one scope, not a sleep's own scope
+        nested in a stop scope: there are thousands).
         """
         interval = self.config.ping_interval
         timeout = self.config.pong_timeout
-        while not self._stopping:
+        ws = self.ws
+        while not self.stopping:
             with trio.CancelScope(deadline=trio.current_time() + interval) as scope:
                 self._heartbeat_scope = scope
                 await trio.sleep_forever()
-            if self._stopping:
+            if self.stopping or not ws.open:
                 return
+            self._pings += 1
+            ws.send_ping(self._pings.to_bytes(4, "big"))
             with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 self._heartbeat_scope = scope
-                try:
-                    await self.ws.ping()
-                except ConnectionClosed:
+                if await self._write_engine():
                     return
-            if self._stopping:
+                if ws.pong_pending:
+                    self._awaiting_pong = True
+                    await trio.sleep_forever()
+            self._awaiting_pong = False
+            if self.stopping:
                 return
-            if scope.cancelled_caught:
+            if ws.pong_pending:
                 self.outlet.kill(None, f"no pong within {timeout:g} s")
                 return
 
     async def _close(self) -> None:
-        """Close the WebSocket as the outlet's fate says, under a deadline."""
+        """Close the WebSocket as the outlet's fate says, under a deadline.
+
+        A close frame goes out only if the connection can still take whole
+        frames; then the reader is given the rest of the deadline to see the
+        client's close reply.  Otherwise (an abort, a broken stream) the
+        transport is just closed.
+        """
         outlet = self.outlet
+        ws = self.ws
         if not outlet.closed:
             outlet.closed = True
             outlet.close_code = 1011
             outlet.close_reason = "internal error"
         code = outlet.close_code
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            if code is None or not self.stream.writable:
-                await self.stream.aclose()  # abort: no close frame
-            elif self.ws.closed is None:
-                try:
-                    await self.ws.aclose(code, outlet.close_reason[:120] or None)
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    await self.stream.aclose()
+        deadline = trio.current_time() + CLOSE_TIMEOUT
+        if self._grace is not None:
+            deadline = min(deadline, self._grace)
+        with trio.CancelScope(deadline=deadline):
+            if code is not None and ws.open and self.stream.writable:
+                reason = outlet.close_reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+                ws.send_close(code, reason)
+                await self._write_engine()
+            if code is not None and self._reader_running and not self._finished:
+                self._reader_exit = trio.Event()
+                await self._reader_exit.wait()
         await self.stream.aclose()
 
 
@@ -333,11 +496,9 @@ class ChatHandler:
         #: join, leave and typing are outside the protocol's rate, but each
         #: can make the server write to a whole room: a much wider window
         #: keeps a flood of them from amplifying without bound.
-        self.control_limiter = RateLimiter(
-            max(config.rate_messages * CONTROL_RATE_FACTOR, CONTROL_RATE_FLOOR),
-            config.rate_seconds,
-        )
-        self.invalid_in_a_row = 0
+        self.control_limiter = RateLimiter(control_rate(config), config.rate_seconds)
+        #: One bit per recent frame, 1 for invalid (the last INVALID_WINDOW).
+        self.recent_invalid = 0
 
     async def __call__(self, message: str | bytes) -> None:
         conn = self.conn
@@ -350,15 +511,15 @@ class ChatHandler:
             event = parse_client_frame(message, max_content_chars=self.max_chars)
         except ProtocolError as err:
             self._refuse(err)
-            self.invalid_in_a_row += 1
-            if self.invalid_in_a_row >= MAX_INVALID_IN_A_ROW:
-                conn.close(1008, f"{MAX_INVALID_IN_A_ROW} invalid frames in a row")
+            recent = self.recent_invalid = ((self.recent_invalid << 1) | 1) & _WINDOW_MASK
+            if recent.bit_count() >= MAX_INVALID:
+                conn.close(1008, f"{MAX_INVALID} invalid frames among the last {INVALID_WINDOW}")
             return
         except Exception:
             log.exception("unexpected error reading a frame from %s", conn.user_id)
             self._refuse(ProtocolError(500, "internal server error"))
             return
-        self.invalid_in_a_row = 0
+        self.recent_invalid = (self.recent_invalid << 1) & _WINDOW_MASK
         limiter = self.limiter if isinstance(event, _RATED) else self.control_limiter
         retry = limiter.check(trio.current_time())
         if retry is not None:
@@ -388,7 +549,4 @@ class EchoHandler:
         self.conn = conn
 
     async def __call__(self, message: str | bytes) -> None:
-        if isinstance(message, str):
-            self.conn.send(text_frame(message))
-        else:
-            self.conn.send(binary_frame(message))
+        self.conn.send_message(message)

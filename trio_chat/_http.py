@@ -2,8 +2,9 @@
 
 :func:`serve_http` reads requests from one TCP (or TLS) stream.  Plain
 requests are answered by the router, with keep-alive; a WebSocket upgrade is
-handed over, with the bytes already read, to :class:`~trio_chat.WireStream`
-and trio-websocket.  Every request head must arrive within the handshake
+handed over, parsed, with any bytes read after its head, to the connection
+layer (which answers the 101 itself: no second parse).  Every request head
+must arrive within the handshake
 timeout (a slowloris client is disconnected).
 """
 
@@ -91,14 +92,9 @@ class Handover:
 
     request: HttpRequest
     upgrade: Upgrade
+    #: Bytes the client sent after the request head (its first frames).
     prefix: bytes
     deadline: float
-
-
-def _request_bytes(request: h11.Request) -> bytes:
-    lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
-    lines += [name + b": " + value for name, value in request.headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> None:
@@ -157,8 +153,8 @@ async def serve_http(
 
     Returns None when the HTTP conversation is over (the caller closes the
     stream), or a :class:`Handover` when the router accepted a WebSocket
-    upgrade: the request, the router's :class:`Upgrade`, the bytes to replay
-    (the request head and anything read after it) and the handshake deadline.
+    upgrade: the request, the router's :class:`Upgrade`, anything read after
+    the request head, and the handshake deadline.
     Returning, rather than calling on, lets the HTTP parser's state be freed
     for the WebSocket's whole life.  Waiting for the next request happens
     inside a cancel scope kept in *idle_scopes*, so a graceful shutdown can
@@ -211,7 +207,7 @@ async def serve_http(
             answer = await router(request)
             if isinstance(answer, Upgrade):
                 trailing, _ = conn.trailing_data
-                return Handover(request, answer, _request_bytes(event) + trailing, deadline)
+                return Handover(request, answer, bytes(trailing), deadline)
             await respond(answer)
             return  # never keep a refused upgrade's connection alive
         with trio.move_on_after(head_timeout) as body_scope:

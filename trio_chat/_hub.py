@@ -5,14 +5,18 @@ them to the pure state and delivers the resulting frames without ever awaiting
 a connection:
 
 * each server event is encoded once, to JSON and on to WebSocket frame bytes,
-  and the same bytes object goes to every recipient;
+  and the same bytes object goes to every recipient; with permessage-deflate
+  it is compressed at most once per window size in use
+  (:class:`~trio_chat._frames.Encoded`), and recipients without deflate get
+  the plain frame;
 * the inbox is drained (``receive_nowait``) before the hub's next checkpoint,
   and each recipient's frames from one wake are joined into one write;
 * an :class:`Outlet` with nothing queued is written to directly and without
   blocking; otherwise the frames go to its bounded queue with ``send_nowait``,
   for its writer task.  A full queue marks the connection a slow consumer, to
-  be closed with 1013; ephemeral events are dropped instead for a queue more
-  than half full.
+  be closed with 1013, and takes it out of its rooms at once (the others see
+  its ``leave`` in the same wake); ephemeral events are dropped instead for a
+  queue more than half full.
 
 Outbound bytes are bounded twice, by one :class:`~trio_chat._queue.OutboundBudget`
 per server: a connection's queue (waiting, being written, and the tail of a
@@ -35,7 +39,7 @@ from typing import Any, cast
 import attrs
 import trio
 
-from ._frames import text_frame
+from ._frames import Encoded
 from ._hub_state import Delivery, HubState, HubStats
 from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError, is_unicode
 from ._queue import FrameQueue, OutboundBudget
@@ -64,6 +68,9 @@ class HubCounters:
     errors: dict[int, int] = attrs.Factory(dict)
     #: The outbound byte budget every outlet made with these counters shares.
     outbound: OutboundBudget = attrs.Factory(OutboundBudget)
+    #: Slow consumers marked since the hub last looked: it takes them out of
+    #: their rooms before the end of its wake.
+    dropped: list[Any] = attrs.Factory(list)
 
     def error(self, code: int) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -91,6 +98,7 @@ class Outlet:
         "close_reason",
         "closed",
         "counters",
+        "deflate",
         "half",
         "limit",
         "pending",
@@ -121,6 +129,9 @@ class Outlet:
         self.user_id = user_id
         self._on_kill = on_kill
         self.counters = counters
+        #: The permessage-deflate window agreed with this client (0: none):
+        #: which variant of each frame it gets.
+        self.deflate = 0
 
     def __repr__(self) -> str:
         return (
@@ -221,6 +232,7 @@ class Outlet:
         message = "slow consumer: server outbound budget reached"
         if self.queue.in_flight:
             self.counters.slow_consumer("server")
+            self.counters.dropped.append(self)
             self.queue.close(drop=True)
             self.kill(None, message)
             self.release()
@@ -232,6 +244,7 @@ class Outlet:
         if self.closed:
             return
         self.counters.slow_consumer(reason)
+        self.counters.dropped.append(self)
         self.pending = []
         self.pending_bytes = 0
         self.finish(SLOW_CONSUMER, message, drop=True)
@@ -447,30 +460,33 @@ class Hub:
     def _deliver(self, deliveries: list[Delivery]) -> None:
         touched = self._touched
         for delivery in deliveries:
-            frame = text_frame(delivery.event.to_json())
-            size = len(frame)
+            encoded = Encoded.text(delivery.event.to_json())
+            plain = encoded.plain
             to = cast("tuple[Outlet, ...]", delivery.to)
             self.counters.frames_delivered += len(to)
             if delivery.ephemeral:
-                self._ephemeral[id(frame)] = frame
+                ephemeral = self._ephemeral
                 for outlet in to:
                     if outlet.busy:
                         self.counters.ephemeral_dropped += 1
                         continue
+                    frame = encoded.for_bits(outlet.deflate) if outlet.deflate else plain
+                    ephemeral[id(frame)] = frame
                     pending = outlet.pending
                     if not pending:
                         touched.append(outlet)
                     pending.append(frame)
-                    outlet.pending_bytes += size
+                    outlet.pending_bytes += len(frame)
             else:
                 for outlet in to:
                     if outlet.closed:
                         continue
+                    frame = encoded.for_bits(outlet.deflate) if outlet.deflate else plain
                     pending = outlet.pending
                     if not pending:
                         touched.append(outlet)
                     pending.append(frame)
-                    outlet.pending_bytes += size
+                    outlet.pending_bytes += len(frame)
                     if 4 * outlet.pending_bytes > outlet.budget.per_connection:
                         # A batch this large goes out now rather than wait
                         # for the end of the wake (frames like ``joined``
@@ -478,10 +494,20 @@ class Hub:
                         self._flush_outlet(outlet)
 
     def _flush(self) -> None:
-        for outlet in self._touched:
-            self._flush_outlet(outlet)
-        self._touched.clear()
-        self._ephemeral.clear()
+        dropped = self.counters.dropped
+        while True:
+            for outlet in self._touched:
+                self._flush_outlet(outlet)
+            self._touched.clear()
+            self._ephemeral.clear()
+            if not dropped:
+                return
+            # Slow consumers leave their rooms now, not when their
+            # connections end: the others see the leave in this same wake.
+            gone = dropped[:]
+            dropped.clear()
+            for outlet in gone:
+                self._deliver(self.state.disconnect(outlet))
 
     def _flush_outlet(self, outlet: Outlet) -> None:
         frames = outlet.pending

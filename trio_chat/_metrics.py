@@ -53,6 +53,8 @@ class Metrics:
         self.hub = hub
         self.open_connections = open_connections
         self.closed_by_code: dict[str, int] = {}
+        #: (code, "server" | "client" | "none") -> closed connections.
+        self.closed_by: dict[tuple[str, str], int] = {}
         self.handshakes_refused: dict[int, int] = {}
         self.rate_limited = 0
         self.handshakes_accepted = 0
@@ -65,7 +67,10 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
 
-    def connection_closed(self, code: int | None) -> None:
+    def connection_closed(self, code: int | None, by: str | None = None) -> None:
+        """Count a closed connection: the code of the close frame that began
+        the closing handshake and who sent it (None, None: aborted, no close
+        frame either way)."""
         # Dropped without a closing handshake (by either side): 1006, as
         # RFC 6455 names an abnormal closure.  A client may close with any
         # of some 2,000 application codes (3000-4999): counted together as
@@ -77,6 +82,8 @@ class Metrics:
         else:
             key = "other"
         self.closed_by_code[key] = self.closed_by_code.get(key, 0) + 1
+        side = (key, by or "none")
+        self.closed_by[side] = self.closed_by.get(side, 0) + 1
 
     def handshake_refused(self, status: int) -> None:
         self.handshakes_refused[status] = self.handshakes_refused.get(status, 0) + 1
@@ -175,6 +182,15 @@ class Metrics:
         for code, n in sorted(self.closed_by_code.items()):
             closed.add_metric([code], n)
         yield closed
+        closed_by = CounterMetricFamily(
+            "trio_chat_connections_closed_by",
+            "Closed connections, by the close code that began the closing handshake and"
+            " who sent it (server, client; none: aborted).",
+            labels=["code", "by"],
+        )
+        for (code, by), n in sorted(self.closed_by.items()):
+            closed_by.add_metric([code, by], n)
+        yield closed_by
         yield counter(
             "trio_chat_handshakes_accepted",
             "WebSocket handshakes accepted.",

@@ -23,8 +23,6 @@ from typing import Any
 
 import attrs
 import trio
-import trio_websocket
-import wsproto.utilities
 
 from ._auth import (
     AnonymousAuthenticator,
@@ -36,6 +34,7 @@ from ._auth import (
 )
 from ._config import Config
 from ._connection import ChatHandler, Connection, EchoHandler, welcome_frame
+from ._handshake import Accepted, check_upgrade, response_bytes
 from ._http import HttpRequest, HttpResponse, Upgrade, json_response, serve_http
 from ._hub import Hub
 from ._hub_state import HubState, HubStats
@@ -50,22 +49,13 @@ from ._protocol import (
 from ._queue import OutboundBudget
 from ._ratelimit import IpLimiter, client_key
 from ._stream import WireStream
-from ._websocket import get_request, new_server_websocket, release_handshake
 
 __all__ = ["ChatServer", "ServerStats"]
 
 log = logging.getLogger("trio_chat.server")
 
-SUBPROTOCOL = "trio-chat.v1"
-#: How a connection ends when its peer goes away mid-way.  A LocalProtocolError
-#: is trio-websocket trying to send a control frame (a second close, e.g. for
-#: a second oversized message in one read) once the connection is closing.
-_CONNECTION_ENDED = (
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio_websocket.ConnectionClosed,
-    wsproto.utilities.LocalProtocolError,
-)
+#: How a connection ends when its peer goes away mid-way.
+_CONNECTION_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError)
 _API_ROOM = re.compile(r"^/api/rooms/([^/]+)/messages$")
 _FALLBACK_PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>trio-chat</title></head>
@@ -398,10 +388,10 @@ class ChatServer:
                 write_timeout=self.config.write_timeout,
             )
             if handover is not None:
-                identity, prefix = handover.upgrade.context, handover.prefix
+                (identity, accepted), prefix = handover.upgrade.context, handover.prefix
                 deadline = handover.deadline
                 del handover  # the parsed request is not kept for the WebSocket's life
-                await self._serve_websocket(identity, prefix, transport, deadline, peer)
+                await self._serve_websocket(identity, accepted, prefix, transport, deadline, peer)
         except* _CONNECTION_ENDED as group:
             log.debug("connection from %s ended: %r", peer, group.exceptions)
         except* Exception:
@@ -415,56 +405,53 @@ class ChatServer:
     async def _serve_websocket(
         self,
         identity: Identity,
+        accepted: Accepted,
         prefix: bytes,
         transport: trio.abc.Stream,
         deadline: float,
         peer: str,
     ) -> None:
-        stream = WireStream(transport, prefix)
-        del prefix
-        ws, dispatch = new_server_websocket(stream, max_message_size=self.config.max_message_bytes)
+        """Answer 101 (within the handshake deadline), then serve the WebSocket.
+
+        *prefix* holds what the client sent after its request head (frames
+        it did not wait to send): the connection's reader takes it first.
+        """
+        stream = WireStream(transport)
         conn = Connection(
-            ws,
-            dispatch,
             stream,
             self.config,
             self.hub.counters,
             user_id=identity.user_id,
             peer=peer,
+            deflate=accepted.deflate,
+            prefix=prefix,
         )
+        del prefix
         self._ip_limits.opened(client_key(peer))
         self._upgrading += 1
         upgrading = True
         try:
+            answered = False
+            with trio.CancelScope(deadline=deadline) as scope:
+                conn.handshake_scope = scope
+                self._handshake_scopes.add(scope)
+                try:
+                    await stream.send_all(response_bytes(accepted))
+                    answered = True
+                except _CONNECTION_ENDED:
+                    pass
+                finally:
+                    conn.handshake_scope = None
+                    self._handshake_scopes.discard(scope)
+            if not answered or self.draining:
+                if not answered:
+                    log.info("handshake with %s not completed", peer)
+                return
+            del accepted
+            self._upgrading -= 1
+            upgrading = False
+            self.metrics.handshakes_accepted += 1
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.read)
-                accepted = False
-                with trio.CancelScope(deadline=deadline) as scope:
-                    conn.handshake_scope = scope
-                    self._handshake_scopes.add(scope)
-                    try:
-                        request = await get_request(ws)
-                        offered = request.proposed_subprotocols
-                        await request.accept(
-                            subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
-                        )
-                        del request  # not kept for the WebSocket's life
-                        accepted = True
-                    except trio_websocket.ConnectionClosed:
-                        pass
-                    finally:
-                        conn.handshake_scope = None
-                        self._handshake_scopes.discard(scope)
-                if not accepted or self.draining:
-                    nursery.cancel_scope.cancel()
-                    if not accepted:
-                        log.info("handshake with %s not completed", peer)
-                    return
-                stream.websocket = ws
-                release_handshake(ws)
-                self._upgrading -= 1
-                upgrading = False
-                self.metrics.handshakes_accepted += 1
                 await self._run_connection(conn, identity, nursery)
                 nursery.cancel_scope.cancel()
         finally:
@@ -491,18 +478,21 @@ class ChatServer:
         finally:
             self._connections.discard(conn)
             self._stop_accepting_if_drained()
-            outlet = conn.outlet
-            outlet.release()
-            self.metrics.connection_closed(outlet.close_code)
-            code = "abort" if outlet.close_code is None else outlet.close_code
+            conn.outlet.release()
+            # What really happened: the close frame that began the closing
+            # handshake (sent or received), or an abort.
+            first = conn.ws.first_close
+            by = None if first is None else "client" if first.by_client else "server"
+            self.metrics.connection_closed(None if first is None else first.code, by)
             log.info(
-                "disconnect user=%s peer=%s session=%s duration=%.1fs code=%s reason=%s",
+                "disconnect user=%s peer=%s session=%s duration=%.1fs code=%s by=%s reason=%s",
                 identity.user_id,
                 conn.peer,
                 conn.session_id,
                 time.monotonic() - conn.started,
-                code,
-                outlet.close_reason or "-",
+                "abort" if first is None else first.code,
+                by or "-",
+                conn.outlet.close_reason or "-",
             )
 
     def _client_of(self, identity: Identity, conn: Connection) -> str:
@@ -552,17 +542,24 @@ class ChatServer:
             return await self._api(request)
         return HttpResponse(404, b"not found\n")
 
-    def _refuse(self, status: int, reason: str, peer: str) -> HttpResponse:
+    def _refuse(
+        self, status: int, reason: str, peer: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> HttpResponse:
         self.metrics.handshake_refused(status)
         log.info("handshake refused peer=%s status=%d reason=%s", peer, status, reason)
-        return HttpResponse(status, reason.encode() + b"\n")
+        return HttpResponse(status, reason.encode() + b"\n", headers=headers)
 
     def _check_upgrade(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
         headers = request.headers
         if self.draining:
             return self._refuse(503, "server shutting down", peer)
-        if not headers.get("sec-websocket-key") or headers.get("sec-websocket-version") != "13":
-            return self._refuse(400, "not a valid WebSocket upgrade request", peer)
+        accepted = check_upgrade(
+            request.raw.http_version,
+            request.raw.headers,
+            deflate=self.config.permessage_deflate == "on",
+        )
+        if not isinstance(accepted, Accepted):
+            return self._refuse(accepted.status, accepted.reason, peer, accepted.headers)
         if not self._origin_allowed(headers):
             return self._refuse(403, f"origin {headers.get('origin')!r} not allowed", peer)
         refusal = self._ip_limits.handshake(client_key(peer), trio.current_time())
@@ -579,7 +576,7 @@ class ChatServer:
                 )
             except Rejection as rejection:
                 return self._refuse(rejection.status, rejection.reason, peer)
-        return Upgrade(identity)
+        return Upgrade((identity, accepted))
 
     def _origin_allowed(self, headers: dict[str, str]) -> bool:
         origin = headers.get("origin")

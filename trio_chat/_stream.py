@@ -1,13 +1,11 @@
-"""The transport under each WebSocket: replayed prefix, serialized writes.
+"""The transport under each WebSocket: serialized writes.
 
-:class:`WireStream` sits between trio-websocket and the real transport (a
-socket, or TLS, or an in-memory stream in tests).  It does three things:
+:class:`WireStream` owns every write to the real transport (a socket, or
+TLS, or an in-memory stream in tests).  It does two things:
 
-* replays the bytes the HTTP front already read (the upgrade request) before
-  reading from the transport, so trio-websocket sees the whole handshake;
-* serializes *every* write -- trio-websocket's own (handshake, pong, close)
-  and trio_chat's pre-encoded data frames -- through one lock, so only whole
-  frames ever interleave;
+* serializes *every* write -- the connection layer's own (the 101 response,
+  pings, pongs, close frames) and the pre-encoded data frames -- through one
+  lock, so only whole frames ever interleave;
 * offers :meth:`write_nowait`, a synchronous, non-blocking write straight to
   the socket for whoever holds no lock and has nothing queued (the hub's fast
   path).  What the kernel does not take becomes the *tail*, written before
@@ -15,8 +13,8 @@ socket, or TLS, or an in-memory stream in tests).  It does three things:
 
 Safety rules: a cancelled or failed write leaves the stream *broken* (every
 later write fails, so the connection aborts instead of sending a close frame
-after half a frame); data frames are refused once trio-websocket has marked the
-connection closed or a close frame has gone through :meth:`send_all`; the
+after half a frame); data frames are refused once a close frame has gone
+through :meth:`send_all`; the
 socket's file descriptor is read at each write, never cached, so a reused
 descriptor is never written to.
 """
@@ -25,12 +23,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
 
 import trio
-
-if TYPE_CHECKING:
-    from trio_websocket import WebSocketConnection
 
 __all__ = ["WireStream"]
 
@@ -46,13 +40,13 @@ class WireStream(trio.abc.Stream):
         transport: the connected stream.  A :class:`trio.SocketStream` gets the
             non-blocking fast path; any other stream (TLS, memory) works
             through its own ``send_all``.
-        prefix: bytes already read from *transport* that ``receive_some`` must
-            return first.
+
+    Reads go straight to the transport (the reader uses
+    ``transport.receive_some`` itself).
     """
 
-    def __init__(self, transport: trio.abc.Stream, prefix: bytes = b"") -> None:
+    def __init__(self, transport: trio.abc.Stream) -> None:
         self.transport = transport
-        self._prefix = prefix
         self._lock = trio.StrictFIFOLock()
         self._tail = b""
         self._broken = False
@@ -60,20 +54,10 @@ class WireStream(trio.abc.Stream):
         self._close_sent = False
         sock = getattr(transport, "socket", None)
         self._sock = sock if isinstance(transport, trio.SocketStream) else None
-        #: Set once the WebSocket is accepted: data frames stop when it closes.
-        self.websocket: WebSocketConnection | None = None
 
     # ------------------------------------------------------------- reading
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data = self._prefix if max_bytes is None else self._prefix[:max_bytes]
-            self._prefix = self._prefix[len(data) :]
-            await trio.lowlevel.checkpoint()
-            return data
-        # The prefix is spent: from now on reads go straight to the transport,
-        # without this extra await level on every read.
-        self.receive_some = self.transport.receive_some  # type: ignore[method-assign]
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self.transport.receive_some(max_bytes)
 
     # ------------------------------------------------------------- writing
@@ -90,10 +74,12 @@ class WireStream(trio.abc.Stream):
     @property
     def writable(self) -> bool:
         """Data frames may still be written."""
-        ws = self.websocket
-        return not (
-            self._broken or self._closed or self._close_sent or (ws is not None and ws.closed)
-        )
+        return not (self._broken or self._closed or self._close_sent)
+
+    @property
+    def broken(self) -> bool:
+        """A write failed or was cancelled part-way: nothing more may be written."""
+        return self._broken
 
     def write_nowait(self, data: bytes) -> bool:
         """Write *data* now, without blocking, if nothing else is in the way.
@@ -138,19 +124,30 @@ class WireStream(trio.abc.Stream):
                 raise trio.BrokenResourceError("connection is closed")
             await self._write_locked(data)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """trio-websocket's writes: handshake, pings, pongs, close frames."""
+    async def send_all(
+        self, data: bytes | bytearray | memoryview, *, limit: float | None = None
+    ) -> None:
+        """The connection layer's writes: the 101 response, pings, pongs, close.
+
+        *limit* (seconds) bounds the write itself, not the wait for the lock (which a
+        data write may hold, under its own timeout): past it, raises
+        :class:`trio.TooSlowError` and the stream is broken.
+        """
         async with self._lock:
             if self._broken or self._closed:
                 raise trio.BrokenResourceError("stream is broken or closed")
             data = bytes(data)
             if data[:1] == _CLOSE_FRAME:
-                # trio-websocket sends each frame in its own send_all, and a
-                # server close frame always starts 0x88 (the HTTP handshake
-                # starts "H").  Once it is on its way no data frame may
-                # follow, whatever order trio-websocket sets ``closed`` in.
+                # The connection layer writes each control frame in its own
+                # send_all, and a server close frame always starts 0x88 (the
+                # HTTP response starts "H").  Once it is on its way no data
+                # frame may follow.
                 self._close_sent = True
-            await self._write_locked(data)
+            if limit is None:
+                await self._write_locked(data)
+            else:
+                with trio.fail_after(limit):
+                    await self._write_locked(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
@@ -174,15 +171,17 @@ class WireStream(trio.abc.Stream):
             raise
 
     async def _socket_write(self, data: bytes) -> None:
+        sock = self._sock
+        assert sock is not None
         view = memoryview(data)
         while view:
-            fd = self._sock.fileno()
+            fd = sock.fileno()
             if fd < 0:
                 raise trio.ClosedResourceError("socket is closed")
             try:
                 sent = os.write(fd, view)
             except _RETRY:
-                await trio.lowlevel.wait_writable(self._sock)
+                await trio.lowlevel.wait_writable(sock)
                 continue
             except OSError as exc:
                 if exc.errno == errno.EBADF:
