@@ -255,8 +255,8 @@ class WebSocket:
             if opcode is _CONT:
                 message = self._continue(payload, frame.fin)
                 if message is None:
-                    if not self.open:
-                        break
+                    if self._parts is None:
+                        break  # the text was not UTF-8: failed
                     continue
                 messages.append(message)
             elif opcode is _PING:
