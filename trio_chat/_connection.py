@@ -163,9 +163,10 @@ class Connection:
 
     # ------------------------------------------------------------ control
 
-    @property
-    def stopping(self) -> bool:
-        """The connection is ending: the heartbeat and writer stop."""
+    def is_stopping(self) -> bool:
+        """The connection is ending: the heartbeat and writer stop.
+
+        (A method: it changes while the heartbeat awaits.)"""
         return self._stopping
 
     def _on_kill(self) -> None:
@@ -414,11 +415,11 @@ class Connection:
         interval = self.config.ping_interval
         timeout = self.config.pong_timeout
         ws = self.ws
-        while not self.stopping:
+        while not self.is_stopping():
             with trio.CancelScope(deadline=trio.current_time() + interval) as scope:
                 self._heartbeat_scope = scope
                 await trio.sleep_forever()
-            if self.stopping or not ws.open:
+            if self.is_stopping() or not ws.open:
                 return
             self._pings += 1
             ws.send_ping(self._pings.to_bytes(4, "big"))
@@ -430,7 +431,7 @@ class Connection:
                     self._awaiting_pong = True
                     await trio.sleep_forever()
             self._awaiting_pong = False
-            if self.stopping:
+            if self.is_stopping():
                 return
             if ws.pong_pending:
                 self.outlet.kill(None, f"no pong within {timeout:g} s")

@@ -391,7 +391,9 @@ class ChatServer:
                 (identity, accepted), prefix = handover.upgrade.context, handover.prefix
                 deadline = handover.deadline
                 del handover  # the parsed request is not kept for the WebSocket's life
-                await self._serve_websocket(identity, accepted, prefix, transport, deadline, peer)
+                await self._serve_websocket(
+                    identity, accepted, prefix, transport, deadline=deadline, peer=peer
+                )
         except* _CONNECTION_ENDED as group:
             log.debug("connection from %s ended: %r", peer, group.exceptions)
         except* Exception:
@@ -408,6 +410,7 @@ class ChatServer:
         accepted: Accepted,
         prefix: bytes,
         transport: trio.abc.Stream,
+        *,
         deadline: float,
         peer: str,
     ) -> None:
