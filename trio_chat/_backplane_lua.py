@@ -446,7 +446,8 @@ def render_scripts(retention: Retention | None = None) -> dict[str, str]:
         "@MAX_AGE_MS@": str(int(retention.max_age * 1000)),
     }
     scripts = {}
-    for name, text in _TEMPLATES.items():
+    for name, template in _TEMPLATES.items():
+        text = template
         for key, value in values.items():
             text = text.replace(key, value)
         scripts[name] = text

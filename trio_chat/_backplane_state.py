@@ -1055,7 +1055,9 @@ class ClusterState:
             return []
         if reply_to not in self._conns:
             return []
-        event = ack if error is None else error.to_event()
+        event = error.to_event() if error is not None else ack
+        if event is None:
+            return []
         return [Delivery(event, (reply_to,))]
 
     def _failure(self, result: BaseException, ref: str | None) -> ProtocolError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -90,6 +90,12 @@ def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
     return budget - _JOINED_OVERHEAD - len(room) - sum(_utf8_len(m) + 3 for m in members)
 
 
+class Encoded(Protocol):
+    """An event already encoded (as the backplane has them from Redis)."""
+
+    def to_json(self) -> str: ...
+
+
 @attrs.frozen
 class Delivery:
     """*event* is to be sent to every connection in *to*, in order.
@@ -98,7 +104,7 @@ class Delivery:
     connection whose queue is more than half full.
     """
 
-    event: ServerEvent
+    event: ServerEvent | Encoded
     to: tuple[Key, ...]
     ephemeral: bool = False
 
@@ -316,18 +322,19 @@ class HubState:
                 raise ProtocolError(
                     403, f"join room {event.room!r} before chatting in it", event.ref
                 )
-            ack, deliveries = self.publish(
+            _, deliveries = self.publish(
                 conn.user_id, event.room, event.content, now, ref=event.ref, sender=key
             )
             return deliveries
         if isinstance(event, Join):
             return self._join(key, conn, event)
         if isinstance(event, Leave):
-            return [Delivery(Left(event.room, event.ref), (key,))] + self._leave(
-                key, conn, event.room
-            )
+            return [
+                Delivery(Left(event.room, event.ref), (key,)),
+                *self._leave(key, conn, event.room),
+            ]
         if isinstance(event, Direct):
-            ack, deliveries = self.direct(
+            _, deliveries = self.direct(
                 conn.user_id, event.to, event.content, now, ref=event.ref, sender=key
             )
             return deliveries
