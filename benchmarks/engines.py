@@ -18,12 +18,12 @@ permessage-deflate (each engine's own extension; no context takeover).
 Times are µs per message, the best of 5 runs, on one core.
 
 Measured here (Python 3.11, wsproto 1.3.2, websockets 17.4, 20,000 frames,
-a shared 2-core machine):
+the shared 2-core machine at load average about 0.5; medians of 3 runs):
 
-    path                       wsproto  websockets  ratio
-    one frame per read            8.5      2.9       2.9x
-    4 KB reads                    8.0      2.6       3.1x
-    deflate, one frame per read  15.3      6.9       2.2x
+    path                         wsproto  websockets  ratio
+    one frame per read             12.9       4.6      2.8x
+    4 KB reads                     12.5       3.8      3.3x
+    deflate, one frame per read    14.1       6.3      2.2x
 
 So trio_chat drives websockets' engine (see ``trio_chat/_ws.py``); wsproto
 stays the reference parser of the property tests (``tests/test_ws.py``).
