@@ -259,9 +259,12 @@ class ChatPage:
         viewport=LAPTOP,
         name: str = "page",
         timeout_ms: int = 15_000,
+        init_script: str | None = None,
     ):
         self.name = name
         self.context = browser.new_context(viewport=viewport)
+        if init_script is not None:
+            self.context.add_init_script(init_script)
         self.context.set_default_timeout(timeout_ms)
         self.page = self.context.new_page()
         self.problems: list[str] = []

@@ -261,7 +261,7 @@ def escapes_and_errors(server_url: str) -> None:
             # Typing shows up on the other side.
             carol.page.fill("#composer-input", "hmm")
             alice.page.wait_for_function(
-                "document.querySelector('#typing').textContent === 'carol is typing…'"
+                "() => document.querySelector('#typing').textContent === 'carol is typing…'"
             )
 
             # User text is shown as text, never parsed as HTML.
@@ -303,6 +303,45 @@ def escapes_and_errors(server_url: str) -> None:
         finally:
             alice.close()
             carol.close()
+
+
+async def test_page_works_without_storage_and_shows_bidi_controls_in_links(chat_server):
+    await in_browser(no_storage_and_bidi, chat_server.base_url)
+
+
+#: Storage blocked, as with cookies disabled: every access throws.
+BLOCK_STORAGE = """
+Object.defineProperty(window, "localStorage", {
+  get() { throw new DOMException("The operation is insecure.", "SecurityError"); },
+});
+"""
+
+
+def no_storage_and_bidi(server_url: str) -> None:
+    with chromium() as browser:
+        alice = ChatPage(
+            browser, server_url, viewport=LAPTOP, name="alice", init_script=BLOCK_STORAGE
+        )
+        bob = ChatPage(browser, server_url, viewport=LAPTOP, name="bob")
+        try:
+            # The page says it will not remember anything, and works.
+            assert alice.page.is_visible("#storage-notice")
+            assert not bob.page.is_visible("#storage-notice")
+            alice.sign_in("alice", "lobby")
+            alice.wait_state("online")
+            bob.sign_in("bob", "lobby")
+            bob.wait_state("online")
+            # A right-to-left override in a link is shown, not obeyed.
+            bob.send("see https://example.com/\u202egnp.exe now")
+            link = alice.page.locator(".log[data-conv='room:lobby'] .msg .text a").last
+            link.wait_for()
+            assert link.inner_text() == "https://example.com/[U+202E]gnp.exe"
+            alice.send("fine without storage")
+            bob.wait_message("lobby", "fine without storage")
+            no_page_errors(alice, bob)
+        finally:
+            alice.close()
+            bob.close()
 
 
 # ----------------------------------------------------------------- tokens
@@ -352,7 +391,7 @@ def token_sign_in(server_url: str) -> None:
             # A bad token never gets a session: the page keeps trying and says why it might fail.
             mallory.sign_in(room="team-chat", token="not-a-token")
             mallory.page.wait_for_function(
-                "document.querySelector('#banner-text').textContent.includes('refused this name or token')",
+                "() => document.querySelector('#banner-text').textContent.includes('refused this name or token')",
                 timeout=30_000,
             )
             assert mallory.state() in ("reconnecting", "connecting")

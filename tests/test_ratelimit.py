@@ -86,14 +86,16 @@ def test_rate_limiter_retry_after_is_when_it_passes():
 def test_ip_limiter_counts_open_connections_per_ip():
     limits = IpLimiter(max_connections=2, max_handshakes=100)
     for _ in range(2):
-        assert limits.handshake("10.0.0.1", 0.0) is None
-        limits.opened("10.0.0.1")
-    refusal = limits.handshake("10.0.0.1", 0.0)
+        assert limits.connect("10.0.0.1") is None
+    refusal = limits.connect("10.0.0.1")
     assert refusal is not None and refusal.status == 429
-    assert limits.handshake("10.0.0.2", 0.0) is None  # other IPs are not affected
+    assert limits.open_connections("10.0.0.1") == 2  # a refusal is not counted
+    assert limits.connect("10.0.0.2") is None  # other IPs are not affected
+    # Handshakes count only against the rate, not the open connections.
+    assert limits.handshake("10.0.0.1", 0.0) is None
     limits.closed("10.0.0.1")
     assert limits.open_connections("10.0.0.1") == 1
-    assert limits.handshake("10.0.0.1", 0.0) is None
+    assert limits.connect("10.0.0.1") is None
     limits.closed("10.0.0.1")
     limits.closed("10.0.0.1")
     limits.closed("10.0.0.1")  # extra closes never go negative

@@ -204,6 +204,23 @@ class Config:
         " (then: abort)",
         _positive,
     )
+    # HTTP front
+    http_idle_timeout: float = _setting(
+        5.0, "seconds a keep-alive HTTP connection may wait for its next request", _positive
+    )
+    public_names: tuple[str, ...] = _setting(
+        (),
+        "host names clients use for this server besides its address (same-host Origin rule)",
+        converter=_origins,
+    )
+    max_token_lifetime: float = _setting(
+        30 * 86400.0, "longest a token may still be valid, in seconds from now", _positive
+    )
+    log_interval: float = _setting(
+        10.0, "seconds between summary lines of repeated refusals and load shedding", _positive
+    )
+    healthz_node: bool = _setting(False, "/healthz names the host and process (node id)")
+    healthz_version: bool = _setting(True, "/healthz reports the trio_chat version")
 
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
@@ -284,13 +301,20 @@ def _coerce(key: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if kind_name == "bool":
+            if isinstance(value, bool):
+                return value
+            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            return words[str(value).strip().lower()]
         if kind_name.startswith("tuple"):
             return _origins(value)
         if kind_name.startswith("str"):
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
-        expected = {"int": "an integer", "float": "a number"}.get(kind_name, "a string")
+    except (TypeError, ValueError, KeyError):
+        expected = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            kind_name, "a string"
+        )
         raise ConfigError(f"{name}: must be {expected}, got {value!r}") from None
     return value  # pragma: no cover

@@ -3,16 +3,20 @@
 :func:`serve_http` reads requests from one TCP (or TLS) stream.  Plain
 requests are answered by the router, with keep-alive; a WebSocket upgrade is
 handed over, parsed, with any bytes read after its head, to the connection
-layer (which answers the 101 itself: no second parse).  Every request head
-must arrive within the handshake
-timeout (a slowloris client is disconnected).
+layer (which answers the 101 itself: no second parse).  The first request
+head must arrive within the handshake timeout (a slowloris client is
+disconnected), each later one within the keep-alive idle timeout.  A request
+head is at most :data:`MAX_HEAD_BYTES` however TCP splits it (more: 431).
+Every response carries ``X-Content-Type-Options: nosniff`` and a
+Content-Security-Policy that forbids framing (``frame-ancestors 'none'``,
+``X-Frame-Options: DENY``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import h11
@@ -20,8 +24,17 @@ import trio
 
 __all__ = ["Handover", "HttpRequest", "HttpResponse", "Upgrade", "json_response", "serve_http"]
 
-#: Largest request head accepted.
+#: Largest request head accepted (request line, headers, blank line).
 MAX_HEAD_BYTES = 16 * 1024
+#: The policy of responses other than the page: nothing may load or frame them.
+STRICT_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+#: The page's policy: its own scripts, styles and images, WebSockets to its
+#: own origin, never inline code, never framed.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; manifest-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
 _REASONS = {
     200: b"OK",
     201: b"Created",
@@ -62,10 +75,20 @@ class HttpRequest:
 
 @attrs.frozen
 class HttpResponse:
+    """A whole response; *policy* is its Content-Security-Policy."""
+
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+    policy: str = STRICT_POLICY
+
+
+class ScopeTracker(Protocol):
+    """Where ``serve_http`` keeps the cancel scope of each wait for a request."""
+
+    def add(self, scope: trio.CancelScope, /) -> None: ...
+    def discard(self, scope: trio.CancelScope, /) -> None: ...
 
 
 def json_response(status: int, obj: Any, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
@@ -112,6 +135,27 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         conn.receive_data(data)
 
 
+async def _next_head(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> Any:
+    """The next event, reading at most *limit* bytes in all until the request
+    head is complete: the head limit is exact whatever the TCP split.
+
+    Raises RemoteProtocolError (431) for a longer head.
+    """
+    buffered = len(conn.trailing_data[0])  # a pipelined request already read
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        room = limit - buffered
+        if room <= 0:
+            raise h11.RemoteProtocolError(
+                f"request head longer than {limit} bytes", error_status_hint=431
+            )
+        data = await stream.receive_some(room)
+        buffered += len(data)
+        conn.receive_data(data)
+
+
 async def send_response(
     conn: h11.Connection,
     stream: trio.abc.Stream,
@@ -123,6 +167,9 @@ async def send_response(
         ("content-type", response.content_type),
         ("content-length", str(len(response.body))),
         ("server", "trio-chat"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("content-security-policy", response.policy),
         *response.headers,
     ]
     await _send(
@@ -145,7 +192,8 @@ async def serve_http(
     *,
     head_timeout: float,
     max_body: int,
-    idle_scopes: set[trio.CancelScope] | None = None,
+    idle_timeout: float | None = None,
+    idle_scopes: ScopeTracker | None = None,
     first_deadline: float | None = None,
     write_timeout: float | None = None,
 ) -> Handover | None:
@@ -156,9 +204,11 @@ async def serve_http(
     upgrade: the request, the router's :class:`Upgrade`, anything read after
     the request head, and the handshake deadline.
     Returning, rather than calling on, lets the HTTP parser's state be freed
-    for the WebSocket's whole life.  Waiting for the next request happens
-    inside a cancel scope kept in *idle_scopes*, so a graceful shutdown can
-    end idle keep-alive connections at once.  *first_deadline* bounds the
+    for the WebSocket's whole life.  A keep-alive connection waits at most
+    *idle_timeout* (default: *head_timeout*) for each request after the
+    first.  Waiting for the next request happens inside a cancel scope kept
+    in *idle_scopes*, so a graceful shutdown, or load shedding, can end idle
+    keep-alive connections at once.  *first_deadline* bounds the
     first request head instead of *head_timeout* (the connection's whole
     handshake budget, when a TLS handshake has already used part of it).
     Each response must be written within *write_timeout* (default:
@@ -167,6 +217,8 @@ async def serve_http(
     """
     if write_timeout is None:
         write_timeout = head_timeout
+    if idle_timeout is None:
+        idle_timeout = head_timeout
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
 
     async def respond(response: HttpResponse, *, head_only: bool = False) -> bool:
@@ -176,15 +228,17 @@ async def serve_http(
             return True
         return False
 
+    first = True
     while True:
-        deadline = trio.current_time() + head_timeout
-        if first_deadline is not None:
-            deadline, first_deadline = min(deadline, first_deadline), None
+        deadline = trio.current_time() + (head_timeout if first else idle_timeout)
+        if first and first_deadline is not None:
+            deadline = min(deadline, first_deadline)
+        first = False
         with trio.CancelScope(deadline=deadline) as scope:
             if idle_scopes is not None:
                 idle_scopes.add(scope)
             try:
-                event = await _next_event(conn, stream)
+                event = await _next_head(conn, stream, MAX_HEAD_BYTES)
             except h11.RemoteProtocolError as exc:
                 with trio.move_on_after(write_timeout):
                     await _refuse_malformed(conn, stream, exc)
@@ -214,8 +268,8 @@ async def serve_http(
             body = await _read_body(conn, stream, max_body)
         if body_scope.cancelled_caught:
             return
-        if body is None:
-            await respond(HttpResponse(413, b"request body too large\n"))
+        if isinstance(body, HttpResponse):
+            await respond(attrs.evolve(body, headers=(("connection", "close"),)))
             return
         request = attrs.evolve(request, body=body)
         try:
@@ -232,18 +286,22 @@ async def serve_http(
         conn.start_next_cycle()
 
 
-async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> bytes | None:
+async def _read_body(
+    conn: h11.Connection, stream: trio.abc.Stream, limit: int
+) -> bytes | HttpResponse:
+    """The request body, or the refusal to send: 413 over *limit* bytes, 400
+    when malformed (a bad chunk size, say)."""
     parts: list[bytes] = []
     size = 0
     while True:
         try:
             event = await _next_event(conn, stream)
         except h11.RemoteProtocolError:
-            return None
+            return HttpResponse(400, b"malformed request body\n")
         if isinstance(event, h11.Data):
             size += len(event.data)
             if size > limit:
-                return None
+                return HttpResponse(413, b"request body too large\n")
             parts.append(bytes(event.data))
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
             return b"".join(parts)
@@ -255,7 +313,8 @@ async def _refuse_malformed(
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
-    body = f"malformed request: {exc}\n".encode()
+    # h11's message, never the client's bytes.
+    body = f"malformed request: {str(exc)[:100]}\n".encode("utf-8", "replace")
     try:
         await send_response(
             conn, stream, HttpResponse(status, body, headers=(("connection", "close"),))

@@ -1,8 +1,9 @@
 """Rate limits as pure objects: the caller passes the current time.
 
 :class:`RateLimiter` guards one connection's chat, direct and presence frames
-(fixed windows of ``seconds``); :class:`IpLimiter` guards the handshakes and
-open connections of each client IP.
+(fixed windows of ``seconds``); :class:`IpLimiter` guards the open
+connections (every TCP connection, from its accept) and the WebSocket
+handshakes of each client IP.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class IpRefusal:
 class IpLimiter:
     """Per-IP caps on open connections and on handshakes per *window* seconds.
 
+    A connection counts from its TCP accept to its close, whatever it
+    carries (plain HTTP, keep-alive, a WebSocket): :meth:`connect` admits
+    and counts it, :meth:`closed` releases it.
+
     Handshake windows of IPs gone quiet are forgotten in sweeps, once the
     table outgrows a threshold that doubles with what a sweep leaves (so
     many IPs active at once cost one sweep per doubling, not one per
@@ -89,8 +94,16 @@ class IpLimiter:
     _handshakes: dict[str, tuple[float, int]] = attrs.field(init=False, factory=dict)
     _prune_above: int = attrs.field(init=False, default=_PRUNE_ABOVE)
 
+    def connect(self, ip: str) -> IpRefusal | None:
+        """Admit and count a new connection from *ip*, or refuse it."""
+        count = self._open.get(ip, 0)
+        if count >= self.max_connections:
+            return IpRefusal(429, f"{ip} already has {self.max_connections} connections")
+        self._open[ip] = count + 1
+        return None
+
     def handshake(self, ip: str, now: float) -> IpRefusal | None:
-        """Count a handshake attempt from *ip*; refuse it if over a cap."""
+        """Count a handshake attempt from *ip*; refuse it if over the rate."""
         start, count = self._handshakes.get(ip, (now, 0))
         if now - start >= self.window:
             start, count = now, 0
@@ -101,12 +114,7 @@ class IpLimiter:
         self._handshakes[ip] = (start, count + 1)
         if len(self._handshakes) > self._prune_above:
             self._prune(now)
-        if self._open.get(ip, 0) >= self.max_connections:
-            return IpRefusal(429, f"{ip} already has {self.max_connections} connections")
         return None
-
-    def opened(self, ip: str) -> None:
-        self._open[ip] = self._open.get(ip, 0) + 1
 
     def closed(self, ip: str) -> None:
         left = self._open.get(ip, 0) - 1

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import json
 import logging
 import mimetypes
@@ -24,6 +25,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._accept import Front, FrontMetrics
 from ._auth import (
     AnonymousAuthenticator,
     Authenticator,
@@ -35,9 +37,18 @@ from ._auth import (
 from ._config import Config
 from ._connection import ChatHandler, Connection, EchoHandler, welcome_frame
 from ._handshake import Accepted, check_upgrade, response_bytes
-from ._http import HttpRequest, HttpResponse, Upgrade, json_response, serve_http
+from ._http import (
+    PAGE_POLICY,
+    STRICT_POLICY,
+    HttpRequest,
+    HttpResponse,
+    Upgrade,
+    json_response,
+    serve_http,
+)
 from ._hub import Hub
 from ._hub_state import HubState, HubStats
+from ._logging import SampledLog, clip
 from ._metrics import CONTENT_TYPE, Metrics
 from ._protocol import (
     ChatAck,
@@ -63,20 +74,15 @@ _FALLBACK_PAGE = b"""<!doctype html>
 """
 
 
-class _ScopeSet(set):  # type: ignore[type-arg]
-    """Cancel scopes to end at shutdown; once closed, a scope added is cancelled at once."""
-
-    closed = False
-
-    def add(self, scope: trio.CancelScope) -> None:
-        super().add(scope)
-        if self.closed:
-            scope.cancel()
-
-    def close(self) -> None:
-        self.closed = True
-        for scope in list(self):
-            scope.cancel()
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """*text* as an IP address (IPv4-mapped IPv6 as IPv4), or None."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 @attrs.frozen
@@ -158,9 +164,12 @@ class ChatServer:
         self.draining = False
         self.started_at = time.monotonic()
         self._ip_limits = IpLimiter(config.max_connections_per_ip, config.max_handshakes_per_ip)
+        self._sampled = SampledLog(config.log_interval)
+        self._front = Front(config.max_connections, self._ip_limits, self._sampled)
+        self.metrics.registry.register(FrontMetrics(self._front))
         self._connections: set[Connection] = set()
         self._upgrading = 0
-        self._idle_scopes: set[trio.CancelScope] = _ScopeSet()
+        self._idle_scopes = self._front.idle
         self._handshake_scopes: set[trio.CancelScope] = set()
         self._accept_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
@@ -199,23 +208,47 @@ class ChatServer:
         try:
             async with trio.open_nursery() as root:
                 await root.start(self.hub.run)
+                root.start_soon(self._summarize_logs)
                 if listeners is None:
                     listeners = await trio.open_tcp_listeners(
                         self.config.port, host=self.config.host
                     )
                 self.port = listeners[0].socket.getsockname()[1] if listeners else None
+                self._front.open_reserve()
                 async with trio.open_nursery() as connections:
                     self._conn_nursery = connections
                     with trio.CancelScope() as self._accept_scope:
                         task_status.started(self.port)
                         if not listeners:
                             await trio.sleep_forever()
-                        await trio.serve_listeners(
-                            self.handle_stream, listeners, handler_nursery=connections
-                        )
+                        async with trio.open_nursery() as accepting:
+                            for listener in listeners:
+                                accepting.start_soon(
+                                    self._front.serve_listener,
+                                    listener,
+                                    connections,
+                                    self.handle_stream,
+                                )
                 root.cancel_scope.cancel()
         finally:
+            self._front.close_reserve()
+            self._summarize(every=True)
             self._stopped.set()
+
+    async def _summarize_logs(self) -> None:
+        while True:
+            await trio.sleep(self.config.log_interval)
+            self._summarize()
+
+    def _summarize(self, *, every: bool = False) -> None:
+        """One line per kind of event logged only in part in the last interval."""
+        for kind, count in self._sampled.due(trio.current_time(), every=every):
+            log.info(
+                "%s: %d more in the last %g s (not logged one by one)",
+                kind,
+                count,
+                self.config.log_interval,
+            )
 
     async def shutdown(self) -> None:
         """Drain gracefully, then return once the server has stopped.
@@ -347,6 +380,16 @@ class ChatServer:
             return "?"
         return address[0] if isinstance(address, tuple) else str(address or "local")
 
+    @staticmethod
+    def _local_of(transport: trio.abc.Stream) -> str | None:
+        """The address the client reached (a listening address), if a socket."""
+        sock = getattr(transport, "socket", None)
+        try:
+            address = sock.getsockname() if sock is not None else None
+        except OSError:
+            return None
+        return address[0] if isinstance(address, tuple) else None
+
     def serve_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
         """Serve an already connected stream beside the listeners' connections.
 
@@ -362,10 +405,31 @@ class ChatServer:
         """Serve one connected stream (TCP, TLS or in-memory) to its end.
 
         *peer* names the client (its IP, for per-IP limits and logs); by
-        default it is read from the socket, or ``"memory"``.
+        default it is read from the socket, or ``"memory"``.  The stream
+        counts against the server-wide and per-IP connection limits until it
+        closes; over one, it is answered 503 or 429 and closed.
         """
         if peer is None:
             peer = self._peer_of(transport)
+        local = self._local_of(transport)
+        key = client_key(peer)
+        refusal = self._front.admit(key)
+        if refusal is not None:
+            try:
+                if self._ssl_context is None:
+                    await self._front.refuse(transport, refusal, peer)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await transport.aclose()
+            return
+        try:
+            await self._handle_admitted(transport, peer, local)
+        finally:
+            self._front.release(key)
+
+    async def _handle_admitted(
+        self, transport: trio.abc.Stream, peer: str, local: str | None
+    ) -> None:
         # One budget for TLS, the request head and the WebSocket handshake.
         deadline = trio.current_time() + self.config.handshake_timeout
         try:
@@ -380,8 +444,9 @@ class ChatServer:
                     return
             handover = await serve_http(
                 transport,
-                lambda request: self._answer(request, peer),
+                lambda request: self._answer(request, peer, local),
                 head_timeout=self.config.handshake_timeout,
+                idle_timeout=self.config.http_idle_timeout,
                 max_body=self.config.max_message_bytes,
                 idle_scopes=self._idle_scopes,
                 first_deadline=deadline,
@@ -430,7 +495,6 @@ class ChatServer:
             prefix=prefix,
         )
         del prefix
-        self._ip_limits.opened(client_key(peer))
         self._upgrading += 1
         upgrading = True
         try:
@@ -460,7 +524,6 @@ class ChatServer:
         finally:
             if upgrading:
                 self._upgrading -= 1
-            self._ip_limits.closed(client_key(peer))
             self._stop_accepting_if_drained()
 
     async def _run_connection(
@@ -507,14 +570,27 @@ class ChatServer:
 
     # ------------------------------------------------------------ HTTP routes
 
-    async def _answer(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
-        answer = await self._route(request, peer)
-        if self.draining and isinstance(answer, HttpResponse):
-            # No keep-alive while draining: the listeners are about to close.
+    async def _answer(
+        self, request: HttpRequest, peer: str, local: str | None = None
+    ) -> HttpResponse | Upgrade:
+        pressure = not request.is_upgrade and self._front.under_pressure()
+        if pressure and request.path != "/metrics":
+            # Out of descriptors a moment ago: plain HTTP waits, WebSockets
+            # pass, and /metrics still answers (then closes) for operators.
+            self._front.shed_request()
+            return HttpResponse(
+                503, b"server overloaded\n", headers=(("connection", "close"), ("retry-after", "1"))
+            )
+        answer = await self._route(request, peer, local)
+        if (self.draining or pressure) and isinstance(answer, HttpResponse):
+            # No keep-alive while draining (the listeners are about to
+            # close) or short of descriptors.
             answer = attrs.evolve(answer, headers=(*answer.headers, ("connection", "close")))
         return answer
 
-    async def _route(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
+    async def _route(
+        self, request: HttpRequest, peer: str, local: str | None = None
+    ) -> HttpResponse | Upgrade:
         path = request.path
         if path == "/ws":
             if request.method != "GET":
@@ -523,7 +599,7 @@ class ChatServer:
                 return HttpResponse(
                     426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
                 )
-            return self._check_upgrade(request, peer)
+            return self._check_upgrade(request, peer, local)
         if request.method not in ("GET", "HEAD") and not path.startswith("/api/"):
             if path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith(
                 "/static/"
@@ -535,7 +611,7 @@ class ChatServer:
             return HttpResponse(200, self.metrics.render(), CONTENT_TYPE)
         if path == "/":
             return self._static("index.html") or HttpResponse(
-                200, _FALLBACK_PAGE, "text/html; charset=utf-8"
+                200, _FALLBACK_PAGE, "text/html; charset=utf-8", policy=PAGE_POLICY
             )
         if path == "/trio-chat.js":
             return self._static("trio-chat.js") or HttpResponse(404, b"not found\n")
@@ -546,13 +622,25 @@ class ChatServer:
         return HttpResponse(404, b"not found\n")
 
     def _refuse(
-        self, status: int, reason: str, peer: str, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        status: int,
+        reason: str,
+        peer: str,
+        public: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> HttpResponse:
+        """Refuse a handshake: counted, logged (in full once per status per
+        interval, then counted), answered with *public* (default: *reason*,
+        clipped), never the client's own header values in full."""
         self.metrics.handshake_refused(status)
-        log.info("handshake refused peer=%s status=%d reason=%s", peer, status, reason)
-        return HttpResponse(status, reason.encode() + b"\n", headers=headers)
+        if self._sampled.hit(f"handshake refused {status}", trio.current_time()):
+            log.info("handshake refused peer=%s status=%d reason=%s", peer, status, reason)
+        body = clip(reason, 120) if public is None else public
+        return HttpResponse(status, body.encode("utf-8", "replace") + b"\n", headers=headers)
 
-    def _check_upgrade(self, request: HttpRequest, peer: str) -> HttpResponse | Upgrade:
+    def _check_upgrade(
+        self, request: HttpRequest, peer: str, local: str | None = None
+    ) -> HttpResponse | Upgrade:
         headers = request.headers
         if self.draining:
             return self._refuse(503, "server shutting down", peer)
@@ -562,14 +650,17 @@ class ChatServer:
             deflate=self.config.permessage_deflate == "on",
         )
         if not isinstance(accepted, Accepted):
-            return self._refuse(accepted.status, accepted.reason, peer, accepted.headers)
-        if not self._origin_allowed(headers):
-            return self._refuse(403, f"origin {headers.get('origin')!r} not allowed", peer)
+            return self._refuse(accepted.status, accepted.reason, peer, headers=accepted.headers)
+        # The per-IP rate first: every later check costs more than counting.
         refusal = self._ip_limits.handshake(client_key(peer), trio.current_time())
         if refusal is not None:
             return self._refuse(refusal.status, refusal.reason, peer)
-        if len(self._connections) + self._upgrading >= self.config.max_connections:
-            return self._refuse(503, "server at capacity", peer)
+        if not self._origin_allowed(headers, local):
+            origin = clip(headers.get("origin", ""), 100)
+            host = clip(headers.get("host", ""), 100)
+            return self._refuse(
+                403, f"origin {origin!r} not allowed for host {host!r}", peer, "origin not allowed"
+            )
         if self.echo:
             identity = Identity("echo")
         else:
@@ -581,7 +672,12 @@ class ChatServer:
                 return self._refuse(rejection.status, rejection.reason, peer)
         return Upgrade((identity, accepted))
 
-    def _origin_allowed(self, headers: dict[str, str]) -> bool:
+    def _origin_allowed(self, headers: dict[str, str], local: str | None = None) -> bool:
+        """The Origin rule: no Origin (not a browser), an allowed origin, or
+        by default the same host, which must also name this server (its
+        listening address, ``localhost`` on loopback, or a public name), so
+        that a rebound DNS name (``evil.example`` resolving to us) does not
+        pass as "same host"."""
         origin = headers.get("origin")
         if origin is None:
             return True
@@ -591,7 +687,27 @@ class ChatServer:
         if allowed:
             return "*" in allowed or origin in {o.rstrip("/").lower() for o in allowed}
         scheme, _, host = origin.partition("://")
-        return scheme in ("http", "https") and host == headers.get("host", "").lower()
+        if scheme not in ("http", "https") or host != headers.get("host", "").lower():
+            return False
+        return self._names_this_server(host, local)
+
+    def _names_this_server(self, host: str, local: str | None) -> bool:
+        """Whether the Host value *host* (lowercased) names this server."""
+        if host.startswith("["):
+            name = host[1:].partition("]")[0]
+        else:
+            name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        if name in {n.lower() for n in self.config.public_names}:
+            return True
+        address = _ip(name)
+        if local is None:  # an in-memory stream: the configured address
+            return name == "localhost" or (address is not None and address == _ip(self.config.host))
+        here = _ip(local)
+        if here is None:
+            return False
+        if name == "localhost":
+            return here.is_loopback
+        return address is not None and address == here
 
     def _healthz(self) -> HttpResponse:
         body: dict[str, Any] = {
@@ -620,7 +736,8 @@ class ChatServer:
             kind = "text/javascript"
         if kind.startswith("text/"):
             kind += "; charset=utf-8"
-        return HttpResponse(200, data, kind, (("cache-control", "no-cache"),))
+        policy = PAGE_POLICY if kind.startswith("text/html") else STRICT_POLICY
+        return HttpResponse(200, data, kind, (("cache-control", "no-cache"),), policy)
 
     # ------------------------------------------------------------ HTTP API
 

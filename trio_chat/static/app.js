@@ -15,6 +15,45 @@ const TYPING_SENT_EVERY_MS = 2500;
 
 const $ = (id) => document.getElementById(id);
 
+// localStorage can be missing or throw (storage blocked, some private
+// modes, sandboxed frames): the page then works without remembering
+// anything, and says so on the sign-in card.
+const storage = (() => {
+  try {
+    const store = window.localStorage;
+    store.setItem("trio-chat.probe", "1");
+    store.removeItem("trio-chat.probe");
+    return store;
+  } catch {
+    return null;
+  }
+})();
+
+function remembered(key) {
+  try {
+    return storage?.getItem(key) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function remember(key, value) {
+  try {
+    storage?.setItem(key, value);
+  } catch {
+    // full or blocked: nothing is remembered
+  }
+}
+
+// Bidi controls (embeddings, overrides, isolates, marks) can make a link
+// read as something else ("…/\u202egnp.exe" shows as "…/exe.png"): in a
+// link's text each one is shown as a visible [U+XXXX] instead.
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function visibleBidi(text) {
+  return text.replace(BIDI_CONTROLS, (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}]`);
+}
+
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
 const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
 
@@ -46,7 +85,7 @@ function linkify(text) {
   let last = 0;
   for (const match of text.matchAll(/\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g)) {
     if (match.index > last) nodes.push(text.slice(last, match.index));
-    const link = h("a", { target: "_blank", rel: "noopener noreferrer nofollow" }, match[0]);
+    const link = h("a", { target: "_blank", rel: "noopener noreferrer nofollow", dir: "ltr" }, visibleBidi(match[0]));
     link.href = match[0];
     nodes.push(link);
     last = match.index + match[0].length;
@@ -97,7 +136,7 @@ function statusLabel(status) {
 
 function loadRooms() {
   try {
-    const rooms = JSON.parse(localStorage.getItem(STORAGE.rooms) ?? "[]");
+    const rooms = JSON.parse(remembered(STORAGE.rooms) ?? "[]");
     return Array.isArray(rooms) ? rooms.filter((room) => typeof room === "string" && ROOM_NAME.test(room)) : [];
   } catch {
     return [];
@@ -335,7 +374,7 @@ const ui = {
 
   saveRooms() {
     const rooms = [...this.conversations.values()].filter((c) => c.kind === "room" && !c.refused).map((c) => c.name);
-    localStorage.setItem(STORAGE.rooms, JSON.stringify(rooms));
+    remember(STORAGE.rooms, JSON.stringify(rooms));
   },
 
   select(key) {
@@ -550,8 +589,8 @@ const ui = {
       if (limits?.max_content_chars) $("composer-input").maxLength = limits.max_content_chars;
       $("me-name").textContent = userId;
       $("me-avatar").replaceWith(Object.assign(avatar(userId), { id: "me-avatar" }));
-      if (!localStorage.getItem(STORAGE.name) || !userId.startsWith("guest-")) {
-        localStorage.setItem(STORAGE.name, userId);
+      if (!remembered(STORAGE.name) || !userId.startsWith("guest-")) {
+        remember(STORAGE.name, userId);
       }
     },
 
@@ -782,7 +821,8 @@ const ui = {
 
 function setupLogin() {
   const name = $("login-name");
-  name.value = localStorage.getItem(STORAGE.name)?.replace(/^guest-.*/, "") ?? "";
+  name.value = remembered(STORAGE.name)?.replace(/^guest-.*/, "") ?? "";
+  $("storage-notice").hidden = storage !== null;
   const rooms = loadRooms();
   if (rooms.length) $("login-room").value = rooms[0];
 
@@ -803,7 +843,7 @@ function setupLogin() {
       return;
     }
     error.textContent = "";
-    if (user && !token) localStorage.setItem(STORAGE.name, user);
+    if (user && !token) remember(STORAGE.name, user);
     ui.start({ user: token ? "" : user, token, room });
   });
   name.focus();
