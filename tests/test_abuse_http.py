@@ -10,25 +10,39 @@ descriptors return to where they started.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import h11
+import pytest
 import trio
 import trio_websocket
-from http_support import HttpClient, LogCapture
+from http_support import HttpClient, LogCapture, ws_refusal
 from prometheus_client.parser import text_string_to_metric_families
 
+import trio_chat
 from trio_chat import Config
+from trio_chat._auth import Rejection, TokenAuthenticator, make_token
+from trio_chat._http import MAX_HEAD_BYTES
+from trio_chat._logging import TextFormatter
 from trio_chat._metrics import count_tasks
-from trio_chat._testing_server import open_test_server
+from trio_chat._testing_server import open_test_client, open_test_server
 
 # ---------------------------------------------------------------- helpers
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    """Wait until *predicate* holds (state another task or process changes)."""
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - no event to wait on
+            await trio.sleep(0.01)
 
 
 def _fds() -> int:
@@ -135,9 +149,7 @@ async def test_keep_alive_http_connections_count_against_the_ip():
         refused = logs.find("connection refused", "status=429")
         assert len(refused) == 1  # the second is counted, not logged
         assert await _metric(server.port, "trio_chat_connections_refused_total", status="429") == 2
-        with trio.fail_after(5):
-            while server._front.open or count_tasks() > tasks or _fds() > fds:
-                await trio.sleep(0.01)
+        await _until(lambda: not server._front.open and count_tasks() <= tasks and _fds() <= fds)
 
 
 async def test_the_server_wide_limit_counts_plain_http_too():
@@ -147,9 +159,7 @@ async def test_the_server_wide_limit_counts_plain_http_too():
                 assert (await client.request("GET", "/healthz")).status == 200
             assert await _status(server.port, "127.0.0.5") in (503, "closed")
             assert server._front.refused == {503: 1}
-        with trio.fail_after(5):
-            while server._front.open:
-                await trio.sleep(0.01)
+        await _until(lambda: not server._front.open)
         assert await _status(server.port, "127.0.0.5") == 200
 
 
@@ -165,9 +175,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
             with trio.fail_after(5):
                 assert await client.stream.receive_some(1) == b""  # closed by the server
             assert trio.current_time() - started >= 0.3
-        with trio.fail_after(5):
-            while server._front.open:
-                await trio.sleep(0.01)
+        await _until(lambda: not server._front.open)
         assert len(server._front.idle) == 0
 
 
@@ -301,9 +309,7 @@ async def test_running_out_of_descriptors_sheds_load_and_keeps_serving_websocket
                 await attack.wait()
             stats = json.loads(report.split(b"connected\n")[1])
             # Descriptors come back once the attackers are gone.
-            with trio.fail_after(20):
-                while len(os.listdir(f"/proc/{proc.pid}/fd")) > fds_at_start:
-                    await trio.sleep(0.05)
+            await _until(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) <= fds_at_start, 20)
             proc.terminate()
             with trio.fail_after(20):
                 await proc.wait()
@@ -327,3 +333,260 @@ async def test_running_out_of_descriptors_sheds_load_and_keeps_serving_websocket
     assert len(lines) < 60, lines
     assert connect_time < ATTACK_SECONDS / 2  # not only once the attack is over
     assert sorted(times)[len(times) // 2] < 0.05
+
+
+# ---------------------------------------------------------------- logs
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+def _text_log() -> tuple[logging.Handler, io.StringIO]:
+    """A handler writing the ``trio_chat`` logs as the text format does."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    return handler, out
+
+
+async def test_client_strings_cannot_forge_log_lines():
+    forged = "2026-12-02 06:00:00,000 INFO trio_chat.server: connect user=admin peer=10.0.0.1"
+    handler, out = _text_log()
+    logger = logging.getLogger("trio_chat")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async with open_test_server() as server:
+            # A close reason with a newline in it ...
+            async with _ws_from(server.port, "127.0.0.1", "/ws?user=mallory") as ws:
+                await ws.get_message()
+                await ws.aclose(1000, "bye\n" + forged)
+            # ... and an Origin header with C1 controls (NEL, CSI) in it.
+            status = await _raw(
+                server.port,
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                b"Origin: http://evil\x85" + forged.encode() + b"\x9b2J\r\n\r\n",
+            )
+            assert b" 403 " in status
+            await _until(lambda: "disconnect user=mallory" in out.getvalue())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = out.getvalue().splitlines()
+    assert not [line for line in lines if line.startswith(forged[:23])], lines
+    assert any("reason=bye\\n2026-12-02 06:00:00" in line for line in lines), lines
+    assert any("origin 'http://evil" in line and "x9b2J'" in line for line in lines), lines
+    assert not any("\x85" in line or "\x9b" in line for line in lines)
+
+
+async def test_a_flood_of_refused_handshakes_logs_one_line_per_interval():
+    # 300 handshakes with bad tokens, 300 with a 15 KB Origin header: one
+    # line for each kind, then one count per interval (the last one when the
+    # server stops); and the bodies of the refusals do not echo the header.
+    config = Config(port=0, secret=SECRET, max_handshakes_per_ip=10_000, log_interval=60)
+    handler, out = _text_log()
+    logger = logging.getLogger("trio_chat")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    origin = "http://" + "o" * 15_000 + ".example"
+    try:
+        async with open_test_server(config) as server:
+            statuses = []
+            for i in range(300):
+                statuses.append((await ws_refusal(server.port, f"/ws?token=guess{i}")).status)
+                reply = await ws_refusal(server.port, headers=[("origin", origin)])
+                statuses.append(reply.status)
+                assert len(reply.body) < 200 and b"ooooo" not in reply.body
+            assert statuses == [401, 403] * 300
+            assert out.getvalue().count("handshake refused") == 2
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = out.getvalue().splitlines()
+    print(f"{len(lines)} log lines, {len(out.getvalue())} bytes for 600 refused handshakes")
+    assert len([line for line in lines if "handshake refused peer=" in line]) == 2
+    assert any("handshake refused 401: 299 more" in line for line in lines), lines
+    assert any("handshake refused 403: 299 more" in line for line in lines), lines
+    assert len(out.getvalue()) < 5_000  # each origin logged clipped, once
+
+
+async def test_the_per_ip_handshake_limit_comes_before_the_origin_check():
+    async with open_test_server(Config(port=0, max_handshakes_per_ip=5)) as server:
+        statuses = [
+            (await ws_refusal(server.port, headers=[("origin", "http://evil.example")])).status
+            for _ in range(8)
+        ]
+        assert statuses == [403] * 5 + [429] * 3
+
+
+# ---------------------------------------------------------------- HTTP and policy
+
+
+async def _raw(port: int, data: bytes, *, split: int | None = None) -> bytes:
+    """Send *data* (in pieces of *split* bytes, each sent on its own), and
+    return the status line the server answers with."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            step = split or len(data)
+            for i in range(0, len(data), step):
+                await stream.send_all(data[i : i + step])
+                if split:
+                    await trio.sleep(0.002)
+            answer = b""
+            while b"\r\n" not in answer:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.partition(b"\r\n")[0]
+
+
+def _head(size: int) -> bytes:
+    """A GET /healthz request head of exactly *size* bytes."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Pad: "
+    end = b"\r\n\r\n"
+    return start + b"p" * (size - len(start) - len(end)) + end
+
+
+async def test_the_request_head_limit_is_exact_whatever_the_split():
+    async with open_test_server() as server:
+        for split in (None, 1000, 16384, 8192):
+            assert b" 200 " in await _raw(server.port, _head(MAX_HEAD_BYTES), split=split)
+            assert b" 431 " in await _raw(server.port, _head(MAX_HEAD_BYTES + 1), split=split)
+            assert b" 431 " in await _raw(server.port, _head(2 * MAX_HEAD_BYTES), split=split)
+
+
+async def test_a_malformed_chunk_size_is_400():
+    async with open_test_server() as server:
+        answer = await _raw(
+            server.port,
+            b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+        assert b" 400 " in answer
+
+
+async def test_dns_rebinding_is_refused_on_the_default_server():
+    async with open_test_server() as server:
+        reply = await ws_refusal(
+            server.port, headers=[("origin", "http://evil.example")], host="evil.example"
+        )
+        assert reply.status == 403
+
+
+async def test_the_page_and_static_files_forbid_framing_and_sniffing():
+    async with open_test_server() as server:
+        for target in ("/", "/static/app.js", "/trio-chat.js", "/static/style.css", "/healthz"):
+            async with _http_from(server.port) as client:
+                reply = await client.request("GET", target)
+            assert reply.status == 200, target
+            assert reply.headers["x-content-type-options"] == "nosniff", target
+            assert reply.headers["x-frame-options"] == "DENY", target
+            assert "frame-ancestors 'none'" in reply.headers["content-security-policy"], target
+        async with _http_from(server.port) as client:
+            policy = (await client.request("GET", "/")).headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+async def test_healthz_names_no_node_unless_asked_and_reports_the_version():
+    def backplane() -> tuple[bool, dict[str, str]]:
+        return True, {"backplane": "up", "node": "web-7-4242-abcdef"}
+
+    async with open_test_server() as server:
+        server.health_checks.append(backplane)
+        async with _http_from(server.port) as client:
+            body = (await client.request("GET", "/healthz")).json()
+        assert body["backplane"] == "up" and "node" not in body
+        assert body["version"] == trio_chat.__version__
+    config = Config(port=0, healthz_node=True, healthz_version=False)
+    async with open_test_server(config) as server:
+        server.health_checks.append(backplane)
+        async with _http_from(server.port) as client:
+            body = (await client.request("GET", "/healthz")).json()
+        assert body["node"] == "web-7-4242-abcdef" and "version" not in body
+
+
+async def test_the_admin_api_takes_only_header_credentials_json_and_its_rooms():
+    admin = make_token(SECRET, "ops", admin=True)
+    ops_only = make_token(SECRET, "ops", admin=True, rooms=["ops-*"])
+    json_type = [("content-type", "application/json")]
+    body = b'{"content": "deploy done"}'
+    async with open_test_server(Config(port=0, secret=SECRET)) as server:
+        await server.publish("lobby", "room exists")
+        await server.publish("ops-alerts", "room exists")
+
+        async def post(target: str, headers: list[tuple[str, str]]) -> int:
+            async with _http_from(server.port) as client:
+                return (await client.request("POST", target, headers=headers, body=body)).status
+
+        bearer = [("authorization", f"Bearer {admin}")]
+        lobby = "/api/rooms/lobby/messages"
+        with LogCapture() as logs:
+            # The token in the query string is not a credential.
+            assert await post(f"{lobby}?token={admin}", json_type) == 401
+            # A form post (a cross-site page can send one) is refused.
+            assert await post(lobby, [*bearer, ("content-type", "text/plain")]) == 415
+            assert await post(lobby, bearer) == 415
+            # An admin token limited to ops-* rooms publishes only there.
+            limited = [("authorization", f"Bearer {ops_only}"), *json_type]
+            assert await post(lobby, limited) == 403
+            assert await post("/api/rooms/ops-alerts/messages", limited) == 201
+            assert await post(lobby, [*bearer, *json_type]) == 201
+        assert server.hub.state.last_id("lobby") == 2
+        published = logs.find("api publish")
+        assert len(published) == 2
+        assert "room=ops-alerts" in published[0] and "by=ops" in published[0]
+        assert admin not in " ".join(logs.messages)
+        async with _http_from(server.port) as client:
+            reply = await client.request(
+                "GET", "/api/rooms", headers=[("authorization", f"Bearer {ops_only}")]
+            )
+        assert [room["name"] for room in reply.json()["rooms"]] == ["ops-alerts"]
+
+
+def test_token_lifetime_is_bounded_and_exp_is_a_number():
+    import jwt
+
+    now = 1_800_000_000.0
+    auth = TokenAuthenticator(SECRET)
+
+    def token(**claims: object) -> str:
+        return jwt.encode({"sub": "alice", **claims}, SECRET, algorithm="HS256")
+
+    assert auth.verify(token(exp=now + 29 * 86400), now=now).user_id == "alice"
+    for exp in (253402300799, now + 31 * 86400, "9999999999", str(now + 60), True, None):
+        with pytest.raises(Rejection) as refused:
+            auth.verify(token(exp=exp), now=now)
+        assert refused.value.status == 401, exp
+    # The bound is a setting.
+    short = TokenAuthenticator(SECRET, max_lifetime=3600)
+    assert short.verify(token(exp=now + 3599), now=now)
+    with pytest.raises(Rejection):
+        short.verify(token(exp=now + 3601), now=now)
+
+
+async def test_direct_messages_follow_the_token_scope():
+    async with open_test_server(Config(port=0, secret=SECRET)) as server:
+        async with (
+            open_test_client(server, token=make_token(SECRET, "bob")) as bob,
+            open_test_client(server, token=make_token(SECRET, "nobody", rooms=[])) as nobody,
+            open_test_client(
+                server, token=make_token(SECRET, "lurker", rooms=["lobby"], direct=False)
+            ) as lurker,
+            open_test_client(server, token=make_token(SECRET, "alice")) as alice,
+        ):
+            for client in (nobody, lurker):
+                # Refused alike for a connected and an absent recipient:
+                # nothing learnt about who is online.
+                for to in ("bob", "not-here"):
+                    await client.send("direct", {"to": to, "content": "hi"}, ref="d1")
+                    frame = await client.expect("error")
+                    assert frame["payload"]["code"] == 403, frame
+            # A token allowed to send direct messages may learn who is absent.
+            await alice.send("direct", {"to": "not-here", "content": "hi"}, ref="d2")
+            assert (await alice.expect("error"))["payload"]["code"] == 404
+            await alice.send("direct", {"to": "bob", "content": "hi"}, ref="d3")
+            assert (await bob.expect("direct"))["payload"]["content"] == "hi"

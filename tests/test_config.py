@@ -44,6 +44,12 @@ SAMPLES = {
     "log_format": "json",
     "permessage_deflate": "off",
     "slow_consumer_grace": 0.25,
+    "http_idle_timeout": 2.5,
+    "public_names": ("chat.example", "a.example"),
+    "max_token_lifetime": 3600.0,
+    "log_interval": 30.0,
+    "healthz_node": True,
+    "healthz_version": False,
 }
 #: Settings that only make sense together with others.
 PAIRED = {"certfile", "keyfile", "workers"}
@@ -86,6 +92,8 @@ def test_every_setting_from_each_source(name, tmp_path):
     # file (TOML types), top level and in a [trio_chat] table
     toml_value = list(value) if isinstance(value, tuple) else value
     literal = repr(toml_value).replace("'", '"')
+    if isinstance(value, bool):
+        literal = literal.lower()
     for text in (f"{name} = {literal}\n", f"[trio_chat]\n{name} = {literal}\n"):
         path = tmp_path / "c.toml"
         path.write_text(text)

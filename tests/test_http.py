@@ -466,7 +466,7 @@ async def test_metrics_scrape_leaves_no_task_behind():
 
 
 def _bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+    return [("authorization", f"Bearer {token}"), ("content-type", "application/json")]
 
 
 async def test_publish_api_reaches_members_and_history():
@@ -530,6 +530,7 @@ async def test_publish_api_refusals():
 
         assert await post(good) == 401
         assert await post(good, [("authorization", "Bearer nonsense")]) == 401
+        assert await post(good, [("authorization", f"Bearer {admin}")]) == 415
         assert await post(good, _bearer(other)) == 401
         assert await post(good, _bearer(make_token(SECRET, "ops", admin=True, ttl=-5))) == 401
         assert await post(good, _bearer(user)) == 403

@@ -9,6 +9,7 @@ status to answer with (the socket is never upgraded).  trio_chat ships two:
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,9 +50,10 @@ class HandshakeRequest:
         query = {k: v[-1] for k, v in parse_qs(qs, keep_blank_values=True).items()}
         return cls(path, query, headers, peer)
 
-    def bearer_token(self) -> str | None:
-        """The token from ``?token=`` or ``Authorization: Bearer``."""
-        token = self.query.get("token")
+    def bearer_token(self, *, query: bool = True) -> str | None:
+        """The token from ``?token=`` (unless *query* is false: the HTTP API
+        takes credentials only from headers) or ``Authorization: Bearer``."""
+        token = self.query.get("token") if query else None
         if token:
             return token
         auth = self.headers.get("authorization", "")
@@ -65,16 +67,22 @@ class HandshakeRequest:
 class Identity:
     """An authenticated user: its id and the rooms it may join.
 
-    ``rooms`` None means every room; otherwise names or ``prefix*`` patterns.
-    ``admin`` grants the HTTP publish API.
+    ``rooms`` None means every room; otherwise names or ``prefix*`` patterns
+    (for an admin: the rooms the HTTP API may publish to and list).
+    ``admin`` grants the HTTP publish API.  ``direct`` allows sending direct
+    messages (and so learning, from a 404, who is not connected).
     """
 
     user_id: str
     rooms: tuple[str, ...] | None = None
     admin: bool = False
+    direct: bool = True
 
     def may_join(self, room: str) -> bool:
         return room_allowed(room, self.rooms)
+
+    def may_direct(self) -> bool:
+        return self.direct
 
 
 class Rejection(Exception):
@@ -117,15 +125,26 @@ class AnonymousAuthenticator:
         return Identity(name)
 
 
+#: Default longest remaining lifetime of a token: 30 days.
+MAX_TOKEN_LIFETIME = 30 * 86400.0
+
+
 @attrs.frozen
 class TokenAuthenticator:
     """HS256 JWTs signed with *secret*: ``sub`` and ``exp`` required.
 
-    An optional ``rooms`` claim (list of names or ``prefix*`` patterns) limits
+    ``exp`` must be a number (seconds since the epoch, not a string) at most
+    *max_lifetime* seconds from now: a token minted to live for years is
+    refused, so a leaked one cannot be used for longer than that.  An
+    optional ``rooms`` claim (list of names or ``prefix*`` patterns) limits
     the rooms the user may join; ``"admin": true`` grants the publish API.
+    Direct messages follow the ``direct`` claim (true or false); without it
+    they are allowed unless ``rooms`` is empty (``"rooms": []`` is a token
+    for nothing, direct messages included).
     """
 
     secret: str = attrs.field(repr=False)
+    max_lifetime: float = MAX_TOKEN_LIFETIME
 
     def __call__(self, request: HandshakeRequest) -> Identity:
         token = request.bearer_token()
@@ -133,14 +152,15 @@ class TokenAuthenticator:
             raise Rejection(401, "missing token")
         return self.verify(token)
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str, *, now: float | None = None) -> Identity:
+        """The identity in *token*, or :class:`Rejection` (401) saying why not."""
+        now = time.time() if now is None else now
         try:
             claims = jwt.decode(
                 token,
                 self.secret,
                 algorithms=["HS256"],
-                options={"require": ["sub", "exp"]},
-                leeway=0,
+                options={"require": ["sub", "exp"], "verify_exp": False},
             )
         except jwt.ExpiredSignatureError:
             raise Rejection(401, "token expired") from None
@@ -150,6 +170,15 @@ class TokenAuthenticator:
             raise Rejection(401, f"token lacks claim {exc.claim!r}") from None
         except jwt.InvalidTokenError as exc:
             raise Rejection(401, f"malformed token: {exc}") from None
+        exp = claims["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+            raise Rejection(401, "token exp must be a number")
+        if exp <= now:
+            raise Rejection(401, "token expired")
+        if exp - now > self.max_lifetime:
+            raise Rejection(
+                401, f"token lives too long: exp more than {self.max_lifetime:g} s from now"
+            )
         user_id = claims["sub"]
         if not is_valid_user_id(user_id):
             raise Rejection(401, f"token sub must match {USER_PATTERN}")
@@ -161,7 +190,12 @@ class TokenAuthenticator:
             ):
                 raise Rejection(401, "token rooms must be a list of room names or patterns")
             rooms = tuple(rooms)
-        return Identity(user_id, rooms, claims.get("admin") is True)
+        direct = claims.get("direct")
+        if direct is not None and not isinstance(direct, bool):
+            raise Rejection(401, "token direct must be true or false")
+        if direct is None:
+            direct = rooms != ()
+        return Identity(user_id, rooms, claims.get("admin") is True, direct)
 
 
 def make_token(
@@ -171,9 +205,14 @@ def make_token(
     ttl: float = 3600.0,
     rooms: Sequence[str] | None = None,
     admin: bool = False,
+    direct: bool | None = None,
     now: float | None = None,
 ) -> str:
-    """Sign an HS256 token for *user_id*, valid for *ttl* seconds."""
+    """Sign an HS256 token for *user_id*, valid for *ttl* seconds.
+
+    Servers refuse tokens that live longer than their ``max_token_lifetime``
+    (30 days by default).
+    """
     if not is_valid_user_id(user_id):
         raise ValueError(f"user id must match {USER_PATTERN}")
     issued = time.time() if now is None else now
@@ -182,4 +221,6 @@ def make_token(
         claims["rooms"] = list(rooms)
     if admin:
         claims["admin"] = True
+    if direct is not None:
+        claims["direct"] = direct
     return jwt.encode(claims, secret, algorithm="HS256")

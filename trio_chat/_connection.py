@@ -536,6 +536,10 @@ class ChatHandler:
         if isinstance(event, Join) and not self.identity.may_join(event.room):
             self._refuse(ProtocolError(403, f"not allowed to join room {event.room!r}", event.ref))
             return
+        if isinstance(event, Direct) and not self.identity.may_direct():
+            # Refused whoever the recipient: no probing who is connected.
+            self._refuse(ProtocolError(403, "not allowed to send direct messages", event.ref))
+            return
         await self.hub.submit(conn.outlet, event)
 
     def _refuse(self, err: ProtocolError) -> None:

@@ -15,6 +15,7 @@ Content-Security-Policy that forbids framing (``frame-ancestors 'none'``,
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -269,7 +270,11 @@ async def serve_http(
         if body_scope.cancelled_caught:
             return
         if isinstance(body, HttpResponse):
-            await respond(attrs.evolve(body, headers=(("connection", "close"),)))
+            if await respond(attrs.evolve(body, headers=(("connection", "close"),))):
+                try:
+                    await _linger(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
             return
         request = attrs.evolve(request, body=body)
         try:
@@ -319,5 +324,25 @@ async def _refuse_malformed(
         await send_response(
             conn, stream, HttpResponse(status, body, headers=(("connection", "close"),))
         )
+        await _linger(stream)
     except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+
+
+#: After refusing a request mid-way, read and drop at most this many more
+#: bytes, for at most LINGER_SECONDS: closing with unread data would reset
+#: the connection, and the client could lose the answer.
+LINGER_BYTES = 64 * 1024
+LINGER_SECONDS = 0.5
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(LINGER_SECONDS):
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.shutdown(socket.SHUT_WR)
+        dropped = 0
+        while dropped < LINGER_BYTES:
+            chunk = await stream.receive_some(16384)
+            if not chunk:
+                return
+            dropped += len(chunk)

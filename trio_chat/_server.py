@@ -140,7 +140,9 @@ class ChatServer:
         self.config = config = config if config is not None else Config()
         if authenticator is None:
             authenticator = (
-                TokenAuthenticator(config.secret) if config.secret else AnonymousAuthenticator()
+                TokenAuthenticator(config.secret, config.max_token_lifetime)
+                if config.secret
+                else AnonymousAuthenticator()
             )
         self.authenticator = authenticator
         self.echo = echo
@@ -600,11 +602,10 @@ class ChatServer:
                     426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
                 )
             return self._check_upgrade(request, peer, local)
-        if request.method not in ("GET", "HEAD") and not path.startswith("/api/"):
-            if path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith(
-                "/static/"
-            ):
-                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+        if request.method not in ("GET", "HEAD") and (
+            path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith("/static/")
+        ):
+            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
         if path == "/healthz":
             return self._healthz()
         if path == "/metrics":
@@ -618,7 +619,7 @@ class ChatServer:
         if path.startswith("/static/"):
             return self._static(path[len("/static/") :]) or HttpResponse(404, b"not found\n")
         if path.startswith("/api/"):
-            return await self._api(request)
+            return await self._api(request, peer)
         return HttpResponse(404, b"not found\n")
 
     def _refuse(
@@ -715,12 +716,19 @@ class ChatServer:
             "connections": len(self._connections),
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),
         }
+        if self.config.healthz_version:
+            from . import __version__
+
+            body["version"] = __version__
         healthy = not self.draining
         for check in self.health_checks:
             ok, detail = check()
             body.update(detail)
             if not ok and healthy:
                 body["status"] = "degraded"
+        if not self.config.healthz_node:
+            # The node id names the host and the process: not for anyone who asks.
+            body.pop("node", None)
         return json_response(200 if healthy else 503, body)
 
     def _static(self, name: str) -> HttpResponse | None:
@@ -741,7 +749,7 @@ class ChatServer:
 
     # ------------------------------------------------------------ HTTP API
 
-    async def _api(self, request: HttpRequest) -> HttpResponse:
+    async def _api(self, request: HttpRequest, peer: str = "memory") -> HttpResponse:
         match = _API_ROOM.match(request.path)
         if request.path == "/api/rooms":
             if request.method != "GET":
@@ -750,22 +758,28 @@ class ChatServer:
             return json_response(404, {"error": "not found"})
         elif request.method != "POST":
             return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
-        denied = self._api_auth(request)
-        if denied is not None:
-            return denied
+        admin = self._api_auth(request)
+        if isinstance(admin, HttpResponse):
+            return admin
         if match is None:
             rooms = []
             state = self.hub.state
             for name in state.room_names():
-                rooms.append(
-                    {
-                        "name": name,
-                        "members": len(state.members(name)),
-                        "last_id": state.last_id(name),
-                    }
-                )
+                if admin.may_join(name):
+                    rooms.append(
+                        {
+                            "name": name,
+                            "members": len(state.members(name)),
+                            "last_id": state.last_id(name),
+                        }
+                    )
             return json_response(200, {"rooms": rooms})
         room = match.group(1)
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            return json_response(415, {"error": "Content-Type must be application/json"})
+        if not admin.may_join(room):
+            return json_response(403, {"error": "this token may not publish to that room"})
         try:
             body = json.loads(request.body)
         except (ValueError, RecursionError):
@@ -780,19 +794,34 @@ class ChatServer:
             ack = await self.hub.publish(room, content, user_id=user_id, create=False)
         except ProtocolError as err:
             return json_response(err.code, {"error": err.message})
+        log.info(
+            "api publish room=%s id=%d user=%s by=%s peer=%s chars=%d",
+            room,
+            ack.id,
+            user_id,
+            admin.user_id,
+            peer,
+            len(content),
+        )
         return json_response(201, {"id": ack.id, "time": ack.time})
 
-    def _api_auth(self, request: HttpRequest) -> HttpResponse | None:
+    def _api_auth(self, request: HttpRequest) -> Identity | HttpResponse:
+        """The admin identity of the request's ``Authorization: Bearer``
+        token (never one from the query string), or the refusal."""
         if not self.config.secret:
             return json_response(401, {"error": "the HTTP API needs the server to have a secret"})
+        if not self._origin_allowed(request.headers):
+            return json_response(403, {"error": "origin not allowed"})
         handshake = HandshakeRequest.from_target(request.target, request.headers, "")
-        token = handshake.bearer_token()
+        token = handshake.bearer_token(query=False)
         if token is None:
-            return json_response(401, {"error": "missing bearer token"})
+            return json_response(401, {"error": "missing Authorization: Bearer token"})
         try:
-            identity = TokenAuthenticator(self.config.secret).verify(token)
+            identity = TokenAuthenticator(
+                self.config.secret, self.config.max_token_lifetime
+            ).verify(token)
         except Rejection as rejection:
             return json_response(401, {"error": rejection.reason})
         if not identity.admin:
             return json_response(403, {"error": "token is not an admin token"})
-        return None
+        return identity
