@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import h11
@@ -133,7 +133,7 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         if event is not h11.NEED_DATA:
             return event
         data = await stream.receive_some(16384)
-        conn.receive_data(data)
+        conn.receive_data(cast(bytes, data))
 
 
 async def _next_head(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> Any:
@@ -154,7 +154,7 @@ async def _next_head(conn: h11.Connection, stream: trio.abc.Stream, limit: int) 
             )
         data = await stream.receive_some(room)
         buffered += len(data)
-        conn.receive_data(data)
+        conn.receive_data(cast(bytes, data))
 
 
 async def send_response(
@@ -248,9 +248,9 @@ async def serve_http(
                 if idle_scopes is not None:
                     idle_scopes.discard(scope)
         if scope.cancelled_caught or isinstance(event, h11.ConnectionClosed):
-            return  # slow or idle client, or gone: just close
+            return None  # slow or idle client, or gone: just close
         if not isinstance(event, h11.Request):
-            return
+            return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
         request = HttpRequest(
             event.method.decode("ascii", "replace"),
@@ -264,30 +264,30 @@ async def serve_http(
                 trailing, _ = conn.trailing_data
                 return Handover(request, answer, bytes(trailing), deadline)
             await respond(answer)
-            return  # never keep a refused upgrade's connection alive
+            return None  # never keep a refused upgrade's connection alive
         with trio.move_on_after(head_timeout) as body_scope:
             body = await _read_body(conn, stream, max_body)
         if body_scope.cancelled_caught:
-            return
+            return None
         if isinstance(body, HttpResponse):
             if await respond(attrs.evolve(body, headers=(("connection", "close"),))):
                 try:
                     await _linger(stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
-            return
+            return None
         request = attrs.evolve(request, body=body)
         try:
             answer = await router(request)
         except h11.RemoteProtocolError as exc:  # pragma: no cover - defensive
             with trio.move_on_after(write_timeout):
                 await _refuse_malformed(conn, stream, exc)
-            return
+            return None
         assert isinstance(answer, HttpResponse)
         if not await respond(answer, head_only=request.method == "HEAD"):
-            return
+            return None
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-            return
+            return None
         conn.start_next_cycle()
 
 

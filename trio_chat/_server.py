@@ -177,7 +177,7 @@ class ChatServer:
         self._conn_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self._ssl_context: ssl.SSLContext | None = None
-        if config.tls:
+        if config.certfile is not None:
             self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._ssl_context.load_cert_chain(config.certfile, config.keyfile)
         #: Extra checks a backplane may register: () -> (healthy, detail).
@@ -197,7 +197,7 @@ class ChatServer:
         self,
         *,
         listeners: list[trio.SocketListener] | None = None,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen and serve until :meth:`shutdown` (or cancellation).
 
