@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -25,13 +26,14 @@ import pytest
 import trio
 import trio_websocket
 from http_support import HttpClient, LogCapture, ws_refusal
+from hypothesis import given, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import trio_chat
 from trio_chat import Config
 from trio_chat._auth import Rejection, TokenAuthenticator, make_token
 from trio_chat._http import MAX_HEAD_BYTES
-from trio_chat._logging import TextFormatter
+from trio_chat._logging import SampledLog, TextFormatter, escape
 from trio_chat._metrics import count_tasks
 from trio_chat._testing_server import open_test_client, open_test_server
 
@@ -590,3 +592,30 @@ async def test_direct_messages_follow_the_token_scope():
             assert (await alice.expect("error"))["payload"]["code"] == 404
             await alice.send("direct", {"to": "bob", "content": "hi"}, ref="d3")
             assert (await bob.expect("direct"))["payload"]["content"] == "hi"
+
+
+@given(st.text())
+def test_the_text_log_escape_leaves_no_control_character_and_loses_nothing(text: str) -> None:
+    out = escape(text)
+    assert not any(
+        unicodedata.category(c) in ("Cc", "Zl", "Zp") or unicodedata.bidirectional(c) in BIDI
+        for c in out
+    )
+    # Every escape is a Python one, and the backslash is escaped too: the
+    # original comes back, so two messages never log alike.
+    assert out.encode("latin-1", "backslashreplace").decode("unicode_escape") == text
+
+
+BIDI = {"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"}
+
+
+def test_the_sampled_log_logs_the_first_of_each_kind_then_counts():
+    sampled = SampledLog(10.0)
+    assert sampled.hit("401", 0.0) and sampled.hit("403", 0.0)
+    assert not any(sampled.hit("401", t) for t in (1.0, 2.0, 9.9))
+    assert sampled.due(5.0) == []  # the window is not over
+    assert sampled.hit("401", 10.0)  # a new window: logged again ...
+    assert sampled.due(10.0) == [("401", 3)]  # ... and the last one's count is due
+    assert not sampled.hit("401", 11.0)
+    assert sampled.due(20.0) == [("401", 1)]
+    assert sampled.due(20.0, every=True) == []

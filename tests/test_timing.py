@@ -215,8 +215,8 @@ async def test_request_head_never_completed_is_closed_after_handshake_timeout(au
         assert await stream.receive_some() == b""  # no answer, just closed
 
 
-async def test_idle_keep_alive_connection_is_closed_after_handshake_timeout(autojump_clock):
-    config = Config(handshake_timeout=4)
+async def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(autojump_clock):
+    config = Config(handshake_timeout=4, http_idle_timeout=3)
     async with open_memory_server(config) as server, trio.open_nursery() as nursery:
         stream, served = serve(nursery, server)
         await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -230,7 +230,7 @@ async def test_idle_keep_alive_connection_is_closed_after_handshake_timeout(auto
             body += await stream.receive_some()
         answered = trio.current_time()
         assert await stream.receive_some() == b""
-        assert trio.current_time() - answered == pytest.approx(4, abs=1e-6)
+        assert trio.current_time() - answered == pytest.approx(3, abs=1e-6)
 
 
 async def test_completed_handshake_is_not_cut_by_the_handshake_deadline(autojump_clock):

@@ -42,6 +42,8 @@ def _args(redis: RedisServer) -> list[str]:
         "3",
         "--log-level",
         "info",
+        "--healthz-node",  # /healthz says which worker answered
+        "true",
     ]
 
 
