@@ -43,7 +43,7 @@ from trio_chat._testing_server import open_test_client, open_test_server
 async def _until(predicate: Callable[[], bool], timeout: float = 5) -> None:
     """Wait until *predicate* holds (state another task or process changes)."""
     with trio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - no event to wait on
+        while not predicate():
             await trio.sleep(0.01)
 
 
