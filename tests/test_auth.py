@@ -265,7 +265,7 @@ async def test_an_embedders_authenticator_decides():
 
 async def _start_cli_server(*args: str, env: dict[str, str] | None = None):
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_chat", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "trio_chat", "serve", "--port", "0", "--data-dir", "none", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},

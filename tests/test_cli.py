@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -130,7 +131,15 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterat
                 await process.wait()
 
 
+#: Each server started by these tests keeps its data in a directory of its own.
+DATA_ROOT = tempfile.TemporaryDirectory(prefix="trio-chat-cli-")
+
+
 def serve(*args: str) -> list[str]:
+    """``trio-chat serve`` on a free port, with a new, empty data directory
+    unless *args* name one."""
+    if not any(a in ("--data-dir", "--store") for a in args):
+        args = ("--data-dir", tempfile.mkdtemp(dir=DATA_ROOT.name), *args)
     return [sys.executable, "-m", "trio_chat", "serve", "--port", "0", *args]
 
 

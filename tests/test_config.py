@@ -50,6 +50,8 @@ SAMPLES = {
     "log_interval": 30.0,
     "healthz_node": True,
     "healthz_version": False,
+    "store": "memory",
+    "data_dir": "/var/lib/trio-chat",
 }
 #: Settings that only make sense together with others.
 PAIRED = {"certfile", "keyfile", "workers"}
@@ -259,3 +261,24 @@ def test_every_setting_is_a_serve_flag_and_documented():
         "TRIO_CHAT_PING_INTERVAL",
     ):
         assert flag in help_text, flag
+
+
+def test_storage_settings():
+    # embedding: memory, unless a data directory is given
+    assert Config().sqlite_dir is None
+    assert Config(data_dir="d").sqlite_dir == "d"
+    assert Config(data_dir="d", store="memory").sqlite_dir is None
+    assert Config(data_dir="none").data_dir is None
+    with pytest.raises(ConfigError, match="store: sqlite needs a data_dir"):
+        Config(store="sqlite")
+    with pytest.raises(ConfigError, match="store: must be one of"):
+        Config(store="disk")
+    # serve's own default keeps history in ./trio-chat-data; "none" turns it off
+    defaults = {"data_dir": "./trio-chat-data"}
+    assert Config.load(environ={}, defaults=defaults).sqlite_dir == "./trio-chat-data"
+    off = Config.load(environ={}, defaults=defaults, overrides={"data_dir": "none"})
+    assert off.sqlite_dir is None
+    env = {"TRIO_CHAT_STORE": "memory"}
+    assert Config.load(environ=env, defaults=defaults).sqlite_dir is None
+    # with the Redis backplane, Redis keeps the history
+    assert Config(data_dir="d", redis_url="redis://127.0.0.1:1/0").sqlite_dir is None

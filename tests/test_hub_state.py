@@ -2,15 +2,22 @@
 
 :class:`HubMachine` drives :class:`HubState` with random commands -- connect,
 disconnect, join (with and without ``since``), leave, chat (with fresh and
-repeated refs), presence, direct, typing, server-side publish -- from several
-connections per user, and checks each command's deliveries against a small,
-obviously-correct model: every delivery, to every connection, exactly.  Room
-caps are small so eviction and the 403 limits happen often.  The unit tests
-below it pin each rule with a readable scenario.
+repeated refs), presence, direct, typing, server-side publish, and a restart
+of the server -- from several connections per user, and checks each command's
+deliveries against a small, obviously-correct model: every delivery, to every
+connection, exactly.  Room caps and history budgets (messages, bytes per room,
+bytes in all, age) are small so eviction, trimming and the 403 limits happen
+often.  It runs twice: with the memory store (a restart forgets everything)
+and with the SQLite store on a temporary file (every step's log operations
+are committed; a restart reopens the file and must bring back rooms, history,
+ids and refs exactly).  The unit tests below it pin each rule with a readable
+scenario.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections import Counter, OrderedDict
 
 import attrs
@@ -27,6 +34,7 @@ from hypothesis.stateful import (
 )
 
 from trio_chat._hub_state import Delivery, HubState, HubStats, recipients
+from trio_chat._log import MESSAGE_OVERHEAD
 from trio_chat._protocol import (
     Chat,
     ChatAck,
@@ -47,6 +55,7 @@ from trio_chat._protocol import (
     TypingNotice,
     format_time,
 )
+from trio_chat._sqlite_store import SqliteStore
 
 USERS = ["ann", "bob", "cy"]
 ROOMS = ["r1", "r2", "r3", "r4", "r5"]
@@ -56,6 +65,11 @@ room_choice = st.sampled_from([MINE, MINE, *ROOMS])
 REFS = ["a", "b", "c"]
 #: Small history rings, so that ``truncated`` happens often.
 HISTORY_SIZES = [1, 2, 3]
+#: Byte budgets of about one to five short messages (each counts about 305).
+ROOM_BYTES = [10_000, 2 * MESSAGE_OVERHEAD + 20]
+TOTAL_BYTES = [10_000, 4 * MESSAGE_OVERHEAD + 40]
+#: Seconds a message is kept (0: forever); each step takes 1.25 s.
+MAX_AGES = [0.0, 0.0, 12.0]
 MAX_ROOMS = 3
 MAX_PER_CONN = 2
 MAX_CREATED_PER_CONN = 1
@@ -73,33 +87,54 @@ def norm(event: ServerEvent) -> str:
     return event.to_json()
 
 
+def size_of(message: ChatMessage) -> int:
+    """What a message counts against the byte budgets, spelled out."""
+    return len(message.content.encode("utf-8", "surrogatepass")) + len(message.user_id) + 300
+
+
+@attrs.define
+class Kept:
+    message: ChatMessage
+    seq: int
+    at: float
+
+    @property
+    def size(self) -> int:
+        return size_of(self.message)
+
+
 @attrs.define
 class RoomModel:
-    history_size: int
-    messages: list[ChatMessage] = attrs.Factory(list)
+    epoch: str
+    last_id: int = 0
+    #: The retained messages, oldest first.
+    kept: list[Kept] = attrs.Factory(list)
     #: The connection that created it and the client (here: its user).
     creator: int | None = None
     client: str | None = None
-
-    @property
-    def last_id(self) -> int:
-        return len(self.messages)
 
     def after(self, since: int | None) -> tuple[list[dict], bool]:
         # A since beyond the last id means the room was forgotten and
         # started again since the client saw it: send the whole history.
         if since is None or since > self.last_id:
             since = 0
-        retained = self.messages[-self.history_size :]
-        kept = {m.id for m in retained}
-        history = [m.payload() for m in retained if m.id > since]
+        kept = {k.message.id for k in self.kept}
+        history = [k.message.payload() for k in self.kept if k.message.id > since]
         missing = [i for i in range(since + 1, self.last_id + 1) if i not in kept]
         return history, bool(missing)
 
 
 @attrs.define
+class Budgets:
+    size: int
+    room_bytes: int
+    total_bytes: int
+    max_age: float
+
+
+@attrs.define
 class Model:
-    history_size: int
+    budgets: Budgets
     conns: dict[int, str] = attrs.Factory(dict)
     joined: dict[int, dict[str, None]] = attrs.Factory(dict)
     #: Rooms, least recently used first (joins and messages use a room).
@@ -107,6 +142,9 @@ class Model:
     status: dict[str, tuple[str, str | None]] = attrs.Factory(dict)
     refs: dict[str, dict[str, ServerEvent]] = attrs.Factory(dict)
     published: int = 0
+    seq: int = 0
+    #: Every epoch a room name has had, to check that a new one is new.
+    epochs: dict[str, set[str]] = attrs.Factory(dict)
 
     def users(self) -> set[str]:
         return set(self.conns.values())
@@ -136,30 +174,110 @@ class Model:
             if not empty:
                 return False
             del self.rooms[empty[0]]
-        self.rooms[room] = RoomModel(self.history_size, creator=key, client=client)
+        # its epoch is read once created
+        self.rooms[room] = RoomModel("?", creator=key, client=client)
         return True
 
     def emptied(self, room: str) -> None:
         """*room* lost its last member: forgotten without history, else used."""
-        if not self.rooms[room].messages:
+        if not self.rooms[room].kept:
             del self.rooms[room]
         else:
             self.rooms.move_to_end(room)
 
+    def named(self, room: str, epoch: str) -> None:
+        """The new *room* was given *epoch*: it must be one never seen."""
+        seen = self.epochs.setdefault(room, set())
+        assert epoch not in seen, f"{room}: epoch {epoch} used again"
+        seen.add(epoch)
+        self.rooms[room].epoch = epoch
+
+    def history_bytes(self) -> int:
+        return sum(k.size for r in self.rooms.values() for k in r.kept)
+
+    def append(self, room: str, user: str, content: str, now: float) -> ChatMessage:
+        """Publish into *room*, then apply the budgets the obvious way."""
+        b, log = self.budgets, self.rooms[room]
+        log.last_id += 1
+        message = ChatMessage(log.last_id, room, user, content, format_time(now))
+        self.seq += 1
+        log.kept.append(Kept(message, self.seq, now))
+        self.published += 1
+        while len(log.kept) > 1 and (
+            len(log.kept) > b.size or sum(k.size for k in log.kept) > b.room_bytes
+        ):
+            log.kept.pop(0)
+        while self.history_bytes() > b.total_bytes:
+            oldest = min((r for r in self.rooms.values() if r.kept), key=lambda r: r.kept[0].seq)
+            if oldest is log and len(log.kept) == 1:
+                break
+            label("history: over the total byte budget")
+            oldest.kept.pop(0)
+        self.expire(now)
+        return message
+
+    def expire(self, now: float) -> None:
+        if self.budgets.max_age:
+            for r in self.rooms.values():
+                before = len(r.kept)
+                r.kept = [k for k in r.kept if k.at >= now - self.budgets.max_age]
+                if len(r.kept) < before:
+                    label("history: expired")
+
+    def restart(self, durable: bool) -> None:
+        """The server stops and starts again; every connection comes back."""
+        for key in self.joined:
+            self.joined[key] = {}
+        self.status.clear()
+        self.published = 0
+        if not durable:
+            self.rooms.clear()
+            self.refs.clear()
+            return
+        # Rooms come back least recently written first; without history they
+        # are forgotten (as a room left empty with no history is).
+        for r in [r for r, log in self.rooms.items() if not log.kept]:
+            del self.rooms[r]
+        for log in self.rooms.values():
+            log.creator = None
+            log.client = None
+        order = sorted(
+            self.rooms, key=lambda r: (max([0] + [k.seq for k in self.rooms[r].kept]), r)
+        )
+        self.rooms = OrderedDict((r, self.rooms[r]) for r in order)
+
 
 class HubMachine(RuleBasedStateMachine):
     connections = Bundle("connections")
+    #: The SQLite variant below sets it.
+    durable = False
 
     def __init__(self) -> None:
         super().__init__()
         self.state = HubState()
-        self.model = Model(0)
+        self.model = Model(Budgets(100, 1 << 20, 1 << 30, 0))
         self.next_key = 0
         self.now = T0
         #: Each user's last accepted chat, to resend it as after a reconnect.
         self.last_chat: dict[str, Chat] = {}
+        self.store: SqliteStore | None = None
+        self.tmp: str | None = None
 
     # ------------------------------------------------------------ helpers
+
+    def new_state(self) -> HubState:
+        b = self.model.budgets
+        return HubState(
+            history_size=b.size,
+            max_rooms=MAX_ROOMS,
+            max_rooms_per_connection=MAX_PER_CONN,
+            max_rooms_created_per_connection=MAX_CREATED_PER_CONN,
+            max_rooms_created_per_client=MAX_CREATED_PER_CLIENT,
+            history_bytes_per_room=b.room_bytes,
+            history_bytes_total=b.total_bytes,
+            history_max_age=b.max_age,
+            durable=self.durable,
+        )
 
     def handle(self, key: int, event: object) -> list[Delivery] | ProtocolError:
         self.now += 1.25
@@ -197,27 +315,46 @@ class HubMachine(RuleBasedStateMachine):
             f"\nunexpected: {sorted((actual - wanted).elements())}"
         )
 
+    def created(self, room: str, rooms_before: set[str]) -> None:
+        if room not in rooms_before:
+            epoch = self.state.epoch(room)
+            assert epoch is not None
+            self.model.named(room, epoch)
+
     # ------------------------------------------------------------ rules
 
     @initialize(
         target=connections,
         history_size=st.sampled_from(HISTORY_SIZES),
+        room_bytes=st.sampled_from(ROOM_BYTES),
+        total_bytes=st.sampled_from(TOTAL_BYTES),
+        max_age=st.sampled_from(MAX_AGES),
         users=st.lists(st.sampled_from(USERS), max_size=3),
     )
-    def start(self, history_size: int, users: list[str]) -> object:
+    def start(
+        self,
+        history_size: int,
+        room_bytes: int,
+        total_bytes: int,
+        max_age: float,
+        users: list[str],
+    ) -> object:
         """Small caps, and a few connections already in a room (or none)."""
-        self.state = HubState(
-            history_size=history_size,
-            max_rooms=MAX_ROOMS,
-            max_rooms_per_connection=MAX_PER_CONN,
-            max_rooms_created_per_connection=MAX_CREATED_PER_CONN,
-            max_rooms_created_per_client=MAX_CREATED_PER_CLIENT,
-        )
-        self.model = Model(history_size)
+        self.model = Model(Budgets(history_size, room_bytes, total_bytes, max_age))
+        self.state = self.new_state()
+        if self.durable:
+            self.tmp = tempfile.mkdtemp(prefix="trio-chat-machine-")
+            self.store = SqliteStore(self.tmp)
         keys = [self.connect(user) for user in users]
         for key in keys:
             self.join(key, ROOMS[0], None, None)
         return multiple(*keys)
+
+    def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     @rule(target=connections, user=st.sampled_from(USERS))
     def connect(self, user: str) -> int:
@@ -227,6 +364,26 @@ class HubMachine(RuleBasedStateMachine):
         self.model.conns[key] = user
         self.model.joined[key] = {}
         return key
+
+    @rule()
+    def restart(self) -> None:
+        """The server restarts and every client reconnects (without its
+        rooms): with SQLite, rooms, history, ids, epochs and refs come back;
+        in memory, nothing does."""
+        m = self.model
+        self.now += 1.25
+        if self.store is not None:
+            self.store.commit(self.state.take_ops())
+            self.store.close()
+            self.store = SqliteStore(self.tmp)  # type: ignore[arg-type]
+        self.state = self.new_state()
+        if self.store is not None:
+            snapshot = self.store.load()
+            self.state.restore(snapshot.rooms, snapshot.messages, snapshot.refs)
+            label(f"restart: {len(snapshot.messages)} messages back")
+        m.restart(self.durable)
+        for key, user in m.conns.items():
+            self.state.connect(key, user, user)
 
     @rule(key=consumes(connections))
     def disconnect(self, key: int) -> None:
@@ -260,6 +417,7 @@ class HubMachine(RuleBasedStateMachine):
         m = self.model
         user = m.conns[key]
         result = self.handle(key, Join(room, since, ref))
+        m.expire(self.now)
         if room not in m.joined[key] and len(m.joined[key]) >= MAX_PER_CONN:
             label("join: 403, connection in too many rooms")
             return self.refused(result, 403, ref)
@@ -269,6 +427,7 @@ class HubMachine(RuleBasedStateMachine):
             return self.refused(result, 403, ref)
         if rooms_before - set(m.rooms):
             label("join: forgot an empty room")
+        self.created(room, rooms_before)
         m.rooms.move_to_end(room)
         expected: Expected = []
         if room not in m.joined[key]:
@@ -284,7 +443,8 @@ class HubMachine(RuleBasedStateMachine):
             history, truncated = [], False
         label(f"join: since={'set' if since is not None else 'none'}, truncated={truncated}")
         members = sorted(m.room_users(room))
-        expected.append((Joined(room, members, history, truncated, ref), [key]))
+        epoch = m.rooms[room].epoch
+        expected.append((Joined(room, members, history, truncated, ref, epoch), [key]))
         for other in members:
             if other != user and other in m.status:
                 expected.append((PresenceUpdate(other, *m.status[other]), [key]))
@@ -323,13 +483,8 @@ class HubMachine(RuleBasedStateMachine):
             # Seen before: the original ack again, and nothing published.
             label("chat: repeated ref")
             return self.check(result, [(m.refs[user][event.ref], [key])])
-        log = m.rooms[event.room]
-        message = ChatMessage(
-            log.last_id + 1, event.room, user, event.content, format_time(self.now)
-        )
-        log.messages.append(message)
+        message = m.append(event.room, user, event.content, self.now)
         m.rooms.move_to_end(event.room)
-        m.published += 1
         label(f"chat: published, others={len(m.room_conns(event.room)) - 1}")
         ack = ChatAck(message.id, event.room, message.time, event.ref)
         if event.ref is not None:
@@ -346,7 +501,7 @@ class HubMachine(RuleBasedStateMachine):
     @rule(
         key=connections,
         room=room_choice,
-        content=st.sampled_from(["hi", "hello"]) | st.text(min_size=1, max_size=8),
+        content=st.sampled_from(["hi", "hello", "x" * 40]) | st.text(min_size=1, max_size=8),
         ref=st.none() | st.sampled_from(REFS),
     )
     def chat(self, key: int, room: str, content: str, ref: str | None) -> None:
@@ -428,13 +583,12 @@ class HubMachine(RuleBasedStateMachine):
             result = deliveries
         if room not in m.rooms and not create:
             return self.refused(result, 404, None)
+        rooms_before = set(m.rooms)
         if not m.make_room(room):
             return self.refused(result, 403, None)
-        log = m.rooms[room]
-        message = ChatMessage(log.last_id + 1, room, "system", "notice", format_time(self.now))
-        log.messages.append(message)
+        self.created(room, rooms_before)
+        message = m.append(room, "system", "notice", self.now)
         m.rooms.move_to_end(room)
-        m.published += 1
         self.check(result, [(message, m.room_conns(room))])
         assert ack == ChatAck(message.id, room, message.time)
 
@@ -447,6 +601,7 @@ class HubMachine(RuleBasedStateMachine):
         assert s.room_names() == list(m.rooms)
         for room, log in m.rooms.items():
             assert s.last_id(room) == log.last_id  # ids 1..n, no gap
+            assert s.epoch(room) == log.epoch
             assert set(s.members(room)) == m.room_users(room)
             assert sorted(s.connections_in(room)) == m.room_conns(room)
         for key, user in m.conns.items():
@@ -463,12 +618,32 @@ class HubMachine(RuleBasedStateMachine):
             users=len(m.users()),
             rooms=len(m.rooms),
             messages=m.published,
-            history=sum(min(len(log.messages), m.history_size) for log in m.rooms.values()),
+            history=sum(len(log.kept) for log in m.rooms.values()),
+            history_bytes=m.history_bytes(),
         )
+
+    @invariant()
+    def commit(self) -> None:
+        """With SQLite, every step's operations are written, as the hub does
+        after each wake."""
+        if self.store is not None:
+            self.store.commit(self.state.take_ops())
+        else:
+            assert self.state.take_ops() == []
 
 
 HubMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 TestHubMachine = HubMachine.TestCase
+
+
+class SqliteHubMachine(HubMachine):
+    durable = True
+
+
+SqliteHubMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
+TestSqliteHubMachine = SqliteHubMachine.TestCase
 
 
 # --------------------------------------------------------------------------
@@ -535,7 +710,7 @@ def test_system_events_on_first_join_and_last_leave_only() -> None:
     assert deliveries_to(s.disconnect(3), 1) == [System("leave", "r", "bob")]
     # joining again is idempotent: a joined reply, no system event
     out = s.handle(1, Join("r", ref="j"), NOW)
-    assert out == [Delivery(Joined("r", ["ann"], [], False, "j"), (1,))]
+    assert out == [Delivery(Joined("r", ["ann"], [], False, "j", s.epoch("r")), (1,))]
 
 
 def test_history_since_and_truncated() -> None:
@@ -743,7 +918,7 @@ def test_joining_again_sends_no_history_again() -> None:
     # it gets the members and nothing it already has.
     for since in (None, 0, 3):
         again = s.handle(2, Join("r", since, "j"), NOW)
-        assert again == [Delivery(Joined("r", ["ann", "bob"], [], False, "j"), (2,))]
+        assert again == [Delivery(Joined("r", ["ann", "bob"], [], False, "j", s.epoch("r")), (2,))]
 
 
 def test_joined_history_is_bounded_in_bytes() -> None:
@@ -852,10 +1027,75 @@ def test_ref_memory_is_bounded_in_all_and_forgets_the_least_active_first():
             state.handle(n, Chat("r", "m", f"r{i}"), 0.0)
     # u1, the least recently active, is forgotten when a fourth user comes;
     # past 8 refs in all, u2 (now the least recently active) loses its oldest.
-    assert state._ref_count == 8
-    assert list(state._refs) == ["u2", "u3", "u4"]
-    assert [len(refs) for refs in state._refs.values()] == [2, 3, 3]
+    assert len(state.refs) == 8
+    assert list(state.refs.by_user()) == ["u2", "u3", "u4"]
+    assert [len(refs) for refs in state.refs.by_user().values()] == [2, 3, 3]
     assert [d.event.type for d in state.handle(3, Chat("r", "m", "r0"), 0.0)] == ["ack"]
     assert [d.event.type for d in state.handle(1, Chat("r", "m", "r1"), 0.0)] == ["ack"]
     assert [d.event.type for d in state.handle(1, Chat("r", "m", "r0"), 0.0)] == ["chat", "ack"]
     assert [d.event.type for d in state.handle(0, Chat("r", "m", "a1"), 0.0)] == ["chat", "ack"]
+
+
+# --------------------------------------------------------------------------
+# History budgets: bytes per room, bytes in all, age
+
+
+def sizes(state: HubState, room: str) -> list[int]:
+    log = state.room_log(room)
+    assert log is not None
+    return [m.id for m in log.history]
+
+
+def test_history_bytes_per_room_trims_the_rooms_oldest_first() -> None:
+    per_message = 300 + 3 + 1000  # overhead, "ann", content
+    s = hub(history_bytes_per_room=3 * per_message)
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    for _ in range(5):
+        s.handle(1, Chat("r", "x" * 1000), NOW)
+    assert sizes(s, "r") == [3, 4, 5]
+    assert s.stats().history_bytes == 3 * per_message
+    s.connect(2, "bob")
+    event = s.handle(2, Join("r", 1), NOW)[0].event
+    assert [m["id"] for m in event.history] == [3, 4, 5] and event.truncated
+    # non-ASCII content counts in UTF-8 bytes: 333 three-byte characters fit
+    # in the place of 1000 ASCII ones, 334 do not
+    s.handle(1, Chat("r", "€" * 333), NOW)
+    assert sizes(s, "r") == [4, 5, 6]
+    s.handle(1, Chat("r", "€" * 334), NOW)
+    assert sizes(s, "r") == [6, 7]
+
+
+def test_history_bytes_total_trims_the_servers_oldest_first() -> None:
+    per_message = 300 + 3 + 1000
+    s = hub(history_bytes_total=4 * per_message)
+    s.connect(1, "ann")
+    for room in ("a", "b"):
+        s.handle(1, Join(room), NOW)
+    for room in "aabab":
+        s.handle(1, Chat(room, "x" * 1000), NOW)
+    # a1 (the oldest) went; then nothing more: 4 messages fit
+    assert (sizes(s, "a"), sizes(s, "b")) == ([2, 3], [1, 2])
+    assert s.stats() == HubStats(1, 1, 2, 5, 4, 4 * per_message)
+    s.handle(1, Chat("b", "x" * 1000), NOW)
+    assert (sizes(s, "a"), sizes(s, "b")) == ([3], [1, 2, 3])
+    # a single message larger than the whole budget stays until the next one
+    s.handle(1, Chat("a", "x" * 6000), NOW)
+    assert (sizes(s, "a"), sizes(s, "b")) == ([4], [])
+    assert s.last_id("b") == 3  # ids go on
+
+
+def test_history_max_age() -> None:
+    s = hub(history_max_age=60)
+    s.connect(1, "ann")
+    s.handle(1, Join("r"), NOW)
+    s.handle(1, Chat("r", "old"), NOW)
+    s.handle(1, Chat("r", "newer"), NOW + 30)
+    assert sizes(s, "r") == [1, 2]
+    s.handle(1, Chat("r", "new"), NOW + 61)
+    assert sizes(s, "r") == [2, 3]
+    # a join looks at the clock too, with no message sent
+    s.connect(2, "bob")
+    event = s.handle(2, Join("r"), NOW + 200)[0].event
+    assert event.history == [] and event.truncated
+    assert s.stats().history == 0 and s.stats().history_bytes == 0

@@ -81,7 +81,7 @@ def frame(kind: str, payload: object, **top: object) -> str:
 #: The exact payload keys of each server frame (§4); optional ones apart.
 PAYLOAD_KEYS = {
     Welcome: ({"session_id", "user_id", "limits"}, set()),
-    Joined: ({"room", "members", "history", "truncated"}, set()),
+    Joined: ({"room", "members", "history", "truncated"}, {"epoch"}),
     Left: ({"room"}, set()),
     System: ({"event", "room", "user_id"}, set()),
     ChatMessage: ({"id", "room", "user_id", "content", "time"}, set()),

@@ -22,6 +22,19 @@ from trio_chat.testing import TestClient, open_test_client, open_test_server
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def stored(request, tmp_path):
+    """Config(**settings) for the memory store, then the SQLite store (the
+    default of ``trio-chat serve``) in a temporary data directory."""
+
+    def config(**settings) -> Config:
+        if request.param == "sqlite":
+            settings["data_dir"] = str(tmp_path / "data")
+        return Config(**settings)
+
+    return config
+
+
 async def expect_closed(client: TestClient) -> int:
     """Read until the server closes the connection; return the close code."""
     with trio.fail_after(5):
@@ -121,10 +134,11 @@ async def test_invalid_user_name_is_refused_with_http_400(name):
 # ---------------------------------------------------------------- rooms
 
 
-async def test_join_gives_members_and_history():
-    async with open_test_server() as server:
+async def test_join_gives_members_and_history(stored):
+    async with open_test_server(stored()) as server:
         async with open_test_client(server, user="alice") as alice:
             joined = await alice.join("lobby")
+            assert re.fullmatch("[0-9a-f]{12}", joined["payload"].pop("epoch"))
             assert joined["payload"] == {
                 "room": "lobby",
                 "members": ["alice"],
@@ -162,8 +176,8 @@ async def test_join_gives_members_and_history():
                 await nothing_more(alice, "lobby", server)
 
 
-async def test_join_since_and_truncated_history():
-    async with open_test_server(Config(history_size=3)) as server:
+async def test_join_since_and_truncated_history(stored):
+    async with open_test_server(stored(history_size=3)) as server:
         async with open_test_client(server, user="alice") as alice:
             await alice.join("r")
             for i in range(1, 6):
@@ -218,8 +232,8 @@ async def test_leave_and_system_events():
 # ---------------------------------------------------------------- chat
 
 
-async def test_chat_reaches_others_and_the_senders_other_connections():
-    async with open_test_server() as server:
+async def test_chat_reaches_others_and_the_senders_other_connections(stored):
+    async with open_test_server(stored()) as server:
         async with (
             open_test_client(server, user="alice") as a1,
             open_test_client(server, user="alice") as a2,
@@ -260,8 +274,8 @@ async def test_chat_reaches_others_and_the_senders_other_connections():
             await nothing_more(bob, "lobby", server)
 
 
-async def test_ids_are_per_room_and_consecutive():
-    async with open_test_server() as server:
+async def test_ids_are_per_room_and_consecutive(stored):
+    async with open_test_server(stored()) as server:
         async with open_test_client(server, user="alice") as alice:
             await alice.join("a")
             await alice.join("b")
@@ -274,8 +288,8 @@ async def test_ids_are_per_room_and_consecutive():
             assert [i for r, i in ids if r == "b"] == list(range(1, 5))
 
 
-async def test_ref_deduplication_across_a_reconnect():
-    async with open_test_server() as server:
+async def test_ref_deduplication_across_a_reconnect(stored):
+    async with open_test_server(stored()) as server:
         async with open_test_client(server, user="bob") as bob:
             await bob.join("lobby")
             async with open_test_client(server, user="alice") as alice:
@@ -303,8 +317,8 @@ async def test_ref_deduplication_across_a_reconnect():
                 assert other["payload"]["id"] == 3
 
 
-async def test_direct_ref_deduplication():
-    async with open_test_server() as server:
+async def test_direct_ref_deduplication(stored):
+    async with open_test_server(stored()) as server:
         async with (
             open_test_client(server, user="bob") as bob,
             open_test_client(server, user="alice") as alice,
@@ -602,8 +616,8 @@ def count_tasks() -> int:
     return walk(trio.lowlevel.current_root_task())
 
 
-async def test_every_way_a_connection_ends_leaves_no_task_behind():
-    config = Config(max_message_bytes=1024)
+async def test_every_way_a_connection_ends_leaves_no_task_behind(stored):
+    config = stored(max_message_bytes=1024)
     async with open_test_server(config) as server:
         baseline = count_tasks()
         # A normal close, from a member of a room.
@@ -662,9 +676,9 @@ def outlet_of(server: ChatServer, user: str):
     return conn.outlet
 
 
-async def test_slow_consumer_is_closed_1013_while_the_room_keeps_receiving():
+async def test_slow_consumer_is_closed_1013_while_the_room_keeps_receiving(stored):
     with collect_logs("disconnect ") as disconnects:
-        async with open_test_server(Config(queue_size=8, rate_messages=100_000)) as server:
+        async with open_test_server(stored(queue_size=8, rate_messages=100_000)) as server:
             async with (
                 open_test_client(server, user="bob") as bob,
                 open_test_client(server, user="carol") as carol,
@@ -769,8 +783,8 @@ async def test_ephemeral_events_are_dropped_not_queued_for_a_backed_up_client():
 # ---------------------------------------------------------------- embedding API
 
 
-async def test_publish_and_send_direct_take_the_client_path():
-    async with open_test_server() as server:
+async def test_publish_and_send_direct_take_the_client_path(stored):
+    async with open_test_server(stored()) as server:
         async with (
             open_test_client(server, user="alice") as alice,
             open_test_client(server, user="alice") as alice2,

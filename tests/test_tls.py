@@ -168,6 +168,8 @@ async def test_cli_serves_wss(tls_files, client_context):
             "serve",
             "--port",
             "0",
+            "--store",
+            "memory",
             "--certfile",
             certfile,
             "--keyfile",

@@ -16,11 +16,14 @@ import trio
 
 from ._config import MIN_SECRET_BYTES, SETTINGS, Config, ConfigError
 from ._version import __version__
+from ._sqlite_store import StoreError
 
 __all__ = ["main"]
 
 #: Settings that are not command-line flags of ``serve`` under their own name.
 _NOT_FLAGS = {"allowed_origins"}
+#: ``serve``'s own defaults: keep history in a data directory.
+SERVE_DEFAULTS = {"data_dir": "./trio-chat-data"}
 
 
 def _metavar(name: str, field: attrs.Attribute[Any]) -> str:
@@ -195,9 +198,11 @@ def _parse_ttl(text: str) -> float:
     return value
 
 
-def _load(args: argparse.Namespace, names: Sequence[str]) -> Config:
+def _load(
+    args: argparse.Namespace, names: Sequence[str], defaults: dict[str, str] | None = None
+) -> Config:
     overrides = {name: getattr(args, name, None) for name in names}
-    return Config.load(file=args.config, overrides=overrides)
+    return Config.load(file=args.config, overrides=overrides, defaults=defaults)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            config = _load(args, list(SETTINGS))
+            config = _load(args, list(SETTINGS), SERVE_DEFAULTS)
             if config.workers > 1:
                 from ._workers import run_workers
 
@@ -222,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._terminal import run_terminal
 
             return run_terminal(args.url, rooms=args.room or [], user=args.user, token=args.token)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"trio-chat: error: {exc}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover

@@ -84,6 +84,12 @@ def _setting(
     return attrs.field(default=default, validator=validator, metadata=metadata, **kw)
 
 
+def _optional_dir(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return str(value)
+
+
 def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
@@ -190,6 +196,30 @@ class Config:
         None, "share rooms across processes through Redis", metavar="redis://HOST:PORT/DB"
     )
     workers: int = _setting(1, "server processes sharing the port", _positive)
+    # storage
+    store: str = _setting(
+        "auto",
+        "where rooms, history and refs are kept: sqlite (in data_dir, kept across "
+        "restarts), memory (lost at exit) or auto (sqlite when data_dir is set)",
+        _Choice("auto", "memory", "sqlite"),
+    )
+    data_dir: str | None = _setting(
+        None,
+        "directory of the SQLite store, created if missing (trio-chat serve: "
+        "./trio-chat-data; none: keep nothing)",
+        converter=_optional_dir,
+        metavar="DIR",
+        shown_default="none; trio-chat serve: ./trio-chat-data",
+    )
+    history_bytes_per_room: int = _setting(
+        1 << 20, "bytes of history kept per room (the oldest messages go first)", _positive
+    )
+    history_bytes_total: int = _setting(
+        128 << 20, "bytes of history kept over all rooms (the oldest go first)", _positive
+    )
+    history_max_age: float = _setting(
+        604800.0, "seconds a message is kept in history (0: no age limit)", _non_negative
+    )
     log_level: str = _setting("info", "log level", _Choice("debug", "info", "warning", "error"))
     log_format: str = _setting("text", "log format", _Choice("text", "json"))
     # connection layer
@@ -225,6 +255,8 @@ class Config:
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("certfile/keyfile: give both or neither")
+        if self.store == "sqlite" and self.data_dir is None:
+            raise ConfigError("store: sqlite needs a data_dir")
         if self.workers > 1 and not self.redis_url:
             raise ConfigError(
                 "workers: more than one worker needs --redis-url, so that the processes share rooms"
@@ -234,6 +266,16 @@ class Config:
     def tls(self) -> bool:
         return self.certfile is not None
 
+    @property
+    def sqlite_dir(self) -> str | None:
+        """The SQLite store's directory, or None for the memory store.
+
+        With the Redis backplane, Redis holds rooms and history instead.
+        """
+        if self.store == "memory" or self.redis_url:
+            return None
+        return self.data_dir
+
     @classmethod
     def load(
         cls,
@@ -241,13 +283,19 @@ class Config:
         file: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Config:
-        """Merge defaults < TOML *file* < *environ* < *overrides*.
+        """Merge defaults < *defaults* < TOML *file* < *environ* < *overrides*.
+
+        *defaults* replace the class defaults for one command (``trio-chat
+        serve`` keeps its data in ``./trio-chat-data``).
 
         Environment variables are ``TRIO_CHAT_<SETTING>``, e.g.
         ``TRIO_CHAT_PING_INTERVAL``; list settings take a comma-separated list.
         """
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {
+            _field_name(key, "defaults"): value for key, value in (defaults or {}).items()
+        }
         if file is not None:
             try:
                 with open(file, "rb") as f:

@@ -27,30 +27,49 @@ consumer; at the second the largest backlogs are dropped as slow consumers
 The frames of one hub wake waiting for a connection (:attr:`Outlet.pending`)
 are pushed early once they pass a quarter of ``queue_bytes``, so they are
 bounded by the same budget.
+
+With a durable store (:class:`Store`), each wake's log operations (appends,
+trims, refs) are written by a committer task in a worker thread, and that
+wake's deliveries wait until they are committed: an ``ack`` is only sent for
+a message on disk, and nobody sees an id that a crash could hand out again.
+The hub itself never waits: while one batch commits, the next wakes pile up
+behind it and are committed together (group commit), in order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 import attrs
 import trio
 
 from ._frames import Encoded
 from ._hub_state import Delivery, HubState, HubStats
+from ._log import LogOp
 from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError, is_unicode
 from ._queue import FrameQueue, OutboundBudget
 from ._stream import WireStream
 
-__all__ = ["Hub", "HubCounters", "Outlet"]
+__all__ = ["Hub", "HubCounters", "Outlet", "Store"]
 
 log = logging.getLogger("trio_chat.hub")
 
 #: Close code for a connection whose outbound queue overflowed.
 SLOW_CONSUMER = 1013
+
+
+class Store(Protocol):
+    """Where a durable hub writes its log operations."""
+
+    def commit(self, ops: Sequence[LogOp]) -> None:
+        """Write *ops* in one transaction; blocking (run in a thread)."""
+
+    def close(self) -> None:
+        """Release the store (the hub calls it when it stops)."""
 
 
 @attrs.define
@@ -65,6 +84,9 @@ class HubCounters:
     #: Slow consumers by the bound they hit: ``frames`` (``queue_size``),
     #: ``bytes`` (``queue_bytes``), ``server`` (``queue_bytes_total``).
     slow_consumer_reasons: dict[str, int] = attrs.Factory(dict)
+    #: Store transactions committed and the log operations they held.
+    commits: int = 0
+    committed_ops: int = 0
     errors: dict[int, int] = attrs.Factory(dict)
     #: The outbound byte budget every outlet made with these counters shares.
     outbound: OutboundBudget = attrs.Factory(OutboundBudget)
@@ -313,12 +335,21 @@ class Hub:
     """The hub actor.  Start it with ``await nursery.start(hub.run)``.
 
     Args:
-        state: the pure hub state it owns.
+        state: the pure hub state it owns (``durable`` when there is a store).
         inbox_size: commands that may wait for the hub before senders block.
+        store: where the log operations are written; None keeps everything
+            in memory only.  The hub closes it when it stops.
+
+    A store that fails to commit (disk full, I/O error) stops the hub with
+    that error, and with it the server: nothing it could not store is
+    acknowledged.
     """
 
-    def __init__(self, state: HubState, *, inbox_size: int = 4096) -> None:
+    def __init__(
+        self, state: HubState, *, inbox_size: int = 4096, store: Store | None = None
+    ) -> None:
         self.state = state
+        self.store = store
         self.counters = HubCounters()
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](inbox_size)
         self._departed: list[Outlet] = []
@@ -328,6 +359,16 @@ class Hub:
         #: Called with each client event before it is applied.  Tests set it
         #: to inject faults; an exception it raises is handled like a bug.
         self.fault_hook: Callable[[ClientEvent], None] | None = None
+        #: With a store: this wake's deliveries and finished calls, then the
+        #: wakes waiting for their commit, oldest first.
+        self._batch: list[Delivery] = []
+        self._calls: list[_Call] = []
+        self._held: deque[tuple[list[LogOp], list[Delivery], list[_Call]]] = deque()
+        self._committing = False
+        self._work = trio.Event()
+        self._emit: Callable[[list[Delivery]], None] = (
+            self._deliver if store is None else self._batch.extend
+        )
 
     # ----------------------------------------------------- connection side
 
@@ -401,9 +442,21 @@ class Hub:
     # ----------------------------------------------------- the actor
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve commands until cancelled."""
+        """Serve commands until cancelled (then close the store, if any)."""
+        if self.store is None:
+            await self._serve(task_status)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._committer)
+                await self._serve(task_status)
+        finally:
+            self.store.close()
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         inbox = self._inbox
         apply = self._apply
+        durable = self.store is not None
         task_status.started()
         while True:
             command = await inbox.receive()
@@ -418,8 +471,51 @@ class Hub:
             if self._departed:
                 departed, self._departed = self._departed, []
                 for outlet in departed:
-                    self._deliver(self.state.disconnect(outlet))
+                    self._emit(self.state.disconnect(outlet))
+            if durable:
+                self._end_wake()
             self._flush()
+
+    def _end_wake(self) -> None:
+        """Deliver this wake's results now if nothing needs storing and
+        nothing is waiting; else queue them behind their commit."""
+        ops = self.state.take_ops()
+        batch, calls = self._batch[:], self._calls
+        self._batch.clear()
+        self._calls = []
+        if not ops and not self._held and not self._committing:
+            self._deliver(batch)
+            for call in calls:
+                call.done.set()
+            return
+        self._held.append((ops, batch, calls))
+        self._work.set()
+
+    async def _committer(self) -> None:
+        """Commit the waiting wakes, all of them in one transaction, then
+        release their deliveries in order."""
+        store = self.store
+        assert store is not None
+        limiter = trio.CapacityLimiter(1)
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            while self._held:
+                held = list(self._held)
+                self._held.clear()
+                ops = [op for batch in held for op in batch[0]]
+                self._committing = True
+                try:
+                    await trio.to_thread.run_sync(store.commit, ops, limiter=limiter)
+                finally:
+                    self._committing = False
+                self.counters.commits += 1
+                self.counters.committed_ops += len(ops)
+                for _, deliveries, calls in held:
+                    self._deliver(deliveries)
+                    for call in calls:
+                        call.done.set()
+                self._flush()
 
     def _apply(self, command: Any, now: float) -> None:
         self.counters.commands += 1
@@ -439,9 +535,9 @@ class Hub:
                 self.counters.error(500)
                 error = ErrorEvent(500, "internal server error", getattr(event, "ref", None))
                 deliveries = [Delivery(error, (outlet,))]
-            self._deliver(deliveries)
+            self._emit(deliveries)
         elif type(command) is _Depart:
-            self._deliver(self.state.disconnect(command.outlet))
+            self._emit(self.state.disconnect(command.outlet))
         elif type(command) is _Connect:
             if not command.outlet.closed:
                 self.state.connect(command.outlet, command.user_id, command.client)
@@ -454,8 +550,11 @@ class Hub:
         except Exception as exc:  # handed back to the caller
             call.error = exc
         else:
-            self._deliver(deliveries)
-        call.done.set()
+            self._emit(deliveries)
+        if self.store is None:
+            call.done.set()
+        else:
+            self._calls.append(call)
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         touched = self._touched

@@ -1,11 +1,13 @@
 """The hub's bookkeeping as a pure, synchronous state machine.
 
-:class:`HubState` owns connections, users, rooms, message ids, history,
-presence and ``ref`` de-duplication.  Each method applies one command and
-returns the :class:`Delivery` list it causes (which connections receive which
-server event); it never performs I/O and never looks at a clock (the caller
-passes ``now``).  Connections are opaque hashable keys: the hub actor uses its
-per-connection outlets, the tests use integers.
+:class:`HubState` owns connections, users, rooms, presence, and (through
+:mod:`trio_chat._log`) message ids, history and ``ref`` de-duplication.  Each
+method applies one command and returns the :class:`Delivery` list it causes
+(which connections receive which server event); with a durable store, the log
+operations it implies (append, trim, remember a ref) are collected for
+:meth:`HubState.take_ops`.  It never performs I/O and never looks at a clock
+(the caller passes ``now``).  Connections are opaque hashable keys: the hub
+actor uses its per-connection outlets, the tests use integers.
 
 Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
 """
@@ -13,16 +15,16 @@ Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from ._log import History, LogOp, RefMemory, RememberOp, RoomLog
 from ._protocol import (
     Chat,
     ChatAck,
-    ChatMessage,
     ClientEvent,
     Direct,
     DirectAck,
@@ -39,6 +41,7 @@ from ._protocol import (
     Typing,
     TypingNotice,
     format_time,
+    parse_server_frame,
 )
 
 __all__ = ["Delivery", "HubState", "HubStats", "RoomLog", "newest_within", "payload_bytes"]
@@ -118,42 +121,8 @@ class HubStats:
     rooms: int
     messages: int
     history: int
-
-
-@attrs.define
-class RoomLog:
-    """Message ids and the bounded history of one room.
-
-    Ids start at 1 and grow by exactly 1 per message; the newest
-    ``history.maxlen`` messages are retained.
-    """
-
-    history: deque[ChatMessage]
-    last_id: int = 0
-
-    @classmethod
-    def with_size(cls, size: int) -> RoomLog:
-        return cls(deque(maxlen=size))
-
-    def append(self, room: str, user_id: str, content: str, time: str) -> ChatMessage:
-        self.last_id += 1
-        message = ChatMessage(self.last_id, room, user_id, content, time)
-        self.history.append(message)
-        return message
-
-    def after(self, since: int | None) -> tuple[list[dict[str, Any]], bool]:
-        """Retained messages with ``id > since`` and whether some are missing.
-
-        Without *since* (or with a *since* beyond the last id, which means the
-        room was reset since the client saw it) this is the whole retained
-        history, truncated when earlier messages are no longer kept.
-        """
-        if since is None or since > self.last_id:
-            since = 0
-        oldest = self.last_id - len(self.history) + 1
-        skip = max(0, since + 1 - oldest)
-        messages = [m.payload() for m in list(self.history)[skip:]]
-        return messages, since + 1 < oldest
+    #: Bytes of retained history, as the history budgets count them.
+    history_bytes: int = 0
 
 
 @attrs.define
@@ -225,6 +194,10 @@ class HubState:
     joined_bytes: int = 1 << 19
     remembered_users: int = 10_000
     max_refs: int = 100_000
+    history_bytes_per_room: int = 1 << 20
+    history_bytes_total: int = 128 << 20
+    history_max_age: float = 0.0
+    durable: bool = False
 
     _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
     _users: dict[str, _User] = attrs.field(init=False, factory=dict)
@@ -235,11 +208,54 @@ class HubState:
     _clients: dict[str, int] = attrs.field(init=False, factory=dict)
     #: Room creations refused, by the bound: ``connection``, ``client``, ``server``.
     rooms_refused: dict[str, int] = attrs.field(init=False, factory=dict)
-    _refs: OrderedDict[str, OrderedDict[str, ServerEvent]] = attrs.field(
-        init=False, factory=OrderedDict
-    )
     _messages: int = attrs.field(init=False, default=0)
-    _ref_count: int = attrs.field(init=False, default=0)
+    history: History = attrs.field(init=False)
+    refs: RefMemory = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.history = History(
+            self.history_size,
+            self.history_bytes_per_room,
+            self.history_bytes_total,
+            self.history_max_age,
+            self.durable,
+        )
+        self.refs = RefMemory(self.ref_memory, self.remembered_users, self.max_refs)
+
+    # ------------------------------------------------------------ the log
+
+    def take_ops(self) -> list[LogOp]:
+        """The log operations of the commands applied since the last call,
+        in order (always empty unless *durable*)."""
+        return self.history.take_ops()
+
+    def restore(
+        self,
+        rooms: list[tuple[str, str, int]],
+        messages: list[tuple[int, str, int, str, str, str, float]],
+        refs: list[tuple[str, str, str]],
+    ) -> None:
+        """Bring back what a store kept: rooms (without members, so a room
+        left with no history is forgotten), their history and next ids, and
+        remembered refs (see :meth:`History.restore`; *refs* as (user_id,
+        ref, ack JSON), oldest first).  Call it on a new state, before any
+        command; then write :meth:`take_ops` (trims to today's budgets) back
+        to the store."""
+        logs = self.history.restore(rooms, messages)
+        for name, log in logs.items():
+            if not log.entries:
+                self.history.drop(log)
+                continue
+            self._rooms[name] = _Room(log)
+            self._empty[name] = None
+        while len(self._rooms) > self.max_rooms:
+            self._drop(next(iter(self._empty)))
+        for user_id, ref, ack in refs:
+            self.refs.remember(user_id, ref, parse_server_frame(ack))
+
+    def expire(self, now: float) -> None:
+        """Trim the history older than ``history_max_age``."""
+        self.history.expire(now)
 
     # ------------------------------------------------------------ queries
 
@@ -249,7 +265,8 @@ class HubState:
             users=len(self._users),
             rooms=len(self._rooms),
             messages=self._messages,
-            history=sum(len(r.log.history) for r in self._rooms.values()),
+            history=self.history.messages,
+            history_bytes=self.history.bytes,
         )
 
     def user_of(self, key: Key) -> str:
@@ -275,6 +292,15 @@ class HubState:
     def last_id(self, room: str) -> int | None:
         entry = self._rooms.get(room)
         return entry.log.last_id if entry else None
+
+    def epoch(self, room: str) -> str | None:
+        """The name of *room*'s current numbering (see :class:`RoomLog`)."""
+        entry = self._rooms.get(room)
+        return entry.log.epoch if entry else None
+
+    def room_log(self, room: str) -> RoomLog | None:
+        entry = self._rooms.get(room)
+        return entry.log if entry else None
 
     # ------------------------------------------------------------ commands
 
@@ -327,6 +353,8 @@ class HubState:
             )
             return deliveries
         if isinstance(event, Join):
+            if self.history_max_age:
+                self.history.expire(now)
             return self._join(key, conn, event)
         if isinstance(event, Leave):
             return [
@@ -377,12 +405,12 @@ class HubState:
                 raise ProtocolError(404, f"room {room!r} does not exist", ref)
             entry = self._room(room, ref)
         self._rooms.move_to_end(room)
-        message = entry.log.append(room, user_id, content, format_time(now))
+        message = self.history.append(entry.log, user_id, content, now, format_time(now))
         self._messages += 1
         ack = ChatAck(message.id, room, message.time, ref)
         self._remember(user_id, ref, ack)
         if not entry.conns:
-            if entry.log.history:
+            if entry.log.entries:
                 self._empty.move_to_end(room)
             else:
                 self._drop(room)
@@ -458,7 +486,7 @@ class HubState:
                 self._refused("server")
                 raise ProtocolError(403, "the server's room limit is reached", ref)
             self._drop(next(iter(self._empty)))
-        entry = self._rooms[name] = _Room(RoomLog.with_size(self.history_size), client=client)
+        entry = self._rooms[name] = _Room(self.history.open(name), client=client)
         self._empty[name] = None
         if conn is not None:
             entry.creator = key
@@ -474,6 +502,7 @@ class HubState:
         """Forget an empty room: its ids, history and quota."""
         entry = self._rooms.pop(name)
         self._empty.pop(name, None)
+        self.history.drop(entry.log)
         if entry.creator is not None:
             del self._conns[entry.creator].created[name]
         client = entry.client
@@ -515,7 +544,9 @@ class HubState:
             if sum(_payload_bound(p) for p in history) > budget:
                 history, trimmed = newest_within(history, payload_bytes, budget)
                 truncated = truncated or trimmed
-        joined = Joined(event.room, list(entry.users), history, truncated, event.ref)
+        joined = Joined(
+            event.room, list(entry.users), history, truncated, event.ref, entry.log.epoch
+        )
         deliveries.insert(0, Delivery(joined, (key,)))
         for member in entry.users:
             user = self._users[member]
@@ -536,7 +567,7 @@ class HubState:
             return []
         del entry.users[conn.user_id]
         if not entry.conns:
-            if entry.log.history:
+            if entry.log.entries:
                 self._rooms.move_to_end(room)
                 self._empty[room] = None
             else:
@@ -555,42 +586,14 @@ class HubState:
         return [Delivery(update, tuple(audience), ephemeral=True)]
 
     def _seen(self, user_id: str, ref: str | None) -> ServerEvent | None:
-        if ref is None:
-            return None
-        refs = self._refs.get(user_id)
-        if refs is None:
-            return None
-        seen = refs.get(ref)
-        if seen is not None:
-            self._refs.move_to_end(user_id)  # resending: recently active
-        return seen
+        return self.refs.seen(user_id, ref)
 
     def _remember(self, user_id: str, ref: str | None, ack: ServerEvent) -> None:
         if ref is None:
             return
-        refs = self._refs.get(user_id)
-        if refs is None:
-            refs = self._refs[user_id] = OrderedDict()
-        else:
-            self._refs.move_to_end(user_id)
-        refs[ref] = ack  # a new ref: _seen() answered None for it
-        self._ref_count += 1
-        if len(refs) > self.ref_memory:
-            refs.popitem(last=False)
-            self._ref_count -= 1
-        self._trim_refs()
-
-    def _trim_refs(self) -> None:
-        """Forget the least recently active users' refs past the bounds."""
-        while len(self._refs) > self.remembered_users:
-            _, refs = self._refs.popitem(last=False)
-            self._ref_count -= len(refs)
-        while self._ref_count > self.max_refs:
-            user_id, refs = next(iter(self._refs.items()))
-            refs.popitem(last=False)
-            self._ref_count -= 1
-            if not refs:
-                del self._refs[user_id]
+        self.refs.remember(user_id, ref, ack)
+        if self.durable:
+            self.history.record(RememberOp(user_id, ref, ack.to_json()))
 
 
 def recipients(deliveries: Iterable[Delivery]) -> set[Key]:

@@ -236,6 +236,11 @@ class Metrics:
         yield gauge(
             "trio_chat_history_messages", "Messages retained in room history.", stats.history
         )
+        yield gauge(
+            "trio_chat_history_bytes",
+            "Bytes of room history retained, as the history byte budgets count them.",
+            stats.history_bytes,
+        )
         yield gauge("trio_chat_rooms", "Rooms known to the hub.", stats.rooms)
         yield counter("trio_chat_messages", "Chat messages published.", stats.messages)
         try:

@@ -390,12 +390,27 @@ class Welcome(ServerEvent):
 
 @attrs.frozen
 class Joined(_WithRef):
+    """``epoch`` names the room's numbering: the same value as last time
+    means its ids continued; a new one, that they started over at 1."""
+
     type: ClassVar[str] = "joined"
     room: str
     members: list[str]
     history: list[dict[str, Any]]
     truncated: bool
     ref: str | None = None
+    epoch: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "room": self.room,
+            "members": self.members,
+            "history": self.history,
+            "truncated": self.truncated,
+        }
+        if self.epoch is not None:
+            payload["epoch"] = self.epoch
+        return payload
 
 
 @attrs.frozen
@@ -529,7 +544,9 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
         if kind == "welcome":
             return Welcome(p["session_id"], p["user_id"], p["limits"])
         if kind == "joined":
-            return Joined(p["room"], p["members"], p["history"], p["truncated"], ref)
+            return Joined(
+                p["room"], p["members"], p["history"], p["truncated"], ref, p.get("epoch")
+            )
         if kind == "left":
             return Left(p["room"], ref)
         if kind == "system":

@@ -59,6 +59,7 @@ from ._protocol import (
 )
 from ._queue import OutboundBudget
 from ._ratelimit import IpLimiter, client_key
+from ._store import build_hub, hub_state
 from ._stream import WireStream
 
 __all__ = ["ChatServer", "ServerStats"]
@@ -122,8 +123,12 @@ class ChatServer:
         authenticator: decides who may connect; default: JWTs when
             ``config.secret`` is set, else anonymous names.
         echo: serve the plain echo endpoint on ``/ws`` instead of chat.
-        hub: a hub to use instead of the in-memory one (the Redis backplane
-            provides its own).
+        hub: a hub to use instead of the one *config* describes (the
+            memory store, or the SQLite store in ``config.data_dir``; the
+            Redis backplane provides its own).
+
+    Raises:
+        StoreError: the SQLite store cannot be opened or read.
 
     ``await nursery.start(server.serve)`` starts it and returns the bound port
     once it is listening; :meth:`shutdown` drains it gracefully.
@@ -146,20 +151,11 @@ class ChatServer:
             )
         self.authenticator = authenticator
         self.echo = echo
-        self.hub = (
-            hub
-            if hub is not None
-            else Hub(
-                HubState(
-                    history_size=config.history_size,
-                    max_rooms=config.max_rooms,
-                    max_rooms_per_connection=config.max_rooms_per_connection,
-                    max_rooms_created_per_connection=config.max_rooms_created_per_connection,
-                    max_rooms_created_per_client=config.max_rooms_created_per_client,
-                    joined_bytes=config.queue_bytes // 2,
-                )
-            )
-        )
+        if hub is None:
+            # The store (``config.store``/``data_dir``) is opened and loaded here;
+            # a bad database raises StoreError.
+            hub = Hub(hub_state(config)) if echo else build_hub(config)
+        self.hub = hub
         self.hub.counters.outbound = OutboundBudget(config.queue_bytes, config.queue_bytes_total)
         self.metrics = Metrics(self.hub, lambda: len(self._connections))
         self.port: int | None = None

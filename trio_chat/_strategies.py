@@ -647,6 +647,7 @@ def _joined(draw: st.DrawFn) -> Joined:
         history,
         draw(st.booleans()),
         draw(st.none() | refs()),
+        draw(st.none() | st.text("0123456789abcdef", min_size=1, max_size=16)),
     )
 
 

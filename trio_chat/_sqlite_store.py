@@ -1,0 +1,227 @@
+"""The SQLite store: rooms, history, next ids and refs in one database file.
+
+The hub never reads the database while it serves: it keeps what it needs in
+memory (:mod:`trio_chat._log`) and hands this store the operations each batch
+of commands caused.  :meth:`SqliteStore.commit` writes one batch in one
+transaction; it blocks, so the hub runs it in a worker thread
+(``trio.to_thread.run_sync``), one batch at a time.  :meth:`SqliteStore.load`
+reads everything back at startup.
+
+The database is in WAL mode with ``synchronous=NORMAL``: a committed batch
+survives the process being killed; a power cut may lose the last batches
+(the WAL is synced at checkpoints, not at every commit).  The connection
+holds an exclusive lock for as long as it is open, so two servers never
+share a data directory.  Anything wrong
+with the file (not a database, locked, unwritable) raises :class:`StoreError`
+with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+
+import attrs
+
+from ._log import AppendOp, DropRoomOp, LogOp, OpenRoomOp, RememberOp, TrimOp
+
+__all__ = ["DB_NAME", "Snapshot", "SqliteStore", "StoreError"]
+
+#: The database's file name inside the data directory.
+DB_NAME = "trio-chat.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    name TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    last_id INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    room TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    time TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, id);
+CREATE TABLE IF NOT EXISTS refs (
+    seq INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    ack TEXT NOT NULL
+);
+"""
+
+
+_INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says why, in one line."""
+
+
+@attrs.frozen
+class Snapshot:
+    """What a store kept, in the shapes :meth:`HubState.restore` takes."""
+
+    #: (name, epoch, last_id), least recently used first.
+    rooms: list[tuple[str, str, int]]
+    #: (seq, room, id, user_id, content, time, at), in seq order.
+    messages: list[tuple[int, str, int, str, str, str, float]]
+    #: (user_id, ref, ack JSON), oldest first.
+    refs: list[tuple[str, str, str]]
+
+
+class SqliteStore:
+    """One SQLite database in *data_dir* (created if missing).
+
+    Args:
+        data_dir: the directory; the database is ``data_dir/trio-chat.sqlite3``.
+        max_refs: refs kept on disk (the newest); older ones are deleted.
+
+    Raises:
+        StoreError: the directory cannot be created, the file is not a
+            database (or is damaged), or another process holds it.
+    """
+
+    def __init__(self, data_dir: str, *, max_refs: int = 100_000) -> None:
+        self.path = os.path.join(data_dir, DB_NAME)
+        self.max_refs = max_refs
+        self._refs_added = 0
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"data directory {data_dir}: {exc.strerror or exc}") from None
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=0.5, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+        self._db = db
+        try:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"database {self.path}: cannot use WAL mode (got {mode})")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            # Take the write lock now (and keep it): a second server fails here.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("COMMIT")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise StoreError(
+                    f"database {self.path}: schema version {row[0]}, this server "
+                    f"reads version {SCHEMA_VERSION}"
+                )
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(f"database {self.path}: damaged ({check})")
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreError(_explain(self.path, exc)) from None
+        except StoreError:
+            db.close()
+            raise
+
+    def load(self) -> Snapshot:
+        """Everything the database holds (call before serving)."""
+        db = self._db
+        try:
+            rooms = db.execute(
+                "SELECT r.name, r.epoch, r.last_id FROM rooms r LEFT JOIN "
+                "(SELECT room, MAX(seq) AS used FROM messages GROUP BY room) m "
+                "ON m.room = r.name ORDER BY COALESCE(m.used, 0), r.name"
+            ).fetchall()
+            messages = db.execute(
+                "SELECT seq, room, id, user_id, content, time, at FROM messages ORDER BY seq"
+            ).fetchall()
+            refs = db.execute("SELECT user_id, ref, ack FROM refs ORDER BY seq").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(self.path, exc)) from None
+        return Snapshot(rooms, messages, refs)
+
+    def commit(self, ops: Sequence[LogOp]) -> None:
+        """Write *ops* in one transaction (blocking: run it in a thread).
+
+        Raises:
+            StoreError: the write failed (disk full, I/O error); nothing of
+                the batch is kept.
+        """
+        if not ops:
+            return
+        db = self._db
+        appends: list[tuple[int, str, int, str, str, str, float]] = []
+        last_ids: dict[str, int] = {}
+        refs: list[tuple[str, str, str]] = []
+        try:
+            db.execute("BEGIN")
+            for op in ops:
+                if isinstance(op, AppendOp):
+                    m = op.message
+                    appends.append((op.seq, m.room, m.id, m.user_id, m.content, m.time, op.at))
+                    last_ids[m.room] = m.id
+                    continue
+                if isinstance(op, RememberOp):
+                    refs.append((op.user_id, op.ref, op.ack))
+                    continue
+                if appends:
+                    db.executemany(_INSERT, appends)
+                    appends.clear()
+                if isinstance(op, TrimOp):
+                    db.execute(
+                        "DELETE FROM messages WHERE room = ? AND id < ?", (op.room, op.first_id)
+                    )
+                elif isinstance(op, OpenRoomOp):
+                    db.execute("INSERT OR REPLACE INTO rooms VALUES (?, ?, 0)", (op.room, op.epoch))
+                elif isinstance(op, DropRoomOp):
+                    last_ids.pop(op.room, None)
+                    db.execute("DELETE FROM messages WHERE room = ?", (op.room,))
+                    db.execute("DELETE FROM rooms WHERE name = ?", (op.room,))
+            if appends:
+                db.executemany(_INSERT, appends)
+            if last_ids:
+                db.executemany(
+                    "UPDATE rooms SET last_id = ? WHERE name = ?",
+                    [(id_, room) for room, id_ in last_ids.items()],
+                )
+            if refs:
+                db.executemany("INSERT INTO refs (user_id, ref, ack) VALUES (?, ?, ?)", refs)
+                self._refs_added += len(refs)
+                if self._refs_added > self.max_refs // 10:
+                    self._refs_added = 0
+                    db.execute(
+                        "DELETE FROM refs WHERE seq <= (SELECT MAX(seq) FROM refs) - ?",
+                        (self.max_refs,),
+                    )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise StoreError(_explain(self.path, exc)) from None
+
+    def close(self) -> None:
+        """Close the database (a checkpoint folds the WAL into the file)."""
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+
+
+def _explain(path: str, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"database {path} is locked: is another trio-chat server using this data directory?"
+    if "not a database" in text or "malformed" in text:
+        return f"database {path} is damaged or not a trio-chat database ({text})"
+    return f"database {path}: {text}"

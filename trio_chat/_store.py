@@ -1,0 +1,56 @@
+"""Building the hub and its store from a :class:`~trio_chat.Config`.
+
+``config.sqlite_dir`` picks the store: a directory means the SQLite store
+there (rooms, history, next ids and refs come back from it before the server
+serves), None the memory store (nothing is kept across a restart).
+"""
+
+from __future__ import annotations
+
+from ._config import Config
+from ._hub import Hub
+from ._hub_state import HubState
+from ._sqlite_store import SqliteStore, StoreError
+
+__all__ = ["StoreError", "build_hub", "hub_state"]
+
+
+def hub_state(config: Config, *, durable: bool = False) -> HubState:
+    """A new, empty hub state with *config*'s limits and budgets."""
+    return HubState(
+        history_size=config.history_size,
+        max_rooms=config.max_rooms,
+        max_rooms_per_connection=config.max_rooms_per_connection,
+        max_rooms_created_per_connection=config.max_rooms_created_per_connection,
+        max_rooms_created_per_client=config.max_rooms_created_per_client,
+        joined_bytes=config.queue_bytes // 2,
+        history_bytes_per_room=config.history_bytes_per_room,
+        history_bytes_total=config.history_bytes_total,
+        history_max_age=config.history_max_age,
+        durable=durable,
+    )
+
+
+def build_hub(config: Config) -> Hub:
+    """The hub *config* asks for, with its store opened and loaded.
+
+    Raises:
+        StoreError: the SQLite store cannot be opened or read (the message is
+            one line, naming the file and the cause).
+    """
+    data_dir = config.sqlite_dir
+    if data_dir is None:
+        return Hub(hub_state(config))
+    state = hub_state(config, durable=True)
+    store = SqliteStore(data_dir, max_refs=state.max_refs)
+    try:
+        snapshot = store.load()
+        try:
+            state.restore(snapshot.rooms, snapshot.messages, snapshot.refs)
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"database {store.path}: unreadable contents ({exc})") from None
+        store.commit(state.take_ops())  # trims to today's budgets
+    except BaseException:
+        store.close()
+        raise
+    return Hub(state, store=store)
