@@ -15,8 +15,8 @@ import attrs
 import trio
 
 from ._config import MIN_SECRET_BYTES, SETTINGS, Config, ConfigError
-from ._version import __version__
 from ._sqlite_store import StoreError
+from ._version import __version__
 
 __all__ = ["main"]
 
