@@ -17,9 +17,12 @@ Rules it keeps:
   in id order, whether they arrive live, in a ``joined`` history or as the ack
   of our own message.
 * A server that lost its state (restarted without persistence) starts ids at 1
-  again.  That shows as a ``joined`` history holding ids at or below the
-  ``since`` we sent, or as a live message at or below it; the room's position
-  is then reset instead of dropping the new room's messages.
+  again.  It says so with a new ``joined.epoch`` (the name of the room's
+  numbering); the room's position is then reset instead of dropping the new
+  room's messages.  The same epoch means the ids continued (a restart with
+  the SQLite store): nothing is reset.  From a server that sends no epoch, a
+  ``joined`` history holding ids at or below the ``since`` we sent, or a live
+  message at or below it, is taken as the sign instead.
 * Chats and directs get a ``ref`` (uuid4 hex) when submitted and keep it.  One
   that was not acknowledged when its connection dropped is sent again, with
   the same ``ref``, once its room is joined on the next connection; the server
@@ -222,6 +225,8 @@ class RoomState:
     last_id: int = 0
     #: The ``since`` sent with this connection's join (0: none).
     floor: int = 0
+    #: The room's numbering as the server last named it (``joined.epoch``).
+    epoch: str | None = None
     #: Serial of the connection the ``join`` went out on / was answered on.
     join_sent_on: int | None = None
     joined_on: int | None = None
@@ -644,7 +649,12 @@ class ClientState:
             return []
         emitted: list[Emitted] = []
         history = [m for m in map(_history_message, joined.history) if m is not None]
-        if room.floor and any(m.id <= room.floor for m in history):
+        if joined.epoch is not None:
+            if room.epoch is not None and joined.epoch != room.epoch:
+                room.last_id = 0  # the server started this room again
+            room.epoch = joined.epoch
+            room.floor = 0  # the epoch tells: no guessing from ids
+        elif room.floor and any(m.id <= room.floor for m in history):
             room.last_id = 0  # the server started this room again
             room.floor = 0
         for message in history:

@@ -184,6 +184,8 @@ class RoomState {
     this.waiters = [];
     /** The latest `joined` payload (without history). */
     this.info = null;
+    /** The room's numbering as the server last named it (`joined.epoch`), or null. */
+    this.epoch = null;
   }
 
   /** Was a message with this id delivered already? */
@@ -194,10 +196,12 @@ class RoomState {
   /**
    * A message whose id was already used, but newer than anything delivered:
    * the room's ids started over (a server without persistence restarted).
-   * A true duplicate is never newer than the newest message seen.
+   * A true duplicate is never newer than the newest message seen.  Only a
+   * guess for servers that do not name their numbering: with `joined.epoch`
+   * the server says so itself.
    */
   restarted(id, time) {
-    return this.#known(id) && Date.parse(time) > this.newestTime;
+    return this.epoch === null && this.#known(id) && Date.parse(time) > this.newestTime;
   }
 
   /** Forget the old numbering, keeping the room and its members. */
@@ -254,7 +258,7 @@ class RoomState {
  * | `presence` | `{user_id, status, text?}` |
  * | `direct`   | `{from, to, content, time, own, ref?}` (own: sent by this client) |
  * | `typing`   | `{room, user_id}` |
- * | `restart`  | `{room}` the room's ids started over (a server without persistence restarted) |
+ * | `restart`  | `{room}` the room's ids started over (a server without persistence restarted; never after a restart with the SQLite store, where ids continue) |
  * | `pending`  | `{ref, type: "chat" \| "direct", room?, to?, content}` a message was queued |
  * | `sent`     | `{ref, type, ack}` a queued message was acknowledged |
  * | `error`    | `{code, message, ref?, retryAfterMs?, request?, willRetry}` |
@@ -786,6 +790,15 @@ export class TrioChatClient extends EventTarget {
       return;
     }
     const rejoined = state.everJoined;
+    if (typeof payload.epoch === "string") {
+      // A new epoch: the room's ids started over (e.g. a server that keeps
+      // nothing restarted).  The same one: they continued, nothing was lost.
+      if (state.epoch !== null && payload.epoch !== state.epoch) {
+        state.restart();
+        this.#emit("restart", { room: payload.room });
+      }
+      state.epoch = payload.epoch;
+    }
     state.members = new Set(payload.members ?? []);
     for (const message of payload.history ?? []) this.#deliver(message, { own: message.user_id === this.#userId, replayed: true });
     state.caughtUp();
