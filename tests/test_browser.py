@@ -237,7 +237,7 @@ def server_restart(server: ChatServer, nursery: trio.Nursery, durable: bool) -> 
                 page.wait_message(room, "barrier")
             after = [3, 4, 5] if durable else [1, 2, 3]
             expected = [(1, "before 1"), (2, "before 2")]
-            expected += list(zip(after, ["after restart", "welcome back", "barrier"]))
+            expected += list(zip(after, ["after restart", "welcome back", "barrier"], strict=True))
             notice = "The server restarted: messages are numbered afresh from here."
             for page in (alice, bob):
                 assert [(m["id"], m["text"]) for m in page.messages(room)] == expected, page.name

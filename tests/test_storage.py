@@ -29,8 +29,9 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from trio_chat import Config
+from trio_chat._hub_state import HubState
 from trio_chat._sqlite_store import DB_NAME, SqliteStore
-from trio_chat.testing import TestClient, open_test_client, open_test_server
+from trio_chat.testing import open_test_client, open_test_server
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (ws://\S+/ws)")
@@ -145,8 +146,15 @@ ROOM = "burst"
 WINDOW = 16
 
 
-async def burst(url: str, user: str, acked: dict[str, int], sent: list[str]) -> None:
-    """Send chats as fast as the server acks them, until the connection dies."""
+#: Acks seen before the server is killed.
+KILL_AFTER = 600
+
+
+async def burst(
+    url: str, user: str, acked: dict[str, int], sent: list[str], enough: trio.Event
+) -> None:
+    """Send chats as fast as the server acks them, until the connection dies;
+    set *enough* once KILL_AFTER acks came in all."""
     try:
         async with open_test_client(url, user=user) as client:
             await client.join(ROOM)
@@ -157,6 +165,8 @@ async def burst(url: str, user: str, acked: dict[str, int], sent: list[str]) -> 
                     frame = await client.receive(timeout=30)
                     if frame["type"] == "ack":
                         acked[frame["ref"]] = frame["payload"]["id"]
+                        if len(acked) >= KILL_AFTER:
+                            enough.set()
                         window.release()
                     else:
                         assert frame["type"] in ("chat", "system", "joined"), frame
@@ -182,13 +192,13 @@ async def test_sigkill_in_a_chat_burst_loses_nothing_acknowledged(tmp_path):
     flags = ("--rate-messages", "1000000", "--history-size", "100000", "--queue-size", "4096")
     acked: dict[str, int] = {}
     sent: dict[str, list[str]] = {user: [] for user in USERS}
+    enough = trio.Event()
     async with serving(serve_argv(data, *flags)) as (process, url):
         async with trio.open_nursery() as nursery:
             for user in USERS:
-                nursery.start_soon(burst, url, user, acked, sent[user])
+                nursery.start_soon(burst, url, user, acked, sent[user], enough)
             with trio.fail_after(60):
-                while len(acked) < 600:
-                    await trio.sleep(0.005)
+                await enough.wait()
             process.kill()  # SIGKILL, with every client still sending
             await process.wait()
     assert process.returncode == -9
@@ -249,29 +259,31 @@ def one_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     return lines[0]
 
 
+def damage_database(data: Path, *, torn: bool) -> None:
+    """Garbage where the database should be, or a real one (about 600 KB)
+    with 4 KB of garbage written over its middle, as a torn write leaves it."""
+    path = data / DB_NAME
+    if not torn:
+        data.mkdir()
+        path.write_bytes(os.urandom(8192))
+        return
+    store = SqliteStore(str(data))
+    state = HubState(durable=True)
+    state.publish("ann", "r", "x" * 3000, 0.0, create=True)
+    for _ in range(200):
+        state.publish("ann", "r", "x" * 3000, 0.0)
+    store.commit(state.take_ops())
+    store.close()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(4096))
+
+
 @pytest.mark.parametrize("damage", ["garbage", "torn"])
 async def test_a_damaged_database_is_one_line_and_exit_2(tmp_path, damage):
     data = tmp_path / "data"
-    path = data / DB_NAME
-    if damage == "garbage":
-        data.mkdir()
-        path.write_bytes(os.urandom(8192))
-    else:
-        store = SqliteStore(str(data))
-        ops = []
-        from trio_chat._hub_state import HubState
-
-        state = HubState(durable=True)
-        state.publish("ann", "r", "x" * 3000, 0.0, create=True)
-        for _ in range(200):
-            state.publish("ann", "r", "x" * 3000, 0.0)
-        ops = state.take_ops()
-        store.commit(ops)
-        store.close()
-        size = path.stat().st_size
-        with open(path, "r+b") as f:  # a write torn half-way through the file
-            f.seek(size // 2)
-            f.write(os.urandom(4096))
+    damage_database(data, torn=damage == "torn")
     line = one_error_line(await run_serve(data))
     assert "damaged" in line, line
 
