@@ -112,6 +112,29 @@ async def test_history_budgets_apply_to_what_comes_back(tmp_path):
     assert snapshot.rooms[0][2] == 10
 
 
+async def test_an_online_backup_while_serving_holds_every_acknowledged_message(tmp_path):
+    data = tmp_path / "data"
+    async with open_test_server(Config(data_dir=str(data))) as server:
+        async with open_test_client(server, user="ann") as ann:
+            await ann.join("r")
+            acks = [await ann.chat("r", f"m{i}") for i in range(5)]
+            # SQLite's online backup API, as docs/storage.md shows it
+            source = sqlite3.connect(data / DB_NAME)
+            target = sqlite3.connect(tmp_path / "backup.sqlite3")
+            source.backup(target)
+            target.close()
+            source.close()
+            assert (await ann.chat("r", "after"))["payload"]["id"] == 6
+    (tmp_path / "restored").mkdir()
+    (tmp_path / "backup.sqlite3").rename(tmp_path / "restored" / DB_NAME)
+    async with open_test_server(Config(data_dir=str(tmp_path / "restored"))) as server:
+        async with open_test_client(server, user="ann") as ann:
+            history = (await ann.join("r"))["payload"]["history"]
+    assert [(m["id"], m["content"]) for m in history] == [
+        (a["payload"]["id"], f"m{i}") for i, a in enumerate(acks)
+    ]
+
+
 # ---------------------------------------------------------------- a real crash
 
 

@@ -211,15 +211,6 @@ class Config:
         metavar="DIR",
         shown_default="none; trio-chat serve: ./trio-chat-data",
     )
-    history_bytes_per_room: int = _setting(
-        1 << 20, "bytes of history kept per room (the oldest messages go first)", _positive
-    )
-    history_bytes_total: int = _setting(
-        128 << 20, "bytes of history kept over all rooms (the oldest go first)", _positive
-    )
-    history_max_age: float = _setting(
-        604800.0, "seconds a message is kept in history (0: no age limit)", _non_negative
-    )
     log_level: str = _setting("info", "log level", _Choice("debug", "info", "warning", "error"))
     log_format: str = _setting("text", "log format", _Choice("text", "json"))
     # connection layer

@@ -507,6 +507,10 @@ class Hub:
                 self._committing = True
                 try:
                     await trio.to_thread.run_sync(store.commit, ops, limiter=limiter)
+                except Exception as exc:
+                    # Nothing of these batches is acknowledged: stop serving.
+                    log.critical("the store failed, stopping: %s", exc)
+                    raise
                 finally:
                     self._committing = False
                 self.counters.commits += 1

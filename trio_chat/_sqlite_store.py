@@ -9,18 +9,20 @@ reads everything back at startup.
 
 The database is in WAL mode with ``synchronous=NORMAL``: a committed batch
 survives the process being killed; a power cut may lose the last batches
-(the WAL is synced at checkpoints, not at every commit).  The connection
-holds an exclusive lock for as long as it is open, so two servers never
-share a data directory.  Anything wrong
+(the WAL is synced at checkpoints, not at every commit).  A lock file in the
+data directory (``flock``) keeps a second server out; other readers, such as
+a backup (``sqlite3 FILE .backup COPY``), may read the database meanwhile.  Anything wrong
 with the file (not a database, locked, unwritable) raises :class:`StoreError`
 with a one-line message.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Sequence
+from typing import IO
 
 import attrs
 
@@ -97,23 +99,24 @@ class SqliteStore:
             os.makedirs(data_dir, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"data directory {data_dir}: {exc.strerror or exc}") from None
+        self._lock = _lock_directory(data_dir, self.path)
         try:
             db = sqlite3.connect(
                 self.path, timeout=0.5, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
+            self._lock.close()
             raise StoreError(f"database {self.path}: {exc}") from None
         self._db = db
         try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"database {self.path}: cannot use WAL mode (got {mode})")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            # Take the write lock now (and keep it): a second server fails here.
+            # Fails (locked) if another process is writing or holds the file.
             db.execute("BEGIN IMMEDIATE")
             db.execute("COMMIT")
+            db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -127,9 +130,11 @@ class SqliteStore:
                 raise StoreError(f"database {self.path}: damaged ({check})")
         except sqlite3.Error as exc:
             db.close()
+            self._lock.close()
             raise StoreError(_explain(self.path, exc)) from None
         except StoreError:
             db.close()
+            self._lock.close()
             raise
 
     def load(self) -> Snapshot:
@@ -216,6 +221,28 @@ class SqliteStore:
             self._db.close()
         except sqlite3.Error:
             pass
+        self._lock.close()
+
+
+#: The lock file that keeps a second server out of a data directory.
+LOCK_NAME = "trio-chat.lock"
+
+
+def _lock_directory(data_dir: str, path: str) -> IO[bytes]:
+    """Hold an exclusive ``flock`` on the data directory's lock file (released
+    when the file is closed, or the process dies)."""
+    try:
+        lock = open(os.path.join(data_dir, LOCK_NAME), "ab")  # noqa: SIM115 - held open
+    except OSError as exc:
+        raise StoreError(f"data directory {data_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StoreError(
+            f"database {path} is locked: is another trio-chat server using this data directory?"
+        ) from None
+    return lock
 
 
 def _explain(path: str, exc: sqlite3.Error) -> str:
