@@ -425,16 +425,20 @@ class Hub:
     ) -> ChatAck:
         """Publish into *room* as *user_id*: the same path as a client chat."""
         _check_unicode(ref, room=room, content=content, user_id=user_id)
-        return await self.call(
+        ack: ChatAck = await self.call(
             lambda state, now: state.publish(user_id, room, content, now, ref=ref, create=create)
         )
+        return ack
 
     async def direct(
         self, to: str, content: str, *, user_id: str, ref: str | None = None
     ) -> DirectAck:
         """Send a direct message to *to* as *user_id*."""
         _check_unicode(ref, to=to, content=content, user_id=user_id)
-        return await self.call(lambda state, now: state.direct(user_id, to, content, now, ref=ref))
+        ack: DirectAck = await self.call(
+            lambda state, now: state.direct(user_id, to, content, now, ref=ref)
+        )
+        return ack
 
     def stats(self) -> HubStats:
         return self.state.stats()
