@@ -71,7 +71,7 @@ class ChatServer:
     async def start(self, nursery: trio.Nursery, *, timeout: float = 20) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: ASYNC230, SIM115 - the server's log, open for its life
         self.process = await trio.lowlevel.open_process(
             SERVER_COMMAND + self.extra_args,
             cwd=REPO,

@@ -80,7 +80,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
-        log = open(self.directory / "redis.log", "ab")
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - handed to the process
         try:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -204,8 +204,8 @@ async def start_chat_process(
     """
     output = directory / f"{name}.out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(output, "wb") as sink:
-        proc = subprocess.Popen(
+    with open(output, "wb") as sink:  # noqa: ASYNC230 - a local file, opened once
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started, not waited for
             [sys.executable, "-m", "trio_chat", *args],
             stdout=sink,
             stderr=subprocess.STDOUT,

@@ -370,9 +370,8 @@ class Abuser:
                         self.message = []
                 elif isinstance(event, BytesMessage):
                     self.problems.append("the server sent a binary frame")
-                elif isinstance(event, CloseConnection):
-                    if event.code not in CLOSE_CODES:
-                        self.problems.append(f"close code {event.code} ({event.reason})")
+                elif isinstance(event, CloseConnection) and event.code not in CLOSE_CODES:
+                    self.problems.append(f"close code {event.code} ({event.reason})")
         except RemoteProtocolError as exc:
             self.problems.append(f"the server broke the protocol: {exc}")
 
@@ -469,23 +468,23 @@ def _burst(kind: str, n: int) -> bytes:
 #: until the server closes it (1008 for flooding, 1009 for size).
 valid_ws_actions = st.one_of(
     protocolish(),
-    st.builds(lambda v: text(v), json_values),
+    st.builds(text, json_values),
     st.builds(lambda b: frame(b, 0x2), st.binary(max_size=300)),
     st.just(text({"type": "join", "payload": {"room": ROOM}})),
     st.builds(_burst, st.sampled_from(["chat", "presence", "invalid"]), st.integers(1, 40)),
     st.builds(lambda p: frame(p, 0x9), st.binary(max_size=125)),
-    st.builds(lambda n: _deep(n), st.integers(100, 2000)),
+    st.builds(_deep, st.integers(100, 2000)),
     st.just(b"READ"),
 )
 
 ws_actions = st.one_of(
     protocolish(),
-    st.builds(lambda v: text(v), json_values),
+    st.builds(text, json_values),
     st.builds(lambda s: frame(s.encode()), st.text(max_size=300)),
     st.builds(lambda b: frame(b, 0x2), st.binary(max_size=300)),
     st.builds(lambda n: frame(b"a" * (MAX_BYTES + n)), st.integers(1, 5000)),
     st.builds(lambda b: frame(b"\xc3\x28" + b), st.binary(max_size=40)),  # invalid UTF-8
-    st.builds(lambda n: _deep(n), st.integers(100, 2000)),
+    st.builds(_deep, st.integers(100, 2000)),
     st.builds(lambda n: text({"type": "join", "payload": {"room": ROOM, "since": n}}), huge_ints),
     st.just(_lone_surrogate()),
     st.just(text({"type": "join", "payload": {"room": ROOM}})),
@@ -639,7 +638,7 @@ def run_plan(port: int, plan: tuple[list[dict[str, Any]], list[int]], problems: 
             abusers[index].drain(0.02)
         else:
             abusers[index].send(action)
-    for abuser, spec in zip(abusers, conns):
+    for abuser, spec in zip(abusers, conns, strict=True):
         abuser.drain(0.0)
         abuser.end(spec["end"], spec["partial"][: len(spec["partial"]) // 2])
 

@@ -79,7 +79,7 @@ def _forged(secret: str = SECRET, **claims) -> str:
 
 
 @pytest.mark.parametrize(
-    "token, reason",
+    ("token", "reason"),
     [
         (None, "missing token"),
         ("not-a-jwt", "malformed token"),
@@ -119,7 +119,7 @@ async def test_bad_tokens_are_refused_with_401_and_the_reason_logged(token, reas
 
 
 @pytest.mark.parametrize(
-    "header, reason",
+    ("header", "reason"),
     [
         ("Bearer", "missing token"),
         ("Basic YWxpY2U6cHc=", "missing token"),

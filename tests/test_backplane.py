@@ -554,8 +554,8 @@ async def test_ids_are_gap_free_across_processes_and_each_message_arrives_once(r
             for m in messages:
                 assert contents.setdefault(m["id"], m["content"]) == m["content"]
         # Each sender's messages kept their order.
-        for me in acks:
-            mine = sorted((i, contents[i]) for i in acks[me])
+        for me, ids in acks.items():
+            mine = sorted((i, contents[i]) for i in ids)
             assert [c for _, c in mine] == [f"{me} {i}" for i in range(per_client)]
 
 
@@ -960,7 +960,7 @@ async def test_messages_published_while_subscriptions_are_down_are_replayed(redi
                     await trio.sleep(0.25)
                     redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
 
-            acks, refused, received = await _converse([alice, bob], "lobby", outage)
+            acks, _refused, received = await _converse([alice, bob], "lobby", outage)
             _check_exactly_once(acks, received, ["alice", "bob"])
 
 

@@ -198,12 +198,12 @@ def test_bad_file_values_name_the_setting(tmp_path, text, named):
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="^config: cannot read"):
+    with pytest.raises(ConfigError, match=r"^config: cannot read"):
         Config.load(file=tmp_path / "absent.toml", environ={})
 
 
 def test_unknown_override_is_refused():
-    with pytest.raises(ConfigError, match="^colour"):
+    with pytest.raises(ConfigError, match=r"^colour"):
         Config.load(environ={}, overrides={"colour": "blue"})
 
 
@@ -216,9 +216,9 @@ def test_settings_that_go_together():
 
 
 def test_direct_construction_validates_too():
-    with pytest.raises(ConfigError, match="^queue_size"):
+    with pytest.raises(ConfigError, match=r"^queue_size"):
         Config(queue_size=0)
-    with pytest.raises(ConfigError, match="^port"):
+    with pytest.raises(ConfigError, match=r"^port"):
         Config(port=65536)
     assert Config(allowed_origins="https://a, https://b").allowed_origins == (
         "https://a",

@@ -419,7 +419,7 @@ async def test_a_fault_handling_one_frame_is_that_clients_500_only(
     assert server.hub.counters.errors.get(500) == 2
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(logged) == 2
-    for record, exc_type in zip(logged, (RuntimeError, KeyError)):
+    for record, exc_type in zip(logged, (RuntimeError, KeyError), strict=True):
         assert record.exc_info is not None and record.exc_info[0] is exc_type
         assert "injected fault" in str(record.exc_info[1])
     assert "Traceback (most recent call last)" in caplog.text

@@ -335,7 +335,7 @@ def _value(metrics, sample: str, **labels: str) -> float:
 async def test_metrics_is_valid_prometheus_text_with_every_series():
     async with open_test_server() as server:
         metrics = await _scrape(server.port)
-        for family, kind in [
+        for family, _kind in [
             ("trio_chat_connections_open", "gauge"),
             ("trio_chat_connections_closed", "counter"),
             ("trio_chat_frames_received", "counter"),

@@ -315,7 +315,7 @@ async def test_a_full_queue_is_not_yet_overflowed(hub: Hub) -> None:
     await sender.connect("r")
     await wait_all_tasks_blocked()
     await lag.events()
-    for i in range(4):
+    for _ in range(4):
         await sender.send(Chat("r", "x"))
     assert lag.outlet.queued == 4 and lag.kills == 0
     await sender.send(Chat("r", "x"))

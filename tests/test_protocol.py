@@ -260,7 +260,7 @@ def test_client_frames_types_filter(case: tuple[str, ClientEvent]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    ("text", "expected"),
     [
         (frame("join", {"room": "lobby"}), Join("lobby")),
         (frame("join", {"room": "lobby", "since": 0}), Join("lobby", 0)),
@@ -401,7 +401,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("text, code, prefix, ref", BAD, ids=range(len(BAD)))
+@pytest.mark.parametrize(("text", "code", "prefix", "ref"), BAD, ids=range(len(BAD)))
 def test_invalid_frame(text: str, code: int, prefix: str, ref: str | None) -> None:
     err = refuse(text)
     assert (err.code, err.ref) == (code, ref)
@@ -448,7 +448,7 @@ T = "2026-11-29T04:31:24.123Z"
 
 
 @pytest.mark.parametrize(
-    "event, expected",
+    ("event", "expected"),
     [
         (
             Welcome("s1", "alice", {"max_message_bytes": 65536}),

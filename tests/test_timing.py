@@ -218,7 +218,7 @@ async def test_request_head_never_completed_is_closed_after_handshake_timeout(au
 async def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(autojump_clock):
     config = Config(handshake_timeout=4, http_idle_timeout=3)
     async with open_memory_server(config) as server, trio.open_nursery() as nursery:
-        stream, served = serve(nursery, server)
+        stream, _served = serve(nursery, server)
         await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         data = b""
         while b"\r\n\r\n" not in data:

@@ -530,7 +530,12 @@ class ChatHandler:
                 conn.close(1008, "still flooding after rate-limit errors")
                 return
             self._refuse(
-                ProtocolError(429, f"rate limit exceeded: retry in {retry} ms", event.ref, retry)
+                ProtocolError(
+                    429,
+                    f"rate limit exceeded: retry in {retry} ms",
+                    getattr(event, "ref", None),  # typing notices carry no ref
+                    retry,
+                )
             )
             return
         if isinstance(event, Join) and not self.identity.may_join(event.room):

@@ -555,7 +555,7 @@ class Hub:
     def _run_call(self, call: _Call, now: float) -> None:
         try:
             call.result, deliveries = call.fn(self.state, now)
-        except Exception as exc:  # handed back to the caller
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller, who raises it
             call.error = exc
         else:
             self._emit(deliveries)

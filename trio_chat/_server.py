@@ -47,7 +47,7 @@ from ._http import (
     serve_http,
 )
 from ._hub import Hub
-from ._hub_state import HubState, HubStats
+from ._hub_state import HubStats
 from ._logging import SampledLog, clip
 from ._metrics import CONTENT_TYPE, Metrics
 from ._protocol import (
