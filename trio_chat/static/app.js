@@ -47,7 +47,7 @@ function remember(key, value) {
 
 // Bidi controls (embeddings, overrides, isolates, marks) can make a link
 // read as something else ("…/\u202egnp.exe" shows as "…/exe.png"): in a
-// link's text each one is shown as a visible [U+XXXX] instead.
+// link's text each one is shown as a visible [U+202E] (its code point) instead.
 const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 
 function visibleBidi(text) {
