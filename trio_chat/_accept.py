@@ -12,6 +12,9 @@ answers the next waiting client 503 through a descriptor kept in reserve
 for this; for :data:`PRESSURE_SECONDS` after, plain HTTP requests are
 answered 503 and their connections closed (WebSocket upgrades still pass).
 One warning per ``log_interval`` says so, then a count; never a traceback.
+
+Also here: who an accepted stream is from (:func:`peer_of`, :func:`local_of`)
+and its TLS handshake (:func:`tls_context`, :func:`tls_handshake`).
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import errno
 import logging
 import math
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ._config import Config
 from ._logging import SampledLog
 from ._ratelimit import IpLimiter, IpRefusal
 
-__all__ = ["Front", "IdleConnections"]
+__all__ = ["Front", "IdleConnections", "local_of", "peer_of", "tls_context", "tls_handshake"]
 
 log = logging.getLogger("trio_chat.server")
 
@@ -54,6 +59,49 @@ def refusal_bytes(status: int, reason: str) -> bytes:
         b"x-content-type-options: nosniff\r\n\r\n%s"
         % (status, _REASONS.get(status, b""), len(body), body)
     )
+
+
+def peer_of(transport: trio.abc.Stream) -> str:
+    """The client's address of an accepted stream (``"memory"`` if no socket)."""
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return "memory"
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "?"
+    return address[0] if isinstance(address, tuple) else str(address or "local")
+
+
+def local_of(transport: trio.abc.Stream) -> str | None:
+    """The address the client reached (a listening address), if a socket."""
+    sock = getattr(transport, "socket", None)
+    try:
+        address = sock.getsockname() if sock is not None else None
+    except OSError:
+        return None
+    return address[0] if isinstance(address, tuple) else None
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context (``config.certfile``), or None for plain TCP."""
+    if config.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.certfile, config.keyfile)
+    return context
+
+
+async def tls_handshake(stream: trio.SSLStream[trio.abc.Stream], deadline: float) -> bool:
+    """Do *stream*'s TLS handshake by *deadline*; False if the client
+    failed it or was too slow."""
+    with trio.CancelScope(deadline=deadline):
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError:
+            return False
+        return True
+    return False
 
 
 class IdleConnections:

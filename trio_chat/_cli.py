@@ -261,14 +261,10 @@ def _serve(
     config: Config, *, echo: bool, listeners: list[trio.SocketListener] | None = None
 ) -> int:
     from ._logging import configure_logging
-    from ._server import ChatServer
+    from ._server import build_server
 
     configure_logging(config.log_level, config.log_format)
-    server = ChatServer(config, echo=echo)
-    if config.redis_url and not echo:
-        from ._backplane import attach_backplane
-
-        attach_backplane(server)
+    server = build_server(config, echo=echo)
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -1,4 +1,4 @@
-"""The server: listeners, the HTTP front, WebSocket connections, shutdown.
+"""The server: listeners, connections from accept to close, the drain.
 
 :class:`ChatServer` is what both the ``trio-chat`` command and embedders use::
 
@@ -7,17 +7,17 @@
         port = await nursery.start(server.serve)
         ...
         await server.shutdown()
+
+It accepts connections (TLS, the per-IP and server-wide limits), hands their
+HTTP requests to the application (:mod:`trio_chat._app`: routes, the upgrade
+policy), serves each accepted WebSocket in its own nursery, and drains them
+all on :meth:`ChatServer.shutdown`.  :func:`build_server` assembles the
+server a :class:`Config` describes, as ``trio-chat serve`` runs it.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import ipaddress
-import json
 import logging
-import mimetypes
-import re
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,65 +25,29 @@ from typing import Any
 import attrs
 import trio
 
-from ._accept import Front, FrontMetrics
-from ._auth import (
-    AnonymousAuthenticator,
-    Authenticator,
-    HandshakeRequest,
-    Identity,
-    Rejection,
-    TokenAuthenticator,
-)
+from ._accept import Front, FrontMetrics, local_of, peer_of, tls_context, tls_handshake
+from ._app import HttpApp, check_message
+from ._auth import AnonymousAuthenticator, Authenticator, Identity, TokenAuthenticator
 from ._config import Config
 from ._connection import ChatHandler, Connection, EchoHandler, welcome_frame
-from ._handshake import Accepted, check_upgrade, response_bytes
-from ._http import (
-    PAGE_POLICY,
-    STRICT_POLICY,
-    HttpRequest,
-    HttpResponse,
-    Upgrade,
-    json_response,
-    serve_http,
-)
+from ._handshake import Accepted, response_bytes
+from ._http import serve_http
 from ._hub import Hub
 from ._hub_state import HubStats
-from ._logging import SampledLog, clip
-from ._metrics import CONTENT_TYPE, Metrics
-from ._protocol import (
-    ChatAck,
-    DirectAck,
-    ProtocolError,
-    is_valid_room,
-    is_valid_user_id,
-)
+from ._logging import SampledLog
+from ._metrics import Metrics
+from ._protocol import ChatAck, DirectAck, ProtocolError, is_valid_user_id
 from ._queue import OutboundBudget
 from ._ratelimit import IpLimiter, client_key
 from ._store import build_hub, hub_state
 from ._stream import WireStream
 
-__all__ = ["ChatServer", "ServerStats"]
+__all__ = ["ChatServer", "ConnectionInfo", "ServerStats", "build_server"]
 
 log = logging.getLogger("trio_chat.server")
 
 #: How a connection ends when its peer goes away mid-way.
 _CONNECTION_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError)
-_API_ROOM = re.compile(r"^/api/rooms/([^/]+)/messages$")
-_FALLBACK_PAGE = b"""<!doctype html>
-<html><head><meta charset="utf-8"><title>trio-chat</title></head>
-<body><h1>trio-chat</h1><p>A WebSocket chat server. Connect to <code>/ws</code>.</p></body></html>
-"""
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """*text* as an IP address (IPv4-mapped IPv6 as IPv4), or None."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 @attrs.frozen
@@ -166,16 +130,19 @@ class ChatServer:
         self._front = Front(config.max_connections, self._ip_limits, self._sampled)
         self.metrics.registry.register(FrontMetrics(self._front))
         self._connections: set[Connection] = set()
+        self._app = HttpApp(
+            self,
+            front=self._front,
+            ip_limits=self._ip_limits,
+            sampled=self._sampled,
+            connection_count=lambda: len(self._connections),
+        )
         self._upgrading = 0
-        self._idle_scopes = self._front.idle
         self._handshake_scopes: set[trio.CancelScope] = set()
         self._accept_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
-        self._ssl_context: ssl.SSLContext | None = None
-        if config.certfile is not None:
-            self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._ssl_context.load_cert_chain(config.certfile, config.keyfile)
+        self._ssl_context = tls_context(config)
         #: Extra checks a backplane may register: () -> (healthy, detail).
         self.health_checks: list[Callable[[], tuple[bool, dict[str, Any]]]] = []
 
@@ -266,7 +233,7 @@ class ChatServer:
                 self._conn_nursery.cancel_scope.deadline = (
                     trio.current_time() + self.config.shutdown_grace
                 )
-            for scope in list(self._idle_scopes) + list(self._handshake_scopes):
+            for scope in list(self._front.idle) + list(self._handshake_scopes):
                 scope.cancel()
             for conn in list(self._connections):
                 conn.drain(1001, "server shutting down")
@@ -281,7 +248,7 @@ class ChatServer:
                 self._accept_scope.cancel()
             # Also those of connections accepted just before the listeners
             # closed, whose handlers have not started waiting yet.
-            self._idle_scopes.close()
+            self._front.idle.close()
 
     # ------------------------------------------------------------ embedding
 
@@ -293,7 +260,7 @@ class ChatServer:
         The message gets the room's next id, enters its history and reaches
         every member.  Raises :class:`ProtocolError` for a bad room or content.
         """
-        self._check_message(room=room, content=content, user_id=user_id)
+        check_message(self.config, room=room, content=content, user_id=user_id)
         return await self.hub.publish(room, content, user_id=user_id, ref=ref)
 
     async def send_direct(
@@ -303,7 +270,7 @@ class ChatServer:
 
         Raises :class:`ProtocolError` (404) when *to* is not connected.
         """
-        self._check_message(content=content, user_id=user_id)
+        check_message(self.config, content=content, user_id=user_id)
         if not is_valid_user_id(to):
             raise ProtocolError(400, "to: not a valid user id")
         return await self.hub.direct(to, content, user_id=user_id, ref=ref)
@@ -353,40 +320,7 @@ class ChatServer:
                 return True
         return False
 
-    def _check_message(self, *, content: str, user_id: str, room: str | None = None) -> None:
-        if room is not None and not is_valid_room(room):
-            raise ProtocolError(400, "room: not a valid room name")
-        if not is_valid_user_id(user_id):
-            raise ProtocolError(400, "user_id: not a valid user id")
-        if not isinstance(content, str) or not content:
-            raise ProtocolError(400, "content: must be a non-empty string")
-        if len(content) > self.config.max_content_chars:
-            raise ProtocolError(
-                413, f"content: longer than {self.config.max_content_chars} characters"
-            )
-
     # ------------------------------------------------------------ connections
-
-    @staticmethod
-    def _peer_of(transport: trio.abc.Stream) -> str:
-        sock = getattr(transport, "socket", None)
-        if sock is None:
-            return "memory"
-        try:
-            address = sock.getpeername()
-        except OSError:
-            return "?"
-        return address[0] if isinstance(address, tuple) else str(address or "local")
-
-    @staticmethod
-    def _local_of(transport: trio.abc.Stream) -> str | None:
-        """The address the client reached (a listening address), if a socket."""
-        sock = getattr(transport, "socket", None)
-        try:
-            address = sock.getsockname() if sock is not None else None
-        except OSError:
-            return None
-        return address[0] if isinstance(address, tuple) else None
 
     def serve_stream(self, transport: trio.abc.Stream, peer: str = "memory") -> None:
         """Serve an already connected stream beside the listeners' connections.
@@ -408,8 +342,8 @@ class ChatServer:
         closes; over one, it is answered 503 or 429 and closed.
         """
         if peer is None:
-            peer = self._peer_of(transport)
-        local = self._local_of(transport)
+            peer = peer_of(transport)
+        local = local_of(transport)
         key = client_key(peer)
         refusal = self._front.admit(key)
         if refusal is not None:
@@ -433,20 +367,15 @@ class ChatServer:
         try:
             if self._ssl_context is not None:
                 transport = trio.SSLStream(transport, self._ssl_context, server_side=True)
-                with trio.CancelScope(deadline=deadline) as scope:
-                    try:
-                        await transport.do_handshake()
-                    except trio.BrokenResourceError:
-                        return
-                if scope.cancelled_caught:
+                if not await tls_handshake(transport, deadline):
                     return
             handover = await serve_http(
                 transport,
-                lambda request: self._answer(request, peer, local),
+                lambda request: self._app.answer(request, peer, local),
                 head_timeout=self.config.handshake_timeout,
                 idle_timeout=self.config.http_idle_timeout,
                 max_body=self.config.max_message_bytes,
-                idle_scopes=self._idle_scopes,
+                idle_scopes=self._front.idle,
                 first_deadline=deadline,
                 write_timeout=self.config.write_timeout,
             )
@@ -566,258 +495,27 @@ class ChatServer:
             return "ip:" + client_key(conn.peer)
         return "user:" + identity.user_id
 
-    # ------------------------------------------------------------ HTTP routes
 
-    async def _answer(
-        self, request: HttpRequest, peer: str, local: str | None = None
-    ) -> HttpResponse | Upgrade:
-        pressure = not request.is_upgrade and self._front.under_pressure()
-        if pressure and request.path != "/metrics":
-            # Out of descriptors a moment ago: plain HTTP waits, WebSockets
-            # pass, and /metrics still answers (then closes) for operators.
-            self._front.shed_request()
-            return HttpResponse(
-                503, b"server overloaded\n", headers=(("connection", "close"), ("retry-after", "1"))
-            )
-        answer = await self._route(request, peer, local)
-        if (self.draining or pressure) and isinstance(answer, HttpResponse):
-            # No keep-alive while draining (the listeners are about to
-            # close) or short of descriptors.
-            answer = attrs.evolve(answer, headers=(*answer.headers, ("connection", "close")))
-        return answer
+def build_server(config: Config, *, echo: bool = False) -> ChatServer:
+    """The server *config* describes, as ``trio-chat serve`` runs it.
 
-    async def _route(
-        self, request: HttpRequest, peer: str, local: str | None = None
-    ) -> HttpResponse | Upgrade:
-        path = request.path
-        if path == "/ws":
-            if request.method != "GET":
-                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET"),))
-            if not request.is_upgrade:
-                return HttpResponse(
-                    426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
-                )
-            return self._check_upgrade(request, peer, local)
-        if request.method not in ("GET", "HEAD") and (
-            path in ("/", "/healthz", "/metrics", "/trio-chat.js") or path.startswith("/static/")
-        ):
-            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
-        if path == "/healthz":
-            return self._healthz()
-        if path == "/metrics":
-            return HttpResponse(200, self.metrics.render(), CONTENT_TYPE)
-        if path == "/":
-            return self._static("index.html") or HttpResponse(
-                200, _FALLBACK_PAGE, "text/html; charset=utf-8", policy=PAGE_POLICY
-            )
-        if path == "/trio-chat.js":
-            return self._static("trio-chat.js") or HttpResponse(404, b"not found\n")
-        if path.startswith("/static/"):
-            return self._static(path[len("/static/") :]) or HttpResponse(404, b"not found\n")
-        if path.startswith("/api/"):
-            return await self._api(request, peer)
-        return HttpResponse(404, b"not found\n")
+    The one assembly of the command and of each of its ``--workers``: the
+    hub from ``config`` (its store opened and loaded), and with
+    ``config.redis_url`` the Redis backplane.  *echo* serves the plain echo
+    endpoint instead of chat (never shared through Redis).
 
-    def _refuse(
-        self,
-        status: int,
-        reason: str,
-        peer: str,
-        public: str | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> HttpResponse:
-        """Refuse a handshake: counted, logged (in full once per status per
-        interval, then counted), answered with *public* (default: *reason*,
-        clipped), never the client's own header values in full."""
-        self.metrics.handshake_refused(status)
-        if self._sampled.hit(f"handshake refused {status}", trio.current_time()):
-            log.info("handshake refused peer=%s status=%d reason=%s", peer, status, reason)
-        body = clip(reason, 120) if public is None else public
-        return HttpResponse(status, body.encode("utf-8", "replace") + b"\n", headers=headers)
+    Raises:
+        StoreError: the SQLite store cannot be opened or read.
+        ConfigError: the Redis URL cannot work (or coredis is missing).
+    """
+    server = ChatServer(config, echo=echo)
+    if config.redis_url and not echo:
+        _attach_backplane(server)
+    return server
 
-    def _check_upgrade(
-        self, request: HttpRequest, peer: str, local: str | None = None
-    ) -> HttpResponse | Upgrade:
-        headers = request.headers
-        if self.draining:
-            return self._refuse(503, "server shutting down", peer)
-        accepted = check_upgrade(
-            request.raw.http_version,
-            request.raw.headers,
-            deflate=self.config.permessage_deflate == "on",
-        )
-        if not isinstance(accepted, Accepted):
-            return self._refuse(accepted.status, accepted.reason, peer, headers=accepted.headers)
-        # The per-IP rate first: every later check costs more than counting.
-        refusal = self._ip_limits.handshake(client_key(peer), trio.current_time())
-        if refusal is not None:
-            return self._refuse(refusal.status, refusal.reason, peer)
-        if not self._origin_allowed(headers, local):
-            origin = clip(headers.get("origin", ""), 100)
-            host = clip(headers.get("host", ""), 100)
-            return self._refuse(
-                403, f"origin {origin!r} not allowed for host {host!r}", peer, "origin not allowed"
-            )
-        if self.echo:
-            identity = Identity("echo")
-        else:
-            try:
-                identity = self.authenticator(
-                    HandshakeRequest.from_target(request.target, headers, peer)
-                )
-            except Rejection as rejection:
-                return self._refuse(rejection.status, rejection.reason, peer)
-        return Upgrade((identity, accepted))
 
-    def _origin_allowed(self, headers: dict[str, str], local: str | None = None) -> bool:
-        """The Origin rule: no Origin (not a browser), an allowed origin, or
-        by default the same host, which must also name this server (its
-        listening address, ``localhost`` on loopback, or a public name), so
-        that a rebound DNS name (``evil.example`` resolving to us) does not
-        pass as "same host"."""
-        origin = headers.get("origin")
-        if origin is None:
-            return True
-        # Scheme and host compare without regard to case (RFC 6454).
-        origin = origin.rstrip("/").lower()
-        allowed = self.config.allowed_origins
-        if allowed:
-            return "*" in allowed or origin in {o.rstrip("/").lower() for o in allowed}
-        scheme, _, host = origin.partition("://")
-        if scheme not in ("http", "https") or host != headers.get("host", "").lower():
-            return False
-        return self._names_this_server(host, local)
+def _attach_backplane(server: ChatServer) -> None:
+    """Share *server*'s rooms through Redis (``config.redis_url``)."""
+    from ._backplane import attach_backplane
 
-    def _names_this_server(self, host: str, local: str | None) -> bool:
-        """Whether the Host value *host* (lowercased) names this server."""
-        if host.startswith("["):
-            name = host[1:].partition("]")[0]
-        else:
-            name = host.rpartition(":")[0] if host.count(":") == 1 else host
-        if name in {n.lower() for n in self.config.public_names}:
-            return True
-        address = _ip(name)
-        if local is None:  # an in-memory stream: the configured address
-            return name == "localhost" or (address is not None and address == _ip(self.config.host))
-        here = _ip(local)
-        if here is None:
-            return False
-        if name == "localhost":
-            return here.is_loopback
-        return address is not None and address == here
-
-    def _healthz(self) -> HttpResponse:
-        body: dict[str, Any] = {
-            "status": "draining" if self.draining else "ok",
-            "connections": len(self._connections),
-            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
-        }
-        if self.config.healthz_version:
-            from . import __version__
-
-            body["version"] = __version__
-        healthy = not self.draining
-        for check in self.health_checks:
-            ok, detail = check()
-            body.update(detail)
-            if not ok and healthy:
-                body["status"] = "degraded"
-        if not self.config.healthz_node:
-            # The node id names the host and the process: not for anyone who asks.
-            body.pop("node", None)
-        return json_response(200 if healthy else 503, body)
-
-    def _static(self, name: str) -> HttpResponse | None:
-        if not name or "/" in name or name.startswith("."):
-            return None
-        resource = importlib.resources.files("trio_chat") / "static" / name
-        try:
-            data = resource.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, OSError):
-            return None
-        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if name.endswith(".js"):
-            kind = "text/javascript"
-        if kind.startswith("text/"):
-            kind += "; charset=utf-8"
-        policy = PAGE_POLICY if kind.startswith("text/html") else STRICT_POLICY
-        return HttpResponse(200, data, kind, (("cache-control", "no-cache"),), policy)
-
-    # ------------------------------------------------------------ HTTP API
-
-    async def _api(self, request: HttpRequest, peer: str = "memory") -> HttpResponse:
-        match = _API_ROOM.match(request.path)
-        if request.path == "/api/rooms":
-            if request.method != "GET":
-                return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET"),))
-        elif match is None:
-            return json_response(404, {"error": "not found"})
-        elif request.method != "POST":
-            return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
-        admin = self._api_auth(request)
-        if isinstance(admin, HttpResponse):
-            return admin
-        if match is None:
-            rooms = []
-            state = self.hub.state
-            for name in state.room_names():
-                if admin.may_join(name):
-                    rooms.append(
-                        {
-                            "name": name,
-                            "members": len(state.members(name)),
-                            "last_id": state.last_id(name),
-                        }
-                    )
-            return json_response(200, {"rooms": rooms})
-        room = match.group(1)
-        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if kind != "application/json":
-            return json_response(415, {"error": "Content-Type must be application/json"})
-        if not admin.may_join(room):
-            return json_response(403, {"error": "this token may not publish to that room"})
-        try:
-            body = json.loads(request.body)
-        except (ValueError, RecursionError):
-            return json_response(400, {"error": "body must be JSON"})
-        if not isinstance(body, dict):
-            return json_response(400, {"error": "body must be a JSON object"})
-        content, user_id = body.get("content"), body.get("user_id", "server")
-        if not isinstance(user_id, str) or not isinstance(content, str):
-            return json_response(400, {"error": "content and user_id must be strings"})
-        try:
-            self._check_message(room=room, content=content, user_id=user_id)
-            ack = await self.hub.publish(room, content, user_id=user_id, create=False)
-        except ProtocolError as err:
-            return json_response(err.code, {"error": err.message})
-        log.info(
-            "api publish room=%s id=%d user=%s by=%s peer=%s chars=%d",
-            room,
-            ack.id,
-            user_id,
-            admin.user_id,
-            peer,
-            len(content),
-        )
-        return json_response(201, {"id": ack.id, "time": ack.time})
-
-    def _api_auth(self, request: HttpRequest) -> Identity | HttpResponse:
-        """The admin identity of the request's ``Authorization: Bearer``
-        token (never one from the query string), or the refusal."""
-        if not self.config.secret:
-            return json_response(401, {"error": "the HTTP API needs the server to have a secret"})
-        if not self._origin_allowed(request.headers):
-            return json_response(403, {"error": "origin not allowed"})
-        handshake = HandshakeRequest.from_target(request.target, request.headers, "")
-        token = handshake.bearer_token(query=False)
-        if token is None:
-            return json_response(401, {"error": "missing Authorization: Bearer token"})
-        try:
-            identity = TokenAuthenticator(
-                self.config.secret, self.config.max_token_lifetime
-            ).verify(token)
-        except Rejection as rejection:
-            return json_response(401, {"error": rejection.reason})
-        if not identity.admin:
-            return json_response(403, {"error": "token is not an admin token"})
-        return identity
+    attach_backplane(server)

@@ -329,14 +329,12 @@ def worker_main() -> int:
 
 
 async def _serve_worker(config: Config) -> int:
-    from ._backplane import attach_backplane
-    from ._server import ChatServer
+    from ._server import build_server
 
     sock = _reuseport_socket(config.host, config.port)
     sock.listen(4096)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-    server = ChatServer(config)
-    attach_backplane(server)
+    server = build_server(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(server.serve, listeners=[listener]))
