@@ -30,7 +30,7 @@ from redis_helpers import RedisServer, start_chat_process
 from support import bounded
 
 from trio_chat import ChatServer, Config, ProtocolError
-from trio_chat._backplane import attach_backplane, split_url
+from trio_chat._backplane import BackplaneHub, build_backplane_hub, split_url
 from trio_chat._backplane_state import (
     ChatOp,
     ClusterState,
@@ -136,7 +136,7 @@ def test_chat_and_unloaded_joins_answer_503_while_redis_is_down():
 def test_an_op_that_fails_answers_503_to_its_sender():
     state = ClusterState("n1")
     _up(state)
-    _joined(state, 1, "alice")
+    _joined(state, 1, "alice", last_id=7)
     state.handle(1, Chat("r", "hi", "c1"), 0.0)
     [op] = state.take_ops()
     assert isinstance(op, ChatOp) and op.ref == "c1"
@@ -174,6 +174,25 @@ def test_a_message_reaches_every_local_member_but_its_sending_connection():
     assert [sorted(d.to) for d in deliveries] == [[2, 3]]
     deliveries = state.on_messages([_live(2, "n2:9")])
     assert [sorted(d.to) for d in deliveries] == [[1, 2, 3]]
+
+
+def test_the_senders_process_delivers_a_message_with_its_ack():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice", last_id=7)
+    _joined(state, 2, "bob")
+    state.handle(1, Chat("r", "hi", "c1"), 0.0)
+    [op] = state.take_ops()
+    deliveries = state.on_result(op, ("ok", 8))
+    assert _ids(deliveries, 2) == [8] and _ids(deliveries, 1) == []
+    [ack] = _events(deliveries, 1)
+    assert ack["type"] == "ack" and ack["payload"]["id"] == 8
+    assert state.on_messages([_live(8, op.origin)]) == []  # pub/sub's copy
+    # Who has the ack finds the message in the history at once.
+    state.connect(3, "alice")
+    [joined, *_] = _events(state.handle(3, Join("r"), 0.0), 3)
+    assert [m["id"] for m in joined["payload"]["history"]] == [8]
+    assert state.take_ops() == []
 
 
 def test_duplicates_are_ignored_and_a_gap_is_filled_from_the_stream():
@@ -486,7 +505,7 @@ async def open_cluster(
     async with trio.open_nursery() as nursery:
         for _ in range(count):
             server = ChatServer(config)
-            attach_backplane(server)
+            assert isinstance(server.hub, BackplaneHub)
             await nursery.start(server.serve)
             servers.append(server)
         try:
@@ -591,6 +610,8 @@ async def test_history_and_resume_work_on_any_process(redis_server):
             async with open_test_client(s1, user="carol") as carol:
                 joined = (await carol.join("lobby"))["payload"]
                 assert [m["id"] for m in joined["history"]] == [5, 6, 7]
+                # Every process names the room's numbering alike.
+                assert joined["epoch"] == (await alice.join("lobby"))["payload"]["epoch"]
 
 
 @bounded(30)
@@ -997,8 +1018,8 @@ async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_s
     async with open_cluster(redis_server, count=1) as (s0,):
         # s1 takes a pub/sub message only while its pump is waiting for one.
         config = attrs.evolve(s0.config, port=0)
-        s1 = ChatServer(config)
-        hub = attach_backplane(s1, events_size=0)
+        hub = build_backplane_hub(config, events_size=0)
+        s1 = ChatServer(config, hub=hub)
         async with trio.open_nursery() as nursery:
             await nursery.start(s1.serve)
             try:

@@ -41,7 +41,6 @@ from http_support import http_request
 from wsproto.events import Message
 
 from trio_chat import ChatServer, Config
-from trio_chat._backplane import attach_backplane
 from trio_chat._metrics import count_tasks
 from trio_chat._testing_server import TestClient, open_test_client, open_test_server
 
@@ -335,7 +334,6 @@ async def open_backplane_server(redis: Any) -> AsyncIterator[ChatServer]:
         shutdown_grace=2,
     )
     server = ChatServer(config)
-    attach_backplane(server)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         try:

@@ -1,6 +1,6 @@
 """The Redis backplane: many server processes sharing rooms through Redis.
 
-With ``--redis-url`` the server's hub is a :class:`BackplaneHub`: the same
+With ``redis_url`` set, the hub a server builds from its config is a :class:`BackplaneHub`: the same
 actor as the in-memory :class:`~trio_chat._hub.Hub` (one task, never awaits a
 client, frames encoded once), whose bookkeeping is a
 :class:`~trio_chat._backplane_state.ClusterState` instead of a ``HubState``.
@@ -26,7 +26,8 @@ again and every log it serves is read from its stream after the last id
 delivered here: nothing acknowledged is missed, nothing is delivered twice.
 
 Redis keys (``<prefix>`` defaults to ``trio_chat:``): ``seq:<room>`` (last id),
-``log:<room>`` (stream), ``members:<room>`` and ``mver:<room>`` (kept while
+``log:<room>`` (stream), ``repoch:<room>`` (its numbering's name, for
+``joined.epoch``), ``members:<room>`` and ``mver:<room>`` (kept while
 the room has members anywhere and a week after), ``dmseq:<user>`` and
 ``dm:<user>`` (direct messages), ``online``, ``presence``, ``refs:<user>``
 and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
@@ -68,15 +69,15 @@ from ._backplane_state import (
     Unavailable,
     ack_memo,
 )
-from ._config import ConfigError
+from ._config import Config, ConfigError
 from ._hub import Hub
+from ._log import new_epoch
 from ._protocol import ErrorEvent
 
 if TYPE_CHECKING:
     from ._hub_state import Delivery, HubState
-    from ._server import ChatServer
 
-__all__ = ["Backplane", "BackplaneHub", "attach_backplane"]
+__all__ = ["Backplane", "BackplaneHub", "build_backplane_hub"]
 
 log = logging.getLogger("trio_chat.backplane")
 
@@ -496,7 +497,7 @@ class Backplane:
                 pipe, "online", [p, self.node, op.user_id, "1" if op.online else "0"]
             )
         if isinstance(op, LoadOp):
-            return self._script(pipe, "load", [p, op.room, op.count, op.max_bytes])
+            return self._script(pipe, "load", [p, op.room, op.count, op.max_bytes, new_epoch()])
         if isinstance(op, TypingOp):
             return pipe.publish(f"{p}ch:r:{op.room}", f"t 0 {op.origin} {op.user_id} {op.frame}")
         if isinstance(op, PresenceOp):
@@ -504,7 +505,7 @@ class Backplane:
         if isinstance(op, MembersOp):
             return self._script(pipe, "members", [p, op.room])
         if isinstance(op, FloorOp):
-            return self._script(pipe, "floor", [p, op.room, op.floor])
+            return self._script(pipe, "floor", [p, op.room, op.floor, op.epoch])
         if isinstance(op, SyncOp):
             candidate = secrets.token_hex(8)
             return self._script(
@@ -538,7 +539,7 @@ class Backplane:
         if isinstance(op, OnlineOp):
             return int(raw)
         if isinstance(op, LoadOp):
-            last, entries, members, version, presence = raw
+            last, entries, members, version, presence, epoch = raw
             parsed = []
             for entry_id, fields in reversed(entries):
                 values = dict(zip(fields[::2], fields[1::2], strict=False))
@@ -549,6 +550,7 @@ class Backplane:
                 list(members),
                 int(version),
                 dict(zip(presence[::2], presence[1::2], strict=False)),
+                epoch or "",
             )
         if isinstance(op, MembersOp):
             return int(raw[0]), list(raw[1])
@@ -631,6 +633,9 @@ class BackplaneHub(Hub):
         """For ``/healthz``: whether Redis is reachable, and this node's id."""
         up = self.state.up
         return up, {"backplane": "up" if up else "down", "node": self.backplane.node}
+
+    def backplane_up(self) -> bool | None:
+        return self.state.up
 
     # ----------------------------------------------------- embedder side
 
@@ -735,19 +740,17 @@ class BackplaneHub(Hub):
         super()._flush()
 
 
-def attach_backplane(server: ChatServer, url: str | None = None, **options: Any) -> BackplaneHub:
-    """Make *server* share its rooms through Redis (before it serves).
+def build_backplane_hub(config: Config, **options: Any) -> BackplaneHub:
+    """The hub for *config* when ``config.redis_url`` is set (see
+    :func:`~trio_chat._store.build_hub`): rooms shared through Redis.
 
-    Replaces the server's in-memory hub with a :class:`BackplaneHub` on
-    ``url`` (default: ``server.config.redis_url``), registers a ``/healthz``
-    check and the ``trio_chat_backplane_up`` metric.  *options* go to
-    :class:`Backplane`.  Returns the hub.  Raises :class:`ConfigError` for a
-    URL that cannot work or when coredis is not installed.
+    *options* go to :class:`Backplane` (tests use them).  Raises
+    :class:`ConfigError` for a URL that cannot work or when coredis is not
+    installed.
     """
-    config = server.config
-    url = url or config.redis_url
+    url = config.redis_url
     if not url:
-        raise ConfigError("redis_url: attach_backplane needs a redis:// URL")
+        raise ConfigError("redis_url: the Redis backplane needs a redis:// URL")
     check_redis_url(url)
     options.setdefault(
         "retention",
@@ -770,10 +773,4 @@ def attach_backplane(server: ChatServer, url: str | None = None, **options: Any)
         history_bytes_total=config.history_bytes_total,
         prefix=backplane.prefix,
     )
-    hub = BackplaneHub(state, backplane)
-    hub.counters.outbound = server.hub.counters.outbound
-    server.hub = hub
-    server.metrics.hub = hub
-    server.metrics.backplane_up = lambda: state.up
-    server.health_checks.append(hub.health)
-    return hub
+    return BackplaneHub(state, backplane)

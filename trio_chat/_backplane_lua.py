@@ -52,7 +52,8 @@ end
 local ROOM_TTL = @TTL@
 -- A room's data lives while it has members anywhere, and ROOM_TTL after.
 local function room_expiry(room)
-  local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room}
+  local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room,
+    P .. 'repoch:' .. room}
   for _, key in ipairs(keys) do
     if redis.call('EXISTS', P .. 'members:' .. room) == 1 then
       redis.call('PERSIST', key)
@@ -116,6 +117,17 @@ local function drop_node(node)
   end
   redis.call('DEL', P .. 'proc:' .. node)
   redis.call('ZREM', P .. 'procs', node)
+end
+-- The name of a room's numbering (``joined.epoch``): made with the room's
+-- first load (or kept from *candidate*), it goes with the room's other keys.
+local function room_epoch(room, candidate)
+  local key = P .. 'repoch:' .. room
+  local epoch = redis.call('GET', key)
+  if not epoch and candidate ~= '' then
+    epoch = candidate
+    redis.call('SET', key, epoch, 'EX', ROOM_TTL)
+  end
+  return epoch
 end
 local function now_ms()
   local t = redis.call('TIME')
@@ -247,6 +259,7 @@ for i = 5, #ARGV, 8 do
       redis.call('EXPIRE', seq, ROOM_TTL)
       redis.call('EXPIRE', log, ROOM_TTL)
       redis.call('EXPIRE', P .. 'mver:' .. room, ROOM_TTL)
+      redis.call('EXPIRE', P .. 'repoch:' .. room, ROOM_TTL)
     end
     out[#out + 1] = {'ok', id}
   end
@@ -296,12 +309,14 @@ return 0
 """
 )
 
-#: ARGV: prefix, room, history count, history bytes.  The history is the
-#: newest entries whose frames add up to that many bytes at most.
+#: ARGV: prefix, room, history count, history bytes, candidate epoch.  The
+#: history is the newest entries whose frames add up to that many bytes at
+#: most.
 _LOAD = (
     _COMMON
     + r"""
 local room = ARGV[2]
+local epoch = room_epoch(room, ARGV[5])
 local last = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
 local entries = {}
 if tonumber(ARGV[3]) > 0 then
@@ -327,7 +342,7 @@ for _, user in ipairs(members) do
     presence[#presence + 1] = frame
   end
 end
-return {last, entries, members, version, presence}
+return {last, entries, members, version, presence, epoch}
 """
 )
 
@@ -352,7 +367,7 @@ return 1
 """
 )
 
-#: ARGV: prefix, room, floor.
+#: ARGV: prefix, room, floor, the room's epoch.
 _FLOOR = (
     _COMMON
     + r"""
@@ -360,6 +375,7 @@ local key = P .. 'seq:' .. ARGV[2]
 if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[3]) then
   redis.call('SET', key, ARGV[3])
 end
+room_epoch(ARGV[2], ARGV[4])
 return 1
 """
 )

@@ -194,6 +194,8 @@ class LoadResult:
     members_version: int
     #: user -> presence frame, for members that have set a status.
     presence: dict[str, str]
+    #: The name of the room's numbering (``joined.epoch``).
+    epoch: str = ""
 
 
 @attrs.define(eq=False)
@@ -232,6 +234,8 @@ class FloorOp(Op):
 
     room: str
     floor: int
+    #: The room's epoch as this process knows it (kept if Redis has none).
+    epoch: str = ""
 
 
 @attrs.define(eq=False)
@@ -293,6 +297,8 @@ class _Room:
     creator: Key | None = None
     #: The client whose quota it counts against.
     client: str | None = None
+    #: The name of the room's numbering, once loaded.
+    epoch: str | None = None
 
     def after(
         self, since: int | None, budget: int | None = None
@@ -689,7 +695,8 @@ class ClusterState:
             history, truncated = room.after(event.since, budget)
         else:
             history, truncated = [], False
-        deliveries = [Delivery(Joined(name, members, history, truncated, event.ref), (key,))]
+        joined = Joined(name, members, history, truncated, event.ref, room.epoch)
+        deliveries = [Delivery(joined, (key,))]
         for member in members:
             frame = self._presence.get(member)
             if frame is not None and member != user_id:
@@ -840,7 +847,7 @@ class ClusterState:
             for name, room in self._rooms.items():
                 room.members_version = 0
                 if room.log.ready:
-                    self._ops.append(FloorOp(name, room.log.cursor))
+                    self._ops.append(FloorOp(name, room.log.cursor, room.epoch or ""))
                     self._history_bytes -= room.history_bytes
                     room.history.clear()
                     room.history_bytes = 0
@@ -1071,8 +1078,13 @@ class ClusterState:
         status = result[0]
         if status == "ok":
             self.messages += 1
-            return self._answer(
-                op.reply_to, ChatAck(int(result[1]), op.room, op.time, op.ref), None
+            id_ = int(result[1])
+            # Delivered here now (pub/sub's copy is then a duplicate): who
+            # has the ack finds the message in the room's history.
+            entry = (id_, op.origin, op.prefix + str(id_) + op.suffix)
+            deliveries = self._ingest("r", op.room, [entry], True)
+            return deliveries + self._answer(
+                op.reply_to, ChatAck(id_, op.room, op.time, op.ref), None
             )
         if status == "dup":
             return self._answer(op.reply_to, parse_ack(result[1], op.ref), None)
@@ -1113,6 +1125,7 @@ class ClusterState:
             return deliveries
         room.log.ready = True
         room.log.cursor = result.last_id
+        room.epoch = result.epoch or None
         for entry_id, _origin, frame in result.entries:
             if entry_id <= result.last_id:
                 self._keep(op.room, room, [entry_id, frame, None])

@@ -443,6 +443,15 @@ class Hub:
     def stats(self) -> HubStats:
         return self.state.stats()
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """For ``/healthz``: whether the hub can serve, and details to show
+        (the Redis backplane's state; nothing for a local store)."""
+        return True, {}
+
+    def backplane_up(self) -> bool | None:
+        """Whether the Redis backplane is reachable (None: there is none)."""
+        return None
+
     # ----------------------------------------------------- the actor
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

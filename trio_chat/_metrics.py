@@ -58,7 +58,6 @@ class Metrics:
         self.handshakes_refused: dict[int, int] = {}
         self.rate_limited = 0
         self.handshakes_accepted = 0
-        self.backplane_up: Callable[[], bool] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         # The usual process (CPU, memory, descriptors), Python platform and
@@ -247,9 +246,6 @@ class Metrics:
             yield gauge("trio_chat_tasks", "Trio tasks alive.", count_tasks())
         except RuntimeError:  # scraped outside trio (tests)
             pass
-        if self.backplane_up is not None:
-            yield gauge(
-                "trio_chat_backplane_up",
-                "1 if the Redis backplane is reachable.",
-                1 if self.backplane_up() else 0,
-            )
+        up = self.hub.backplane_up()
+        if up is not None:
+            yield gauge("trio_chat_backplane_up", "1 if the Redis backplane is reachable.", int(up))

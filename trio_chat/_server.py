@@ -88,8 +88,8 @@ class ChatServer:
             ``config.secret`` is set, else anonymous names.
         echo: serve the plain echo endpoint on ``/ws`` instead of chat.
         hub: a hub to use instead of the one *config* describes (the
-            memory store, or the SQLite store in ``config.data_dir``; the
-            Redis backplane provides its own).
+            memory store, the SQLite store in ``config.data_dir``, or the
+            Redis backplane with ``config.redis_url``).
 
     Raises:
         StoreError: the SQLite store cannot be opened or read.
@@ -143,8 +143,8 @@ class ChatServer:
         self._conn_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self._ssl_context = tls_context(config)
-        #: Extra checks a backplane may register: () -> (healthy, detail).
-        self.health_checks: list[Callable[[], tuple[bool, dict[str, Any]]]] = []
+        #: Checks for ``/healthz``: () -> (healthy, detail); the hub's first.
+        self.health_checks: list[Callable[[], tuple[bool, dict[str, Any]]]] = [self.hub.health]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -500,22 +500,12 @@ def build_server(config: Config, *, echo: bool = False) -> ChatServer:
     """The server *config* describes, as ``trio-chat serve`` runs it.
 
     The one assembly of the command and of each of its ``--workers``: the
-    hub from ``config`` (its store opened and loaded), and with
-    ``config.redis_url`` the Redis backplane.  *echo* serves the plain echo
+    hub from ``config`` (its store opened and loaded; with
+    ``config.redis_url`` the Redis backplane).  *echo* serves the plain echo
     endpoint instead of chat (never shared through Redis).
 
     Raises:
         StoreError: the SQLite store cannot be opened or read.
         ConfigError: the Redis URL cannot work (or coredis is missing).
     """
-    server = ChatServer(config, echo=echo)
-    if config.redis_url and not echo:
-        _attach_backplane(server)
-    return server
-
-
-def _attach_backplane(server: ChatServer) -> None:
-    """Share *server*'s rooms through Redis (``config.redis_url``)."""
-    from ._backplane import attach_backplane
-
-    attach_backplane(server)
+    return ChatServer(config, echo=echo)

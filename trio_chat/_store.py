@@ -1,5 +1,7 @@
 """Building the hub and its store from a :class:`~trio_chat.Config`.
 
+``config.redis_url`` means the Redis backplane (rooms shared with every
+process using the same Redis, see :mod:`trio_chat._backplane`); otherwise
 ``config.sqlite_dir`` picks the store: a directory means the SQLite store
 there (rooms, history, next ids and refs come back from it before the server
 serves), None the memory store (nothing is kept across a restart).
@@ -37,7 +39,12 @@ def build_hub(config: Config) -> Hub:
     Raises:
         StoreError: the SQLite store cannot be opened or read (the message is
             one line, naming the file and the cause).
+        ConfigError: ``redis_url`` cannot work (or coredis is missing).
     """
+    if config.redis_url:
+        from ._backplane import build_backplane_hub
+
+        return build_backplane_hub(config)
     data_dir = config.sqlite_dir
     if data_dir is None:
         return Hub(hub_state(config))
