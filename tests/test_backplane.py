@@ -403,9 +403,28 @@ def test_malformed_pubsub_messages_are_ignored():
         ("trio_chat:ch:r:r", "q 1 2 3 4"),
         ("x", "m 1 n2:1 - {}"),
         ("trio_chat:ch:r:zz", "m 1 - - {}"),
+        ("trio_chat:ch:m", ""),
+        ("trio_chat:ch:m", "r x n2:1 {}"),
     ]
     assert state.on_messages(junk) == []
     assert _ids(state.on_messages([_live(1)]), 1) == [1]
+
+
+def test_one_pubsub_message_carries_a_script_calls_messages():
+    state = ClusterState("n1")
+    _up(state)
+    _joined(state, 1, "alice", room="a")
+    _joined(state, 1, "alice", room="b")
+    lines = [
+        f"{room} {i} n2:1 {_frame(i, room)}" for room, i in [("a", 1), ("x", 5), ("b", 1), ("a", 2)]
+    ]
+    deliveries = state.on_messages([("trio_chat:ch:m", "\n".join(lines))])
+    got = [
+        (json.loads(d.event.to_json())["payload"]["room"], i)
+        for d in deliveries
+        for i in _ids([d], 1)
+    ]
+    assert got == [("a", 1), ("b", 1), ("a", 2)]  # x is not served here
 
 
 @given(
@@ -1031,6 +1050,17 @@ async def test_a_hub_that_falls_behind_pubsub_catches_up_from_the_stream(redis_s
                     await bob.join("lobby")
                     for i in range(100):
                         await alice.send("chat", {"room": "lobby", "content": f"m{i}"})
+                        if i == 50:
+                            # A burst of pub/sub messages (for a room nobody
+                            # serves) that s1 cannot take as they come.
+                            await trio.to_thread.run_sync(
+                                redis_server.command,
+                                "EVAL",
+                                "for i = 1, 2000 do redis.call('PUBLISH', KEYS[1], ARGV[1]) end",
+                                "1",
+                                "trio_chat:ch:r:nowhere",
+                                "t 0 x:1 zed {}",
+                            )
                     ids = [(await _expect_chat(bob))["id"] for _ in range(100)]
                     assert ids == list(range(1, 101))
                 assert hub.backplane.overflows > 0

@@ -5,7 +5,9 @@ spaces or quotes (the protocol's patterns), so they are joined into fields,
 channel messages and frames as they are.  Channel messages are
 ``KIND NUMBER ORIGIN SUBJECT FRAME``: ``m`` a logged message (NUMBER its id),
 ``j``/``l`` a cluster-wide join/leave (NUMBER the room's membership
-version), ``t`` typing, ``p`` presence.
+version), ``t`` typing, ``p`` presence; except on ``ch:m``, where one
+message carries every chat message of a script call, one a line (frames
+are JSON: never a raw newline), each ``ROOM ID ORIGIN FRAME``.
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local same_epoch = redis.call('GET', P .. 'epoch') == epoch
-local out = {}
+local out, published = {}, {}
 for i = 5, #ARGV, 8 do
   local room, user, ref = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local refs, queue = P .. 'refs:' .. user, P .. 'refq:' .. user
@@ -252,7 +254,7 @@ for i = 5, #ARGV, 8 do
     local log = P .. 'log:' .. room
     redis.call('XADD', log, id .. '-0', 'o', ARGV[i + 6], 'f', frame, 't', now)
     logged(room, #frame, now, retain)
-    redis.call('PUBLISH', P .. 'ch:r:' .. room, 'm ' .. id .. ' ' .. ARGV[i + 6] .. ' - ' .. frame)
+    published[#published + 1] = room .. ' ' .. id .. ' ' .. ARGV[i + 6] .. ' ' .. frame
     if ref ~= '' then remember(refs, queue, ref, 'c ' .. id .. ' ' .. ARGV[i + 7], limit) end
     if redis.call('EXISTS', P .. 'members:' .. room) == 0 then
       -- Nobody in the room (a publish through the API): ROOM_TTL to live.
@@ -263,6 +265,11 @@ for i = 5, #ARGV, 8 do
     end
     out[#out + 1] = {'ok', id}
   end
+end
+-- One pub/sub message for the whole batch: a subscriber's cost is mostly
+-- per pub/sub message, whatever it holds.
+if #published > 0 then
+  redis.call('PUBLISH', P .. 'ch:m', table.concat(published, '\n'))
 end
 return out
 """

@@ -940,8 +940,11 @@ class ClusterState:
         skip = len(self.prefix) + 3  # "<prefix>ch:"
         for channel, data in items:
             try:
-                kind, number, origin, subject, frame = data.split(" ", 4)
                 target = channel[skip:]
+                if target == "m":
+                    deliveries += self._batch(data)
+                    continue
+                kind, number, origin, subject, frame = data.split(" ", 4)
                 if kind == "m":
                     deliveries += self._ingest(
                         target[0], target[2:], [(int(number), origin, frame)], True
@@ -956,6 +959,16 @@ class ClusterState:
                     deliveries += self._remote_presence(subject, origin, frame)
             except (ValueError, IndexError, KeyError):
                 continue  # not one of ours
+        return deliveries
+
+    def _batch(self, data: str) -> list[Delivery]:
+        """Chat messages published by one script call: ``ROOM ID ORIGIN
+        FRAME``, one a line."""
+        deliveries: list[Delivery] = []
+        for line in data.split("\n"):
+            room, number, origin, frame = line.split(" ", 3)
+            if room in self._rooms:
+                deliveries += self._ingest("r", room, [(int(number), origin, frame)], True)
         return deliveries
 
     def _member_event(
