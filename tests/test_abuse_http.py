@@ -1,7 +1,8 @@
 """Hostile HTTP clients against the front: every connection counts from its
 TCP accept, idle keep-alive connections are let go, running out of file
 descriptors sheds load.  Real sockets on 127.0.0.1 (bystanders come from
-127.0.0.2 and 127.0.0.3, other addresses of the loopback).
+127.0.0.2 and 127.0.0.3, other addresses of the loopback); the idle timeout
+over an in-memory stream on trio's virtual clock.
 
 Rules: absences are proven with barriers (a request answered, a gauge read
 back), never with sleeps; each test checks that the server's tasks and
@@ -24,6 +25,7 @@ from contextlib import asynccontextmanager
 import h11
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from http_support import HttpClient, LogCapture, ws_refusal
 from hypothesis import given, strategies as st
@@ -35,7 +37,12 @@ from trio_chat._auth import Rejection, TokenAuthenticator, make_token
 from trio_chat._http import MAX_HEAD_BYTES
 from trio_chat._logging import SampledLog, TextFormatter, escape
 from trio_chat._metrics import count_tasks
-from trio_chat._testing_server import open_test_client, open_test_server
+from trio_chat._testing_server import (
+    open_memory_server,
+    open_memory_stream,
+    open_test_client,
+    open_test_server,
+)
 
 # ---------------------------------------------------------------- helpers
 
@@ -147,11 +154,13 @@ async def test_keep_alive_http_connections_count_against_the_ip():
                     assert (await client.request("GET", "/healthz")).status == 200
             # Gone: the address may connect again.
             assert await _status(server.port) == 200
-        assert server._front.refused == {429: 2}
+        assert server.stats().connections_refused == {429: 2}
         refused = logs.find("connection refused", "status=429")
         assert len(refused) == 1  # the second is counted, not logged
         assert await _metric(server.port, "trio_chat_connections_refused_total", status="429") == 2
-        await _until(lambda: not server._front.open and count_tasks() <= tasks and _fds() <= fds)
+        await _until(
+            lambda: not server.stats().tcp_connections and count_tasks() <= tasks and _fds() <= fds
+        )
 
 
 async def test_the_server_wide_limit_counts_plain_http_too():
@@ -160,25 +169,30 @@ async def test_the_server_wide_limit_counts_plain_http_too():
             for client in (a, b):
                 assert (await client.request("GET", "/healthz")).status == 200
             assert await _status(server.port, "127.0.0.5") in (503, "closed")
-            assert server._front.refused == {503: 1}
-        await _until(lambda: not server._front.open)
+            assert server.stats().connections_refused == {503: 1}
+        await _until(lambda: not server.stats().tcp_connections)
         assert await _status(server.port, "127.0.0.5") == 200
 
 
-async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(autojump_clock):
     # The first request may take the handshake timeout (30 s here); between
-    # requests a connection may idle only http_idle_timeout.
-    config = Config(port=0, handshake_timeout=30, http_idle_timeout=0.3)
-    async with open_test_server(config) as server:
-        async with _http_from(server.port) as client:
-            started = trio.current_time()
-            for _ in range(3):  # quick requests keep it alive
-                assert (await client.request("GET", "/healthz")).status == 200
-            with trio.fail_after(5):
-                assert await client.stream.receive_some(1) == b""  # closed by the server
-            assert trio.current_time() - started >= 0.3
-        await _until(lambda: not server._front.open)
-        assert len(server._front.idle) == 0
+    # requests a connection may idle only http_idle_timeout.  (On trio's
+    # virtual clock, over an in-memory stream.)
+    config = Config(handshake_timeout=30, http_idle_timeout=3)
+    async with open_memory_server(config) as server:
+        client = HttpClient(open_memory_stream(server))
+        for _ in range(3):  # requests a second apart keep it alive
+            await trio.sleep(1)
+            assert (await client.request("GET", "/healthz")).status == 200
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.stats().idle_http_connections == 1
+        answered = trio.current_time()
+        assert await client.stream.receive_some(1) == b""  # closed by the server
+        assert trio.current_time() - answered == pytest.approx(3, abs=1e-6)
+        await client.stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.stats().tcp_connections == 0
+        assert server.stats().idle_http_connections == 0
 
 
 # ---------------------------------------------------------------- out of descriptors
@@ -303,6 +317,9 @@ async def test_running_out_of_descriptors_sheds_load_and_keeps_serving_websocket
                 connect_started = time.perf_counter()
                 times = await _chat_round_trips(port, 20)
                 connect_time = time.perf_counter() - connect_started
+            # ... while the attack goes on, not only once it is over: the
+            # attacker has not reported (it does so when it stops).
+            assert attack.poll() is None
             with trio.fail_after(10):
                 shed = await _metric(port, "trio_chat_accept_exhausted_total")
             with trio.fail_after(ATTACK_SECONDS + 20):
@@ -333,8 +350,6 @@ async def test_running_out_of_descriptors_sheds_load_and_keeps_serving_websocket
     assert not any("traceback" in e for e in entries)
     assert 1 <= len(shedding) <= 2 + ATTACK_SECONDS / LOG_INTERVAL
     assert len(lines) < 60, lines
-    assert connect_time < ATTACK_SECONDS / 2  # not only once the attack is over
-    assert sorted(times)[len(times) // 2] < 0.05
 
 
 # ---------------------------------------------------------------- logs

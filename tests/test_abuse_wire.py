@@ -1,4 +1,5 @@
-"""Hostile clients at the WebSocket layer, over real sockets on 127.0.0.1.
+"""Hostile clients at the WebSocket layer, over real sockets on 127.0.0.1
+(the slow consumer's grace, a matter of time, on trio's virtual clock).
 
 Each test is one attack: a handshake the RFC forbids, a message that never
 ends, a ping flood, a protocol error, a slow consumer, a deflate bomb.  Each
@@ -16,14 +17,22 @@ import os
 import socket
 import zlib
 
+import pytest
 import trio
+import trio.testing
 from _raw_client import collect_logs
 from http_support import open_raw_websocket, raw_exchange
 from wire_support import OP_CLOSE, parse_frames
 from ws_frames import OP_CONT, OP_PING, OP_TEXT, client_frame, close_payload, deflate_message
 
 from trio_chat import Config
-from trio_chat._testing_server import open_test_client, open_test_server
+from trio_chat._testing_server import (
+    open_memory_client,
+    open_memory_server,
+    open_memory_stream,
+    open_test_client,
+    open_test_server,
+)
 
 KEY = base64.b64encode(os.urandom(16))
 
@@ -176,9 +185,8 @@ async def test_a_clients_1000_into_a_full_socket_is_logged_as_received() -> None
             with trio.fail_after(10):
                 while "r" not in server.hub.state.room_names():
                     await trio.sleep(0.01)
-            (conn,) = server._connections
             with trio.fail_after(20):
-                while not conn.stream.busy:
+                while not server.connections("full")[0].writing:
                     await server.publish("r", "x" * 3000)
             await stream.send_all(client_frame(0x8, close_payload(1000, "bye")))
             with trio.fail_after(20):
@@ -193,36 +201,44 @@ async def test_a_clients_1000_into_a_full_socket_is_logged_as_received() -> None
 # -------------------------------------------------------------- slow consumer
 
 
-async def test_a_slow_consumer_leaves_its_rooms_at_once_then_is_let_go_within_the_grace() -> None:
-    config = Config(port=0, queue_size=8, slow_consumer_grace=1.0, write_timeout=10)
+async def test_a_slow_consumer_leaves_its_rooms_at_once_then_is_let_go_within_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On trio's virtual clock: the sloth's stream is a lockstep one, so
+    once it stops reading every write to it waits, as on a full socket."""
+    config = Config(queue_size=8, slow_consumer_grace=5.0, write_timeout=100)
     with collect_logs("disconnect ") as lines:
-        async with open_test_server(config) as server:
-            async with open_test_client(server, user="bob") as bob:
+        async with open_memory_server(config) as server:
+            async with open_memory_client(server, user="bob") as bob:
                 await bob.join("r")
-                stream, _ = await open_raw_websocket(server.port, "/ws?user=sloth")
-                stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                stream = open_memory_stream(server, lockstep=True)
+                await stream.send_all(upgrade().replace(b"GET /ws ", b"GET /ws?user=sloth "))
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive_some()
+                assert head.startswith(b"HTTP/1.1 101 ")
                 join = json.dumps({"type": "join", "payload": {"room": "r"}}).encode()
                 await stream.send_all(client_frame(OP_TEXT, join))
                 await bob.expect("system")  # sloth joined
-                sent = 0
-                with trio.fail_after(30):
-                    while not server.stats().slow_consumer_drops:
-                        await server.publish("r", "y" * 2000)
-                        sent += 1
-                    # The leave comes in the same hub wake as the overflow:
-                    # before the chat published right after it.
-                    await server.publish("r", "marker")
-                    seen = []
-                    while True:
-                        frame = await bob.receive()
-                        seen.append(frame["type"])
-                        if frame["type"] == "chat" and frame["payload"]["content"] == "marker":
-                            break
-                    assert "system" in seen  # sloth's leave
-                    start = trio.current_time()
-                    while server.stats().connections == 2:
-                        await trio.sleep(0.01)
-                    assert trio.current_time() - start < config.slow_consumer_grace + 1.5
+                while not server.stats().slow_consumer_drops:
+                    await server.publish("r", "y" * 2000)
+                dropped = trio.current_time()
+                # The leave comes in the same hub wake as the overflow:
+                # before the chat published right after it.
+                await server.publish("r", "marker")
+                seen = []
+                while True:
+                    frame = await bob.receive()
+                    seen.append(frame["type"])
+                    if frame["type"] == "chat" and frame["payload"]["content"] == "marker":
+                        break
+                assert "system" in seen  # sloth's leave
+                assert trio.current_time() == dropped  # at once
+                while server.stats().connections == 2:
+                    await trio.sleep(0.01)
+                assert trio.current_time() - dropped == pytest.approx(
+                    config.slow_consumer_grace, abs=0.011
+                )
                 await stream.aclose()
     (line,) = [x for x in lines if "user=sloth" in x]
     assert "reason=slow consumer" in line

@@ -6,7 +6,7 @@ import attrs
 import pytest
 
 from trio_chat import Config, ConfigError
-from trio_chat._cli import _parser
+from trio_chat._cli import build_parser
 from trio_chat._config import SETTINGS
 
 #: A valid, non-default value for every setting a test may set alone.
@@ -226,8 +226,8 @@ def test_direct_construction_validates_too():
     )
 
 
-def test_every_setting_is_a_serve_flag_and_documented():
-    parser = _parser()
+def test_every_setting_is_a_serve_flag_and_documented(capsys: pytest.CaptureFixture[str]):
+    parser = build_parser()
     for name, field in SETTINGS.items():
         assert field.metadata["help"], name
         if name == "allowed_origins":
@@ -239,7 +239,10 @@ def test_every_setting_is_a_serve_flag_and_documented():
         value = "1" if name not in SAMPLES else as_text(SAMPLES[name])
         args = parser.parse_args(["serve", "--" + name.replace("_", "-"), value])
         assert getattr(args, name) == value
-    help_text = parser._subparsers._group_actions[0].choices["serve"].format_help()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
     for flag in (
         "--ping-interval",
         "--pong-timeout",

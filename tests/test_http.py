@@ -1,5 +1,6 @@
 """The plain-HTTP side of the port: pages, health, metrics, errors, keep-alive,
-slow clients, and the backend publish API.  All over real sockets."""
+slow clients, and the backend publish API.  Over real sockets, but for the
+deadlines, which run over in-memory streams on trio's virtual clock."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from http_support import (
     LogCapture,
     client_frame,
@@ -24,7 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_chat import Config
 from trio_chat._auth import make_token
+from trio_chat._hub import Outlet
 from trio_chat._metrics import count_tasks
+from trio_chat._stream import WireStream
 from trio_chat._testing_server import (
     open_memory_server,
     open_memory_stream,
@@ -172,7 +176,7 @@ async def test_pipelined_requests_are_answered_in_order():
 # ---------------------------------------------------------------- slowloris
 
 
-async def _wait_closed(stream: trio.SocketStream) -> bytes:
+async def _wait_closed(stream: trio.abc.Stream) -> bytes:
     received = b""
     while True:
         try:
@@ -184,68 +188,81 @@ async def _wait_closed(stream: trio.SocketStream) -> bytes:
         received += chunk
 
 
-async def test_an_incomplete_request_head_is_closed_after_the_handshake_timeout():
-    async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+#: The request-head deadline of these tests, on trio's virtual clock.
+HEAD_TIMEOUT = 5.0
+
+
+async def test_an_incomplete_request_head_is_closed_after_the_handshake_timeout(autojump_clock):
+    async with open_memory_server(Config(handshake_timeout=HEAD_TIMEOUT)) as server:
+        stream = open_memory_stream(server)
         async with stream:
+            start = trio.current_time()
             await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
-            with trio.fail_after(10):
-                assert await _wait_closed(stream) == b""
+            assert await _wait_closed(stream) == b""
+            assert trio.current_time() - start == pytest.approx(HEAD_TIMEOUT, abs=1e-6)
 
 
-async def test_a_head_dripped_byte_by_byte_is_still_cut_off():
+async def test_a_head_dripped_byte_by_byte_is_still_cut_off(autojump_clock):
     # Bytes keep arriving, but the whole head must be in within the timeout.
-    async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-        closed = False
+    async with open_memory_server(Config(handshake_timeout=HEAD_TIMEOUT)) as server:
+        stream = open_memory_stream(server)
+        start = trio.current_time()
         async with stream:
-            with trio.fail_after(10):
-                for byte in b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"z" * 10_000:
-                    try:
-                        await stream.send_all(bytes([byte]))
-                    except trio.BrokenResourceError:
-                        closed = True
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"z" * 10_000:
+                try:
+                    await stream.send_all(bytes([byte]))
+                except trio.BrokenResourceError:
+                    break
+                with trio.move_on_after(0.05):
+                    if await stream.receive_some(1) == b"":
                         break
-                    with trio.move_on_after(0.05):
-                        if await stream.receive_some(1) == b"":
-                            closed = True
-                            break
-            assert closed
+            else:
+                raise AssertionError("never cut off")
+            assert trio.current_time() - start == pytest.approx(HEAD_TIMEOUT, abs=0.06)
 
 
-async def test_a_request_body_that_never_arrives_is_closed_too():
-    async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+async def test_a_request_body_that_never_arrives_is_closed_too(autojump_clock):
+    async with open_memory_server(Config(handshake_timeout=HEAD_TIMEOUT)) as server:
+        stream = open_memory_stream(server)
         async with stream:
+            start = trio.current_time()
             await stream.send_all(
                 b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: a\r\n"
                 b'Content-Length: 100\r\n\r\n{"content":'
             )
-            with trio.fail_after(10):
-                assert await _wait_closed(stream) == b""
+            assert await _wait_closed(stream) == b""
+            assert trio.current_time() - start == pytest.approx(HEAD_TIMEOUT, abs=1e-6)
 
 
-async def test_a_silent_connection_and_an_idle_keep_alive_are_closed():
-    async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
-        silent = await trio.open_tcp_stream("127.0.0.1", server.port)
-        async with open_http(server.port) as idle:
-            with trio.fail_after(10):
-                assert (await idle.request("GET", "/healthz")).status == 200
-                assert await _wait_closed(silent) == b""
-                assert await _wait_closed(idle.stream) == b""
+async def test_a_silent_connection_and_an_idle_keep_alive_are_closed(autojump_clock):
+    config = Config(handshake_timeout=HEAD_TIMEOUT, http_idle_timeout=3)
+    async with open_memory_server(config) as server:
+        silent, idle = open_memory_stream(server), open_memory_stream(server)
+        start = trio.current_time()
+        await idle.send_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = await _wait_closed(idle)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        # Answered at once, then idle for http_idle_timeout.
+        assert trio.current_time() - start == pytest.approx(3, abs=1e-6)
+        assert await _wait_closed(silent) == b""
+        assert trio.current_time() - start == pytest.approx(HEAD_TIMEOUT, abs=1e-6)
         await silent.aclose()
+        await idle.aclose()
 
 
-async def test_a_slow_websocket_upgrade_is_closed_too():
-    async with open_test_server(Config(port=0, handshake_timeout=0.5)) as server:
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+async def test_a_slow_websocket_upgrade_is_closed_too(autojump_clock):
+    async with open_memory_server(Config(handshake_timeout=HEAD_TIMEOUT)) as server:
+        stream = open_memory_stream(server)
         async with stream:
+            start = trio.current_time()
             await stream.send_all(
                 b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             )
-            with trio.fail_after(10):
-                assert await _wait_closed(stream) == b""
+            assert await _wait_closed(stream) == b""
+            assert trio.current_time() - start == pytest.approx(HEAD_TIMEOUT, abs=1e-6)
+        await trio.testing.wait_all_tasks_blocked()
         assert server.stats().connections == 0
+        assert server.stats().tcp_connections == 0
 
 
 # ---------------------------------------------------------------- healthz
@@ -393,12 +410,10 @@ async def test_metrics_follow_what_happens():
                 assert await rejected_status(server.url + "?user=no%20way") == 400
 
                 # The hub's inbox depth is the number of commands waiting:
-                # queue a few harmless ones (departures of a gone connection).
-                async with open_test_client(server, user="carol"):
-                    departed = next(c for c in server._connections if c.user_id == "carol").outlet
-                with trio.fail_after(10):
-                    while server.stats().connections != 2:
-                        await trio.sleep(0.01)
+                # queue a few harmless ones (departures of a connection the
+                # hub never knew).
+                stranger, _ = trio.testing.memory_stream_pair()
+                departed = Outlet(WireStream(stranger), 1, lambda: None, server.hub.counters)
                 after = _parse(server.metrics.render().decode())
                 assert _value(after, "trio_chat_hub_inbox_depth") == 0
                 for _ in range(3):
@@ -413,7 +428,7 @@ async def test_metrics_follow_what_happens():
         after = await _scrape(port)
         assert _value(after, "trio_chat_hub_inbox_depth") == 0
         assert _value(after, "trio_chat_connections_open") == 0
-        assert _value(after, "trio_chat_connections_closed_total", code="1000") == 3
+        assert _value(after, "trio_chat_connections_closed_total", code="1000") == 2  # alice, bob
         assert _value(after, "trio_chat_errors_sent_total", code="400") == 1
         assert _value(after, "trio_chat_errors_sent_total", code="429") == 1
         assert _value(after, "trio_chat_rate_limit_rejections_total") == 1

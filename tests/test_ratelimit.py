@@ -115,7 +115,7 @@ def test_ip_limiter_forgets_old_windows():
     limits = IpLimiter(max_connections=50, max_handshakes=1, window=1.0)
     for i in range(5000):
         limits.handshake(f"10.0.{i // 256}.{i % 256}", float(i // 1000))
-    assert len(limits._handshakes) <= 4097
+    assert limits.tracked <= 4097
 
 
 # ---------------------------------------------------------------- over sockets
@@ -301,25 +301,21 @@ async def test_unrated_frames_never_close_for_flooding(frame):
             assert server.stats().rate_limited == 0
 
 
-class _SweepCounter(IpLimiter):
-    sweeps = 0
-
-    def _prune(self, now: float) -> None:
-        self.sweeps += 1
-        super()._prune(now)
-
-
 def test_ip_limiter_sweeps_rarely_while_many_ips_are_active():
     # 20,000 IPs in one window: none is stale, so a sweep per handshake
     # (each over the whole table) would make every handshake slower.
-    limits = _SweepCounter(max_connections=50, max_handshakes=1, window=10.0)
+    limits = IpLimiter(max_connections=50, max_handshakes=1, window=10.0)
     for i in range(20_000):
         assert limits.handshake(f"2001:db8::{i:x}", 0.0) is None
     assert limits.sweeps <= 5
-    # Once they go quiet, the next sweep forgets them all.
-    for i in range(limits._prune_above + 1):
+    assert limits.tracked == 20_000
+    # Once they go quiet, the next sweep forgets them all: what is left is
+    # exactly the new, distinct addresses.
+    sweeps, count = limits.sweeps, limits.sweep_above + 1
+    for i in range(count):
         limits.handshake(f"10.1.{i // 256}.{i % 256}", 20.0)
-    assert not any(ip.startswith("2001:") for ip in limits._handshakes)
+    assert limits.sweeps > sweeps
+    assert limits.tracked == count
 
 
 def test_per_ip_limits_count_an_ipv6_slash_64_as_one_client():

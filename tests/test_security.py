@@ -16,7 +16,7 @@ from http_support import (
 )
 
 from trio_chat import Config
-from trio_chat._cli import _load, _parser
+from trio_chat._cli import build_parser, load_config
 from trio_chat._config import SETTINGS
 from trio_chat._testing_server import open_test_client, open_test_server
 
@@ -106,16 +106,22 @@ async def test_a_star_allows_every_origin():
 
 def test_allowed_origin_flag_repeats_and_env_takes_a_list(monkeypatch):
     monkeypatch.delenv("TRIO_CHAT_ALLOWED_ORIGINS", raising=False)
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         ["serve", "--allowed-origin", "https://a.example", "--allowed-origin", "https://b.example"]
     )
-    assert _load(args, list(SETTINGS)).allowed_origins == ("https://a.example", "https://b.example")
+    assert load_config(args, list(SETTINGS)).allowed_origins == (
+        "https://a.example",
+        "https://b.example",
+    )
     monkeypatch.setenv("TRIO_CHAT_ALLOWED_ORIGINS", "https://c.example, https://d.example")
-    args = _parser().parse_args(["serve"])
-    assert _load(args, list(SETTINGS)).allowed_origins == ("https://c.example", "https://d.example")
+    args = build_parser().parse_args(["serve"])
+    assert load_config(args, list(SETTINGS)).allowed_origins == (
+        "https://c.example",
+        "https://d.example",
+    )
     # The flags win over the environment.
-    args = _parser().parse_args(["serve", "--allowed-origin", "https://a.example"])
-    assert _load(args, list(SETTINGS)).allowed_origins == ("https://a.example",)
+    args = build_parser().parse_args(["serve", "--allowed-origin", "https://a.example"])
+    assert load_config(args, list(SETTINGS)).allowed_origins == ("https://a.example",)
 
 
 # ---------------------------------------------------------------- per-IP caps
@@ -133,7 +139,7 @@ async def test_connections_per_ip_are_capped_with_429():
         # Once they are gone the IP may connect again.
         async with open_test_client(server, user="c") as c, open_test_client(server, user="d"):
             assert c.user_id == "c"
-        assert server._front.refused == {429: 2}
+        assert server.stats().connections_refused == {429: 2}
         assert server.metrics.handshakes_refused == {}
 
 
@@ -177,10 +183,10 @@ async def test_over_capacity_is_503():
                 with LogCapture() as logs:
                     assert await rejected_status(server.url + "?user=c") == 503
                 assert logs.find("connection refused", "status=503", "capacity")
-            await _wait(lambda: server._front.open == 1)
+            await _wait(lambda: server.stats().tcp_connections == 1)
             async with open_test_client(server, user="c") as c:
                 assert c.user_id == "c"
-        assert server._front.refused == {503: 1}
+        assert server.stats().connections_refused == {503: 1}
 
 
 async def test_any_websocket_client_counts_toward_capacity():

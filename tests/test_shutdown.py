@@ -74,9 +74,8 @@ async def test_queued_frames_arrive_before_the_1001_close():
                 assert (await receiver.next_frame())["type"] == "welcome"
                 await receiver.send_frame("join", {"room": "r"})
                 assert (await receiver.next_frame())["type"] == "joined"
-                (conn,) = [c for c in server._connections if c.user_id == "receiver"]
                 acked = []
-                while conn.outlet.queued < 10:
+                while server.connections("receiver")[0].queued_frames < 10:
                     assert len(acked) < 200
                     ack = await sender.chat("r", f"{len(acked)} " + "x" * 2000)
                     assert ack["type"] == "ack"

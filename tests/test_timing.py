@@ -194,7 +194,7 @@ async def test_half_done_handshake_is_closed_after_handshake_timeout(autojump_cl
         await served.done.wait()
         assert served.ended_at - start == pytest.approx(4, abs=1e-6)
         assert server.stats().connections == 0
-        assert server._upgrading == 0  # counted out again
+        assert server.stats().handshakes == 0  # counted out again
         with pytest.raises(trio.BrokenResourceError):
             await stream.send_all(b"x")
 

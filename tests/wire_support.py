@@ -31,7 +31,7 @@ from trio_chat._connection import Connection
 from trio_chat._hub import Outlet
 from trio_chat._server import ChatServer
 from trio_chat._stream import WireStream
-from trio_chat._testing_server import open_test_server
+from trio_chat._testing_server import connection_object, open_test_server
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -216,9 +216,9 @@ class Served:
 
 def only_connection(server: ChatServer) -> Connection | None:
     """The server's one open connection, if it has one (test introspection)."""
-    connections = list(server._connections)
+    connections = server.connections()
     assert len(connections) <= 1, connections
-    return connections[0] if connections else None
+    return connection_object(server, connections[0].session_id) if connections else None
 
 
 @asynccontextmanager

@@ -38,9 +38,6 @@ from ._protocol import (
     parse_client_frame as parse_client_frame,
     parse_server_frame as parse_server_frame,
 )
-from ._server import (
-    ChatServer as ChatServer,
-    ConnectionInfo as ConnectionInfo,
-    ServerStats as ServerStats,
-)
+from ._server import ChatServer as ChatServer
+from ._stats import ConnectionInfo as ConnectionInfo, ServerStats as ServerStats
 from ._version import __version__ as __version__

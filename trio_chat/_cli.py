@@ -18,7 +18,7 @@ from ._config import MIN_SECRET_BYTES, SETTINGS, Config, ConfigError
 from ._sqlite_store import StoreError
 from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["build_parser", "load_config", "main"]
 
 #: Settings that are not command-line flags of ``serve`` under their own name.
 _NOT_FLAGS = {"allowed_origins"}
@@ -85,7 +85,8 @@ file's `secret`), at least 32 bytes.  Example:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trio-chat`` command line: its subcommands, flags and help."""
     from ._terminal import HELP as SLASH_COMMANDS
 
     parser = argparse.ArgumentParser(
@@ -198,26 +199,28 @@ def _parse_ttl(text: str) -> float:
     return value
 
 
-def _load(
+def load_config(
     args: argparse.Namespace, names: Sequence[str], defaults: dict[str, str] | None = None
 ) -> Config:
+    """The settings *names* from the flags in *args*, the environment, the
+    ``--config`` file and *defaults*, in that order of precedence."""
     overrides = {name: getattr(args, name, None) for name in names}
     return Config.load(file=args.config, overrides=overrides, defaults=defaults)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            config = _load(args, list(SETTINGS), SERVE_DEFAULTS)
+            config = load_config(args, list(SETTINGS), SERVE_DEFAULTS)
             if config.workers > 1:
                 from ._workers import run_workers
 
                 return run_workers(config, sys.argv[1:] if argv is None else list(argv))
             return _serve(config, echo=False)
         if args.command == "echo":
-            config = _load(args, _ECHO_SETTINGS)
+            config = load_config(args, _ECHO_SETTINGS)
             if args.max_message_bytes is None and "TRIO_CHAT_MAX_MESSAGE_BYTES" not in os.environ:
                 config = attrs.evolve(config, max_message_bytes=16 * 1024 * 1024)
             return _serve(config, echo=True)

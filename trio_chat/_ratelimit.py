@@ -93,6 +93,8 @@ class IpLimiter:
     _open: dict[str, int] = attrs.field(init=False, factory=dict)
     _handshakes: dict[str, tuple[float, int]] = attrs.field(init=False, factory=dict)
     _prune_above: int = attrs.field(init=False, default=_PRUNE_ABOVE)
+    #: Sweeps of stale handshake windows so far.
+    sweeps: int = attrs.field(init=False, default=0)
 
     def connect(self, ip: str) -> IpRefusal | None:
         """Admit and count a new connection from *ip*, or refuse it."""
@@ -126,7 +128,18 @@ class IpLimiter:
     def open_connections(self, ip: str) -> int:
         return self._open.get(ip, 0)
 
+    @property
+    def tracked(self) -> int:
+        """How many IPs' handshake windows are kept (what this limiter holds)."""
+        return len(self._handshakes)
+
+    @property
+    def sweep_above(self) -> int:
+        """The table size past which the next handshake sweeps stale windows."""
+        return self._prune_above
+
     def _prune(self, now: float) -> None:
+        self.sweeps += 1
         stale = [ip for ip, (start, _) in self._handshakes.items() if now - start >= self.window]
         for ip in stale:
             del self._handshakes[ip]

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 
 from ._accept import Front, FrontMetrics, local_of, peer_of, tls_context, tls_handshake
@@ -39,44 +38,16 @@ from ._metrics import Metrics
 from ._protocol import ChatAck, DirectAck, ProtocolError, is_valid_user_id
 from ._queue import OutboundBudget
 from ._ratelimit import IpLimiter, client_key
+from ._stats import ConnectionInfo, ServerStats
 from ._store import build_hub, hub_state
 from ._stream import WireStream
 
-__all__ = ["ChatServer", "ConnectionInfo", "ServerStats", "build_server"]
+__all__ = ["ChatServer", "build_server"]
 
 log = logging.getLogger("trio_chat.server")
 
 #: How a connection ends when its peer goes away mid-way.
 _CONNECTION_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-@attrs.frozen
-class ServerStats:
-    """A read-only snapshot of a running server."""
-
-    connections: int
-    users: int
-    rooms: int
-    messages: int
-    history: int
-    frames_received: int
-    frames_delivered: int
-    slow_consumer_drops: int
-    ephemeral_dropped: int
-    rate_limited: int
-
-
-@attrs.frozen
-class ConnectionInfo:
-    """One open WebSocket connection, as :meth:`ChatServer.connections` sees it."""
-
-    #: The id sent to the client in its ``welcome`` (unique per connection).
-    session_id: str
-    user_id: str
-    #: The client's address (``"memory"`` for in-memory streams).
-    peer: str
-    #: Seconds since the connection was accepted.
-    age: float
 
 
 class ChatServer:
@@ -290,13 +261,25 @@ class ChatServer:
             slow_consumer_drops=counters.slow_consumers,
             ephemeral_dropped=counters.ephemeral_dropped,
             rate_limited=self.metrics.rate_limited,
+            tcp_connections=self._front.open,
+            idle_http_connections=len(self._front.idle),
+            handshakes=self._upgrading,
+            connections_refused=dict(self._front.refused),
         )
 
     def connections(self, user_id: str | None = None) -> list[ConnectionInfo]:
         """The open WebSocket connections (of *user_id* only, if given)."""
         now = time.monotonic()
         return [
-            ConnectionInfo(conn.session_id, conn.user_id, conn.peer, now - conn.started)
+            ConnectionInfo(
+                conn.session_id,
+                conn.user_id,
+                conn.peer,
+                now - conn.started,
+                queued_frames=conn.outlet.queue.frames,
+                queued_bytes=conn.outlet.queue.bytes,
+                writing=conn.stream.busy,
+            )
             for conn in self._connections
             if user_id is None or conn.user_id == user_id
         ]

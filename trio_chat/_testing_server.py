@@ -23,6 +23,7 @@ import trio.testing
 import trio_websocket
 
 from ._config import Config
+from ._connection import Connection
 from ._protocol import ServerEvent, parse_server_frame
 from ._server import ChatServer
 
@@ -171,6 +172,20 @@ async def open_memory_server(
                 with trio.move_on_after(config.shutdown_grace + 5):
                     await server.shutdown()
             nursery.cancel_scope.cancel()
+
+
+def connection_object(server: ChatServer, session_id: str) -> Connection:
+    """The connection layer's object behind ``server.connections()``'s
+    *session_id*, for trio_chat's own tests of that layer (its queue, its
+    stream, its engine); not part of the public API.
+
+    Raises:
+        LookupError: no such connection is open.
+    """
+    for conn in server._connections:
+        if conn.session_id == session_id:
+            return conn
+    raise LookupError(f"no open connection {session_id!r}")
 
 
 def open_memory_stream(
