@@ -173,7 +173,7 @@ class HttpApp:
         if path == "/healthz":
             return self._healthz()
         if path == "/metrics":
-            return HttpResponse(200, self.server.metrics.render(), CONTENT_TYPE)
+            return HttpResponse(200, await self.server.metrics.scrape(), CONTENT_TYPE)
         if path == "/":
             return self._static("index.html") or HttpResponse(
                 200, _FALLBACK_PAGE, "text/html; charset=utf-8", policy=PAGE_POLICY

@@ -2,15 +2,18 @@
 
 The hot paths only bump plain ints (in :class:`Metrics` and the hub's
 :class:`~trio_chat._hub.HubCounters`); a custom collector turns them into
-metric families when ``/metrics`` is scraped.
+metric families when ``/metrics`` is scraped.  What only the hub's state
+knows (rooms, history, room refusals) is read inside the hub actor, as a
+:class:`HubFigures` snapshot, by :meth:`Metrics.scrape`.
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +28,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._hub import Hub
+    from ._hub_state import Delivery, HubState, HubStats
 
 __all__ = ["CONTENT_TYPE", "Metrics", "count_tasks"]
 
@@ -46,12 +50,45 @@ def count_tasks() -> int:
     return count
 
 
+@attrs.frozen
+class HubFigures:
+    """What ``/metrics`` shows of the hub's state, read inside the actor."""
+
+    stats: HubStats
+    max_rooms: int
+    #: Rooms without members (None: the state keeps none).
+    empty_rooms: int | None
+    #: History cached from Redis, in bytes (None: not a backplane).
+    cached_history_bytes: int | None
+    rooms_refused: dict[str, int]
+
+    @classmethod
+    def of(cls, state: Any) -> HubFigures:
+        """The figures of *state* (a hub's, or a backplane's cluster state)."""
+        empty = getattr(state, "empty_room_count", None)
+        cached = getattr(state, "history_bytes", None)
+        return cls(
+            stats=state.stats(),
+            max_rooms=state.max_rooms,
+            empty_rooms=None if empty is None else empty(),
+            cached_history_bytes=cached if isinstance(cached, int) else None,
+            rooms_refused=dict(getattr(state, "rooms_refused", {})),
+        )
+
+
 class Metrics:
-    """Server-level counters and the registry that exposes them."""
+    """Server-level counters and the registry that exposes them.
+
+    :meth:`scrape` renders them with the hub's figures as its actor sees
+    them now; :meth:`render` with those of the last scrape (or of the hub
+    as it was built).
+    """
 
     def __init__(self, hub: Hub, open_connections: Callable[[], int]) -> None:
         self.hub = hub
         self.open_connections = open_connections
+        #: Read before the hub runs (or inside it, by :meth:`scrape`).
+        self.figures = HubFigures.of(hub.state)
         self.closed_by_code: dict[str, int] = {}
         #: (code, "server" | "client" | "none") -> closed connections.
         self.closed_by: dict[tuple[str, str], int] = {}
@@ -87,7 +124,17 @@ class Metrics:
     def handshake_refused(self, status: int) -> None:
         self.handshakes_refused[status] = self.handshakes_refused.get(status, 0) + 1
 
+    async def scrape(self) -> bytes:
+        """The metrics, with the hub's figures taken inside the hub actor."""
+
+        def figures(state: HubState, now: float) -> tuple[HubFigures, list[Delivery]]:
+            return HubFigures.of(state), []
+
+        self.figures = await self.hub.call(figures)
+        return self.render()
+
     def render(self) -> bytes:
+        """The metrics, with the hub's figures of the last :meth:`scrape`."""
         return generate_latest(self.registry)
 
     def describe(self) -> list[Metric]:
@@ -125,24 +172,24 @@ class Metrics:
         limits.add_metric(["connection"], budget.per_connection)
         limits.add_metric(["server"], budget.total)
         yield limits
-        state = self.hub.state
+        figures = self.figures
         yield GaugeMetricFamily(
-            "trio_chat_rooms_limit", "Rooms that may be kept at once (max_rooms).", state.max_rooms
+            "trio_chat_rooms_limit",
+            "Rooms that may be kept at once (max_rooms).",
+            figures.max_rooms,
         )
-        empty = getattr(state, "empty_room_count", None)
-        if empty is not None:
+        if figures.empty_rooms is not None:
             yield GaugeMetricFamily(
                 "trio_chat_rooms_empty",
                 "Rooms without members (kept for their history; reclaimed first).",
-                value=empty(),
+                value=figures.empty_rooms,
             )
-        cached = getattr(state, "history_bytes", None)
-        if isinstance(cached, int):
+        if figures.cached_history_bytes is not None:
             yield GaugeMetricFamily(
                 "trio_chat_history_cached_bytes",
                 "Bytes of room history this process caches from Redis"
                 " (bounded by history_bytes_total).",
-                value=cached,
+                value=figures.cached_history_bytes,
             )
         refused = CounterMetricFamily(
             "trio_chat_rooms_refused",
@@ -150,14 +197,13 @@ class Metrics:
             " (max_rooms_created_per_*) or server (max_rooms).",
             labels=["bound"],
         )
-        reasons = getattr(state, "rooms_refused", {})
         for bound in ("connection", "client", "server"):
-            refused.add_metric([bound], reasons.get(bound, 0))
+            refused.add_metric([bound], figures.rooms_refused.get(bound, 0))
         yield refused
 
     def collect(self) -> Iterator[Metric]:
         counters = self.hub.counters
-        stats = self.hub.stats()
+        stats = self.figures.stats
         build = GaugeMetricFamily(
             "trio_chat_build_info",
             "The running trio_chat: always 1, with the version as labels.",
