@@ -43,9 +43,21 @@ from trio_chat._backplane_state import (
     OnlineOp,
     SyncOp,
     Unavailable,
-    chat_frame_parts,
 )
-from trio_chat._protocol import Chat, ChatMessage, Direct, Join, Leave, Presence
+from trio_chat._protocol import (
+    ACK_PREFIX,
+    CHAT_PREFIX,
+    Chat,
+    ChatAck,
+    ChatMessage,
+    Direct,
+    Join,
+    Leave,
+    Presence,
+    ack_suffix,
+    chat_suffix,
+    parse_server_frame,
+)
 from trio_chat.testing import TestClient, open_test_client, room_names, timestamps, user_ids
 
 # ==========================================================================
@@ -152,7 +164,8 @@ def test_an_op_that_fails_answers_503_to_its_sender():
     assert ack["type"] == "ack" and ack["payload"]["id"] == 8 and ack["ref"] == "c2"
     state.handle(1, Chat("r", "hi", "c2"), 0.0)
     [op] = state.take_ops()
-    [ack] = _events(state.on_result(op, ("dup", "c 8 r 2026-01-01T00:00:00.000Z")), 1)
+    remembered = ChatAck(8, "r", "2026-01-01T00:00:00.000Z", "c2").to_json()
+    [ack] = _events(state.on_result(op, ("dup", remembered)), 1)
     assert ack == {
         "type": "ack",
         "payload": {"id": 8, "room": "r", "time": "2026-01-01T00:00:00.000Z"},
@@ -295,10 +308,7 @@ def test_system_events_follow_the_cluster_and_its_versions():
     state = ClusterState("n1")
     _up(state)
     _joined(state, 1, "alice", members=["alice"])
-    join_bob = (
-        "trio_chat:ch:r:r",
-        'j 1 - bob {"type":"system","payload":{"event":"join","room":"r","user_id":"bob"}}',
-    )
+    join_bob = ("trio_chat:ch:r:r", "j 1 - bob -")
     [event] = _events(state.on_messages([join_bob]), 1)
     assert event["payload"] == {"event": "join", "room": "r", "user_id": "bob"}
     assert _events(state.on_messages([join_bob]), 1) == []  # same version: news already
@@ -388,9 +398,11 @@ def test_a_sync_answered_after_its_connection_dropped_changes_nothing():
     i=st.integers(1, 2**40),
 )
 def test_chat_frames_are_encoded_exactly_as_the_in_memory_hub_does(room, user, content, time, i):
-    prefix, suffix = chat_frame_parts(room, user, content, time)
     expected = ChatMessage(i, room, user, content, time).to_json()
-    assert prefix + str(i) + suffix == expected
+    assert CHAT_PREFIX + str(i) + chat_suffix(room, user, content, time) == expected
+    ack = ChatAck(i, room, time, user)
+    assert ACK_PREFIX + str(i) + ack_suffix(room, time, user) == ack.to_json()
+    assert parse_server_frame(ack.to_json()) == ack
 
 
 def test_malformed_pubsub_messages_are_ignored():

@@ -67,12 +67,11 @@ from ._backplane_state import (
     SyncOp,
     TypingOp,
     Unavailable,
-    ack_memo,
 )
 from ._config import Config, ConfigError
 from ._hub import Hub
 from ._log import new_epoch
-from ._protocol import ErrorEvent
+from ._protocol import ACK_PREFIX, CHAT_PREFIX, DirectAck, ErrorEvent, ack_suffix
 
 if TYPE_CHECKING:
     from ._hub_state import Delivery, HubState
@@ -440,17 +439,23 @@ class Backplane:
         return results
 
     def _chats(self, pipe: Any, ops: list[ChatOp]) -> Any:
-        args: list[Any] = [self.prefix, ops[0].epoch, self.ref_memory, self.retain]
+        args: list[Any] = [
+            self.prefix,
+            ops[0].epoch,
+            self.ref_memory,
+            self.retain,
+            CHAT_PREFIX,
+            ACK_PREFIX,
+        ]
         for op in ops:
             args += [
                 op.room,
                 op.user_id,
                 op.ref or "",
                 "1" if op.create else "0",
-                op.prefix,
                 op.suffix,
+                ack_suffix(op.room, op.time, op.ref),
                 op.origin,
-                ack_memo(op),
             ]
         return self._script(pipe, "chats", args)
 
@@ -473,7 +478,7 @@ class Backplane:
                     op.origin,
                     MIN_RETAIN,
                     f"{p}ch:u:{to}",
-                    ack_memo(op),
+                    DirectAck(to, op.time, op.ref).to_json(),
                 ],
                 [
                     f"{p}epoch",

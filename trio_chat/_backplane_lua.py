@@ -5,9 +5,10 @@ spaces or quotes (the protocol's patterns), so they are joined into fields,
 channel messages and frames as they are.  Channel messages are
 ``KIND NUMBER ORIGIN SUBJECT FRAME``: ``m`` a logged message (NUMBER its id),
 ``j``/``l`` a cluster-wide join/leave (NUMBER the room's membership
-version), ``t`` typing, ``p`` presence; except on ``ch:m``, where one
-message carries every chat message of a script call, one a line (frames
-are JSON: never a raw newline), each ``ROOM ID ORIGIN FRAME``.
+version; no FRAME: each process makes the ``system`` event), ``t`` typing,
+``p`` presence; except on ``ch:m``, where one message carries every chat
+message of a script call, one a line (frames are JSON: never a raw
+newline), each ``ROOM ID ORIGIN FRAME``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ class Retention:
 
 _COMMON = r"""
 local P = ARGV[1]
-local function system_frame(event, room, user)
-  return '{"type":"system","payload":{"event":"' .. event .. '","room":"' .. room
-    .. '","user_id":"' .. user .. '"}}'
-end
 local ROOM_TTL = @TTL@
 -- A room's data lives while it has members anywhere, and ROOM_TTL after.
 local function room_expiry(room)
@@ -70,10 +67,9 @@ local function member_count(room, user, delta)
   if n <= 0 then redis.call('HDEL', key, user) end
   if (delta > 0 and n == 1) or (delta < 0 and n <= 0) then
     local v = redis.call('INCR', P .. 'mver:' .. room)
-    local kind, event = 'l', 'leave'
-    if delta > 0 then kind, event = 'j', 'join' end
-    redis.call('PUBLISH', P .. 'ch:r:' .. room,
-      kind .. ' ' .. v .. ' - ' .. user .. ' ' .. system_frame(event, room, user))
+    local kind = 'l'
+    if delta > 0 then kind = 'j' end
+    redis.call('PUBLISH', P .. 'ch:r:' .. room, kind .. ' ' .. v .. ' - ' .. user .. ' -')
     room_expiry(room)
   end
 end
@@ -222,13 +218,15 @@ end
 #: Several chat messages, each as atomic as one script: for each, check the
 #: sender's ref, take the room's next id, append the frame to the room's
 #: stream (within :class:`Retention`), publish it, remember the ref.  ARGV:
-#: prefix, epoch, ref memory, retain, then 8 per message: room, user, ref,
-#: create ('1'/'0'), frame prefix, frame suffix, origin, memo.  Answers one
-#: result per message.
+#: prefix, epoch, ref memory, retain, the chat and ack frames' text before
+#: their id, then 7 per message: room, user, ref, create ('1'/'0'), the
+#: frame's and the ack's text after the id, origin.  The ack is what the
+#: ref remembers.  Answers one result per message.
 _CHATS = (
     _REMEMBER
     + r"""
 local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local CHAT, ACK = ARGV[5], ARGV[6]
 """
     + _RETAIN
     + r"""
@@ -236,7 +234,7 @@ local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local same_epoch = redis.call('GET', P .. 'epoch') == epoch
 local out, published = {}, {}
-for i = 5, #ARGV, 8 do
+for i = 7, #ARGV, 7 do
   local room, user, ref = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local refs, queue = P .. 'refs:' .. user, P .. 'refq:' .. user
   local seq = P .. 'seq:' .. room
@@ -250,12 +248,12 @@ for i = 5, #ARGV, 8 do
     out[#out + 1] = {'noroom'}
   else
     local id = redis.call('INCR', seq)
-    local frame = ARGV[i + 4] .. id .. ARGV[i + 5]
+    local frame = CHAT .. id .. ARGV[i + 4]
     local log = P .. 'log:' .. room
     redis.call('XADD', log, id .. '-0', 'o', ARGV[i + 6], 'f', frame, 't', now)
     logged(room, #frame, now, retain)
     published[#published + 1] = room .. ' ' .. id .. ' ' .. ARGV[i + 6] .. ' ' .. frame
-    if ref ~= '' then remember(refs, queue, ref, 'c ' .. id .. ' ' .. ARGV[i + 7], limit) end
+    if ref ~= '' then remember(refs, queue, ref, ACK .. id .. ARGV[i + 5], limit) end
     if redis.call('EXISTS', P .. 'members:' .. room) == 0 then
       -- Nobody in the room (a publish through the API): ROOM_TTL to live.
       redis.call('EXPIRE', seq, ROOM_TTL)
@@ -276,7 +274,7 @@ return out
 )
 
 #: KEYS: epoch, refs, refq, online, dmseq, dm.  ARGV: epoch, ref, ref memory,
-#: to, frame, origin, retain, channel, memo.
+#: to, frame, origin, retain, channel, the ack (what the ref remembers).
 _DIRECT = (
     _REMEMBER
     + r"""

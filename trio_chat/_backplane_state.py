@@ -37,6 +37,7 @@ import attrs
 
 from ._hub_state import Delivery, HubStats, joined_budget, newest_within
 from ._protocol import (
+    CHAT_PREFIX,
     Chat,
     ChatAck,
     ClientEvent,
@@ -52,9 +53,12 @@ from ._protocol import (
     PresenceUpdate,
     ProtocolError,
     ServerEvent,
+    System,
     Typing,
     TypingNotice,
+    chat_suffix,
     format_time,
+    parse_server_frame,
 )
 
 __all__ = [
@@ -84,9 +88,6 @@ Key = Hashable
 UNAVAILABLE = "backplane unavailable, retry"
 #: Entries one :class:`FillOp` reads at most; a full page asks for the next.
 FILL_COUNT = 500
-
-#: '{"type":"chat","payload":{"id":' -- the part of a chat frame before its id.
-_CHAT_PREFIX = '{"type":"chat","payload":{"id":'
 
 
 class Unavailable(Exception):
@@ -124,8 +125,7 @@ class ChatOp(Op):
 
     room: str
     user_id: str
-    #: The message frame around its id: ``prefix + str(id) + suffix``.
-    prefix: str
+    #: The message frame after its id (:func:`~trio_chat._protocol.chat_suffix`).
     suffix: str
     time: str
     ref: str | None
@@ -351,25 +351,6 @@ class _User:
     inbox: _Log = attrs.Factory(_Log)
 
 
-def chat_frame_parts(room: str, user_id: str, content: str, time: str) -> tuple[str, str]:
-    """The chat frame of a message, split around its (not yet known) id.
-
-    The same text as ``ChatMessage(id, ...).to_json()``: room names, user ids
-    and times need no JSON escaping (their patterns exclude it).
-    """
-    return _CHAT_PREFIX, (
-        ',"room":"'
-        + room
-        + '","user_id":"'
-        + user_id
-        + '","content":'
-        + json.dumps(content, ensure_ascii=False)
-        + ',"time":"'
-        + time
-        + '"}}'
-    )
-
-
 def _error(code: int, message: str, ref: str | None) -> ErrorEvent:
     return ErrorEvent(code, message, ref)
 
@@ -593,11 +574,9 @@ class ClusterState:
         if not self.up:
             raise ProtocolError(503, UNAVAILABLE, ref)
         time = format_time(now)
-        prefix, suffix = chat_frame_parts(room, user_id, content, time)
+        suffix = chat_suffix(room, user_id, content, time)
         self._ops.append(
-            ChatOp(
-                room, user_id, prefix, suffix, time, ref, origin, create, self.epoch or "", reply_to
-            )
+            ChatOp(room, user_id, suffix, time, ref, origin, create, self.epoch or "", reply_to)
         )
 
     def direct(
@@ -950,9 +929,7 @@ class ClusterState:
                         target[0], target[2:], [(int(number), origin, frame)], True
                     )
                 elif kind in {"j", "l"}:
-                    deliveries += self._member_event(
-                        target[2:], subject, kind == "j", int(number), frame
-                    )
+                    deliveries += self._member_event(target[2:], subject, kind == "j", int(number))
                 elif kind == "t":
                     deliveries += self._remote_typing(target[2:], origin, frame)
                 elif kind == "p":
@@ -971,9 +948,7 @@ class ClusterState:
                 deliveries += self._ingest("r", room, [(int(number), origin, frame)], True)
         return deliveries
 
-    def _member_event(
-        self, name: str, user_id: str, joined: bool, version: int, frame: str
-    ) -> list[Delivery]:
+    def _member_event(self, name: str, user_id: str, joined: bool, version: int) -> list[Delivery]:
         room = self._rooms.get(name)
         if room is None or not room.log.ready or version <= room.members_version:
             return []
@@ -991,11 +966,12 @@ class ClusterState:
                 self._unindex(user_id, name)
             else:
                 return []
-        return self._system(room, user_id, frame)
+        return self._system(name, room, user_id, joined)
 
-    def _system(self, room: _Room, user_id: str, frame: str) -> list[Delivery]:
+    def _system(self, name: str, room: _Room, user_id: str, joined: bool) -> list[Delivery]:
         to = tuple(k for k in room.conns if self._conns[k].user_id != user_id)
-        return [Delivery(RawEvent(frame), to)] if to else []
+        event = System("join" if joined else "leave", name, user_id)
+        return [Delivery(event, to)] if to else []
 
     def _remote_typing(self, name: str, origin: str, frame: str) -> list[Delivery]:
         if origin.partition(":")[0] == self.node:
@@ -1080,6 +1056,15 @@ class ClusterState:
             return []
         return [Delivery(event, (reply_to,))]
 
+    def _remembered(self, reply_to: Any, ack: str, ref: str | None) -> list[Delivery]:
+        """Answer a resent ``ref`` with the ack Redis remembered for it (its
+        frame, as the other stores keep it too)."""
+        try:
+            event = parse_server_frame(ack)
+        except ValueError:  # not one this version wrote: ask for a retry later
+            return self._answer(reply_to, None, ProtocolError(503, UNAVAILABLE, ref))
+        return self._answer(reply_to, event, None)
+
     def _failure(self, result: BaseException, ref: str | None) -> ProtocolError:
         if isinstance(result, ProtocolError):
             return result
@@ -1094,13 +1079,13 @@ class ClusterState:
             id_ = int(result[1])
             # Delivered here now (pub/sub's copy is then a duplicate): who
             # has the ack finds the message in the room's history.
-            entry = (id_, op.origin, op.prefix + str(id_) + op.suffix)
+            entry = (id_, op.origin, CHAT_PREFIX + str(id_) + op.suffix)
             deliveries = self._ingest("r", op.room, [entry], True)
             return deliveries + self._answer(
                 op.reply_to, ChatAck(id_, op.room, op.time, op.ref), None
             )
         if status == "dup":
-            return self._answer(op.reply_to, parse_ack(result[1], op.ref), None)
+            return self._remembered(op.reply_to, result[1], op.ref)
         if status == "noroom":
             error = ProtocolError(404, f"room {op.room!r} does not exist", op.ref)
             return self._answer(op.reply_to, None, error)
@@ -1115,7 +1100,7 @@ class ClusterState:
         if status == "ok":
             return self._answer(op.reply_to, DirectAck(op.to, op.time, op.ref), None)
         if status == "dup":
-            return self._answer(op.reply_to, parse_ack(result[1], op.ref), None)
+            return self._remembered(op.reply_to, result[1], op.ref)
         if status == "absent":
             error = ProtocolError(404, f"user {op.to!r} is not connected", op.ref)
             return self._answer(op.reply_to, None, error)
@@ -1175,38 +1160,10 @@ class ClusterState:
                 del room.members[user_id]
                 if user_id not in room.local_users:
                     self._unindex(user_id, name)
-                    frame = _system_frame("leave", name, user_id)
-                    deliveries += self._system(room, user_id, frame)
+                    deliveries += self._system(name, room, user_id, False)
         for user_id in members:
             if user_id not in room.members:
                 room.members[user_id] = None
                 self._index(user_id, name)
-                deliveries += self._system(room, user_id, _system_frame("join", name, user_id))
+                deliveries += self._system(name, room, user_id, True)
         return deliveries
-
-
-def _system_frame(event: str, room: str, user_id: str) -> str:
-    return (
-        '{"type":"system","payload":{"event":"'
-        + event
-        + '","room":"'
-        + room
-        + '","user_id":"'
-        + user_id
-        + '"}}'
-    )
-
-
-def parse_ack(value: str, ref: str | None) -> ServerEvent:
-    """The ack remembered in Redis for a ``ref``: ``c ID ROOM TIME`` or ``d TO TIME``."""
-    parts = value.split(" ")
-    if parts[0] == "c":
-        return ChatAck(int(parts[1]), parts[2], parts[3], ref)
-    return DirectAck(parts[1], parts[2], ref)
-
-
-def ack_memo(op: ChatOp | DirectOp) -> str:
-    """What Redis remembers for *op*'s ``ref`` (the id is appended for chat)."""
-    if isinstance(op, ChatOp):
-        return f"{op.room} {op.time}"
-    return f"d {op.to} {op.time}"

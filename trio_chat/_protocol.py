@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import attrs
 
 __all__ = [
+    "ACK_PREFIX",
+    "CHAT_PREFIX",
     "MAX_PRESENCE_TEXT_CHARS",
     "MAX_REF_CHARS",
     "MAX_STATUS_CHARS",
@@ -44,6 +46,8 @@ __all__ = [
     "Typing",
     "TypingNotice",
     "Welcome",
+    "ack_suffix",
+    "chat_suffix",
     "format_time",
     "is_unicode",
     "is_valid_room",
@@ -443,10 +447,33 @@ class ChatMessage(ServerEvent):
         # The hot path: one per broadcast.  Same text as the generic
         # ``_dumps(self.frame())``, which the tests check.
         return (
-            f'{{"type":"chat","payload":{{"id":{int(self.id)},"room":{_string(self.room)},'
-            f'"user_id":{_string(self.user_id)},"content":{_string(self.content)},'
-            f'"time":{_string(self.time)}}}}}'
+            CHAT_PREFIX
+            + str(int(self.id))
+            + chat_suffix(self.room, self.user_id, self.content, self.time)
         )
+
+
+#: A chat frame's text before its id, and :func:`chat_suffix` the rest: a
+#: store that assigns ids itself (Redis, in a script) joins the three.
+CHAT_PREFIX = '{"type":"chat","payload":{"id":'
+#: The same for a chat message's ack (:func:`ack_suffix`).
+ACK_PREFIX = '{"type":"ack","payload":{"id":'
+
+
+def chat_suffix(room: str, user_id: str, content: str, time: str) -> str:
+    """A chat frame after its id: ``CHAT_PREFIX + str(id) + chat_suffix(...)``
+    is ``ChatMessage(id, room, user_id, content, time).to_json()``."""
+    return (
+        f',"room":{_string(room)},"user_id":{_string(user_id)},'
+        f'"content":{_string(content)},"time":{_string(time)}}}}}'
+    )
+
+
+def ack_suffix(room: str, time: str, ref: str | None) -> str:
+    """An ack frame after its id: ``ACK_PREFIX + str(id) + ack_suffix(...)``
+    is ``ChatAck(id, room, time, ref).to_json()``."""
+    tail = "" if ref is None else f',"ref":{_string(ref)}'
+    return f',"room":{_string(room)},"time":{_string(time)}}}{tail}}}'
 
 
 @attrs.frozen
@@ -459,11 +486,7 @@ class ChatAck(_WithRef):
 
     def to_json(self) -> str:
         # One per chat message; same text as the generic serialization.
-        ref = "" if self.ref is None else f',"ref":{_string(self.ref)}'
-        return (
-            f'{{"type":"ack","payload":{{"id":{int(self.id)},"room":{_string(self.room)},'
-            f'"time":{_string(self.time)}}}{ref}}}'
-        )
+        return ACK_PREFIX + str(int(self.id)) + ack_suffix(self.room, self.time, self.ref)
 
 
 @attrs.frozen
