@@ -314,10 +314,11 @@ async def test_healthz_is_503_draining_during_a_graceful_shutdown():
                 assert reply.json()["status"] == "draining"
                 assert reply.headers.get("connection") == "close"
                 assert (await ws_refusal(port)).status == 503
+            # The stubborn client goes: the drain ends with it.
+            await stubborn.aclose()
         # Shutdown finished: the port is closed.
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", port)
-        await stubborn.aclose()
 
 
 # ---------------------------------------------------------------- metrics
