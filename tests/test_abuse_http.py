@@ -266,7 +266,8 @@ trio.run(main)
 
 async def test_running_out_of_descriptors_sheds_load_and_keeps_serving_websockets():
     child = _CHILD.format(limit=FD_LIMIT)
-    argv = [sys.executable, "-c", child, "serve", "--port", "0", "--log-format", "json"]
+    argv = [sys.executable, "-c", child, "serve", "--port", "0", "--store", "memory"]
+    argv += ["--log-format", "json"]
     argv += ["--max-connections-per-ip", "100000", "--max-handshakes-per-ip", "100000"]
     argv += ["--log-interval", str(LOG_INTERVAL), "--http-idle-timeout", "60"]
     proc = await trio.lowlevel.open_process(
