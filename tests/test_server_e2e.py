@@ -761,6 +761,10 @@ async def test_ephemeral_events_are_dropped_not_queued_for_a_backed_up_client():
                 sent += 1
                 assert sent < 5000
             queued = queued_for(server, "slow")
+            (info,) = server.connections("slow")
+            # Each queued chat frame holds its 2,000 characters.
+            assert queued * 2000 < info.queued_bytes <= server.config.queue_bytes
+            assert info.writing  # its socket is full: a write waits
             dropped = server.stats().ephemeral_dropped
             for _ in range(100):
                 await bob.send("typing", {"room": "r"})
