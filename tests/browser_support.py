@@ -95,6 +95,10 @@ class ChatServer:
     async def restart(self, nursery: trio.Nursery) -> None:
         """Stop gracefully (clients get close 1001), then serve again on the same port."""
         await self.stop()
+        await self.start_again(nursery)
+
+    async def start_again(self, nursery: trio.Nursery) -> None:
+        """After `stop()`: serve again on the same port."""
         self.extra_args += ["--port", str(self.port)]
         self.log_path = self.log_path.with_name(self.log_path.stem + "-restarted.log")
         await self.start(nursery)
@@ -286,7 +290,8 @@ class ChatPage:
     def sign_in(self, user: str = "", room: str = "lobby", *, token: str | None = None) -> None:
         self.page.fill("#login-name", user)
         if token is not None:
-            self.page.click("#login-token-box summary")
+            if not self.page.eval_on_selector("#login-token-box", "el => el.open"):
+                self.page.click("#login-token-box summary")
             self.page.fill("#login-token", token)
         self.page.fill("#login-room", room)
         self.page.click("#login-submit")

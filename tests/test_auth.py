@@ -16,10 +16,11 @@ import jwt
 import pytest
 import trio
 import trio_websocket
-from http_support import LogCapture, rejected_status
+from http_support import LogCapture, http_request, rejected_status
 
 from trio_chat import Config
 from trio_chat._auth import (
+    AnonymousAuthenticator,
     HandshakeRequest,
     Identity,
     Rejection,
@@ -28,6 +29,7 @@ from trio_chat._auth import (
     room_allowed,
 )
 from trio_chat._testing_server import open_test_client, open_test_server
+from trio_chat.client import ConnectError, open_chat_client
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 OTHER_SECRET = "another-secret-that-is-long-enough-for-hs256"
@@ -221,6 +223,139 @@ async def test_anonymous_mode_ignores_tokens():
     async with open_test_server() as server:
         async with open_test_client(server, user="eve", token="anything") as client:
             assert client.user_id == "eve"
+
+
+async def test_an_anonymous_name_belongs_to_the_browser_that_used_it_first():
+    """Over real sockets with the Python client: the same key is the same
+    user (tabs, reconnects); another key, or none, is refused with 409 and
+    the server's reason, never merged into the first user."""
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="alice", key="browser-one") as first:
+            assert first.user_id == "alice"
+            # A second tab of the same browser: the same user.
+            async with open_chat_client(server.url, user="alice", key="browser-one") as tab:
+                await first.join("lobby")
+                joined = await tab.join("lobby")
+                assert joined.members == ["alice"]
+            for other in ({"key": "browser-two"}, {}):
+                with pytest.raises(ConnectError) as refused:
+                    async with open_chat_client(server.url, user="alice", **other):
+                        pass
+                assert refused.value.status == 409
+                assert refused.value.reason == "the name 'alice' is taken: pick another one"
+            # Another name is free for the other browser.
+            async with open_chat_client(server.url, user="alicia", key="browser-two") as other:
+                assert other.user_id == "alicia"
+        # Still held after the first browser left: its name waits for it.
+        with pytest.raises(ConnectError) as refused:
+            async with open_chat_client(server.url, user="alice", key="browser-two"):
+                pass
+        assert refused.value.status == 409
+        async with open_chat_client(server.url, user="alice", key="browser-one") as back:
+            assert back.user_id == "alice"
+        # A bad key is refused outright.
+        assert await rejected_status(server.url + "?user=bob&key=short") == 400
+        assert await rejected_status(server.url + "?user=bob&key=" + "k" * 65) == 400
+
+
+async def test_clients_without_a_key_share_a_name_as_before():
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="dora") as one:
+            async with open_chat_client(server.url, user="dora") as two:
+                assert one.user_id == two.user_id == "dora"
+            with pytest.raises(ConnectError) as refused:
+                async with open_chat_client(server.url, user="dora", key="a-browser-key"):
+                    pass
+            assert refused.value.status == 409
+
+
+async def test_the_terminal_client_holds_a_name_with_its_key():
+    async def connect(url: str, key: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "trio_chat", "connect", url, "--user", "fred"]
+        return await trio.run_process(
+            [*command, "--key", key],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="fred", key="the-first-key"):
+            refused = await connect(server.url, "a-terminal-key", b"")
+        output = refused.stdout.decode() + refused.stderr.decode()
+        assert refused.returncode != 0
+        assert "HTTP 409: the name 'fred' is taken: pick another one" in output
+        held = await connect(server.url, "the-first-key", b"/quit\n")
+        assert held.returncode == 0, held.stdout.decode() + held.stderr.decode()
+        assert "as fred" in held.stdout.decode()
+
+
+async def test_a_plain_get_of_the_endpoint_answers_the_handshakes_refusal():
+    """What a browser does to learn why its WebSocket was refused."""
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="erin", key="browser-one"):
+            pass
+        port = server.port
+        assert port is not None
+        taken = await http_request(port, "GET", "/ws?user=erin&key=browser-two")
+        assert (taken.status, taken.body) == (409, b"the name 'erin' is taken: pick another one\n")
+        free = await http_request(port, "GET", "/ws?user=erin&key=browser-one")
+        assert free.status == 426
+        bad = await http_request(port, "GET", "/ws?user=not%20valid")
+        assert bad.status == 400
+    async with open_test_server(secret_config()) as server:
+        port = server.port
+        assert port is not None
+        expired = make_token(SECRET, "alice", ttl=-10)
+        answer = await http_request(port, "GET", f"/ws?token={expired}")
+        assert (answer.status, answer.body) == (401, b"token expired\n")
+        good = await http_request(port, "GET", f"/ws?token={make_token(SECRET, 'alice')}")
+        assert good.status == 426
+
+
+def test_anonymous_names_are_bounded_in_count_and_time():
+    now = [0.0]
+    auth = AnonymousAuthenticator(max_names=3, hold=100.0, clock=lambda: now[0])
+
+    def connect(name: str, key: str | None) -> int:
+        query = {"user": name} if key is None else {"user": name, "key": key}
+        try:
+            auth(HandshakeRequest("/ws", query, {}, "127.0.0.1"))
+        except Rejection as rejection:
+            return rejection.status
+        return 200
+
+    assert connect("a", "key-aaaa") == 200
+    assert connect("a", "key-bbbb") == 409
+    assert connect("a", None) == 409
+    now[0] = 60.0
+    assert connect("b", "key-bbbb") == 200
+    assert connect("c", "key-cccc") == 200
+    now[0] = 80.0
+    assert connect("a", "key-aaaa") == 200  # seen again: held until 180
+    assert len(auth) == 3
+    now[0] = 149.0
+    assert connect("a", "key-zzzz") == 409
+    # Past the count bound the least recently used name is forgotten: b.
+    assert connect("d", "key-dddd") == 200
+    assert len(auth) == 3
+    assert connect("a", "key-zzzz") == 409
+    assert connect("b", "key-zzzz") == 200
+    # Past the hold every name is free again, and forgotten.
+    now[0] = 400.0
+    assert connect("a", "key-zzzz") == 200
+    assert len(auth) == 1
+    with pytest.raises(ValueError):
+        AnonymousAuthenticator(max_names=0)
+
+
+async def test_the_anonymous_name_settings_reach_the_authenticator():
+    config = Config(port=0, anonymous_names=7, anonymous_name_hold=60.0)
+    async with open_test_server(config) as server:
+        auth = server.authenticator
+        assert isinstance(auth, AnonymousAuthenticator)
+        assert (auth.max_names, auth.hold) == (7, 60.0)
 
 
 # ---------------------------------------------------------------- embedders

@@ -91,9 +91,12 @@ def no_page_errors(*pages: ChatPage) -> None:
         problem
         for page in pages
         for problem in page.problems
-        # Chromium reports each refused WebSocket handshake on the console:
-        # expected while the proxy is down.
+        # Chromium reports each refused WebSocket handshake on the console
+        # (expected while the proxy is down), and the page's question of why
+        # it was refused.
         if "WebSocket connection to" not in problem
+        and "the server responded with a status of" not in problem
+        and "Failed to load resource: net::ERR_CONNECTION" not in problem
     ]
     assert not problems, problems
 
@@ -350,6 +353,76 @@ def no_storage_and_bidi(server_url: str) -> None:
             bob.close()
 
 
+async def test_page_stays_signed_in_and_a_name_belongs_to_one_browser(chat_server):
+    await in_browser(sessions, chat_server.base_url)
+
+
+def sessions(server_url: str) -> None:
+    with chromium() as browser:
+        alice = ChatPage(browser, server_url, viewport=LAPTOP, name="alice")
+        other = ChatPage(browser, server_url, viewport=PHONE, name="other-alice")
+        try:
+            alice.sign_in("alice", "lobby")
+            alice.wait_state("online")
+            alice.join_room("design")
+            alice.wait_notice("design", "You joined #design")
+
+            # /status with a status of one's own: the selector follows.
+            alice.send("/status sleeping")
+            alice.wait_member("alice", "sleeping")
+            assert alice.page.eval_on_selector("#me-status", "el => el.value") == "sleeping"
+            assert (
+                alice.page.eval_on_selector("#me-status", "el => el.selectedOptions[0].textContent")
+                == "Sleeping"
+            )
+            alice.set_status("away")
+            alice.wait_member("alice", "away")
+            assert alice.page.locator("#me-status option[value='sleeping']").count() == 0
+
+            # A reload keeps alice signed in, in her rooms.
+            alice.page.reload()
+            alice.wait_state("online")
+            assert alice.page.is_hidden("#login")
+            assert alice.page.inner_text("#me-name") == "alice"
+            assert alice.rooms() == ["design", "lobby"]
+
+            # Another tab of the same browser is alice too.
+            tab = alice.context.new_page()
+            tab.goto(server_url + "/")
+            tab.wait_for_selector("body[data-connection='online']", state="attached")
+            assert tab.inner_text("#me-name") == "alice"
+            tab.close()
+
+            # Another browser cannot be alice: refused with the server's reason.
+            other.sign_in("alice", "lobby")
+            other.page.wait_for_function(
+                "() => document.querySelector('#login-error').textContent.includes('taken')"
+            )
+            assert other.page.inner_text("#login-error") == (
+                "The server refused to sign you in: the name 'alice' is taken: pick another one"
+            )
+            assert other.page.is_hidden("#app")
+            other.sign_in("alice2", "lobby")
+            other.wait_state("online")
+            alice.wait_member("alice2")
+            assert set(alice.members()) == {"alice", "alice2"}
+
+            # Signing out forgets the session: a reload shows the sign-in card.
+            alice.page.click("#sign-out")
+            alice.page.locator("#login").wait_for()
+            alice.page.reload()
+            alice.page.locator("#login-name").wait_for()
+            assert alice.page.is_hidden("#app")
+            assert alice.state() == "idle"
+            # The name stays hers: the same browser signs in again.
+            alice.sign_in("alice", "lobby")
+            alice.wait_state("online")
+            no_page_errors(alice, other)
+        finally:
+            alice.close()
+            other.close()
+
+
 # ----------------------------------------------------------------- tokens
 
 SECRET = "a-secret-for-the-browser-tests-only"
@@ -389,25 +462,117 @@ def token_sign_in(server_url: str) -> None:
             erin.sign_in(room="team-chat", token=make_token("erin", rooms=["team-*"]))
             erin.wait_state("online")
             assert erin.page.inner_text("#me-name") == "erin"
-            erin.wait_notice("team-chat", "You joined #team-chat")
+            # The connection pill speaks of the connection, not of erin's presence.
+            assert erin.page.inner_text("#conn-state") == "connected"
+            assert erin.page.get_attribute("#me-dot", "data-status") == "online"
+            # A reload keeps erin signed in (the token is kept for the tab).
+            erin.page.reload()
+            erin.wait_state("online")
+            assert erin.page.inner_text("#me-name") == "erin"
+            assert erin.page.is_hidden("#login")
 
-            # A room the token does not allow is refused, and said so in place.
+            # A room the token does not allow: out of the sidebar, said so in
+            # place, and the composer cannot post there.
             erin.join_room("secret")
             erin.page.locator(".log[data-conv='room:secret'] .notice--error").wait_for()
             assert erin.notices("secret")[0].startswith("Cannot join #secret")
+            erin.page.wait_for_selector("#room-list li[data-conv='room:secret']", state="detached")
+            assert erin.rooms() == ["team-chat"]
+            assert erin.page.inner_text("#conv-subtitle").startswith("Cannot join: ")
+            assert "joining" not in erin.page.inner_text("#conv-subtitle")
+            assert erin.page.is_disabled("#composer-input")
+            assert erin.page.is_disabled("#composer-send")
+            # Going elsewhere forgets it.
+            erin.page.click("#room-list li[data-conv='room:team-chat'] button")
+            erin.page.wait_for_selector(".log[data-conv='room:secret']", state="detached")
+            assert not erin.page.is_disabled("#composer-input")
 
-            # A bad token never gets a session: the page keeps trying and says why it might fail.
+            # A bad token never gets a session: back on the sign-in card with
+            # the server's reason, no retrying, no green dot.
             mallory.sign_in(room="team-chat", token="not-a-token")
+            error = mallory.page.locator("#login-error")
+            error.wait_for()
             mallory.page.wait_for_function(
-                "() => document.querySelector('#banner-text').textContent.includes('refused this name or token')",
-                timeout=30_000,
+                "() => document.querySelector('#login-error').textContent.includes('malformed token')"
             )
-            assert mallory.state() in ("reconnecting", "connecting")
+            assert error.inner_text().startswith(
+                "The server refused to sign you in: malformed token"
+            )
+            assert mallory.page.is_hidden("#app")
+            assert mallory.state() == "idle"
             mallory.screenshot("browser-bad-token.png")
-            no_page_errors(erin)
+            no_page_errors(erin, mallory)
         finally:
             erin.close()
             mallory.close()
+
+
+async def test_a_token_that_expires_during_a_session(nursery, tmp_path):
+    server = ChatServer(
+        tmp_path / "server.log", "--secret", SECRET, "--data-dir", str(tmp_path / "data")
+    )
+    await server.start(nursery)
+    try:
+        await in_browser(token_expires, server, nursery)
+    finally:
+        await server.stop()
+        print(f"--- server log ---\n{server.log()}")
+
+
+def token_expires(server: ChatServer, nursery: trio.Nursery) -> None:
+    ttl = 8
+    token = make_token("erin", ttl=ttl)
+    expires = time.time() + ttl
+    with chromium() as browser:
+        erin = ChatPage(browser, server.base_url, viewport=LAPTOP, name="erin")
+        try:
+            erin.sign_in(room="lobby", token=token)
+            erin.wait_state("online")
+            erin.send("while the token is good")
+            erin.wait_message("lobby", "while the token is good")
+
+            # The server goes away; while the page waits to reconnect, the
+            # token runs out and erin types something.
+            trio.from_thread.run(server.stop)
+            erin.wait_state("reconnecting")
+            # The desktop sidebar header stays on one line, whatever the pill says.
+            head = erin.page.evaluate(
+                """() => ({
+                  name: document.querySelector('.brand-name').getBoundingClientRect().height,
+                  line: parseFloat(getComputedStyle(document.querySelector('.brand-name')).lineHeight),
+                  logo: document.querySelector('.brand-logo').getBoundingClientRect().width,
+                })"""
+            )
+            assert head["name"] < 1.5 * head["line"], head
+            assert head["logo"] == 26, head
+            while time.time() < expires + 1:  # the token's expiry, not a timing assertion
+                time.sleep(0.2)
+            erin.send("typed after the token expired")
+            assert erin.pending("lobby") == ["typed after the token expired"]
+            trio.from_thread.run(server.start_again, nursery)
+
+            # The next attempt is refused: the page says why, stops, offers
+            # to sign in again, and does not promise the queued message.
+            erin.page.locator("#banner-signin").wait_for(timeout=40_000)
+            assert erin.page.inner_text("#banner-text") == "Signed out: token expired."
+            assert erin.state() == "offline"
+            assert erin.page.inner_text("#conn-state") == "signed out"
+            failed = erin.page.locator(".log[data-conv='room:lobby'] .msg--failed .msg-status")
+            failed.wait_for()
+            assert failed.inner_text() == "not sent: token expired"
+            assert erin.page.is_disabled("#composer-input")
+            assert erin.page.get_attribute("#me-dot", "data-status") == "offline"
+            erin.screenshot("browser-token-expired.png")
+            erin.page.click("#banner-signin")
+            erin.page.locator("#login").wait_for()
+            assert erin.page.inner_text("#login-error") == "Signed out: token expired"
+            # A fresh token carries on.
+            erin.sign_in(room="lobby", token=make_token("erin"))
+            erin.wait_state("online")
+            erin.wait_message("lobby", "while the token is good")
+            no_page_errors(erin)
+        finally:
+            erin.close()
 
 
 # ------------------------------------------------- page against a scripted server

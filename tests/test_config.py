@@ -47,6 +47,8 @@ SAMPLES = {
     "http_idle_timeout": 2.5,
     "public_names": ("chat.example", "a.example"),
     "max_token_lifetime": 3600.0,
+    "anonymous_names": 500,
+    "anonymous_name_hold": 60.0,
     "log_interval": 30.0,
     "healthz_node": True,
     "healthz_version": False,

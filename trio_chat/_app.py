@@ -161,11 +161,9 @@ class HttpApp:
         if path == "/ws":
             if request.method != "GET":
                 return HttpResponse(405, b"method not allowed\n", headers=(("allow", "GET"),))
-            if not request.is_upgrade:
-                return HttpResponse(
-                    426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
-                )
-            return self._check_upgrade(request, peer, local)
+            # A plain GET gets the refusal an upgrade with the same query would
+            # get, else 426: a browser cannot read a refused handshake's answer.
+            return self._check_upgrade(request, peer, local, probe=not request.is_upgrade)
         if request.method not in ("GET", "HEAD") and (
             path in _READ_ONLY or path.startswith("/static/")
         ):
@@ -206,7 +204,7 @@ class HttpApp:
         return HttpResponse(status, body.encode("utf-8", "replace") + b"\n", headers=headers)
 
     def _check_upgrade(
-        self, request: HttpRequest, peer: str, local: str | None = None
+        self, request: HttpRequest, peer: str, local: str | None = None, *, probe: bool = False
     ) -> HttpResponse | Upgrade:
         headers = request.headers
         if self.server.draining:
@@ -216,7 +214,7 @@ class HttpApp:
             request.raw.headers,
             deflate=self.config.permessage_deflate == "on",
         )
-        if not isinstance(accepted, Accepted):
+        if not isinstance(accepted, Accepted) and not probe:
             return self._refuse(accepted.status, accepted.reason, peer, headers=accepted.headers)
         # The per-IP rate first: every later check costs more than counting.
         refusal = self.ip_limits.handshake(client_key(peer), trio.current_time())
@@ -237,6 +235,10 @@ class HttpApp:
                 )
             except Rejection as rejection:
                 return self._refuse(rejection.status, rejection.reason, peer)
+        if probe or not isinstance(accepted, Accepted):
+            return HttpResponse(
+                426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
+            )
         return Upgrade((identity, accepted))
 
     def _origin_allowed(self, headers: dict[str, str], local: str | None = None) -> bool:

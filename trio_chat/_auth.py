@@ -9,7 +9,9 @@ status to answer with (the socket is never upgraded).  trio_chat ships two:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +23,9 @@ import jwt
 from ._protocol import USER_PATTERN, is_valid_room, is_valid_user_id
 
 __all__ = [
+    "ANONYMOUS_NAME_HOLD",
+    "KEY_PATTERN",
+    "MAX_ANONYMOUS_NAMES",
     "AnonymousAuthenticator",
     "Authenticator",
     "HandshakeRequest",
@@ -113,16 +118,78 @@ def room_allowed(room: str, patterns: Sequence[str] | None) -> bool:
     return False
 
 
+#: What a per-browser key may hold: 8 to 64 of these characters.
+KEY_PATTERN = r"[A-Za-z0-9_-]{8,64}"
+_KEY = re.compile(KEY_PATTERN)
+#: Default bound on the anonymous names remembered (about 300 bytes each).
+MAX_ANONYMOUS_NAMES = 10_000
+#: Default time a name stays held after its holder's last handshake: 7 days.
+ANONYMOUS_NAME_HOLD = 7 * 86400.0
+
+
 class AnonymousAuthenticator:
-    """``?user=NAME`` or a generated ``guest-<random>`` id; no rooms limit."""
+    """``?user=NAME`` or a generated ``guest-<random>`` id; no rooms limit.
+
+    A name belongs to whoever used it first, told apart by the optional
+    per-browser ``?key=`` (8 to 64 characters from ``A-Z a-z 0-9 _ -``): the
+    same key, or again no key, gets the same user; any other is refused with
+    409 while the name is held.  A name is held for *hold* seconds after its
+    holder's last handshake; at most *max_names* names are remembered (at the
+    bound the one unused for longest is forgotten first), each as its name,
+    a 16-byte digest of the key and a time.  Anonymous mode is not
+    authentication: the key keeps one person's name from being taken over
+    by another browser by mistake, not from a determined impostor who can
+    push it out of the table or wait out the hold.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_names: int = MAX_ANONYMOUS_NAMES,
+        hold: float = ANONYMOUS_NAME_HOLD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_names < 1 or hold <= 0:
+            raise ValueError("max_names and hold must be positive")
+        self.max_names = max_names
+        self.hold = hold
+        self._clock = clock
+        #: name -> (digest of its key, or b"" for no key; last handshake),
+        #: least recently used first.
+        self._names: dict[str, tuple[bytes, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
 
     def __call__(self, request: HandshakeRequest) -> Identity:
         name = request.query.get("user")
+        key = request.query.get("key")
+        if key is not None and not _KEY.fullmatch(key):
+            raise Rejection(400, f"key must match {KEY_PATTERN}")
         if not name:
             return Identity("guest-" + secrets.token_hex(4))
         if not is_valid_user_id(name):
             raise Rejection(400, f"user name must match {USER_PATTERN}")
+        self.claim(name, key)
         return Identity(name)
+
+    def claim(self, name: str, key: str | None) -> None:
+        """Hold *name* for *key* (None: no key), or :class:`Rejection` (409)
+        when another key holds it."""
+        now = self._clock()
+        owner = b"" if key is None else hashlib.blake2b(key.encode(), digest_size=16).digest()
+        names = self._names
+        held = names.get(name)
+        if held is not None and held[0] != owner and now - held[1] < self.hold:
+            raise Rejection(409, f"the name {name!r} is taken: pick another one")
+        names.pop(name, None)
+        names[name] = (owner, now)  # last: the most recently used
+        # Forget the expired and, past the bound, the least recently used.
+        while names:
+            oldest = next(iter(names))
+            if len(names) <= self.max_names and now - names[oldest][1] < self.hold:
+                break
+            del names[oldest]
 
 
 #: Default longest remaining lifetime of a token: 30 days.

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -177,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument(
         "--token", default=None, metavar="TOKEN", help="token (when the server has a secret)"
     )
+    connect.add_argument(
+        "--key",
+        default=None,
+        metavar="KEY",
+        help="with --user: a key of your own (8 to 64 of A-Z a-z 0-9 _ -) that holds the name"
+        " for you: the server refuses it to anyone with another key",
+    )
     return parser
 
 
@@ -229,7 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "connect":
             from ._terminal import run_terminal
 
-            return run_terminal(args.url, rooms=args.room or [], user=args.user, token=args.token)
+            url = args.url
+            if args.key is not None:
+                # Sent as ?key= with the name; every reconnect sends it again.
+                parts = urllib.parse.urlsplit(url)
+                query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+                query = [(k, v) for k, v in query if k != "key"] + [("key", args.key)]
+                url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+            return run_terminal(url, rooms=args.room or [], user=args.user, token=args.token)
     except (ConfigError, StoreError) as exc:
         print(f"trio-chat: error: {exc}", file=sys.stderr)
         return 2

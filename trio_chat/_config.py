@@ -237,6 +237,17 @@ class Config:
     max_token_lifetime: float = _setting(
         30 * 86400.0, "longest a token may still be valid, in seconds from now", _positive
     )
+    anonymous_names: int = _setting(
+        10_000,
+        "without a secret: names held for the browser key that used them first (at the"
+        " bound the least recently used is forgotten)",
+        _positive,
+    )
+    anonymous_name_hold: float = _setting(
+        7 * 86400.0,
+        "without a secret: seconds a name stays held for its browser key after its last handshake",
+        _positive,
+    )
     log_interval: float = _setting(
         10.0, "seconds between summary lines of repeated refusals and load shedding", _positive
     )

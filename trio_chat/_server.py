@@ -82,7 +82,9 @@ class ChatServer:
             authenticator = (
                 TokenAuthenticator(config.secret, config.max_token_lifetime)
                 if config.secret
-                else AnonymousAuthenticator()
+                else AnonymousAuthenticator(
+                    max_names=config.anonymous_names, hold=config.anonymous_name_hold
+                )
             )
         self.authenticator = authenticator
         self.echo = echo

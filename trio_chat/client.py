@@ -88,7 +88,7 @@ log = logging.getLogger("trio_chat.client")
 #: The subprotocol offered in the handshake.
 SUBPROTOCOL = "trio-chat.v1"
 #: HTTP statuses that will not get better by retrying the handshake.
-_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410})
+_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 410})
 #: Reconnect policy by default: base 0.5 s, cap 30 s, reset after 10 s online.
 DEFAULT_BACKOFF = Backoff()
 #: Largest frame accepted from the server (a ``joined`` carries history).
@@ -202,6 +202,7 @@ class ChatClient:
         *,
         token: Token | None = None,
         user: str | None = None,
+        key: str | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
@@ -217,6 +218,7 @@ class ChatClient:
         self.url = url
         self._token = token
         self._user = user
+        self._key = key
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._close_timeout = close_timeout
@@ -692,6 +694,8 @@ class ChatClient:
         parts = urllib.parse.urlsplit(self.url)
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         query = [(k, v) for k, v in query if k != "user"] + [("user", self._user)]
+        if self._key is not None:
+            query = [(k, v) for k, v in query if k != "key"] + [("key", self._key)]
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
     async def _headers(self) -> list[tuple[bytes, bytes]]:
@@ -813,6 +817,7 @@ async def open_chat_client(
     *,
     token: Token | None = None,
     user: str | None = None,
+    key: str | None = None,
     backoff: Backoff = DEFAULT_BACKOFF,
     connect_timeout: float = 10.0,
     close_timeout: float = 2.0,
@@ -834,6 +839,10 @@ async def open_chat_client(
       user: anonymous mode: the user id to connect as.  Without *user* and
         *token* the server assigns a ``guest-...`` id, which the client keeps
         for its reconnects.
+      key: anonymous mode: the per-client key sent as ``?key=`` with *user*
+        (8 to 64 of ``A-Z a-z 0-9 _ -``).  The server holds a name for the
+        key that used it first and refuses it (409) to any other key, or to
+        a client without one.
       backoff: reconnect delays (:class:`Backoff`: base 0.5 s, cap 30 s,
         full jitter, reset after 10 s online, no attempt limit).
       connect_timeout: seconds allowed for one attempt, up to ``welcome``.
@@ -862,6 +871,7 @@ async def open_chat_client(
         url,
         token=token,
         user=user,
+        key=key,
         backoff=backoff,
         connect_timeout=connect_timeout,
         close_timeout=close_timeout,

@@ -8,7 +8,7 @@ import { TrioChatClient, State } from "/trio-chat.js";
 
 const USER_ID = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$/;
 const ROOM_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
-const STORAGE = { name: "trio-chat.name", rooms: "trio-chat.rooms" };
+const STORAGE = { name: "trio-chat.name", rooms: "trio-chat.rooms", session: "trio-chat.session", key: "trio-chat.key" };
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages by one author within this window share a header
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 2500;
@@ -18,31 +18,84 @@ const $ = (id) => document.getElementById(id);
 // localStorage can be missing or throw (storage blocked, some private
 // modes, sandboxed frames): the page then works without remembering
 // anything, and says so on the sign-in card.
-const storage = (() => {
+function openStore(name) {
   try {
-    const store = window.localStorage;
+    const store = window[name];
     store.setItem("trio-chat.probe", "1");
     store.removeItem("trio-chat.probe");
     return store;
   } catch {
     return null;
   }
-})();
+}
 
-function remembered(key) {
+const storage = openStore("localStorage");
+// A token is kept for this tab only (it survives a reload, not the tab).
+const tabStorage = openStore("sessionStorage");
+
+function remembered(key, store = storage) {
   try {
-    return storage?.getItem(key) ?? null;
+    return store?.getItem(key) ?? null;
   } catch {
     return null;
   }
 }
 
-function remember(key, value) {
+function remember(key, value, store = storage) {
   try {
-    storage?.setItem(key, value);
+    store?.setItem(key, value);
   } catch {
     // full or blocked: nothing is remembered
   }
+}
+
+function forget(key) {
+  for (const store of [storage, tabStorage]) {
+    try {
+      store?.removeItem(key);
+    } catch {
+      // blocked: nothing was remembered
+    }
+  }
+}
+
+/** Keep the session for the next reload: a name for good, a token for this tab only. */
+function rememberSession(session) {
+  forget(STORAGE.session);
+  if (session.token) remember(STORAGE.session, JSON.stringify(session), tabStorage);
+  else remember(STORAGE.session, JSON.stringify(session));
+}
+
+/** The session to resume after a reload: {user} or {token}, or null. */
+function rememberedSession() {
+  for (const store of [tabStorage, storage]) {
+    try {
+      const session = JSON.parse(remembered(STORAGE.session, store) ?? "null");
+      if (typeof session?.token === "string" && session.token) return { token: session.token };
+      if (typeof session?.user === "string" && USER_ID.test(session.user)) return { user: session.user };
+    } catch {
+      // unreadable: start afresh
+    }
+  }
+  return null;
+}
+
+/**
+ * This browser's key, sent with an anonymous name so that the server keeps
+ * the name for this browser only. Made once and kept; without storage there
+ * is none (the page could not send the same one after a reload).
+ */
+function browserKey() {
+  if (!storage) return undefined;
+  let key = remembered(STORAGE.key);
+  if (!key || !/^[A-Za-z0-9_-]{8,64}$/.test(key)) {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    remember(STORAGE.key, key);
+    if (remembered(STORAGE.key) !== key) return undefined;
+  }
+  return key;
 }
 
 // Bidi controls (embeddings, overrides, isolates, marks) can make a link
@@ -257,6 +310,7 @@ class Conversation {
 
 const ui = {
   client: null,
+  token: null,
   me: null,
   conversations: new Map(),
   active: null,
@@ -269,8 +323,13 @@ const ui = {
 
   start({ user, token, room }) {
     this.reset();
-    const client = new TrioChatClient("/ws", { user: user || undefined, token: token || undefined });
+    const client = new TrioChatClient("/ws", {
+      user: user || undefined,
+      token: token || undefined,
+      key: token ? undefined : browserKey(),
+    });
     this.client = client;
+    this.token = token || null;
     this.me = user || null;
     this.connectFailures = 0;
     for (const [type, handler] of Object.entries(this.handlers)) {
@@ -281,6 +340,7 @@ const ui = {
     $("me-name").textContent = user || "signing in…";
     $("me-status").value = "online";
     $("me-dot").dataset.status = "online";
+    $("login-error").textContent = "";
     this.setMembersOpen(window.matchMedia("(min-width: 1100px)").matches);
 
     const rooms = new Set([room, ...loadRooms()].filter(Boolean));
@@ -289,12 +349,16 @@ const ui = {
     $("composer-input").focus();
   },
 
-  signOut() {
+  /** Back to the sign-in card; *why* (the server's refusal) is shown on it. */
+  signOut(why = "") {
     this.client?.close();
     this.reset();
+    forget(STORAGE.session);
+    $("login-token").value = "";
     $("app").hidden = true;
     $("login").hidden = false;
     document.body.dataset.connection = "idle";
+    $("login-error").textContent = why;
     $("login-name").focus();
   },
 
@@ -335,9 +399,13 @@ const ui = {
     if (select || !this.active) this.select(conv.key);
     this.client.join(name).then(
       () => this.saveRooms(),
-      () => {
-        conv.refused = true; // the error event shows why
+      (error) => {
+        if (error?.code === 0) return; // left, or signed out, before the answer
+        // Refused: out of the sidebar; the pane stays (if open) to say why.
+        conv.refused = error?.message ?? "refused";
+        conv.item.remove();
         this.saveRooms();
+        if (this.active === conv.key) this.renderHeader();
       },
     );
     this.saveRooms();
@@ -386,6 +454,7 @@ const ui = {
       previous.item.classList.remove("active");
       previous.button.removeAttribute("aria-current");
     }
+    if (previous?.refused && previous !== conv) this.dropConversation(previous.key);
     this.active = key;
     conv.log.hidden = false;
     conv.item.classList.add("active");
@@ -415,6 +484,8 @@ const ui = {
     $("app").dataset.kind = conv?.kind ?? "none"; // the member list is for rooms only
     if (!conv) {
       $("conv-subtitle").textContent = "Join a room to start chatting";
+    } else if (conv.refused) {
+      $("conv-subtitle").textContent = `Cannot join: ${conv.refused}`;
     } else if (conv.kind === "room") {
       const n = conv.members.length;
       $("conv-subtitle").textContent = n === 0 ? "joining…" : `${n} ${n === 1 ? "member" : "members"}`;
@@ -423,7 +494,18 @@ const ui = {
       $("conv-subtitle").textContent = info ? [statusLabel(info.status), info.text].filter(Boolean).join(" · ") : "Direct message";
     }
     const offline = this.client && this.client.state !== State.ONLINE;
-    input.placeholder = !conv ? "" : offline ? "Offline: messages wait to be sent" : `Message ${conv.title}`;
+    const signedOut = Boolean(this.client?.refused);
+    input.disabled = Boolean(conv?.refused) || signedOut;
+    $("composer-send").disabled = input.disabled;
+    input.placeholder = !conv
+      ? ""
+      : conv.refused
+        ? `You cannot post in ${conv.title}`
+        : signedOut
+          ? "Signed out: sign in again to send"
+          : offline
+            ? "Offline: messages wait to be sent"
+            : `Message ${conv.title}`;
   },
 
   renderMembers() {
@@ -527,6 +609,7 @@ const ui = {
     const banner = $("banner");
     const label = (text) => {
       pill.textContent = text;
+      pill.title = `Connection: ${text}`;
       mini.textContent = `${text} ·`;
     };
     pill.dataset.state = state;
@@ -538,13 +621,14 @@ const ui = {
     const show = (text, { retry = false } = {}) => {
       $("banner-text").textContent = text;
       $("banner-retry").hidden = !retry;
+      $("banner-signin").hidden = true;
       banner.hidden = false;
     };
 
     switch (state) {
       case State.ONLINE:
         this.connectFailures = 0;
-        label("online");
+        label("connected");
         banner.hidden = true;
         break;
       case State.CONNECTING:
@@ -553,9 +637,9 @@ const ui = {
         break;
       case State.RECONNECTING: {
         if (detail.previous === State.CONNECTING) this.connectFailures++;
-        const hint = this.connectFailures >= 3 && !this.client.userId
-          ? " The server may be down, or it refused this name or token."
-          : "";
+        const hint = detail.reason
+          ? ` (${detail.reason})`
+          : this.connectFailures >= 3 && !this.client.userId ? " The server may be down." : "";
         const tick = () => {
           const left = seconds(detail.retryAt - Date.now());
           label(`reconnecting in ${left} s`);
@@ -568,13 +652,36 @@ const ui = {
         break;
       }
       case State.OFFLINE:
+        if (detail.refused) {
+          if (!this.client.userId) {
+            // Refused at sign-in (a bad token, a name that is taken): back to the card, saying why.
+            this.signOut(`The server refused to sign you in: ${detail.refused.reason}`);
+            return;
+          }
+          label("signed out");
+          $("banner-text").textContent = `Signed out: ${detail.refused.reason}.`;
+          $("banner-retry").hidden = true;
+          $("banner-signin").hidden = false;
+          banner.dataset.state = "offline";
+          banner.hidden = false;
+          forget(STORAGE.session);
+          break;
+        }
         label("offline");
         show(detail.gaveUp ? "Offline: gave up reconnecting." : "Offline.", { retry: true });
         break;
       default:
         label(state);
     }
+    this.renderMe();
     this.renderHeader();
+  },
+
+  /** Your own dot shows your status while connected, and nothing you could be seen as otherwise. */
+  renderMe() {
+    const online = this.client?.state === State.ONLINE;
+    const own = this.presence.get(this.me)?.status ?? $("me-status").value;
+    $("me-dot").dataset.status = online ? own : "offline";
   },
 
   // ----- client events
@@ -592,6 +699,7 @@ const ui = {
       if (!remembered(STORAGE.name) || !userId.startsWith("guest-")) {
         remember(STORAGE.name, userId);
       }
+      rememberSession(this.token ? { token: this.token } : { user: userId });
     },
 
     joined({ room, truncated, rejoined }) {
@@ -637,8 +745,15 @@ const ui = {
       this.presence.set(user, { status, text });
       this.renderDmStatus(user);
       if (user === this.me) {
-        $("me-dot").dataset.status = status;
-        if ([...$("me-status").options].some((option) => option.value === status)) $("me-status").value = status;
+        const select = $("me-status");
+        for (const option of [...select.options]) {
+          if (option.dataset.custom && option.value !== status) option.remove();
+        }
+        if (![...select.options].some((option) => option.value === status)) {
+          select.append(h("option", { value: status, dataset: { custom: "1" } }, statusLabel(status)));
+        }
+        select.value = status;
+        this.renderMe();
       }
     },
 
@@ -825,6 +940,11 @@ function setupLogin() {
   $("storage-notice").hidden = storage !== null;
   const rooms = loadRooms();
   if (rooms.length) $("login-room").value = rooms[0];
+  const session = rememberedSession();
+  if (session) {
+    // Signed in before this reload: carry on (sign-out forgets it).
+    ui.start({ ...session, room: rooms[0] ?? "lobby" });
+  }
 
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -846,7 +966,7 @@ function setupLogin() {
     if (user && !token) remember(STORAGE.name, user);
     ui.start({ user: token ? "" : user, token, room });
   });
-  name.focus();
+  if (!session) name.focus();
 }
 
 function setupChat() {
@@ -882,6 +1002,10 @@ function setupChat() {
   });
   $("me-status").addEventListener("change", (event) => ui.client?.setPresence(event.target.value));
   $("sign-out").addEventListener("click", () => ui.signOut());
+  $("banner-signin").addEventListener("click", () => {
+    const reason = ui.client?.refused?.reason;
+    ui.signOut(reason ? `Signed out: ${reason}` : "");
+  });
   $("banner-retry").addEventListener("click", () => {
     if (ui.client?.state === State.OFFLINE) ui.client.connect();
     else ui.client?.retryNow();
@@ -907,5 +1031,5 @@ function setupChat() {
   });
 }
 
-setupLogin();
 setupChat();
+setupLogin();

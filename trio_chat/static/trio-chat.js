@@ -45,7 +45,7 @@ export const State = Object.freeze({
   ONLINE: "online",
   /** The connection was lost; waiting before the next attempt. */
   RECONNECTING: "reconnecting",
-  /** Stopped: `close()` was called, or the reconnect attempts ran out. */
+  /** Stopped: `close()` was called, the reconnect attempts ran out, or the server refused this user (see `client.refused`). */
   OFFLINE: "offline",
 });
 
@@ -54,6 +54,8 @@ export const State = Object.freeze({
  * @property {string} [user] Anonymous mode: the user id to connect as (`?user=`).
  *   Without `user` or `token` the server assigns a `guest-…` id, which the
  *   client then keeps for its later reconnects.
+ * @property {string} [key] Anonymous mode: this browser's key, sent as `?key=` with `user`
+ *   (8 to 64 of `A-Z a-z 0-9 _ -`): the server keeps a name for the key that used it first.
  * @property {string | (() => string | Promise<string>)} [token] A JWT sent as
  *   `?token=`; a function is called before every connection attempt, so it can
  *   hand out a fresh token.
@@ -75,10 +77,14 @@ export const State = Object.freeze({
  * @property {string[]} [protocols] WebSocket subprotocols to offer (default: `["trio-chat.v1"]`).
  * @property {() => number} [random=Math.random] Source of jitter (replace it in tests).
  * @property {typeof WebSocket} [WebSocket] The WebSocket class to use.
+ * @property {typeof fetch | false} [fetch] How to ask the server why a connection attempt failed
+ *   (a plain GET of the same URL answers the handshake's refusal): by default `fetch`, when the
+ *   global WebSocket is used; `false`: never ask (a refusal then looks like any failed attempt).
  */
 
 const DEFAULTS = Object.freeze({
   user: undefined,
+  key: undefined,
   token: undefined,
   backoff: "exponential",
   baseDelayMs: 500,
@@ -94,7 +100,11 @@ const DEFAULTS = Object.freeze({
   protocols: [PROTOCOL],
   random: Math.random,
   WebSocket: undefined,
+  fetch: undefined,
 });
+
+/** Refusals of a handshake that another attempt would get again. */
+const REFUSED_FOR_GOOD = new Set([400, 401, 403, 404, 409]);
 
 /** Extra room, in ms, added to the server's rate window when pacing sends. */
 const PACE_MARGIN_MS = 100;
@@ -248,7 +258,7 @@ class RoomState {
  *
  * | event      | detail |
  * |------------|--------|
- * | `state`    | `{state, previous, attempt, delayMs?, retryAt?, closeCode?, gaveUp?}` |
+ * | `state`    | `{state, previous, attempt, delayMs?, retryAt?, closeCode?, gaveUp?, refused?, reason?}` (`refused`: `{status, reason}` when the server turned this user away for good; `reason`: why the last attempt failed, when the server said) |
  * | `welcome`  | `{userId, sessionId, limits, reconnected}` |
  * | `joined`   | `{room, members, truncated, rejoined}` (history arrives as `message` events first) |
  * | `left`     | `{room}` |
@@ -274,6 +284,7 @@ export class TrioChatClient extends EventTarget {
   #attempt = 0; // failed attempts in a row, for the backoff
   #everOnline = false;
   #gaveUp = false;
+  /** @type {{status: number, reason: string} | null} */ #refused = null;
   #retryTimer = null;
   #retryAt = 0;
   #resetTimer = null;
@@ -325,6 +336,15 @@ export class TrioChatClient extends EventTarget {
     return this.#sessionId;
   }
 
+  /**
+   * Why the server turned this client away for good (a bad or expired token,
+   * a name another browser holds): `{status, reason}`, or null.  The client
+   * stops (state `offline`) and fails what was queued; `connect()` tries again.
+   */
+  get refused() {
+    return this.#refused;
+  }
+
   /** The server's limits from `welcome` (null before the first one). */
   get limits() {
     return this.#limits;
@@ -367,6 +387,7 @@ export class TrioChatClient extends EventTarget {
     if (this.#state === State.CONNECTING || this.#state === State.ONLINE || this.#state === State.RECONNECTING) return;
     this.#attempt = 0;
     this.#gaveUp = false;
+    this.#refused = null;
     if (this.#options.watchNetwork && typeof globalThis.addEventListener === "function") {
       globalThis.addEventListener("online", this.#onNetworkOnline);
     }
@@ -454,15 +475,61 @@ export class TrioChatClient extends EventTarget {
       url.searchParams.set("token", token);
     } else if (this.#pinnedUser) {
       url.searchParams.set("user", this.#pinnedUser);
+      if (this.#options.key) url.searchParams.set("key", this.#options.key);
     }
     return url.href;
   }
 
   #onClose(event) {
+    const url = this.#ws?.url;
+    const beforeWelcome = this.#state === State.CONNECTING;
     this.#ws = null;
     this.#clearTimers();
     this.#connectionLost();
-    this.#scheduleReconnect(event.code);
+    const fetcher = this.#options.fetch ?? (this.#options.WebSocket ? false : globalThis.fetch);
+    if (!beforeWelcome || !fetcher || !url) {
+      this.#scheduleReconnect(event.code);
+      return;
+    }
+    // Browsers hide a refused handshake's status and reason from pages: ask
+    // again with a plain GET, which the server answers with the same refusal
+    // (or 426 when it would have accepted).
+    const serial = this.#serial;
+    this.#askWhy(fetcher, url).then((answer) => {
+      if (serial !== this.#serial || this.#state !== State.CONNECTING) return; // closed meanwhile
+      if (answer && REFUSED_FOR_GOOD.has(answer.status)) this.#turnedAway(answer);
+      else this.#scheduleReconnect(event.code, answer?.reason);
+    });
+  }
+
+  /** The server's answer to a plain GET of the WebSocket URL: `{status, reason}`, or null. */
+  async #askWhy(fetcher, wsUrl) {
+    const url = new URL(wsUrl);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), this.#options.connectTimeoutMs);
+    try {
+      const response = await fetcher.call(globalThis, url.href, { cache: "no-store", credentials: "omit", signal: abort.signal });
+      if (response.status === 426) return null; // it would be accepted now
+      const text = (await response.text()).trim().split("\n")[0].slice(0, 200);
+      return { status: response.status, reason: text || `HTTP ${response.status}` };
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The server turned this user away: stop, and fail what was waiting to be sent. */
+  #turnedAway(answer) {
+    this.#refused = { status: answer.status, reason: answer.reason };
+    if (typeof globalThis.removeEventListener === "function") {
+      globalThis.removeEventListener("online", this.#onNetworkOnline);
+    }
+    for (const entry of [...this.#outbox]) {
+      this.#fail(entry, new ChatError(0, answer.reason, { ref: entry.ref, request: entry.describe() }));
+    }
+    this.#setState(State.OFFLINE, { refused: this.#refused });
   }
 
   /** Forget per-connection state; keep what must survive the reconnect. */
@@ -480,7 +547,7 @@ export class TrioChatClient extends EventTarget {
     this.#sessionId = null;
   }
 
-  #scheduleReconnect(closeCode) {
+  #scheduleReconnect(closeCode, reason) {
     const options = this.#options;
     if (this.#attempt >= options.maxReconnectAttempts) {
       this.#gaveUp = true;
@@ -497,7 +564,9 @@ export class TrioChatClient extends EventTarget {
       this.#retryTimer = null;
       this.#open();
     }, delayMs);
-    this.#setState(State.RECONNECTING, { closeCode, delayMs, retryAt: this.#retryAt });
+    const extra = { closeCode, delayMs, retryAt: this.#retryAt };
+    if (reason) extra.reason = reason;
+    this.#setState(State.RECONNECTING, extra);
   }
 
   #clearTimers() {
