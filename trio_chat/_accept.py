@@ -23,6 +23,7 @@ import errno
 import logging
 import math
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -252,17 +253,31 @@ class Front:
         handler: Callable[[trio.SocketStream], Awaitable[None]],
     ) -> None:
         """Accept on *listener* until cancelled, each stream served by
-        *handler* in *nursery*; closes the listener at the end."""
+        *handler* in *nursery*; closes the listener at the end.
+
+        After each wait, up to :data:`ACCEPT_BATCH` more connections that
+        are already waiting are taken at once (as asyncio does), so that a
+        storm of connections does not overflow the kernel's accept queue
+        while the loop waits its turn once per connection.
+        """
         async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in CAPACITY_ERRNOS:
-                        raise
-                    await self._exhausted(listener, exc)
-                    continue
-                nursery.start_soon(handler, stream)
+            ready = _nonblocking_twin(listener)
+            try:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in CAPACITY_ERRNOS:
+                            raise
+                        await self._exhausted(listener, exc)
+                        continue
+                    nursery.start_soon(handler, stream)
+                    if ready is not None:
+                        for stream in _accept_waiting(ready):
+                            nursery.start_soon(handler, stream)
+            finally:
+                if ready is not None:
+                    ready.detach()  # the listener's descriptor: it closes it
 
     async def _exhausted(self, listener: trio.SocketListener, exc: OSError) -> None:
         now = trio.current_time()
@@ -313,6 +328,40 @@ class Front:
         self.shed_refused += 1
         self.refused[503] = self.refused.get(503, 0) + 1
         return 1
+
+
+#: Connections taken from the accept queue per wake of an accept loop.
+ACCEPT_BATCH = 500
+
+
+def _nonblocking_twin(listener: trio.SocketListener) -> socket.socket | None:
+    """A stdlib socket object on *listener*'s own descriptor (already
+    non-blocking), to take waiting connections without yielding; the
+    caller must ``detach()`` it, never close it.  None if that fails: the
+    loop then accepts one per wake."""
+    try:
+        sock = listener.socket
+        twin = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+    except (AttributeError, OSError):
+        return None
+    try:
+        twin.setblocking(False)
+    except OSError:
+        twin.detach()
+        return None
+    return twin
+
+
+def _accept_waiting(twin: socket.socket) -> Iterator[trio.SocketStream]:
+    """The connections already waiting in the accept queue, at most
+    ACCEPT_BATCH; stops at the first error (the loop's own accept sees it
+    again, and deals with running out of descriptors)."""
+    for _ in range(ACCEPT_BATCH):
+        try:
+            raw, _ = twin.accept()
+        except OSError:
+            return
+        yield trio.SocketStream(trio.socket.from_stdlib_socket(raw))
 
 
 def _answer_now(sock: trio.socket.SocketType, response: bytes) -> None:

@@ -31,6 +31,8 @@ write in flight and its 1013 close frame, else it is aborted.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import secrets
@@ -173,9 +175,13 @@ class Connection:
         if self._running:
             self._stopping = True
             self._handling = False
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
-            self._heartbeat_scope.cancel()
+            # (cancel() costs even when repeated: it describes the caller
+            # first; a connection's end calls this several times.)
+            writer = self._writer_scope
+            if writer is not None and not writer.cancel_called:
+                writer.cancel()
+            if not self._heartbeat_scope.cancel_called:
+                self._heartbeat_scope.cancel()
         elif self.handshake_scope is not None:
             self.handshake_scope.cancel()
 
@@ -216,7 +222,7 @@ class Connection:
         connection is over: the outlet learns why.
         """
         ws = self.ws
-        receive = self.stream.transport.receive_some
+        receive = self.stream.receive_some
         data: bytes | bytearray = self._prefix
         self._prefix = b""
         self._reader_running = True
@@ -352,6 +358,17 @@ class Connection:
             self._grace = trio.current_time() + self.config.slow_consumer_grace
             if self._writer_scope is not None:
                 self._writer_scope.deadline = min(self._writer_scope.deadline, self._grace)
+        if (
+            outlet.queue.closed
+            and self._writer_scope is None
+            and not len(outlet.queue)
+            and not self.stream.has_tail
+        ):
+            # Closed with nothing left to write (the usual end): no writer
+            # task to start just to find that out.
+            if self._nursery is not None:
+                self._on_kill()
+            return
         self._start_writer()
 
     def _start_writer(self) -> None:
@@ -467,13 +484,42 @@ class Connection:
 
 
 def welcome_frame(session_id: str, user_id: str, config: Config) -> bytes:
+    head, middle, tail = _welcome_template(
+        config.max_message_bytes,
+        config.max_content_chars,
+        config.rate_messages,
+        config.rate_seconds,
+        config.ping_interval,
+    )
+    return text_frame(head + _json_string(session_id) + middle + _json_string(user_id) + tail)
+
+
+#: A JSON string literal, exactly as the protocol's compact JSON writes it.
+_json_string = json.encoder.encode_basestring
+_SESSION_MARK = "\x00session"
+_USER_MARK = "\x00user"
+
+
+@functools.lru_cache(maxsize=8)
+def _welcome_template(
+    max_message_bytes: int,
+    max_content_chars: int,
+    rate_messages: int,
+    rate_seconds: float,
+    ping_interval: float,
+) -> tuple[str, str, str]:
+    """The ``welcome`` frame's text around its two strings: the same for
+    every connection of a server but those (encoded once, not per connection)."""
     limits = {
-        "max_message_bytes": config.max_message_bytes,
-        "max_content_chars": config.max_content_chars,
-        "rate": {"messages": config.rate_messages, "per_seconds": config.rate_seconds},
-        "ping_interval_seconds": config.ping_interval,
+        "max_message_bytes": max_message_bytes,
+        "max_content_chars": max_content_chars,
+        "rate": {"messages": rate_messages, "per_seconds": rate_seconds},
+        "ping_interval_seconds": ping_interval,
     }
-    return text_frame(Welcome(session_id, user_id, limits).to_json())
+    text = Welcome(_SESSION_MARK, _USER_MARK, limits).to_json()
+    head, _, rest = text.partition(_json_string(_SESSION_MARK))
+    middle, _, tail = rest.partition(_json_string(_USER_MARK))
+    return head, middle, tail
 
 
 class ChatHandler:

@@ -54,8 +54,21 @@ class Refused:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def _values(headers: Headers, name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in headers if k.lower() == name]
+def _index(headers: Headers) -> dict[bytes, list[bytes]]:
+    """The header values by lowercased name, in order: one pass over them."""
+    index: dict[bytes, list[bytes]] = {}
+    for name, v in headers:
+        key = name.lower()
+        found = index.get(key)
+        if found is None:
+            index[key] = [v]
+        else:
+            found.append(v)
+    return index
+
+
+def _values(headers: dict[bytes, list[bytes]], name: bytes) -> list[str]:
+    return [v.decode("latin-1") for v in headers.get(name, ())]
 
 
 def _tokens(values: Iterable[str]) -> list[str]:
@@ -78,16 +91,17 @@ def check_upgrade(
     """
     if http_version != b"1.1":
         return Refused(400, "WebSocket upgrades need HTTP/1.1")
-    if "upgrade" not in (t.lower() for t in _tokens(_values(headers, b"connection"))):
+    index = _index(headers)
+    if "upgrade" not in (t.lower() for t in _tokens(_values(index, b"connection"))):
         return Refused(400, "a WebSocket upgrade needs 'Connection: upgrade'")
-    versions = _values(headers, b"sec-websocket-version")
+    versions = _values(index, b"sec-websocket-version")
     if versions != ["13"]:
         return Refused(
             426,
             "unsupported Sec-WebSocket-Version: this server speaks 13",
             (("sec-websocket-version", "13"),),
         )
-    keys = _values(headers, b"sec-websocket-key")
+    keys = _values(index, b"sec-websocket-key")
     if len(keys) != 1:
         return Refused(400, "a WebSocket upgrade needs exactly one Sec-WebSocket-Key")
     key = keys[0].strip()
@@ -97,8 +111,8 @@ def check_upgrade(
         raw = b""
     if len(raw) != 16:
         return Refused(400, "Sec-WebSocket-Key must be base64 for 16 bytes")
-    offered = _tokens(_values(headers, b"sec-websocket-protocol"))
-    params = negotiate(_values(headers, b"sec-websocket-extensions")) if deflate else None
+    offered = _tokens(_values(index, b"sec-websocket-protocol"))
+    params = negotiate(_values(index, b"sec-websocket-extensions")) if deflate else None
     return Accepted(
         accept_key(key),
         SUBPROTOCOL if SUBPROTOCOL in offered else None,

@@ -8,6 +8,7 @@ handshakes of each client IP.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 
@@ -16,12 +17,15 @@ import attrs
 __all__ = ["IpLimiter", "IpRefusal", "RateLimiter", "client_key"]
 
 
+@functools.lru_cache(maxsize=1024)
 def client_key(ip: str) -> str:
     """The unit per-IP limits count: the address, or its /64 for IPv6.
 
     One IPv6 host commonly holds a whole /64, so counting single addresses
     would let it multiply its limits; IPv4-mapped addresses count as IPv4.
     Anything that is not an IP address (in-memory peers) is its own key.
+    Cached: every connection asks up to three times, and most come from
+    addresses seen before.
     """
     try:
         address = ipaddress.ip_address(ip)

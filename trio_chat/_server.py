@@ -336,7 +336,7 @@ class ChatServer:
                 if self._ssl_context is None:
                     await self._front.refuse(transport, refusal, peer)
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
                     await transport.aclose()
             return
         try:
@@ -378,7 +378,7 @@ class ChatServer:
             # never the server.
             log.exception("unexpected error serving a connection from %s", peer)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
                 await transport.aclose()
 
     async def _serve_websocket(
@@ -411,17 +411,25 @@ class ChatServer:
         upgrading = True
         try:
             answered = False
-            with trio.CancelScope(deadline=deadline) as scope:
-                conn.handshake_scope = scope
-                self._handshake_scopes.add(scope)
-                try:
-                    await stream.send_all(response_bytes(accepted))
-                    answered = True
-                except _CONNECTION_ENDED:
-                    pass
-                finally:
-                    conn.handshake_scope = None
-                    self._handshake_scopes.discard(scope)
+            head = response_bytes(accepted)
+            try:
+                # Usually the kernel takes the 101 at once: nothing to wait for.
+                written = stream.send_nowait(head)
+                answered = written and not stream.has_tail
+            except _CONNECTION_ENDED:
+                written = True
+            if not written or stream.has_tail:
+                with trio.CancelScope(deadline=deadline) as scope:
+                    conn.handshake_scope = scope
+                    self._handshake_scopes.add(scope)
+                    try:
+                        await stream.send_all(b"" if written else head)
+                        answered = True
+                    except _CONNECTION_ENDED:
+                        pass
+                    finally:
+                        conn.handshake_scope = None
+                        self._handshake_scopes.discard(scope)
             if not answered or self.draining:
                 if not answered:
                     log.info("handshake with %s not completed", peer)
@@ -432,7 +440,8 @@ class ChatServer:
             self.metrics.handshakes_accepted += 1
             async with trio.open_nursery() as nursery:
                 await self._run_connection(conn, identity, nursery)
-                nursery.cancel_scope.cancel()
+                if nursery.child_tasks:
+                    nursery.cancel_scope.cancel()
         finally:
             if upgrading:
                 self._upgrading -= 1

@@ -29,6 +29,8 @@ import trio
 __all__ = ["WireStream"]
 
 _RETRY = (BlockingIOError, InterruptedError)
+#: Bytes read at most when the caller does not say.
+_RECEIVE_SIZE = 65536
 #: First byte of a server close frame: FIN + opcode 0x8, no RSV bits.
 _CLOSE_FRAME = b"\x88"
 
@@ -58,7 +60,43 @@ class WireStream(trio.abc.Stream):
     # ------------------------------------------------------------- reading
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.transport.receive_some(max_bytes)
+        """Read from the transport: at most *max_bytes* (default 65536),
+        ``b""`` at end of file.
+
+        On a plain socket it reads the descriptor itself (one system call
+        and one checkpoint per read, and a short stack while an idle
+        connection waits); a reset or failed read raises
+        :class:`trio.BrokenResourceError`, a closed socket
+        :class:`trio.ClosedResourceError`, as ``SocketStream`` does.
+        """
+        sock = self._sock
+        if sock is None:
+            return await self.transport.receive_some(max_bytes)
+        size = _RECEIVE_SIZE if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket is closed")
+            try:
+                data = os.read(fd, size)
+            except _RETRY:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("socket is closed") from exc
+                raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+            if not waited:
+                # Data was there at once: still a schedule point, so that a
+                # client that never stops sending cannot starve the others
+                # (and no cancellation here, which would lose the data).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
 
     # ------------------------------------------------------------- writing
 
@@ -98,6 +136,13 @@ class WireStream(trio.abc.Stream):
             return False
         if not self.writable:
             raise trio.BrokenResourceError("connection is closed")
+        self._write_some(data)
+        return True
+
+    def _write_some(self, data: bytes) -> bool:
+        """One non-blocking write; what the kernel does not take becomes the
+        tail.  True if it took all of *data*."""
+        assert self._sock is not None
         fd = self._sock.fileno()
         if fd < 0:
             self._broken = True
@@ -111,6 +156,7 @@ class WireStream(trio.abc.Stream):
             raise trio.BrokenResourceError(f"write failed: {exc}") from exc
         if sent < len(data):
             self._tail = data[sent:]
+            return False
         return True
 
     async def send_frames(self, data: bytes) -> None:
@@ -124,6 +170,31 @@ class WireStream(trio.abc.Stream):
                 raise trio.BrokenResourceError("connection is closed")
             await self._write_locked(data)
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """The connection layer's write (as :meth:`send_all`), now, if
+        nothing is in the way.
+
+        Returns False, having written nothing, when a write is in flight, a
+        tail is waiting or the transport is not a plain socket: then
+        :meth:`send_all` must write *data*.  Otherwise True: the kernel took
+        *data*, and what it did not take is the tail (:attr:`has_tail`),
+        which ``send_all(b"")`` must finish.  The kernel usually takes a
+        control frame, or the 101 response, whole and at once: no lock to
+        take, no scope to enter.
+
+        Raises :class:`trio.BrokenResourceError` if the stream is broken or
+        closed.
+        """
+        if self._sock is None or self.busy:
+            return False
+        if self._broken or self._closed:
+            raise trio.BrokenResourceError("stream is broken or closed")
+        data = bytes(data)
+        if data[:1] == _CLOSE_FRAME:
+            self._close_sent = True  # see send_all
+        self._write_some(data)
+        return True
+
     async def send_all(
         self, data: bytes | bytearray | memoryview, *, limit: float | None = None
     ) -> None:
@@ -133,6 +204,10 @@ class WireStream(trio.abc.Stream):
         data write may hold, under its own timeout): past it, raises
         :class:`trio.TooSlowError` and the stream is broken.
         """
+        if self.send_nowait(data):
+            if not self._tail:
+                return
+            data = b""  # the locked write below finishes the tail
         async with self._lock:
             if self._broken or self._closed:
                 raise trio.BrokenResourceError("stream is broken or closed")

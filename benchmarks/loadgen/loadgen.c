@@ -433,8 +433,13 @@ static void on_message(conn *c, const char *m, size_t len) {
  * 199 recipients costs one inflate here, not 199 (otherwise the generator, at
  * about 2 us per inflate, would be the limit of the compressed fan-out). */
 #define ZCACHE 8192
-typedef struct { uint64_t h; size_t inlen, outlen, incap, outcap; char *in, *out; } zentry;
+#define ZWAYS 4
+/* ZWAYS-way set associative, least recently hit replaced: a direct-mapped
+ * cache thrashes when two payloads in flight at once share a slot (each of
+ * their 199 recipients would then inflate both). */
+typedef struct { uint64_t h, used; size_t inlen, outlen, incap, outcap; char *in, *out; } zentry;
 static zentry zcache[ZCACHE];
+static uint64_t zclock;
 static long long c_inflates;
 /* a slot index from the length and eight words spread over the message
  * (memcmp checks every byte on a hit) */
@@ -461,11 +466,16 @@ static void on_compressed(conn *c, const char *m, size_t len) {
     uint64_t h = 0;
     if (c->deflate == 2) {
         h = zhash(m, len);
-        ze = &zcache[h % ZCACHE];
-        if (ze->in && ze->h == h && ze->inlen == len && !memcmp(ze->in, m, len)) {
-            c_msgs_rsv1++;
-            on_message(c, ze->out, ze->outlen);
-            return;
+        zentry *set = &zcache[(h % (ZCACHE / ZWAYS)) * ZWAYS];
+        for (int w = 0; w < ZWAYS; w++) {
+            zentry *e = &set[w];
+            if (e->in && e->h == h && e->inlen == len && !memcmp(e->in, m, len)) {
+                e->used = ++zclock;
+                c_msgs_rsv1++;
+                on_message(c, e->out, e->outlen);
+                return;
+            }
+            if (!ze || e->used < ze->used) ze = e;
         }
     }
     c_inflates++;
@@ -502,7 +512,7 @@ static void on_compressed(conn *c, const char *m, size_t len) {
         if (ze->incap < len) { ze->incap = len * 2; ze->in = xrealloc(ze->in, ze->incap); }
         if (ze->outcap < out + 1) { ze->outcap = out * 2 + 1; ze->out = xrealloc(ze->out, ze->outcap); }
         memcpy(ze->in, m, len); memcpy(ze->out, zout, out);
-        ze->h = h; ze->inlen = len; ze->outlen = out;
+        ze->h = h; ze->inlen = len; ze->outlen = out; ze->used = ++zclock;
     }
     on_message(c, zout, out);
 }
