@@ -52,6 +52,9 @@ SAMPLES = {
     "log_interval": 30.0,
     "healthz_node": True,
     "healthz_version": False,
+    "hook_timeout": 0.5,
+    "stream_max_events": 50,
+    "stream_max_bytes": 65536,
     "store": "memory",
     "data_dir": "/var/lib/trio-chat",
 }

@@ -12,7 +12,23 @@ from ._auth import (
     TokenAuthenticator as TokenAuthenticator,
     make_token as make_token,
 )
+from ._bots import Bot as Bot
 from ._config import Config as Config, ConfigError as ConfigError
+from ._events import (
+    EventStream as EventStream,
+    StreamClosed as StreamClosed,
+    StreamOverflow as StreamOverflow,
+)
+from ._policy import (
+    ACCEPT as ACCEPT,
+    Accept as Accept,
+    Checked as Checked,
+    Policy as Policy,
+    Reject as Reject,
+    Replace as Replace,
+    Sender as Sender,
+    Verdict as Verdict,
+)
 from ._protocol import (
     Chat as Chat,
     ChatAck as ChatAck,

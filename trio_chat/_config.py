@@ -251,6 +251,23 @@ class Config:
     log_interval: float = _setting(
         10.0, "seconds between summary lines of repeated refusals and load shedding", _positive
     )
+    # embedding
+    hook_timeout: float = _setting(
+        2.0,
+        "seconds an embedder's asynchronous message policy may take over one event"
+        " (then: error 500 for that event)",
+        _positive,
+    )
+    stream_max_events: int = _setting(
+        1000,
+        "events an embedder's event stream or bot may leave unread (more: it is dropped)",
+        _positive,
+    )
+    stream_max_bytes: int = _setting(
+        1 << 20,
+        "bytes of events an embedder's event stream or bot may leave unread (more: dropped)",
+        _positive,
+    )
     healthz_node: bool = _setting(False, "/healthz names the host and process (node id)")
     healthz_version: bool = _setting(True, "/healthz reports the trio_chat version")
 

@@ -44,6 +44,7 @@ import trio
 
 from ._frames import Encoded, text_frame
 from ._hub import SLOW_CONSUMER, Hub, HubCounters, Outlet
+from ._policy import Pending, Sender
 from ._protocol import (
     Chat,
     Direct,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from ._config import Config
     from ._deflate import DeflateParams
     from ._metrics import Metrics
+    from ._policy import Screen
 
 __all__ = ["ChatHandler", "Connection", "EchoHandler"]
 
@@ -531,11 +533,15 @@ class ChatHandler:
         hub: Hub,
         identity: Identity,
         metrics: Metrics | None = None,
+        screen: Screen | None = None,
     ) -> None:
         self.conn = conn
         self.hub = hub
         self.identity = identity
         self.metrics = metrics
+        #: Mutes and the embedder's policy (``_policy.py``), when any.
+        self.screen = screen
+        self._sender: Sender | None = None
         config = conn.config
         self.max_bytes = config.max_message_bytes
         self.max_chars = config.max_content_chars
@@ -591,7 +597,20 @@ class ChatHandler:
             # Refused whoever the recipient: no probing who is connected.
             self._refuse(ProtocolError(403, "not allowed to send direct messages", event.ref))
             return
+        screen = self.screen
+        if screen is not None and screen.active:
+            try:
+                checked = screen.check(self._sender or self._make_sender(), event)
+                event = await screen.finish(checked) if isinstance(checked, Pending) else checked
+            except ProtocolError as err:
+                self._refuse(err)
+                return
         await self.hub.submit(conn.outlet, event)
+
+    def _make_sender(self) -> Sender:
+        conn = self.conn
+        self._sender = Sender(conn.user_id, conn.session_id, conn.peer)
+        return self._sender
 
     def _refuse(self, err: ProtocolError) -> None:
         self.hub.counters.error(err.code)

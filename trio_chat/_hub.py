@@ -369,6 +369,10 @@ class Hub:
         self._emit: Callable[[list[Delivery]], None] = (
             self._deliver if store is None else self._batch.extend
         )
+        #: Called in the hub task with every batch of deliveries as it goes
+        #: out (after its commit, with a store): the event streams and bots
+        #: of ``_events.py``.  None while nobody observes.
+        self.observer: Callable[[list[Delivery]], None] | None = None
 
     # ----------------------------------------------------- connection side
 
@@ -574,6 +578,8 @@ class Hub:
             self._calls.append(call)
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
+        if self.observer is not None:
+            self.observer(deliveries)
         touched = self._touched
         for delivery in deliveries:
             encoded = Encoded.text(delivery.event.to_json())

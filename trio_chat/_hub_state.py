@@ -536,7 +536,9 @@ class HubState:
             conn.rooms[event.room] = None
             count = entry.users.get(conn.user_id, 0)
             entry.users[conn.user_id] = count + 1
-            if count == 0 and others:
+            if count == 0:
+                # To nobody when the room was empty: still an event of the
+                # room (the hub's observers see it).
                 system = System("join", event.room, conn.user_id)
                 deliveries.append(Delivery(system, others))
             history, truncated = entry.log.after(event.since)
@@ -566,14 +568,14 @@ class HubState:
             entry.users[conn.user_id] = count
             return []
         del entry.users[conn.user_id]
+        leave = Delivery(System("leave", room, conn.user_id), tuple(entry.conns))
         if not entry.conns:
             if entry.log.entries:
                 self._rooms.move_to_end(room)
                 self._empty[room] = None
             else:
                 self._drop(room)
-            return []
-        return [Delivery(System("leave", room, conn.user_id), tuple(entry.conns))]
+        return [leave]
 
     def _presence(self, user_id: str, event: Presence) -> list[Delivery]:
         user = self._users[user_id]

@@ -29,12 +29,14 @@ from ._app import HttpApp, check_message
 from ._auth import AnonymousAuthenticator, Authenticator, Identity, TokenAuthenticator
 from ._config import Config
 from ._connection import ChatHandler, Connection, EchoHandler, welcome_frame
+from ._embed import EmbeddingApi
 from ._handshake import Accepted, response_bytes
 from ._http import serve_http
 from ._hub import Hub
 from ._hub_state import HubStats
 from ._logging import SampledLog
 from ._metrics import Metrics
+from ._policy import Policy, Screen
 from ._protocol import ChatAck, DirectAck, ProtocolError, is_valid_user_id
 from ._queue import OutboundBudget
 from ._ratelimit import IpLimiter, client_key
@@ -50,7 +52,7 @@ log = logging.getLogger("trio_chat.server")
 _CONNECTION_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class ChatServer:
+class ChatServer(EmbeddingApi):
     """A trio_chat server, standalone or embedded in a trio program.
 
     Args:
@@ -61,6 +63,8 @@ class ChatServer:
         hub: a hub to use instead of the one *config* describes (the
             memory store, the SQLite store in ``config.data_dir``, or the
             Redis backplane with ``config.redis_url``).
+        policy: consulted about every chat, direct message, join and
+            presence change before it reaches the hub (:class:`Policy`).
 
     Raises:
         StoreError: the SQLite store cannot be opened or read.
@@ -76,6 +80,7 @@ class ChatServer:
         authenticator: Authenticator | None = None,
         echo: bool = False,
         hub: Hub | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.config = config = config if config is not None else Config()
         if authenticator is None:
@@ -116,6 +121,9 @@ class ChatServer:
         self._conn_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
         self._ssl_context = tls_context(config)
+        #: Mutes and the message policy, in front of the hub.
+        self.screen = Screen(policy, config.hook_timeout, config.max_content_chars)
+        self._init_embedding()
         #: Checks for ``/healthz``: () -> (healthy, detail); the hub's first.
         self.health_checks: list[Callable[[], tuple[bool, dict[str, Any]]]] = [self.hub.health]
 
@@ -210,6 +218,7 @@ class ChatServer:
                 scope.cancel()
             for conn in list(self._connections):
                 conn.drain(1001, "server shutting down")
+            self._close_embedding("server shutting down")
             self._stop_accepting_if_drained()
         await self._stopped.wait()
 
@@ -459,7 +468,9 @@ class ChatServer:
             conn.send(welcome_frame(conn.session_id, identity.user_id, self.config))
             await self.hub.connect(conn.outlet, identity.user_id, self._client_of(identity, conn))
             try:
-                await conn.run(ChatHandler(conn, self.hub, identity, self.metrics), nursery)
+                await conn.run(
+                    ChatHandler(conn, self.hub, identity, self.metrics, self.screen), nursery
+                )
             finally:
                 self.hub.depart(conn.outlet)
         finally:
