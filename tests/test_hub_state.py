@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter, OrderedDict
+from typing import Any
 
 import attrs
 import pytest
@@ -33,7 +34,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from trio_chat._hub_state import Delivery, HubState, HubStats, recipients
+from trio_chat._hub_state import Delivery, HubState, HubStats, Reply, recipients
 from trio_chat._log import MESSAGE_OVERHEAD
 from trio_chat._protocol import (
     Chat,
@@ -576,7 +577,9 @@ class HubMachine(RuleBasedStateMachine):
         m = self.model
         self.now += 1.25
         try:
-            ack, deliveries = self.state.publish("system", room, "notice", self.now, create=create)
+            ack, deliveries = published(
+                self.state, "system", room, "notice", self.now, create=create
+            )
         except ProtocolError as err:
             result: object = err
         else:
@@ -650,6 +653,13 @@ TestSqliteHubMachine = SqliteHubMachine.TestCase
 # Scenarios, one rule each
 
 NOW = T0
+
+
+def published(state: HubState, *args: Any, **kw: Any) -> tuple[ServerEvent, list[Delivery]]:
+    """An embedder's publish: its ack (to a :class:`Reply`) and deliveries."""
+    reply = Reply()
+    deliveries = state.publish(*args, reply_to=reply, **kw)
+    return reply.value, deliveries
 
 
 def hub(**kw: int) -> HubState:
@@ -1007,13 +1017,13 @@ def test_server_publish() -> None:
     with pytest.raises(ProtocolError) as info:
         s.publish("server", "news", "hello", NOW)
     assert info.value.code == 404
-    ack, out = s.publish("server", "news", "hello", NOW, create=True)
+    ack, out = published(s, "server", "news", "hello", NOW, create=True)
     assert ack == ChatAck(1, "news", format_time(NOW))
     assert out == [Delivery(ChatMessage(1, "news", "server", "hello", format_time(NOW)), ())]
     s.handle(1, Join("news"), NOW)
-    ack2, out = s.publish("server", "news", "again", NOW, ref="p")
-    assert out[0].to == (1,) and ack2.id == 2
-    assert s.publish("server", "news", "again", NOW, ref="p") == (ack2, [])
+    ack2, out = published(s, "server", "news", "again", NOW, ref="p")
+    assert out[0].to == (1,) and isinstance(ack2, ChatAck) and ack2.id == 2
+    assert published(s, "server", "news", "again", NOW, ref="p") == (ack2, [])
 
 
 def test_ref_memory_is_bounded_in_all_and_forgets_the_least_active_first():

@@ -1,9 +1,11 @@
 """The Redis backplane: many server processes sharing rooms through Redis.
 
-With ``redis_url`` set, the hub a server builds from its config is a :class:`BackplaneHub`: the same
-actor as the in-memory :class:`~trio_chat._hub.Hub` (one task, never awaits a
-client, frames encoded once), whose bookkeeping is a
-:class:`~trio_chat._backplane_state.ClusterState` instead of a ``HubState``.
+With ``redis_url`` set, the hub a server builds from its config is a
+:class:`BackplaneHub`: the same actor as for the other stores
+(:class:`~trio_chat._hub.Hub`: one task, never awaits a client, frames
+encoded once, the same ``publish``/``direct`` path), whose state is a
+:class:`~trio_chat._backplane_state.ClusterState` and which also takes the
+backplane tasks' news.
 The state asks for Redis work by queuing ops; the :class:`Backplane` tasks do
 that work with coredis, natively under trio:
 
@@ -74,7 +76,7 @@ from ._log import new_epoch
 from ._protocol import ACK_PREFIX, CHAT_PREFIX, DirectAck, ErrorEvent, ack_suffix
 
 if TYPE_CHECKING:
-    from ._hub_state import Delivery, HubState
+    pass
 
 __all__ = ["Backplane", "BackplaneHub", "build_backplane_hub"]
 
@@ -170,19 +172,6 @@ class _Messages:
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self.items = items
-
-
-class _Reply:
-    """The result of an embedder's publish or direct, once Redis answered."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self.done.set()
 
 
 class Backplane:
@@ -605,8 +594,8 @@ class BackplaneHub(Hub):
         inbox_size: int = 4096,
         startup_wait: float = 3.0,
     ) -> None:
-        super().__init__(state, inbox_size=inbox_size)  # type: ignore[arg-type]
-        self.state: ClusterState = state  # type: ignore[assignment]
+        super().__init__(state, inbox_size=inbox_size)
+        self.state: ClusterState = state
         self.backplane = backplane
         self.startup_wait = startup_wait
         #: Set once this process is registered in Redis for the first time.
@@ -641,43 +630,6 @@ class BackplaneHub(Hub):
 
     def backplane_up(self) -> bool | None:
         return self.state.up
-
-    # ----------------------------------------------------- embedder side
-
-    async def _await_reply(self, fn: Callable[[ClusterState, float, _Reply], None]) -> Any:
-        reply = _Reply()
-
-        def run(state: HubState, now: float) -> tuple[None, list[Delivery]]:
-            fn(cast("ClusterState", state), now, reply)  # this hub's state is a ClusterState
-            return None, []
-
-        await self.call(run)
-        await reply.done.wait()
-        if reply.error is not None:
-            raise reply.error
-        return reply.value
-
-    async def publish(
-        self,
-        room: str,
-        content: str,
-        *,
-        user_id: str,
-        ref: str | None = None,
-        create: bool = True,
-    ) -> Any:
-        return await self._await_reply(
-            lambda state, now, reply: state.publish(
-                user_id, room, content, now, ref=ref, reply_to=reply, create=create
-            )
-        )
-
-    async def direct(self, to: str, content: str, *, user_id: str, ref: str | None = None) -> Any:
-        return await self._await_reply(
-            lambda state, now, reply: state.direct(
-                user_id, to, content, now, ref=ref, reply_to=reply
-            )
-        )
 
     # ----------------------------------------------------- the actor
 
@@ -767,15 +719,7 @@ def build_backplane_hub(config: Config, **options: Any) -> BackplaneHub:
         ),
     )
     backplane = Backplane(url, history_size=config.history_size, **options)
-    state = ClusterState(
-        backplane.node,
-        history_size=config.history_size,
-        max_rooms=config.max_rooms,
-        max_rooms_per_connection=config.max_rooms_per_connection,
-        max_rooms_created_per_connection=config.max_rooms_created_per_connection,
-        max_rooms_created_per_client=config.max_rooms_created_per_client,
-        joined_bytes=config.queue_bytes // 2,
-        history_bytes_total=config.history_bytes_total,
-        prefix=backplane.prefix,
-    )
+    from ._store import core_settings
+
+    state = ClusterState(backplane.node, prefix=backplane.prefix, **core_settings(config))
     return BackplaneHub(state, backplane)

@@ -1,12 +1,16 @@
-"""The backplane hub's bookkeeping: one process's view of a shared cluster.
+"""The Redis store's side of the hub: one process's view of a shared cluster.
 
-:class:`ClusterState` plays the part :class:`~trio_chat._hub_state.HubState`
-plays for a single process, when rooms are shared through Redis.  It is pure
-and synchronous like ``HubState``: each method applies one command and returns
-the :class:`~trio_chat._hub_state.Delivery` list it causes for this process's
-connections; what must happen in Redis is appended to an outbox of
-:class:`Op` records (:meth:`ClusterState.take_ops`), whose results come back
-later through :meth:`ClusterState.on_result`.  It never performs I/O.
+:class:`ClusterState` is the hub state when rooms are kept in Redis.  The
+connections, users, room quotas, refusals and the dispatch of client events
+are the same as for the memory and SQLite stores (the shared
+:class:`~trio_chat._room_core.RoomCore`); what differs is who assigns ids and
+who knows the members.  Pure and synchronous like the other states: each
+command returns the :class:`~trio_chat._room_core.Delivery` list it causes
+for this process's connections; what must happen in Redis is appended to an
+outbox of :class:`Op` records (:meth:`ClusterState.take_ops`), whose results
+come back later through :meth:`ClusterState.on_result` (a chat's delivery
+and its ack come with its result: it is "appended" once Redis assigned its
+id).  It never performs I/O.
 
 What Redis decides, and this state only follows:
 
@@ -30,36 +34,29 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
-from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from ._hub_state import Delivery, HubStats, joined_budget, newest_within
+from ._hub_state import joined_budget, newest_within
 from ._protocol import (
     CHAT_PREFIX,
-    Chat,
     ChatAck,
-    ClientEvent,
-    Direct,
     DirectAck,
     DirectMessage,
     ErrorEvent,
     Join,
     Joined,
-    Leave,
-    Left,
     Presence,
     PresenceUpdate,
     ProtocolError,
-    ServerEvent,
     System,
-    Typing,
     TypingNotice,
     chat_suffix,
     format_time,
     parse_server_frame,
 )
+from ._room_core import Conn, Delivery, HubStats, Key, Post, Reply, RoomCore
 
 __all__ = [
     "FILL_COUNT",
@@ -82,8 +79,6 @@ __all__ = [
     "Unavailable",
 ]
 
-Key = Hashable
-
 #: The error a client gets instead of an ack while Redis cannot be reached.
 UNAVAILABLE = "backplane unavailable, retry"
 #: Entries one :class:`FillOp` reads at most; a full page asks for the next.
@@ -92,12 +87,6 @@ FILL_COUNT = 500
 
 class Unavailable(Exception):
     """An op could not be carried out because Redis is unreachable."""
-
-
-class Reply(Protocol):
-    """Where the result of an embedder's publish or direct goes."""
-
-    def resolve(self, value: Any = None, error: BaseException | None = None) -> None: ...
 
 
 @attrs.frozen
@@ -336,16 +325,6 @@ def _pop_oldest(room: _Room) -> int:
 
 
 @attrs.define(eq=False)
-class _Conn:
-    user_id: str
-    origin: str
-    rooms: dict[str, None] = attrs.Factory(dict)
-    #: Whose room quota it uses, and the rooms it opened here.
-    client: str | None = None
-    created: dict[str, None] = attrs.Factory(dict)
-
-
-@attrs.define(eq=False)
 class _User:
     conns: dict[Key, None] = attrs.Factory(dict)
     inbox: _Log = attrs.Factory(_Log)
@@ -356,7 +335,7 @@ def _error(code: int, message: str, ref: str | None) -> ErrorEvent:
 
 
 @attrs.define
-class ClusterState:
+class ClusterState(RoomCore["_User"]):
     """This process's connections, rooms and cursors, beside Redis.
 
     Args:
@@ -375,10 +354,6 @@ class ClusterState:
 
     node: str
     history_size: int = 100
-    max_rooms: int = 10_000
-    max_rooms_per_connection: int = 100
-    max_rooms_created_per_connection: int = 100
-    max_rooms_created_per_client: int = 500
     joined_bytes: int = 1 << 19
     history_bytes_total: int = 128 << 20
     prefix: str = "trio_chat:"
@@ -394,8 +369,6 @@ class ClusterState:
     #: Messages a fill found already trimmed from the stream.
     lost: int = attrs.field(init=False, default=0)
 
-    _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
-    _users: dict[str, _User] = attrs.field(init=False, factory=dict)
     _rooms: dict[str, _Room] = attrs.field(init=False, factory=dict)
     _origins: dict[str, Key] = attrs.field(init=False, factory=dict)
     #: user -> served rooms where the user is a member (cluster or local).
@@ -406,13 +379,10 @@ class ClusterState:
     _serial: int = attrs.field(init=False, default=0)
     _syncing: bool = attrs.field(init=False, default=False)
     _generation: int = attrs.field(init=False, default=0)
-    _clients: dict[str, int] = attrs.field(init=False, factory=dict)
     #: Bytes of history cached here in all; rooms with some, least recently
     #: written first.
     _history_bytes: int = attrs.field(init=False, default=0)
     _written: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
-    #: Room openings refused, by the bound: ``connection``, ``client``, ``server``.
-    rooms_refused: dict[str, int] = attrs.field(init=False, factory=dict)
 
     # ------------------------------------------------------------ queries
 
@@ -430,30 +400,12 @@ class ClusterState:
             history=sum(len(r.history) for r in self._rooms.values()),
         )
 
-    def user_of(self, key: Key) -> str:
-        return self._conns[key].user_id
-
-    def is_connected(self, user_id: str) -> bool:
-        """Whether *user_id* has a connection on this process."""
-        return user_id in self._users
-
-    def rooms_of(self, key: Key) -> list[str]:
-        return list(self._conns[key].rooms)
-
     def members(self, room: str) -> list[str]:
         """The room's members across the cluster, as far as known here."""
         entry = self._rooms.get(room)
         if entry is None:
             return []
         return list(entry.members) + [u for u in entry.local_users if u not in entry.members]
-
-    def connections_in(self, room: str) -> list[Key]:
-        entry = self._rooms.get(room)
-        return list(entry.conns) if entry else []
-
-    def room_names(self) -> list[str]:
-        """Rooms served here (rooms with a member connection on this process)."""
-        return list(self._rooms)
 
     def last_id(self, room: str) -> int | None:
         entry = self._rooms.get(room)
@@ -471,144 +423,90 @@ class ClusterState:
 
     # ------------------------------------------------------------ connections
 
-    def connect(self, key: Key, user_id: str, client: str | None = None) -> list[Delivery]:
-        if key in self._conns:
-            raise ValueError(f"connection {key!r} is already connected")
+    def _new_conn(self, key: Key, user_id: str, client: str | None) -> Conn:
         self._serial += 1
         origin = f"{self.node}:{self._serial}"
-        self._conns[key] = _Conn(user_id, origin, client=client)
         self._origins[origin] = key
-        user = self._users.get(user_id)
-        if user is None:
-            user = self._users[user_id] = _User()
-            if self.up:
-                self._ops.append(OnlineOp(user_id, True))
-        user.conns[key] = None
+        return Conn(user_id, client, origin=origin)
+
+    def _new_user(self, user_id: str) -> _User:
+        if self.up:
+            self._ops.append(OnlineOp(user_id, True))
+        return _User()
+
+    def _conn_gone(self, conn: Conn) -> None:
+        del self._origins[conn.origin]
+
+    def _user_gone(self, user_id: str) -> None:
+        if self.up:
+            self._ops.append(OnlineOp(user_id, False))
+        self._forget_presence(user_id)
+
+    def _creator_gone(self, room: str) -> None:
+        self._rooms[room].creator = None
+
+    def _typing(self, key: Key, conn: Conn, name: str) -> list[Delivery]:
+        frame = TypingNotice(name, conn.user_id).to_json()
+        if self.up:
+            self._ops.append(TypingOp(name, conn.user_id, conn.origin, frame))
+        room = self._rooms[name]
+        if not room.log.ready:
+            return []
+        others = tuple(k for k in room.conns if k != key)
+        return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
+
+    def _origin(self, reply_to: Key | Reply | None) -> str:
+        """How pub/sub names the sending connection (``-``: none here)."""
+        conn = self._conns.get(reply_to) if reply_to is not None else None
+        return conn.origin if conn is not None else "-"
+
+    def _publish(self, post: Post) -> list[Delivery]:
+        """Ask Redis to publish a chat message; the ack comes with its answer."""
+        if not self.up:
+            raise ProtocolError(503, UNAVAILABLE, post.ref)
+        time = format_time(post.now)
+        suffix = chat_suffix(post.to, post.user_id, post.content, time)
+        origin = self._origin(post.reply_to)
+        self._ops.append(
+            ChatOp(
+                post.to,
+                post.user_id,
+                suffix,
+                time,
+                post.ref,
+                origin,
+                post.create,
+                self.epoch or "",
+                post.reply_to,
+            )
+        )
         return []
 
-    def disconnect(self, key: Key) -> list[Delivery]:
-        conn = self._conns.get(key)
-        if conn is None:
-            return []
-        deliveries: list[Delivery] = []
-        for room in list(conn.rooms):
-            deliveries += self._leave(key, conn, room)
-        for name in conn.created:
-            self._rooms[name].creator = None
-        del self._conns[key]
-        del self._origins[conn.origin]
-        user = self._users[conn.user_id]
-        del user.conns[key]
-        if not user.conns:
-            del self._users[conn.user_id]
-            if self.up:
-                self._ops.append(OnlineOp(conn.user_id, False))
-            self._forget_presence(conn.user_id)
-        return deliveries
-
-    def handle(self, key: Key, event: ClientEvent, now: float) -> list[Delivery]:
-        """Apply one client event from connection *key*."""
-        conn = self._conns[key]
-        if isinstance(event, Chat):
-            room = self._rooms.get(event.room)
-            if room is None or key not in room.conns:
-                raise ProtocolError(
-                    403, f"join room {event.room!r} before chatting in it", event.ref
-                )
-            self.publish(
-                conn.user_id,
-                event.room,
-                event.content,
-                now,
-                ref=event.ref,
-                reply_to=key,
-                origin=conn.origin,
-            )
-            return []
-        if isinstance(event, Join):
-            return self._join(key, conn, event)
-        if isinstance(event, Leave):
-            return [
-                Delivery(Left(event.room, event.ref), (key,)),
-                *self._leave(key, conn, event.room),
-            ]
-        if isinstance(event, Direct):
-            self.direct(
-                conn.user_id,
-                event.to,
-                event.content,
-                now,
-                ref=event.ref,
-                reply_to=key,
-                origin=conn.origin,
-            )
-            return []
-        if isinstance(event, Presence):
-            return self._presence_local(conn.user_id, event)
-        if isinstance(event, Typing):
-            room = self._rooms.get(event.room)
-            if room is None or key not in room.conns:
-                raise ProtocolError(403, f"join room {event.room!r} before typing in it", event.ref)
-            frame = TypingNotice(event.room, conn.user_id).to_json()
-            if self.up:
-                self._ops.append(TypingOp(event.room, conn.user_id, conn.origin, frame))
-            if not room.log.ready:
-                return []
-            others = tuple(k for k in room.conns if k != key)
-            return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
-        raise TypeError(f"not a client event: {event!r}")
-
-    def publish(
-        self,
-        user_id: str,
-        room: str,
-        content: str,
-        now: float,
-        *,
-        ref: str | None = None,
-        reply_to: Key | Reply | None = None,
-        origin: str = "-",
-        create: bool = True,
-    ) -> None:
-        """Ask Redis to publish a chat message; the ack goes to *reply_to*."""
-        if not self.up:
-            raise ProtocolError(503, UNAVAILABLE, ref)
-        time = format_time(now)
-        suffix = chat_suffix(room, user_id, content, time)
-        self._ops.append(
-            ChatOp(room, user_id, suffix, time, ref, origin, create, self.epoch or "", reply_to)
-        )
-
-    def direct(
-        self,
-        user_id: str,
-        to: str,
-        content: str,
-        now: float,
-        *,
-        ref: str | None = None,
-        reply_to: Key | Reply | None = None,
-        origin: str = "-",
-    ) -> None:
+    def _direct(self, post: Post) -> list[Delivery]:
         """Ask Redis to deliver a direct message to every connection of *to*."""
         if not self.up:
-            raise ProtocolError(503, UNAVAILABLE, ref)
-        time = format_time(now)
-        frame = DirectMessage(user_id, content, time).to_json()
+            raise ProtocolError(503, UNAVAILABLE, post.ref)
+        time = format_time(post.now)
+        frame = DirectMessage(post.user_id, post.content, time).to_json()
+        origin = self._origin(post.reply_to)
         self._ops.append(
-            DirectOp(user_id, to, frame, time, ref, origin, self.epoch or "", reply_to)
+            DirectOp(
+                post.user_id,
+                post.to,
+                frame,
+                time,
+                post.ref,
+                origin,
+                self.epoch or "",
+                post.reply_to,
+            )
         )
+        return []
 
     # ------------------------------------------------------------ rooms
 
-    def _join(self, key: Key, conn: _Conn, event: Join) -> list[Delivery]:
+    def _join(self, key: Key, conn: Conn, event: Join, now: float) -> list[Delivery]:
         name = event.room
-        if name not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
-            raise ProtocolError(
-                403,
-                f"a connection may be in at most {self.max_rooms_per_connection} rooms",
-                event.ref,
-            )
         room = self._rooms.get(name)
         if room is None:
             if not self.up:
@@ -631,39 +529,15 @@ class ClusterState:
             return []
         return self._joined(key, name, room, conn.user_id, event)
 
-    def _open_room(self, name: str, key: Key, conn: _Conn, ref: str | None) -> _Room:
+    def _open_room(self, name: str, key: Key, conn: Conn, ref: str | None) -> _Room:
         """Start serving room *name* here for *conn*, within the quotas (O(1))."""
-        client = conn.client
-        if len(conn.created) >= self.max_rooms_created_per_connection:
-            self._refused("connection")
-            raise ProtocolError(
-                403,
-                f"a connection may have created at most "
-                f"{self.max_rooms_created_per_connection} rooms that still exist",
-                ref,
-            )
-        if client is not None and self._clients.get(client, 0) >= self.max_rooms_created_per_client:
-            self._refused("client")
-            raise ProtocolError(
-                403,
-                f"a client may have created at most "
-                f"{self.max_rooms_created_per_client} rooms that still exist",
-                ref,
-            )
-        if len(self._rooms) >= self.max_rooms:
-            self._refused("server")
-            raise ProtocolError(403, "the server's room limit is reached", ref)
+        self._may_create(conn, ref, len(self._rooms) >= self.max_rooms)
         room = self._rooms[name] = _Room(
-            deque(maxlen=self.history_size), creator=key, client=client
+            deque(maxlen=self.history_size), creator=key, client=conn.client
         )
-        conn.created[name] = None
-        if client is not None:
-            self._clients[client] = self._clients.get(client, 0) + 1
+        self._created(conn, conn.client, name)
         self._ops.append(LoadOp(name, self.history_size, self.joined_bytes))
         return room
-
-    def _refused(self, reason: str) -> None:
-        self.rooms_refused[reason] = self.rooms_refused.get(reason, 0) + 1
 
     def _joined(
         self, key: Key, name: str, room: _Room, user_id: str, event: Join, *, fresh: bool = True
@@ -682,12 +556,7 @@ class ClusterState:
                 deliveries.append(Delivery(RawEvent(frame), (key,), ephemeral=True))
         return deliveries
 
-    def _leave(self, key: Key, conn: _Conn, name: str) -> list[Delivery]:
-        room = self._rooms.get(name)
-        if room is None or key not in room.conns:
-            return []
-        del room.conns[key]
-        del conn.rooms[name]
+    def _left(self, key: Key, conn: Conn, name: str, room: _Room) -> list[Delivery]:
         if room.pending:
             room.pending = [(k, e) for k, e in room.pending if k != key]
         count = room.local_users[conn.user_id] - 1
@@ -734,15 +603,7 @@ class ClusterState:
         del self._rooms[name]
         self._history_bytes -= room.history_bytes
         self._written.pop(name, None)
-        if room.creator is not None:
-            del self._conns[room.creator].created[name]
-        client = room.client
-        if client is not None:
-            left = self._clients[client] - 1
-            if left:
-                self._clients[client] = left
-            else:
-                del self._clients[client]
+        self._released(room.creator, room.client, name)
         for user_id in list(room.members) + list(room.local_users):
             self._unindex(user_id, name)
 
@@ -775,7 +636,7 @@ class ClusterState:
                 audience.update(dict.fromkeys(room.conns))
         return tuple(audience)
 
-    def _presence_local(self, user_id: str, event: Presence) -> list[Delivery]:
+    def _set_presence(self, user_id: str, event: Presence) -> list[Delivery]:
         frame = PresenceUpdate(user_id, event.status, event.text).to_json()
         self._presence[user_id] = frame
         if self.up:
@@ -1041,29 +902,14 @@ class ClusterState:
             return []
         return []  # presence, typing, floor: nothing to answer
 
-    def _answer(
-        self, reply_to: Any, ack: ServerEvent | None, error: ProtocolError | None
-    ) -> list[Delivery]:
-        if reply_to is None:
-            return []
-        if hasattr(reply_to, "resolve"):
-            reply_to.resolve(ack, error)
-            return []
-        if reply_to not in self._conns:
-            return []
-        event = error.to_event() if error is not None else ack
-        if event is None:
-            return []
-        return [Delivery(event, (reply_to,))]
-
     def _remembered(self, reply_to: Any, ack: str, ref: str | None) -> list[Delivery]:
         """Answer a resent ``ref`` with the ack Redis remembered for it (its
         frame, as the other stores keep it too)."""
         try:
             event = parse_server_frame(ack)
         except ValueError:  # not one this version wrote: ask for a retry later
-            return self._answer(reply_to, None, ProtocolError(503, UNAVAILABLE, ref))
-        return self._answer(reply_to, event, None)
+            return self.answer(reply_to, None, ProtocolError(503, UNAVAILABLE, ref))
+        return self.answer(reply_to, event, None)
 
     def _failure(self, result: BaseException, ref: str | None) -> ProtocolError:
         if isinstance(result, ProtocolError):
@@ -1072,7 +918,7 @@ class ClusterState:
 
     def _chat_result(self, op: ChatOp, result: Any) -> list[Delivery]:
         if isinstance(result, BaseException):
-            return self._answer(op.reply_to, None, self._failure(result, op.ref))
+            return self.answer(op.reply_to, None, self._failure(result, op.ref))
         status = result[0]
         if status == "ok":
             self.messages += 1
@@ -1081,31 +927,31 @@ class ClusterState:
             # has the ack finds the message in the room's history.
             entry = (id_, op.origin, CHAT_PREFIX + str(id_) + op.suffix)
             deliveries = self._ingest("r", op.room, [entry], True)
-            return deliveries + self._answer(
+            return deliveries + self.answer(
                 op.reply_to, ChatAck(id_, op.room, op.time, op.ref), None
             )
         if status == "dup":
             return self._remembered(op.reply_to, result[1], op.ref)
         if status == "noroom":
             error = ProtocolError(404, f"room {op.room!r} does not exist", op.ref)
-            return self._answer(op.reply_to, None, error)
+            return self.answer(op.reply_to, None, error)
         # "epoch": Redis lost its data since this process last synced.
         self.want_sync = True
-        return self._answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
+        return self.answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
 
     def _direct_result(self, op: DirectOp, result: Any) -> list[Delivery]:
         if isinstance(result, BaseException):
-            return self._answer(op.reply_to, None, self._failure(result, op.ref))
+            return self.answer(op.reply_to, None, self._failure(result, op.ref))
         status = result[0]
         if status == "ok":
-            return self._answer(op.reply_to, DirectAck(op.to, op.time, op.ref), None)
+            return self.answer(op.reply_to, DirectAck(op.to, op.time, op.ref), None)
         if status == "dup":
             return self._remembered(op.reply_to, result[1], op.ref)
         if status == "absent":
             error = ProtocolError(404, f"user {op.to!r} is not connected", op.ref)
-            return self._answer(op.reply_to, None, error)
+            return self.answer(op.reply_to, None, error)
         self.want_sync = True
-        return self._answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
+        return self.answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
 
     def _loaded(self, op: LoadOp, result: Any) -> list[Delivery]:
         room = self._rooms.get(op.room)

@@ -1,4 +1,7 @@
-"""The hub actor: one trio task that owns the :class:`HubState`.
+"""The hub actor: one trio task that owns the hub's state (a
+:class:`~trio_chat._room_core.RoomCore`: the memory and SQLite stores'
+:class:`~trio_chat._hub_state.HubState`, or the Redis store's
+:class:`~trio_chat._backplane_state.ClusterState`).
 
 Connections send it commands over one bounded memory channel.  The hub applies
 them to the pure state and delivers the resulting frames without ever awaiting
@@ -48,10 +51,11 @@ import attrs
 import trio
 
 from ._frames import Encoded
-from ._hub_state import Delivery, HubState, HubStats
+from ._hub_state import Delivery, HubStats
 from ._log import LogOp
 from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError, is_unicode
 from ._queue import FrameQueue, OutboundBudget
+from ._room_core import Reply, RoomCore
 from ._stream import WireStream
 
 __all__ = ["Hub", "HubCounters", "Outlet", "Store"]
@@ -325,7 +329,7 @@ class _Depart:
 class _Call:
     """A request from trio code (publish, direct): run *fn* and reply."""
 
-    fn: Callable[[HubState, float], tuple[Any, list[Delivery]]]
+    fn: Callable[[Any, float], tuple[Any, list[Delivery]]]
     done: trio.Event = attrs.Factory(trio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -346,7 +350,7 @@ class Hub:
     """
 
     def __init__(
-        self, state: HubState, *, inbox_size: int = 4096, store: Store | None = None
+        self, state: RoomCore[Any], *, inbox_size: int = 4096, store: Store | None = None
     ) -> None:
         self.state = state
         self.store = store
@@ -409,7 +413,7 @@ class Hub:
 
     # ----------------------------------------------------- embedder side
 
-    async def call(self, fn: Callable[[HubState, float], tuple[Any, list[Delivery]]]) -> Any:
+    async def call(self, fn: Callable[[Any, float], tuple[Any, list[Delivery]]]) -> Any:
         """Run *fn(state, now)* inside the hub; deliver and return its result."""
         call = _Call(fn)
         await self._inbox_send.send(call)
@@ -417,6 +421,18 @@ class Hub:
         if call.error is not None:
             raise call.error
         return call.result
+
+    async def request(self, fn: Callable[[RoomCore[Any], float, Reply], list[Delivery]]) -> Any:
+        """Run *fn(state, now, reply)* inside the hub and wait for *reply*
+        (an ack: at once in memory, after its commit with SQLite, when Redis
+        answered with the Redis store)."""
+        done = trio.Event()
+        reply = Reply(done.set)
+        await self.call(lambda state, now: (None, fn(state, now, reply)))
+        await done.wait()
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
 
     async def publish(
         self,
@@ -429,8 +445,10 @@ class Hub:
     ) -> ChatAck:
         """Publish into *room* as *user_id*: the same path as a client chat."""
         _check_unicode(ref, room=room, content=content, user_id=user_id)
-        ack: ChatAck = await self.call(
-            lambda state, now: state.publish(user_id, room, content, now, ref=ref, create=create)
+        ack: ChatAck = await self.request(
+            lambda state, now, reply: state.publish(
+                user_id, room, content, now, ref=ref, reply_to=reply, create=create
+            )
         )
         return ack
 
@@ -439,8 +457,10 @@ class Hub:
     ) -> DirectAck:
         """Send a direct message to *to* as *user_id*."""
         _check_unicode(ref, to=to, content=content, user_id=user_id)
-        ack: DirectAck = await self.call(
-            lambda state, now: state.direct(user_id, to, content, now, ref=ref)
+        ack: DirectAck = await self.request(
+            lambda state, now, reply: state.direct(
+                user_id, to, content, now, ref=ref, reply_to=reply
+            )
         )
         return ack
 

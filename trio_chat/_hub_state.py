@@ -1,7 +1,9 @@
-"""The hub's bookkeeping as a pure, synchronous state machine.
+"""The hub's bookkeeping as a pure, synchronous state machine (memory and SQLite).
 
-:class:`HubState` owns connections, users, rooms, presence, and (through
-:mod:`trio_chat._log`) message ids, history and ``ref`` de-duplication.  Each
+:class:`HubState` owns rooms, presence, and (through :mod:`trio_chat._log`)
+message ids, history and ``ref`` de-duplication, on the connections, users,
+quotas and dispatch it shares with the Redis store's state
+(:class:`~trio_chat._room_core.RoomCore`).  Each
 method applies one command and returns the :class:`Delivery` list it causes
 (which connections receive which server event); with a durable store, the log
 operations it implies (append, trim, remember a ref) are collected for
@@ -16,37 +18,39 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import attrs
 
 from ._log import History, LogOp, RefMemory, RememberOp, RoomLog
 from ._protocol import (
-    Chat,
     ChatAck,
-    ClientEvent,
-    Direct,
     DirectAck,
     DirectMessage,
     Join,
     Joined,
-    Leave,
-    Left,
     Presence,
     PresenceUpdate,
     ProtocolError,
     ServerEvent,
     System,
-    Typing,
     TypingNotice,
     format_time,
     parse_server_frame,
 )
+from ._room_core import Conn, Delivery, Encoded, HubStats, Key, Post, Reply, RoomCore
 
-__all__ = ["Delivery", "HubState", "HubStats", "RoomLog", "newest_within", "payload_bytes"]
-
-Key = Hashable
+__all__ = [
+    "Delivery",
+    "Encoded",
+    "HubState",
+    "HubStats",
+    "Reply",
+    "RoomLog",
+    "newest_within",
+    "payload_bytes",
+]
 T = TypeVar("T")
 
 #: A JSON string literal, as the protocol's encoder writes it.
@@ -93,38 +97,6 @@ def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
     return budget - _JOINED_OVERHEAD - len(room) - sum(_utf8_len(m) + 3 for m in members)
 
 
-class Encoded(Protocol):
-    """An event already encoded (as the backplane has them from Redis)."""
-
-    def to_json(self) -> str: ...
-
-
-@attrs.frozen
-class Delivery:
-    """*event* is to be sent to every connection in *to*, in order.
-
-    Ephemeral deliveries (``typing``, ``presence``) may be dropped for a
-    connection whose queue is more than half full.
-    """
-
-    event: ServerEvent | Encoded
-    to: tuple[Key, ...]
-    ephemeral: bool = False
-
-
-@attrs.frozen
-class HubStats:
-    """A read-only snapshot of the hub's size."""
-
-    connections: int
-    users: int
-    rooms: int
-    messages: int
-    history: int
-    #: Bytes of retained history, as the history budgets count them.
-    history_bytes: int = 0
-
-
 @attrs.define
 class _Room:
     log: RoomLog
@@ -139,16 +111,6 @@ class _Room:
 
 
 @attrs.define
-class _Conn:
-    user_id: str
-    rooms: dict[str, None] = attrs.Factory(dict)
-    #: Whose room-creation quota this connection uses.
-    client: str | None = None
-    #: Rooms it created that still exist.
-    created: dict[str, None] = attrs.Factory(dict)
-
-
-@attrs.define
 class _User:
     conns: dict[Key, None] = attrs.Factory(dict)
     status: str | None = None
@@ -156,7 +118,7 @@ class _User:
 
 
 @attrs.define
-class HubState:
+class HubState(RoomCore["_User"]):
     """Rooms, members, ids, history, presence and ``ref`` de-duplication.
 
     Args:
@@ -187,10 +149,6 @@ class HubState:
 
     history_size: int = 100
     ref_memory: int = 1000
-    max_rooms: int = 10_000
-    max_rooms_per_connection: int = 100
-    max_rooms_created_per_connection: int = 100
-    max_rooms_created_per_client: int = 500
     joined_bytes: int = 1 << 19
     remembered_users: int = 10_000
     max_refs: int = 100_000
@@ -199,15 +157,9 @@ class HubState:
     history_max_age: float = 0.0
     durable: bool = False
 
-    _conns: dict[Key, _Conn] = attrs.field(init=False, factory=dict)
-    _users: dict[str, _User] = attrs.field(init=False, factory=dict)
     _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
     #: The rooms without members, least recently used first.
     _empty: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
-    #: Client -> rooms it created that still exist.
-    _clients: dict[str, int] = attrs.field(init=False, factory=dict)
-    #: Room creations refused, by the bound: ``connection``, ``client``, ``server``.
-    rooms_refused: dict[str, int] = attrs.field(init=False, factory=dict)
     _messages: int = attrs.field(init=False, default=0)
     history: History = attrs.field(init=False)
     refs: RefMemory = attrs.field(init=False)
@@ -269,25 +221,9 @@ class HubState:
             history_bytes=self.history.bytes,
         )
 
-    def user_of(self, key: Key) -> str:
-        return self._conns[key].user_id
-
-    def is_connected(self, user_id: str) -> bool:
-        return user_id in self._users
-
-    def rooms_of(self, key: Key) -> list[str]:
-        return list(self._conns[key].rooms)
-
     def members(self, room: str) -> list[str]:
         entry = self._rooms.get(room)
         return list(entry.users) if entry else []
-
-    def connections_in(self, room: str) -> list[Key]:
-        entry = self._rooms.get(room)
-        return list(entry.conns) if entry else []
-
-    def room_names(self) -> list[str]:
-        return list(self._rooms)
 
     def last_id(self, room: str) -> int | None:
         entry = self._rooms.get(room)
@@ -304,10 +240,6 @@ class HubState:
 
     # ------------------------------------------------------------ commands
 
-    def rooms_created_by(self, client: str) -> int:
-        """Rooms *client* created that still exist."""
-        return self._clients.get(client, 0)
-
     def empty_rooms(self) -> list[str]:
         """Rooms without members, the next to be forgotten first."""
         return list(self._empty)
@@ -315,97 +247,28 @@ class HubState:
     def empty_room_count(self) -> int:
         return len(self._empty)
 
-    def connect(self, key: Key, user_id: str, client: str | None = None) -> list[Delivery]:
-        """Register a new connection of *user_id*, creating rooms on *client*'s quota."""
-        if key in self._conns:
-            raise ValueError(f"connection {key!r} is already connected")
-        self._conns[key] = _Conn(user_id, client=client)
-        self._users.setdefault(user_id, _User()).conns[key] = None
-        return []
+    # ------------------------------------------------------------ the rooms' side
 
-    def disconnect(self, key: Key) -> list[Delivery]:
-        """Forget a connection: it leaves every room it was in."""
-        conn = self._conns.get(key)
-        if conn is None:
-            return []
-        deliveries: list[Delivery] = []
-        for room in list(conn.rooms):
-            deliveries += self._leave(key, conn, room)
-        for room in conn.created:
-            self._rooms[room].creator = None
-        del self._conns[key]
-        user = self._users[conn.user_id]
-        del user.conns[key]
-        if not user.conns:
-            del self._users[conn.user_id]
-        return deliveries
+    def _new_user(self, user_id: str) -> _User:
+        return _User()
 
-    def handle(self, key: Key, event: ClientEvent, now: float) -> list[Delivery]:
-        """Apply one client event from connection *key*."""
-        conn = self._conns[key]
-        if isinstance(event, Chat):
-            if event.room not in conn.rooms:
-                raise ProtocolError(
-                    403, f"join room {event.room!r} before chatting in it", event.ref
-                )
-            _, deliveries = self.publish(
-                conn.user_id, event.room, event.content, now, ref=event.ref, sender=key
-            )
-            return deliveries
-        if isinstance(event, Join):
-            if self.history_max_age:
-                self.history.expire(now)
-            return self._join(key, conn, event)
-        if isinstance(event, Leave):
-            return [
-                Delivery(Left(event.room, event.ref), (key,)),
-                *self._leave(key, conn, event.room),
-            ]
-        if isinstance(event, Direct):
-            _, deliveries = self.direct(
-                conn.user_id, event.to, event.content, now, ref=event.ref, sender=key
-            )
-            return deliveries
-        if isinstance(event, Presence):
-            return self._presence(conn.user_id, event)
-        if isinstance(event, Typing):
-            room = self._rooms.get(event.room)
-            if room is None or key not in room.conns:
-                raise ProtocolError(403, f"join room {event.room!r} before typing in it", event.ref)
-            others = tuple(k for k in room.conns if k != key)
-            notice = TypingNotice(event.room, conn.user_id)
-            return [Delivery(notice, others, ephemeral=True)] if others else []
-        raise TypeError(f"not a client event: {event!r}")
+    def _creator_gone(self, room: str) -> None:
+        self._rooms[room].creator = None
 
-    def publish(
-        self,
-        user_id: str,
-        room: str,
-        content: str,
-        now: float,
-        *,
-        ref: str | None = None,
-        sender: Key | None = None,
-        create: bool = False,
-    ) -> tuple[ChatAck, list[Delivery]]:
-        """Publish a chat message as *user_id*; return its ack and deliveries.
-
-        The message goes to every connection in *room* but *sender*, which
-        gets the ack.  A *ref* this user already published answers with the
-        original ack and publishes nothing.  Without *create*, an unknown
-        room is refused with 404.
-        """
+    def _publish(self, post: Post) -> list[Delivery]:
+        user_id, room, ref, sender = post.user_id, post.to, post.ref, post.reply_to
         seen = self._seen(user_id, ref)
         if seen is not None:
-            replay = [Delivery(seen, (sender,))] if sender is not None else []
-            return seen, replay  # type: ignore[return-value]
+            return self.answer(sender, seen)
         entry = self._rooms.get(room)
         if entry is None:
-            if not create:
+            if not post.create:
                 raise ProtocolError(404, f"room {room!r} does not exist", ref)
             entry = self._room(room, ref)
         self._rooms.move_to_end(room)
-        message = self.history.append(entry.log, user_id, content, now, format_time(now))
+        message = self.history.append(
+            entry.log, user_id, post.content, post.now, format_time(post.now)
+        )
         self._messages += 1
         ack = ChatAck(message.id, room, message.time, ref)
         self._remember(user_id, ref, ack)
@@ -414,42 +277,31 @@ class HubState:
                 self._empty.move_to_end(room)
             else:
                 self._drop(room)
-        deliveries = [Delivery(message, tuple(k for k in entry.conns if k != sender))]
-        if sender is not None:
-            deliveries.append(Delivery(ack, (sender,)))
-        return ack, deliveries
+        others = tuple(k for k in entry.conns if k != sender)
+        return [Delivery(message, others), *self.answer(sender, ack)]
 
-    def direct(
-        self,
-        user_id: str,
-        to: str,
-        content: str,
-        now: float,
-        *,
-        ref: str | None = None,
-        sender: Key | None = None,
-    ) -> tuple[DirectAck, list[Delivery]]:
-        """Send a direct message from *user_id* to every connection of *to*."""
+    def _direct(self, post: Post) -> list[Delivery]:
+        user_id, ref = post.user_id, post.ref
         seen = self._seen(user_id, ref)
         if seen is not None:
-            replay = [Delivery(seen, (sender,))] if sender is not None else []
-            return seen, replay  # type: ignore[return-value]
-        addressee = self._users.get(to)
+            return self.answer(post.reply_to, seen)
+        addressee = self._users.get(post.to)
         if addressee is None:
-            raise ProtocolError(404, f"user {to!r} is not connected", ref)
-        time = format_time(now)
-        ack = DirectAck(to, time, ref)
+            raise ProtocolError(404, f"user {post.to!r} is not connected", ref)
+        time = format_time(post.now)
+        ack = DirectAck(post.to, time, ref)
         self._remember(user_id, ref, ack)
-        deliveries = [Delivery(DirectMessage(user_id, content, time), tuple(addressee.conns))]
-        if sender is not None:
-            deliveries.append(Delivery(ack, (sender,)))
-        return ack, deliveries
+        message = DirectMessage(user_id, post.content, time)
+        return [Delivery(message, tuple(addressee.conns)), *self.answer(post.reply_to, ack)]
+
+    def _typing(self, key: Key, conn: Conn, room: str) -> list[Delivery]:
+        others = tuple(k for k in self._rooms[room].conns if k != key)
+        notice = TypingNotice(room, conn.user_id)
+        return [Delivery(notice, others, ephemeral=True)] if others else []
 
     # ------------------------------------------------------------ internals
 
-    def _room(
-        self, name: str, ref: str | None, key: Key = None, conn: _Conn | None = None
-    ) -> _Room:
+    def _room(self, name: str, ref: str | None, key: Key = None, conn: Conn | None = None) -> _Room:
         """The room called *name*, created if new (by connection *key*).
 
         A new room counts against its creator's quotas; when the table is
@@ -459,67 +311,32 @@ class HubState:
         entry = self._rooms.get(name)
         if entry is not None:
             return entry
-        client = None
+        full = len(self._rooms) >= self.max_rooms
         if conn is not None:
-            client = conn.client
-            if len(conn.created) >= self.max_rooms_created_per_connection:
-                self._refused("connection")
-                raise ProtocolError(
-                    403,
-                    f"a connection may have created at most "
-                    f"{self.max_rooms_created_per_connection} rooms that still exist",
-                    ref,
-                )
-            if (
-                client is not None
-                and self._clients.get(client, 0) >= self.max_rooms_created_per_client
-            ):
-                self._refused("client")
-                raise ProtocolError(
-                    403,
-                    f"a client may have created at most "
-                    f"{self.max_rooms_created_per_client} rooms that still exist",
-                    ref,
-                )
-        if len(self._rooms) >= self.max_rooms:
-            if not self._empty:
-                self._refused("server")
-                raise ProtocolError(403, "the server's room limit is reached", ref)
+            self._may_create(conn, ref, full and not self._empty)
+        elif full and not self._empty:
+            self._refused("server")
+            raise ProtocolError(403, "the server's room limit is reached", ref)
+        if full:
             self._drop(next(iter(self._empty)))
+        client = conn.client if conn is not None else None
         entry = self._rooms[name] = _Room(self.history.open(name), client=client)
         self._empty[name] = None
         if conn is not None:
             entry.creator = key
-            conn.created[name] = None
-        if client is not None:
-            self._clients[client] = self._clients.get(client, 0) + 1
+        self._created(conn, client, name)
         return entry
-
-    def _refused(self, reason: str) -> None:
-        self.rooms_refused[reason] = self.rooms_refused.get(reason, 0) + 1
 
     def _drop(self, name: str) -> None:
         """Forget an empty room: its ids, history and quota."""
         entry = self._rooms.pop(name)
         self._empty.pop(name, None)
         self.history.drop(entry.log)
-        if entry.creator is not None:
-            del self._conns[entry.creator].created[name]
-        client = entry.client
-        if client is not None:
-            left = self._clients[client] - 1
-            if left:
-                self._clients[client] = left
-            else:
-                del self._clients[client]
+        self._released(entry.creator, entry.client, name)
 
-    def _join(self, key: Key, conn: _Conn, event: Join) -> list[Delivery]:
-        if event.room not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
-            raise ProtocolError(
-                403,
-                f"a connection may be in at most {self.max_rooms_per_connection} rooms",
-                event.ref,
-            )
+    def _join(self, key: Key, conn: Conn, event: Join, now: float) -> list[Delivery]:
+        if self.history_max_age:
+            self.history.expire(now)
         entry = self._room(event.room, event.ref, key, conn)
         self._rooms.move_to_end(event.room)
         deliveries: list[Delivery] = []
@@ -557,12 +374,7 @@ class HubState:
                 deliveries.append(Delivery(update, (key,), ephemeral=True))
         return deliveries
 
-    def _leave(self, key: Key, conn: _Conn, room: str) -> list[Delivery]:
-        entry = self._rooms.get(room)
-        if entry is None or key not in entry.conns:
-            return []
-        del entry.conns[key]
-        del conn.rooms[room]
+    def _left(self, key: Key, conn: Conn, room: str, entry: _Room) -> list[Delivery]:
         count = entry.users[conn.user_id] - 1
         if count:
             entry.users[conn.user_id] = count
@@ -577,7 +389,7 @@ class HubState:
                 self._drop(room)
         return [leave]
 
-    def _presence(self, user_id: str, event: Presence) -> list[Delivery]:
+    def _set_presence(self, user_id: str, event: Presence) -> list[Delivery]:
         user = self._users[user_id]
         user.status, user.text = event.status, event.text
         audience: dict[Key, None] = dict.fromkeys(user.conns)

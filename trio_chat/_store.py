@@ -9,25 +9,35 @@ serves), None the memory store (nothing is kept across a restart).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._config import Config
 from ._hub import Hub
 from ._hub_state import HubState
 from ._sqlite_store import SqliteStore, StoreError
 
-__all__ = ["StoreError", "build_hub", "hub_state"]
+__all__ = ["StoreError", "build_hub", "core_settings", "hub_state"]
+
+
+def core_settings(config: Config) -> dict[str, Any]:
+    """The settings every hub state takes from *config* (its rooms' limits
+    and what one ``joined`` and the history hold), whatever the store."""
+    return {
+        "history_size": config.history_size,
+        "max_rooms": config.max_rooms,
+        "max_rooms_per_connection": config.max_rooms_per_connection,
+        "max_rooms_created_per_connection": config.max_rooms_created_per_connection,
+        "max_rooms_created_per_client": config.max_rooms_created_per_client,
+        "joined_bytes": config.queue_bytes // 2,
+        "history_bytes_total": config.history_bytes_total,
+    }
 
 
 def hub_state(config: Config, *, durable: bool = False) -> HubState:
     """A new, empty hub state with *config*'s limits and budgets."""
     return HubState(
-        history_size=config.history_size,
-        max_rooms=config.max_rooms,
-        max_rooms_per_connection=config.max_rooms_per_connection,
-        max_rooms_created_per_connection=config.max_rooms_created_per_connection,
-        max_rooms_created_per_client=config.max_rooms_created_per_client,
-        joined_bytes=config.queue_bytes // 2,
+        **core_settings(config),
         history_bytes_per_room=config.history_bytes_per_room,
-        history_bytes_total=config.history_bytes_total,
         history_max_age=config.history_max_age,
         durable=durable,
     )
