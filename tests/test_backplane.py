@@ -30,7 +30,8 @@ from redis_helpers import RedisServer, start_chat_process
 from support import bounded
 
 from trio_chat import ChatServer, Config, ProtocolError
-from trio_chat._backplane import BackplaneHub, build_backplane_hub, split_url
+from trio_chat._backplane import split_url
+from trio_chat._backplane_hub import BackplaneHub, build_backplane_hub
 from trio_chat._backplane_state import (
     ChatOp,
     ClusterState,

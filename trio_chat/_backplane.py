@@ -44,7 +44,6 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -55,7 +54,6 @@ from ._backplane_lua import Retention, render_scripts
 from ._backplane_state import (
     FILL_COUNT,
     ChatOp,
-    ClusterState,
     DirectOp,
     FillOp,
     FloorOp,
@@ -70,15 +68,26 @@ from ._backplane_state import (
     TypingOp,
     Unavailable,
 )
-from ._config import Config, ConfigError
-from ._hub import Hub
+from ._config import ConfigError
 from ._log import new_epoch
-from ._protocol import ACK_PREFIX, CHAT_PREFIX, DirectAck, ErrorEvent, ack_suffix
+from ._protocol import ACK_PREFIX, CHAT_PREFIX, DirectAck, ack_suffix
 
 if TYPE_CHECKING:
-    pass
+    from ._backplane_hub import BackplaneHub
 
-__all__ = ["Backplane", "BackplaneHub", "build_backplane_hub"]
+__all__ = [
+    "CONNECTED",
+    "DISCONNECTED",
+    "LOST",
+    "OVERFLOW",
+    "TICK",
+    "Backplane",
+    "Messages",
+    "Results",
+    "Signal",
+    "check_redis_url",
+    "split_url",
+]
 
 log = logging.getLogger("trio_chat.backplane")
 
@@ -144,7 +153,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class _Signal:
+class Signal:
     """A news item for the hub from the backplane tasks."""
 
     __slots__ = ("name",)
@@ -153,21 +162,21 @@ class _Signal:
         self.name = name
 
 
-CONNECTED = _Signal("connected")
-DISCONNECTED = _Signal("disconnected")
-TICK = _Signal("tick")
-OVERFLOW = _Signal("overflow")
-LOST = _Signal("lost")
+CONNECTED = Signal("connected")
+DISCONNECTED = Signal("disconnected")
+TICK = Signal("tick")
+OVERFLOW = Signal("overflow")
+LOST = Signal("lost")
 
 
-class _Results:
+class Results:
     __slots__ = ("items",)
 
     def __init__(self, items: list[tuple[Op, Any]]) -> None:
         self.items = items
 
 
-class _Messages:
+class Messages:
     __slots__ = ("items",)
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
@@ -343,7 +352,7 @@ class Backplane:
                     except trio.WouldBlock:
                         break
                 quiet = quiet + 1 if len(batch) == before else 0
-            await hub.notify(_Messages(batch))
+            await hub.notify(Messages(batch))
             if self._overflowed:
                 self._overflowed = False
                 self.overflows += 1
@@ -387,7 +396,7 @@ class Backplane:
                     reason = _describe(exc)
                     results = [(op, Unavailable(reason)) for op in batch]
                     self.lost(reason)
-            await hub.notify(_Results(results))
+            await hub.notify(Results(results))
 
     # ------------------------------------------------------------ commands
 
@@ -570,156 +579,3 @@ class Backplane:
                     await client.eval(self._deregister, keys=[], args=[self.prefix, self.node])
             except Exception as exc:  # noqa: BLE001 - best effort: expiry does it later
                 log.info("could not deregister from Redis: %s", _describe(exc))
-
-
-class BackplaneHub(Hub):
-    """A :class:`~trio_chat._hub.Hub` whose rooms are shared through Redis.
-
-    The actor is the same; client events, connections and departures go to a
-    :class:`ClusterState`, the ops it queues go to the :class:`Backplane`, and
-    what Redis answers comes back through the inbox.
-
-    Args:
-        state: the cluster state it owns.
-        backplane: its Redis tasks (started by :meth:`run`).
-        startup_wait: seconds :meth:`run` waits for Redis before reporting
-            started anyway (chat then answers 503 until Redis is reachable).
-    """
-
-    def __init__(
-        self,
-        state: ClusterState,
-        backplane: Backplane,
-        *,
-        inbox_size: int = 4096,
-        startup_wait: float = 3.0,
-    ) -> None:
-        super().__init__(state, inbox_size=inbox_size)
-        self.state: ClusterState = state
-        self.backplane = backplane
-        self.startup_wait = startup_wait
-        #: Set once this process is registered in Redis for the first time.
-        self.synced = trio.Event()
-
-    async def notify(self, command: Any) -> None:
-        """Put news from the backplane tasks in the hub's inbox."""
-        await self._inbox_send.send(command)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the actor and the backplane until cancelled; then deregister."""
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(super().run)
-                nursery.start_soon(self.backplane.run, self)
-                with trio.move_on_after(self.startup_wait):
-                    await self.synced.wait()
-                if not self.synced.is_set():
-                    log.warning(
-                        "Redis backplane not reachable yet (%s): chat answers 503 until it is",
-                        self.backplane.last_error or "no answer",
-                    )
-                task_status.started()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.backplane.deregister()
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """For ``/healthz``: whether Redis is reachable, and this node's id."""
-        up = self.state.up
-        return up, {"backplane": "up" if up else "down", "node": self.backplane.node}
-
-    def backplane_up(self) -> bool | None:
-        return self.state.up
-
-    # ----------------------------------------------------- the actor
-
-    def _apply(self, command: Any, now: float) -> None:
-        kind = type(command)
-        if kind is _Results:
-            self.counters.commands += 1
-            state = self.state
-            lost = state.lost
-            for op, result in command.items:
-                self._guarded(state.on_result, op, result)
-            if state.lost != lost:
-                log.warning(
-                    "%d messages were trimmed from Redis before this process could deliver them",
-                    state.lost - lost,
-                )
-        elif kind is _Messages:
-            self.counters.commands += 1
-            self._guarded(self.state.on_messages, command.items)
-        elif kind is _Signal:
-            self.counters.commands += 1
-            self._signal(command)
-        else:
-            super()._apply(command, now)
-
-    def _signal(self, signal: _Signal) -> None:
-        state = self.state
-        if signal is CONNECTED:
-            state.on_connected()
-        elif signal is DISCONNECTED:
-            if state.up:
-                log.warning("Redis backplane unavailable: chat and direct answer 503")
-            state.on_disconnected()
-        elif signal is TICK:
-            state.on_tick()
-        elif signal is OVERFLOW:
-            state.on_overflow()
-        elif signal is LOST:
-            state.want_sync = True
-            state.on_tick()
-
-    def _guarded(self, fn: Callable[..., list[Any]], *args: Any) -> None:
-        try:
-            deliveries = fn(*args)
-        except Exception:
-            log.exception("unexpected error applying backplane news")
-            return
-        for delivery in deliveries:
-            if type(delivery.event) is ErrorEvent:
-                self.counters.error(delivery.event.code)
-        self._deliver(deliveries)
-
-    def _flush(self) -> None:
-        state = self.state
-        while True:
-            ops = state.take_ops()
-            if not ops:
-                break
-            for op in ops:
-                if not self.backplane.submit(op):
-                    self._guarded(state.on_result, op, Unavailable("backplane queue full"))
-        if state.up and not self.synced.is_set():
-            self.synced.set()
-            log.info("Redis backplane ready (node %s, epoch %s)", self.backplane.node, state.epoch)
-        super()._flush()
-
-
-def build_backplane_hub(config: Config, **options: Any) -> BackplaneHub:
-    """The hub for *config* when ``config.redis_url`` is set (see
-    :func:`~trio_chat._store.build_hub`): rooms shared through Redis.
-
-    *options* go to :class:`Backplane` (tests use them).  Raises
-    :class:`ConfigError` for a URL that cannot work or when coredis is not
-    installed.
-    """
-    url = config.redis_url
-    if not url:
-        raise ConfigError("redis_url: the Redis backplane needs a redis:// URL")
-    check_redis_url(url)
-    options.setdefault(
-        "retention",
-        Retention(
-            per_room=config.history_bytes_per_room,
-            total=config.history_bytes_total,
-            rooms=config.max_rooms,
-            max_age=config.history_max_age,
-        ),
-    )
-    backplane = Backplane(url, history_size=config.history_size, **options)
-    from ._store import core_settings
-
-    state = ClusterState(backplane.node, prefix=backplane.prefix, **core_settings(config))
-    return BackplaneHub(state, backplane)

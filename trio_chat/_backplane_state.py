@@ -38,6 +38,25 @@ from typing import Any
 
 import attrs
 
+from ._backplane_ops import (
+    FILL_COUNT,
+    UNAVAILABLE,
+    ChatOp,
+    DirectOp,
+    FillOp,
+    FloorOp,
+    LoadOp,
+    LoadResult,
+    MemberOp,
+    MembersOp,
+    OnlineOp,
+    Op,
+    PresenceOp,
+    RawEvent,
+    SyncOp,
+    TypingOp,
+    Unavailable,
+)
 from ._hub_state import joined_budget, newest_within
 from ._protocol import (
     CHAT_PREFIX,
@@ -78,176 +97,6 @@ __all__ = [
     "TypingOp",
     "Unavailable",
 ]
-
-#: The error a client gets instead of an ack while Redis cannot be reached.
-UNAVAILABLE = "backplane unavailable, retry"
-#: Entries one :class:`FillOp` reads at most; a full page asks for the next.
-FILL_COUNT = 500
-
-
-class Unavailable(Exception):
-    """An op could not be carried out because Redis is unreachable."""
-
-
-@attrs.frozen
-class RawEvent:
-    """A server event already encoded: the JSON text of its whole frame."""
-
-    text: str
-
-    def to_json(self) -> str:
-        return self.text
-
-
-# --------------------------------------------------------------------------
-# Ops: what must happen in Redis
-
-
-@attrs.define(eq=False)
-class Op:
-    """Base class of the requests the state makes of Redis."""
-
-
-@attrs.define(eq=False)
-class ChatOp(Op):
-    """Append a chat message to *room*'s log and publish it."""
-
-    room: str
-    user_id: str
-    #: The message frame after its id (:func:`~trio_chat._protocol.chat_suffix`).
-    suffix: str
-    time: str
-    ref: str | None
-    #: ``node:serial`` of the sending connection (skipped on delivery) or ``-``.
-    origin: str
-    create: bool
-    epoch: str
-    reply_to: Key | Reply | None
-
-
-@attrs.define(eq=False)
-class DirectOp(Op):
-    """Append a direct message to *to*'s inbox log and publish it."""
-
-    user_id: str
-    to: str
-    frame: str
-    time: str
-    ref: str | None
-    origin: str
-    epoch: str
-    reply_to: Key | Reply | None
-
-
-@attrs.define(eq=False)
-class MemberOp(Op):
-    """This process's first (``joined``) or last connection of a user in a room."""
-
-    room: str
-    user_id: str
-    joined: bool
-
-
-@attrs.define(eq=False)
-class OnlineOp(Op):
-    """This process's first (``online``) or last connection of a user.
-
-    Going online answers the user's inbox id at that moment (an int).
-    """
-
-    user_id: str
-    online: bool
-
-
-@attrs.define(eq=False)
-class LoadOp(Op):
-    """Read a room: its last id, recent history and cluster members.
-
-    At most *count* messages of history, the newest whose frames add up to
-    *max_bytes* at most.
-    """
-
-    room: str
-    count: int
-    max_bytes: int = 1 << 19
-
-
-@attrs.frozen
-class LoadResult:
-    """The answer to a :class:`LoadOp`."""
-
-    last_id: int
-    #: ``(id, origin, frame)``, oldest first.
-    entries: list[tuple[int, str, str]]
-    members: list[str]
-    members_version: int
-    #: user -> presence frame, for members that have set a status.
-    presence: dict[str, str]
-    #: The name of the room's numbering (``joined.epoch``).
-    epoch: str = ""
-
-
-@attrs.define(eq=False)
-class PresenceOp(Op):
-    """Store a user's presence and publish it to every process."""
-
-    user_id: str
-    frame: str
-
-
-@attrs.define(eq=False)
-class TypingOp(Op):
-    """Publish a typing notice to the other processes serving *room*."""
-
-    room: str
-    user_id: str
-    origin: str
-    frame: str
-
-
-@attrs.define(eq=False)
-class FillOp(Op):
-    """Read a log's entries after *after* (answers ``(id, origin, frame)`` list).
-
-    *kind* is ``"r"`` for a room, ``"u"`` for a user's inbox.
-    """
-
-    kind: str
-    name: str
-    after: int
-
-
-@attrs.define(eq=False)
-class FloorOp(Op):
-    """After Redis lost its data: make *room*'s next id greater than *floor*."""
-
-    room: str
-    floor: int
-    #: The room's epoch as this process knows it (kept if Redis has none).
-    epoch: str = ""
-
-
-@attrs.define(eq=False)
-class MembersOp(Op):
-    """Read a room's cluster members (answers ``(version, [users])``)."""
-
-    room: str
-
-
-@attrs.define(eq=False)
-class SyncOp(Op):
-    """Make Redis hold exactly this process's memberships; answer the epoch.
-
-    *entries* are ``"m ROOM USER"`` and ``"u USER"``; *inbox_users* are users
-    whose inbox id is wanted.  Answers ``(epoch, {user: inbox id})``.
-    """
-
-    entries: list[str]
-    inbox_users: list[str]
-    #: The connection it was made for; an answer meant for an older one is
-    #: ignored.
-    generation: int = 0
-
 
 # --------------------------------------------------------------------------
 # Local bookkeeping

@@ -52,7 +52,7 @@ def build_hub(config: Config) -> Hub:
         ConfigError: ``redis_url`` cannot work (or coredis is missing).
     """
     if config.redis_url:
-        from ._backplane import build_backplane_hub
+        from ._backplane_hub import build_backplane_hub
 
         return build_backplane_hub(config)
     data_dir = config.sqlite_dir
