@@ -55,6 +55,8 @@ SAMPLES = {
     "hook_timeout": 0.5,
     "stream_max_events": 50,
     "stream_max_bytes": 65536,
+    "command_timeout": 3.0,
+    "command_concurrency": 2,
     "store": "memory",
     "data_dir": "/var/lib/trio-chat",
 }

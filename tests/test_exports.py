@@ -52,6 +52,10 @@ EXPECTED = {
     "EventStream",
     "StreamClosed",
     "StreamOverflow",
+    "Command",
+    "CommandCall",
+    "CommandHandler",
+    "CommandResult",
 }
 
 
@@ -67,7 +71,7 @@ def test_top_level_surface_is_pinned():
 def test_public_names_come_from_private_modules():
     # Type aliases (Callable[[HandshakeRequest], Identity], unions) have no
     # __module__ of their own.
-    aliases = {"Authenticator", "Checked", "Verdict"}
+    aliases = {"Authenticator", "Checked", "Verdict", "CommandHandler"}
     for name in EXPECTED - aliases:
         module = getattr(trio_chat, name).__module__
         assert module.startswith("trio_chat._"), (name, module)

@@ -23,6 +23,7 @@ from trio_chat._protocol import (
     ChatAck,
     ChatMessage,
     ClientEvent,
+    CommandResult,
     Direct,
     DirectAck,
     DirectMessage,
@@ -91,8 +92,9 @@ PAYLOAD_KEYS = {
     DirectMessage: ({"from", "content", "time"}, set()),
     TypingNotice: ({"room", "user_id"}, set()),
     ErrorEvent: ({"code", "message"}, {"retry_after_ms"}),
+    CommandResult: ({"name", "result"}, set()),
 }
-WITH_REF = {Joined, Left, ChatAck, DirectAck, ErrorEvent}
+WITH_REF = {Joined, Left, ChatAck, DirectAck, ErrorEvent, CommandResult}
 
 
 @pytest.mark.parametrize("cls", SERVER_EVENT_CLASSES, ids=lambda c: c.__name__)

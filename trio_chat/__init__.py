@@ -13,6 +13,7 @@ from ._auth import (
     make_token as make_token,
 )
 from ._bots import Bot as Bot
+from ._commands import CommandCall as CommandCall, CommandHandler as CommandHandler
 from ._config import Config as Config, ConfigError as ConfigError
 from ._events import (
     EventStream as EventStream,
@@ -34,6 +35,8 @@ from ._protocol import (
     ChatAck as ChatAck,
     ChatMessage as ChatMessage,
     ClientEvent as ClientEvent,
+    Command as Command,
+    CommandResult as CommandResult,
     Direct as Direct,
     DirectAck as DirectAck,
     DirectMessage as DirectMessage,

@@ -268,6 +268,14 @@ class Config:
         "bytes of events an embedder's event stream or bot may leave unread (more: dropped)",
         _positive,
     )
+    command_timeout: float = _setting(
+        10.0,
+        "seconds an embedder's command handler may take over one call (then: error 504)",
+        _positive,
+    )
+    command_concurrency: int = _setting(
+        4, "commands one connection may have running at once (more: error 429)", _positive
+    )
     healthz_node: bool = _setting(False, "/healthz names the host and process (node id)")
     healthz_version: bool = _setting(True, "/healthz reports the trio_chat version")
 

@@ -47,6 +47,7 @@ from ._hub import SLOW_CONSUMER, Hub, HubCounters, Outlet
 from ._policy import Pending, Sender
 from ._protocol import (
     Chat,
+    Command,
     Direct,
     Join,
     Presence,
@@ -60,6 +61,7 @@ from ._ws import WebSocket
 
 if TYPE_CHECKING:
     from ._auth import Identity
+    from ._commands import Commands
     from ._config import Config
     from ._deflate import DeflateParams
     from ._metrics import Metrics
@@ -82,7 +84,7 @@ CLOSE_TIMEOUT = 2.0
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 65536
 
-_RATED = (Chat, Direct, Presence)
+_RATED = (Chat, Direct, Presence, Command)
 #: join/leave/typing frames a window allows: this many times the rated
 #: frames, and at least CONTROL_RATE_FLOOR.  Pings get the same allowance.
 CONTROL_RATE_FACTOR = 4
@@ -213,6 +215,14 @@ class Connection:
 
     def send_error(self, err: ProtocolError) -> None:
         self.outlet.push(text_frame(err.to_event().to_json()))
+
+    def start_task(self, fn: Callable[..., Awaitable[None]], *args: object) -> bool:
+        """Run *fn(*args)* in the connection's nursery, so that it ends with
+        the connection; False (not started) once the connection is ending."""
+        if self._nursery is None or self._stopping:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
 
     # ------------------------------------------------------------ reading
 
@@ -533,7 +543,9 @@ class ChatHandler:
         hub: Hub,
         identity: Identity,
         metrics: Metrics | None = None,
+        *,
         screen: Screen | None = None,
+        commands: Commands | None = None,
     ) -> None:
         self.conn = conn
         self.hub = hub
@@ -542,6 +554,10 @@ class ChatHandler:
         #: Mutes and the embedder's policy (``_policy.py``), when any.
         self.screen = screen
         self._sender: Sender | None = None
+        #: The embedder's commands (``_commands.py``), and this connection's
+        #: calls of them still running.
+        self.commands = commands
+        self.commands_running = 0
         config = conn.config
         self.max_bytes = config.max_message_bytes
         self.max_chars = config.max_content_chars
@@ -597,19 +613,28 @@ class ChatHandler:
             # Refused whoever the recipient: no probing who is connected.
             self._refuse(ProtocolError(403, "not allowed to send direct messages", event.ref))
             return
+        if isinstance(event, Command):
+            if self.commands is None:
+                self._refuse(ProtocolError(404, f"no command named {event.name!r}", event.ref))
+            else:
+                self.commands.start(self, event)
+            return
         screen = self.screen
         if screen is not None and screen.active:
             try:
-                checked = screen.check(self._sender or self._make_sender(), event)
+                checked = screen.check(self.sender, event)
                 event = await screen.finish(checked) if isinstance(checked, Pending) else checked
             except ProtocolError as err:
                 self._refuse(err)
                 return
         await self.hub.submit(conn.outlet, event)
 
-    def _make_sender(self) -> Sender:
-        conn = self.conn
-        self._sender = Sender(conn.user_id, conn.session_id, conn.peer)
+    @property
+    def sender(self) -> Sender:
+        """Who this connection is, for the embedder's policy and commands."""
+        if self._sender is None:
+            conn = self.conn
+            self._sender = Sender(conn.user_id, conn.session_id, conn.peer)
         return self._sender
 
     def _refuse(self, err: ProtocolError) -> None:

@@ -1,4 +1,4 @@
-"""The embedding API's observing and acting half: event streams and bots.
+"""The embedding API's observing and acting half: event streams, bots, commands.
 
 :class:`EmbeddingApi` is a base of :class:`~trio_chat.ChatServer`; it keeps
 its state (the hub's observers, the open bots) apart from the server's
@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from ._bots import Bot
+from ._commands import CommandHandler, Commands
 from ._events import EventStream, Observers
 from ._protocol import ProtocolError, is_valid_user_id
 
@@ -31,6 +32,26 @@ class EmbeddingApi:
     def _init_embedding(self) -> None:
         self._observers = Observers(self.hub)
         self._bots: set[Bot] = set()
+        config = self.config
+        #: The commands clients may call (:meth:`add_command`).
+        self.commands = Commands(
+            config.command_timeout, config.command_concurrency, config.max_message_bytes
+        )
+
+    def add_command(self, name: str, handler: CommandHandler) -> None:
+        """Let clients call *handler* as command *name* (see ``_commands``).
+
+        *handler* is an async function taking a :class:`CommandCall` and
+        returning the result (any JSON value); raising
+        :class:`ProtocolError` answers with that error instead.  Raises
+        ValueError for a name that does not match ``COMMAND_PATTERN``; a
+        name registered again gets the new handler.
+        """
+        self.commands.add(name, handler)
+
+    def remove_command(self, name: str) -> bool:
+        """Stop offering command *name*; False if there was none."""
+        return self.commands.remove(name)
 
     @asynccontextmanager
     async def subscribe(

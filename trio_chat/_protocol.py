@@ -21,6 +21,7 @@ import attrs
 __all__ = [
     "ACK_PREFIX",
     "CHAT_PREFIX",
+    "COMMAND_PATTERN",
     "MAX_PRESENCE_TEXT_CHARS",
     "MAX_REF_CHARS",
     "MAX_STATUS_CHARS",
@@ -30,6 +31,8 @@ __all__ = [
     "ChatAck",
     "ChatMessage",
     "ClientEvent",
+    "Command",
+    "CommandResult",
     "Direct",
     "DirectAck",
     "DirectMessage",
@@ -50,6 +53,7 @@ __all__ = [
     "chat_suffix",
     "format_time",
     "is_unicode",
+    "is_valid_command",
     "is_valid_room",
     "is_valid_user_id",
     "parse_client_frame",
@@ -60,6 +64,8 @@ ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 _ROOM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+COMMAND_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_COMMAND_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 #: Longest ``ref`` a client may attach to a frame.
 MAX_REF_CHARS = 64
@@ -79,6 +85,11 @@ def is_valid_room(name: object) -> bool:
 def is_valid_user_id(name: object) -> bool:
     """Whether *name* is a string matching :data:`USER_PATTERN`."""
     return isinstance(name, str) and _USER_RE.fullmatch(name) is not None
+
+
+def is_valid_command(name: object) -> bool:
+    """Whether *name* is a string matching :data:`COMMAND_PATTERN`."""
+    return isinstance(name, str) and _COMMAND_RE.fullmatch(name) is not None
 
 
 def format_time(seconds: float) -> str:
@@ -202,6 +213,17 @@ class Direct(ClientEvent):
 class Typing(ClientEvent):
     type: ClassVar[str] = "typing"
     room: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class Command(ClientEvent):
+    """A call of a command the embedding server registered (RPC): the
+    answer is a ``result`` (or an ``error``) with the same ``ref``."""
+
+    type: ClassVar[str] = "command"
+    name: str
+    args: Any = None
     ref: str | None = None
 
 
@@ -335,10 +357,17 @@ def parse_client_frame(
         if text_ is not None and len(text_) > MAX_PRESENCE_TEXT_CHARS:
             raise fields.fail(f"payload.text: longer than {MAX_PRESENCE_TEXT_CHARS} characters")
         return Presence(status, text_, ref)
+    if kind == "command":
+        if ref is None:
+            raise fields.fail("ref: required for a command (its result carries it)")
+        name = fields.required("name")
+        if _COMMAND_RE.fullmatch(name) is None:
+            raise fields.fail(f"payload.name: must match {COMMAND_PATTERN}")
+        return Command(name, payload.get("args"), ref)
     raise ProtocolError(
         400,
         f"type: unknown type {kind[:40]!r}; expected one of "
-        "join, leave, chat, presence, direct, typing",
+        "join, leave, chat, presence, direct, typing, command",
         ref,
     )
 
@@ -530,6 +559,16 @@ class TypingNotice(ServerEvent):
 
 
 @attrs.frozen
+class CommandResult(_WithRef):
+    """What a command returned (any JSON value), answering its ``ref``."""
+
+    type: ClassVar[str] = "result"
+    name: str
+    result: Any
+    ref: str | None = None
+
+
+@attrs.frozen
 class ErrorEvent(_WithRef):
     type: ClassVar[str] = "error"
     code: int
@@ -580,6 +619,8 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
             return DirectMessage(p["from"], p["content"], p["time"])
         if kind == "typing":
             return TypingNotice(p["room"], p["user_id"])
+        if kind == "result":
+            return CommandResult(p["name"], p["result"], ref)
         if kind == "error":
             return ErrorEvent(p["code"], p["message"], ref, p.get("retry_after_ms"))
     except KeyError as exc:

@@ -469,7 +469,15 @@ class ChatServer(EmbeddingApi):
             await self.hub.connect(conn.outlet, identity.user_id, self._client_of(identity, conn))
             try:
                 await conn.run(
-                    ChatHandler(conn, self.hub, identity, self.metrics, self.screen), nursery
+                    ChatHandler(
+                        conn,
+                        self.hub,
+                        identity,
+                        self.metrics,
+                        screen=self.screen,
+                        commands=self.commands,
+                    ),
+                    nursery,
                 )
             finally:
                 self.hub.depart(conn.outlet)

@@ -48,6 +48,8 @@ from ._protocol import (
     ChatAck,
     ChatMessage,
     ClientEvent,
+    Command,
+    CommandResult,
     Direct,
     DirectAck,
     DirectMessage,
@@ -86,7 +88,7 @@ __all__ = [
 ]
 
 #: Every client frame ``type`` the protocol defines.
-CLIENT_TYPES = ("join", "leave", "chat", "presence", "direct", "typing")
+CLIENT_TYPES = ("join", "leave", "chat", "presence", "direct", "typing", "command")
 
 _EVENT_CLASSES: dict[str, type[ClientEvent]] = {
     "join": Join,
@@ -95,6 +97,7 @@ _EVENT_CLASSES: dict[str, type[ClientEvent]] = {
     "presence": Presence,
     "direct": Direct,
     "typing": Typing,
+    "command": Command,
 }
 #: Payload fields each type reads, required ones first.
 _REQUIRED = {
@@ -104,8 +107,11 @@ _REQUIRED = {
     "presence": ("status",),
     "direct": ("to", "content"),
     "typing": ("room",),
+    "command": ("name",),
 }
 _OPTIONAL = {"join": ("since",), "presence": ("text",)}
+#: Payload fields that hold any JSON value (read, but not text).
+_JSON_FIELDS = {"command": ("args",)}
 
 _ALNUM = string.ascii_letters + string.digits
 _ROOM_CHARS = _ALNUM + "_.:-"
@@ -250,6 +256,8 @@ def client_events(
         ),
         "direct": st.builds(Direct, user_ids(), content, ref),
         "typing": st.builds(Typing, room_names(), ref),
+        # A command always has a ref: its result answers it.
+        "command": st.builds(Command, room_names(), st.none() | json_values(), refs()),
     }
     return st.one_of([makers[t] for t in _types(types)])
 
@@ -295,7 +303,7 @@ def _valid_frame(
     if "ref" not in frame and draw(st.booleans()):
         frame["ref"] = None
     # Unknown extra fields are ignored, at both levels.
-    read = _REQUIRED[event.type] + _OPTIONAL.get(event.type, ())
+    read = _REQUIRED[event.type] + _OPTIONAL.get(event.type, ()) + _JSON_FIELDS.get(event.type, ())
     payload.update(draw(_extra_fields(read)))
     frame.update(draw(_extra_fields(("type", "payload", "ref"))))
     return draw(_encode(frame)), event
@@ -687,6 +695,7 @@ SERVER_EVENT_CLASSES: tuple[type[ServerEvent], ...] = (
     DirectMessage,
     TypingNotice,
     ErrorEvent,
+    CommandResult,
 )
 
 
@@ -727,6 +736,7 @@ def server_events(
         DirectMessage: st.builds(DirectMessage, user_ids(), content, timestamps()),
         TypingNotice: st.builds(TypingNotice, room_names(), user_ids()),
         ErrorEvent: _error(),
+        CommandResult: st.builds(CommandResult, room_names(), json_values(), ref),
     }
     chosen = SERVER_EVENT_CLASSES if classes is None else tuple(classes)
     unknown = [c for c in chosen if c not in makers]

@@ -24,10 +24,12 @@ this module only moves frames between it and the network.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import random
+import secrets
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,8 +50,10 @@ from ._client_state import (
     StateChanged,
 )
 from ._protocol import (
+    COMMAND_PATTERN,
     ChatAck,
     ChatMessage,
+    CommandResult,
     DirectAck,
     DirectMessage,
     ErrorEvent,
@@ -59,6 +63,7 @@ from ._protocol import (
     System,
     TypingNotice,
     Welcome,
+    is_valid_command,
     parse_server_frame,
 )
 
@@ -241,6 +246,12 @@ class ChatClient:
         self._connection_state = ConnectionState.CONNECTING
         #: Events dropped because nobody read them and the buffer was full.
         self.events_dropped = 0
+        #: Command calls: (ref, frame) not written yet; refs written and
+        #: waiting for their result; each waiter's event and outcome.
+        self._call_frames: list[tuple[str, str]] = []
+        self._calls_sent: set[str] = set()
+        self._calls: dict[str, tuple[trio.Event, list[Any]]] = {}
+        self._call_refs = (f"cmd-{secrets.token_hex(4)}-{n}" for n in itertools.count(1))
 
     # ------------------------------------------------------------ status
 
@@ -383,6 +394,63 @@ class ChatClient:
         self._notify()
         await trio.lowlevel.checkpoint()
 
+    async def command(self, name: str, args: Any = None) -> Any:
+        """Call the server's command *name* with *args* (any JSON value);
+        return its result.
+
+        Waits for a connection if there is none; the call is written once
+        and never sent again (a command may not be safe to run twice).
+        Raises :class:`ClientError` with the server's code when it answers
+        with an error (404: no such command; 429: too many running or the
+        rate limit; 504: the handler ran out of time; or the handler's own),
+        400 at once for a bad name or arguments that are not JSON, and code
+        0 when the connection was lost after the call was written and
+        before its result came (it may or may not have run).
+        """
+        self._check_open()
+        if not is_valid_command(name):
+            raise ClientError(400, f"name: must match {COMMAND_PATTERN}")
+        ref = next(self._call_refs)
+        frame: dict[str, Any] = {"type": "command", "payload": {"name": name}, "ref": ref}
+        if args is not None:
+            frame["payload"]["args"] = args
+        try:
+            text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ClientError(400, f"args: not JSON: {exc}") from None
+        done = trio.Event()
+        outcome: list[Any] = []
+        self._calls[ref] = (done, outcome)
+        self._call_frames.append((ref, text))
+        self._notify()
+        try:
+            await done.wait()
+        finally:
+            self._calls.pop(ref, None)
+            self._calls_sent.discard(ref)
+            self._call_frames = [(r, t) for r, t in self._call_frames if r != ref]
+        answer = outcome[0]
+        if isinstance(answer, ClientError):
+            raise answer
+        if isinstance(answer, ErrorEvent):
+            raise ClientError(
+                answer.code, answer.message, ref=ref, retry_after_ms=answer.retry_after_ms
+            )
+        return answer.result
+
+    def _settle_call(self, ref: str, answer: Any) -> None:
+        waiting = self._calls.get(ref)
+        if waiting is not None and not waiting[1]:
+            waiting[1].append(answer)
+            waiting[0].set()
+
+    def _calls_lost(self, message: str, *, all_calls: bool = False) -> None:
+        """The connection ended: calls written on it get no result."""
+        lost = list(self._calls) if all_calls else list(self._calls_sent)
+        for ref in lost:
+            self._settle_call(ref, ClientError(0, message, ref=ref))
+        self._calls_sent.clear()
+
     async def _deliver(self, pending: PendingMessage) -> ChatAck | DirectAck:
         try:
             return await pending.wait()
@@ -505,6 +573,7 @@ class ChatClient:
         log.warning("chat client stopped: %s", failure)
         self._failure = failure
         self._state.close(str(failure))
+        self._calls_lost(f"the client stopped: {failure}", all_calls=True)
         self._set_state(ConnectionState.CLOSED, reason=str(failure))
 
     async def _connection(self, task_status: trio.TaskStatus[None] | None) -> _Ended:
@@ -551,6 +620,7 @@ class ChatClient:
                     if online:
                         self._ws = None
                         self._state.connection_lost()
+                        self._calls_lost("the connection was lost before the command's result")
                     if ws is not None:
                         # A closing handshake only when we close by choice: a
                         # dead connection (no pong) would only time out, and
@@ -595,6 +665,14 @@ class ChatClient:
             except (ValueError, TypeError):
                 log.debug("ignoring a frame that is not a server event: %.200r", text)
                 continue
+            ref = getattr(event, "ref", None)
+            if (
+                ref is not None
+                and ref in self._calls
+                and isinstance(event, CommandResult | ErrorEvent)
+            ):
+                self._settle_call(ref, event)
+                continue
             try:
                 events = self._state.receive(event, trio.current_time())
             except (TypeError, ValueError, KeyError, AttributeError):
@@ -606,6 +684,14 @@ class ChatClient:
     async def _writer(self, ws: trio_websocket.WebSocketConnection) -> str:
         while True:
             changed = self._changed
+            if self._call_frames:
+                ref, text = self._call_frames.pop(0)
+                self._calls_sent.add(ref)
+                try:
+                    await ws.send_message(text)
+                except ConnectionClosed as exc:
+                    return _describe(exc)
+                continue
             item = self._state.next_frame(trio.current_time())
             if item is None:
                 await changed.wait()
@@ -707,6 +793,7 @@ class ChatClient:
     async def _aclose(self) -> None:
         """Stop reconnecting, close the connection (1000), wait for the end."""
         self._closing = True
+        self._calls_lost("the client is closed", all_calls=True)
         if self._attempt_scope is not None:
             self._attempt_scope.cancel()
         with trio.move_on_after(self._close_timeout + 1):

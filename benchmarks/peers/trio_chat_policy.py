@@ -13,7 +13,7 @@ import sys
 import trio
 
 from trio_chat import ACCEPT, ChatServer, Checked, Sender, Verdict
-from trio_chat._cli import SERVE_DEFAULTS, _load, _parser, listening_line
+from trio_chat._cli import SERVE_DEFAULTS, build_parser, listening_line, load_config
 from trio_chat._config import SETTINGS
 from trio_chat._logging import configure_logging
 
@@ -33,8 +33,8 @@ def main() -> None:
     policy = AsyncNoOp() if argv[:1] == ["--async-policy"] else NoOp()
     if isinstance(policy, AsyncNoOp):
         argv = argv[1:]
-    args = _parser().parse_args(argv)
-    config = _load(args, list(SETTINGS), SERVE_DEFAULTS)
+    args = build_parser().parse_args(argv)
+    config = load_config(args, list(SETTINGS), SERVE_DEFAULTS)
     configure_logging(config.log_level, config.log_format)
     server = ChatServer(config, policy=policy)
 

@@ -301,6 +301,7 @@ export class TrioChatClient extends EventTarget {
   /** @type {Array<object>} */ #outbox = [];
   /** @type {Map<string, {resolve: Function}>} */ #leaving = new Map();
   /** @type {Map<string, string>} ref of a `join` frame -> room */ #joinRefs = new Map();
+  /** @type {Map<string, {resolve: Function, reject: Function}>} ref of a `command` -> its call */ #calls = new Map();
   #ownPresence = null;
   #refPrefix = randomHex(12);
   #refCounter = 0;
@@ -543,6 +544,8 @@ export class TrioChatClient extends EventTarget {
     }
     for (const [room, { resolve }] of this.#leaving) resolve({ room });
     this.#leaving.clear();
+    for (const [ref, call] of this.#calls) call.reject(new ChatError(0, "the connection was lost before the command's result", { ref, request: call.request }));
+    this.#calls.clear();
     this.#joinRefs.clear();
     this.#sessionId = null;
   }
@@ -669,6 +672,27 @@ export class TrioChatClient extends EventTarget {
    */
   typing(room) {
     if (this.#state === State.ONLINE && this.#rooms.get(room)?.joined) this.#sendFrame("typing", { room });
+  }
+
+  /**
+   * Call the server's command `name` with `args` (any JSON value). Resolves
+   * with its result; rejects with a ChatError carrying the server's code
+   * (404: no such command, 429: too many running, 504: out of time, or the
+   * command's own), or code 0 when not online or when the connection drops
+   * before the result (a command is never sent twice: it may have run).
+   * @param {string} name
+   * @param {unknown} [args]
+   * @returns {Promise<unknown>}
+   */
+  command(name, args) {
+    const request = { type: "command", name, args };
+    if (this.#state !== State.ONLINE) return Promise.reject(new ChatError(0, "not connected", { request }));
+    const ref = this.#newRef();
+    const payload = args === undefined ? { name } : { name, args };
+    return new Promise((resolve, reject) => {
+      this.#calls.set(ref, { resolve, reject, request });
+      this.#sendFrame("command", payload, ref);
+    });
   }
 
   /** A fresh `ref`: 24 random hex digits and a counter, well under the 64-character limit. */
@@ -825,6 +849,8 @@ export class TrioChatClient extends EventTarget {
         return this.#emit("typing", payload);
       case "error":
         return this.#onError(payload, frame.ref);
+      case "result":
+        return this.#settleCall(frame.ref, (call) => call.resolve(payload.result));
       default:
         return; // newer server, newer frame: ignore
     }
@@ -947,8 +973,17 @@ export class TrioChatClient extends EventTarget {
     }
   }
 
+  #settleCall(ref, settle) {
+    const call = this.#calls.get(ref);
+    if (!call) return false;
+    this.#calls.delete(ref);
+    settle(call);
+    return true;
+  }
+
   #onError(payload, ref) {
     const code = payload.code ?? 0;
+    if (this.#settleCall(ref, (call) => call.reject(new ChatError(code, payload.message ?? "refused", { ref, request: call.request })))) return;
     const entry = ref === undefined ? undefined : this.#outbox.find((candidate) => candidate.ref === ref);
     const retryAfterMs = payload.retry_after_ms;
     if (entry && code === 429 && this.#options.retryRateLimited) {
