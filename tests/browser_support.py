@@ -264,9 +264,10 @@ class ChatPage:
         name: str = "page",
         timeout_ms: int = 15_000,
         init_script: str | None = None,
+        color_scheme: str = "light",
     ):
         self.name = name
-        self.context = browser.new_context(viewport=viewport)
+        self.context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
         if init_script is not None:
             self.context.add_init_script(init_script)
         self.context.set_default_timeout(timeout_ms)
@@ -442,3 +443,74 @@ globalThis.until = async (predicate, what = "condition", timeoutMs = 5000) => {
 };
 true;
 """
+
+
+# Every visible piece of text on the page whose contrast against what is
+# behind it is under WCAG's 4.5:1 (3:1 for large text), as a list of
+# {text, ratio, color, background}. Backgrounds are blended up the tree until
+# an opaque one; opacity counts. Decorative, aria-hidden parts are skipped.
+CONTRAST_JS = """() => {
+  const PLACEHOLDERS = false;
+  const parse = (value) => {
+    const m = value.match(/rgba?\\(([\\d.]+),? ([\\d.]+),? ([\\d.]+)(?:,? ?\\/? ?([\\d.]+))?\\)/);
+    if (!m) throw new Error(`cannot read the colour ${value}`);
+    return [Number(m[1]), Number(m[2]), Number(m[3]), m[4] === undefined ? 1 : Number(m[4])];
+  };
+  const over = (top, bottom) => {
+    const a = top[3];
+    return [0, 1, 2].map((i) => top[i] * a + bottom[i] * (1 - a)).concat([1]);
+  };
+  const luminance = ([r, g, b]) => {
+    const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    const layers = [];
+    for (let node = el; node && node.nodeType === 1; node = node.parentElement) {
+      const color = parse(getComputedStyle(node).backgroundColor);
+      if (color[3] > 0) layers.push(color);
+      if (color[3] >= 1) break;
+    }
+    let result = matchMedia("(prefers-color-scheme: dark)").matches ? [0, 0, 0, 1] : [255, 255, 255, 1];
+    for (const layer of layers.reverse()) result = over(layer, result);
+    return result;
+  };
+  const opacity = (el) => {
+    let value = 1;
+    for (let node = el; node && node.nodeType === 1; node = node.parentElement) value *= Number(getComputedStyle(node).opacity);
+    return value;
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest("[aria-hidden='true'], svg, noscript, option")) continue;
+    if (!el.getClientRects().length) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility !== "visible") continue;
+    let text, color;
+    const field = ["INPUT", "TEXTAREA"].includes(el.tagName);
+    if (PLACEHOLDERS) {
+      if (!field || el.value || !el.placeholder) continue;
+      text = el.placeholder;
+      color = parse(getComputedStyle(el, "::placeholder").color);
+    } else if (field || el.tagName === "SELECT") {
+      text = el.tagName === "SELECT" ? el.selectedOptions[0]?.textContent : el.value;
+      color = parse(style.color);
+    } else {
+      text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join("").trim();
+      color = parse(style.color);
+    }
+    if (!text) continue;
+    const bg = background(el);
+    const fg = over([color[0], color[1], color[2], color[3] * opacity(el)], bg);
+    const [hi, lo] = [luminance(fg), luminance(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) {
+      low.push({ text: text.slice(0, 40), ratio: Math.round(ratio * 100) / 100,
+                 color: style.color, background: `rgb(${bg.slice(0, 3).map(Math.round).join(", ")})`,
+                 element: `${el.tagName.toLowerCase()}.${[...el.classList].join(".")}` });
+    }
+  }
+  return low;
+}"""

@@ -9,14 +9,18 @@ recover by itself. Screenshots land in tests/artifacts/ on every run.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import time
 
 import pytest
 import trio
 from browser_support import (
+    CONTRAST_JS,
     FAKE_SOCKET_JS,
     LAPTOP,
     PHONE,
+    REPO,
     ChatPage,
     ChatServer,
     TcpProxy,
@@ -241,7 +245,10 @@ def server_restart(server: ChatServer, nursery: trio.Nursery, durable: bool) -> 
             after = [3, 4, 5] if durable else [1, 2, 3]
             expected = [(1, "before 1"), (2, "before 2")]
             expected += list(zip(after, ["after restart", "welcome back", "barrier"], strict=True))
-            notice = "The server restarted: messages are numbered afresh from here."
+            notice = (
+                "The server restarted without keeping this room's history:"
+                " the messages above are from before the restart."
+            )
             for page in (alice, bob):
                 assert [(m["id"], m["text"]) for m in page.messages(room)] == expected, page.name
                 assert (notice in page.notices(room)) is not durable, page.notices(room)
@@ -421,6 +428,207 @@ def sessions(server_url: str) -> None:
         finally:
             alice.close()
             other.close()
+
+
+async def test_the_rough_edges_of_the_page_are_gone(chat_server, nursery):
+    proxy = TcpProxy(chat_server.port)
+    await nursery.start(proxy.serve)
+    await in_browser(rough_edges, chat_server.base_url, proxy)
+
+
+def rough_edges(server_url: str, proxy: TcpProxy) -> None:
+    room = "lobby"
+    with chromium() as browser:
+        alice = ChatPage(browser, server_url, viewport=LAPTOP, name="alice")
+        bob = ChatPage(browser, proxy.base_url, viewport=PHONE, name="bob")  # can be cut off
+        try:
+            alice.sign_in("alice", room)
+            alice.wait_state("online")
+            # An empty room says so.
+            empty = alice.page.locator(f".log[data-conv='room:{room}'] .empty")
+            empty.wait_for()
+            assert empty.inner_text() == "No messages in #lobby yet. Say hello!"
+            bob.sign_in("bob", room)
+            bob.wait_state("online")
+            alice.wait_notice(room, "bob joined #lobby")
+
+            # /me is an action.
+            alice.send("/me waves")
+            bob.page.locator(".msg--action .text", has_text="waves").wait_for()
+            assert bob.page.inner_text(".msg--action .text") == "* alice waves"
+            assert empty.is_hidden()
+            alice.send("hello bob, see https://trio.readthedocs.io")
+            bob.wait_message(room, "hello bob, see https://trio.readthedocs.io")
+            bob.send("hi alice! reading it now")
+            alice.wait_message(room, "hi alice! reading it now")
+            bob.send("/me likes structured concurrency")
+            alice.page.locator(".msg--action .text", has_text="structured").wait_for()
+            # The screenshot in the README (TRIO_CHAT_UPDATE_SCREENSHOT=1 renews docs/screenshot.png).
+            alice.page.mouse.move(1, 1)
+            shot = alice.screenshot("screenshot.png")
+            if os.environ.get("TRIO_CHAT_UPDATE_SCREENSHOT"):
+                shutil.copyfile(shot, REPO / "docs" / "screenshot.png")
+
+            # /help lists the commands.
+            alice.send("/help")
+            help_list = alice.page.locator(".notice--help dl")
+            help_list.wait_for()
+            for usage in ("/join ROOM", "/leave [ROOM]", "/dm USER TEXT", "/me ACTION", "/status"):
+                assert usage in help_list.inner_text()
+
+            # Too long: said so, nothing cut, nothing sent.
+            too_long = "x" * 4001
+            bob.page.fill("#composer-input", too_long)
+            limit = bob.page.locator("#composer-limit")
+            limit.wait_for()
+            assert limit.inner_text() == (
+                "Too long to send: 4,001 characters, the limit is 4,000."
+                " Shorten it or send it in parts."
+            )
+            bob.page.press("#composer-input", "Enter")
+            assert bob.page.input_value("#composer-input") == too_long
+            assert bob.pending(room) == []
+            bob.page.fill("#composer-input", "")
+            bob.page.locator("#composer-limit").wait_for(state="hidden")
+
+            # An empty direct conversation says so; a DM shows on the phone's menu button.
+            alice.page.click("#member-list li[data-user='bob'] button")
+            dm_empty = alice.page.locator(".log[data-conv='dm:bob'] .empty")
+            dm_empty.wait_for()
+            assert dm_empty.inner_text() == "This is the start of your conversation with bob."
+            alice.send("psst")
+            badge = bob.page.locator("#menu-badge")
+            badge.wait_for()
+            assert badge.inner_text() == "1"
+            bob.page.click("#open-sidebar")
+            bob.page.click("#dm-list li[data-conv='dm:alice'] button")
+            badge.wait_for(state="hidden")
+            # ... and can be closed.
+            assert bob.page.inner_text("#leave-room") == "Close"
+            bob.page.click("#leave-room")
+            bob.page.wait_for_selector("#dm-list li[data-conv='dm:alice']", state="detached")
+            assert bob.page.inner_text("#conv-title") == "#lobby"
+            alice.page.click("#room-list li[data-conv='room:lobby'] button")
+
+            # Offline: bob's member list does not pretend to know who is online.
+            in_trio(proxy.block)
+            in_trio(proxy.drop, reset=True)
+            bob.wait_state("reconnecting")
+            bob.page.locator("#members-stale").wait_for(state="attached")
+            statuses = set(bob.members().values())
+            assert statuses == {"unknown"}, statuses
+            # Back within a minute: alice hears neither a leave nor a second join.
+            in_trio(proxy.unblock)
+            bob.wait_state("online", timeout_ms=40_000)
+            bob.wait_member("alice", "online")
+            expected: list[str] = []
+            barrier(bob, [alice, bob], room, expected)
+            notices = alice.notices(room)
+            assert notices.count("bob joined #lobby") == 1, notices
+            assert "bob left #lobby" not in notices, notices
+            assert bob.page.is_hidden("#members-stale")
+
+            # Messages that came while alice was elsewhere: a divider above them.
+            alice.join_room("design")
+            alice.wait_notice("design", "You joined #design")
+            bob.send("unseen 1")
+            bob.send("unseen 2")
+            alice.page.wait_for_function(
+                """() => document.querySelector("#room-list li[data-conv='room:lobby'] .badge")
+                       .textContent === '2'"""
+            )
+            alice.page.click("#room-list li[data-conv='room:lobby'] button")
+            after = alice.page.evaluate(
+                """() => document.querySelector(".log[data-conv='room:lobby'] .new-divider")
+                       .nextElementSibling.querySelector('.text').textContent"""
+            )
+            assert after == "unseen 1"
+            # Scrolled up: a new message gets the jump-to-latest button.
+            tall = "\n".join(f"line {n}" for n in range(40))
+            bob.send(tall)
+            alice.page.locator(
+                ".log[data-conv='room:lobby'] .msg .text", has_text="line 39"
+            ).wait_for()
+            alice.page.click("#room-list li[data-conv='room:design'] button")
+            alice.page.click("#room-list li[data-conv='room:lobby'] button")  # the old divider goes
+            assert alice.page.locator(".new-divider").count() == 0
+            alice.page.eval_on_selector("#messages", "el => { el.scrollTop = 0; }")
+            alice.page.locator("#jump-latest").wait_for()
+            bob.send("latest")
+            alice.wait_message(room, "latest")
+            assert (
+                alice.page.evaluate(
+                    """() => document.querySelector(".log[data-conv='room:lobby'] .new-divider")
+                       .nextElementSibling.querySelector('.text').textContent"""
+                )
+                == "latest"
+            )
+            alice.page.click("#jump-latest")
+            alice.page.locator("#jump-latest").wait_for(state="hidden")
+            assert (
+                alice.page.eval_on_selector(
+                    "#messages", "el => el.scrollHeight - el.scrollTop - el.clientHeight"
+                )
+                < 5
+            )
+
+            # A reload: the history, and no "You joined #lobby" under it.
+            alice.page.reload()
+            alice.wait_state("online")
+            alice.wait_message(room, "latest")
+            assert "You joined #lobby" not in alice.notices(room)
+
+            # No room at all: the pane says what to do.
+            for _ in range(2):
+                alice.page.click("#leave-room")
+            alice.page.locator("#no-conv").wait_for()
+            assert alice.rooms() == []
+            no_page_errors(alice, bob)
+        finally:
+            alice.close()
+            bob.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_text_contrast_is_at_least_4_5_to_1(chat_server, scheme):
+    await in_browser(contrast, chat_server.base_url, scheme)
+
+
+def contrast(server_url: str, scheme: str) -> None:
+    with chromium() as browser:
+        alice = ChatPage(browser, server_url, viewport=LAPTOP, name="alice", color_scheme=scheme)
+        bob = ChatPage(browser, server_url, viewport=LAPTOP, name="bob")
+        try:
+            low = alice.page.evaluate(CONTRAST_JS)
+            assert low == [], low  # the sign-in card
+            alice.sign_in("alice", "lobby")
+            alice.wait_state("online")
+            bob.sign_in("bob", "lobby")
+            bob.wait_state("online")
+            for text in ("mine", "mine again", "/me checks the colours"):
+                alice.send(text)
+            bob.send("theirs")
+            bob.send("theirs again")
+            alice.wait_message("lobby", "theirs again")
+            bob.send("/dm alice a secret")
+            alice.page.locator("#dm-list li[data-conv='dm:bob'] .badge").wait_for()
+            alice.page.fill("#join-room", "")
+            checks = {}
+            # Own and others' messages, grouped ones hovered (their time shows).
+            for selector in (".msg--own.msg--cont", ".msg--cont:not(.msg--own)"):
+                alice.page.hover(f".log[data-conv='room:lobby'] {selector}")
+                checks[selector] = alice.page.evaluate(CONTRAST_JS)
+            alice.page.mouse.move(1, 1)
+            checks["page"] = alice.page.evaluate(CONTRAST_JS)
+            # Placeholders.
+            checks["placeholders"] = alice.page.evaluate(
+                CONTRAST_JS.replace("const PLACEHOLDERS = false", "const PLACEHOLDERS = true")
+            )
+            assert all(low == [] for low in checks.values()), checks
+            no_page_errors(alice, bob)
+        finally:
+            alice.close()
+            bob.close()
 
 
 # ----------------------------------------------------------------- tokens

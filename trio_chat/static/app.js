@@ -12,6 +12,23 @@ const STORAGE = { name: "trio-chat.name", rooms: "trio-chat.rooms", session: "tr
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages by one author within this window share a header
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 2500;
+const BACK_SOON_MS = 60 * 1000; // someone who leaves and comes back this soon was only reconnecting
+const ACTION_PREFIX = "/me "; // "/me waves" is shown as "* alice waves" (docs/protocol.md)
+const COMMANDS = [
+  ["/join ROOM", "join a room (or switch to it)"],
+  ["/leave [ROOM]", "leave this room, or ROOM"],
+  ["/dm USER TEXT", "send USER a direct message"],
+  ["/me ACTION", "say what you are doing: /me waves"],
+  ["/status STATUS", "set your status: online, away, busy or your own words"],
+  ["/help", "this list"],
+];
+
+/** Length in code points, the unit the server's limit counts. */
+function codePoints(text) {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -217,8 +234,13 @@ class Conversation {
     this.typers = new Map(); // user id -> timer
     this.stream = h("div", { class: "stream" });
     this.outbox = h("div", { class: "outbox" });
+    this.empty = h("p", { class: "empty" }, kind === "room"
+      ? `No messages in #${name} yet. Say hello!`
+      : `This is the start of your conversation with ${name}.`);
+    this.divider = null; // "New messages", above the first one that arrived unseen
+    this.leftAt = new Map(); // user id -> {at, notice}: who left lately, in case they were only reconnecting
     this.log = h("section", { class: "log", dataset: { conv: this.key }, hidden: true, "aria-label": this.title },
-      this.stream, this.outbox);
+      this.empty, this.stream, this.outbox);
     this.badge = h("span", { class: "badge", hidden: true });
     this.dot = kind === "dm" ? h("span", { class: "dot", dataset: { status: "online" }, "aria-hidden": "true" }) : null;
     this.button = h("button", { type: "button", class: "conv", onclick: () => ui.select(this.key) },
@@ -250,11 +272,27 @@ class Conversation {
     this.stream.append(el);
   }
 
+  /** Mark where unseen messages start (once, until the reader moves on). */
+  markNew(el) {
+    if (this.divider || !el?.isConnected) return;
+    this.divider = h("div", { class: "new-divider", role: "separator" }, h("span", {}, "New messages"));
+    el.before(this.divider);
+  }
+
+  clearNew() {
+    this.divider?.remove();
+    this.divider = null;
+  }
+
   addMessage({ id, user_id: author, content, time, own }) {
     const at = new Date(time).getTime();
-    const grouped = author === this.lastAuthor && at - this.lastTime < GROUP_WINDOW_MS;
+    const action = content.startsWith(ACTION_PREFIX) && content.slice(ACTION_PREFIX.length).trim() !== "";
+    const grouped = !action && author === this.lastAuthor && at - this.lastTime < GROUP_WINDOW_MS;
+    const text = action
+      ? h("p", { class: "text" }, "* ", h("span", { class: "action-author" }, author), " ", linkify(content.slice(ACTION_PREFIX.length).trim()))
+      : h("p", { class: "text" }, linkify(content));
     const el = h("article", {
-      class: `msg${own ? " msg--own" : ""}${grouped ? " msg--cont" : ""}`,
+      class: `msg${own ? " msg--own" : ""}${grouped ? " msg--cont" : ""}${action ? " msg--action" : ""}`,
       dataset: { author, ...(id !== undefined ? { id: String(id) } : {}) },
     },
       grouped ? h("span", { class: "avatar-gap" }, timeElement(time)) : avatar(author),
@@ -263,7 +301,7 @@ class Conversation {
           h("span", { class: "author" }, author),
           own ? h("span", { class: "you" }, "you") : null,
           timeElement(time)),
-        h("p", { class: "text" }, linkify(content))));
+        text));
 
     if (id !== undefined && id < this.maxId) {
       // Late arrival (rare): slot it in by id, without touching grouping.
@@ -276,7 +314,7 @@ class Conversation {
     }
     if (id !== undefined) this.maxId = Math.max(this.maxId, id);
     this.appendTimed(el, time);
-    this.lastAuthor = author;
+    this.lastAuthor = action ? null : author;
     this.lastTime = at;
     return el;
   }
@@ -321,7 +359,7 @@ const ui = {
 
   // ----- sign in / out
 
-  start({ user, token, room }) {
+  start({ user, token, room, resumed = false }) {
     this.reset();
     const client = new TrioChatClient("/ws", {
       user: user || undefined,
@@ -343,8 +381,10 @@ const ui = {
     $("login-error").textContent = "";
     this.setMembersOpen(window.matchMedia("(min-width: 1100px)").matches);
 
-    const rooms = new Set([room, ...loadRooms()].filter(Boolean));
-    for (const name of rooms) this.joinRoom(name, { select: name === room });
+    const saved = loadRooms();
+    const rooms = new Set([room, ...saved].filter(Boolean));
+    // Rooms carried over from before a reload are not news: no "You joined".
+    for (const name of rooms) this.joinRoom(name, { select: name === room, announce: !resumed && !saved.includes(name) });
     client.connect();
     $("composer-input").focus();
   },
@@ -394,8 +434,10 @@ const ui = {
     return conv ?? null;
   },
 
-  joinRoom(name, { select = true } = {}) {
+  joinRoom(name, { select = true, announce = true } = {}) {
+    const known = this.conversations.has(`room:${name}`);
     const conv = this.conversation("room", name);
+    if (!known) conv.announce = announce;
     if (select || !this.active) this.select(conv.key);
     this.client.join(name).then(
       () => this.saveRooms(),
@@ -455,6 +497,7 @@ const ui = {
       previous.button.removeAttribute("aria-current");
     }
     if (previous?.refused && previous !== conv) this.dropConversation(previous.key);
+    else if (previous !== conv) previous?.clearNew();
     this.active = key;
     conv.log.hidden = false;
     conv.item.classList.add("active");
@@ -478,7 +521,10 @@ const ui = {
     const conv = this.current;
     const input = $("composer-input");
     $("conv-title").textContent = conv ? conv.title : "No conversation";
-    $("leave-room").hidden = !conv || conv.kind !== "room";
+    $("leave-room").hidden = !conv || Boolean(conv.refused);
+    $("leave-room").textContent = conv?.kind === "dm" ? "Close" : "Leave";
+    $("leave-room").title = conv?.kind === "dm" ? `Close the conversation with ${conv.name}` : "Leave this room";
+    $("no-conv").hidden = Boolean(conv);
     $("toggle-members").hidden = !conv || conv.kind !== "room";
     $("composer").hidden = !conv;
     $("app").dataset.kind = conv?.kind ?? "none"; // the member list is for rooms only
@@ -517,11 +563,17 @@ const ui = {
       return;
     }
     $("member-count").textContent = String(conv.members.length);
+    // While not connected nobody's presence is known: say so rather than show them online.
+    const stale = this.client?.state !== State.ONLINE;
+    $("members-stale").hidden = !stale;
+    list.classList.toggle("stale", stale);
     const order = { online: 0, busy: 1, away: 2 };
     const members = [...conv.members].sort((a, b) =>
       (order[a.status] ?? 1.5) - (order[b.status] ?? 1.5) || a.userId.localeCompare(b.userId));
-    list.replaceChildren(...members.map(({ userId, status, text }) => {
+    list.replaceChildren(...members.map(({ userId, status: known, text: knownText }) => {
       const isMe = userId === this.me;
+      const status = stale ? "unknown" : known;
+      const text = stale ? "" : knownText;
       return h("li", { dataset: { user: userId, status } },
         h("button", {
           type: "button",
@@ -534,7 +586,7 @@ const ui = {
             h("span", { class: "dot", dataset: { status }, "aria-hidden": "true" })),
           h("span", { class: "member-text" },
             h("span", { class: "member-name" }, userId, isMe ? h("span", { class: "you" }, "you") : null),
-            h("span", { class: "member-status" }, [statusLabel(status), text].filter(Boolean).join(" · ")))));
+            h("span", { class: "member-status" }, stale ? "Not known while offline" : [statusLabel(status), text].filter(Boolean).join(" · ")))));
     }));
   },
 
@@ -558,6 +610,11 @@ const ui = {
   updateTitle() {
     const unread = [...this.conversations.values()].reduce((sum, conv) => sum + conv.unread, 0);
     document.title = unread ? `(${unread}) trio chat` : "trio chat";
+    // On a phone the sidebar is a drawer: its menu button carries the count.
+    const badge = $("menu-badge");
+    badge.textContent = unread > 99 ? "99+" : String(unread);
+    badge.hidden = unread === 0;
+    $("open-sidebar").setAttribute("aria-label", unread ? `Rooms (${unread} unread)` : "Rooms");
   },
 
   /** Keep the log pinned to the newest message unless the reader scrolled up. */
@@ -572,13 +629,26 @@ const ui = {
   scrollToBottom() {
     const box = $("messages");
     box.scrollTop = box.scrollHeight;
+    this.updateJump();
   },
 
-  bump(conv) {
-    if (conv.key !== this.active || document.hidden) {
+  /** The "jump to latest" button: there while the reader is away from the newest message. */
+  updateJump() {
+    const box = $("messages");
+    const away = box.scrollHeight - box.scrollTop - box.clientHeight > 120;
+    $("jump-latest").hidden = !away || !this.current;
+  },
+
+  /** A message *el* arrived in *conv* that the reader has not seen yet (unless they are looking). */
+  bump(conv, el) {
+    const box = $("messages");
+    const watching = conv.key === this.active && !document.hidden;
+    if (!watching) {
       conv.setUnread(conv.unread + 1);
       this.updateTitle();
     }
+    if (!watching || box.scrollHeight - box.scrollTop - box.clientHeight > 120) conv.markNew(el);
+    this.updateJump();
   },
 
   setSidebarOpen(open) {
@@ -675,6 +745,7 @@ const ui = {
     }
     this.renderMe();
     this.renderHeader();
+    this.renderMembers();
   },
 
   /** Your own dot shows your status while connected, and nothing you could be seen as otherwise. */
@@ -693,7 +764,6 @@ const ui = {
 
     welcome({ userId, limits }) {
       this.me = userId;
-      if (limits?.max_content_chars) $("composer-input").maxLength = limits.max_content_chars;
       $("me-name").textContent = userId;
       $("me-avatar").replaceWith(Object.assign(avatar(userId), { id: "me-avatar" }));
       if (!remembered(STORAGE.name) || !userId.startsWith("guest-")) {
@@ -708,7 +778,7 @@ const ui = {
       if (truncated) {
         conv.addNotice(rejoined ? "Some messages from while you were away are no longer available." : "Older messages are not shown.");
       }
-      if (!rejoined) this.withAutoScroll(conv, () => conv.addNotice(`You joined #${room}`, { kind: "system" }));
+      if (!rejoined && conv.announce) this.withAutoScroll(conv, () => conv.addNotice(`You joined #${room}`, { kind: "system" }));
     },
 
     members({ room, members }) {
@@ -725,20 +795,30 @@ const ui = {
     message(message) {
       const conv = this.conversation("room", message.room, { create: false });
       if (!conv) return;
-      this.withAutoScroll(conv, () => {
+      const el = this.withAutoScroll(conv, () => {
         if (message.ref) conv.pendingFor(message.ref)?.remove();
-        conv.addMessage(message);
+        return conv.addMessage(message);
       });
-      if (!message.own && !message.replayed) this.bump(conv);
+      if (!message.own && !message.replayed) this.bump(conv, el);
+      if (message.own && !message.replayed) conv.clearNew();
       this.stopTyping(conv, message.user_id);
     },
 
     system({ event, room, user_id: user }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
+      const left = conv.leftAt.get(user);
+      conv.leftAt.delete(user);
+      if (event === "join" && left && Date.now() - left.at < BACK_SOON_MS) {
+        left.notice.remove(); // only reconnecting: as if they had never gone
+        return;
+      }
       const text = event === "join" ? `${user} joined #${room}` : `${user} left #${room}`;
-      this.withAutoScroll(conv, () => conv.addNotice(text, { kind: "system" }));
-      if (event === "leave") this.stopTyping(conv, user);
+      const notice = this.withAutoScroll(conv, () => conv.addNotice(text, { kind: "system" }));
+      if (event === "leave") {
+        conv.leftAt.set(user, { at: Date.now(), notice });
+        this.stopTyping(conv, user);
+      }
     },
 
     presence({ user_id: user, status, text }) {
@@ -761,18 +841,19 @@ const ui = {
       const peer = message.own ? message.to : message.from;
       const conv = this.conversation("dm", peer);
       this.renderDmStatus(peer);
-      this.withAutoScroll(conv, () => {
+      const el = this.withAutoScroll(conv, () => {
         if (message.ref) conv.pendingFor(message.ref)?.remove();
-        conv.addMessage({ user_id: message.from, content: message.content, time: message.time, own: message.own });
+        return conv.addMessage({ user_id: message.from, content: message.content, time: message.time, own: message.own });
       });
-      if (!message.own) this.bump(conv);
+      if (!message.own) this.bump(conv, el);
+      else conv.clearNew();
     },
 
     restart({ room }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
       conv.maxId = 0;
-      this.withAutoScroll(conv, () => conv.addNotice("The server restarted: messages are numbered afresh from here."));
+      this.withAutoScroll(conv, () => conv.addNotice("The server restarted without keeping this room's history: the messages above are from before the restart."));
     },
 
     typing({ room, user_id: user }) {
@@ -867,7 +948,12 @@ const ui = {
     const text = input.value.trim();
     const conv = this.current;
     if (!text || !conv || !this.client) return;
-    const command = text.match(/^\/(join|leave|dm|status)\b\s*(.*)$/s);
+    const limit = this.client.limits?.max_content_chars ?? 4000;
+    if (codePoints(text) > limit && !text.startsWith("/help")) {
+      this.checkLength(); // the notice under the composer says why nothing was sent
+      return;
+    }
+    const command = text.match(/^\/(join|leave|dm|status|help)\b\s*(.*)$/s);
     if (command && this.runCommand(command[1], command[2].trim())) {
       input.value = "";
       this.resizeComposer();
@@ -876,6 +962,7 @@ const ui = {
     const sending = conv.kind === "room" ? this.client.send(conv.name, text) : this.client.direct(conv.name, text);
     sending.catch(() => {}); // shown through the error event
     input.value = "";
+    this.checkLength();
     this.resizeComposer();
     this.scrollToBottom();
   },
@@ -905,6 +992,14 @@ const ui = {
         if (!args || args.length > 32) return this.commandError(conv, "usage: /status away (at most 32 characters)");
         this.client.setPresence(args);
         return true;
+      case "help":
+        this.withAutoScroll(conv, () => {
+          const notice = conv.addNotice("Commands:");
+          notice.classList.add("notice--help");
+          notice.querySelector(".notice-text").append(h("dl", { class: "help" },
+            COMMANDS.flatMap(([usage, what]) => [h("dt", {}, usage), h("dd", {}, what)])));
+        });
+        return true;
       default:
         return false;
     }
@@ -915,7 +1010,24 @@ const ui = {
     return true;
   },
 
+  /** Say so when the text is over the server's limit (nothing is cut). */
+  checkLength() {
+    const input = $("composer-input");
+    const limit = this.client?.limits?.max_content_chars ?? 4000;
+    const length = codePoints(input.value);
+    const over = length > limit;
+    const notice = $("composer-limit");
+    notice.hidden = !over;
+    notice.textContent = over
+      ? `Too long to send: ${length.toLocaleString("en")} characters, the limit is ${limit.toLocaleString("en")}. Shorten it or send it in parts.`
+      : "";
+    $("composer").classList.toggle("over-limit", over);
+    input.setAttribute("aria-invalid", String(over));
+    return over;
+  },
+
   onComposerInput() {
+    this.checkLength();
     this.resizeComposer();
     const conv = this.current;
     const now = Date.now();
@@ -943,7 +1055,7 @@ function setupLogin() {
   const session = rememberedSession();
   if (session) {
     // Signed in before this reload: carry on (sign-out forgets it).
-    ui.start({ ...session, room: rooms[0] ?? "lobby" });
+    ui.start({ ...session, room: rooms[0] ?? "lobby", resumed: true });
   }
 
   $("login-form").addEventListener("submit", (event) => {
@@ -999,6 +1111,12 @@ function setupChat() {
   $("leave-room").addEventListener("click", () => {
     const conv = ui.current;
     if (conv?.kind === "room") ui.leaveRoom(conv.name);
+    else if (conv?.kind === "dm") ui.dropConversation(conv.key); // a new message opens it again
+  });
+  $("messages").addEventListener("scroll", () => ui.updateJump(), { passive: true });
+  $("jump-latest").addEventListener("click", () => {
+    ui.scrollToBottom();
+    $("composer-input").focus();
   });
   $("me-status").addEventListener("change", (event) => ui.client?.setPresence(event.target.value));
   $("sign-out").addEventListener("click", () => ui.signOut());
