@@ -1085,6 +1085,83 @@ def client_resume(server_url: str) -> None:
     assert len(result["sent"]) == 4
 
 
+async def test_client_asks_why_an_attempt_failed_and_stops_when_refused(chat_server):
+    await in_browser(client_refusals, chat_server.base_url)
+
+
+def client_refusals(server_url: str) -> None:
+    with chromium() as browser:
+        page = ChatPage(browser, server_url, name="refusals").page
+        page.evaluate(FAKE_SOCKET_JS)
+        result = run_scenario(
+            page,
+            """async () => {
+            const { TrioChatClient } = await import("/trio-chat.js");
+            FakeSocket.sockets = [];
+            // The "server" answers the plain GET the client makes after a failed attempt.
+            const answers = [];
+            const asked = [];
+            const fetch = async (url) => {
+              asked.push(url);
+              const [status, body] = answers.shift();
+              return { status, text: async () => body };
+            };
+            const states = [], errors = [];
+            const client = new TrioChatClient("ws://chat.invalid/ws", {
+              user: "alice", key: "browser-key-1", WebSocket: FakeSocket, fetch, watchNetwork: false,
+              baseDelayMs: 5, maxDelayMs: 5 });
+            client.addEventListener("state", (e) => states.push(e.detail));
+            client.addEventListener("error", (e) => errors.push(e.detail));
+            client.join("lobby").catch(() => {});
+            const queued = client.send("lobby", "never sent").then(() => "sent", (e) => [e.code, e.message]);
+            client.connect();
+            // Too many handshakes: a passing refusal, retried, with its reason.
+            answers.push([429, "too many handshakes from your address\\n"]);
+            await until(() => FakeSocket.sockets.length === 1, "socket 1");
+            FakeSocket.latest().fail();
+            // The server would accept now (426): an ordinary failure, retried.
+            answers.push([426, "this endpoint speaks WebSocket\\n"]);
+            await until(() => FakeSocket.sockets.length === 2, "socket 2");
+            FakeSocket.latest().fail();
+            // The name is taken: refused for good.
+            answers.push([409, "the name 'alice' is taken: pick another one\\n"]);
+            await until(() => FakeSocket.sockets.length === 3, "socket 3");
+            FakeSocket.latest().fail();
+            await until(() => client.state === "offline", "offline");
+            const out = {
+              urls: FakeSocket.sockets.map((s) => s.url),
+              asked,
+              reconnecting: states.filter((d) => d.state === "reconnecting").map((d) => d.reason ?? null),
+              last: states.at(-1),
+              refused: client.refused,
+              queued: await queued,
+              pending: client.pending.length,
+              sockets: FakeSocket.sockets.length,
+            };
+            // connect() tries again, forgetting the refusal.
+            client.connect();
+            await until(() => FakeSocket.sockets.length === 4, "socket 4");
+            FakeSocket.latest().welcome();
+            out.afterReconnect = [client.state, client.refused];
+            client.close();
+            return out;
+        }""",
+        )
+    assert all("user=alice&key=browser-key-1" in url for url in result["urls"])
+    assert result["asked"][0].startswith("http://chat.invalid/ws?user=alice&key=")
+    assert result["reconnecting"] == ["too many handshakes from your address", None]
+    assert result["last"]["state"] == "offline"
+    assert result["last"]["refused"] == {
+        "status": 409,
+        "reason": "the name 'alice' is taken: pick another one",
+    }
+    assert result["refused"] == result["last"]["refused"]
+    assert result["queued"] == [0, "the name 'alice' is taken: pick another one"]
+    assert result["pending"] == 0
+    assert result["sockets"] == 3  # no attempt after the refusal
+    assert result["afterReconnect"] == ["online", None]
+
+
 async def test_client_paces_sends_and_refuses_what_cannot_succeed(chat_server):
     await in_browser(client_limits, chat_server.base_url)
 
