@@ -32,9 +32,8 @@ from support import bounded
 from trio_chat import ChatServer, Config, ProtocolError
 from trio_chat._backplane import split_url
 from trio_chat._backplane_hub import BackplaneHub, build_backplane_hub
-from trio_chat._backplane_state import (
+from trio_chat._backplane_ops import (
     ChatOp,
-    ClusterState,
     FillOp,
     FloorOp,
     LoadOp,
@@ -45,6 +44,7 @@ from trio_chat._backplane_state import (
     SyncOp,
     Unavailable,
 )
+from trio_chat._backplane_state import ClusterState
 from trio_chat._protocol import (
     ACK_PREFIX,
     CHAT_PREFIX,

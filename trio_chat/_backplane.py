@@ -51,7 +51,7 @@ import trio
 import trio.lowlevel
 
 from ._backplane_lua import Retention, render_scripts
-from ._backplane_state import (
+from ._backplane_ops import (
     FILL_COUNT,
     ChatOp,
     DirectOp,

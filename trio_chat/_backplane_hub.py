@@ -28,7 +28,8 @@ from ._backplane import (
     check_redis_url,
 )
 from ._backplane_lua import Retention
-from ._backplane_state import ClusterState, Unavailable
+from ._backplane_ops import Unavailable
+from ._backplane_state import ClusterState
 from ._config import Config, ConfigError
 from ._hub import Hub
 from ._protocol import ErrorEvent

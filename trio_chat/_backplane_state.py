@@ -46,7 +46,6 @@ from ._backplane_ops import (
     FillOp,
     FloorOp,
     LoadOp,
-    LoadResult,
     MemberOp,
     MembersOp,
     OnlineOp,
@@ -55,7 +54,6 @@ from ._backplane_ops import (
     RawEvent,
     SyncOp,
     TypingOp,
-    Unavailable,
 )
 from ._hub_state import joined_budget, newest_within
 from ._protocol import (
@@ -75,28 +73,9 @@ from ._protocol import (
     format_time,
     parse_server_frame,
 )
-from ._room_core import Conn, Delivery, HubStats, Key, Post, Reply, RoomCore
+from ._room_core import Conn, Delivery, Key, Post, Reply, RoomCore
 
-__all__ = [
-    "FILL_COUNT",
-    "UNAVAILABLE",
-    "ChatOp",
-    "ClusterState",
-    "DirectOp",
-    "FillOp",
-    "FloorOp",
-    "LoadOp",
-    "LoadResult",
-    "MemberOp",
-    "MembersOp",
-    "OnlineOp",
-    "Op",
-    "PresenceOp",
-    "RawEvent",
-    "SyncOp",
-    "TypingOp",
-    "Unavailable",
-]
+__all__ = ["ClusterState"]
 
 # --------------------------------------------------------------------------
 # Local bookkeeping
@@ -240,14 +219,8 @@ class ClusterState(RoomCore["_User"]):
         """Bytes of history cached here for the rooms served."""
         return self._history_bytes
 
-    def stats(self) -> HubStats:
-        return HubStats(
-            connections=len(self._conns),
-            users=len(self._users),
-            rooms=len(self._rooms),
-            messages=self.messages,
-            history=sum(len(r.history) for r in self._rooms.values()),
-        )
+    def _counts(self) -> tuple[int, int, int]:
+        return self.messages, sum(len(r.history) for r in self._rooms.values()), 0
 
     def members(self, room: str) -> list[str]:
         """The room's members across the cluster, as far as known here."""

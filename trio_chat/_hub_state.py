@@ -211,15 +211,8 @@ class HubState(RoomCore["_User"]):
 
     # ------------------------------------------------------------ queries
 
-    def stats(self) -> HubStats:
-        return HubStats(
-            connections=len(self._conns),
-            users=len(self._users),
-            rooms=len(self._rooms),
-            messages=self._messages,
-            history=self.history.messages,
-            history_bytes=self.history.bytes,
-        )
+    def _counts(self) -> tuple[int, int, int]:
+        return self._messages, self.history.messages, self.history.bytes
 
     def members(self, room: str) -> list[str]:
         entry = self._rooms.get(room)

@@ -174,6 +174,13 @@ class RoomCore(Generic[U]):
         return self._clients.get(client, 0)
 
     def stats(self) -> HubStats:
+        messages, history, history_bytes = self._counts()
+        return HubStats(
+            len(self._conns), len(self._users), len(self._rooms), messages, history, history_bytes
+        )
+
+    def _counts(self) -> tuple[int, int, int]:
+        """Messages published here, and the history kept (messages, bytes)."""
         raise NotImplementedError
 
     def room_names(self) -> list[str]:
