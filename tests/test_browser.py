@@ -770,6 +770,7 @@ def token_expires(server: ChatServer, nursery: trio.Nursery) -> None:
             assert failed.inner_text() == "not sent: token expired"
             assert erin.page.is_disabled("#composer-input")
             assert erin.page.get_attribute("#me-dot", "data-status") == "offline"
+            assert erin.page.is_disabled("#me-status")
             erin.screenshot("browser-token-expired.png")
             erin.page.click("#banner-signin")
             erin.page.locator("#login").wait_for()
@@ -777,6 +778,7 @@ def token_expires(server: ChatServer, nursery: trio.Nursery) -> None:
             # A fresh token carries on.
             erin.sign_in(room="lobby", token=make_token("erin"))
             erin.wait_state("online")
+            assert not erin.page.is_disabled("#me-status")
             erin.wait_message("lobby", "while the token is good")
             no_page_errors(erin)
         finally:

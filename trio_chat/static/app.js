@@ -393,6 +393,7 @@ const ui = {
   signOut(why = "") {
     this.client?.close();
     this.reset();
+    $("me-status").disabled = false;
     forget(STORAGE.session);
     $("login-token").value = "";
     $("app").hidden = true;
@@ -753,6 +754,7 @@ const ui = {
     const online = this.client?.state === State.ONLINE;
     const own = this.presence.get(this.me)?.status ?? $("me-status").value;
     $("me-dot").dataset.status = online ? own : "offline";
+    $("me-status").disabled = Boolean(this.client?.refused); // signed out: no status to set
   },
 
   // ----- client events
