@@ -24,10 +24,10 @@ from http_support import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_chat import Config
+from trio_chat import ChatServer, Config
 from trio_chat._auth import make_token
 from trio_chat._hub import Outlet
-from trio_chat._metrics import count_tasks
+from trio_chat._metrics import FIGURES_WAIT, count_tasks
 from trio_chat._stream import WireStream
 from trio_chat._testing_server import (
     open_memory_server,
@@ -465,6 +465,17 @@ async def test_metrics_count_slow_consumers():
         assert _value(metrics, "trio_chat_connections_closed_total", code="1006") == 1
         assert _value(metrics, "trio_chat_connections_closed_by_total", code="1006", by="none") == 1
         await stream.aclose()
+
+
+async def test_metrics_answer_when_the_hub_does_not(autojump_clock):
+    # The hub's figures come from inside the hub; one that does not answer
+    # (here: one that is not running) delays a scrape by FIGURES_WAIT only.
+    server = ChatServer(Config())
+    start = trio.current_time()
+    metrics = _parse((await server.metrics.scrape()).decode())
+    assert trio.current_time() - start == pytest.approx(FIGURES_WAIT, abs=1e-6)
+    assert _value(metrics, "trio_chat_rooms") == 0  # the figures it had
+    assert _value(metrics, "trio_chat_hub_inbox_depth") == 1  # the scrape's own request
 
 
 async def test_metrics_scrape_leaves_no_task_behind():

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["CONTENT_TYPE", "Metrics", "count_tasks"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Seconds a scrape waits for the hub's figures; a hub that is busier (or
+#: stuck) than that gets the last figures it gave, so that /metrics still
+#: answers and its inbox depth shows why.
+FIGURES_WAIT = 1.0
 
 
 def count_tasks() -> int:
@@ -125,12 +129,15 @@ class Metrics:
         self.handshakes_refused[status] = self.handshakes_refused.get(status, 0) + 1
 
     async def scrape(self) -> bytes:
-        """The metrics, with the hub's figures taken inside the hub actor."""
+        """The metrics, with the hub's figures taken inside the hub actor
+        (those of the last scrape if it does not answer within
+        :data:`FIGURES_WAIT`)."""
 
         def figures(state: HubState, now: float) -> tuple[HubFigures, list[Delivery]]:
             return HubFigures.of(state), []
 
-        self.figures = await self.hub.call(figures)
+        with trio.move_on_after(FIGURES_WAIT):
+            self.figures = await self.hub.call(figures)
         return self.render()
 
     def render(self) -> bytes:
