@@ -57,6 +57,8 @@ SAMPLES = {
     "stream_max_bytes": 65536,
     "command_timeout": 3.0,
     "command_concurrency": 2,
+    "max_bans": 20,
+    "max_mutes": 30,
     "store": "memory",
     "data_dir": "/var/lib/trio-chat",
 }

@@ -56,6 +56,9 @@ EXPECTED = {
     "CommandCall",
     "CommandHandler",
     "CommandResult",
+    "Ban",
+    "BANNED",
+    "KICKED",
 }
 
 
@@ -71,7 +74,7 @@ def test_top_level_surface_is_pinned():
 def test_public_names_come_from_private_modules():
     # Type aliases (Callable[[HandshakeRequest], Identity], unions) have no
     # __module__ of their own.
-    aliases = {"Authenticator", "Checked", "Verdict", "CommandHandler"}
+    aliases = {"Authenticator", "Checked", "Verdict", "CommandHandler", "BANNED", "KICKED"}
     for name in EXPECTED - aliases:
         module = getattr(trio_chat, name).__module__
         assert module.startswith("trio_chat._"), (name, module)

@@ -84,7 +84,7 @@ PAYLOAD_KEYS = {
     Welcome: ({"session_id", "user_id", "limits"}, set()),
     Joined: ({"room", "members", "history", "truncated"}, {"epoch"}),
     Left: ({"room"}, set()),
-    System: ({"event", "room", "user_id"}, set()),
+    System: ({"event", "room", "user_id"}, {"text"}),
     ChatMessage: ({"id", "room", "user_id", "content", "time"}, set()),
     ChatAck: ({"id", "room", "time"}, set()),
     DirectAck: ({"to", "time"}, set()),

@@ -20,6 +20,8 @@ from ._events import (
     StreamClosed as StreamClosed,
     StreamOverflow as StreamOverflow,
 )
+from ._moderation import Ban as Ban
+from ._moderator import BANNED as BANNED, KICKED as KICKED
 from ._policy import (
     ACCEPT as ACCEPT,
     Accept as Accept,

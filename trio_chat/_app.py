@@ -18,12 +18,13 @@ import mimetypes
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import attrs
 import trio
 
 from ._accept import Front
+from ._admin_api import admin_api
 from ._auth import Authenticator, HandshakeRequest, Identity, Rejection, TokenAuthenticator
 from ._config import Config
 from ._handshake import Accepted, check_upgrade
@@ -41,6 +42,9 @@ from ._logging import SampledLog, clip
 from ._metrics import CONTENT_TYPE, Metrics
 from ._protocol import ProtocolError, is_valid_room, is_valid_user_id
 from ._ratelimit import IpLimiter, client_key
+
+if TYPE_CHECKING:
+    from ._moderator import ModerationApi
 
 __all__ = ["HttpApp", "ServerView", "check_message"]
 
@@ -74,6 +78,7 @@ class ServerView(Protocol):
     def started_at(self) -> float: ...
     @property
     def health_checks(self) -> list[Callable[[], tuple[bool, dict[str, Any]]]]: ...
+    def ban_refusal(self, user_id: str, peer: str) -> str | None: ...
 
 
 def check_message(config: Config, *, content: str, user_id: str, room: str | None = None) -> None:
@@ -235,6 +240,9 @@ class HttpApp:
                 )
             except Rejection as rejection:
                 return self._refuse(rejection.status, rejection.reason, peer)
+            banned = self.server.ban_refusal(identity.user_id, peer)
+            if banned is not None:
+                return self._refuse(403, banned, peer)
         if probe or not isinstance(accepted, Accepted):
             return HttpResponse(
                 426, b"this endpoint speaks WebSocket\n", headers=(("upgrade", "websocket"),)
@@ -321,6 +329,11 @@ class HttpApp:
     # ------------------------------------------------------------ HTTP API
 
     async def _api(self, request: HttpRequest, peer: str = "memory") -> HttpResponse:
+        if request.path.startswith("/api/admin/"):
+            admin = self._api_auth(request)
+            if isinstance(admin, HttpResponse):
+                return admin
+            return await admin_api(cast("ModerationApi", self.server), request, admin, peer)
         match = _API_ROOM.match(request.path)
         if request.path == "/api/rooms":
             if request.method != "GET":

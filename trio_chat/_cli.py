@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --user: a key of your own (8 to 64 of A-Z a-z 0-9 _ -) that holds the name"
         " for you: the server refuses it to anyone with another key",
     )
+    from ._admin_cli import add_admin_parser
+
+    add_admin_parser(commands)
     return parser
 
 
@@ -234,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(config, echo=True)
         if args.command == "token":
             return _token(args)
+        if args.command == "admin":
+            from ._admin_cli import run_admin
+
+            return run_admin(args)
         if args.command == "connect":
             from ._terminal import run_terminal
 

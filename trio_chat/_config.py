@@ -276,6 +276,10 @@ class Config:
     command_concurrency: int = _setting(
         4, "commands one connection may have running at once (more: error 429)", _positive
     )
+    max_bans: int = _setting(
+        10000, "bans (of users and addresses) in force at once (more: refused)", _positive
+    )
+    max_mutes: int = _setting(10000, "mutes in force at once (more: refused)", _positive)
     healthz_node: bool = _setting(False, "/healthz names the host and process (node id)")
     healthz_version: bool = _setting(True, "/healthz reports the trio_chat version")
 

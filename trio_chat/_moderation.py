@@ -24,7 +24,7 @@ from ._protocol import ProtocolError
 __all__ = ["Ban", "Bans", "ModerationFull", "Mutes"]
 
 
-class ModerationFull(Exception):
+class ModerationFull(ValueError):
     """The table holds ``max_bans`` entries in force: nothing more is added."""
 
 
@@ -78,6 +78,10 @@ class Mutes:
                 ref,
                 math.ceil(left * 1000),
             )
+
+    def all(self, now: float) -> list[tuple[str, str, float]]:
+        """The mutes in force: (user, room, seconds left)."""
+        return [(u, r, until - now) for (u, r), until in self._until.items() if until > now]
 
     def purge(self, now: float) -> None:
         for key in [k for k, until in self._until.items() if until <= now]:

@@ -455,10 +455,21 @@ class Left(_WithRef):
 
 @attrs.frozen
 class System(ServerEvent):
+    """Something that happened to *user_id* in *room*: ``join``, ``leave``,
+    or a moderator's ``kick``, ``ban``, ``mute``, ``unmute`` (with ``text``
+    saying so in words)."""
+
     type: ClassVar[str] = "system"
     event: str
     room: str
     user_id: str
+    text: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        payload = {"event": self.event, "room": self.room, "user_id": self.user_id}
+        if self.text is not None:
+            payload["text"] = self.text
+        return payload
 
 
 @attrs.frozen
@@ -612,7 +623,7 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
         if kind == "left":
             return Left(p["room"], ref)
         if kind == "system":
-            return System(p["event"], p["room"], p["user_id"])
+            return System(p["event"], p["room"], p["user_id"], p.get("text"))
         if kind == "presence":
             return PresenceUpdate(p["user_id"], p["status"], p.get("text"))
         if kind == "direct":

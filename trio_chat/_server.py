@@ -36,6 +36,7 @@ from ._hub import Hub
 from ._hub_state import HubStats
 from ._logging import SampledLog
 from ._metrics import Metrics
+from ._moderator import ModerationApi
 from ._policy import Policy, Screen
 from ._protocol import ChatAck, DirectAck, ProtocolError, is_valid_user_id
 from ._queue import OutboundBudget
@@ -52,7 +53,7 @@ log = logging.getLogger("trio_chat.server")
 _CONNECTION_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class ChatServer(EmbeddingApi):
+class ChatServer(EmbeddingApi, ModerationApi):
     """A trio_chat server, standalone or embedded in a trio program.
 
     Args:
@@ -124,6 +125,7 @@ class ChatServer(EmbeddingApi):
         #: Mutes and the message policy, in front of the hub.
         self.screen = Screen(policy, config.hook_timeout, config.max_content_chars)
         self._init_embedding()
+        self._init_moderation()
         #: Checks for ``/healthz``: () -> (healthy, detail); the hub's first.
         self.health_checks: list[Callable[[], tuple[bool, dict[str, Any]]]] = [self.hub.health]
 

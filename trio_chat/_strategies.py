@@ -723,7 +723,16 @@ def server_events(
         Welcome: st.builds(Welcome, st.text(min_size=1, max_size=40), user_ids(), _limits()),
         Joined: _joined(),
         Left: st.builds(Left, room_names(), ref),
-        System: st.builds(System, st.sampled_from(["join", "leave"]), room_names(), user_ids()),
+        System: st.one_of(
+            st.builds(System, st.sampled_from(["join", "leave"]), room_names(), user_ids()),
+            st.builds(
+                System,
+                st.sampled_from(["kick", "ban", "mute", "unmute"]),
+                room_names(),
+                user_ids(),
+                st.text(min_size=1, max_size=200),
+            ),
+        ),
         ChatMessage: st.builds(ChatMessage, ids, room_names(), user_ids(), content, timestamps()),
         ChatAck: st.builds(ChatAck, ids, room_names(), timestamps(), ref),
         DirectAck: st.builds(DirectAck, user_ids(), timestamps(), ref),

@@ -130,6 +130,8 @@ def format_event(event: object, *, history: bool = False) -> str | None:
         line = f"[{event.room}] {_clock(event.time)} {_said(event.user_id, event.content)}"
         return f"(history) {line}" if history else line
     if isinstance(event, System):
+        if event.text is not None and event.event not in ("join", "leave"):
+            return f"* {clean(event.text)} ({event.room})"  # a moderator's action
         verb = {"join": "joined", "leave": "left"}.get(event.event, event.event)
         return f"* {clean(event.user_id)} {clean(verb)} {event.room}"
     if isinstance(event, PresenceUpdate):

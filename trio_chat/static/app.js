@@ -806,9 +806,14 @@ const ui = {
       this.stopTyping(conv, message.user_id);
     },
 
-    system({ event, room, user_id: user }) {
+    system({ event, room, user_id: user, text: said }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
+      if (event !== "join" && event !== "leave") {
+        // Moderation events (kick, ban, mute, unmute) come with their own words.
+        this.withAutoScroll(conv, () => conv.addNotice(said ?? `${user}: ${event}`, { kind: "system" }));
+        return;
+      }
       const left = conv.leftAt.get(user);
       conv.leftAt.delete(user);
       if (event === "join" && left && Date.now() - left.at < BACK_SOON_MS) {

@@ -263,7 +263,7 @@ class RoomState {
  * | `joined`   | `{room, members, truncated, rejoined}` (history arrives as `message` events first) |
  * | `left`     | `{room}` |
  * | `message`  | `{id, room, user_id, content, time, own, ref?, replayed}` |
- * | `system`   | `{event: "join" \| "leave", room, user_id}` |
+ * | `system`   | `{event: "join" \| "leave" \| "kick" \| "ban" \| "mute" \| "unmute", room, user_id, text?}` |
  * | `members`  | `{room, members: [{userId, status, text?}]}` whenever a member list changes |
  * | `presence` | `{user_id, status, text?}` |
  * | `direct`   | `{from, to, content, time, own, ref?}` (own: sent by this client) |
