@@ -153,10 +153,13 @@ class Screen:
         self.replaced = 0
         self.faults = 0
         self.active = policy is not None
+        #: Some mute is in force (a plain attribute: read for every frame).
+        self.muting = False
 
     def update(self) -> None:
         """Recompute :attr:`active` (the mutes changed)."""
-        self.active = self.policy is not None or bool(self.mutes)
+        self.muting = bool(self.mutes)
+        self.active = self.policy is not None or self.muting
 
     def check(self, sender: Sender, event: ClientEvent) -> ClientEvent | Pending:
         """*event*, possibly replaced, or a :class:`Pending` verdict for the
@@ -168,9 +171,9 @@ class Screen:
         kind = type(event)
         if kind not in _CHECKED_TYPES:
             return event
-        mutes = self.mutes
-        if mutes and isinstance(event, Chat):
-            mutes.check(sender.user_id, event.room, event.ref, trio.current_time())
+        if self.muting and isinstance(event, Chat):
+            assert self.mutes is not None
+            self.mutes.check(sender.user_id, event.room, event.ref, trio.current_time())
         policy = self.policy
         if policy is None:
             return event
