@@ -276,6 +276,11 @@ async def test_the_admin_http_api_kicks_bans_and_mutes():
         assert [b["target"] for b in listed.json()["bans"]] == ["alice"]
         reply = await _post(port, "unban", {"user_id": "alice"}, token)
         assert reply.json() == {"removed": True}
+        reply = await _post(port, "ban", {"ip": "127.0.0.1", "duration": 60}, token)
+        assert reply.status == 201 and reply.json()["kind"] == "ip"
+        assert (await ws_refusal(port, f"/ws?token={bob_token}")).status == 403
+        reply = await _post(port, "unban", {"ip": "127.0.0.1"}, token)
+        assert reply.json() == {"removed": True}
         # Refusals: not admin, no token, bad bodies.
         assert (await _post(port, "kick", {"user_id": "bob"}, bob_token)).status == 403
         no_token = await http_request(
@@ -290,7 +295,7 @@ async def test_the_admin_http_api_kicks_bans_and_mutes():
         assert (await _post(port, "kick", {}, token)).status == 400
         assert (await _post(port, "dance", {}, token)).status == 404
         metrics = (await http_request(port, "GET", "/metrics")).body.decode()
-        for action, count in (("kick", 1), ("ban", 1), ("unban", 1), ("mute", 1), ("unmute", 1)):
+        for action, count in (("kick", 1), ("ban", 2), ("unban", 2), ("mute", 1), ("unmute", 1)):
             assert f'trio_chat_moderation_actions_total{{action="{action}"}} {count}.0' in metrics
 
 
@@ -315,6 +320,11 @@ async def test_the_admin_command_line_against_a_running_server():
             assert done.returncode == 0, done.stderr
             refused = await alice.chat("lobby", "hi")
             assert "for 120 more seconds" in refused["payload"]["message"]
+            done = await _cli("--url", url, "--secret", SECRET, "mutes")
+            assert [m["user_id"] for m in json.loads(done.stdout)["mutes"]] == ["alice"]
+            done = await _cli("--url", url, "--secret", SECRET, "unmute", "alice", "lobby")
+            assert json.loads(done.stdout) == {"removed": True}
+            assert (await alice.chat("lobby", "hi again"))["type"] == "ack"
             done = await _cli("--url", url, "--secret", SECRET, "kick", "alice", "--reason", "cli")
             assert (done.returncode, json.loads(done.stdout)) == (0, {"closed": 1})
             assert await close_of(alice) == (4001, "kicked: cli")
