@@ -114,6 +114,35 @@ class Connection:
             client's first frames, if it did not wait for the 101).
     """
 
+    __slots__ = (
+        "_awaiting_pong",
+        "_finished",
+        "_grace",
+        "_handler",
+        "_handling",
+        "_heartbeat_scope",
+        "_nursery",
+        "_pings",
+        "_prefix",
+        "_reader_exit",
+        "_reader_running",
+        "_running",
+        "_stopping",
+        "_writer_exit",
+        "_writer_scope",
+        "config",
+        "counters",
+        "deflate_bits",
+        "handshake_scope",
+        "outlet",
+        "peer",
+        "session_id",
+        "started",
+        "stream",
+        "user_id",
+        "ws",
+    )
+
     def __init__(
         self,
         stream: WireStream,
@@ -644,6 +673,8 @@ class ChatHandler:
 
 class EchoHandler:
     """The echo endpoint: every message goes back to its sender as it came."""
+
+    __slots__ = ("conn",)
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn

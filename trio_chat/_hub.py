@@ -155,7 +155,12 @@ class Hub:
         """Register a connection of *user_id*; *client* (an IP, or a user)
         is whose room-creation quota it uses."""
         outlet.user_id = user_id
-        await self._inbox_send.send(_Connect(outlet, user_id, client))
+        try:
+            # With room in the inbox, no wait (a connection storm queues
+            # thousands of these).
+            self._inbox_send.send_nowait(_Connect(outlet, user_id, client))
+        except trio.WouldBlock:
+            await self._inbox_send.send(_Connect(outlet, user_id, client))
 
     async def submit(self, outlet: Outlet, event: ClientEvent) -> None:
         """Queue a client event from *outlet* (waits if the inbox is full).

@@ -47,6 +47,8 @@ class WireStream(trio.abc.Stream):
     ``transport.receive_some`` itself).
     """
 
+    __slots__ = ("_broken", "_close_sent", "_closed", "_lock", "_sock", "_tail", "transport")
+
     def __init__(self, transport: trio.abc.Stream) -> None:
         self.transport = transport
         self._lock = trio.StrictFIFOLock()
