@@ -206,8 +206,13 @@ class WireStream(trio.abc.Stream):
         data write may hold, under its own timeout): past it, raises
         :class:`trio.TooSlowError` and the stream is broken.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self.send_nowait(data):
             if not self._tail:
+                # Still a schedule point, as a write under the lock was:
+                # the other tasks (the peer's, in a test) run between a
+                # connection's control frames.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             data = b""  # the locked write below finishes the tail
         async with self._lock:
