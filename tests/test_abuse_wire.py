@@ -135,6 +135,29 @@ async def test_a_ping_flood_is_closed_1008_and_a_bystander_carries_on() -> None:
             await stream.aclose()
 
 
+async def test_a_client_that_never_stops_sending_is_let_go_after_the_linger_budget() -> None:
+    """After failing a connection the server reads and discards what the
+    client still sends (so that its close frame is not destroyed by a reset),
+    but only up to its linger budget: a client that sends without end is
+    closed, not read forever."""
+    async with open_test_server() as server:
+        stream, _ = await open_raw_websocket(server.port, "/ws?user=babbler")
+        junk = client_frame(OP_TEXT, b"\xff") + client_frame(OP_TEXT, b"x" * 60_000) * 16
+        sent = 0
+        with trio.fail_after(20):
+            try:
+                while sent < 64 << 20:
+                    await stream.send_all(junk)
+                    sent += len(junk)
+            except trio.BrokenResourceError:
+                pass
+        assert sent < 64 << 20  # the server closed the connection
+        await stream.aclose()
+        with trio.fail_after(5):
+            while server.stats().connections:
+                await trio.sleep(0.01)
+
+
 async def test_one_valid_frame_every_19_does_not_evade_the_invalid_frame_rule() -> None:
     async with open_test_server() as server:
         stream, rest = await open_raw_websocket(server.port, "/ws?user=junk")

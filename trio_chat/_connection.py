@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._frames import Encoded, text_frame
+from ._http import linger
 from ._hub import SLOW_CONSUMER, Hub, HubCounters, Outlet
 from ._policy import Pending, Sender
 from ._protocol import (
@@ -83,6 +84,9 @@ MAX_RATE_STRIKES = 3
 CLOSE_TIMEOUT = 2.0
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 65536
+#: Bytes read and thrown away, at most, after the server closed a connection
+#: that was still sending (see :meth:`Connection._linger`).
+LINGER_BYTES = 1 << 20
 
 _RATED = (Chat, Direct, Presence, Command)
 #: join/leave/typing frames a window allows: this many times the rated
@@ -521,7 +525,36 @@ class Connection:
             if code is not None and self._reader_running and not self._finished:
                 self._reader_exit = trio.Event()
                 await self._reader_exit.wait()
+            if self._must_linger():
+                await self._linger()
         await self.stream.aclose()
+
+    def _must_linger(self) -> bool:
+        """Whether the client may still be sending when its reader stopped.
+
+        That is the case when the server ended the closing handshake on its
+        own (a protocol error, a budget, a flood): the client's close frame
+        never came, and the reader no longer reads.
+        """
+        ws = self.ws
+        sent = ws.close_sent()
+        return (
+            sent is not None
+            and not self._reader_running
+            and not self.stream.broken
+            and not any(close.by_client for close in ws.closes)
+        )
+
+    async def _linger(self) -> None:
+        """Half-close, then read and discard until the client's EOF.
+
+        The client's bytes left unread would make the kernel answer the
+        close with a reset, which can destroy the close frame in the
+        client's own buffer before the client reads it: the client would
+        see a lost connection instead of the close code.  At most
+        :data:`LINGER_BYTES`, within the rest of the close deadline.
+        """
+        await linger(self.stream.transport, LINGER_BYTES)
 
 
 def welcome_frame(session_id: str, user_id: str, config: Config) -> bytes:

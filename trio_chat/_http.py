@@ -338,11 +338,27 @@ LINGER_SECONDS = 0.5
 
 async def _linger(stream: trio.abc.Stream) -> None:
     with trio.move_on_after(LINGER_SECONDS):
+        await linger(stream, LINGER_BYTES)
+
+
+async def linger(stream: trio.abc.Stream, max_bytes: int) -> None:
+    """Half-close *stream*, then read and drop up to *max_bytes* until EOF.
+
+    Closing a socket whose receive buffer holds unread bytes makes the
+    kernel answer with a reset, and the reset can destroy what was just
+    sent (an HTTP answer, a close frame) in the client's buffer before the
+    client reads it.  The caller bounds the time.  A client that has already
+    reset the connection ends it at once.
+    """
+    try:
         if isinstance(stream, trio.SocketStream):
             stream.socket.shutdown(socket.SHUT_WR)
         dropped = 0
-        while dropped < LINGER_BYTES:
+        while dropped < max_bytes:
             chunk = await stream.receive_some(16384)
             if not chunk:
                 return
             dropped += len(chunk)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        # (shutdown() of a socket the client already reset: ENOTCONN.)
+        return
