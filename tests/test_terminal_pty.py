@@ -82,8 +82,11 @@ async def test_prompt_shows_the_room_and_a_typed_line_appears_once():
                 message = await next_chat(bob)
                 assert (message.user_id, message.content) == ("carol", "hello-once")
                 await bob.send(ROOM, "marker-1")
+                # (Waiting for the prompt too: it is redrawn after each line.)
                 lines = await term.until(
-                    lambda ls: any(live("bob", "marker-1").match(x) for x in ls)
+                    lambda ls: (
+                        any(live("bob", "marker-1").match(x) for x in ls) and prompt_lines(ls)
+                    )
                 )
                 # Everything up to the marker is on the screen: the typed line
                 # is there once, as the formatted message, and no echo of it.
@@ -109,8 +112,11 @@ async def test_an_incoming_message_does_not_break_the_line_being_typed():
                 await term.send("half-typed")
                 await term.until(lambda ls: PROMPT + "half-typed" in ls)
                 await bob.send(ROOM, "incoming-1")
+                # (Waiting for the prompt too: it is redrawn after each line.)
                 lines = await term.until(
-                    lambda ls: any(live("bob", "incoming-1").match(x) for x in ls)
+                    lambda ls: (
+                        any(live("bob", "incoming-1").match(x) for x in ls) and prompt_lines(ls)
+                    )
                 )
                 # The incoming line is a line of its own above the prompt, and
                 # the prompt still holds exactly what was typed.
@@ -161,7 +167,8 @@ async def test_join_with_a_bad_room_name_is_refused_with_the_reason():
             # Not joined "bad" either (commands are handled in order).
             await term.send("/room bad\r")
             await term.until_line(lambda line: line == "! not in bad: /join bad")
-            assert prompt_lines(term.lines()) == [PROMPT.rstrip()], term.text()
+            lines = await term.until(prompt_lines)
+            assert prompt_lines(lines) == [PROMPT.rstrip()], term.text()
             await term.send("/quit\r")
             assert await term.exit_status() == 0
 
