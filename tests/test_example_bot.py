@@ -50,6 +50,12 @@ async def test_the_moderation_bot_example(tmp_path):
             while notice["payload"]["event"] != "mute":
                 notice = await alice.expect("system")
             assert notice["payload"]["text"] == "alice was muted for 60 s: reported by bob"
+            # The helper's word on it, before the server is stopped (else the
+            # audit log may end before the helper has said it).
+            said_by_helper = await alice.expect("chat")
+            while said_by_helper["payload"]["user_id"] != "helper":
+                said_by_helper = await alice.expect("chat")
+            assert said_by_helper["payload"]["content"] == "alice is muted here for a minute."
             muted = await alice.chat("lobby", "hey")
             assert muted["payload"]["code"] == 403
             example.process.send_signal(signal.SIGINT)
