@@ -112,7 +112,7 @@ def _joined(
     last_id: int = 0,
     members: list[str] | None = None,
 ) -> list:
-    if key not in state._conns:
+    if not state.has_connection(key):
         state.connect(key, user)
     deliveries = state.handle(key, Join(room), 0.0)
     ops = state.take_ops()

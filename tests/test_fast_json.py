@@ -5,10 +5,15 @@ import json
 from hypothesis import given, strategies as st
 
 from trio_chat import ChatAck, ChatMessage
-from trio_chat._protocol import _dumps, format_time
+from trio_chat._protocol import format_time
 from trio_chat.testing import server_events
 
 _text = st.text(st.characters(codec="utf-8"), max_size=50)
+
+
+def _dumps(obj: object) -> str:
+    """The generic serialization: compact, UTF-8 kept as it is."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 @given(server_events(classes=[ChatMessage, ChatAck]))

@@ -162,6 +162,10 @@ class RoomCore(Generic[U]):
     def user_of(self, key: Key) -> str:
         return self._conns[key].user_id
 
+    def has_connection(self, key: Key) -> bool:
+        """Whether the connection *key* is connected here."""
+        return key in self._conns
+
     def is_connected(self, user_id: str) -> bool:
         """Whether *user_id* has a connection here."""
         return user_id in self._users
