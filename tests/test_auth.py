@@ -29,10 +29,19 @@ from trio_chat._auth import (
     room_allowed,
 )
 from trio_chat._testing_server import open_test_client, open_test_server
-from trio_chat.client import ConnectError, open_chat_client
+from trio_chat.client import (
+    Backoff,
+    ChatClient,
+    ConnectError,
+    ConnectionState,
+    StateChanged,
+    open_chat_client,
+)
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 OTHER_SECRET = "another-secret-that-is-long-enough-for-hs256"
+#: Reconnect quickly in tests (the policy is the real one, only faster).
+FAST = Backoff(base=0.02, cap=0.1)
 
 
 def secret_config(**kw) -> Config:
@@ -258,15 +267,73 @@ async def test_an_anonymous_name_belongs_to_the_browser_that_used_it_first():
         assert await rejected_status(server.url + "?user=bob&key=" + "k" * 65) == 400
 
 
-async def test_clients_without_a_key_share_a_name_as_before():
+async def test_a_name_is_never_shared_by_two_clients_without_a_key():
+    """Over real sockets: a Python client without ``key=`` holds its name with
+    a random key of its own, so a second one is refused (409, with the
+    reason) while the first keeps its name across its own reconnects."""
     async with open_test_server() as server:
-        async with open_chat_client(server.url, user="dora") as one:
-            async with open_chat_client(server.url, user="dora") as two:
-                assert one.user_id == two.user_id == "dora"
+        async with open_chat_client(server.url, user="dora", backoff=FAST) as dora:
+            await dora.join("lobby")
             with pytest.raises(ConnectError) as refused:
-                async with open_chat_client(server.url, user="dora", key="a-browser-key"):
+                async with open_chat_client(server.url, user="dora"):
                     pass
             assert refused.value.status == 409
+            assert refused.value.reason == "the name 'dora' is taken: pick another one"
+            # The server drops dora; the same client instance comes back as dora.
+            [conn] = server.connections("dora")
+            server.close_connection(conn.session_id, 1013, "test drop")
+            await until_state(dora, ConnectionState.RECONNECTING)
+            await until_state(dora, ConnectionState.ONLINE)
+            assert dora.user_id == "dora"
+            assert [c.session_id for c in server.connections("dora")] != [conn.session_id]
+            assert len(server.connections("dora")) == 1
+            ack = await dora.send("lobby", "still me")
+            assert ack.id == 1
+        # Several connections of one user: the same key, given explicitly.
+        async with (
+            open_chat_client(server.url, user="gus", key="gus-own-key") as one,
+            open_chat_client(server.url, user="gus", key="gus-own-key") as two,
+        ):
+            assert one.user_id == two.user_id == "gus"
+            assert len(server.connections("gus")) == 2
+
+
+async def test_a_handshake_without_a_key_holds_a_name_for_nobody():
+    """A raw client that sends no key gets a free name, and then nobody gets
+    it while it is held: not another keyless client, not a key, not the same
+    client coming back.  A guest id is held the same way."""
+    async with open_test_server() as server:
+        async with open_test_client(server, user="zed") as zed:
+            assert zed.welcome["payload"]["user_id"] == "zed"
+            assert await rejected_status(server.url + "?user=zed") == 409
+            assert await rejected_status(server.url + "?user=zed&key=zed-would-be") == 409
+            assert len(server.connections("zed")) == 1
+        assert await rejected_status(server.url + "?user=zed") == 409
+        # A name held by a key is refused to a handshake without one.
+        async with open_chat_client(server.url, user="kim", key="kim-own-key"):
+            assert await rejected_status(server.url + "?user=kim") == 409
+        async with open_test_client(server) as guest:
+            name = guest.welcome["payload"]["user_id"]
+            assert name.startswith("guest-")
+            assert await rejected_status(server.url + "?user=" + name) == 409
+        # A guest with a key keeps its id across the client's reconnects.
+        async with open_chat_client(server.url, backoff=FAST) as anon:
+            name = anon.user_id
+            assert name.startswith("guest-")
+            [conn] = server.connections(name)
+            server.close_connection(conn.session_id, 1013, "test drop")
+            await until_state(anon, ConnectionState.RECONNECTING)
+            await until_state(anon, ConnectionState.ONLINE)
+            assert anon.user_id == name
+            assert await rejected_status(server.url + "?user=" + name) == 409
+
+
+async def until_state(client: ChatClient, state: ConnectionState) -> None:
+    with trio.fail_after(10):
+        async for event in client:
+            if isinstance(event, StateChanged) and event.state is state:
+                return
+    raise AssertionError("stream ended")
 
 
 async def test_the_terminal_client_holds_a_name_with_its_key():
@@ -348,6 +415,39 @@ def test_anonymous_names_are_bounded_in_count_and_time():
     assert len(auth) == 1
     with pytest.raises(ValueError):
         AnonymousAuthenticator(max_names=0)
+
+
+def test_a_name_taken_without_a_key_is_held_for_the_hold_and_counted():
+    now = [0.0]
+    auth = AnonymousAuthenticator(max_names=2, hold=100.0, clock=lambda: now[0])
+
+    def connect(name: str | None, key: str | None) -> str | int:
+        query = {} if name is None else {"user": name}
+        if key is not None:
+            query["key"] = key
+        try:
+            return auth(HandshakeRequest("/ws", query, {}, "127.0.0.1")).user_id
+        except Rejection as rejection:
+            return rejection.status
+
+    assert connect("n", None) == "n"
+    now[0] = 99.0
+    assert connect("n", None) == 409  # refused: not seen again, held until 100
+    assert connect("n", "key-nnnn") == 409
+    now[0] = 100.0
+    assert connect("n", "key-nnnn") == "n"
+    assert connect("n", None) == 409
+    # Generated guest ids take a place in the table too, for their key or none.
+    guest = connect(None, "key-gggg")
+    assert isinstance(guest, str) and guest.startswith("guest-")
+    assert connect(guest, "key-gggg") == guest
+    assert connect(guest, "key-hhhh") == 409
+    assert len(auth) == 2
+    other = connect(None, None)
+    assert isinstance(other, str) and other.startswith("guest-")
+    assert connect(other, None) == 409
+    assert len(auth) == 2  # n, the least recently used, was forgotten
+    assert connect("n", None) == "n"
 
 
 async def test_the_anonymous_name_settings_reach_the_authenticator():

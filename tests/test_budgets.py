@@ -374,9 +374,10 @@ async def test_two_addresses_cannot_deny_room_creation_to_everyone():
         async with attack_scene(server) as (bystander, _, baseline):
             received = server.hub.counters.frames_received
             attackers = []
-            for source in ("127.0.0.2", "127.0.0.3"):
+            for s, source in enumerate(("127.0.0.2", "127.0.0.3")):
                 for i in range(50):
-                    attackers.append(await raw_client(server.port, f"a{i}", source=source))
+                    # Another name for each: anonymous names are unique per server.
+                    attackers.append(await raw_client(server.port, f"a{s}-{i}", source=source))
             for n, attacker in enumerate(attackers):
                 rooms = [frame_text("join", room=f"r{n}-{j}") for j in range(100)]
                 await send_all_frames(attacker, rooms)

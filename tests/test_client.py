@@ -253,10 +253,10 @@ def task_names(task) -> list[str]:
 async def test_body_errors_propagate_unwrapped():
     async with open_test_server() as server:
         with pytest.raises(KeyError):
-            async with open_chat_client(server.url, user="alice"):
+            async with open_chat_client(server.url, user="alice", key="alice-key"):
                 raise KeyError("mine")
         with trio.move_on_after(0.2) as scope:
-            async with open_chat_client(server.url, user="alice") as alice:
+            async with open_chat_client(server.url, user="alice", key="alice-key") as alice:
                 await alice.join(ROOM)
                 await trio.sleep_forever()
         assert scope.cancelled_caught

@@ -23,8 +23,8 @@ async def test_connections_lists_each_open_connection(autojump_clock):
     async with open_memory_server(Config()) as server:
         assert server.connections() == []
         async with (
-            open_memory_client(server, user="alice") as a1,
-            open_memory_client(server, user="alice") as a2,
+            open_memory_client(server, user="alice", key="alice-key") as a1,
+            open_memory_client(server, user="alice", key="alice-key") as a2,
             open_memory_client(server, user="bob") as b,
         ):
             await trio.sleep(3)

@@ -648,7 +648,7 @@ async def test_client_chosen_close_codes_share_one_metrics_label():
     # series of its own.
     async with open_test_server(Config(port=0)) as server:
         for code in (3000, 4001, 4999):
-            async with open_test_client(server, user="alice") as alice:
+            async with open_test_client(server, user="alice", key="alice-key") as alice:
                 await alice.ws.aclose(code)
         async with open_test_client(server, user="bob"):
             pass

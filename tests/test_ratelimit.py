@@ -200,8 +200,8 @@ async def test_direct_and_presence_count_typing_and_join_do_not():
 async def test_the_limit_is_per_connection():
     async with open_test_server(RATE) as server:
         async with (
-            open_test_client(server, user="alice") as one,
-            open_test_client(server, user="alice") as two,
+            open_test_client(server, user="alice", key="alice-key") as one,
+            open_test_client(server, user="alice", key="alice-key") as two,
         ):
             await one.join("lobby")
             await two.join("lobby")

@@ -76,7 +76,7 @@ async def test_welcome_is_first_and_carries_the_limits():
         ping_interval=30.0,
     )
     async with open_test_server(config) as server:
-        async with open_test_client(server, user="alice") as alice:
+        async with open_test_client(server, user="alice", key="alice-key") as alice:
             welcome = alice.welcome
             assert welcome["type"] == "welcome"
             assert set(welcome) == {"type", "payload"}
@@ -89,7 +89,7 @@ async def test_welcome_is_first_and_carries_the_limits():
                 "rate": {"messages": 7, "per_seconds": 3.0},
                 "ping_interval_seconds": 30.0,
             }
-            async with open_test_client(server, user="alice") as again:
+            async with open_test_client(server, user="alice", key="alice-key") as again:
                 assert again.welcome["payload"]["session_id"] != payload["session_id"]
 
 
@@ -239,8 +239,8 @@ async def test_leave_and_system_events():
 async def test_chat_reaches_others_and_the_senders_other_connections(stored):
     async with open_test_server(stored()) as server:
         async with (
-            open_test_client(server, user="alice") as a1,
-            open_test_client(server, user="alice") as a2,
+            open_test_client(server, user="alice", key="alice-key") as a1,
+            open_test_client(server, user="alice", key="alice-key") as a2,
             open_test_client(server, user="bob") as bob,
         ):
             for client in (a1, a2, bob):
@@ -296,14 +296,14 @@ async def test_ref_deduplication_across_a_reconnect(stored):
     async with open_test_server(stored()) as server:
         async with open_test_client(server, user="bob") as bob:
             await bob.join("lobby")
-            async with open_test_client(server, user="alice") as alice:
+            async with open_test_client(server, user="alice", key="alice-key") as alice:
                 await alice.join("lobby")
                 first = await alice.chat("lobby", "only once", ref="m-1")
             assert first["payload"]["id"] == 1
             assert (await bob.expect("chat"))["payload"]["content"] == "only once"
 
             # Same user, new connection: the resent frame is acked, not published.
-            async with open_test_client(server, user="alice") as alice:
+            async with open_test_client(server, user="alice", key="alice-key") as alice:
                 joined = await alice.join("lobby")
                 assert [m["content"] for m in joined["payload"]["history"]] == ["only once"]
                 again = await alice.chat("lobby", "only once", ref="m-1")
@@ -372,10 +372,10 @@ async def test_presence_reaches_room_members_and_newcomers():
 async def test_direct_reaches_every_connection_of_the_addressee():
     async with open_test_server() as server:
         async with (
-            open_test_client(server, user="bob") as b1,
-            open_test_client(server, user="bob") as b2,
-            open_test_client(server, user="alice") as alice,
-            open_test_client(server, user="alice") as alice2,
+            open_test_client(server, user="bob", key="bob-own-key") as b1,
+            open_test_client(server, user="bob", key="bob-own-key") as b2,
+            open_test_client(server, user="alice", key="alice-key") as alice,
+            open_test_client(server, user="alice", key="alice-key") as alice2,
         ):
             await alice.send("direct", {"to": "bob", "content": "secret"}, ref="d7")
             ack = await alice.receive()
@@ -794,8 +794,8 @@ async def test_ephemeral_events_are_dropped_not_queued_for_a_backed_up_client():
 async def test_publish_and_send_direct_take_the_client_path(stored):
     async with open_test_server(stored()) as server:
         async with (
-            open_test_client(server, user="alice") as alice,
-            open_test_client(server, user="alice") as alice2,
+            open_test_client(server, user="alice", key="alice-key") as alice,
+            open_test_client(server, user="alice", key="alice-key") as alice2,
         ):
             await alice.join("news")
             first = await alice.chat("news", "from a client")

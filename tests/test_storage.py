@@ -206,7 +206,7 @@ async def burst(
 
 
 async def history_of(url: str) -> list[dict]:
-    async with open_test_client(url, user="auditor") as auditor:
+    async with open_test_client(url, user="auditor", key="auditor-key") as auditor:
         return (await auditor.join(ROOM))["payload"]["history"]
 
 

@@ -16,12 +16,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 from support import bounded
 from terminal_support import PtyTerminal
 
 from trio_chat import ChatServer, Config, make_token
-from trio_chat.client import ChatMessage, open_chat_client
+from trio_chat.client import ChatMessage, ConnectError, open_chat_client
 from trio_chat.testing import open_test_server
 
 ROOM = "lobby"
@@ -262,3 +263,40 @@ async def test_ctrl_c_while_still_connecting_exits_130_without_a_traceback():
             raw = bytes(term.raw)
             for word in (b"Traceback", b"KeyboardInterrupt", b"Error", b"cannot connect"):
                 assert word not in raw, raw
+
+
+@bounded(60)
+async def test_a_taken_name_is_refused_with_the_reason_and_its_own_reconnect_keeps_it():
+    """No --key: the terminal client holds its name with a key of its own
+    for the run; another client asking for the name is refused (409), and
+    the terminal shows that reason when it is the one refused."""
+    async with open_test_server() as server:
+        async with open_chat_client(server.url, user="dora") as dora:
+            async with pty_terminal(server.url, "--room", ROOM, "--user", "dora") as term:
+                line = await term.until_line(lambda x: "HTTP 409" in x)
+                assert "the name 'dora' is taken: pick another one" in line, term.text()
+                assert await term.exit_status() == 1
+                raw = bytes(term.raw)
+                assert b"Traceback" not in raw
+            await dora.join(ROOM)
+            async with pty_terminal(server.url, "--room", ROOM, "--user", "hal") as term:
+                await ready(term)
+                with pytest.raises(ConnectError) as refused:
+                    async with open_chat_client(server.url, user="hal"):
+                        pass
+                assert refused.value.status == 409
+                # Dropped by the server, the terminal comes back as hal.
+                [conn] = server.connections("hal")
+                server.close_connection(conn.session_id, 1013, "test drop")
+                await term.until_line(lambda x: "connection lost" in x or "reconnecting" in x)
+                await term.until(
+                    lambda _: (
+                        [c.session_id for c in server.connections("hal")]
+                        not in ([], [conn.session_id])
+                    )
+                )
+                await term.send("back again\r")
+                message = await next_chat(dora)
+                assert (message.user_id, message.content) == ("hal", "back again")
+                await term.send("/quit\r")
+                assert await term.exit_status() == 0

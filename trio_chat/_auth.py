@@ -130,13 +130,18 @@ ANONYMOUS_NAME_HOLD = 7 * 86400.0
 class AnonymousAuthenticator:
     """``?user=NAME`` or a generated ``guest-<random>`` id; no rooms limit.
 
-    A name belongs to whoever used it first, told apart by the optional
-    per-browser ``?key=`` (8 to 64 characters from ``A-Z a-z 0-9 _ -``): the
-    same key, or again no key, gets the same user; any other is refused with
-    409 while the name is held.  A name is held for *hold* seconds after its
-    holder's last handshake; at most *max_names* names are remembered (at the
-    bound the one unused for longest is forgotten first), each as its name,
-    a 16-byte digest of the key and a time.  Anonymous mode is not
+    A name belongs to one holder at a time, told apart by the per-browser
+    (or per-client) ``?key=`` (8 to 64 characters from ``A-Z a-z 0-9 _ -``):
+    a handshake with the key that holds a name gets the same user; any other
+    is refused with 409 while the name is held.  A handshake without a key
+    is a holder nobody can be again: it gets a name only if nobody holds it,
+    and then holds it for no key, so that no later handshake (with or
+    without a key, the same client's included) gets that name while it is
+    held.  Generated guest ids are held the same way (for the key sent, or
+    for none).  A name is held for *hold* seconds after its holder's last
+    handshake; at most *max_names* names are remembered (at the bound the
+    one unused for longest is forgotten first), each as its name, a 16-byte
+    digest of the key (or none) and a time.  Anonymous mode is not
     authentication: the key keeps one person's name from being taken over
     by another browser by mistake, not from a determined impostor who can
     push it out of the table or wait out the hold.
@@ -154,9 +159,9 @@ class AnonymousAuthenticator:
         self.max_names = max_names
         self.hold = hold
         self._clock = clock
-        #: name -> (digest of its key, or b"" for no key; last handshake),
+        #: name -> (digest of its key, or None for no key; last handshake),
         #: least recently used first.
-        self._names: dict[str, tuple[bytes, float]] = {}
+        self._names: dict[str, tuple[bytes | None, float]] = {}
 
     def __len__(self) -> int:
         return len(self._names)
@@ -167,20 +172,24 @@ class AnonymousAuthenticator:
         if key is not None and not _KEY.fullmatch(key):
             raise Rejection(400, f"key must match {KEY_PATTERN}")
         if not name:
-            return Identity("guest-" + secrets.token_hex(4))
-        if not is_valid_user_id(name):
+            name = "guest-" + secrets.token_hex(4)
+            while name in self._names:  # pragma: no cover - one in 400,000 at the bound
+                name = "guest-" + secrets.token_hex(4)
+        elif not is_valid_user_id(name):
             raise Rejection(400, f"user name must match {USER_PATTERN}")
         self.claim(name, key)
         return Identity(name)
 
     def claim(self, name: str, key: str | None) -> None:
-        """Hold *name* for *key* (None: no key), or :class:`Rejection` (409)
-        when another key holds it."""
+        """Hold *name* for *key*, or :class:`Rejection` (409) when it is held
+        for another key or for none.  *key* None holds a free name for no
+        key: nobody, that handshake's client included, gets it again while
+        it is held."""
         now = self._clock()
-        owner = b"" if key is None else hashlib.blake2b(key.encode(), digest_size=16).digest()
+        owner = None if key is None else hashlib.blake2b(key.encode(), digest_size=16).digest()
         names = self._names
         held = names.get(name)
-        if held is not None and held[0] != owner and now - held[1] < self.hold:
+        if held is not None and (owner is None or held[0] != owner) and now - held[1] < self.hold:
             raise Rejection(409, f"the name {name!r} is taken: pick another one")
         names.pop(name, None)
         names[name] = (owner, now)  # last: the most recently used

@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--key",
         default=None,
         metavar="KEY",
-        help="with --user: a key of your own (8 to 64 of A-Z a-z 0-9 _ -) that holds the name"
-        " for you: the server refuses it to anyone with another key",
+        help="anonymous mode: the key (8 to 64 of A-Z a-z 0-9 _ -) that holds your name: the"
+        " server refuses it to anyone with another key or none; default: a random one for"
+        " this run, so reconnects keep the name; give the same one to keep it across runs",
     )
     from ._admin_cli import add_admin_parser
 

@@ -118,10 +118,12 @@ class TestClient:
                     return frame
 
 
-def _resource(path: str, user: str | None, token: str | None) -> str:
+def _resource(path: str, user: str | None, token: str | None, key: str | None = None) -> str:
     params = {}
     if user is not None:
         params["user"] = user
+    if key is not None:
+        params["key"] = key
     if token is not None:
         params["token"] = token
     if not params:
@@ -135,14 +137,17 @@ async def open_test_client(
     *,
     user: str | None = None,
     token: str | None = None,
+    key: str | None = None,
     subprotocols: Sequence[str] | None = None,
 ) -> AsyncIterator[TestClient]:
     """Connect a :class:`TestClient` and read its ``welcome`` frame.
 
-    *user* and *token* go into the query string (URL-encoded).
+    *user*, *key* and *token* go into the query string (URL-encoded).  In
+    anonymous mode a name is held for the key that used it first: several
+    connections of one user send the same *key*.
     """
     url = server_or_url.url if isinstance(server_or_url, ChatServer) else server_or_url
-    url = _resource(url, user, token)
+    url = _resource(url, user, token, key)
     async with trio_websocket.open_websocket_url(url, subprotocols=subprotocols) as ws:
         client = TestClient(ws)
         client.welcome = await client.receive()
@@ -211,6 +216,7 @@ async def open_memory_client(
     *,
     user: str | None = None,
     token: str | None = None,
+    key: str | None = None,
     subprotocols: Sequence[str] | None = None,
     lockstep: bool = False,
     message_queue_size: int = 1,
@@ -227,7 +233,7 @@ async def open_memory_client(
             # Annotated as a socket or TLS stream, it takes any trio Stream.
             cast("trio.SocketStream", stream),
             "localhost",
-            _resource("/ws", user, token),
+            _resource("/ws", user, token, key),
             subprotocols=subprotocols,
             message_queue_size=message_queue_size,
         )

@@ -223,7 +223,10 @@ class ChatClient:
         self.url = url
         self._token = token
         self._user = user
-        self._key = key
+        # Anonymous mode: a key of this client's own unless given, so that its
+        # reconnects keep its name and nobody else's handshake gets it.
+        self._key = key if key is not None else secrets.token_urlsafe(24)
+        self._explicit_key = key is not None
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._close_timeout = close_timeout
@@ -775,12 +778,13 @@ class ChatClient:
         return value
 
     async def _build_url(self) -> str:
-        if self._token is not None or self._user is None:
+        if self._token is not None:
             return self.url
         parts = urllib.parse.urlsplit(self.url)
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        query = [(k, v) for k, v in query if k != "user"] + [("user", self._user)]
-        if self._key is not None:
+        if self._user is not None:
+            query = [(k, v) for k, v in query if k != "user"] + [("user", self._user)]
+        if self._explicit_key or all(k != "key" for k, _ in query):
             query = [(k, v) for k, v in query if k != "key"] + [("key", self._key)]
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
@@ -926,10 +930,13 @@ async def open_chat_client(
       user: anonymous mode: the user id to connect as.  Without *user* and
         *token* the server assigns a ``guest-...`` id, which the client keeps
         for its reconnects.
-      key: anonymous mode: the per-client key sent as ``?key=`` with *user*
-        (8 to 64 of ``A-Z a-z 0-9 _ -``).  The server holds a name for the
-        key that used it first and refuses it (409) to any other key, or to
-        a client without one.
+      key: anonymous mode: the key sent as ``?key=`` (8 to 64 of
+        ``A-Z a-z 0-9 _ -``); by default one of the client's own, random, so
+        its reconnects keep its name (a key in *url* is kept).  The server
+        holds a name (or the ``guest-...`` id it assigned) for the key that
+        used it first and refuses it (409) to any other key, or to a client
+        without one.  Pass the same key to several clients for one user with
+        several connections.
       backoff: reconnect delays (:class:`Backoff`: base 0.5 s, cap 30 s,
         full jitter, reset after 10 s online, no attempt limit).
       connect_timeout: seconds allowed for one attempt, up to ``welcome``.

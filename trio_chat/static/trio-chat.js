@@ -54,8 +54,10 @@ export const State = Object.freeze({
  * @property {string} [user] Anonymous mode: the user id to connect as (`?user=`).
  *   Without `user` or `token` the server assigns a `guest-…` id, which the
  *   client then keeps for its later reconnects.
- * @property {string} [key] Anonymous mode: this browser's key, sent as `?key=` with `user`
- *   (8 to 64 of `A-Z a-z 0-9 _ -`): the server keeps a name for the key that used it first.
+ * @property {string} [key] Anonymous mode: this browser's key, sent as `?key=`
+ *   (8 to 64 of `A-Z a-z 0-9 _ -`): the server keeps a name (or the `guest-…` id it
+ *   assigned) for the key that used it first. Default: a random key of this client's
+ *   own, so its reconnects keep the name (a reload, with a new client, does not).
  * @property {string | (() => string | Promise<string>)} [token] A JWT sent as
  *   `?token=`; a function is called before every connection attempt, so it can
  *   hand out a fresh token.
@@ -304,6 +306,7 @@ export class TrioChatClient extends EventTarget {
   /** @type {Map<string, {resolve: Function, reject: Function}>} ref of a `command` -> its call */ #calls = new Map();
   #ownPresence = null;
   #refPrefix = randomHex(12);
+  #key;
   #refCounter = 0;
   #onNetworkOnline = () => this.retryNow();
 
@@ -318,6 +321,7 @@ export class TrioChatClient extends EventTarget {
     this.#url = url;
     this.#options = { ...DEFAULTS, ...options };
     this.#pinnedUser = this.#options.user;
+    this.#key = this.#options.key || randomHex(16);
   }
 
   // ---------------------------------------------------------------- status
@@ -474,9 +478,9 @@ export class TrioChatClient extends EventTarget {
     if (typeof token === "function") token = await token();
     if (token) {
       url.searchParams.set("token", token);
-    } else if (this.#pinnedUser) {
-      url.searchParams.set("user", this.#pinnedUser);
-      if (this.#options.key) url.searchParams.set("key", this.#options.key);
+    } else {
+      if (this.#pinnedUser) url.searchParams.set("user", this.#pinnedUser);
+      url.searchParams.set("key", this.#key);
     }
     return url.href;
   }
