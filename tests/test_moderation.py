@@ -43,8 +43,8 @@ async def test_kick_closes_every_connection_and_members_see_it(caplog):
     caplog.set_level(logging.INFO, logger="trio_chat.moderation")
     async with open_test_server(Config()) as server:
         async with (
-            open_test_client(server, user="alice") as a1,
-            open_test_client(server, user="alice") as a2,
+            open_test_client(server, user="alice", key="alice-key") as a1,
+            open_test_client(server, user="alice", key="alice-key") as a2,
             open_test_client(server, user="bob") as bob,
             server.subscribe(rooms=["lobby"]) as events,
         ):
@@ -169,8 +169,8 @@ def test_bans_expire_and_stay_bounded():
 async def test_ban_refuses_the_handshake_and_closes_what_is_connected():
     async with open_test_server(Config()) as server:
         async with (
-            open_test_client(server, user="alice") as alice,
-            open_test_client(server, user="bob") as bob,
+            open_test_client(server, user="alice", key="alice-key") as alice,
+            open_test_client(server, user="bob", key="bob-own-key") as bob,
         ):
             await bob.join("lobby")
             await alice.join("lobby")
@@ -181,16 +181,16 @@ async def test_ban_refuses_the_handshake_and_closes_what_is_connected():
             assert notice["payload"]["event"] == "ban"
             assert notice["payload"]["text"] == "alice was banned: spam"
             assert await close_of(alice) == (4003, "banned: spam")
-        refusal = await ws_refusal(server.port, "/ws?user=alice")
+        refusal = await ws_refusal(server.port, "/ws?user=alice&key=alice-key")
         assert refusal.status == 403
         assert refusal.body.decode().startswith("banned for ")
         assert refusal.body.decode().rstrip().endswith("more seconds: spam")
-        async with open_test_client(server, user="bob"):
+        async with open_test_client(server, user="bob", key="bob-own-key"):
             pass  # others still get in
         assert [b.target for b in server.bans()] == ["alice"]
         assert await server.unban(user_id="alice")
         assert not await server.unban(user_id="alice")
-        async with open_test_client(server, user="alice") as alice:
+        async with open_test_client(server, user="alice", key="alice-key") as alice:
             assert alice.user_id == "alice"
 
 
@@ -199,10 +199,10 @@ async def test_an_address_ban_refuses_everyone_from_it():
         async with open_test_client(server, user="carol") as carol:
             await server.ban(ip="127.0.0.1", duration=60, reason="abuse")
             assert await close_of(carol) == (4003, "banned: abuse")
-        refusal = await ws_refusal(server.port, "/ws?user=dave")
+        refusal = await ws_refusal(server.port, "/ws?user=dave&key=dave-own-key")
         assert refusal.status == 403
         assert await server.unban(ip="::ffff:127.0.0.1")  # the same address
-        async with open_test_client(server, user="dave"):
+        async with open_test_client(server, user="dave", key="dave-own-key"):
             pass
 
 
