@@ -67,6 +67,8 @@ CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009}
 SEND_EVERY = 0.5  # well-behaved pace: 20 per 10 s, well under the default 30
 TAG = os.urandom(3).hex()
 ALICE, BOB = f"alice-{TAG}", f"bob-{TAG}"
+#: The abusers' one key: examples reuse names, and a name is held for its key.
+ABUSERS_KEY = f"abusers-{TAG}"
 
 CONFIG = Config(
     port=0,
@@ -554,7 +556,7 @@ def connections(draw) -> dict[str, Any]:
     websocket = draw(st.integers(0, 3)) > 0
     if websocket:
         user = draw(st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))
-        opener = upgrade_request(f"/ws?user=abuser-{user}")
+        opener = upgrade_request(f"/ws?user=abuser-{user}&key={ABUSERS_KEY}")
         actions = draw(st.lists(draw(st.sampled_from([ws_actions, valid_ws_actions])), max_size=12))
     else:
         opener = draw(http_openers)
@@ -582,7 +584,7 @@ def plan_of(*conns: tuple[list[bytes], str]) -> tuple[list[dict[str, Any]], list
     specs = [
         {
             "websocket": True,
-            "opener": upgrade_request(f"/ws?user=abuser-{i}"),
+            "opener": upgrade_request(f"/ws?user=abuser-{i}&key={ABUSERS_KEY}"),
             "actions": actions,
             "end": end,
             "partial": frame(b"x" * 300),
