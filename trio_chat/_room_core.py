@@ -19,6 +19,7 @@ Pure and synchronous: no I/O, no clock.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -127,7 +128,7 @@ U = TypeVar("U", bound=_User)
 
 
 @attrs.define(kw_only=True)
-class RoomCore(Generic[U]):
+class RoomCore(abc.ABC, Generic[U]):
     """Connections, users, room quotas and the dispatch of client events.
 
     Args:
@@ -183,31 +184,31 @@ class RoomCore(Generic[U]):
             len(self._conns), len(self._users), len(self._rooms), messages, history, history_bytes
         )
 
+    @abc.abstractmethod
     def _counts(self) -> tuple[int, int, int]:
         """Messages published here, and the history kept (messages, bytes)."""
-        raise NotImplementedError
 
     def room_names(self) -> list[str]:
         """The rooms kept here."""
         return list(self._rooms)
 
+    @abc.abstractmethod
     def members(self, room: str) -> list[str]:
         """The users in *room*."""
-        raise NotImplementedError
 
     def connections_in(self, room: str) -> list[Key]:
         """The connections here in *room*, in join order."""
         entry = self._rooms.get(room)
         return list(entry.conns) if entry else []
 
+    @abc.abstractmethod
     def last_id(self, room: str) -> int | None:
         """The id of *room*'s newest message (None: not known here)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def take_ops(self) -> list[Any]:
         """What the store must carry out for the commands applied since the
         last call, in order."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------ commands
 
@@ -379,8 +380,9 @@ class RoomCore(Generic[U]):
     def _new_conn(self, key: Key, user_id: str, client: str | None) -> Conn:
         return Conn(user_id, client)
 
+    @abc.abstractmethod
     def _new_user(self, user_id: str) -> U:
-        raise NotImplementedError
+        """The store's record of a user's first connection here."""
 
     def _conn_gone(self, conn: Conn) -> None:
         """A connection was forgotten (after leaving its rooms)."""
@@ -388,11 +390,15 @@ class RoomCore(Generic[U]):
     def _user_gone(self, user_id: str) -> None:
         """*user_id*'s last connection here was forgotten."""
 
+    @abc.abstractmethod
     def _creator_gone(self, room: str) -> None:
-        raise NotImplementedError
+        """The connection that created *room* is gone: the room no longer
+        counts against that connection's quota."""
 
+    @abc.abstractmethod
     def _join(self, key: Key, conn: Conn, event: Join, now: float) -> list[Delivery]:
-        raise NotImplementedError
+        """*conn* joins ``event.room`` (created within the quotas): its
+        ``joined``, and the notice to the others."""
 
     def _leave(self, key: Key, conn: Conn, room: str) -> list[Delivery]:
         """*conn* leaves *room* (nothing if it is not in it)."""
@@ -403,18 +409,22 @@ class RoomCore(Generic[U]):
         del conn.rooms[room]
         return self._left(key, conn, room, entry)
 
+    @abc.abstractmethod
     def _left(self, key: Key, conn: Conn, room: str, entry: Any, /) -> list[Delivery]:
         """What the store does once *conn* left *room* (*entry*, its state)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _publish(self, post: Post) -> list[Delivery]:
-        raise NotImplementedError
+        """A chat message into a room, appended to its log."""
 
+    @abc.abstractmethod
     def _direct(self, post: Post) -> list[Delivery]:
-        raise NotImplementedError
+        """A direct message to a user."""
 
+    @abc.abstractmethod
     def _set_presence(self, user_id: str, event: Presence) -> list[Delivery]:
-        raise NotImplementedError
+        """*user_id*'s new presence, told to those who see it."""
 
+    @abc.abstractmethod
     def _typing(self, key: Key, conn: Conn, room: str) -> list[Delivery]:
-        raise NotImplementedError
+        """A typing notice in *room*."""
