@@ -20,10 +20,9 @@ admin token does not cover is 403; a full table 507.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
-from ._http import HttpRequest, HttpResponse, json_response
+from ._http import HttpRequest, HttpResponse, json_content, json_object, json_response
 from ._protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -55,15 +54,12 @@ async def admin_api(
         return json_response(404, {"error": "not found"})
     if request.method != "POST":
         return HttpResponse(405, b"method not allowed\n", headers=(("allow", "POST"),))
-    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if kind != "application/json":
-        return json_response(415, {"error": "Content-Type must be application/json"})
-    try:
-        body = json.loads(request.body)
-    except (ValueError, RecursionError):
-        return json_response(400, {"error": "body must be JSON"})
-    if not isinstance(body, dict):
-        return json_response(400, {"error": "body must be a JSON object"})
+    refused = json_content(request)
+    if refused is not None:
+        return refused
+    body = json_object(request)
+    if isinstance(body, HttpResponse):
+        return body
     by = f"{admin.user_id}@{peer}"
     try:
         return await _act(server, action, body, admin, by)

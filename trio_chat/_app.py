@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.resources
 import ipaddress
-import json
 import logging
 import mimetypes
 import re
@@ -34,6 +33,8 @@ from ._http import (
     HttpRequest,
     HttpResponse,
     Upgrade,
+    json_content,
+    json_object,
     json_response,
 )
 from ._hub import Hub
@@ -367,17 +368,14 @@ class HttpApp:
     async def _api_publish(
         self, request: HttpRequest, room: str, admin: Identity, peer: str
     ) -> HttpResponse:
-        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if kind != "application/json":
-            return json_response(415, {"error": "Content-Type must be application/json"})
+        refused = json_content(request)
+        if refused is not None:
+            return refused
         if not admin.may_join(room):
             return json_response(403, {"error": "this token may not publish to that room"})
-        try:
-            body = json.loads(request.body)
-        except (ValueError, RecursionError):
-            return json_response(400, {"error": "body must be JSON"})
-        if not isinstance(body, dict):
-            return json_response(400, {"error": "body must be a JSON object"})
+        body = json_object(request)
+        if isinstance(body, HttpResponse):
+            return body
         content, user_id = body.get("content"), body.get("user_id", "server")
         if not isinstance(user_id, str) or not isinstance(content, str):
             return json_response(400, {"error": "content and user_id must be strings"})

@@ -96,6 +96,25 @@ def json_response(status: int, obj: Any, headers: tuple[tuple[str, str], ...] = 
     return HttpResponse(status, json.dumps(obj).encode() + b"\n", "application/json", headers)
 
 
+def json_content(request: HttpRequest) -> HttpResponse | None:
+    """None when *request* says its body is JSON, else the 415 to answer."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json":
+        return json_response(415, {"error": "Content-Type must be application/json"})
+    return None
+
+
+def json_object(request: HttpRequest) -> dict[str, Any] | HttpResponse:
+    """*request*'s body as a JSON object, or the 400 to answer."""
+    try:
+        body = json.loads(request.body)
+    except (ValueError, RecursionError):
+        return json_response(400, {"error": "body must be JSON"})
+    if not isinstance(body, dict):
+        return json_response(400, {"error": "body must be a JSON object"})
+    return body
+
+
 @attrs.frozen
 class Upgrade:
     """The router's answer for an accepted upgrade: hand the stream over.
