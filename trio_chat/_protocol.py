@@ -18,6 +18,27 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ._server_events import (
+    ACK_PREFIX,
+    CHAT_PREFIX,
+    ChatAck,
+    ChatMessage,
+    CommandResult,
+    DirectAck,
+    DirectMessage,
+    ErrorEvent,
+    Joined,
+    Left,
+    PresenceUpdate,
+    ServerEvent,
+    System,
+    TypingNotice,
+    Welcome,
+    ack_suffix,
+    chat_suffix,
+    parse_server_frame,
+)
+
 __all__ = [
     "ACK_PREFIX",
     "CHAT_PREFIX",
@@ -370,270 +391,3 @@ def parse_client_frame(
         "join, leave, chat, presence, direct, typing, command",
         ref,
     )
-
-
-# --------------------------------------------------------------------------
-# Server -> client events
-
-
-@attrs.frozen
-class ServerEvent:
-    """Base class of the events the server sends.
-
-    :meth:`payload` gives the protocol's payload object and :meth:`to_json`
-    the whole frame as compact JSON text.
-    """
-
-    type: ClassVar[str]
-
-    def payload(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}
-
-    def frame(self) -> dict[str, Any]:
-        return {"type": self.type, "payload": self.payload()}
-
-    def to_json(self) -> str:
-        return _dumps(self.frame())
-
-
-class _WithRef(ServerEvent):
-    """Events that echo the ``ref`` of the frame they answer."""
-
-    #: Declared by each subclass (an attrs field); named here for the checker.
-    ref: str | None
-
-    def payload(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name != "ref"}
-
-    def frame(self) -> dict[str, Any]:
-        frame = super().frame()
-        ref = self.ref
-        if ref is not None:
-            frame["ref"] = ref
-        return frame
-
-
-@attrs.frozen
-class Welcome(ServerEvent):
-    type: ClassVar[str] = "welcome"
-    session_id: str
-    user_id: str
-    limits: dict[str, Any]
-
-
-@attrs.frozen
-class Joined(_WithRef):
-    """``epoch`` names the room's numbering: the same value as last time
-    means its ids continued; a new one, that they started over at 1."""
-
-    type: ClassVar[str] = "joined"
-    room: str
-    members: list[str]
-    history: list[dict[str, Any]]
-    truncated: bool
-    ref: str | None = None
-    epoch: str | None = None
-
-    def payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "room": self.room,
-            "members": self.members,
-            "history": self.history,
-            "truncated": self.truncated,
-        }
-        if self.epoch is not None:
-            payload["epoch"] = self.epoch
-        return payload
-
-
-@attrs.frozen
-class Left(_WithRef):
-    type: ClassVar[str] = "left"
-    room: str
-    ref: str | None = None
-
-
-@attrs.frozen
-class System(ServerEvent):
-    """Something that happened to *user_id* in *room*: ``join``, ``leave``,
-    or a moderator's ``kick``, ``ban``, ``mute``, ``unmute`` (with ``text``
-    saying so in words)."""
-
-    type: ClassVar[str] = "system"
-    event: str
-    room: str
-    user_id: str
-    text: str | None = None
-
-    def payload(self) -> dict[str, Any]:
-        payload = {"event": self.event, "room": self.room, "user_id": self.user_id}
-        if self.text is not None:
-            payload["text"] = self.text
-        return payload
-
-
-@attrs.frozen
-class ChatMessage(ServerEvent):
-    """A chat message as delivered and as kept in history."""
-
-    type: ClassVar[str] = "chat"
-    id: int
-    room: str
-    user_id: str
-    content: str
-    time: str
-
-    def to_json(self) -> str:
-        # The hot path: one per broadcast.  Same text as the generic
-        # ``_dumps(self.frame())``, which the tests check.
-        return (
-            CHAT_PREFIX
-            + str(int(self.id))
-            + chat_suffix(self.room, self.user_id, self.content, self.time)
-        )
-
-
-#: A chat frame's text before its id, and :func:`chat_suffix` the rest: a
-#: store that assigns ids itself (Redis, in a script) joins the three.
-CHAT_PREFIX = '{"type":"chat","payload":{"id":'
-#: The same for a chat message's ack (:func:`ack_suffix`).
-ACK_PREFIX = '{"type":"ack","payload":{"id":'
-
-
-def chat_suffix(room: str, user_id: str, content: str, time: str) -> str:
-    """A chat frame after its id: ``CHAT_PREFIX + str(id) + chat_suffix(...)``
-    is ``ChatMessage(id, room, user_id, content, time).to_json()``."""
-    return (
-        f',"room":{_string(room)},"user_id":{_string(user_id)},'
-        f'"content":{_string(content)},"time":{_string(time)}}}}}'
-    )
-
-
-def ack_suffix(room: str, time: str, ref: str | None) -> str:
-    """An ack frame after its id: ``ACK_PREFIX + str(id) + ack_suffix(...)``
-    is ``ChatAck(id, room, time, ref).to_json()``."""
-    tail = "" if ref is None else f',"ref":{_string(ref)}'
-    return f',"room":{_string(room)},"time":{_string(time)}}}{tail}}}'
-
-
-@attrs.frozen
-class ChatAck(_WithRef):
-    type: ClassVar[str] = "ack"
-    id: int
-    room: str
-    time: str
-    ref: str | None = None
-
-    def to_json(self) -> str:
-        # One per chat message; same text as the generic serialization.
-        return ACK_PREFIX + str(int(self.id)) + ack_suffix(self.room, self.time, self.ref)
-
-
-@attrs.frozen
-class DirectAck(_WithRef):
-    type: ClassVar[str] = "ack"
-    to: str
-    time: str
-    ref: str | None = None
-
-
-@attrs.frozen
-class PresenceUpdate(ServerEvent):
-    type: ClassVar[str] = "presence"
-    user_id: str
-    status: str
-    text: str | None = None
-
-    def payload(self) -> dict[str, Any]:
-        payload = {"user_id": self.user_id, "status": self.status}
-        if self.text is not None:
-            payload["text"] = self.text
-        return payload
-
-
-@attrs.frozen
-class DirectMessage(ServerEvent):
-    type: ClassVar[str] = "direct"
-    from_: str
-    content: str
-    time: str
-
-    def payload(self) -> dict[str, Any]:
-        return {"from": self.from_, "content": self.content, "time": self.time}
-
-
-@attrs.frozen
-class TypingNotice(ServerEvent):
-    type: ClassVar[str] = "typing"
-    room: str
-    user_id: str
-
-
-@attrs.frozen
-class CommandResult(_WithRef):
-    """What a command returned (any JSON value), answering its ``ref``."""
-
-    type: ClassVar[str] = "result"
-    name: str
-    result: Any
-    ref: str | None = None
-
-
-@attrs.frozen
-class ErrorEvent(_WithRef):
-    type: ClassVar[str] = "error"
-    code: int
-    message: str
-    ref: str | None = None
-    retry_after_ms: int | None = None
-
-    def payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.retry_after_ms is not None:
-            payload["retry_after_ms"] = self.retry_after_ms
-        return payload
-
-
-# --------------------------------------------------------------------------
-# Parsing server frames (for clients and tests)
-
-
-def parse_server_frame(text: str | bytes) -> ServerEvent:
-    """Parse a frame the server sent into its :class:`ServerEvent`.
-
-    Raises ``ValueError`` for anything that is not a server event.
-    """
-    frame = json.loads(text)
-    if not isinstance(frame, dict) or not isinstance(frame.get("payload"), dict):
-        raise ValueError("not a server frame")
-    kind, p, ref = frame.get("type"), frame["payload"], frame.get("ref")
-    try:
-        if kind == "chat":
-            return ChatMessage(p["id"], p["room"], p["user_id"], p["content"], p["time"])
-        if kind == "ack":
-            if "id" in p:
-                return ChatAck(p["id"], p["room"], p["time"], ref)
-            return DirectAck(p["to"], p["time"], ref)
-        if kind == "welcome":
-            return Welcome(p["session_id"], p["user_id"], p["limits"])
-        if kind == "joined":
-            return Joined(
-                p["room"], p["members"], p["history"], p["truncated"], ref, p.get("epoch")
-            )
-        if kind == "left":
-            return Left(p["room"], ref)
-        if kind == "system":
-            return System(p["event"], p["room"], p["user_id"], p.get("text"))
-        if kind == "presence":
-            return PresenceUpdate(p["user_id"], p["status"], p.get("text"))
-        if kind == "direct":
-            return DirectMessage(p["from"], p["content"], p["time"])
-        if kind == "typing":
-            return TypingNotice(p["room"], p["user_id"])
-        if kind == "result":
-            return CommandResult(p["name"], p["result"], ref)
-        if kind == "error":
-            return ErrorEvent(p["code"], p["message"], ref, p.get("retry_after_ms"))
-    except KeyError as exc:
-        raise ValueError(f"{kind} frame without payload.{exc.args[0]}") from None
-    raise ValueError(f"unknown server frame type {kind!r}")
