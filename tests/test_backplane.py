@@ -743,6 +743,41 @@ async def test_redis_keeps_at_most_the_history_bytes_per_room(redis_server):
             assert (await carol.chat("lobby", "next"))["payload"]["id"] == 13  # ids go on
 
 
+def _inbox(redis: RedisServer, user: str) -> list[int]:
+    """The ids in *user*'s Redis inbox of direct messages, oldest first."""
+    out = redis.command("XRANGE", f"trio_chat:dm:{user}", "-", "+").decode().split()
+    return [int(w.partition("-")[0]) for w in out if w.endswith("-0")]
+
+
+@bounded(30)
+async def test_a_redis_inbox_keeps_at_most_the_history_bytes_per_room(redis_server):
+    content = "\u0001" * 1_640  # a frame of about 10 KB
+    settings = {"history_bytes_per_room": 50_000, "history_bytes_total": 80_000}
+    async with (
+        open_cluster(redis_server, count=1, **settings) as (s0,),
+        open_test_client(s0, user="bob") as bob,
+    ):
+        await bob.join("lobby")  # answered once bob is registered as online
+        for _ in range(12):
+            await s0.send_direct("bob", content)
+        assert _inbox(redis_server, "bob") == [8, 9, 10, 11, 12]
+        size = _redis_int(redis_server, "HGET", "trio_chat:hsizes", "@bob")
+        assert 40_000 < size <= 50_000
+        # Inboxes count against the bytes kept in all, like rooms.
+        for _ in range(4):
+            await s0.publish("lobby", content)
+        total = _redis_int(redis_server, "GET", "trio_chat:hbytes")
+        assert 60_000 < total <= 80_000
+        assert len(_inbox(redis_server, "bob")) < 5  # the least recently written log
+        for _ in range(12):
+            frame = await bob.expect("direct")
+            assert frame["payload"]["content"] == content
+        # Delivery continues with the next id.
+        await s0.send_direct("bob", "next")
+        assert (await bob.expect("direct"))["payload"]["content"] == "next"
+        assert _inbox(redis_server, "bob")[-1] == 13
+
+
 @bounded(30)
 async def test_redis_keeps_at_most_the_history_bytes_in_all_and_max_rooms_logs(redis_server):
     content = "\u0001" * 1_640

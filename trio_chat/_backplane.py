@@ -477,6 +477,7 @@ class Backplane:
                     MIN_RETAIN,
                     f"{p}ch:u:{to}",
                     DirectAck(to, op.time, op.ref).to_json(),
+                    p,
                 ],
                 [
                     f"{p}epoch",

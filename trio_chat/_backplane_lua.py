@@ -25,10 +25,12 @@ class Retention:
     * a room's log holds at most ``per_room`` bytes of frames (and the
       message count the backplane retains), the oldest trimmed first, and
       no message older than ``max_age`` seconds (0: no age limit);
+    * so does each user's inbox of direct messages (the log ``@user``; it
+      also expires a day after its last message);
     * all logs together hold at most ``total`` bytes: past it the least
-      recently written room loses its oldest messages first;
-    * at most ``rooms`` rooms have a log: past it the least recently
-      written room's log goes;
+      recently written log loses its oldest messages first;
+    * at most ``rooms`` logs (rooms and inboxes) are kept: past it the
+      least recently written one goes;
     * a room's keys expire ``max_age`` after its last member left or its
       last message arrived with nobody in it (0: a week).
 
@@ -152,16 +154,21 @@ end
 _RETAIN = r"""
 local PER_ROOM, TOTAL, MAX_ROOMS, MAX_AGE_MS = @PER_ROOM@, @TOTAL@, @ROOMS@, @MAX_AGE_MS@
 local ROOM_TTL = @TTL@
+-- A log's stream: a room's, or (``@user``) a user's direct-message inbox.
+local function log_key(name)
+  if string.sub(name, 1, 1) == '@' then return P .. 'dm:' .. string.sub(name, 2) end
+  return P .. 'log:' .. name
+end
 local function forget_log(room)
   local size = tonumber(redis.call('HGET', P .. 'hsizes', room) or '0')
-  redis.call('DEL', P .. 'log:' .. room)
+  redis.call('DEL', log_key(room))
   redis.call('HDEL', P .. 'hsizes', room)
   redis.call('ZREM', P .. 'hrooms', room)
   redis.call('DECRBY', P .. 'hbytes', size)
 end
 -- Remove the oldest entry of a room's log; false if it has none.
 local function trim_oldest(room)
-  local log = P .. 'log:' .. room
+  local log = log_key(room)
   local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
   if #oldest == 0 then
     forget_log(room)
@@ -177,7 +184,7 @@ local function trim_oldest(room)
   return true
 end
 local function oldest_time(room)
-  local oldest = redis.call('XRANGE', P .. 'log:' .. room, '-', '+', 'COUNT', 1)
+  local oldest = redis.call('XRANGE', log_key(room), '-', '+', 'COUNT', 1)
   if #oldest == 0 then return nil end
   local fields = oldest[1][2]
   for i = 1, #fields, 2 do
@@ -186,7 +193,7 @@ local function oldest_time(room)
   return 0
 end
 local function retain_log(room, now, retain)
-  local log = P .. 'log:' .. room
+  local log = log_key(room)
   while redis.call('XLEN', log) > retain
     or tonumber(redis.call('HGET', P .. 'hsizes', room) or '0') > PER_ROOM do
     if not trim_oldest(room) then break end
@@ -274,9 +281,15 @@ return out
 )
 
 #: KEYS: epoch, refs, refq, online, dmseq, dm.  ARGV: epoch, ref, ref memory,
-#: to, frame, origin, retain, channel, the ack (what the ref remembers).
+#: to, frame, origin, retain, channel, the ack (what the ref remembers),
+#: prefix.  The inbox is a log of :class:`Retention` named ``@`` and the
+#: user (no room name starts with ``@``): bounded in bytes like a room's.
 _DIRECT = (
     _REMEMBER
+    + r"""
+local P = ARGV[10]
+"""
+    + _RETAIN
     + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
 local ref = ARGV[2]
@@ -286,8 +299,11 @@ if ref ~= '' then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0 then return {'absent'} end
 local id = redis.call('INCR', KEYS[5])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], id .. '-0', 'o', ARGV[6], 'f', ARGV[5])
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[6], id .. '-0', 'o', ARGV[6], 'f', ARGV[5], 't', now)
 redis.call('EXPIRE', KEYS[6], 86400)
+logged('@' .. ARGV[4], #ARGV[5], now, tonumber(ARGV[7]))
 redis.call('PUBLISH', ARGV[8], 'm ' .. id .. ' ' .. ARGV[6] .. ' - ' .. ARGV[5])
 if ref ~= '' then remember(KEYS[2], KEYS[3], ref, ARGV[9], ARGV[3]) end
 return {'ok', id}
