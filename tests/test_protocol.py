@@ -85,7 +85,10 @@ PAYLOAD_KEYS = {
     Joined: ({"room", "members", "history", "truncated"}, {"epoch"}),
     Left: ({"room"}, set()),
     System: ({"event", "room", "user_id"}, {"text"}),
-    ChatMessage: ({"id", "room", "user_id", "content", "time"}, set()),
+    ChatMessage: (
+        {"id", "room", "user_id", "content", "time"},
+        {"edited", "deleted", "reactions", "mentions"},
+    ),
     ChatAck: ({"id", "room", "time"}, set()),
     DirectAck: ({"to", "time"}, set()),
     PresenceUpdate: ({"user_id", "status"}, {"text"}),

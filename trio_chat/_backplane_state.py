@@ -56,6 +56,7 @@ from ._backplane_ops import (
     TypingOp,
 )
 from ._hub_state import joined_budget, newest_within
+from ._mentions import find_mentions
 from ._protocol import (
     CHAT_PREFIX,
     ChatAck,
@@ -287,7 +288,8 @@ class ClusterState(RoomCore["_User"]):
         if not self.up:
             raise ProtocolError(503, UNAVAILABLE, post.ref)
         time = format_time(post.now)
-        suffix = chat_suffix(post.to, post.user_id, post.content, time)
+        mentions = find_mentions(post.content)
+        suffix = chat_suffix(post.to, post.user_id, post.content, time, mentions)
         origin = self._origin(post.reply_to)
         self._ops.append(
             ChatOp(

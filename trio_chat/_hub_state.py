@@ -67,18 +67,35 @@ def _utf8_len(text: str) -> int:
 
 def payload_bytes(payload: dict[str, Any]) -> int:
     """An upper bound, within a few bytes, of a chat payload's encoded size."""
-    return (
+    size = (
         _utf8_len(_string(payload["content"]))
         + _utf8_len(payload["user_id"])
         + len(payload["room"])
         + len(payload["time"])
         + _PAYLOAD_OVERHEAD
     )
+    if len(payload) > 5:
+        size += _extra_bytes(payload)
+    return size
+
+
+def _extra_bytes(payload: dict[str, Any]) -> int:
+    # ``edited``, ``deleted``, ``reactions``, ``mentions``: their names, and
+    # names, emoji and ids that are safe JSON (no escapes) but for emoji.
+    size = 64
+    for name in payload.get("mentions", ()):
+        size += len(name) + 3
+    for emoji, users in payload.get("reactions", {}).items():
+        size += _utf8_len(emoji) + 6 + sum(len(u) + 3 for u in users)
+    return size
 
 
 def _payload_bound(payload: dict[str, Any]) -> int:
     # JSON escapes a character to at most 6 bytes (``\u0001``).
-    return 6 * len(payload["content"]) + 2 * len(payload["user_id"]) + 2 * _PAYLOAD_OVERHEAD
+    bound = 6 * len(payload["content"]) + 2 * len(payload["user_id"]) + 2 * _PAYLOAD_OVERHEAD
+    if len(payload) > 5:
+        bound += 2 * _extra_bytes(payload)
+    return bound
 
 
 def newest_within(items: list[T], size: Callable[[T], int], budget: int) -> tuple[list[T], bool]:
@@ -184,7 +201,7 @@ class HubState(RoomCore["_User"]):
     def restore(
         self,
         rooms: list[tuple[str, str, int]],
-        messages: list[tuple[int, str, int, str, str, str, float]],
+        messages: list[tuple[int, str, int, str, str, str, float, str | None]],
         refs: list[tuple[str, str, str]],
     ) -> None:
         """Bring back what a store kept: rooms (without members, so a room

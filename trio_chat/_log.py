@@ -20,16 +20,19 @@ and gives them back at the next start (:meth:`History.restore`).
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections import OrderedDict, deque
 from typing import Any
 
 import attrs
 
+from ._mentions import find_mentions
 from ._protocol import ChatMessage, ServerEvent
 
 __all__ = [
     "MESSAGE_OVERHEAD",
+    "REACTION_BYTES",
     "AppendOp",
     "DropRoomOp",
     "History",
@@ -39,7 +42,10 @@ __all__ = [
     "RememberOp",
     "RoomLog",
     "TrimOp",
+    "decode_extra",
+    "encode_extra",
     "message_bytes",
+    "retained_bytes",
 ]
 
 #: Bytes a retained message is counted for beyond its content and user id
@@ -47,10 +53,62 @@ __all__ = [
 MESSAGE_OVERHEAD = 300
 
 
-def message_bytes(user_id: str, content: str) -> int:
+def message_bytes(user_id: str, content: str, mentions: tuple[str, ...] = ()) -> int:
     """What one retained message counts against the history byte budgets."""
     size = len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
+    for name in mentions:
+        size += len(name) + 3
     return size + len(user_id) + MESSAGE_OVERHEAD
+
+
+#: Bytes each reaction on a message counts for beyond its user id.
+REACTION_BYTES = 32
+
+
+def retained_bytes(message: ChatMessage) -> int:
+    """What *message* counts against the history byte budgets: its text,
+    user id and mentions (:func:`message_bytes`) and its reactions."""
+    size = message_bytes(message.user_id, message.content, message.mentions)
+    if message.reactions:
+        for users in message.reactions.values():
+            for user_id in users:
+                size += len(user_id) + REACTION_BYTES
+    return size
+
+
+def encode_extra(message: ChatMessage) -> str | None:
+    """A message's fields beyond its text (``edited``, ``deleted``,
+    ``reactions``, ``mentions``) as JSON for a store; None when it has none."""
+    extra: dict[str, Any] = {}
+    if message.edited is not None:
+        extra["edited"] = message.edited
+    if message.deleted:
+        extra["deleted"] = True
+    if message.reactions:
+        extra["reactions"] = message.reactions
+    if message.mentions:
+        extra["mentions"] = message.mentions
+    return json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
+
+
+def decode_extra(message: ChatMessage, extra: str | None) -> ChatMessage:
+    """*message* with the fields :func:`encode_extra` wrote back on it.
+
+    Raises ``ValueError`` for text that :func:`encode_extra` did not write.
+    """
+    if extra is None:
+        return message
+    fields = json.loads(extra)
+    if not isinstance(fields, dict):
+        raise ValueError(f"message {message.room} #{message.id}: bad fields {extra[:40]!r}")
+    reactions = fields.get("reactions")
+    return attrs.evolve(
+        message,
+        edited=fields.get("edited"),
+        deleted=fields.get("deleted") is True,
+        reactions={e: tuple(u) for e, u in reactions.items()} if reactions else None,
+        mentions=tuple(fields.get("mentions", ())),
+    )
 
 
 def new_epoch() -> str:
@@ -138,6 +196,27 @@ class RoomLog:
         """The id of the oldest retained message (``last_id + 1`` if none)."""
         return self.last_id - len(self.entries) + 1
 
+    def get(self, id_: int) -> ChatMessage | None:
+        """The retained message numbered *id_* (None if it is not retained)."""
+        index = id_ - self.first_id
+        if 0 <= index < len(self.entries):
+            return self.entries[index][0]
+        return None
+
+    def unread(self, user_id: str, after: int) -> tuple[int, int]:
+        """How many retained messages with ``id > after`` are from other
+        users than *user_id* and not deleted, and how many of those mention
+        *user_id*."""
+        entries = self.entries
+        unread = mentions = 0
+        for i in range(max(0, after + 1 - self.first_id), len(entries)):
+            message = entries[i][0]
+            if message.user_id != user_id and not message.deleted:
+                unread += 1
+                if user_id in message.mentions:
+                    mentions += 1
+        return unread, mentions
+
     def after(self, since: int | None) -> tuple[list[dict[str, Any]], bool]:
         """Retained messages with ``id > since`` and whether some are missing.
 
@@ -216,8 +295,9 @@ class History:
     ) -> ChatMessage:
         """Append a message to *log* with the next id, then trim to the budgets."""
         log.last_id += 1
-        message = ChatMessage(log.last_id, log.room, user_id, content, time)
-        size = message_bytes(user_id, content)
+        mentions = find_mentions(content)
+        message = ChatMessage(log.last_id, log.room, user_id, content, time, mentions=mentions)
+        size = message_bytes(user_id, content, mentions)
         log.entries.append((message, size))
         log.bytes += size
         self.messages += 1
@@ -255,22 +335,24 @@ class History:
     def restore(
         self,
         rooms: list[tuple[str, str, int]],
-        messages: list[tuple[int, str, int, str, str, str, float]],
+        messages: list[tuple[int, str, int, str, str, str, float, str | None]],
     ) -> dict[str, RoomLog]:
         """Rebuild the logs a store kept: *rooms* as (name, epoch, last_id),
-        *messages* as (seq, room, id, user_id, content, time, at) in seq order.
+        *messages* as (seq, room, id, user_id, content, time, at, extra) in
+        seq order (*extra*: :func:`encode_extra`'s JSON, or None).
 
         Returns the logs by room name, then trims them to today's budgets
         (which may be smaller than when the messages were kept).
         """
         logs = {name: self.open(name, epoch, last_id) for name, epoch, last_id in rooms}
-        for seq, room, id_, user_id, content, time, at in messages:
+        for seq, room, id_, user_id, content, time, at, extra in messages:
             log = logs.get(room)
             newest = log.entries[-1][0].id if log is not None and log.entries else 0
             if log is None or id_ <= newest or id_ > log.last_id:
                 continue
-            size = message_bytes(user_id, content)
-            log.entries.append((ChatMessage(id_, room, user_id, content, time), size))
+            message = decode_extra(ChatMessage(id_, room, user_id, content, time), extra)
+            size = retained_bytes(message)
+            log.entries.append((message, size))
             log.bytes += size
             self.messages += 1
             self.bytes += size

@@ -144,7 +144,15 @@ class System(ServerEvent):
 
 @attrs.frozen
 class ChatMessage(ServerEvent):
-    """A chat message as delivered and as kept in history."""
+    """A chat message as delivered and as kept in history.
+
+    Beside the text, a message may carry (each absent from its JSON when
+    unset): ``edited``, the time of its last edit; ``deleted``, true for a
+    tombstone (``content`` is then ``""``); ``reactions``, each emoji with
+    the users who have it on, in the order they reacted (None when there is
+    none); ``mentions``, the user ids its content mentions
+    (:func:`~trio_chat._mentions.find_mentions`).
+    """
 
     type: ClassVar[str] = "chat"
     id: int
@@ -152,15 +160,39 @@ class ChatMessage(ServerEvent):
     user_id: str
     content: str
     time: str
+    edited: str | None = None
+    deleted: bool = False
+    reactions: dict[str, tuple[str, ...]] | None = attrs.field(default=None, hash=False)
+    mentions: tuple[str, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "room": self.room,
+            "user_id": self.user_id,
+            "content": self.content,
+            "time": self.time,
+        }
+        if self.edited is not None:
+            payload["edited"] = self.edited
+        if self.deleted:
+            payload["deleted"] = True
+        if self.reactions:
+            payload["reactions"] = {emoji: list(users) for emoji, users in self.reactions.items()}
+        if self.mentions:
+            payload["mentions"] = list(self.mentions)
+        return payload
 
     def to_json(self) -> str:
         # The hot path: one per broadcast.  Same text as the generic
         # ``_dumps(self.frame())``, which the tests check.
-        return (
-            CHAT_PREFIX
-            + str(int(self.id))
-            + chat_suffix(self.room, self.user_id, self.content, self.time)
-        )
+        if self.edited is None and self.reactions is None and not self.deleted:
+            return (
+                CHAT_PREFIX
+                + str(int(self.id))
+                + chat_suffix(self.room, self.user_id, self.content, self.time, self.mentions)
+            )
+        return _dumps(self.frame())
 
 
 #: A chat frame's text before its id, and :func:`chat_suffix` the rest: a
@@ -170,12 +202,15 @@ CHAT_PREFIX = '{"type":"chat","payload":{"id":'
 ACK_PREFIX = '{"type":"ack","payload":{"id":'
 
 
-def chat_suffix(room: str, user_id: str, content: str, time: str) -> str:
+def chat_suffix(
+    room: str, user_id: str, content: str, time: str, mentions: tuple[str, ...] = ()
+) -> str:
     """A chat frame after its id: ``CHAT_PREFIX + str(id) + chat_suffix(...)``
-    is ``ChatMessage(id, room, user_id, content, time).to_json()``."""
+    is ``ChatMessage(id, room, user_id, content, time, mentions=mentions).to_json()``."""
+    end = "}}" if not mentions else ',"mentions":' + _dumps(list(mentions)) + "}}"
     return (
         f',"room":{_string(room)},"user_id":{_string(user_id)},'
-        f'"content":{_string(content)},"time":{_string(time)}}}}}'
+        f'"content":{_string(content)},"time":{_string(time)}{end}'
     )
 
 
@@ -268,6 +303,21 @@ class ErrorEvent(_WithRef):
 # Parsing server frames (for clients and tests)
 
 
+def _chat_message(p: dict[str, Any]) -> ChatMessage:
+    reactions = p.get("reactions")
+    return ChatMessage(
+        p["id"],
+        p["room"],
+        p["user_id"],
+        p["content"],
+        p["time"],
+        p.get("edited"),
+        p.get("deleted", False) is True,
+        {e: tuple(u) for e, u in reactions.items()} if reactions else None,
+        tuple(p.get("mentions", ())),
+    )
+
+
 def parse_server_frame(text: str | bytes) -> ServerEvent:
     """Parse a frame the server sent into its :class:`ServerEvent`.
 
@@ -279,7 +329,7 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
     kind, p, ref = frame.get("type"), frame["payload"], frame.get("ref")
     try:
         if kind == "chat":
-            return ChatMessage(p["id"], p["room"], p["user_id"], p["content"], p["time"])
+            return _chat_message(p)
         if kind == "ack":
             if "id" in p:
                 return ChatAck(p["id"], p["room"], p["time"], ref)

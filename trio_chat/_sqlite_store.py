@@ -19,6 +19,7 @@ with a one-line message.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -26,13 +27,16 @@ from typing import IO
 
 import attrs
 
-from ._log import AppendOp, DropRoomOp, LogOp, OpenRoomOp, RememberOp, TrimOp
+from ._log import AppendOp, DropRoomOp, LogOp, OpenRoomOp, RememberOp, TrimOp, encode_extra
+from ._mentions import find_mentions
 
 __all__ = ["DB_NAME", "Snapshot", "SqliteStore", "StoreError"]
 
 #: The database's file name inside the data directory.
 DB_NAME = "trio-chat.sqlite3"
-SCHEMA_VERSION = 1
+#: Version 2 added ``messages.extra`` (edits, tombstones, reactions,
+#: mentions); a version 1 file is migrated when opened.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -48,7 +52,8 @@ CREATE TABLE IF NOT EXISTS messages (
     user_id TEXT NOT NULL,
     content TEXT NOT NULL,
     time TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    extra TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_room ON messages (room, id);
 CREATE TABLE IF NOT EXISTS refs (
@@ -60,7 +65,7 @@ CREATE TABLE IF NOT EXISTS refs (
 """
 
 
-_INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class StoreError(Exception):
@@ -73,8 +78,8 @@ class Snapshot:
 
     #: (name, epoch, last_id), least recently used first.
     rooms: list[tuple[str, str, int]]
-    #: (seq, room, id, user_id, content, time, at), in seq order.
-    messages: list[tuple[int, str, int, str, str, str, float]]
+    #: (seq, room, id, user_id, content, time, at, extra), in seq order.
+    messages: list[tuple[int, str, int, str, str, str, float, str | None]]
     #: (user_id, ref, ack JSON), oldest first.
     refs: list[tuple[str, str, str]]
 
@@ -120,6 +125,8 @@ class SqliteStore:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] == "1":
+                _migrate_from_1(db)
             elif row[0] != str(SCHEMA_VERSION):
                 raise StoreError(
                     f"database {self.path}: schema version {row[0]}, this server "
@@ -147,7 +154,7 @@ class SqliteStore:
                 "ON m.room = r.name ORDER BY COALESCE(m.used, 0), r.name"
             ).fetchall()
             messages = db.execute(
-                "SELECT seq, room, id, user_id, content, time, at FROM messages ORDER BY seq"
+                "SELECT seq, room, id, user_id, content, time, at, extra FROM messages ORDER BY seq"
             ).fetchall()
             refs = db.execute("SELECT user_id, ref, ack FROM refs ORDER BY seq").fetchall()
         except sqlite3.Error as exc:
@@ -164,7 +171,7 @@ class SqliteStore:
         if not ops:
             return
         db = self._db
-        appends: list[tuple[int, str, int, str, str, str, float]] = []
+        appends: list[tuple[int, str, int, str, str, str, float, str | None]] = []
         last_ids: dict[str, int] = {}
         refs: list[tuple[str, str, str]] = []
         try:
@@ -172,7 +179,9 @@ class SqliteStore:
             for op in ops:
                 if isinstance(op, AppendOp):
                     m = op.message
-                    appends.append((op.seq, m.room, m.id, m.user_id, m.content, m.time, op.at))
+                    appends.append(
+                        (op.seq, m.room, m.id, m.user_id, m.content, m.time, op.at, encode_extra(m))
+                    )
                     last_ids[m.room] = m.id
                     continue
                 if isinstance(op, RememberOp):
@@ -222,6 +231,26 @@ class SqliteStore:
         except sqlite3.Error:
             pass
         self._lock.close()
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Bring a version 1 database to version 2, in one transaction: the
+    ``extra`` column, with the mentions of the messages it already holds."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE messages ADD COLUMN extra TEXT")
+        rows = db.execute("SELECT seq, content FROM messages WHERE instr(content, '@')").fetchall()
+        updates = []
+        for seq, content in rows:
+            mentions = find_mentions(content)
+            if mentions:
+                updates.append((json.dumps({"mentions": mentions}, separators=(",", ":")), seq))
+        db.executemany("UPDATE messages SET extra = ? WHERE seq = ?", updates)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 #: The lock file that keeps a second server out of a data directory.

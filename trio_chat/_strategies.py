@@ -645,6 +645,36 @@ def _history(draw: st.DrawFn, room: str) -> list[dict[str, Any]]:
     ]
 
 
+#: The default reactions (the ``reactions`` setting).
+_EMOJI = ("\U0001f44d", "\u2764\ufe0f", "\U0001f602", "\U0001f389", "\U0001f62e")
+
+
+@st.composite
+def _chat_message(
+    draw: st.DrawFn, ids: st.SearchStrategy[int], content: st.SearchStrategy[str]
+) -> ChatMessage:
+    """A chat message with some of its optional fields set."""
+    deleted = draw(st.booleans())
+    reactions = draw(
+        st.dictionaries(
+            st.sampled_from(_EMOJI),
+            st.lists(user_ids(), min_size=1, max_size=3, unique=True).map(tuple),
+            max_size=3,
+        )
+    )
+    return ChatMessage(
+        draw(ids),
+        draw(room_names()),
+        draw(user_ids()),
+        "" if deleted else draw(content),
+        draw(timestamps()),
+        draw(st.none() | timestamps()),
+        deleted,
+        reactions or None,
+        tuple(draw(st.lists(user_ids(), max_size=3, unique=True))),
+    )
+
+
 @st.composite
 def _joined(draw: st.DrawFn) -> Joined:
     room = draw(room_names())
@@ -733,7 +763,10 @@ def server_events(
                 st.text(min_size=1, max_size=200),
             ),
         ),
-        ChatMessage: st.builds(ChatMessage, ids, room_names(), user_ids(), content, timestamps()),
+        ChatMessage: st.one_of(
+            st.builds(ChatMessage, ids, room_names(), user_ids(), content, timestamps()),
+            _chat_message(ids, content),
+        ),
         ChatAck: st.builds(ChatAck, ids, room_names(), timestamps(), ref),
         DirectAck: st.builds(DirectAck, user_ids(), timestamps(), ref),
         PresenceUpdate: st.builds(
