@@ -216,8 +216,8 @@ class HttpApp:
         if self.server.draining:
             return self._refuse(503, "server shutting down", peer)
         accepted = check_upgrade(
-            request.raw.http_version,
-            request.raw.headers,
+            request.http_version,
+            request.header_list,
             deflate=self.config.permessage_deflate == "on",
         )
         if not isinstance(accepted, Accepted) and not probe:

@@ -3,7 +3,10 @@
 :func:`serve_http` reads requests from one TCP (or TLS) stream.  Plain
 requests are answered by the router, with keep-alive; a WebSocket upgrade is
 handed over, parsed, with any bytes read after its head, to the connection
-layer (which answers the 101 itself: no second parse).  The first request
+layer (which answers the 101 itself: no second parse).  An upgrade whose
+head arrives whole in the first read, in the strict form clients send, is
+parsed once by :mod:`trio_chat._request_head` without h11; everything else
+(and the answer to a refused upgrade) goes through h11.  The first request
 head must arrive within the handshake timeout (a slowloris client is
 disconnected), each later one within the keep-alive idle timeout.  A request
 head is at most :data:`MAX_HEAD_BYTES` however TCP splits it (more: 431).
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
 
 import attrs
 import h11
 import trio
+
+from ._request_head import HEAD_END, parse_upgrade_head
 
 __all__ = ["Handover", "HttpRequest", "HttpResponse", "Upgrade", "json_response", "serve_http"]
 
@@ -57,12 +62,18 @@ _REASONS = {
 
 @attrs.frozen
 class HttpRequest:
-    """A parsed request head (header names lowercased) and its body."""
+    """A parsed request head and its body.
+
+    ``headers`` maps each lowercased name to its (last) value;
+    ``header_list`` keeps every header, in order, as the bytes parsed
+    (names lowercased); ``http_version`` is like ``b"1.1"``.
+    """
 
     method: str
     target: str
     headers: dict[str, str]
-    raw: h11.Request
+    http_version: bytes
+    header_list: Sequence[tuple[bytes, bytes]]
     body: bytes = b""
 
     @property
@@ -239,7 +250,36 @@ async def serve_http(
         write_timeout = head_timeout
     if idle_timeout is None:
         idle_timeout = head_timeout
+    deadline = trio.current_time() + head_timeout
+    if first_deadline is not None:
+        deadline = min(deadline, first_deadline)
+    # The first read: a WebSocket upgrade's head usually arrives whole in it.
+    with trio.CancelScope(deadline=deadline) as scope:
+        if idle_scopes is not None:
+            idle_scopes.add(scope)
+        try:
+            data = await stream.receive_some(MAX_HEAD_BYTES)
+        finally:
+            if idle_scopes is not None:
+                idle_scopes.discard(scope)
+    if scope.cancelled_caught:
+        return None  # slow client: just close
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    end = data.find(HEAD_END) + len(HEAD_END)
+    head = parse_upgrade_head(data[:end]) if end >= len(HEAD_END) else None
+    if head is not None:
+        # The strict upgrade form, parsed once; anything else goes to h11.
+        request = _request_of(b"GET", head.target, b"1.1", head.headers)
+        answer = await router(request)
+        if isinstance(answer, Upgrade):
+            return Handover(request, answer, bytes(data[end:]), deadline)
+        # Refused: h11 writes the answer, as for any request.
+        conn.receive_data(bytes(data[:end]))
+        conn.next_event()
+        with trio.move_on_after(write_timeout):
+            await send_response(conn, stream, answer)
+        return None  # never keep a refused upgrade's connection alive
+    conn.receive_data(cast(bytes, data))
 
     async def respond(response: HttpResponse, *, head_only: bool = False) -> bool:
         """Send *response*; False if it was not written in time."""
@@ -250,9 +290,8 @@ async def serve_http(
 
     first = True
     while True:
-        deadline = trio.current_time() + (head_timeout if first else idle_timeout)
-        if first and first_deadline is not None:
-            deadline = min(deadline, first_deadline)
+        if not first:
+            deadline = trio.current_time() + idle_timeout
         first = False
         with trio.CancelScope(deadline=deadline) as scope:
             if idle_scopes is not None:
@@ -270,13 +309,7 @@ async def serve_http(
             return None  # slow or idle client, or gone: just close
         if not isinstance(event, h11.Request):
             return None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
-        request = HttpRequest(
-            event.method.decode("ascii", "replace"),
-            event.target.decode("ascii", "replace"),
-            headers,
-            event,
-        )
+        request = _request_of(event.method, event.target, event.http_version, event.headers)
         if request.is_upgrade:
             answer = await router(request)
             if isinstance(answer, Upgrade):
@@ -308,6 +341,19 @@ async def serve_http(
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             return None
         conn.start_next_cycle()
+
+
+def _request_of(
+    method: bytes, target: bytes, http_version: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> HttpRequest:
+    """The :class:`HttpRequest` of a parsed head (names already lowercased)."""
+    return HttpRequest(
+        method.decode("ascii", "replace"),
+        target.decode("ascii", "replace"),
+        {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+        http_version,
+        headers,
+    )
 
 
 async def _read_body(

@@ -320,7 +320,7 @@ static void send_upgrade(conn *c) {
     char req[512];
     int users = o_users > 0 ? o_users : (nconns > 0 ? nconns : 1);
     int n = snprintf(req, sizeof req,
-                     "GET %s?user=%s%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "GET %s?user=%s%d&key=loadgen-key HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n%s\r\n",
                      o_path, o_prefix, c->idx % users, o_host, o_port,
