@@ -71,7 +71,12 @@ def peer_of(transport: trio.abc.Stream) -> str:
         address = sock.getpeername()
     except OSError:
         return "?"
-    return address[0] if isinstance(address, tuple) else str(address or "local")
+    return _address_name(address)
+
+
+def _address_name(address: object) -> str:
+    """The client's address as :func:`peer_of` says it, from a socket address."""
+    return str(address[0]) if isinstance(address, tuple) else str(address or "local")
 
 
 def local_of(transport: trio.abc.Stream) -> str | None:
@@ -250,10 +255,12 @@ class Front:
         self,
         listener: trio.SocketListener,
         nursery: trio.Nursery,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        handler: Callable[[trio.SocketStream, str | None], Awaitable[None]],
     ) -> None:
         """Accept on *listener* until cancelled, each stream served by
-        *handler* in *nursery*; closes the listener at the end.
+        ``handler(stream, peer)`` in *nursery* (*peer*: the client's
+        address, when ``accept`` told it, else None); closes the listener
+        at the end.
 
         After each wait, up to :data:`ACCEPT_BATCH` more connections that
         are already waiting are taken at once (as asyncio does), so that a
@@ -271,10 +278,10 @@ class Front:
                             raise
                         await self._exhausted(listener, exc)
                         continue
-                    nursery.start_soon(handler, stream)
+                    nursery.start_soon(handler, stream, None)
                     if ready is not None:
-                        for stream in _accept_waiting(ready):
-                            nursery.start_soon(handler, stream)
+                        for stream, peer in _accept_waiting(ready):
+                            nursery.start_soon(handler, stream, peer)
             finally:
                 if ready is not None:
                     ready.detach()  # the listener's descriptor: it closes it
@@ -352,16 +359,17 @@ def _nonblocking_twin(listener: trio.SocketListener) -> socket.socket | None:
     return twin
 
 
-def _accept_waiting(twin: socket.socket) -> Iterator[trio.SocketStream]:
+def _accept_waiting(twin: socket.socket) -> Iterator[tuple[trio.SocketStream, str]]:
     """The connections already waiting in the accept queue, at most
-    ACCEPT_BATCH; stops at the first error (the loop's own accept sees it
-    again, and deals with running out of descriptors)."""
+    ACCEPT_BATCH, each with its client's address; stops at the first error
+    (the loop's own accept sees it again, and deals with running out of
+    descriptors)."""
     for _ in range(ACCEPT_BATCH):
         try:
-            raw, _ = twin.accept()
+            raw, address = twin.accept()
         except OSError:
             return
-        yield trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        yield trio.SocketStream(trio.socket.from_stdlib_socket(raw)), _address_name(address)
 
 
 def _answer_now(sock: trio.socket.SocketType, response: bytes) -> None:

@@ -31,10 +31,12 @@ write in flight and its 1013 close frame, else it is aborted.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -97,6 +99,27 @@ CONTROL_RATE_FLOOR = 100
 Handler = Callable[[str | bytes], Awaitable[None]]
 
 
+#: Random bytes per session id (12 characters of URL-safe base64), and how
+#: many ids' worth are drawn from the OS at once.
+SESSION_ID_BYTES = 9
+_SESSION_IDS_PER_DRAW = 256
+_session_pool = bytearray()
+
+
+def _session_id() -> str:
+    """A new session id: as ``secrets.token_urlsafe(9)``, from a pool of the
+    same OS randomness drawn for many ids at once (one system call less per
+    connection).  A forked child starts with an empty pool."""
+    if not _session_pool:
+        _session_pool.extend(secrets.token_bytes(SESSION_ID_BYTES * _SESSION_IDS_PER_DRAW))
+    raw = bytes(_session_pool[-SESSION_ID_BYTES:])
+    del _session_pool[-SESSION_ID_BYTES:]
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+os.register_at_fork(after_in_child=_session_pool.clear)
+
+
 def control_rate(config: Config) -> int:
     """join/leave/typing frames, and pings, allowed per ``rate_seconds``."""
     return max(config.rate_messages * CONTROL_RATE_FACTOR, CONTROL_RATE_FLOOR)
@@ -130,6 +153,7 @@ class Connection:
         "_prefix",
         "_reader_exit",
         "_reader_running",
+        "_resting",
         "_running",
         "_stopping",
         "_writer_exit",
@@ -173,16 +197,18 @@ class Connection:
         #: The window the hub compresses this client's frames with (0: none).
         self.deflate_bits = 0 if deflate is None else deflate.server_bits
         self._prefix = prefix
-        self.session_id = secrets.token_urlsafe(9)
+        self.session_id = _session_id()
         self.started = time.monotonic()
         self._handler: Handler | None = None
         self._handling = False
         self._running = False
         self._stopping = False
         self._nursery: trio.Nursery | None = None
-        #: The heartbeat's current wait (a sleep or a ping): its deadline
-        #: times the heartbeat, and cancelling it stops the heartbeat.
+        #: The heartbeat's current wait (a rest or a ping): its deadline
+        #: times the heartbeat; cancelling it ends a ping's write.
         self._heartbeat_scope = trio.CancelScope()
+        #: The heartbeat's task while it rests in :meth:`_rest`.
+        self._resting: trio.lowlevel.Task | None = None
         self._awaiting_pong = False
         self._pings = 0
         #: Set while a writer task runs (there is a backlog).
@@ -217,10 +243,30 @@ class Connection:
             writer = self._writer_scope
             if writer is not None and not writer.cancel_called:
                 writer.cancel()
-            if not self._heartbeat_scope.cancel_called:
-                self._heartbeat_scope.cancel()
+            self._wake_heartbeat()
         elif self.handshake_scope is not None:
             self.handshake_scope.cancel()
+
+    def _wake_heartbeat(self) -> None:
+        """End the heartbeat's current wait: at once if it rests (see
+        :meth:`_rest`), else by cancelling its scope (a ping being written)."""
+        task = self._resting
+        if task is not None:
+            self._resting = None
+            trio.lowlevel.reschedule(task)
+        elif not self._heartbeat_scope.cancel_called:
+            self._heartbeat_scope.cancel()
+
+    async def _rest(self) -> None:
+        """Wait until :meth:`_wake_heartbeat`, or until the scope around
+        ends the wait (its deadline)."""
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._resting = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._resting = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def close(self, code: int | None, reason: str) -> None:
         """Close now, dropping what is queued (None: abort, no close frame)."""
@@ -285,7 +331,7 @@ class Connection:
                         await self._handle(message)
                 if ws.ponged and self._awaiting_pong:
                     self._awaiting_pong = False
-                    self._heartbeat_scope.cancel()
+                    self._wake_heartbeat()
                 if ws.wants_write or not ws.open:
                     await self._write_engine()
                 if self._finished:
@@ -469,10 +515,11 @@ class Connection:
     async def _heartbeat(self) -> None:
         """Ping every ``ping_interval``; abort when a pong is ``pong_timeout`` late.
 
-        Each wait runs in one cancel scope whose deadline times it and which
-        :meth:`_on_kill` cancels to stop the heartbeat, and the reader
-        cancels when the pong arrives (one scope, not a sleep's own scope
-        nested in a stop scope: there are thousands).
+        Each wait runs in one cancel scope whose deadline times it (one
+        scope, not a sleep's own scope nested in a stop scope: there are
+        thousands); :meth:`_on_kill` wakes the heartbeat to stop it, and the
+        reader wakes it when the pong arrives (:meth:`_wake_heartbeat`: a
+        reschedule, cheaper than cancelling the scope).
         """
         interval = self.config.ping_interval
         timeout = self.config.pong_timeout
@@ -480,7 +527,7 @@ class Connection:
         while not self.is_stopping():
             with trio.CancelScope(deadline=trio.current_time() + interval) as scope:
                 self._heartbeat_scope = scope
-                await trio.sleep_forever()
+                await self._rest()
             if self.is_stopping() or not ws.open:
                 return
             self._pings += 1
@@ -491,7 +538,7 @@ class Connection:
                     return
                 if ws.pong_pending:
                     self._awaiting_pong = True
-                    await trio.sleep_forever()
+                    await self._rest()
             self._awaiting_pong = False
             if self.is_stopping():
                 return
@@ -517,16 +564,20 @@ class Connection:
         deadline = trio.current_time() + CLOSE_TIMEOUT
         if self._grace is not None:
             deadline = min(deadline, self._grace)
-        with trio.CancelScope(deadline=deadline):
-            if code is not None and ws.open and self.stream.writable:
-                reason = outlet.close_reason.encode("utf-8")[:120].decode("utf-8", "ignore")
-                ws.send_close(code, reason)
-                await self._write_engine()
-            if code is not None and self._reader_running and not self._finished:
-                self._reader_exit = trio.Event()
-                await self._reader_exit.wait()
-            if self._must_linger():
-                await self._linger()
+        send = code is not None and ws.open and self.stream.writable
+        if send or (code is not None and self._reader_running) or self._must_linger():
+            # (Usually the closing handshake is already over: nothing to wait for.)
+            with trio.CancelScope(deadline=deadline):
+                if send:
+                    assert code is not None
+                    reason = outlet.close_reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+                    ws.send_close(code, reason)
+                    await self._write_engine()
+                if code is not None and self._reader_running and not self._finished:
+                    self._reader_exit = trio.Event()
+                    await self._reader_exit.wait()
+                if self._must_linger():
+                    await self._linger()
         await self.stream.aclose()
 
     def _must_linger(self) -> bool:

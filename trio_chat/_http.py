@@ -27,6 +27,7 @@ import h11
 import trio
 
 from ._request_head import HEAD_END, parse_upgrade_head
+from ._stream import receive_from, receive_nowait
 
 __all__ = ["Handover", "HttpRequest", "HttpResponse", "Upgrade", "json_response", "serve_http"]
 
@@ -253,17 +254,20 @@ async def serve_http(
     deadline = trio.current_time() + head_timeout
     if first_deadline is not None:
         deadline = min(deadline, first_deadline)
-    # The first read: a WebSocket upgrade's head usually arrives whole in it.
-    with trio.CancelScope(deadline=deadline) as scope:
-        if idle_scopes is not None:
-            idle_scopes.add(scope)
-        try:
-            data = await stream.receive_some(MAX_HEAD_BYTES)
-        finally:
+    # The first read: a WebSocket upgrade's head usually arrives whole in
+    # it, and is often there already (then there is nothing to wait for).
+    data: bytes | bytearray | None = receive_nowait(stream, MAX_HEAD_BYTES)
+    if data is None:
+        with trio.CancelScope(deadline=deadline) as scope:
             if idle_scopes is not None:
-                idle_scopes.discard(scope)
-    if scope.cancelled_caught:
-        return None  # slow client: just close
+                idle_scopes.add(scope)
+            try:
+                data = await receive_from(stream, MAX_HEAD_BYTES)
+            finally:
+                if idle_scopes is not None:
+                    idle_scopes.discard(scope)
+        if data is None:
+            return None  # slow client (the scope was cancelled): just close
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     end = data.find(HEAD_END) + len(HEAD_END)
     head = parse_upgrade_head(data[:end]) if end >= len(HEAD_END) else None

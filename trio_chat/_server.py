@@ -360,6 +360,7 @@ class ChatServer(EmbeddingApi, ModerationApi):
     ) -> None:
         # One budget for TLS, the request head and the WebSocket handshake.
         deadline = trio.current_time() + self.config.handshake_timeout
+        stream: WireStream | None = None
         try:
             if self._ssl_context is not None:
                 transport = trio.SSLStream(transport, self._ssl_context, server_side=True)
@@ -379,8 +380,9 @@ class ChatServer(EmbeddingApi, ModerationApi):
                 (identity, accepted), prefix = handover.upgrade.context, handover.prefix
                 deadline = handover.deadline
                 del handover  # the parsed request is not kept for the WebSocket's life
+                stream = WireStream(transport)
                 await self._serve_websocket(
-                    identity, accepted, prefix, transport, deadline=deadline, peer=peer
+                    identity, accepted, prefix, stream, deadline=deadline, peer=peer
                 )
         except* _CONNECTION_ENDED as group:
             log.debug("connection from %s ended: %r", peer, group.exceptions)
@@ -389,15 +391,16 @@ class ChatServer(EmbeddingApi, ModerationApi):
             # never the server.
             log.exception("unexpected error serving a connection from %s", peer)
         finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
-                await transport.aclose()
+            if stream is None or not stream.closed:  # (else the WebSocket closed it)
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
+                    await transport.aclose()
 
     async def _serve_websocket(
         self,
         identity: Identity,
         accepted: Accepted,
         prefix: bytes,
-        transport: trio.abc.Stream,
+        stream: WireStream,
         *,
         deadline: float,
         peer: str,
@@ -407,7 +410,6 @@ class ChatServer(EmbeddingApi, ModerationApi):
         *prefix* holds what the client sent after its request head (frames
         it did not wait to send): the connection's reader takes it first.
         """
-        stream = WireStream(transport)
         conn = Connection(
             stream,
             self.config,

@@ -26,13 +26,71 @@ import os
 
 import trio
 
-__all__ = ["WireStream"]
+__all__ = ["WireStream", "receive_from", "receive_nowait"]
 
 _RETRY = (BlockingIOError, InterruptedError)
 #: Bytes read at most when the caller does not say.
 _RECEIVE_SIZE = 65536
 #: First byte of a server close frame: FIN + opcode 0x8, no RSV bits.
 _CLOSE_FRAME = b"\x88"
+
+
+async def receive_from(transport: trio.abc.Stream, max_bytes: int) -> bytes | bytearray:
+    """One read of *transport*, as :meth:`WireStream.receive_some` reads:
+    the descriptor itself for a plain socket, else the stream's own read.
+    (For whoever reads before a :class:`WireStream` owns the transport.)"""
+    if isinstance(transport, trio.SocketStream):
+        return await _read_socket(transport.socket, max_bytes)
+    return await transport.receive_some(max_bytes)
+
+
+def receive_nowait(transport: trio.abc.Stream, max_bytes: int) -> bytes | None:
+    """What a plain socket *transport* holds now (at most *max_bytes*;
+    ``b""`` at end of file), without waiting; None when nothing is there
+    yet or *transport* is not a plain socket (then read it as usual).
+    A reset raises :class:`trio.BrokenResourceError`."""
+    if not isinstance(transport, trio.SocketStream):
+        return None
+    fd = transport.socket.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("socket is closed")
+    try:
+        return os.read(fd, max_bytes)
+    except _RETRY:
+        return None
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+
+
+async def _read_socket(sock: trio.socket.SocketType, size: int) -> bytes:
+    """At most *size* bytes from *sock*, ``b""`` at end of file (one system
+    call and one checkpoint when data is waiting); a reset or failed read
+    raises :class:`trio.BrokenResourceError`, a closed socket
+    :class:`trio.ClosedResourceError`, as ``SocketStream`` does."""
+    if size < 1:
+        raise ValueError("max_bytes must be >= 1")
+    await trio.lowlevel.checkpoint_if_cancelled()
+    waited = False
+    while True:
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("socket is closed")
+        try:
+            data = os.read(fd, size)
+        except _RETRY:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("socket is closed") from exc
+            raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+        if not waited:
+            # Data was there at once: still a schedule point, so that a
+            # client that never stops sending cannot starve the others
+            # (and no cancellation here, which would lose the data).
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
 
 class WireStream(trio.abc.Stream):
@@ -47,7 +105,16 @@ class WireStream(trio.abc.Stream):
     ``transport.receive_some`` itself).
     """
 
-    __slots__ = ("_broken", "_close_sent", "_closed", "_lock", "_sock", "_tail", "transport")
+    __slots__ = (
+        "_broken",
+        "_close_sent",
+        "_closed",
+        "_done",
+        "_lock",
+        "_sock",
+        "_tail",
+        "transport",
+    )
 
     def __init__(self, transport: trio.abc.Stream) -> None:
         self.transport = transport
@@ -56,6 +123,7 @@ class WireStream(trio.abc.Stream):
         self._broken = False
         self._closed = False
         self._close_sent = False
+        self._done = False
         sock = getattr(transport, "socket", None)
         self._sock = sock if isinstance(transport, trio.SocketStream) else None
 
@@ -74,31 +142,7 @@ class WireStream(trio.abc.Stream):
         sock = self._sock
         if sock is None:
             return await self.transport.receive_some(max_bytes)
-        size = _RECEIVE_SIZE if max_bytes is None else max_bytes
-        if size < 1:
-            raise ValueError("max_bytes must be >= 1")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
-        while True:
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("socket is closed")
-            try:
-                data = os.read(fd, size)
-            except _RETRY:
-                await trio.lowlevel.wait_readable(sock)
-                waited = True
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("socket is closed") from exc
-                raise trio.BrokenResourceError(f"read failed: {exc}") from exc
-            if not waited:
-                # Data was there at once: still a schedule point, so that a
-                # client that never stops sending cannot starve the others
-                # (and no cancellation here, which would lose the data).
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+        return await _read_socket(sock, _RECEIVE_SIZE if max_bytes is None else max_bytes)
 
     # ------------------------------------------------------------- writing
 
@@ -275,6 +319,12 @@ class WireStream(trio.abc.Stream):
 
     # ------------------------------------------------------------- closing
 
+    @property
+    def closed(self) -> bool:
+        """:meth:`aclose` has closed the transport (and was not cancelled)."""
+        return self._done
+
     async def aclose(self) -> None:
         self._closed = True
         await self.transport.aclose()
+        self._done = True
