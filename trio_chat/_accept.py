@@ -20,6 +20,7 @@ and its TLS handshake (:func:`tls_context`, :func:`tls_handshake`).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import math
 import os
@@ -255,11 +256,12 @@ class Front:
         self,
         listener: trio.SocketListener,
         nursery: trio.Nursery,
-        handler: Callable[[trio.SocketStream, str | None], Awaitable[None]],
+        handler: Callable[[trio.SocketStream, str | None, str | None], Awaitable[None]],
     ) -> None:
         """Accept on *listener* until cancelled, each stream served by
-        ``handler(stream, peer)`` in *nursery* (*peer*: the client's
-        address, when ``accept`` told it, else None); closes the listener
+        ``handler(stream, peer, local)`` in *nursery* (*peer*: the client's
+        address, when ``accept`` told it; *local*: the address it reached,
+        when the listener is bound to one; else None); closes the listener
         at the end.
 
         After each wait, up to :data:`ACCEPT_BATCH` more connections that
@@ -268,6 +270,7 @@ class Front:
         while the loop waits its turn once per connection.
         """
         async with listener:
+            local = _bound_address(listener)
             ready = _nonblocking_twin(listener)
             try:
                 while True:
@@ -278,10 +281,10 @@ class Front:
                             raise
                         await self._exhausted(listener, exc)
                         continue
-                    nursery.start_soon(handler, stream, None)
+                    nursery.start_soon(handler, stream, None, local)
                     if ready is not None:
                         for stream, peer in _accept_waiting(ready):
-                            nursery.start_soon(handler, stream, peer)
+                            nursery.start_soon(handler, stream, peer, local)
             finally:
                 if ready is not None:
                     ready.detach()  # the listener's descriptor: it closes it
@@ -339,6 +342,19 @@ class Front:
 
 #: Connections taken from the accept queue per wake of an accept loop.
 ACCEPT_BATCH = 500
+
+
+def _bound_address(listener: trio.SocketListener) -> str | None:
+    """The one address every connection of *listener* reaches (what
+    :func:`local_of` would say for each), or None when it listens on a
+    wildcard address (each connection's own address must then be asked)."""
+    try:
+        address = listener.socket.getsockname()
+        if ipaddress.ip_address(address[0]).is_unspecified:
+            return None
+    except (AttributeError, OSError, TypeError, ValueError, IndexError):
+        return None
+    return str(address[0])
 
 
 def _nonblocking_twin(listener: trio.SocketListener) -> socket.socket | None:

@@ -156,6 +156,7 @@ class Connection:
         "_resting",
         "_running",
         "_stopping",
+        "_woken",
         "_writer_exit",
         "_writer_scope",
         "config",
@@ -209,6 +210,8 @@ class Connection:
         self._heartbeat_scope = trio.CancelScope()
         #: The heartbeat's task while it rests in :meth:`_rest`.
         self._resting: trio.lowlevel.Task | None = None
+        #: Woken from its rest and not yet resting again (no scope to cancel).
+        self._woken = False
         self._awaiting_pong = False
         self._pings = 0
         #: Set while a writer task runs (there is a backlog).
@@ -253,8 +256,9 @@ class Connection:
         task = self._resting
         if task is not None:
             self._resting = None
+            self._woken = True
             trio.lowlevel.reschedule(task)
-        elif not self._heartbeat_scope.cancel_called:
+        elif not self._woken and not self._heartbeat_scope.cancel_called:
             self._heartbeat_scope.cancel()
 
     async def _rest(self) -> None:
@@ -266,6 +270,7 @@ class Connection:
             return trio.lowlevel.Abort.SUCCEEDED
 
         self._resting = trio.lowlevel.current_task()
+        self._woken = False
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     def close(self, code: int | None, reason: str) -> None:

@@ -329,17 +329,22 @@ class ChatServer(EmbeddingApi, ModerationApi):
             raise RuntimeError("the server is not serving")
         self._conn_nursery.start_soon(self.handle_stream, transport, peer)
 
-    async def handle_stream(self, transport: trio.abc.Stream, peer: str | None = None) -> None:
+    async def handle_stream(
+        self, transport: trio.abc.Stream, peer: str | None = None, local: str | None = None
+    ) -> None:
         """Serve one connected stream (TCP, TLS or in-memory) to its end.
 
         *peer* names the client (its IP, for per-IP limits and logs); by
-        default it is read from the socket, or ``"memory"``.  The stream
+        default it is read from the socket, or ``"memory"``.  *local* is the
+        address the client reached; by default it is read from the socket
+        (None for an in-memory stream).  The stream
         counts against the server-wide and per-IP connection limits until it
         closes; over one, it is answered 503 or 429 and closed.
         """
         if peer is None:
             peer = peer_of(transport)
-        local = local_of(transport)
+        if local is None:
+            local = local_of(transport)
         key = client_key(peer)
         refusal = self._front.admit(key)
         if refusal is not None:
@@ -425,12 +430,19 @@ class ChatServer(EmbeddingApi, ModerationApi):
         try:
             answered = False
             head = response_bytes(accepted)
+            # The welcome frame goes out with the 101, in the same write, when
+            # the kernel takes them at once (else it is queued, as usual).
+            welcome = (
+                b"" if self.echo else welcome_frame(conn.session_id, identity.user_id, self.config)
+            )
             try:
                 # Usually the kernel takes the 101 at once: nothing to wait for.
-                written = stream.send_nowait(head)
+                written = stream.send_nowait(head + welcome)
                 answered = written and not stream.has_tail
             except _CONNECTION_ENDED:
                 written = True
+            if not written:
+                welcome = b""  # (to queue once the connection runs)
             if not written or stream.has_tail:
                 with trio.CancelScope(deadline=deadline) as scope:
                     conn.handshake_scope = scope
@@ -452,7 +464,7 @@ class ChatServer(EmbeddingApi, ModerationApi):
             upgrading = False
             self.metrics.handshakes_accepted += 1
             async with trio.open_nursery() as nursery:
-                await self._run_connection(conn, identity, nursery)
+                await self._run_connection(conn, identity, nursery, welcomed=bool(welcome))
                 if nursery.child_tasks:
                     nursery.cancel_scope.cancel()
         finally:
@@ -461,7 +473,7 @@ class ChatServer(EmbeddingApi, ModerationApi):
             self._stop_accepting_if_drained()
 
     async def _run_connection(
-        self, conn: Connection, identity: Identity, nursery: trio.Nursery
+        self, conn: Connection, identity: Identity, nursery: trio.Nursery, *, welcomed: bool
     ) -> None:
         self._connections.add(conn)
         log.info("connect user=%s peer=%s session=%s", identity.user_id, conn.peer, conn.session_id)
@@ -469,7 +481,8 @@ class ChatServer(EmbeddingApi, ModerationApi):
             if self.echo:
                 await conn.run(EchoHandler(conn), nursery)
                 return
-            conn.send(welcome_frame(conn.session_id, identity.user_id, self.config))
+            if not welcomed:
+                conn.send(welcome_frame(conn.session_id, identity.user_id, self.config))
             await self.hub.connect(conn.outlet, identity.user_id, self._client_of(identity, conn))
             try:
                 await conn.run(
