@@ -2,347 +2,35 @@
 //
 // Every piece of user-supplied text (names, room names, messages, statuses,
 // server error messages) reaches the page through textContent or text nodes,
-// never through innerHTML.
+// never through innerHTML. The page's other modules: dom.js (building
+// elements), store.js (what the browser remembers), conversation.js (a
+// conversation's log and its messages), notify.js (desktop notifications),
+// discover.js (the room discovery dialog).
 
 import { TrioChatClient, State } from "/trio-chat.js";
+import { $, h, avatar, codePoints, seconds, statusLabel, findMentions } from "/static/dom.js";
+import {
+  USER_ID, ROOM_NAME, STORAGE, storage, remembered, remember, forget, rememberSession,
+  rememberedSession, browserKey, loadRooms, closedConversations, rememberClosed,
+} from "/static/store.js";
+import { Conversation, DEFAULT_REACTIONS } from "/static/conversation.js";
+import { notifications, renderBell } from "/static/notify.js";
+import { RoomBrowser } from "/static/discover.js";
 
-const USER_ID = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$/;
-const ROOM_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
-const STORAGE = { name: "trio-chat.name", rooms: "trio-chat.rooms", session: "trio-chat.session", key: "trio-chat.key" };
-const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages by one author within this window share a header
 const TYPING_SHOWN_MS = 4000;
 const TYPING_SENT_EVERY_MS = 2500;
 const BACK_SOON_MS = 60 * 1000; // someone who leaves and comes back this soon was only reconnecting
-const ACTION_PREFIX = "/me "; // "/me waves" is shown as "* alice waves" (docs/protocol.md)
 const COMMANDS = [
   ["/join ROOM", "join a room (or switch to it)"],
   ["/leave [ROOM]", "leave this room, or ROOM"],
+  ["/rooms [QUERY]", "find rooms to join, by name or topic"],
+  ["/topic TEXT", "set this room's topic (/topic alone shows it)"],
   ["/dm USER TEXT", "send USER a direct message"],
   ["/me ACTION", "say what you are doing: /me waves"],
+  ["/edit [TEXT]", "edit your last message (or hover a message: ✎)"],
   ["/status STATUS", "set your status: online, away, busy or your own words"],
   ["/help", "this list"],
 ];
-
-/** Length in code points, the unit the server's limit counts. */
-function codePoints(text) {
-  let n = 0;
-  for (const _ of text) n++;
-  return n;
-}
-
-const $ = (id) => document.getElementById(id);
-
-// localStorage can be missing or throw (storage blocked, some private
-// modes, sandboxed frames): the page then works without remembering
-// anything, and says so on the sign-in card.
-function openStore(name) {
-  try {
-    const store = window[name];
-    store.setItem("trio-chat.probe", "1");
-    store.removeItem("trio-chat.probe");
-    return store;
-  } catch {
-    return null;
-  }
-}
-
-const storage = openStore("localStorage");
-// A token is kept for this tab only (it survives a reload, not the tab).
-const tabStorage = openStore("sessionStorage");
-
-function remembered(key, store = storage) {
-  try {
-    return store?.getItem(key) ?? null;
-  } catch {
-    return null;
-  }
-}
-
-function remember(key, value, store = storage) {
-  try {
-    store?.setItem(key, value);
-  } catch {
-    // full or blocked: nothing is remembered
-  }
-}
-
-function forget(key) {
-  for (const store of [storage, tabStorage]) {
-    try {
-      store?.removeItem(key);
-    } catch {
-      // blocked: nothing was remembered
-    }
-  }
-}
-
-/** Keep the session for the next reload: a name for good, a token for this tab only. */
-function rememberSession(session) {
-  forget(STORAGE.session);
-  if (session.token) remember(STORAGE.session, JSON.stringify(session), tabStorage);
-  else remember(STORAGE.session, JSON.stringify(session));
-}
-
-/** The session to resume after a reload: {user} or {token}, or null. */
-function rememberedSession() {
-  for (const store of [tabStorage, storage]) {
-    try {
-      const session = JSON.parse(remembered(STORAGE.session, store) ?? "null");
-      if (typeof session?.token === "string" && session.token) return { token: session.token };
-      if (typeof session?.user === "string" && USER_ID.test(session.user)) return { user: session.user };
-    } catch {
-      // unreadable: start afresh
-    }
-  }
-  return null;
-}
-
-/**
- * This browser's key, sent with an anonymous name so that the server keeps
- * the name for this browser only. Made once and kept; without storage there
- * is none (the page could not send the same one after a reload).
- */
-function browserKey() {
-  if (!storage) return undefined;
-  let key = remembered(STORAGE.key);
-  if (!key || !/^[A-Za-z0-9_-]{8,64}$/.test(key)) {
-    const bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-    remember(STORAGE.key, key);
-    if (remembered(STORAGE.key) !== key) return undefined;
-  }
-  return key;
-}
-
-// Bidi controls (embeddings, overrides, isolates, marks) can make a link
-// read as something else ("…/\u202egnp.exe" shows as "…/exe.png"): in a
-// link's text each one is shown as a visible [U+202E] (its code point) instead.
-const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
-
-function visibleBidi(text) {
-  return text.replace(BIDI_CONTROLS, (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}]`);
-}
-
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
-const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
-
-// ------------------------------------------------------------------ helpers
-
-/**
- * Build an element. `props` keys: `class`, `dataset`, `on<event>`, anything
- * else becomes an attribute. Children are nodes or strings (as text nodes).
- */
-function h(tag, props = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") el.className = value;
-    else if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === undefined || child === null || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
-}
-
-/** Text with http(s) links made clickable, as DOM nodes. */
-function linkify(text) {
-  const nodes = [];
-  let last = 0;
-  for (const match of text.matchAll(/\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g)) {
-    if (match.index > last) nodes.push(text.slice(last, match.index));
-    const link = h("a", { target: "_blank", rel: "noopener noreferrer nofollow", dir: "ltr" }, visibleBidi(match[0]));
-    link.href = match[0];
-    nodes.push(link);
-    last = match.index + match[0].length;
-  }
-  if (last < text.length) nodes.push(text.slice(last));
-  return nodes;
-}
-
-function hue(name) {
-  let hash = 0;
-  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return hash % 360;
-}
-
-function avatar(name, size = "") {
-  const el = h("span", { class: `avatar ${size}`.trim(), "aria-hidden": "true" }, [...name][0]?.toUpperCase() ?? "?");
-  el.style.setProperty("--hue", hue(name));
-  return el;
-}
-
-function dayKey(date) {
-  return `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
-}
-
-function dayLabel(date) {
-  const today = new Date();
-  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
-  if (dayKey(date) === dayKey(today)) return "Today";
-  if (dayKey(date) === dayKey(yesterday)) return "Yesterday";
-  const options = { weekday: "long", day: "numeric", month: "long" };
-  if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
-  return new Intl.DateTimeFormat(undefined, options).format(date);
-}
-
-function timeElement(iso) {
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return h("time", {}, "");
-  return h("time", { datetime: iso, title: fullFormat.format(date) }, timeFormat.format(date));
-}
-
-function seconds(ms) {
-  return Math.max(1, Math.ceil(ms / 1000));
-}
-
-function statusLabel(status) {
-  return status ? status.charAt(0).toUpperCase() + status.slice(1) : "";
-}
-
-function loadRooms() {
-  try {
-    const rooms = JSON.parse(remembered(STORAGE.rooms) ?? "[]");
-    return Array.isArray(rooms) ? rooms.filter((room) => typeof room === "string" && ROOM_NAME.test(room)) : [];
-  } catch {
-    return [];
-  }
-}
-
-// ------------------------------------------------------------ conversations
-
-/**
- * One room or direct-message thread: its message log and its entry in the
- * sidebar.
- */
-class Conversation {
-  constructor(kind, name) {
-    this.kind = kind; // "room" or "dm"
-    this.name = name;
-    this.key = `${kind}:${name}`;
-    this.unread = 0;
-    this.lastDay = null;
-    this.lastAuthor = null;
-    this.lastTime = 0;
-    this.maxId = 0;
-    this.members = [];
-    this.refused = false; // a join the server turned down
-    this.typers = new Map(); // user id -> timer
-    this.stream = h("div", { class: "stream" });
-    this.outbox = h("div", { class: "outbox" });
-    this.empty = h("p", { class: "empty" }, kind === "room"
-      ? `No messages in #${name} yet. Say hello!`
-      : `This is the start of your conversation with ${name}.`);
-    this.divider = null; // "New messages", above the first one that arrived unseen
-    this.leftAt = new Map(); // user id -> {at, notice}: who left lately, in case they were only reconnecting
-    this.log = h("section", { class: "log", dataset: { conv: this.key }, hidden: true, "aria-label": this.title },
-      this.empty, this.stream, this.outbox);
-    this.badge = h("span", { class: "badge", hidden: true });
-    this.dot = kind === "dm" ? h("span", { class: "dot", dataset: { status: "online" }, "aria-hidden": "true" }) : null;
-    this.button = h("button", { type: "button", class: "conv", onclick: () => ui.select(this.key) },
-      kind === "room" ? h("span", { class: "conv-hash", "aria-hidden": "true" }, "#") : this.dot,
-      h("span", { class: "conv-name" }, name),
-      this.badge);
-    this.item = h("li", { dataset: { conv: this.key } }, this.button);
-  }
-
-  get title() {
-    return this.kind === "room" ? `#${this.name}` : this.name;
-  }
-
-  setUnread(count) {
-    this.unread = count;
-    this.badge.textContent = count > 99 ? "99+" : String(count);
-    this.badge.hidden = count === 0;
-    this.item.classList.toggle("has-unread", count > 0);
-  }
-
-  /** Append a timed entry to the stream, with a day separator when the day changes. */
-  appendTimed(el, iso) {
-    const date = new Date(iso);
-    if (!Number.isNaN(date.getTime()) && dayKey(date) !== this.lastDay) {
-      this.lastDay = dayKey(date);
-      this.lastAuthor = null;
-      this.stream.append(h("div", { class: "day", role: "separator" }, h("span", {}, dayLabel(date))));
-    }
-    this.stream.append(el);
-  }
-
-  /** Mark where unseen messages start (once, until the reader moves on). */
-  markNew(el) {
-    if (this.divider || !el?.isConnected) return;
-    this.divider = h("div", { class: "new-divider", role: "separator" }, h("span", {}, "New messages"));
-    el.before(this.divider);
-  }
-
-  clearNew() {
-    this.divider?.remove();
-    this.divider = null;
-  }
-
-  addMessage({ id, user_id: author, content, time, own }) {
-    const at = new Date(time).getTime();
-    const action = content.startsWith(ACTION_PREFIX) && content.slice(ACTION_PREFIX.length).trim() !== "";
-    const grouped = !action && author === this.lastAuthor && at - this.lastTime < GROUP_WINDOW_MS;
-    const text = action
-      ? h("p", { class: "text" }, "* ", h("span", { class: "action-author" }, author), " ", linkify(content.slice(ACTION_PREFIX.length).trim()))
-      : h("p", { class: "text" }, linkify(content));
-    const el = h("article", {
-      class: `msg${own ? " msg--own" : ""}${grouped ? " msg--cont" : ""}${action ? " msg--action" : ""}`,
-      dataset: { author, ...(id !== undefined ? { id: String(id) } : {}) },
-    },
-      grouped ? h("span", { class: "avatar-gap" }, timeElement(time)) : avatar(author),
-      h("div", { class: "msg-body" },
-        grouped ? null : h("header", { class: "msg-meta" },
-          h("span", { class: "author" }, author),
-          own ? h("span", { class: "you" }, "you") : null,
-          timeElement(time)),
-        text));
-
-    if (id !== undefined && id < this.maxId) {
-      // Late arrival (rare): slot it in by id, without touching grouping.
-      const later = [...this.stream.querySelectorAll(".msg[data-id]")].find((other) => Number(other.dataset.id) > id);
-      el.classList.remove("msg--cont");
-      if (later) {
-        this.stream.insertBefore(el, later);
-        return el;
-      }
-    }
-    if (id !== undefined) this.maxId = Math.max(this.maxId, id);
-    this.appendTimed(el, time);
-    this.lastAuthor = action ? null : author;
-    this.lastTime = at;
-    return el;
-  }
-
-  addNotice(text, { kind = "info", time = new Date().toISOString() } = {}) {
-    const el = h("div", { class: `notice notice--${kind}`, role: kind === "error" ? "alert" : undefined },
-      h("span", { class: "notice-text" }, text), timeElement(time));
-    this.appendTimed(el, time);
-    this.lastAuthor = null;
-    return el;
-  }
-
-  addPending({ ref, content }, author) {
-    const el = h("article", { class: "msg msg--own msg--pending", dataset: { ref, author } },
-      avatar(author),
-      h("div", { class: "msg-body" },
-        h("header", { class: "msg-meta" },
-          h("span", { class: "author" }, author),
-          h("span", { class: "msg-status" }, "sending…")),
-        h("p", { class: "text" }, linkify(content))));
-    this.outbox.append(el);
-    return el;
-  }
-
-  pendingFor(ref) {
-    return [...this.outbox.children].find((el) => el.dataset.ref === ref) ?? null;
-  }
-}
 
 // ---------------------------------------------------------------------- UI
 
@@ -424,7 +112,7 @@ const ui = {
     const key = `${kind}:${name}`;
     let conv = this.conversations.get(key);
     if (!conv && create) {
-      conv = new Conversation(kind, name);
+      conv = new Conversation(kind, name, this.actions);
       this.conversations.set(key, conv);
       $("messages").append(conv.log);
       const list = kind === "room" ? $("room-list") : $("dm-list");
@@ -462,15 +150,117 @@ const ui = {
 
   openDirect(user) {
     if (user === this.me) return;
+    this.reopen(user);
     const conv = this.conversation("dm", user);
     this.renderDmStatus(user);
     this.select(conv.key);
     $("composer-input").focus();
   },
 
+  /** A closed direct conversation is back in the sidebar. */
+  reopen(peer) {
+    const closed = closedConversations(this.me);
+    if (!(peer in closed)) return;
+    delete closed[peer];
+    rememberClosed(this.me, closed);
+  },
+
+  /** Load a direct conversation's retained history, once (when it is first shown). */
+  loadConversation(conv) {
+    if (conv.kind !== "dm" || conv.loaded || this.client?.state !== State.ONLINE) return;
+    conv.loaded = true;
+    this.client.openConversation(conv.name).then(
+      ({ truncated }) => {
+        if (truncated) this.withAutoScroll(conv, () => conv.addNotice("Older messages are not shown."));
+        if (conv.unread) conv.markNewAfter(conv.read, this.me);
+        if (this.active === conv.key) this.scrollToBottom();
+      },
+      () => {
+        conv.loaded = false; // offline again: the next look tries again
+      },
+    );
+  },
+
+  /** The sidebar's direct conversations, from the server's list (with their unread counts). */
+  async refreshConversations() {
+    const client = this.client;
+    let answer;
+    try {
+      answer = await client.conversations();
+    } catch {
+      return; // offline again, or a server that keeps no conversations
+    }
+    if (client !== this.client) return;
+    const closed = closedConversations(this.me);
+    for (const item of answer.conversations ?? []) {
+      const peer = item.with;
+      if (peer in closed && !(item.last_id > closed[peer])) continue; // closed, and nothing new since
+      this.reopen(peer);
+      const conv = this.conversation("dm", peer);
+      conv.read = Math.max(conv.read, item.read ?? 0);
+      if (!this.watching(conv)) conv.setUnread(item.unread ?? 0, item.mentions ?? 0);
+      this.renderDmStatus(peer);
+    }
+    this.updateTitle();
+    if (this.current?.kind === "dm") this.loadConversation(this.current);
+  },
+
+  /** Is the reader looking at *conv* now? */
+  watching(conv) {
+    return conv.key === this.active && !document.hidden;
+  },
+
+  /** Tell the server (throttled by the client) that the reader has seen the open conversation. */
+  markSeen() {
+    const conv = this.current;
+    if (!conv || !this.client || document.hidden || conv.maxId === 0 || conv.refused) return;
+    const box = $("messages");
+    if (box.scrollHeight - box.scrollTop - box.clientHeight > 120) return;
+    if (conv.unread) {
+      conv.setUnread(0);
+      this.updateTitle();
+    }
+    if (conv.maxId > conv.read) {
+      conv.read = conv.maxId;
+      this.client.markRead(conv.target, conv.maxId);
+    }
+  },
+
+  /** The conversation an event names with `room` or `with`, if the page shows it. */
+  convFor(payload) {
+    return typeof payload.with === "string"
+      ? this.conversation("dm", payload.with, { create: false })
+      : this.conversation("room", payload.room, { create: false });
+  },
+
+  /** What a message's own controls do (conversation.js calls these). */
+  actions: {
+    me: () => ui.me,
+    reactions: () => ui.client?.limits?.reactions ?? DEFAULT_REACTIONS,
+    select: (conv) => ui.select(conv.key),
+    react: (conv, id, emoji) => ui.request(conv, () => ui.client.react(conv.target, id, emoji)),
+    edit: (conv, id, content) => ui.request(conv, () => ui.client.edit(conv.target, id, content)),
+    remove: (conv, id) => ui.request(conv, () => ui.client.delete(conv.target, id)),
+  },
+
+  /** Run a request; its refusal is said in the conversation. */
+  request(conv, send) {
+    if (!this.client) return;
+    send().catch((error) => {
+      const text = error.code ? `${error.message} (${error.code})` : `not done: ${error.message}`;
+      this.withAutoScroll(conv, () => conv.addNotice(text, { kind: "error" }));
+    });
+  },
+
   dropConversation(key) {
     const conv = this.conversations.get(key);
     if (!conv) return;
+    if (conv.kind === "dm" && this.me) {
+      // Closed until a new message comes (the server's list still has it).
+      const closed = closedConversations(this.me);
+      closed[conv.name] = conv.maxId;
+      rememberClosed(this.me, closed);
+    }
     conv.log.remove();
     conv.item.remove();
     this.conversations.delete(key);
@@ -509,6 +299,8 @@ const ui = {
     this.renderMembers();
     this.renderTyping();
     this.setSidebarOpen(false);
+    this.hideTopicForm();
+    this.loadConversation(conv);
     this.scrollToBottom();
   },
 
@@ -540,6 +332,10 @@ const ui = {
       const info = this.presence.get(conv.name);
       $("conv-subtitle").textContent = info ? [statusLabel(info.status), info.text].filter(Boolean).join(" · ") : "Direct message";
     }
+    const isRoom = conv?.kind === "room" && !conv.refused;
+    $("conv-topic").textContent = isRoom && conv.topic ? conv.topic : "";
+    $("conv-topic").hidden = !(isRoom && conv.topic);
+    $("edit-topic").hidden = !isRoom || conv.members.length === 0;
     const offline = this.client && this.client.state !== State.ONLINE;
     const signedOut = Boolean(this.client?.refused);
     input.disabled = Boolean(conv?.refused) || signedOut;
@@ -553,6 +349,23 @@ const ui = {
           : offline
             ? "Offline: messages wait to be sent"
             : `Message ${conv.title}`;
+  },
+
+  showTopicForm() {
+    const conv = this.current;
+    if (conv?.kind !== "room") return;
+    $("topic-input").value = conv.topic ?? "";
+    $("topic-form").hidden = false;
+    $("topic-input").focus();
+  },
+
+  hideTopicForm() {
+    $("topic-form").hidden = true;
+  },
+
+  setTopic(conv, topic) {
+    if (conv?.kind !== "room" || !this.client) return;
+    this.request(conv, () => this.client.setTopic(conv.name, topic));
   },
 
   renderMembers() {
@@ -638,6 +451,7 @@ const ui = {
     const box = $("messages");
     const away = box.scrollHeight - box.scrollTop - box.clientHeight > 120;
     $("jump-latest").hidden = !away || !this.current;
+    if (!away) this.markSeen();
   },
 
   /** A message *el* arrived in *conv* that the reader has not seen yet (unless they are looking). */
@@ -772,15 +586,27 @@ const ui = {
         remember(STORAGE.name, userId);
       }
       rememberSession(this.token ? { token: this.token } : { user: userId });
+      renderBell($("notify-toggle"));
+      this.refreshConversations();
     },
 
-    joined({ room, truncated, rejoined }) {
+    joined({ room, truncated, rejoined, read = 0, unread = 0, mentions = 0, topic = null }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
+      conv.topic = topic;
+      conv.read = Math.max(conv.read, read);
       if (truncated) {
         conv.addNotice(rejoined ? "Some messages from while you were away are no longer available." : "Older messages are not shown.");
       }
       if (!rejoined && conv.announce) this.withAutoScroll(conv, () => conv.addNotice(`You joined #${room}`, { kind: "system" }));
+      // The server counts what this user has not read, on any device.
+      if (!rejoined && unread > 0) conv.markNewAfter(read, this.me);
+      if (!this.watching(conv)) {
+        conv.setUnread(unread, mentions);
+        this.updateTitle();
+      }
+      if (this.active === conv.key) this.renderHeader();
+      this.updateJump();
     },
 
     members({ room, members }) {
@@ -801,14 +627,65 @@ const ui = {
         if (message.ref) conv.pendingFor(message.ref)?.remove();
         return conv.addMessage(message);
       });
-      if (!message.own && !message.replayed) this.bump(conv, el);
+      if (!message.own && !message.replayed) {
+        this.bump(conv, el);
+        if (this.mentionsMe(message)) {
+          notifications.show(`${message.user_id} mentioned you in #${conv.name}`, message.content, { tag: conv.key, onclick: () => this.select(conv.key) });
+        }
+      }
       if (message.own && !message.replayed) conv.clearNew();
+      if (message.user_id === this.me) conv.read = Math.max(conv.read, message.id); // posting moves the marker
       this.stopTyping(conv, message.user_id);
+    },
+
+    edit(payload) {
+      const conv = this.convFor(payload);
+      if (conv) this.withAutoScroll(conv, () => conv.applyEdit(payload));
+    },
+
+    delete(payload) {
+      const conv = this.convFor(payload);
+      if (!conv) return;
+      this.withAutoScroll(conv, () => conv.applyDelete(payload));
+      if (conv.unread && !this.watching(conv)) {
+        const { unread, mentions } = conv.countAfter(conv.read, this.me);
+        conv.setUnread(Math.min(conv.unread, unread), mentions);
+        this.updateTitle();
+      }
+    },
+
+    reaction(payload) {
+      const conv = this.convFor(payload);
+      if (conv) this.withAutoScroll(conv, () => conv.applyReaction(payload));
+    },
+
+    read(payload) {
+      // This user read further, here or on another device.
+      const conv = this.convFor(payload);
+      if (!conv) return;
+      conv.read = Math.max(conv.read, payload.id);
+      const { unread, mentions } = payload.id >= conv.maxId ? { unread: 0, mentions: 0 } : conv.countAfter(payload.id, this.me);
+      if (unread < conv.unread) {
+        conv.setUnread(unread, mentions);
+        this.updateTitle();
+      }
+    },
+
+    topic({ room, topic }) {
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv) return;
+      conv.topic = topic || null;
+      if (this.active === conv.key) this.renderHeader();
     },
 
     system({ event, room, user_id: user, text: said }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
+      if (event === "topic") {
+        const text = said ? `${user} set the topic: ${said}` : `${user} cleared the topic`;
+        this.withAutoScroll(conv, () => conv.addNotice(text, { kind: "system" }));
+        return;
+      }
       if (event !== "join" && event !== "leave") {
         // Moderation events (kick, ban, mute, unmute) come with their own words.
         this.withAutoScroll(conv, () => conv.addNotice(said ?? `${user}: ${event}`, { kind: "system" }));
@@ -845,15 +722,26 @@ const ui = {
     },
 
     direct(message) {
-      const peer = message.own ? message.to : message.from;
+      const peer = message.peer ?? (message.own ? message.to : message.from);
+      const closedAt = closedConversations(this.me)[peer];
+      const known = this.conversations.has(`dm:${peer}`);
+      // A closed conversation stays closed for what it had, and opens again for a new message.
+      if (!known && closedAt !== undefined && message.replayed && !(message.id > closedAt)) return;
+      this.reopen(peer);
       const conv = this.conversation("dm", peer);
       this.renderDmStatus(peer);
       const el = this.withAutoScroll(conv, () => {
         if (message.ref) conv.pendingFor(message.ref)?.remove();
-        return conv.addMessage({ user_id: message.from, content: message.content, time: message.time, own: message.own });
+        return conv.addMessage({ ...message, user_id: message.from });
       });
-      if (!message.own) this.bump(conv, el);
-      else conv.clearNew();
+      if (message.from === this.me) {
+        if (typeof message.id === "number") conv.read = Math.max(conv.read, message.id);
+        if (!message.replayed) conv.clearNew();
+      } else if (!message.replayed) {
+        this.bump(conv, el);
+        this.stopTyping(conv, peer);
+        notifications.show(`${peer} sent you a message`, message.content, { tag: conv.key, onclick: () => this.select(conv.key) });
+      }
     },
 
     restart({ room }) {
@@ -863,8 +751,9 @@ const ui = {
       this.withAutoScroll(conv, () => conv.addNotice("The server restarted without keeping this room's history: the messages above are from before the restart."));
     },
 
-    typing({ room, user_id: user }) {
-      const conv = this.conversation("room", room, { create: false });
+    typing(payload) {
+      const user = payload.user_id;
+      const conv = this.convFor(payload);
       if (!conv || user === this.me) return;
       clearTimeout(conv.typers.get(user));
       conv.typers.set(user, setTimeout(() => this.stopTyping(conv, user), TYPING_SHOWN_MS));
@@ -897,8 +786,14 @@ const ui = {
     if (this.active === conv.key) this.renderTyping();
   },
 
+  mentionsMe(message) {
+    const mentioned = message.mentions ?? findMentions(message.content).map((found) => found.name);
+    return !message.deleted && mentioned.includes(this.me);
+  },
+
   /** Show an error where it happened: on the message it refused, or in the conversation. */
   showError({ code, message, ref, retryAfterMs, request, willRetry }) {
+    if (["edit", "delete", "react"].includes(request?.type)) return; // said where it was asked (ui.request)
     const convFor = (req) => {
       if (req?.type === "chat" || req?.type === "join") return this.conversation("room", req.room, { create: false });
       if (req?.type === "direct") return this.conversation("dm", req.to, { create: false });
@@ -960,7 +855,7 @@ const ui = {
       this.checkLength(); // the notice under the composer says why nothing was sent
       return;
     }
-    const command = text.match(/^\/(join|leave|dm|status|help)\b\s*(.*)$/s);
+    const command = text.match(/^\/(join|leave|dm|status|help|rooms|topic|edit)\b\s*(.*)$/s);
     if (command && this.runCommand(command[1], command[2].trim())) {
       input.value = "";
       this.resizeComposer();
@@ -993,6 +888,25 @@ const ui = {
         if (!to || !USER_ID.test(to)) return this.commandError(conv, "usage: /dm USER TEXT");
         this.openDirect(to);
         this.client.direct(to, content).catch(() => {});
+        return true;
+      }
+      case "rooms":
+        this.browser.open(args);
+        return true;
+      case "topic":
+        if (conv?.kind !== "room") return this.commandError(conv, "/topic is for rooms: open one first");
+        if (!args) {
+          conv.addNotice(conv.topic ? `The topic of #${conv.name}: ${conv.topic}` : `#${conv.name} has no topic: /topic TEXT sets one`);
+          return true;
+        }
+        if (codePoints(args) > 256) return this.commandError(conv, "a topic is at most 256 characters");
+        this.setTopic(conv, args);
+        return true;
+      case "edit": {
+        const id = conv?.lastOwnId();
+        if (id === null || id === undefined) return this.commandError(conv, "nothing of yours to edit here");
+        if (args) this.actions.edit(conv, id, args);
+        else conv.startEdit(id);
         return true;
       }
       case "status":
@@ -1038,9 +952,10 @@ const ui = {
     this.resizeComposer();
     const conv = this.current;
     const now = Date.now();
-    if (conv?.kind === "room" && $("composer-input").value && now - this.lastTypingSent > TYPING_SENT_EVERY_MS) {
+    if (conv && !conv.refused && $("composer-input").value && !$("composer-input").value.startsWith("/") && now - this.lastTypingSent > TYPING_SENT_EVERY_MS) {
       this.lastTypingSent = now;
-      this.client.typing(conv.name);
+      if (conv.kind === "room") this.client.typing(conv.name);
+      else this.client.typingTo(conv.name);
     }
   },
 
@@ -1097,6 +1012,13 @@ function setupChat() {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       ui.submitComposer();
+    } else if (event.key === "ArrowUp" && !event.target.value) {
+      // Up in an empty composer edits your last message, as in most chats.
+      const id = ui.current?.lastOwnId();
+      if (id !== null && id !== undefined) {
+        event.preventDefault();
+        ui.current.startEdit(id);
+      }
     }
   });
   $("composer-input").addEventListener("input", () => ui.onComposerInput());
@@ -1147,6 +1069,34 @@ function setupChat() {
     if (document.hidden) return;
     ui.current?.setUnread(0);
     ui.updateTitle();
+    ui.markSeen();
+  });
+
+  // Notifications, room discovery, the topic.
+  const bell = $("notify-toggle");
+  renderBell(bell);
+  bell.addEventListener("click", async () => {
+    await notifications.toggle();
+    renderBell(bell);
+  });
+  ui.browser = new RoomBrowser({
+    client: () => ui.client,
+    joined: (room) => Boolean(ui.conversation("room", room, { create: false })) && !ui.conversation("room", room, { create: false }).refused,
+    join: (room) => ui.joinRoom(room),
+  });
+  $("browse-rooms").addEventListener("click", () => ui.browser.open());
+  $("edit-topic").addEventListener("click", () => ui.showTopicForm());
+  $("topic-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    ui.setTopic(ui.current, $("topic-input").value.trim());
+    ui.hideTopicForm();
+  });
+  $("topic-cancel").addEventListener("click", () => ui.hideTopicForm());
+  $("topic-input").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      ui.hideTopicForm();
+    }
   });
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") {

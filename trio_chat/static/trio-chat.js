@@ -114,6 +114,28 @@ const PACE_MARGIN_MS = 100;
 /** How many delivered ids each room remembers to drop duplicates (a safety net). */
 const SEEN_IDS_KEPT = 1_000;
 
+/** At most one `read` marker per room or conversation goes out in this many ms. */
+const READ_EVERY_MS = 1_000;
+
+/** The frames a client sends whose answer is an event carrying the frame's `ref`. */
+const COUNTED_AS_CHAT = new Set(["edit", "delete", "react", "history", "rooms", "topic"]);
+
+/**
+ * `{room}` or `{with}` for a target: a room name (a string), `{room: "lobby"}`,
+ * or `{with: "bob"}` (the other user of a direct conversation).
+ */
+function where(target) {
+  if (typeof target === "string") return { room: target };
+  if (typeof target?.room === "string") return { room: target.room };
+  if (typeof target?.with === "string") return { with: target.with };
+  throw new TypeError("a target is a room name, {room} or {with}");
+}
+
+/** The key of a room or conversation in the client's maps. */
+function keyOf(payload) {
+  return typeof payload.with === "string" ? `with:${payload.with}` : `room:${payload.room}`;
+}
+
 /**
  * The delay before reconnect attempt number `attempt` (0 for the first retry),
  * with "full jitter": a uniform random value in [0, min(max, base * 2^attempt)).
@@ -253,6 +275,37 @@ class RoomState {
 }
 
 /**
+ * A direct conversation this client has seen: the ids it delivered.
+ * @private
+ */
+class ConversationState {
+  constructor(peer) {
+    this.peer = peer;
+    /** The highest id delivered (the `since` to resume from). */
+    this.maxId = 0;
+    /** Recently delivered ids, to drop duplicates. */
+    this.seen = new Set();
+    /** True once its retained history was asked for (`openConversation`). */
+    this.loaded = false;
+  }
+
+  /** Record a message; false when it was delivered already. */
+  accept(id) {
+    if (typeof id !== "number") return true; // a server without stored conversations
+    if (this.seen.has(id)) return false;
+    this.seen.add(id);
+    if (this.seen.size > 2 * SEEN_IDS_KEPT) {
+      for (const old of this.seen) {
+        this.seen.delete(old);
+        if (this.seen.size <= SEEN_IDS_KEPT) break;
+      }
+    }
+    this.maxId = Math.max(this.maxId, id);
+    return true;
+  }
+}
+
+/**
  * A trio_chat connection that survives network drops without losing or
  * repeating messages.
  *
@@ -262,14 +315,20 @@ class RoomState {
  * |------------|--------|
  * | `state`    | `{state, previous, attempt, delayMs?, retryAt?, closeCode?, gaveUp?, refused?, reason?}` (`refused`: `{status, reason}` when the server turned this user away for good; `reason`: why the last attempt failed, when the server said) |
  * | `welcome`  | `{userId, sessionId, limits, reconnected}` |
- * | `joined`   | `{room, members, truncated, rejoined}` (history arrives as `message` events first) |
+ * | `joined`   | `{room, members, truncated, rejoined, read, unread, mentions, topic}` (history arrives as `message` events first) |
  * | `left`     | `{room}` |
- * | `message`  | `{id, room, user_id, content, time, own, ref?, replayed}` |
- * | `system`   | `{event: "join" \| "leave" \| "kick" \| "ban" \| "mute" \| "unmute", room, user_id, text?}` |
+ * | `message`  | `{id, room, user_id, content, time, own, ref?, replayed, edited?, deleted?, reactions?, mentions?}` |
+ * | `edit`     | `{room \| with, id, user_id, content, edited}` a message's text was replaced |
+ * | `delete`   | `{room \| with, id, user_id, by}` a message was deleted (now a tombstone) |
+ * | `reaction` | `{room \| with, id, emoji, user_id, on, count}` a reaction was toggled |
+ * | `read`     | `{room \| with, id}` this user's read marker moved (from any of their connections) |
+ * | `topic`    | `{room, topic, user_id}` a room's topic was set (`""`: cleared) |
+ * | `conversations` | `{conversations, truncated}` the answer to `conversations()` |
+ * | `system`   | `{event: "join" \| "leave" \| "kick" \| "ban" \| "mute" \| "unmute" \| "topic", room, user_id, text?}` |
  * | `members`  | `{room, members: [{userId, status, text?}]}` whenever a member list changes |
  * | `presence` | `{user_id, status, text?}` |
- * | `direct`   | `{from, to, content, time, own, ref?}` (own: sent by this client) |
- * | `typing`   | `{room, user_id}` |
+ * | `direct`   | `{id?, from, to, peer, content, time, own, replayed, ref?, edited?, deleted?, reactions?, mentions?}` (own: sent by this user; peer: the other user) |
+ * | `typing`   | `{room, user_id}`, or `{with, user_id}` for someone typing to this user |
  * | `restart`  | `{room}` the room's ids started over (a server without persistence restarted; never after a restart with the SQLite store, where ids continue) |
  * | `pending`  | `{ref, type: "chat" \| "direct", room?, to?, content}` a message was queued |
  * | `sent`     | `{ref, type, ack}` a queued message was acknowledged |
@@ -303,7 +362,9 @@ export class TrioChatClient extends EventTarget {
   /** @type {Array<object>} */ #outbox = [];
   /** @type {Map<string, {resolve: Function}>} */ #leaving = new Map();
   /** @type {Map<string, string>} ref of a `join` frame -> room */ #joinRefs = new Map();
-  /** @type {Map<string, {resolve: Function, reject: Function}>} ref of a `command` -> its call */ #calls = new Map();
+  /** @type {Map<string, {resolve: Function, reject: Function}>} ref of a `command` or a request -> its call */ #calls = new Map();
+  /** @type {Map<string, ConversationState>} user id -> the direct conversation with them */ #conversations = new Map();
+  /** @type {Map<string, {payload: object, sentAt: number, timer: any, dirty: boolean}>} read markers, per room or conversation */ #reads = new Map();
   #ownPresence = null;
   #refPrefix = randomHex(12);
   #key;
@@ -383,6 +444,14 @@ export class TrioChatClient extends EventTarget {
     const state = this.#rooms.get(room);
     if (!state) return [];
     return [...state.members].sort().map((userId) => this.#memberInfo(userId));
+  }
+
+  /**
+   * The users this client has direct conversations with (seen, listed or opened).
+   * @returns {string[]}
+   */
+  get conversationPeers() {
+    return [...this.#conversations.keys()];
   }
 
   // ------------------------------------------------------------ connection
@@ -548,7 +617,11 @@ export class TrioChatClient extends EventTarget {
     }
     for (const [room, { resolve }] of this.#leaving) resolve({ room });
     this.#leaving.clear();
-    for (const [ref, call] of this.#calls) call.reject(new ChatError(0, "the connection was lost before the command's result", { ref, request: call.request }));
+    for (const [ref, call] of this.#calls) call.reject(new ChatError(0, "the connection was lost before the answer", { ref, request: call.request }));
+    for (const marker of this.#reads.values()) {
+      clearTimeout(marker.timer);
+      marker.timer = null;
+    }
     this.#calls.clear();
     this.#joinRefs.clear();
     this.#sessionId = null;
@@ -600,7 +673,7 @@ export class TrioChatClient extends EventTarget {
    */
   join(room) {
     let state = this.#rooms.get(room);
-    if (state?.joined) return Promise.resolve(state.info);
+    if (state?.joined) return Promise.resolve({ ...state.info });
     if (!state) {
       state = new RoomState(room);
       this.#rooms.set(room, state);
@@ -676,6 +749,178 @@ export class TrioChatClient extends EventTarget {
    */
   typing(room) {
     if (this.#state === State.ONLINE && this.#rooms.get(room)?.joined) this.#sendFrame("typing", { room });
+  }
+
+  /**
+   * Tell user `to` that this user is typing to them (a direct conversation).
+   * Ephemeral: dropped when not online.
+   * @param {string} to
+   */
+  typingTo(to) {
+    if (this.#state === State.ONLINE) this.#sendFrame("typing", { with: to });
+  }
+
+  /**
+   * Replace the text of one of this user's messages. `target` is a room name,
+   * `{room}` or `{with: user}` (a direct conversation). Resolves with the `edit`
+   * event `{room | with, id, user_id, content, edited}`; rejects with a
+   * ChatError (403: not yours, or too late; 404: not retained or deleted).
+   * @param {string | {room?: string, with?: string}} target
+   * @param {number} id
+   * @param {string} content
+   */
+  edit(target, id, content) {
+    const payload = { ...where(target), id, content };
+    if (typeof content !== "string" || content.length === 0) {
+      return this.#refuse(new ChatError(400, "content must be a non-empty string", { request: { type: "edit", ...payload } }));
+    }
+    const tooBig = this.#checkSize("edit", payload);
+    if (tooBig) return this.#refuse(new ChatError(413, tooBig, { request: { type: "edit", ...payload } }));
+    return this.#request("edit", payload);
+  }
+
+  /**
+   * Delete one of this user's messages (it becomes a tombstone). Resolves with
+   * the `delete` event `{room | with, id, user_id, by}`.
+   * @param {string | {room?: string, with?: string}} target
+   * @param {number} id
+   */
+  delete(target, id) {
+    return this.#request("delete", { ...where(target), id });
+  }
+
+  /**
+   * Toggle this user's reaction `emoji` (one of `limits.reactions`) on a
+   * message. Resolves with the `reaction` event `{room | with, id, emoji,
+   * user_id, on, count}`.
+   * @param {string | {room?: string, with?: string}} target
+   * @param {number} id
+   * @param {string} emoji
+   */
+  react(target, id, emoji) {
+    return this.#request("react", { ...where(target), id, emoji });
+  }
+
+  /**
+   * Read retained messages of a room (joined) or a direct conversation: with
+   * `before`, the newest ones with a smaller id (paging back); otherwise those
+   * after `since`. Resolves with `{room | with, messages, truncated}`
+   * (messages oldest first; at most 64 KiB of them). Nothing is emitted for
+   * them: the answer is the caller's.
+   * @param {string | {room?: string, with?: string}} target
+   * @param {{since?: number, before?: number}} [range]
+   */
+  history(target, { since, before } = {}) {
+    const payload = where(target);
+    if (since !== undefined) payload.since = since;
+    if (before !== undefined) payload.before = before;
+    return this.#request("history", payload);
+  }
+
+  /**
+   * The direct conversation with `user`: its retained messages (the newest
+   * 64 KiB) are delivered as `direct` events with `replayed: true`, once, and
+   * from then on the client resumes it after every reconnect (`since` = the
+   * newest id it delivered). Resolves with `{with, truncated}`.
+   * @param {string} user
+   */
+  async openConversation(user) {
+    const state = this.#conversation(user);
+    if (state.loaded) return { with: user, truncated: false };
+    const answer = await this.#request("history", { with: user });
+    state.loaded = true;
+    for (const message of answer.messages ?? []) this.#deliverDirect(message, { replayed: true });
+    return { with: user, truncated: Boolean(answer.truncated) };
+  }
+
+  /**
+   * This user's direct conversations, most recent first: resolves with
+   * `{conversations: [{with, last_id, read, unread, mentions, last}], truncated}`
+   * (also emitted as a `conversations` event).
+   */
+  async conversations() {
+    const answer = await this.#request("conversations", {});
+    for (const item of answer.conversations ?? []) this.#conversation(item.with);
+    return answer;
+  }
+
+  /**
+   * The rooms there are (that this user may join), most members first:
+   * resolves with `{rooms: [{room, members, topic}], truncated}`. `query` keeps
+   * those whose name or topic contains it (ignoring case).
+   * @param {string} [query]
+   */
+  rooms(query) {
+    return this.#request("rooms", query ? { query } : {});
+  }
+
+  /**
+   * Set the topic of a joined room (`""` clears it). Resolves with the
+   * `system` payload `{event: "topic", room, user_id, text}`.
+   * @param {string} room
+   * @param {string} topic
+   */
+  setTopic(room, topic) {
+    return this.#request("topic", { room, topic });
+  }
+
+  /**
+   * Record that this user has read `target` up to message `id`. Markers only
+   * move forward; at most one goes out per room or conversation every second
+   * (the latest wins), and one that could not go out is sent after the
+   * reconnect. Every connection of the user gets a `read` event.
+   * @param {string | {room?: string, with?: string}} target
+   * @param {number} id
+   */
+  markRead(target, id) {
+    const payload = { ...where(target), id };
+    const key = keyOf(payload);
+    let marker = this.#reads.get(key);
+    if (!marker) {
+      marker = { payload, highest: 0, sentAt: -Infinity, timer: null, dirty: false };
+      this.#reads.set(key, marker);
+    }
+    if (!(id > marker.highest)) return; // a marker never moves back
+    marker.highest = id;
+    marker.payload = payload;
+    marker.dirty = true;
+    this.#sendRead(marker);
+  }
+
+  #sendRead(marker) {
+    if (!marker.dirty || marker.timer || this.#state !== State.ONLINE) return;
+    const wait = marker.sentAt + READ_EVERY_MS - Date.now();
+    if (wait > 0) {
+      marker.timer = setTimeout(() => {
+        marker.timer = null;
+        this.#sendRead(marker);
+      }, wait);
+      return;
+    }
+    marker.dirty = false;
+    marker.sentAt = Date.now();
+    this.#sendFrame("read", marker.payload);
+  }
+
+  /** Send a frame whose answer carries its `ref`; resolves with the answer's payload. */
+  #request(type, payload) {
+    const request = { type, ...payload };
+    if (this.#state !== State.ONLINE) return Promise.reject(new ChatError(0, "not connected", { request }));
+    const ref = this.#newRef();
+    if (COUNTED_AS_CHAT.has(type)) this.#sentTimes.push(Date.now());
+    return new Promise((resolve, reject) => {
+      this.#calls.set(ref, { resolve, reject, request });
+      this.#sendFrame(type, payload, ref);
+    });
+  }
+
+  #conversation(peer) {
+    let state = this.#conversations.get(peer);
+    if (!state) {
+      state = new ConversationState(peer);
+      this.#conversations.set(peer, state);
+    }
+    return state;
   }
 
   /**
@@ -832,29 +1077,46 @@ export class TrioChatClient extends EventTarget {
       return; // not ours to judge: the protocol only sends JSON
     }
     const payload = frame?.payload ?? {};
-    switch (frame?.type) {
+    this.#handleFrame(frame?.type, payload, frame?.ref);
+    // A request's answer is the event it caused, with the request's ref.
+    if (frame?.ref !== undefined && frame.type !== "error" && frame.type !== "result") {
+      this.#settleCall(frame.ref, (call) => call.resolve(payload));
+    }
+  }
+
+  #handleFrame(type, payload, ref) {
+    switch (type) {
       case "welcome":
         return this.#onWelcome(payload);
       case "joined":
-        return this.#onJoined(payload, frame.ref);
+        return this.#onJoined(payload, ref);
       case "left":
         return this.#onLeft(payload);
       case "chat":
         return this.#deliver(payload, { own: false, replayed: false });
       case "ack":
-        return this.#onAck(payload, frame.ref);
+        return this.#onAck(payload, ref);
       case "system":
         return this.#onSystem(payload);
       case "presence":
         return this.#onPresence(payload);
       case "direct":
-        return this.#emit("direct", { ...payload, to: this.#userId, own: false });
+        return this.#deliverDirect(payload, { replayed: false });
       case "typing":
-        return this.#emit("typing", payload);
+      case "edit":
+      case "delete":
+      case "reaction":
+      case "conversations":
+        return this.#emit(type, payload);
+      case "read": {
+        const marker = this.#reads.get(keyOf(payload));
+        if (marker && payload.id > marker.highest) marker.highest = payload.id;
+        return this.#emit("read", payload);
+      }
       case "error":
-        return this.#onError(payload, frame.ref);
+        return this.#onError(payload, ref);
       case "result":
-        return this.#settleCall(frame.ref, (call) => call.resolve(payload.result));
+        return this.#settleCall(ref, (call) => call.resolve(payload.result));
       default:
         return; // newer server, newer frame: ignore
     }
@@ -878,6 +1140,10 @@ export class TrioChatClient extends EventTarget {
     // After the joins, so the room members hear it.
     if (this.#ownPresence) this.#sendPresence();
     this.#flush(); // direct messages need no room
+    for (const state of this.#conversations.values()) {
+      if (state.loaded || state.maxId > 0) this.#resumeConversation(state);
+    }
+    for (const marker of this.#reads.values()) this.#sendRead(marker);
   }
 
   #onJoined(payload, ref) {
@@ -903,10 +1169,20 @@ export class TrioChatClient extends EventTarget {
     state.caughtUp();
     state.joined = true;
     state.everJoined = true;
-    state.info = { room: payload.room, members: [...state.members], truncated: Boolean(payload.truncated) };
-    this.#emit("joined", { ...state.info, rejoined });
+    state.info = {
+      room: payload.room,
+      members: [...state.members],
+      truncated: Boolean(payload.truncated),
+      read: payload.read ?? 0,
+      unread: payload.unread ?? 0,
+      mentions: payload.mentions ?? 0,
+      topic: payload.topic ?? null,
+    };
+    const marker = this.#reads.get(`room:${payload.room}`);
+    if (marker && state.info.read > marker.highest) marker.highest = state.info.read;
+    this.#emit("joined", { ...state.info, members: [...state.info.members], rejoined });
     this.#emitMembers(state);
-    for (const waiter of state.waiters.splice(0)) waiter.resolve(state.info);
+    for (const waiter of state.waiters.splice(0)) waiter.resolve({ ...state.info });
     this.#flush();
   }
 
@@ -931,6 +1207,28 @@ export class TrioChatClient extends EventTarget {
     return true;
   }
 
+  /** A direct message, once per id: `peer` is the other user, `own` says this user sent it. */
+  #deliverDirect(message, { replayed, ref }) {
+    const me = this.#userId;
+    const to = message.to ?? me;
+    const peer = message.from === me ? to : message.from;
+    if (!this.#conversation(peer).accept(message.id)) return false;
+    const detail = { ...message, to, peer, own: message.from === me, replayed };
+    if (ref !== undefined) detail.ref = ref;
+    this.#emit("direct", detail);
+    return true;
+  }
+
+  /** After a reconnect: what the conversation received meanwhile. */
+  #resumeConversation(state) {
+    this.#request("history", { with: state.peer, since: state.maxId }).then(
+      (answer) => {
+        for (const message of answer.messages ?? []) this.#deliverDirect(message, { replayed: true });
+      },
+      () => {}, // offline again, or a server without stored conversations
+    );
+  }
+
   #onAck(payload, ref) {
     const entry = this.#outbox.find((candidate) => candidate.ref === ref);
     if (!entry) return; // an ack for a message given up on, or from before a reload
@@ -946,7 +1244,9 @@ export class TrioChatClient extends EventTarget {
       };
       this.#deliver(message, { own: true, replayed: false, ref });
     } else {
-      this.#emit("direct", { from: this.#userId, to: payload.to ?? entry.payload.to, content: entry.payload.content, time: payload.time, own: true, ref });
+      const message = { from: this.#userId, to: payload.to ?? entry.payload.to, content: entry.payload.content, time: payload.time };
+      if (payload.id !== undefined) message.id = payload.id;
+      this.#deliverDirect(message, { replayed: false, ref });
     }
     this.#emit("sent", { ref, type: entry.type, ack });
     entry.resolve(ack);
@@ -962,6 +1262,11 @@ export class TrioChatClient extends EventTarget {
       this.#presence.delete(payload.user_id); // their status is stale when they come back
     }
     this.#emit("system", payload);
+    if (payload.event === "topic") {
+      const topic = payload.text ?? "";
+      if (state?.info) state.info.topic = topic || null;
+      this.#emit("topic", { room: payload.room, topic, user_id: payload.user_id });
+    }
     if (state) this.#emitMembers(state);
   }
 
