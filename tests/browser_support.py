@@ -265,9 +265,12 @@ class ChatPage:
         timeout_ms: int = 15_000,
         init_script: str | None = None,
         color_scheme: str = "light",
+        permissions: list[str] | None = None,
     ):
         self.name = name
-        self.context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
+        self.context = browser.new_context(
+            viewport=viewport, color_scheme=color_scheme, permissions=permissions or []
+        )
         if init_script is not None:
             self.context.add_init_script(init_script)
         self.context.set_default_timeout(timeout_ms)
@@ -387,6 +390,31 @@ class ChatPage:
 
     def close(self) -> None:
         self.context.close()
+
+
+# A spy on the page's desktop notifications: each one shown is recorded in
+# `window.notes` ({title, body, tag}), before the real one is made.
+NOTIFICATION_SPY_JS = """
+(() => {
+  window.notes = [];
+  const Real = window.Notification;
+  if (!Real) return;
+  window.Notification = class Notification extends Real {
+    constructor(title, options = {}) {
+      window.notes.push({ title, body: options.body, tag: options.tag });
+      super(title, options);
+    }
+  };
+})();
+"""
+
+# Make the page believe its tab is hidden (or shown again), as when the user
+# switched to another tab: `document.hidden` and a `visibilitychange` event.
+SET_HIDDEN_JS = """(hidden) => {
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (hidden ? "hidden" : "visible") });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
 
 
 # A scripted stand-in for the WebSocket class, for tests of the client's own

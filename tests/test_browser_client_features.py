@@ -94,12 +94,23 @@ SCENARIO = """async () => {
   client.markRead("lobby", 2);
   client.markRead({ with: "bob" }, 3);
   check.readsAtOnce = s.sentOf("read").map((f) => f.payload);
+  check.readRefs = s.sentOf("read").every((f) => typeof f.ref === "string");
   await until(() => s.sentOf("read").length === 3, "the throttled marker", 3000);
   check.reads = s.sentOf("read").map((f) => f.payload);
   s.frame("read", { room: "lobby", id: 9 });
   client.markRead("lobby", 8);  // the server is further already
   await sleep(1100);
   check.readsAfterServer = s.sentOf("read").length;
+  // A server without read markers (the Redis store: 501) is not asked again, and that is no error.
+  const errors = [];
+  client.addEventListener("error", (e) => errors.push(e.detail));
+  client.markRead({ with: "bob" }, 4);
+  await until(() => s.sentOf("read").length === 4, "the marker for bob", 3000);
+  s.frame("error", { code: 501, message: "not available with the Redis store" }, s.sentOf("read")[3].ref);
+  client.markRead({ with: "bob" }, 5);
+  await sleep(1100);
+  check.readsAfter501 = s.sentOf("read").length;
+  check.errors = errors;
 
   // A reconnect resumes the opened conversation after the newest id seen.
   s.fail(1006);
@@ -163,6 +174,9 @@ def client_features(server_url: str) -> None:
     assert check["readsAtOnce"] == [{"room": "lobby", "id": 5}, {"with": "bob", "id": 3}]
     assert check["reads"][2] == {"room": "lobby", "id": 7}
     assert check["readsAfterServer"] == 3
+    assert check["readRefs"] is True
+    assert check["readsAfter501"] == 4
+    assert check["errors"] == []
     assert check["resume"] == [{"with": "bob", "since": 5}]
     directs = [event[1:] for event in check["events"] if event[0] == "direct"]
     assert directs == [

@@ -747,7 +747,8 @@ const ui = {
     restart({ room }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
-      conv.maxId = 0;
+      conv.forgetIds();
+      conv.read = 0;
       this.withAutoScroll(conv, () => conv.addNotice("The server restarted without keeping this room's history: the messages above are from before the restart."));
     },
 

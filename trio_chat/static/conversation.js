@@ -1,7 +1,10 @@
 // One room or direct-message thread on the chat page: its message log (with
 // edits, tombstones, reactions and mentions) and its entry in the sidebar.
 
-import { h, linkify, avatar, dayKey, dayLabel, timeElement } from "/static/dom.js";
+import { h, linkify, avatar, dayKey, dayLabel, timeElement, findMentions } from "/static/dom.js";
+
+/** The user ids *content* mentions, as the server lists them (when it does not say). */
+const mentioned = (content) => [...new Set(findMentions(content).map((found) => found.name))];
 
 export const ACTION_PREFIX = "/me "; // "/me waves" is shown as "* alice waves" (docs/protocol.md)
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages by one author within this window share a header
@@ -135,7 +138,7 @@ export class Conversation {
       action,
       edited: edited ?? null,
       deleted: Boolean(deleted),
-      mentions: mentions ?? [],
+      mentions: mentions ?? mentioned(content),
       reactions: new Map(Object.entries(reactions ?? {})),
     };
     const el = h("article", {
@@ -172,11 +175,24 @@ export class Conversation {
     return el;
   }
 
+  /** The room's ids started over: the messages shown so far can no longer be named by id. */
+  forgetIds() {
+    for (const { el } of this.entries.values()) {
+      el.querySelector(".msg-actions")?.remove();
+      el.querySelector(".reaction-picker")?.remove();
+      el.querySelector(".msg-edit")?.remove();
+      for (const button of el.querySelectorAll(".reaction")) button.disabled = true;
+    }
+    this.entries.clear();
+    this.maxId = 0;
+  }
+
   /** An `edit` event: the new text, marked "edited". */
   applyEdit({ id, content, edited }) {
     const entry = this.entries.get(id);
     if (!entry || entry.deleted) return null;
-    Object.assign(entry, { content, edited, action: false });
+    const action = content.startsWith(ACTION_PREFIX) && content.slice(ACTION_PREFIX.length).trim() !== "";
+    Object.assign(entry, { content, edited, action, mentions: mentioned(content) });
     this.#render(entry);
     return entry.el;
   }

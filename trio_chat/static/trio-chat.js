@@ -365,6 +365,8 @@ export class TrioChatClient extends EventTarget {
   /** @type {Map<string, {resolve: Function, reject: Function}>} ref of a `command` or a request -> its call */ #calls = new Map();
   /** @type {Map<string, ConversationState>} user id -> the direct conversation with them */ #conversations = new Map();
   /** @type {Map<string, {payload: object, sentAt: number, timer: any, dirty: boolean}>} read markers, per room or conversation */ #reads = new Map();
+  /** @type {Map<string, string>} ref -> kind, of frames whose refusal is not news (`read`, `typing` to a user) */ #quiet = new Map();
+  /** @type {Set<string>} the kinds of quiet frames this server refused as unknown (400) or not offered (501) */ #unsupported = new Set();
   #ownPresence = null;
   #refPrefix = randomHex(12);
   #key;
@@ -757,7 +759,18 @@ export class TrioChatClient extends EventTarget {
    * @param {string} to
    */
   typingTo(to) {
-    if (this.#state === State.ONLINE) this.#sendFrame("typing", { with: to });
+    if (this.#state === State.ONLINE && !this.#unsupported.has("typing")) this.#sendQuiet("typing", { with: to });
+  }
+
+  /**
+   * Send a frame whose refusal is not the user's business: a server that does
+   * not offer it (400 unknown, 501 with the Redis store) is not asked again.
+   */
+  #sendQuiet(kind, payload) {
+    const ref = this.#newRef();
+    this.#quiet.set(ref, kind);
+    if (this.#quiet.size > 256) this.#quiet.delete(this.#quiet.keys().next().value);
+    this.#sendFrame(kind, payload, ref);
   }
 
   /**
@@ -899,7 +912,7 @@ export class TrioChatClient extends EventTarget {
     }
     marker.dirty = false;
     marker.sentAt = Date.now();
-    this.#sendFrame("read", marker.payload);
+    if (!this.#unsupported.has("read")) this.#sendQuiet("read", marker.payload);
   }
 
   /** Send a frame whose answer carries its `ref`; resolves with the answer's payload. */
@@ -1078,6 +1091,7 @@ export class TrioChatClient extends EventTarget {
     }
     const payload = frame?.payload ?? {};
     this.#handleFrame(frame?.type, payload, frame?.ref);
+    if (frame?.ref !== undefined) this.#quiet.delete(frame.ref);
     // A request's answer is the event it caused, with the request's ref.
     if (frame?.ref !== undefined && frame.type !== "error" && frame.type !== "result") {
       this.#settleCall(frame.ref, (call) => call.resolve(payload));
@@ -1292,6 +1306,11 @@ export class TrioChatClient extends EventTarget {
 
   #onError(payload, ref) {
     const code = payload.code ?? 0;
+    if (this.#quiet.has(ref)) {
+      if (code === 400 || code === 501) this.#unsupported.add(this.#quiet.get(ref));
+      this.#quiet.delete(ref);
+      return;
+    }
     if (this.#settleCall(ref, (call) => call.reject(new ChatError(code, payload.message ?? "refused", { ref, request: call.request })))) return;
     const entry = ref === undefined ? undefined : this.#outbox.find((candidate) => candidate.ref === ref);
     const retryAfterMs = payload.retry_after_ms;
