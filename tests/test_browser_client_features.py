@@ -56,7 +56,8 @@ SCENARIO = """async () => {
   const topicFrame = s.sentOf("topic")[0];
   s.frame("system", { event: "topic", room: "lobby", user_id: "alice", text: "launch" }, topicFrame.ref);
   check.topic = await topic;
-  const rooms = client.rooms("lau");
+  const rooms = client.findRooms("lau");
+  check.roomsGetter = client.rooms;
   const roomsFrame = s.sentOf("rooms")[0];
   check.roomsFrame = roomsFrame.payload;
   s.frame("rooms", { rooms: [{ room: "lobby", members: 1, topic: "launch" }], truncated: false }, roomsFrame.ref);
@@ -164,6 +165,7 @@ def client_features(server_url: str) -> None:
     }
     assert check["topic"]["text"] == "launch"
     assert check["roomsFrame"] == {"query": "lau"}
+    assert check["roomsGetter"] == ["lobby"]
     assert check["rooms"]["rooms"][0]["room"] == "lobby"
     assert check["emptyEdit"]["code"] == 400
     assert check["conversations"]["conversations"][0]["with"] == "bob"

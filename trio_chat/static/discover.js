@@ -39,7 +39,7 @@ export class RoomBrowser {
     this.status.textContent = "Looking…";
     let answer;
     try {
-      answer = await client.rooms(this.search.value.trim().slice(0, 64));
+      answer = await client.findRooms(this.search.value.trim().slice(0, 64));
     } catch (error) {
       if (asked === this.asked) this.status.textContent = `Cannot list the rooms: ${error.message}`;
       return;

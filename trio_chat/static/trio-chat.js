@@ -863,7 +863,7 @@ export class TrioChatClient extends EventTarget {
    * those whose name or topic contains it (ignoring case).
    * @param {string} [query]
    */
-  rooms(query) {
+  findRooms(query) {
     return this.#request("rooms", query ? { query } : {});
   }
 
