@@ -274,18 +274,34 @@ class ChatPage:
         if init_script is not None:
             self.context.add_init_script(init_script)
         self.context.set_default_timeout(timeout_ms)
-        self.page = self.context.new_page()
+        self.base_url = base_url
         self.problems: list[str] = []
-        self.page.on(
-            "pageerror", lambda error: self.problems.append(f"{name}: page error: {error}")
-        )
-        self.page.on(
+        self.page = self._open_page()
+
+    def _open_page(self):
+        page = self.context.new_page()
+        name = self.name
+        page.on("pageerror", lambda error: self.problems.append(f"{name}: page error: {error}"))
+        page.on(
             "console",
             lambda message: (
                 message.type == "error" and self.problems.append(f"{name}: console: {message.text}")
             ),
         )
-        self.page.goto(base_url + "/")
+        page.goto(self.base_url + "/")
+        return page
+
+    def reopen(self) -> None:
+        """Close this tab and open the page again in a new one (same browser, same storage)."""
+        self.page.close()
+        self.page = self._open_page()
+
+    def new_tab(self, name: str) -> ChatPage:
+        """Another tab of the same browser (same storage: signed in as the same user)."""
+        tab = object.__new__(ChatPage)
+        tab.name, tab.context, tab.base_url, tab.problems = name, self.context, self.base_url, []
+        tab.page = tab._open_page()
+        return tab
 
     @property
     def narrow(self) -> bool:

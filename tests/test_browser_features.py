@@ -87,7 +87,11 @@ def mentions_and_notifications(server_url: str) -> None:
             bob.page.wait_for_function("() => window.notes.length === 2")
             notes = bob.page.evaluate("() => window.notes")
             assert notes == [
-                {"title": "alice mentioned you in #lobby", "body": "@bob look", "tag": "room:lobby"},
+                {
+                    "title": "alice mentioned you in #lobby",
+                    "body": "@bob look",
+                    "tag": "room:lobby",
+                },
                 {"title": "alice sent you a message", "body": "psst", "tag": "dm:alice"},
             ]
 
@@ -97,9 +101,9 @@ def mentions_and_notifications(server_url: str) -> None:
             bob.page.wait_for_selector("#notify-toggle[data-state='off']", state="attached")
             bob.page.evaluate(SET_HIDDEN_JS, True)
             alice.send("psst again")
-            bob.page.locator(".log[data-conv='dm:alice'] .msg .text", has_text="psst again").wait_for(
-                state="attached"
-            )
+            bob.page.locator(
+                ".log[data-conv='dm:alice'] .msg .text", has_text="psst again"
+            ).wait_for(state="attached")
             bob.page.evaluate(SET_HIDDEN_JS, False)
             bob.page.click("#notify-toggle")
             bob.page.wait_for_selector("#notify-toggle[data-state='on']", state="attached")
