@@ -23,6 +23,7 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed
 
+from trio_chat import Config
 from trio_chat.testing import open_test_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,6 +236,7 @@ async def test_precedence_flags_over_env_over_file(tmp_path):
         "max_content_chars": 100,  # file
         "rate": {"messages": 6, "per_seconds": 10.0},  # environment over file
         "ping_interval_seconds": 33.0,  # flag over environment and file
+        "reactions": list(Config().reactions),  # default
     }
 
 

@@ -37,6 +37,8 @@ SAMPLES = {
     "history_bytes_per_room": 5000,
     "history_bytes_total": 50000,
     "history_max_age": 60.0,
+    "edit_window": 120.0,
+    "reactions": ("a", "\U0001f44d"),
     "secret": "s3cret-long-enough-for-hs256-0123456789",
     "allowed_origins": ("https://a.example", "https://b.example"),
     "redis_url": "redis://127.0.0.1:6379/0",
@@ -170,6 +172,9 @@ BAD = [
     ("workers", "0"),
     ("log_level", "loud"),
     ("log_format", "xml"),
+    ("edit_window", "-1"),
+    ("reactions", " , "),
+    ("reactions", "x" * 17),
 ]
 
 

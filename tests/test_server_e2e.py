@@ -88,6 +88,7 @@ async def test_welcome_is_first_and_carries_the_limits():
                 "max_content_chars": 500,
                 "rate": {"messages": 7, "per_seconds": 3.0},
                 "ping_interval_seconds": 30.0,
+                "reactions": list(Config().reactions),
             }
             async with open_test_client(server, user="alice", key="alice-key") as again:
                 assert again.welcome["payload"]["session_id"] != payload["session_id"]

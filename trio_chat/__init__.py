@@ -20,6 +20,18 @@ from ._events import (
     StreamClosed as StreamClosed,
     StreamOverflow as StreamOverflow,
 )
+from ._message_events import (
+    HistoryPage as HistoryPage,
+    MessageDeleted as MessageDeleted,
+    MessageEdited as MessageEdited,
+    ReactionChanged as ReactionChanged,
+)
+from ._message_frames import (
+    Delete as Delete,
+    Edit as Edit,
+    React as React,
+    ReadHistory as ReadHistory,
+)
 from ._moderation import Ban as Ban
 from ._moderator import BANNED as BANNED, KICKED as KICKED
 from ._policy import (

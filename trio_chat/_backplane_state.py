@@ -57,6 +57,7 @@ from ._backplane_ops import (
 )
 from ._hub_state import joined_budget, newest_within
 from ._mentions import find_mentions
+from ._message_frames import MessageFrame
 from ._protocol import (
     CHAT_PREFIX,
     ChatAck,
@@ -277,6 +278,11 @@ class ClusterState(RoomCore["_User"]):
             return []
         others = tuple(k for k in room.conns if k != key)
         return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
+
+    def _message_frame(
+        self, key: Key, conn: Conn, event: MessageFrame, now: float
+    ) -> list[Delivery]:
+        raise ProtocolError(501, "not available with the Redis store", event.ref)
 
     def _origin(self, reply_to: Key | Reply | None) -> str:
         """How pub/sub names the sending connection (``-``: none here)."""

@@ -16,6 +16,9 @@ from typing import Any
 
 import attrs
 
+from ._message_frames import MAX_EMOJI_CHARS
+from ._message_ops import DEFAULT_REACTIONS
+
 __all__ = ["SETTINGS", "Config", "ConfigError"]
 
 
@@ -94,6 +97,19 @@ def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(v.strip() for v in value if v.strip())
+
+
+def _reactions(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    return tuple(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
+
+
+def _reactions_valid(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not value or any(len(emoji) > MAX_EMOJI_CHARS for emoji in value):
+        raise ConfigError(
+            f"reactions: one or more emoji of at most {MAX_EMOJI_CHARS} characters, got {value!r}"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -176,6 +192,17 @@ class Config:
     )
     history_max_age: float = _setting(
         604800.0, "seconds a message is kept in history (0: no age limit)", _non_negative
+    )
+    edit_window: float = _setting(
+        3600.0, "seconds after its time a message may be edited by its author", _non_negative
+    )
+    reactions: tuple[str, ...] = _setting(
+        DEFAULT_REACTIONS,
+        "the emoji a reaction may be, separated by spaces or commas",
+        _reactions_valid,
+        converter=_reactions,
+        metavar="EMOJI",
+        shown_default=" ".join(DEFAULT_REACTIONS),
     )
     secret: str | None = _setting(
         None,

@@ -47,6 +47,7 @@ import trio
 from ._frames import Encoded, text_frame
 from ._http import linger
 from ._hub import SLOW_CONSUMER, Hub, HubCounters, Outlet
+from ._message_frames import MessageFrame
 from ._policy import Pending, Sender
 from ._protocol import (
     Chat,
@@ -90,7 +91,7 @@ RECEIVE_SIZE = 65536
 #: that was still sending (see :meth:`Connection._linger`).
 LINGER_BYTES = 1 << 20
 
-_RATED = (Chat, Direct, Presence, Command)
+_RATED = (Chat, Direct, Presence, Command, MessageFrame)
 #: join/leave/typing frames a window allows: this many times the rated
 #: frames, and at least CONTROL_RATE_FLOOR.  Pings get the same allowance.
 CONTROL_RATE_FACTOR = 4
@@ -620,6 +621,7 @@ def welcome_frame(session_id: str, user_id: str, config: Config) -> bytes:
         config.rate_messages,
         config.rate_seconds,
         config.ping_interval,
+        reactions=config.reactions,
     )
     return text_frame(head + _json_string(session_id) + middle + _json_string(user_id) + tail)
 
@@ -637,6 +639,8 @@ def _welcome_template(
     rate_messages: int,
     rate_seconds: float,
     ping_interval: float,
+    *,
+    reactions: tuple[str, ...],
 ) -> tuple[str, str, str]:
     """The ``welcome`` frame's text around its two strings: the same for
     every connection of a server but those (encoded once, not per connection)."""
@@ -645,6 +649,7 @@ def _welcome_template(
         "max_content_chars": max_content_chars,
         "rate": {"messages": rate_messages, "per_seconds": rate_seconds},
         "ping_interval_seconds": ping_interval,
+        "reactions": list(reactions),
     }
     text = Welcome(_SESSION_MARK, _USER_MARK, limits).to_json()
     head, _, rest = text.partition(_json_string(_SESSION_MARK))

@@ -11,7 +11,11 @@ the order the hub sends them:
   no member sees), and the moderation events;
 * :class:`~trio_chat.PresenceUpdate` -- a user's status;
 * :class:`~trio_chat.DirectMessage` -- direct messages (``users`` only);
-* :class:`~trio_chat.TypingNotice` -- only with ``typing=True``.
+* :class:`~trio_chat.TypingNotice` -- only with ``typing=True``;
+* :class:`~trio_chat.MessageEdited`, :class:`~trio_chat.MessageDeleted`,
+  :class:`~trio_chat.ReactionChanged` -- a message's new text, its
+  deletion (``by`` whom), a reaction turned on or off (once each, whoever
+  receives it).
 
 ``rooms`` keeps the events of those rooms (a presence update: of a user who
 is in one of them); ``users`` keeps those whose ``user_id`` (a direct
@@ -40,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._protocol import (
     ChatMessage,
     DirectMessage,
@@ -56,7 +61,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EventStream", "Observers", "StreamClosed", "StreamOverflow"]
 
-_ROOM_EVENTS = (ChatMessage, System, TypingNotice)
+#: Changes to a message: the copy with a ``ref`` (the sender's) is left out.
+_CHANGES = (MessageEdited, MessageDeleted, ReactionChanged)
+_ROOM_EVENTS = (ChatMessage, System, TypingNotice, *_CHANGES)
 
 
 class StreamClosed(Exception):
@@ -199,6 +206,8 @@ class Observers:
                 except ValueError:
                     continue
             if not isinstance(event, (*_ROOM_EVENTS, PresenceUpdate, DirectMessage)):
+                continue
+            if isinstance(event, _CHANGES) and event.ref is not None:
                 continue
             size = 0
             for stream in streams:

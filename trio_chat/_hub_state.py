@@ -16,16 +16,19 @@ Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
+from ._hub_messages import apply_message_frame, moderator_delete
 from ._log import History, LogOp, RefMemory, RememberOp, RoomLog
+from ._message_frames import MessageFrame
+from ._message_ops import DEFAULT_REACTIONS, Target
 from ._protocol import (
     ChatAck,
+    ChatMessage,
     DirectAck,
     DirectMessage,
     Join,
@@ -40,6 +43,7 @@ from ._protocol import (
     parse_server_frame,
 )
 from ._room_core import Conn, Delivery, Encoded, HubStats, Key, Post, Reply, RoomCore
+from ._sizes import newest_within, payload_bound, payload_bytes, utf8_len
 
 __all__ = [
     "Delivery",
@@ -51,67 +55,13 @@ __all__ = [
     "newest_within",
     "payload_bytes",
 ]
-T = TypeVar("T")
-
-#: A JSON string literal, as the protocol's encoder writes it.
-_string = json.encoder.encode_basestring
-#: Bytes of a chat payload's JSON besides its strings: keys, quotes, the id.
-_PAYLOAD_OVERHEAD = 80
 #: Bytes of a ``joined`` frame besides its history and member names.
 _JOINED_OVERHEAD = 200
 
 
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
-
-
-def payload_bytes(payload: dict[str, Any]) -> int:
-    """An upper bound, within a few bytes, of a chat payload's encoded size."""
-    size = (
-        _utf8_len(_string(payload["content"]))
-        + _utf8_len(payload["user_id"])
-        + len(payload["room"])
-        + len(payload["time"])
-        + _PAYLOAD_OVERHEAD
-    )
-    if len(payload) > 5:
-        size += _extra_bytes(payload)
-    return size
-
-
-def _extra_bytes(payload: dict[str, Any]) -> int:
-    # ``edited``, ``deleted``, ``reactions``, ``mentions``: their names, and
-    # names, emoji and ids that are safe JSON (no escapes) but for emoji.
-    size = 64
-    for name in payload.get("mentions", ()):
-        size += len(name) + 3
-    for emoji, users in payload.get("reactions", {}).items():
-        size += _utf8_len(emoji) + 6 + sum(len(u) + 3 for u in users)
-    return size
-
-
-def _payload_bound(payload: dict[str, Any]) -> int:
-    # JSON escapes a character to at most 6 bytes (``\u0001``).
-    bound = 6 * len(payload["content"]) + 2 * len(payload["user_id"]) + 2 * _PAYLOAD_OVERHEAD
-    if len(payload) > 5:
-        bound += 2 * _extra_bytes(payload)
-    return bound
-
-
-def newest_within(items: list[T], size: Callable[[T], int], budget: int) -> tuple[list[T], bool]:
-    """The newest *items* (oldest first) whose sizes add up to *budget* at
-    most, and whether older ones were left out."""
-    total = 0
-    for i in range(len(items) - 1, -1, -1):
-        total += size(items[i])
-        if total > budget:
-            return items[i + 1 :], True
-    return items, False
-
-
 def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
     """What is left of *budget* for a ``joined``'s history after the rest."""
-    return budget - _JOINED_OVERHEAD - len(room) - sum(_utf8_len(m) + 3 for m in members)
+    return budget - _JOINED_OVERHEAD - len(room) - sum(utf8_len(m) + 3 for m in members)
 
 
 @attrs.define
@@ -156,6 +106,8 @@ class HubState(RoomCore["_User"]):
         max_refs: refs kept in all.  Past either bound, the least recently
             active users' oldest refs are forgotten first, so memory stays
             bounded whatever names clients choose.
+        edit_window: seconds after its time a message may be edited.
+        reactions: the emoji a ``react`` may toggle.
 
     Rooms are reclaimed so that no client can hold the table: a room left
     empty with no history is forgotten at once (its ids start again at 1);
@@ -173,6 +125,8 @@ class HubState(RoomCore["_User"]):
     history_bytes_total: int = 128 << 20
     history_max_age: float = 0.0
     durable: bool = False
+    edit_window: float = 3600.0
+    reactions: tuple[str, ...] = DEFAULT_REACTIONS
 
     _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
     #: The rooms without members, least recently used first.
@@ -309,6 +263,54 @@ class HubState(RoomCore["_User"]):
         notice = TypingNotice(room, conn.user_id)
         return [Delivery(notice, others, ephemeral=True)] if others else []
 
+    # ------------------------------------------------------------ edits, deletes, reactions
+
+    def target(self, user_id: str, room: str | None, with_: str | None, ref: str | None) -> Target:
+        """The log a frame of *user_id* names: *room* (which must exist) or
+        the conversation *with_* (404 if there is none)."""
+        if room is not None:
+            entry = self._rooms.get(room)
+            if entry is None:
+                raise ProtocolError(404, f"room {room!r} does not exist", ref)
+            return Target(entry.log, room=room)
+        assert with_ is not None
+        log = self._conversation(user_id, with_)
+        if log is None:
+            raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
+        return Target(log, with_=with_)
+
+    def audience(self, target: Target) -> list[Key]:
+        """Every connection of *target*'s log: the room's members."""
+        if target.room is not None:
+            return list(self._rooms[target.room].conns)
+        return []
+
+    def _conversation(self, user_id: str, other: str) -> RoomLog | None:
+        return None
+
+    def _message_frame(
+        self, key: Key, conn: Conn, event: MessageFrame, now: float
+    ) -> list[Delivery]:
+        if event.room is not None:
+            self._member(conn, event.room, "reading or changing messages in", event.ref)
+        target = self.target(conn.user_id, event.room, event.with_, event.ref)
+        return apply_message_frame(self, key, conn.user_id, event, target=target, now=now)
+
+    def message_frame(
+        self, user_id: str, event: MessageFrame, now: float, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Apply *event* as *user_id* (the embedding program, a bot) without
+        a connection; the answer goes to *reply_to*."""
+        target = self.target(user_id, event.room, event.with_, event.ref)
+        return apply_message_frame(self, reply_to, user_id, event, target=target, now=now)
+
+    def delete_any(
+        self, room: str, id_: int, by: str, text: str, reply_to: Reply | None = None
+    ) -> tuple[ChatMessage, list[Delivery]]:
+        """Delete message *id_* of *room*, whoever wrote it, as moderator *by*."""
+        target = self.target(by, room, None, None)
+        return moderator_delete(self, target, id_, by, text=text, reply_to=reply_to)
+
     # ------------------------------------------------------------ internals
 
     def _room(self, name: str, ref: str | None, key: Key = None, conn: Conn | None = None) -> _Room:
@@ -370,7 +372,7 @@ class HubState(RoomCore["_User"]):
                 deliveries.append(Delivery(system, others))
             history, truncated = entry.log.after(event.since)
             budget = joined_budget(self.joined_bytes, event.room, entry.users)
-            if sum(_payload_bound(p) for p in history) > budget:
+            if sum(payload_bound(p) for p in history) > budget:
                 history, trimmed = newest_within(history, payload_bytes, budget)
                 truncated = truncated or trimmed
         joined = Joined(

@@ -29,6 +29,7 @@ import attrs
 
 from ._mentions import find_mentions
 from ._protocol import ChatMessage, ServerEvent
+from ._sizes import MESSAGE_OVERHEAD, REACTION_BYTES, message_bytes, retained_bytes
 
 __all__ = [
     "MESSAGE_OVERHEAD",
@@ -40,6 +41,7 @@ __all__ = [
     "OpenRoomOp",
     "RefMemory",
     "RememberOp",
+    "ReplaceOp",
     "RoomLog",
     "TrimOp",
     "decode_extra",
@@ -47,33 +49,6 @@ __all__ = [
     "message_bytes",
     "retained_bytes",
 ]
-
-#: Bytes a retained message is counted for beyond its content and user id
-#: (the message object, its time stamp and the bookkeeping around it).
-MESSAGE_OVERHEAD = 300
-
-
-def message_bytes(user_id: str, content: str, mentions: tuple[str, ...] = ()) -> int:
-    """What one retained message counts against the history byte budgets."""
-    size = len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
-    for name in mentions:
-        size += len(name) + 3
-    return size + len(user_id) + MESSAGE_OVERHEAD
-
-
-#: Bytes each reaction on a message counts for beyond its user id.
-REACTION_BYTES = 32
-
-
-def retained_bytes(message: ChatMessage) -> int:
-    """What *message* counts against the history byte budgets: its text,
-    user id and mentions (:func:`message_bytes`) and its reactions."""
-    size = message_bytes(message.user_id, message.content, message.mentions)
-    if message.reactions:
-        for users in message.reactions.values():
-            for user_id in users:
-                size += len(user_id) + REACTION_BYTES
-    return size
 
 
 def encode_extra(message: ChatMessage) -> str | None:
@@ -145,6 +120,14 @@ class AppendOp:
 
 
 @attrs.frozen
+class ReplaceOp:
+    """A retained message was edited, deleted or reacted to: *message* is
+    what it is now (same room and id)."""
+
+    message: ChatMessage
+
+
+@attrs.frozen
 class TrimOp:
     """Messages of *room* with ids below *first_id* are no longer kept."""
 
@@ -161,7 +144,7 @@ class RememberOp:
     ack: str
 
 
-LogOp = OpenRoomOp | DropRoomOp | AppendOp | TrimOp | RememberOp
+LogOp = OpenRoomOp | DropRoomOp | AppendOp | ReplaceOp | TrimOp | RememberOp
 
 
 # ------------------------------------------------------------------ rooms
@@ -316,6 +299,25 @@ class History:
         if self.max_age:
             self.expire(now)
         return message
+
+    def replace(self, log: RoomLog, message: ChatMessage) -> None:
+        """Put *message* in the place of the retained message with its id
+        (an edit, a tombstone, a reaction), then trim to the budgets if it
+        grew.  O(1) but for the trimming."""
+        index = message.id - log.first_id
+        if not 0 <= index < len(log.entries):
+            raise KeyError(message.id)
+        _, old = log.entries[index]
+        size = retained_bytes(message)
+        log.entries[index] = (message, size)
+        log.bytes += size - old
+        self.bytes += size - old
+        self.record(ReplaceOp(message))
+        if size > old:
+            if log.bytes > self.bytes_per_room:
+                self._trim_room(log)
+            if self.bytes > self.bytes_total:
+                self._trim_total(keep=log)
 
     def expire(self, now: float) -> None:
         """Trim the messages older than ``max_age`` (oldest first)."""

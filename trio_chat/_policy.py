@@ -2,7 +2,7 @@
 
 A *policy* is any object with a ``check(sender, event)`` method (the
 :class:`Policy` protocol).  The server consults it for every ``chat``,
-``direct``, ``join`` and ``presence`` a client sends (the :data:`Checked`
+``direct``, ``join``, ``presence`` and ``edit`` a client sends (the :data:`Checked`
 events; new kinds of event join that union), after the frame was parsed,
 rate-limited and found allowed by the token, and before it reaches the hub.
 ``check`` returns a :data:`Verdict`:
@@ -11,7 +11,7 @@ rate-limited and found allowed by the token, and before it reaches the hub.
 * :class:`Reject` ``(code, reason)``: the client gets an ``error`` frame with
   that code and reason and the event's ``ref``; nothing else happens;
 * :class:`Replace` ``(content)``: the event goes on with new content (a
-  ``chat`` or ``direct``'s ``content``, a ``presence``'s ``text``), checked
+  ``chat``, ``direct`` or ``edit``'s ``content``, a ``presence``'s ``text``), checked
   against the same limits as a client's.
 
 ``check`` may be a plain method or a coroutine.  It runs in the sending
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 import attrs
 import trio
 
+from ._message_frames import Edit
 from ._protocol import (
     MAX_PRESENCE_TEXT_CHARS,
     Chat,
@@ -66,8 +67,8 @@ __all__ = [
 log = logging.getLogger("trio_chat.policy")
 
 #: The client events a policy is asked about.
-Checked: TypeAlias = Chat | Direct | Join | Presence
-_CHECKED_TYPES = frozenset((Chat, Direct, Join, Presence))
+Checked: TypeAlias = Chat | Direct | Join | Presence | Edit
+_CHECKED_TYPES = frozenset((Chat, Direct, Join, Presence, Edit))
 
 
 @attrs.frozen
@@ -171,7 +172,7 @@ class Screen:
         kind = type(event)
         if kind not in _CHECKED_TYPES:
             return event
-        if self.muting and isinstance(event, Chat):
+        if self.muting and isinstance(event, (Chat, Edit)) and event.room is not None:
             assert self.mutes is not None
             self.mutes.check(sender.user_id, event.room, event.ref, trio.current_time())
         policy = self.policy

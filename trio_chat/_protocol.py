@@ -250,7 +250,7 @@ class Command(ClientEvent):
 
 def _client_frame(event: ClientEvent) -> dict[str, Any]:
     payload = {
-        f.name: getattr(event, f.name)
+        f.name.rstrip("_"): getattr(event, f.name)
         for f in attrs.fields(type(event))
         if f.name != "ref" and getattr(event, f.name) is not None
     }
@@ -305,6 +305,16 @@ class _Fields:
         if _ROOM_RE.fullmatch(room) is None:
             raise self.fail(f"payload.room: must match {ROOM_PATTERN}")
         return room
+
+    def target(self) -> tuple[str | None, str | None]:
+        """The log a frame names: its ``room`` or, for a direct conversation,
+        ``with`` (the other user); exactly one of them."""
+        has_room = self.payload.get("room") is not None
+        if has_room == (self.payload.get("with") is not None):
+            raise self.fail("payload: exactly one of room and with is required")
+        if has_room:
+            return self.room(), None
+        return None, self.user("with")
 
     def user(self, name: str) -> str:
         user = self.required(name)
@@ -385,9 +395,14 @@ def parse_client_frame(
         if _COMMAND_RE.fullmatch(name) is None:
             raise fields.fail(f"payload.name: must match {COMMAND_PATTERN}")
         return Command(name, payload.get("args"), ref)
+    from ._message_frames import parse_message_frame
+
+    event = parse_message_frame(kind, fields, max_content_chars)
+    if event is not None:
+        return event
     raise ProtocolError(
         400,
         f"type: unknown type {kind[:40]!r}; expected one of "
-        "join, leave, chat, presence, direct, typing, command",
+        "join, leave, chat, presence, direct, typing, command, edit, delete, react, history",
         ref,
     )

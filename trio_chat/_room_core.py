@@ -25,6 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
+from ._message_frames import MessageFrame
 from ._protocol import (
     Chat,
     ClientEvent,
@@ -273,6 +274,8 @@ class RoomCore(abc.ABC, Generic[U]):
         if isinstance(event, Typing):
             self._member(conn, event.room, "typing in", event.ref)
             return self._typing(key, conn, event.room)
+        if isinstance(event, MessageFrame):
+            return self._message_frame(key, conn, event, now)
         raise TypeError(f"not a client event: {event!r}")
 
     def publish(
@@ -428,3 +431,10 @@ class RoomCore(abc.ABC, Generic[U]):
     @abc.abstractmethod
     def _typing(self, key: Key, conn: Conn, room: str) -> list[Delivery]:
         """A typing notice in *room*."""
+
+    @abc.abstractmethod
+    def _message_frame(
+        self, key: Key, conn: Conn, event: MessageFrame, now: float
+    ) -> list[Delivery]:
+        """An ``edit``, ``delete``, ``react`` or ``history`` of a log's
+        messages (or its refusal, if the store does not offer it)."""

@@ -354,6 +354,11 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
             return CommandResult(p["name"], p["result"], ref)
         if kind == "error":
             return ErrorEvent(p["code"], p["message"], ref, p.get("retry_after_ms"))
+        from ._message_events import parse_message_event
+
+        event = parse_message_event(kind, p, ref)
+        if event is not None:
+            return event
     except KeyError as exc:
         raise ValueError(f"{kind} frame without payload.{exc.args[0]}") from None
     raise ValueError(f"unknown server frame type {kind!r}")

@@ -27,7 +27,16 @@ from typing import IO
 
 import attrs
 
-from ._log import AppendOp, DropRoomOp, LogOp, OpenRoomOp, RememberOp, TrimOp, encode_extra
+from ._log import (
+    AppendOp,
+    DropRoomOp,
+    LogOp,
+    OpenRoomOp,
+    RememberOp,
+    ReplaceOp,
+    TrimOp,
+    encode_extra,
+)
 from ._mentions import find_mentions
 
 __all__ = ["DB_NAME", "Snapshot", "SqliteStore", "StoreError"]
@@ -190,7 +199,13 @@ class SqliteStore:
                 if appends:
                     db.executemany(_INSERT, appends)
                     appends.clear()
-                if isinstance(op, TrimOp):
+                if isinstance(op, ReplaceOp):
+                    m = op.message
+                    db.execute(
+                        "UPDATE messages SET content = ?, extra = ? WHERE room = ? AND id = ?",
+                        (m.content, encode_extra(m), m.room, m.id),
+                    )
+                elif isinstance(op, TrimOp):
                     db.execute(
                         "DELETE FROM messages WHERE room = ? AND id < ?", (op.room, op.first_id)
                     )

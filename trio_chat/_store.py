@@ -40,6 +40,8 @@ def hub_state(config: Config, *, durable: bool = False) -> HubState:
         history_bytes_per_room=config.history_bytes_per_room,
         history_max_age=config.history_max_age,
         durable=durable,
+        edit_window=config.edit_window,
+        reactions=config.reactions,
     )
 
 

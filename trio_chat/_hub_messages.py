@@ -1,0 +1,110 @@
+"""The hub's side of edits, deletes, reactions and history pages: which
+log a frame names, the rules (:mod:`trio_chat._message_ops`), and who hears
+of the change.
+
+An edit, a delete or a reaction goes to every connection of the log (a
+room's members, or both users of a conversation), the sender's with its
+``ref``; a second delete of a deleted message answers only the sender.  Its
+operation for the store follows from :meth:`History.replace`.  Pure and
+synchronous, like the hub state it works on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
+from ._message_frames import Delete, Edit, MessageFrame, React, ReadHistory
+from ._message_ops import (
+    Target,
+    delete_message,
+    edit_message,
+    history_page,
+    toggle_reaction,
+)
+from ._protocol import ChatMessage, System
+from ._room_core import Delivery, Key, Reply
+
+if TYPE_CHECKING:
+    from ._hub_state import HubState
+
+__all__ = ["apply_message_frame", "moderator_delete"]
+
+
+def announce(
+    state: HubState,
+    target: Target,
+    event: MessageEdited | MessageDeleted | ReactionChanged,
+    reply_to: Key | Reply | None,
+    ref: str | None,
+) -> list[Delivery]:
+    """*event* to every connection of *target*'s log; *reply_to* (the
+    sender) gets it with *ref*."""
+    audience = [k for k in state.audience(target) if k != reply_to]
+    deliveries = [Delivery(event, tuple(audience))]
+    return deliveries + state.answer(reply_to, attrs.evolve(event, ref=ref))
+
+
+def apply_message_frame(
+    state: HubState,
+    key: Key | Reply | None,
+    user_id: str,
+    event: MessageFrame,
+    *,
+    target: Target,
+    now: float,
+) -> list[Delivery]:
+    """Apply an ``edit``, ``delete``, ``react`` or ``history`` of *user_id*
+    (from *key*) to *target*'s log."""
+    history, ref = state.history, event.ref
+    room, with_ = target.room, target.with_
+    if isinstance(event, Edit):
+        message = edit_message(
+            history,
+            target,
+            user_id,
+            event.id,
+            content=event.content,
+            now=now,
+            window=state.edit_window,
+            ref=ref,
+        )
+        assert message.edited is not None
+        edited = MessageEdited(
+            room, with_, message.id, user_id, message.content, message.edited, message.mentions
+        )
+        return announce(state, target, edited, key, ref)
+    if isinstance(event, Delete):
+        message, changed = delete_message(history, target, event.id, user_id, ref=ref)
+        deleted = MessageDeleted(room, with_, message.id, message.user_id, user_id)
+        if not changed:
+            return state.answer(key, attrs.evolve(deleted, ref=ref))
+        return announce(state, target, deleted, key, ref)
+    if isinstance(event, React):
+        message, on, count = toggle_reaction(
+            history, target, user_id, event.id, emoji=event.emoji, allowed=state.reactions, ref=ref
+        )
+        reaction = ReactionChanged(room, with_, message.id, event.emoji, user_id, on, count)
+        return announce(state, target, reaction, key, ref)
+    if isinstance(event, ReadHistory):
+        messages, truncated = history_page(target.log, event.since, event.before)
+        return state.answer(key, HistoryPage(room, with_, messages, truncated, ref))
+    raise TypeError(f"not a message frame: {event!r}")
+
+
+def moderator_delete(
+    state: HubState, target: Target, id_: int, by: str, *, text: str, reply_to: Reply | None
+) -> tuple[ChatMessage, list[Delivery]]:
+    """Delete any message of *target*'s room, as moderator *by*: members get
+    the ``delete`` event and a ``system`` ``delete`` with *text*."""
+    message, changed = delete_message(state.history, target, id_, by, any_author=True)
+    deleted = MessageDeleted(target.room, target.with_, message.id, message.user_id, by)
+    if not changed:
+        return message, state.answer(reply_to, deleted)
+    audience = tuple(state.audience(target))
+    deliveries = [Delivery(deleted, audience)]
+    if target.room is not None:
+        deliveries.append(Delivery(System("delete", target.room, message.user_id, text), audience))
+    return message, deliveries + state.answer(reply_to, deleted)
