@@ -146,13 +146,13 @@ async def test_history_on_join_and_typed_events():
             assert (update.user_id, update.status, update.text) == ("bob", "away", "lunch")
 
             dack = await alice.direct("bob", "psst")
-            assert isinstance(dack, DirectAck) and dack.to == "bob"
+            assert isinstance(dack, DirectAck) and (dack.to, dack.id) == ("bob", 1)
             dm = await next_of(bob, DirectMessage)
-            assert (dm.from_, dm.content) == ("alice", "psst")
+            assert (dm.id, dm.from_, dm.to, dm.content) == (1, "alice", "bob", "psst")
 
             with pytest.raises(ClientError) as info:
-                await alice.direct("nobody-here", "hello?")
-            assert info.value.code == 404
+                await alice.direct("alice", "hello?")
+            assert info.value.code == 400
 
             await alice.leave(ROOM)
             assert alice.rooms == []

@@ -177,8 +177,8 @@ async def test_a_bot_gets_a_clients_refusals(autojump_clock):
                 await bot.send("lobby", "not joined")
             assert refused.value.code == 403
             with pytest.raises(ProtocolError) as refused:
-                await bot.direct("nobody", "hello")
-            assert refused.value.code == 404
+                await bot.direct("helper", "hello")  # to itself
+            assert refused.value.code == 400
             with pytest.raises(ProtocolError) as refused:
                 await bot.join("bad room!")
             assert refused.value.code == 400

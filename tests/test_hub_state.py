@@ -34,12 +34,14 @@ from hypothesis.stateful import (
     rule,
 )
 
+from trio_chat._conversations import conversation_name
 from trio_chat._hub_state import Delivery, HubState, HubStats, Reply, recipients
 from trio_chat._log import MESSAGE_OVERHEAD
 from trio_chat._protocol import (
     Chat,
     ChatAck,
     ChatMessage,
+    ConversationList,
     Direct,
     DirectAck,
     DirectMessage,
@@ -47,6 +49,7 @@ from trio_chat._protocol import (
     Joined,
     Leave,
     Left,
+    ListConversations,
     Presence,
     PresenceUpdate,
     ProtocolError,
@@ -54,11 +57,15 @@ from trio_chat._protocol import (
     System,
     Typing,
     TypingNotice,
+    TypingTo,
+    TypingWith,
     format_time,
 )
 from trio_chat._sqlite_store import SqliteStore
 
 USERS = ["ann", "bob", "cy"]
+#: Direct messages also go to a user who never connects.
+ADDRESSEES = [*USERS, "dee"]
 ROOMS = ["r1", "r2", "r3", "r4", "r5"]
 #: Stands for "a room this connection is in", so that most chats succeed.
 MINE = "<mine>"
@@ -75,7 +82,9 @@ MAX_ROOMS = 3
 MAX_PER_CONN = 2
 MAX_CREATED_PER_CONN = 1
 MAX_CREATED_PER_CLIENT = 2
-EPHEMERAL = (TypingNotice, PresenceUpdate)
+MAX_CONVERSATIONS = 2
+MAX_CONVERSATIONS_PER_USER = 2
+EPHEMERAL = (TypingNotice, TypingWith, PresenceUpdate)
 T0 = 1_790_000_000.0
 
 Expected = list[tuple[ServerEvent, list[int]]]
@@ -146,6 +155,20 @@ class Model:
     seq: int = 0
     #: Every epoch a room name has had, to check that a new one is new.
     epochs: dict[str, set[str]] = attrs.Factory(dict)
+    #: Direct conversations by log name, least recently used first.
+    convs: OrderedDict[str, RoomModel] = attrs.Factory(OrderedDict)
+
+    def logs(self) -> list[RoomModel]:
+        return [*self.rooms.values(), *self.convs.values()]
+
+    def convs_of(self, user: str) -> list[tuple[str, RoomModel]]:
+        """*user*'s conversations as (other user, log), most recent first."""
+        found = []
+        for name, log in reversed(self.convs.items()):
+            a, b = name.split(" ")
+            if user in (a, b):
+                found.append((b if a == user else a, log))
+        return found
 
     def users(self) -> set[str]:
         return set(self.conns.values())
@@ -194,22 +217,24 @@ class Model:
         self.rooms[room].epoch = epoch
 
     def history_bytes(self) -> int:
-        return sum(k.size for r in self.rooms.values() for k in r.kept)
+        return sum(k.size for r in self.logs() for k in r.kept)
 
     def append(self, room: str, user: str, content: str, now: float) -> ChatMessage:
-        """Publish into *room*, then apply the budgets the obvious way."""
-        b, log = self.budgets, self.rooms[room]
+        """Publish into *room* (a room, or a conversation's log), then apply
+        the budgets the obvious way."""
+        b, log = self.budgets, (self.convs if " " in room else self.rooms)[room]
         log.last_id += 1
         message = ChatMessage(log.last_id, room, user, content, format_time(now))
         self.seq += 1
         log.kept.append(Kept(message, self.seq, now))
-        self.published += 1
+        if " " not in room:
+            self.published += 1  # counts messages published into rooms
         while len(log.kept) > 1 and (
             len(log.kept) > b.size or sum(k.size for k in log.kept) > b.room_bytes
         ):
             log.kept.pop(0)
         while self.history_bytes() > b.total_bytes:
-            oldest = min((r for r in self.rooms.values() if r.kept), key=lambda r: r.kept[0].seq)
+            oldest = min((r for r in self.logs() if r.kept), key=lambda r: r.kept[0].seq)
             if oldest is log and len(log.kept) == 1:
                 break
             label("history: over the total byte budget")
@@ -219,7 +244,7 @@ class Model:
 
     def expire(self, now: float) -> None:
         if self.budgets.max_age:
-            for r in self.rooms.values():
+            for r in self.logs():
                 before = len(r.kept)
                 r.kept = [k for k in r.kept if k.at >= now - self.budgets.max_age]
                 if len(r.kept) < before:
@@ -233,8 +258,13 @@ class Model:
         self.published = 0
         if not durable:
             self.rooms.clear()
+            self.convs.clear()
             self.refs.clear()
             return
+        order = sorted(
+            self.convs, key=lambda c: (max([0] + [k.seq for k in self.convs[c].kept]), c)
+        )
+        self.convs = OrderedDict((c, self.convs[c]) for c in order)
         # Rooms come back least recently written first; without history they
         # are forgotten (as a room left empty with no history is).
         for r in [r for r, log in self.rooms.items() if not log.kept]:
@@ -277,6 +307,8 @@ class HubMachine(RuleBasedStateMachine):
             history_bytes_per_room=b.room_bytes,
             history_bytes_total=b.total_bytes,
             history_max_age=b.max_age,
+            max_conversations=MAX_CONVERSATIONS,
+            max_conversations_per_user=MAX_CONVERSATIONS_PER_USER,
             durable=self.durable,
         )
 
@@ -540,7 +572,7 @@ class HubMachine(RuleBasedStateMachine):
 
     @rule(
         key=connections,
-        to=st.sampled_from(USERS),
+        to=st.sampled_from(ADDRESSEES),
         content=st.sampled_from(["psst", "x"]),
         ref=st.none() | st.sampled_from(REFS),
     )
@@ -551,14 +583,62 @@ class HubMachine(RuleBasedStateMachine):
         if ref is not None and ref in m.refs.get(user, {}):
             label("direct: repeated ref")
             return self.check(result, [(m.refs[user][ref], [key])])
-        if to not in m.users():
-            label("direct: 404")
-            return self.refused(result, 404, ref)
-        time = format_time(self.now)
-        ack = DirectAck(to, time, ref)
+        if to == user:
+            label("direct: 400, to oneself")
+            return self.refused(result, 400, ref)
+        name = conversation_name(user, to)
+        if name not in m.convs:
+            if MAX_CONVERSATIONS_PER_USER in (len(m.convs_of(user)), len(m.convs_of(to))):
+                label("direct: 403, too many conversations")
+                return self.refused(result, 403, ref)
+            if len(m.convs) >= MAX_CONVERSATIONS:
+                label("direct: forgot the least recently used conversation")
+                m.convs.popitem(last=False)
+            epoch = self.state.conversations.get(user, to).epoch  # type: ignore[union-attr]
+            seen = m.epochs.setdefault(name, set())
+            assert epoch not in seen
+            seen.add(epoch)
+            m.convs[name] = RoomModel(epoch)
+        message = m.append(name, user, content, self.now)
+        m.convs.move_to_end(name)
+        label(f"direct: stored, addressee connected={to in m.users()}")
+        ack = DirectAck(to, message.time, ref, message.id)
         if ref is not None:
             m.refs.setdefault(user, {})[ref] = ack
-        self.check(result, [(DirectMessage(user, content, time), m.conns_of(to)), (ack, [key])])
+        event = DirectMessage(user, content, message.time, message.id, to)
+        audience = [k for k in [*m.conns_of(to), *m.conns_of(user)] if k != key]
+        self.check(result, [(event, audience), (ack, [key])])
+
+    @rule(key=connections, to=st.sampled_from(ADDRESSEES))
+    def typing_to(self, key: int, to: str) -> None:
+        user = self.model.conns[key]
+        others = [k for k in self.model.conns_of(to) if k != key]
+        expected: Expected = [(TypingWith(user, user), others)] if others else []
+        self.check(self.handle(key, TypingTo(to)), expected)
+
+    @rule(key=connections, ref=st.none() | st.sampled_from(REFS))
+    def list_conversations(self, key: int, ref: str | None) -> None:
+        m = self.model
+        user = m.conns[key]
+        items = []
+        for other, log in m.convs_of(user):
+            last = log.kept[-1].message if log.kept else None
+            item: dict[str, Any] = {"with": other, "last_id": log.last_id}
+            item["last"] = (
+                None
+                if last is None
+                else DirectMessage(
+                    last.user_id,
+                    last.content,
+                    last.time,
+                    last.id,
+                    other if last.user_id == user else user,
+                ).payload()
+            )
+            items.append(item)
+        label(f"conversations: {len(items)}")
+        expected = ConversationList(items, False, ref)
+        self.check(self.handle(key, ListConversations(ref)), [(expected, [key])])
 
     @rule(key=connections, room=room_choice)
     def typing(self, key: int, room: str) -> None:
@@ -602,6 +682,13 @@ class HubMachine(RuleBasedStateMachine):
         s, m = self.state, self.model
         # Rooms in least-recently-used order: which one is forgotten next.
         assert s.room_names() == list(m.rooms)
+        assert s.conversations.names() == list(m.convs)
+        for name, log in m.convs.items():
+            a, b = name.split(" ")
+            kept = s.conversations.get(a, b)
+            assert kept is not None
+            assert (kept.last_id, kept.epoch) == (log.last_id, log.epoch)
+            assert [e[0] for e in kept.entries] == [k.message for k in log.kept]
         for room, log in m.rooms.items():
             assert s.last_id(room) == log.last_id  # ids 1..n, no gap
             assert s.epoch(room) == log.epoch
@@ -621,7 +708,7 @@ class HubMachine(RuleBasedStateMachine):
             users=len(m.users()),
             rooms=len(m.rooms),
             messages=m.published,
-            history=sum(len(log.kept) for log in m.rooms.values()),
+            history=sum(len(log.kept) for log in m.logs()),
             history_bytes=m.history_bytes(),
         )
 
@@ -831,19 +918,48 @@ def test_refs_of_the_least_recently_active_users_are_forgotten_first() -> None:
     assert s.handle(2, Chat("r", "x", "b"), NOW)[-1].event.id == 4  # bob's is not
 
 
-def test_direct_reaches_every_connection_of_the_addressee() -> None:
+def test_direct_reaches_the_addressee_and_the_senders_other_connections() -> None:
     s = hub()
-    for key, user in [(1, "ann"), (2, "bob"), (3, "bob")]:
+    for key, user in [(1, "ann"), (2, "bob"), (3, "bob"), (4, "ann")]:
         s.connect(key, user)
     out = s.handle(1, Direct("bob", "psst", "d"), NOW)
     t = format_time(NOW)
     assert out == [
-        Delivery(DirectMessage("ann", "psst", t), (2, 3)),
-        Delivery(DirectAck("bob", t, "d"), (1,)),
+        Delivery(DirectMessage("ann", "psst", t, 1, "bob"), (2, 3, 4)),
+        Delivery(DirectAck("bob", t, "d", 1), (1,)),
+    ]
+    out = s.handle(2, Direct("ann", "hi", None), NOW)
+    assert out[0] == Delivery(DirectMessage("bob", "hi", t, 2, "ann"), (1, 4, 3))
+    # Stored whether or not the addressee is connected: ids per conversation.
+    out = s.handle(1, Direct("cy", "psst", "d2"), NOW)
+    assert out == [
+        Delivery(DirectMessage("ann", "psst", t, 1, "cy"), (4,)),
+        Delivery(DirectAck("cy", t, "d2", 1), (1,)),
     ]
     with pytest.raises(ProtocolError) as info:
-        s.handle(1, Direct("cy", "psst", "d2"), NOW)
-    assert (info.value.code, info.value.ref) == (404, "d2")
+        s.handle(1, Direct("ann", "me", "d3"), NOW)
+    assert (info.value.code, info.value.ref) == (400, "d3")
+
+
+def test_conversation_bounds() -> None:
+    s = hub(max_conversations=2, max_conversations_per_user=1)
+    for key, user in [(1, "ann"), (2, "bob"), (3, "cy"), (4, "dee")]:
+        s.connect(key, user)
+    s.handle(1, Direct("bob", "1", None), NOW)
+    # Past the sender's bound, and past the addressee's.
+    for key, to, words in [(1, "cy", "at most 1 conversations"), (3, "ann", "'ann' cannot")]:
+        with pytest.raises(ProtocolError) as info:
+            s.handle(key, Direct(to, "2", None), NOW)
+        assert info.value.code == 403 and words in info.value.message
+    s.handle(3, Direct("dee", "3", None), NOW)
+    s.handle(1, Direct("bob", "4", None), NOW)  # ann-bob is the most recent
+    assert s.conversations.names() == ["cy dee", "ann bob"]
+    s.connect(5, "eve")
+    s.connect(6, "fay")
+    s.handle(5, Direct("fay", "5", None), NOW)  # the least recently used goes
+    assert s.conversations.names() == ["ann bob", "eve fay"]
+    assert s.conversations.get("cy", "dee") is None
+    assert s.stats().history == 3
 
 
 def test_presence_goes_to_room_members_and_own_tabs() -> None:
@@ -1005,7 +1121,7 @@ def test_refusals_change_nothing() -> None:
     s.connect(1, "ann")
     s.handle(1, Join("a"), NOW)
     before = (s.stats(), s.room_names(), s.rooms_of(1))
-    for event in [Join("b"), Chat("b", "x"), Typing("b"), Direct("bob", "x")]:
+    for event in [Join("b"), Chat("b", "x"), Typing("b"), Direct("ann", "x")]:
         with pytest.raises(ProtocolError):
             s.handle(1, event, NOW)
     assert (s.stats(), s.room_names(), s.rooms_of(1)) == before

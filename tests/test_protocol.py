@@ -24,6 +24,7 @@ from trio_chat._protocol import (
     ChatMessage,
     ClientEvent,
     CommandResult,
+    ConversationList,
     Direct,
     DirectAck,
     DirectMessage,
@@ -32,6 +33,7 @@ from trio_chat._protocol import (
     Joined,
     Leave,
     Left,
+    ListConversations,
     Presence,
     PresenceUpdate,
     ProtocolError,
@@ -39,6 +41,8 @@ from trio_chat._protocol import (
     System,
     Typing,
     TypingNotice,
+    TypingTo,
+    TypingWith,
     Welcome,
     encode_client_event,
     format_time,
@@ -286,6 +290,9 @@ def test_client_frames_types_filter(case: tuple[str, ClientEvent]) -> None:
             Direct("bob@example.com", "psst"),
         ),
         (frame("typing", {"room": "a:b.c-d_e"}), Typing("a:b.c-d_e")),
+        (frame("typing", {"with": "bob"}, ref="t"), TypingTo("bob", "t")),
+        (frame("typing", {"with": "bob", "room": None}), TypingTo("bob")),
+        (frame("conversations", {}, ref="c"), ListConversations("c")),
         # unknown extra fields are ignored, at both levels
         (frame("typing", {"room": "r", "extra": [1, {"x": None}]}, v=2, id=7), Typing("r")),
         # whitespace and escapes
@@ -368,6 +375,10 @@ BAD = [
     (frame("join", {"room": "café"}), 400, "payload.room:", None),
     (frame("leave", {"room": "a/b"}), 400, "payload.room:", None),
     (frame("typing", {"room": ["r"]}), 400, "payload.room:", None),
+    (frame("typing", {"room": "r", "with": "bob"}), 400, "payload: exactly one", None),
+    (frame("typing", {}), 400, "payload: exactly one", None),
+    (frame("typing", {"with": "bob smith"}), 400, "payload.with:", None),
+    (frame("typing", {"with": 7}), 400, "payload.with:", None),
     (frame("chat", {"room": "r b", "content": "x"}), 400, "payload.room:", None),
     (frame("join", {"room": "r", "since": -1}, ref="q"), 400, "payload.since:", "q"),
     (frame("join", {"room": "r", "since": True}), 400, "payload.since:", None),
@@ -515,6 +526,46 @@ T = "2026-11-29T04:31:24.123Z"
         (
             TypingNotice("lobby", "bob"),
             {"type": "typing", "payload": {"room": "lobby", "user_id": "bob"}},
+        ),
+        (
+            DirectAck("bob", T, "d1", 3),
+            {"type": "ack", "payload": {"id": 3, "to": "bob", "time": T}, "ref": "d1"},
+        ),
+        (
+            DirectMessage("alice", "psst", T, 3, "bob"),
+            {
+                "type": "direct",
+                "payload": {"id": 3, "from": "alice", "to": "bob", "content": "psst", "time": T},
+            },
+        ),
+        (
+            DirectMessage("alice", "psst", T, 3, "bob", {"edited": T}),
+            {
+                "type": "direct",
+                "payload": {
+                    "id": 3,
+                    "from": "alice",
+                    "to": "bob",
+                    "content": "psst",
+                    "time": T,
+                    "edited": T,
+                },
+            },
+        ),
+        (
+            TypingWith("alice", "alice"),
+            {"type": "typing", "payload": {"with": "alice", "user_id": "alice"}},
+        ),
+        (
+            ConversationList([{"with": "bob", "last_id": 0, "last": None}], False, "c"),
+            {
+                "type": "conversations",
+                "payload": {
+                    "conversations": [{"with": "bob", "last_id": 0, "last": None}],
+                    "truncated": False,
+                },
+                "ref": "c",
+            },
         ),
         (ErrorEvent(400, "bad"), {"type": "error", "payload": {"code": 400, "message": "bad"}}),
         (

@@ -370,27 +370,39 @@ async def test_presence_reaches_room_members_and_newcomers():
             assert frame["payload"] == {"user_id": "alice", "status": "busy"}
 
 
-async def test_direct_reaches_every_connection_of_the_addressee():
+async def test_direct_reaches_the_addressee_and_the_senders_other_connections():
     async with open_test_server() as server:
         async with (
             open_test_client(server, user="bob", key="bob-own-key") as b1,
             open_test_client(server, user="bob", key="bob-own-key") as b2,
             open_test_client(server, user="alice", key="alice-key") as alice,
             open_test_client(server, user="alice", key="alice-key") as alice2,
+            open_test_client(server, user="carol") as carol,
         ):
             await alice.send("direct", {"to": "bob", "content": "secret"}, ref="d7")
             ack = await alice.receive()
             assert ack["type"] == "ack" and ack["ref"] == "d7"
             assert ack["payload"]["to"] == "bob" and TIME.match(ack["payload"]["time"])
+            assert ack["payload"]["id"] == 1
             expected = {
                 "type": "direct",
-                "payload": {"from": "alice", "content": "secret", "time": ack["payload"]["time"]},
+                "payload": {
+                    "id": 1,
+                    "from": "alice",
+                    "to": "bob",
+                    "content": "secret",
+                    "time": ack["payload"]["time"],
+                },
             }
             assert await b1.receive() == expected
             assert await b2.receive() == expected
-            # Nobody else: not the sender's other connection.
-            await alice2.join("x")
-            await nothing_more(alice2, "x", server)
+            assert await alice2.receive() == expected  # the sender's other tab
+            await b1.send("direct", {"to": "alice", "content": "ok"})
+            answer = await alice.expect("direct")
+            assert answer["payload"]["id"] == 2 and answer["payload"]["from"] == "bob"
+            # Nobody else.
+            await carol.join("x")
+            await nothing_more(carol, "x", server)
 
 
 # ---------------------------------------------------------------- errors
@@ -484,20 +496,28 @@ async def test_joining_a_room_the_identity_does_not_allow_is_403():
             assert (await alice.join("lobby"))["payload"]["room"] == "lobby"
 
 
-async def test_direct_to_an_absent_user_is_404():
+async def test_direct_to_an_absent_user_is_kept_for_them():
     async with open_test_server() as server:
         async with open_test_client(server, user="alice") as alice:
             await alice.send("direct", {"to": "nobody", "content": "hello?"}, ref="d1")
-            frame = await alice.receive()
-            assert frame == {
-                "type": "error",
-                "ref": "d1",
-                "payload": {"code": 404, "message": frame["payload"]["message"]},
+            ack = await alice.receive()
+            assert ack["type"] == "ack" and ack["payload"]["id"] == 1
+        async with open_test_client(server, user="nobody") as nobody:
+            await nobody.send("conversations", {}, ref="c1")
+            listing = await nobody.receive()
+            assert listing["type"] == "conversations" and listing["ref"] == "c1"
+            assert listing["payload"]["truncated"] is False
+            [item] = listing["payload"]["conversations"]
+            assert (item["with"], item["last_id"]) == ("alice", 1)
+            assert item["last"] == {
+                "id": 1,
+                "from": "alice",
+                "to": "nobody",
+                "content": "hello?",
+                "time": ack["payload"]["time"],
             }
-            async with open_test_client(server, user="nobody") as nobody:
-                await alice.send("direct", {"to": "nobody", "content": "hello"}, ref="d1")
-                assert (await alice.receive())["type"] == "ack"
-                assert (await nobody.receive())["payload"]["content"] == "hello"
+            await nobody.send("direct", {"to": "nobody", "content": "me?"}, ref="d2")
+            assert (await nobody.receive())["payload"]["code"] == 400
 
 
 async def test_content_over_the_limit_is_413():
@@ -821,11 +841,12 @@ async def test_publish_and_send_direct_take_the_client_path(stored):
 
             direct = await server.send_direct("alice", "psst", user_id="bot")
             assert isinstance(direct, DirectAck) and direct.to == "alice"
+            payload = {"from": "bot", "content": "psst", "time": direct.time}
+            if not server.config.redis_url:  # stored in the conversation
+                assert direct.id == 1
+                payload = {"id": 1, "from": "bot", "to": "alice", **payload}
             for client in (alice, alice2):
-                assert await client.receive() == {
-                    "type": "direct",
-                    "payload": {"from": "bot", "content": "psst", "time": direct.time},
-                }
+                assert await client.receive() == {"type": "direct", "payload": payload}
 
             async with open_test_client(server, user="bob") as bob:
                 history = (await bob.join("news"))["payload"]["history"]
@@ -853,8 +874,8 @@ async def test_publish_and_send_direct_refuse_what_a_client_could_not_send():
             await server.publish("r", "toolong")
         assert info.value.code == 413
         with pytest.raises(ProtocolError) as info:
-            await server.send_direct("nobody", "hi")
-        assert info.value.code == 404
+            await server.send_direct("nobody", "hi", user_id="nobody")
+        assert info.value.code == 400  # to oneself
         with pytest.raises(ProtocolError) as info:
             await server.send_direct("not valid!", "hi")
         assert info.value.code == 400

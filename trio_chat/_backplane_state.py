@@ -61,6 +61,7 @@ from ._message_frames import MessageFrame
 from ._protocol import (
     CHAT_PREFIX,
     ChatAck,
+    ClientEvent,
     DirectAck,
     DirectMessage,
     ErrorEvent,
@@ -283,6 +284,11 @@ class ClusterState(RoomCore["_User"]):
         self, key: Key, conn: Conn, event: MessageFrame, now: float
     ) -> list[Delivery]:
         raise ProtocolError(501, "not available with the Redis store", event.ref)
+
+    def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
+        if not isinstance(event, ClientEvent):
+            raise TypeError(f"not a client event: {event!r}")
+        raise ProtocolError(501, "not available with the Redis store", getattr(event, "ref", None))
 
     def _origin(self, reply_to: Key | Reply | None) -> str:
         """How pub/sub names the sending connection (``-``: none here)."""

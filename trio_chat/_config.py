@@ -204,6 +204,14 @@ class Config:
         metavar="EMOJI",
         shown_default=" ".join(DEFAULT_REACTIONS),
     )
+    max_conversations: int = _setting(
+        10000,
+        "direct conversations kept at once (the least recently used is forgotten first)",
+        _positive,
+    )
+    max_conversations_per_user: int = _setting(
+        200, "direct conversations one user may be in (more: error 403)", _positive
+    )
     secret: str | None = _setting(
         None,
         f"HS256 secret of at least {MIN_SECRET_BYTES} bytes: require JWT tokens",

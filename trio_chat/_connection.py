@@ -54,6 +54,7 @@ from ._protocol import (
     Command,
     Direct,
     Join,
+    ListConversations,
     Presence,
     ProtocolError,
     Welcome,
@@ -91,7 +92,9 @@ RECEIVE_SIZE = 65536
 #: that was still sending (see :meth:`Connection._linger`).
 LINGER_BYTES = 1 << 20
 
-_RATED = (Chat, Direct, Presence, Command, MessageFrame)
+_RATED = (Chat, Direct, Presence, Command, MessageFrame, ListConversations)
+#: Frames about direct conversations besides those naming one (``with``).
+_CONVERSING = (Direct, ListConversations)
 #: join/leave/typing frames a window allows: this many times the rated
 #: frames, and at least CONTROL_RATE_FLOOR.  Pings get the same allowance.
 CONTROL_RATE_FACTOR = 4
@@ -732,9 +735,12 @@ class ChatHandler:
         if isinstance(event, Join) and not self.identity.may_join(event.room):
             self._refuse(ProtocolError(403, f"not allowed to join room {event.room!r}", event.ref))
             return
-        if isinstance(event, Direct) and not self.identity.may_direct():
+        if (
+            isinstance(event, _CONVERSING) or getattr(event, "with_", None) is not None
+        ) and not self.identity.may_direct():
             # Refused whoever the recipient: no probing who is connected.
-            self._refuse(ProtocolError(403, "not allowed to send direct messages", event.ref))
+            doing = "send direct messages" if isinstance(event, Direct) else "use conversations"
+            self._refuse(ProtocolError(403, f"not allowed to {doing}", getattr(event, "ref", None)))
             return
         if isinstance(event, Command):
             if self.commands is None:

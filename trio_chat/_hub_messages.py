@@ -39,11 +39,19 @@ def announce(
     event: MessageEdited | MessageDeleted | ReactionChanged,
     reply_to: Key | Reply | None,
     ref: str | None,
+    *,
+    actor: str,
 ) -> list[Delivery]:
     """*event* to every connection of *target*'s log; *reply_to* (the
-    sender) gets it with *ref*."""
-    audience = [k for k in state.audience(target) if k != reply_to]
-    deliveries = [Delivery(event, tuple(audience))]
+    sender) gets it with *ref*.  In a conversation each user's connections
+    get it with ``with`` naming the other one (*actor*, for the other side)."""
+    if target.with_ is None:
+        audience = [k for k in state.audience(target) if k != reply_to]
+        deliveries = [Delivery(event, tuple(audience))]
+    else:
+        mine = tuple(k for k in state.connections_of(actor) if k != reply_to)
+        theirs = tuple(state.connections_of(target.with_))
+        deliveries = [Delivery(event, mine), Delivery(attrs.evolve(event, with_=actor), theirs)]
     return deliveries + state.answer(reply_to, attrs.evolve(event, ref=ref))
 
 
@@ -75,21 +83,23 @@ def apply_message_frame(
         edited = MessageEdited(
             room, with_, message.id, user_id, message.content, message.edited, message.mentions
         )
-        return announce(state, target, edited, key, ref)
+        return announce(state, target, edited, key, ref, actor=user_id)
     if isinstance(event, Delete):
         message, changed = delete_message(history, target, event.id, user_id, ref=ref)
         deleted = MessageDeleted(room, with_, message.id, message.user_id, user_id)
         if not changed:
             return state.answer(key, attrs.evolve(deleted, ref=ref))
-        return announce(state, target, deleted, key, ref)
+        return announce(state, target, deleted, key, ref, actor=user_id)
     if isinstance(event, React):
         message, on, count = toggle_reaction(
             history, target, user_id, event.id, emoji=event.emoji, allowed=state.reactions, ref=ref
         )
         reaction = ReactionChanged(room, with_, message.id, event.emoji, user_id, on, count)
-        return announce(state, target, reaction, key, ref)
+        return announce(state, target, reaction, key, ref, actor=user_id)
     if isinstance(event, ReadHistory):
         messages, truncated = history_page(target.log, event.since, event.before)
+        if with_ is not None:
+            messages = [state.direct_view(payload) for payload in messages]
         return state.answer(key, HistoryPage(room, with_, messages, truncated, ref))
     raise TypeError(f"not a message frame: {event!r}")
 

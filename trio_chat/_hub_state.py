@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from ._conversations import Conversations, conversation_users, is_conversation
 from ._hub_messages import apply_message_frame, moderator_delete
 from ._log import History, LogOp, RefMemory, RememberOp, RoomLog
 from ._message_frames import MessageFrame
@@ -29,16 +30,21 @@ from ._message_ops import DEFAULT_REACTIONS, Target
 from ._protocol import (
     ChatAck,
     ChatMessage,
+    ClientEvent,
+    ConversationList,
     DirectAck,
     DirectMessage,
     Join,
     Joined,
+    ListConversations,
     Presence,
     PresenceUpdate,
     ProtocolError,
     ServerEvent,
     System,
     TypingNotice,
+    TypingTo,
+    TypingWith,
     format_time,
     parse_server_frame,
 )
@@ -57,6 +63,11 @@ __all__ = [
 ]
 #: Bytes of a ``joined`` frame besides its history and member names.
 _JOINED_OVERHEAD = 200
+#: Bytes of one item of a listing (``conversations``, ``rooms``) besides
+#: its names and its message.
+_LISTED_OVERHEAD = 120
+#: Items one listing holds at most.
+MAX_LISTED = 100
 
 
 def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
@@ -102,6 +113,11 @@ class HubState(RoomCore["_User"]):
         joined_bytes: bytes of history (and member names) one ``joined``
             carries at most: the newest messages that fit, ``truncated``
             when older ones were left out.
+        max_conversations: direct conversations (with their ids and
+            history) kept at once; beyond it the least recently used is
+            forgotten.
+        max_conversations_per_user: conversations one user may be in; a new
+            one beyond it is refused (403), for its sender and its addressee.
         remembered_users: users whose refs are kept at once.
         max_refs: refs kept in all.  Past either bound, the least recently
             active users' oldest refs are forgotten first, so memory stays
@@ -127,6 +143,8 @@ class HubState(RoomCore["_User"]):
     durable: bool = False
     edit_window: float = 3600.0
     reactions: tuple[str, ...] = DEFAULT_REACTIONS
+    max_conversations: int = 10_000
+    max_conversations_per_user: int = 200
 
     _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
     #: The rooms without members, least recently used first.
@@ -134,6 +152,7 @@ class HubState(RoomCore["_User"]):
     _messages: int = attrs.field(init=False, default=0)
     history: History = attrs.field(init=False)
     refs: RefMemory = attrs.field(init=False)
+    conversations: Conversations = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.history = History(
@@ -144,6 +163,9 @@ class HubState(RoomCore["_User"]):
             self.durable,
         )
         self.refs = RefMemory(self.ref_memory, self.remembered_users, self.max_refs)
+        self.conversations = Conversations(
+            self.history, self.max_conversations, self.max_conversations_per_user
+        )
 
     # ------------------------------------------------------------ the log
 
@@ -166,6 +188,10 @@ class HubState(RoomCore["_User"]):
         to the store."""
         logs = self.history.restore(rooms, messages)
         for name, log in logs.items():
+            if is_conversation(name):
+                # Kept even without retained messages: its ids go on.
+                self.conversations.restore(log)
+                continue
             if not log.entries:
                 self.history.drop(log)
                 continue
@@ -201,6 +227,32 @@ class HubState(RoomCore["_User"]):
     def room_log(self, room: str) -> RoomLog | None:
         entry = self._rooms.get(room)
         return entry.log if entry else None
+
+    def address(self, key: Key, room: str | None, with_: str | None, ref: str | None) -> RoomLog:
+        """The log a frame from connection *key* names: the ``room`` it has
+        joined (else 403), or its user's conversation ``with`` another user
+        (404 when there is none).  Exactly one of *room*, *with_* is set."""
+        conn = self._conns[key]
+        if room is not None:
+            self._member(conn, room, "using", ref)
+            return self._rooms[room].log
+        assert with_ is not None
+        log = self.conversations.get(conn.user_id, with_)
+        if log is None:
+            raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
+        return log
+
+    def direct_view(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A chat payload of a conversation's log as a ``direct`` payload."""
+        view = dict(payload)
+        a, b = conversation_users(view.pop("room"))
+        sender = view.pop("user_id")
+        return {"id": view.pop("id"), "from": sender, "to": b if sender == a else a, **view}
+
+    def direct_payload(self, message: ChatMessage) -> dict[str, Any]:
+        """A message of a conversation's log as a ``direct`` payload."""
+        a, b = conversation_users(message.room)
+        return DirectMessage.stored(message, b if message.user_id == a else a).payload()
 
     # ------------------------------------------------------------ commands
 
@@ -245,18 +297,54 @@ class HubState(RoomCore["_User"]):
         return [Delivery(message, others), *self.answer(sender, ack)]
 
     def _direct(self, post: Post) -> list[Delivery]:
-        user_id, ref = post.user_id, post.ref
+        user_id, to, ref = post.user_id, post.to, post.ref
         seen = self._seen(user_id, ref)
         if seen is not None:
             return self.answer(post.reply_to, seen)
-        addressee = self._users.get(post.to)
-        if addressee is None:
-            raise ProtocolError(404, f"user {post.to!r} is not connected", ref)
-        time = format_time(post.now)
-        ack = DirectAck(post.to, time, ref)
+        if to == user_id:
+            raise ProtocolError(400, "payload.to: a user cannot write to themselves", ref)
+        log = self.conversations.open(user_id, to, ref)
+        message = self.history.append(log, user_id, post.content, post.now, format_time(post.now))
+        ack = DirectAck(to, message.time, ref, message.id)
         self._remember(user_id, ref, ack)
-        message = DirectMessage(user_id, post.content, time)
-        return [Delivery(message, tuple(addressee.conns)), *self.answer(post.reply_to, ack)]
+        audience = [*self._conns_of(to), *self._conns_of(user_id)]
+        sender = post.reply_to
+        recipients = tuple(k for k in audience if k != sender)
+        event = DirectMessage.stored(message, to)
+        return [Delivery(event, recipients), *self.answer(sender, ack)]
+
+    def _conns_of(self, user_id: str) -> list[Key]:
+        user = self._users.get(user_id)
+        return list(user.conns) if user is not None else []
+
+    def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
+        if isinstance(event, TypingTo):
+            others = tuple(k for k in self._conns_of(event.with_) if k != key)
+            notice = TypingWith(conn.user_id, conn.user_id)
+            return [Delivery(notice, others, ephemeral=True)] if others else []
+        if isinstance(event, ListConversations):
+            return [Delivery(self._conversation_list(conn.user_id, event.ref), (key,))]
+        raise TypeError(f"not a client event: {event!r}")
+
+    def _conversation_list(self, user_id: str, ref: str | None) -> ConversationList:
+        """*user_id*'s conversations, most recent first: at most
+        :data:`MAX_LISTED`, and at most ``joined_bytes`` encoded."""
+        items: list[dict[str, Any]] = []
+        budget = self.joined_bytes - _JOINED_OVERHEAD
+        truncated = False
+        for other, log in self.conversations.of(user_id):
+            last = log.entries[-1][0] if log.entries else None
+            cost = (
+                _LISTED_OVERHEAD + 2 * len(other) + (payload_bound(last.payload()) if last else 0)
+            )
+            if len(items) == MAX_LISTED or cost > budget:
+                truncated = True
+                break
+            budget -= cost
+            item = {"with": other, "last_id": log.last_id}
+            item["last"] = self.direct_payload(last) if last is not None else None
+            items.append(item)
+        return ConversationList(items, truncated, ref)
 
     def _typing(self, key: Key, conn: Conn, room: str) -> list[Delivery]:
         others = tuple(k for k in self._rooms[room].conns if k != key)
@@ -286,7 +374,12 @@ class HubState(RoomCore["_User"]):
         return []
 
     def _conversation(self, user_id: str, other: str) -> RoomLog | None:
-        return None
+        return self.conversations.get(user_id, other)
+
+    def connections_of(self, user_id: str) -> list[Key]:
+        """The connections of *user_id* (none when it is not connected)."""
+        user = self._users.get(user_id)
+        return list(user.conns) if user is not None else []
 
     def _message_frame(
         self, key: Key, conn: Conn, event: MessageFrame, now: float

@@ -24,6 +24,7 @@ from ._server_events import (
     ChatAck,
     ChatMessage,
     CommandResult,
+    ConversationList,
     DirectAck,
     DirectMessage,
     ErrorEvent,
@@ -33,6 +34,7 @@ from ._server_events import (
     ServerEvent,
     System,
     TypingNotice,
+    TypingWith,
     Welcome,
     ack_suffix,
     chat_suffix,
@@ -54,6 +56,7 @@ __all__ = [
     "ClientEvent",
     "Command",
     "CommandResult",
+    "ConversationList",
     "Direct",
     "DirectAck",
     "DirectMessage",
@@ -62,6 +65,7 @@ __all__ = [
     "Joined",
     "Leave",
     "Left",
+    "ListConversations",
     "Presence",
     "PresenceUpdate",
     "ProtocolError",
@@ -69,6 +73,8 @@ __all__ = [
     "System",
     "Typing",
     "TypingNotice",
+    "TypingTo",
+    "TypingWith",
     "Welcome",
     "ack_suffix",
     "chat_suffix",
@@ -238,6 +244,23 @@ class Typing(ClientEvent):
 
 
 @attrs.frozen
+class TypingTo(ClientEvent):
+    """Typing to the user *with_*, in the direct conversation with them."""
+
+    type: ClassVar[str] = "typing"
+    with_: str
+    ref: str | None = None
+
+
+@attrs.frozen
+class ListConversations(ClientEvent):
+    """The user's direct conversations, most recent first."""
+
+    type: ClassVar[str] = "conversations"
+    ref: str | None = None
+
+
+@attrs.frozen
 class Command(ClientEvent):
     """A call of a command the embedding server registered (RPC): the
     answer is a ``result`` (or an ``error``) with the same ``ref``."""
@@ -377,7 +400,8 @@ def parse_client_frame(
     if kind == "leave":
         return Leave(fields.room(), ref)
     if kind == "typing":
-        return Typing(fields.room(), ref)
+        _, with_ = fields.target()
+        return TypingTo(with_, ref) if with_ is not None else Typing(fields.room(), ref)
     if kind == "direct":
         return Direct(fields.user("to"), fields.content(max_content_chars), ref)
     if kind == "presence":
@@ -395,6 +419,8 @@ def parse_client_frame(
         if _COMMAND_RE.fullmatch(name) is None:
             raise fields.fail(f"payload.name: must match {COMMAND_PATTERN}")
         return Command(name, payload.get("args"), ref)
+    if kind == "conversations":
+        return ListConversations(ref)
     from ._message_frames import parse_message_frame
 
     event = parse_message_frame(kind, fields, max_content_chars)
@@ -403,6 +429,7 @@ def parse_client_frame(
     raise ProtocolError(
         400,
         f"type: unknown type {kind[:40]!r}; expected one of "
-        "join, leave, chat, presence, direct, typing, command, edit, delete, react, history",
+        "join, leave, chat, presence, direct, typing, command, edit, delete, react, history, "
+        "conversations",
         ref,
     )

@@ -276,7 +276,7 @@ class RoomCore(abc.ABC, Generic[U]):
             return self._typing(key, conn, event.room)
         if isinstance(event, MessageFrame):
             return self._message_frame(key, conn, event, now)
-        raise TypeError(f"not a client event: {event!r}")
+        return self._extended(key, conn, event, now)
 
     def publish(
         self,
@@ -438,3 +438,9 @@ class RoomCore(abc.ABC, Generic[U]):
     ) -> list[Delivery]:
         """An ``edit``, ``delete``, ``react`` or ``history`` of a log's
         messages (or its refusal, if the store does not offer it)."""
+
+    @abc.abstractmethod
+    def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
+        """A client event of the protocol's extensions (conversations, read
+        markers, topics, ...): applied, or refused if the store does not
+        offer it.  Raises ``TypeError`` for what is no client event."""

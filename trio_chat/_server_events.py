@@ -18,6 +18,7 @@ __all__ = [
     "ChatAck",
     "ChatMessage",
     "CommandResult",
+    "ConversationList",
     "DirectAck",
     "DirectMessage",
     "ErrorEvent",
@@ -27,6 +28,7 @@ __all__ = [
     "ServerEvent",
     "System",
     "TypingNotice",
+    "TypingWith",
     "Welcome",
     "ack_suffix",
     "chat_suffix",
@@ -236,10 +238,19 @@ class ChatAck(_WithRef):
 
 @attrs.frozen
 class DirectAck(_WithRef):
+    """A direct message's ack; ``id`` numbers it in the conversation (the
+    Redis store sends none)."""
+
     type: ClassVar[str] = "ack"
     to: str
     time: str
     ref: str | None = None
+    id: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        if self.id is None:
+            return {"to": self.to, "time": self.time}
+        return {"id": self.id, "to": self.to, "time": self.time}
 
 
 @attrs.frozen
@@ -258,13 +269,42 @@ class PresenceUpdate(ServerEvent):
 
 @attrs.frozen
 class DirectMessage(ServerEvent):
+    """A direct message: ``id`` numbers it in the conversation of ``from_``
+    and ``to``; *extra* holds the other fields of its payload (``edited``,
+    ``reactions``, ...).  The Redis store sends neither id nor ``to``."""
+
     type: ClassVar[str] = "direct"
     from_: str
     content: str
     time: str
+    id: int | None = None
+    to: str | None = None
+    extra: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
     def payload(self) -> dict[str, Any]:
-        return {"from": self.from_, "content": self.content, "time": self.time}
+        payload: dict[str, Any] = {} if self.id is None else {"id": self.id}
+        payload["from"] = self.from_
+        if self.to is not None:
+            payload["to"] = self.to
+        payload["content"] = self.content
+        payload["time"] = self.time
+        if self.extra:
+            payload.update(self.extra)
+        return payload
+
+    @classmethod
+    def stored(cls, message: ChatMessage, to: str) -> DirectMessage:
+        """The direct event for *message*, kept in its conversation's log,
+        sent by ``message.user_id`` to *to*."""
+        payload = message.payload()
+        for name in _CHAT_FIELDS:
+            payload.pop(name, None)
+        return cls(message.user_id, message.content, message.time, message.id, to, payload or None)
+
+
+#: The fields of a chat payload that a direct payload names otherwise.
+_CHAT_FIELDS = ("id", "room", "user_id", "content", "time")
+_DIRECT_FIELDS = ("id", "from", "to", "content", "time")
 
 
 @attrs.frozen
@@ -272,6 +312,30 @@ class TypingNotice(ServerEvent):
     type: ClassVar[str] = "typing"
     room: str
     user_id: str
+
+
+@attrs.frozen
+class TypingWith(ServerEvent):
+    """*user_id* is typing to the recipient; *with_* is the typing user
+    (the conversation, from the recipient's side)."""
+
+    type: ClassVar[str] = "typing"
+    with_: str
+    user_id: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"with": self.with_, "user_id": self.user_id}
+
+
+@attrs.frozen
+class ConversationList(_WithRef):
+    """The answer to ``conversations``: the user's conversations, most
+    recent first."""
+
+    type: ClassVar[str] = "conversations"
+    conversations: list[dict[str, Any]]
+    truncated: bool
+    ref: str | None = None
 
 
 @attrs.frozen
@@ -331,9 +395,9 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
         if kind == "chat":
             return _chat_message(p)
         if kind == "ack":
-            if "id" in p:
-                return ChatAck(p["id"], p["room"], p["time"], ref)
-            return DirectAck(p["to"], p["time"], ref)
+            if "to" in p:
+                return DirectAck(p["to"], p["time"], ref, p.get("id"))
+            return ChatAck(p["id"], p["room"], p["time"], ref)
         if kind == "welcome":
             return Welcome(p["session_id"], p["user_id"], p["limits"])
         if kind == "joined":
@@ -347,9 +411,16 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
         if kind == "presence":
             return PresenceUpdate(p["user_id"], p["status"], p.get("text"))
         if kind == "direct":
-            return DirectMessage(p["from"], p["content"], p["time"])
+            extra = {k: v for k, v in p.items() if k not in _DIRECT_FIELDS}
+            return DirectMessage(
+                p["from"], p["content"], p["time"], p.get("id"), p.get("to"), extra or None
+            )
         if kind == "typing":
+            if "with" in p:
+                return TypingWith(p["with"], p["user_id"])
             return TypingNotice(p["room"], p["user_id"])
+        if kind == "conversations":
+            return ConversationList(p["conversations"], p["truncated"], ref)
         if kind == "result":
             return CommandResult(p["name"], p["result"], ref)
         if kind == "error":

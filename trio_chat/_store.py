@@ -39,6 +39,8 @@ def hub_state(config: Config, *, durable: bool = False) -> HubState:
         **core_settings(config),
         history_bytes_per_room=config.history_bytes_per_room,
         history_max_age=config.history_max_age,
+        max_conversations=config.max_conversations,
+        max_conversations_per_user=config.max_conversations_per_user,
         durable=durable,
         edit_window=config.edit_window,
         reactions=config.reactions,

@@ -1,0 +1,120 @@
+"""Direct conversations end to end, over real sockets on 127.0.0.1.
+
+Stored messages with ids per conversation, the ``conversations`` listing,
+typing to a user, what a token forbids, a restart of the SQLite store (a
+real file) keeping every conversation, and the Redis store answering 501.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_chat import Config
+from trio_chat._auth import make_token
+from trio_chat.testing import TestClient, open_test_client, open_test_server
+
+SECRET = "conversations-secret-0123456789abcdef"
+
+
+async def listing(client: TestClient, ref: str = "c") -> dict:
+    await client.send("conversations", {}, ref=ref)
+    frame = await client.expect("conversations")
+    assert frame["ref"] == ref
+    return frame["payload"]
+
+
+async def test_conversations_list_most_recent_first_with_their_last_message():
+    async with open_test_server() as server:
+        async with (
+            open_test_client(server, user="ann") as ann,
+            open_test_client(server, user="bob") as bob,
+        ):
+            for to, content in [("bob", "b1"), ("cy", "c1"), ("bob", "b2")]:
+                await ann.send("direct", {"to": to, "content": content})
+                await ann.expect("ack")
+            got = await listing(ann)
+            assert got["truncated"] is False
+            assert [
+                (c["with"], c["last_id"], c["last"]["content"]) for c in got["conversations"]
+            ] == [
+                ("bob", 2, "b2"),
+                ("cy", 1, "c1"),
+            ]
+            # The other side sees it from theirs.
+            [item] = (await listing(bob))["conversations"]
+            assert item["with"] == "ann" and item["last"]["to"] == "bob"
+
+
+async def test_typing_to_a_user_reaches_their_connections_only():
+    async with open_test_server() as server:
+        async with (
+            open_test_client(server, user="ann") as ann,
+            open_test_client(server, user="bob") as bob,
+            open_test_client(server, user="cy") as cy,
+        ):
+            await ann.send("typing", {"with": "bob"})
+            assert await bob.receive() == {
+                "type": "typing",
+                "payload": {"with": "ann", "user_id": "ann"},
+            }
+            # A later frame's answer proves cy got nothing before it.
+            await cy.send("conversations", {}, ref="after")
+            assert (await cy.receive())["type"] == "conversations"
+
+
+@pytest.mark.parametrize("claims", [{"direct": False}, {"rooms": []}])
+async def test_a_token_without_direct_messages_may_not_use_conversations(claims):
+    async with open_test_server(Config(secret=SECRET)) as server:
+        token = make_token(SECRET, "ann", **claims)
+        async with open_test_client(server, token=token) as ann:
+            for kind, payload in [
+                ("direct", {"to": "bob", "content": "x"}),
+                ("conversations", {}),
+                ("typing", {"with": "bob"}),
+            ]:
+                await ann.send(kind, payload, ref=kind)
+                frame = await ann.receive()
+                assert frame["type"] == "error" and frame["ref"] == kind
+                assert frame["payload"]["code"] == 403
+
+
+async def test_the_sqlite_store_keeps_conversations_across_a_restart(tmp_path):
+    config = Config(data_dir=str(tmp_path / "data"))
+    async with open_test_server(config) as server:
+        async with open_test_client(server, user="ann") as ann:
+            await ann.send("direct", {"to": "bob", "content": "while you were away"}, ref="d1")
+            first = await ann.expect("ack")
+            await ann.send("direct", {"to": "bob", "content": "second"})
+            await ann.expect("ack")
+    async with open_test_server(config) as server:
+        assert server.stats().history == 2 and server.stats().rooms == 0
+        async with open_test_client(server, user="bob") as bob:
+            [item] = (await listing(bob))["conversations"]
+            assert (item["with"], item["last_id"], item["last"]["content"]) == ("ann", 2, "second")
+            await bob.send("direct", {"to": "ann", "content": "back"})
+            assert (await bob.expect("ack"))["payload"]["id"] == 3  # ids go on
+        async with open_test_client(server, user="ann") as ann:
+            # A ref accepted before the restart: its original ack.
+            await ann.send("direct", {"to": "bob", "content": "while you were away"}, ref="d1")
+            assert await ann.expect("ack") == first
+
+
+async def test_the_redis_store_answers_501(redis_server):
+    async with open_test_server(Config(redis_url=redis_server.url)) as server:
+        async with (
+            open_test_client(server, user="ann") as ann,
+            open_test_client(server, user="bob") as bob,
+        ):
+            for kind, payload in [("conversations", {}), ("typing", {"with": "bob"})]:
+                await ann.send(kind, payload, ref=kind)
+                frame = await ann.receive()
+                assert frame["type"] == "error" and frame["ref"] == kind
+                assert frame["payload"] == {
+                    "code": 501,
+                    "message": "not available with the Redis store",
+                }
+            # direct keeps its behaviour there: to a connected user, no id.
+            await ann.send("direct", {"to": "bob", "content": "hi"}, ref="d")
+            ack = await ann.expect("ack")
+            assert "id" not in ack["payload"]
+            assert (await bob.expect("direct"))["payload"].keys() == {"from", "content", "time"}
