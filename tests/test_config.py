@@ -39,6 +39,8 @@ SAMPLES = {
     "history_max_age": 60.0,
     "edit_window": 120.0,
     "reactions": ("a", "\U0001f44d"),
+    "max_conversations": 14,
+    "max_conversations_per_user": 15,
     "secret": "s3cret-long-enough-for-hs256-0123456789",
     "allowed_origins": ("https://a.example", "https://b.example"),
     "redis_url": "redis://127.0.0.1:6379/0",

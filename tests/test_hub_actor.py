@@ -427,10 +427,10 @@ async def test_refusals_go_to_the_offender_only(hub: Hub) -> None:
     await a.events()
     await b.events()
     await a.send(Chat("elsewhere", "x", "c1"))
-    await a.send(Direct("nobody", "x", "d1"))
-    assert [(e.code, e.ref) for e in await a.events()] == [(403, "c1"), (404, "d1")]
+    await a.send(Direct("ann", "x", "d1"))  # to oneself
+    assert [(e.code, e.ref) for e in await a.events()] == [(403, "c1"), (400, "d1")]
     assert await b.events() == []
-    assert hub.counters.errors == {403: 1, 404: 1}
+    assert hub.counters.errors == {403: 1, 400: 1}
 
 
 async def test_embedder_calls(hub: Hub) -> None:
@@ -442,8 +442,8 @@ async def test_embedder_calls(hub: Hub) -> None:
     assert ack.id == 1
     assert await a.events() == [ChatMessage(1, "r", "server", "from the server", ack.time)]
     with pytest.raises(ProtocolError) as info:
-        await hub.direct("nobody", "x", user_id="server")
-    assert info.value.code == 404
+        await hub.direct("server", "x", user_id="server")
+    assert info.value.code == 400
     with pytest.raises(ProtocolError) as info:
         await hub.publish("absent", "x", user_id="server", create=False)
     assert info.value.code == 404

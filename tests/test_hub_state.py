@@ -37,6 +37,7 @@ from hypothesis.stateful import (
 from trio_chat._conversations import conversation_name
 from trio_chat._hub_state import Delivery, HubState, HubStats, Reply, recipients
 from trio_chat._log import MESSAGE_OVERHEAD
+from trio_chat._mentions import find_mentions
 from trio_chat._protocol import (
     Chat,
     ChatAck,
@@ -98,8 +99,15 @@ def norm(event: ServerEvent) -> str:
 
 
 def size_of(message: ChatMessage) -> int:
-    """What a message counts against the byte budgets, spelled out."""
-    return len(message.content.encode("utf-8", "surrogatepass")) + len(message.user_id) + 300
+    """What a message counts against the byte budgets, spelled out: its
+    text, its user id, each mention and 300 bytes."""
+    mentions = sum(len(name) + 3 for name in message.mentions)
+    return (
+        len(message.content.encode("utf-8", "surrogatepass"))
+        + len(message.user_id)
+        + 300
+        + mentions
+    )
 
 
 @attrs.define
@@ -224,7 +232,9 @@ class Model:
         the budgets the obvious way."""
         b, log = self.budgets, (self.convs if " " in room else self.rooms)[room]
         log.last_id += 1
-        message = ChatMessage(log.last_id, room, user, content, format_time(now))
+        message = ChatMessage(
+            log.last_id, room, user, content, format_time(now), mentions=find_mentions(content)
+        )
         self.seq += 1
         log.kept.append(Kept(message, self.seq, now))
         if " " not in room:
