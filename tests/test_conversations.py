@@ -118,3 +118,43 @@ async def test_the_redis_store_answers_501(redis_server):
             ack = await ann.expect("ack")
             assert "id" not in ack["payload"]
             assert (await bob.expect("direct"))["payload"].keys() == {"from", "content", "time"}
+
+
+async def test_edits_reactions_and_history_in_a_conversation_name_the_other_side():
+    async with open_test_server() as server:
+        async with (
+            open_test_client(server, user="ann") as ann,
+            open_test_client(server, user="bob") as bob,
+        ):
+            await ann.send("direct", {"to": "bob", "content": "hi @bob"}, ref="d1")
+            ack = await ann.expect("ack")
+            assert ack["payload"]["id"] == 1
+            assert (await bob.expect("direct"))["payload"]["mentions"] == ["bob"]
+
+            # bob reacts from his side; ann hears of it from hers.
+            await bob.send("react", {"with": "ann", "id": 1, "emoji": "👍"}, ref="r1")
+            mine = await bob.expect("reaction")
+            assert mine["ref"] == "r1" and mine["payload"]["with"] == "ann"
+            theirs = await ann.expect("reaction")
+            assert theirs["payload"]["with"] == "bob"
+            assert (theirs["payload"]["user_id"], theirs["payload"]["count"]) == ("bob", 1)
+
+            # Only the author edits; each side is told with the other's name.
+            await bob.send("edit", {"with": "ann", "id": 1, "content": "no"}, ref="e0")
+            assert (await bob.expect("error"))["payload"]["code"] == 403
+            await ann.send("edit", {"with": "bob", "id": 1, "content": "hello"}, ref="e1")
+            assert (await ann.expect("edit"))["payload"]["with"] == "bob"
+            edited = await bob.expect("edit")
+            assert (edited["payload"]["with"], edited["payload"]["content"]) == ("ann", "hello")
+
+            # The history is direct payloads with the edit and the reaction.
+            await bob.send("history", {"with": "ann"}, ref="h1")
+            page = (await bob.expect("history"))["payload"]
+            [message] = page["messages"]
+            assert (message["from"], message["to"], message["content"]) == ("ann", "bob", "hello")
+            assert "room" not in message and "user_id" not in message
+            assert message["reactions"] == {"👍": ["bob"]} and "edited" in message
+
+            await ann.send("delete", {"with": "bob", "id": 1}, ref="x1")
+            assert (await ann.expect("delete"))["payload"]["by"] == "ann"
+            assert (await bob.expect("delete"))["payload"]["with"] == "ann"
