@@ -228,20 +228,6 @@ class HubState(RoomCore["_User"]):
         entry = self._rooms.get(room)
         return entry.log if entry else None
 
-    def address(self, key: Key, room: str | None, with_: str | None, ref: str | None) -> RoomLog:
-        """The log a frame from connection *key* names: the ``room`` it has
-        joined (else 403), or its user's conversation ``with`` another user
-        (404 when there is none).  Exactly one of *room*, *with_* is set."""
-        conn = self._conns[key]
-        if room is not None:
-            self._member(conn, room, "using", ref)
-            return self._rooms[room].log
-        assert with_ is not None
-        log = self.conversations.get(conn.user_id, with_)
-        if log is None:
-            raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
-        return log
-
     def direct_view(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A chat payload of a conversation's log as a ``direct`` payload."""
         view = dict(payload)
@@ -362,7 +348,7 @@ class HubState(RoomCore["_User"]):
                 raise ProtocolError(404, f"room {room!r} does not exist", ref)
             return Target(entry.log, room=room)
         assert with_ is not None
-        log = self._conversation(user_id, with_)
+        log = self.conversations.get(user_id, with_)
         if log is None:
             raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
         return Target(log, with_=with_)
@@ -372,9 +358,6 @@ class HubState(RoomCore["_User"]):
         if target.room is not None:
             return list(self._rooms[target.room].conns)
         return []
-
-    def _conversation(self, user_id: str, other: str) -> RoomLog | None:
-        return self.conversations.get(user_id, other)
 
     def connections_of(self, user_id: str) -> list[Key]:
         """The connections of *user_id* (none when it is not connected)."""
