@@ -53,12 +53,13 @@ _REASONS = {429: b"Too Many Requests", 503: b"Service Unavailable"}
 
 
 def refusal_bytes(status: int, reason: str) -> bytes:
-    """A whole HTTP/1.1 response refusing a connection (it then closes)."""
+    """A whole HTTP/1.1 response refusing a connection (it then closes);
+    a client may try again after a second (``retry-after``)."""
     body = reason.encode("ascii", "replace") + b"\n"
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\nconnection: close\r\nserver: trio-chat\r\n"
-        b"x-content-type-options: nosniff\r\n\r\n%s"
+        b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\n"
+        b"server: trio-chat\r\nx-content-type-options: nosniff\r\n\r\n%s"
         % (status, _REASONS.get(status, b""), len(body), body)
     )
 
