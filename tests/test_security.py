@@ -3,6 +3,7 @@ frame size.  Every one over a real socket, with its status and its log line."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import trio
@@ -15,7 +16,7 @@ from http_support import (
     ws_refusal,
 )
 
-from trio_chat import Config
+from trio_chat import ChatServer, Config
 from trio_chat._cli import build_parser, load_config
 from trio_chat._config import SETTINGS
 from trio_chat._testing_server import open_test_client, open_test_server
@@ -75,6 +76,21 @@ async def test_same_host_means_a_name_of_this_server():
         name = "Chat.Example:8080"
         assert await _accepted(server, [("origin", f"http://{name}")], host=name.lower())
         assert not await _accepted(server, [("origin", "http://evil.example")], host="evil.example")
+
+
+async def test_same_host_holds_on_a_wildcard_listener_too():
+    # Bound to one address, a listener tells its connections their local
+    # address; on a wildcard address each connection's own is asked.
+    for bind in ("127.0.0.1", "0.0.0.0"):
+        server = ChatServer(Config(port=0))
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host=bind)
+            await nursery.start(functools.partial(server.serve, listeners=listeners))
+            host = f"127.0.0.1:{server.port}"
+            assert await _accepted(server, [("origin", f"http://{host}")], host=host), bind
+            other = f"127.0.0.2:{server.port}"
+            assert not await _accepted(server, [("origin", f"http://{other}")], host=other), bind
+            await server.shutdown()
 
 
 async def test_a_browser_client_from_another_origin_is_refused():
