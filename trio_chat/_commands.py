@@ -38,7 +38,7 @@ from ._policy import Sender
 from ._protocol import COMMAND_PATTERN, Command, CommandResult, ProtocolError, is_valid_command
 
 if TYPE_CHECKING:
-    from ._connection import ChatHandler
+    from ._handlers import ChatHandler
 
 __all__ = ["CommandCall", "CommandHandler", "Commands"]
 

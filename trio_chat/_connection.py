@@ -13,14 +13,10 @@
   while there is a backlog: a client that keeps up is written to directly by
   the hub (see :class:`~trio_chat._hub.Outlet`), and an idle connection holds
   no writer task.
-* The **heartbeat** (the connection nursery's body, not a task of its own)
-  pings every ``ping_interval`` and aborts the connection when no pong comes
-  within ``pong_timeout``.  It is also the read deadline: a pong
-  cannot be parsed before the frame in front of it is complete, so a client
-  that stops in the middle of a frame (like one whose host vanished, or a
-  frozen process) is aborted within ``ping_interval + pong_timeout``
-  (``tests/test_faults.py``).  A client pausing *between* the fragments of a
-  message can still answer pings; it holds at most ``max_message_bytes``.
+* The **heartbeat** (:mod:`trio_chat._heartbeat`: the connection nursery's
+  body, not a task of its own) pings every ``ping_interval`` and aborts the
+  connection when no pong comes within ``pong_timeout``; it is also the read
+  deadline.
 
 When the reader or the heartbeat ends, or the writer fails, the others are
 stopped, the hub is told, and the WebSocket is closed (or aborted) under a
@@ -31,13 +27,8 @@ write in flight and its 1013 close frame, else it is aborted.
 
 from __future__ import annotations
 
-import base64
-import functools
-import json
 import logging
 import math
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -45,45 +36,23 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._frames import Encoded, text_frame
+from ._handlers import control_rate
+from ._heartbeat import Heartbeat
 from ._http import linger
-from ._hub import SLOW_CONSUMER, Hub, HubCounters, Outlet
-from ._message_frames import MessageFrame
-from ._policy import Pending, Sender
-from ._protocol import (
-    Chat,
-    Command,
-    Direct,
-    Join,
-    ListConversations,
-    Presence,
-    ProtocolError,
-    Welcome,
-    parse_client_frame,
-)
-from ._ratelimit import RateLimiter
+from ._hub import SLOW_CONSUMER, HubCounters, Outlet
+from ._session_ids import session_id
 from ._stream import WireStream
 from ._ws import WebSocket
 
 if TYPE_CHECKING:
-    from ._auth import Identity
-    from ._commands import Commands
     from ._config import Config
     from ._deflate import DeflateParams
-    from ._metrics import Metrics
-    from ._policy import Screen
+    from ._protocol import ProtocolError
 
-__all__ = ["ChatHandler", "Connection", "EchoHandler"]
+__all__ = ["Connection", "Handler"]
 
 log = logging.getLogger("trio_chat.connection")
 
-#: Invalid frames among the last INVALID_WINDOW frames that close a
-#: connection with 1008 (a ratio, so that a valid frame now and then does not
-#: reset the count).
-MAX_INVALID = 20
-INVALID_WINDOW = 64
-_WINDOW_MASK = (1 << INVALID_WINDOW) - 1
-#: Rate-limit errors in one window after which a connection is closed (1008).
-MAX_RATE_STRIKES = 3
 #: Seconds allowed for the closing handshake.
 CLOSE_TIMEOUT = 2.0
 #: Bytes asked of the socket per read.
@@ -92,41 +61,8 @@ RECEIVE_SIZE = 65536
 #: that was still sending (see :meth:`Connection._linger`).
 LINGER_BYTES = 1 << 20
 
-_RATED = (Chat, Direct, Presence, Command, MessageFrame, ListConversations)
-#: Frames about direct conversations besides those naming one (``with``).
-_CONVERSING = (Direct, ListConversations)
-#: join/leave/typing frames a window allows: this many times the rated
-#: frames, and at least CONTROL_RATE_FLOOR.  Pings get the same allowance.
-CONTROL_RATE_FACTOR = 4
-CONTROL_RATE_FLOOR = 100
-
+#: What the connection's reader calls with each message (see ``_handlers``).
 Handler = Callable[[str | bytes], Awaitable[None]]
-
-
-#: Random bytes per session id (12 characters of URL-safe base64), and how
-#: many ids' worth are drawn from the OS at once.
-SESSION_ID_BYTES = 9
-_SESSION_IDS_PER_DRAW = 256
-_session_pool = bytearray()
-
-
-def _session_id() -> str:
-    """A new session id: as ``secrets.token_urlsafe(9)``, from a pool of the
-    same OS randomness drawn for many ids at once (one system call less per
-    connection).  A forked child starts with an empty pool."""
-    if not _session_pool:
-        _session_pool.extend(secrets.token_bytes(SESSION_ID_BYTES * _SESSION_IDS_PER_DRAW))
-    raw = bytes(_session_pool[-SESSION_ID_BYTES:])
-    del _session_pool[-SESSION_ID_BYTES:]
-    return base64.urlsafe_b64encode(raw).decode("ascii")
-
-
-os.register_at_fork(after_in_child=_session_pool.clear)
-
-
-def control_rate(config: Config) -> int:
-    """join/leave/typing frames, and pings, allowed per ``rate_seconds``."""
-    return max(config.rate_messages * CONTROL_RATE_FACTOR, CONTROL_RATE_FLOOR)
 
 
 class Connection:
@@ -146,21 +82,17 @@ class Connection:
     """
 
     __slots__ = (
-        "_awaiting_pong",
         "_finished",
         "_grace",
         "_handler",
         "_handling",
-        "_heartbeat_scope",
+        "_heartbeat",
         "_nursery",
-        "_pings",
         "_prefix",
         "_reader_exit",
         "_reader_running",
-        "_resting",
         "_running",
         "_stopping",
-        "_woken",
         "_writer_exit",
         "_writer_scope",
         "config",
@@ -202,22 +134,14 @@ class Connection:
         #: The window the hub compresses this client's frames with (0: none).
         self.deflate_bits = 0 if deflate is None else deflate.server_bits
         self._prefix = prefix
-        self.session_id = _session_id()
+        self.session_id = session_id()
         self.started = time.monotonic()
         self._handler: Handler | None = None
         self._handling = False
         self._running = False
         self._stopping = False
         self._nursery: trio.Nursery | None = None
-        #: The heartbeat's current wait (a rest or a ping): its deadline
-        #: times the heartbeat; cancelling it ends a ping's write.
-        self._heartbeat_scope = trio.CancelScope()
-        #: The heartbeat's task while it rests in :meth:`_rest`.
-        self._resting: trio.lowlevel.Task | None = None
-        #: Woken from its rest and not yet resting again (no scope to cancel).
-        self._woken = False
-        self._awaiting_pong = False
-        self._pings = 0
+        self._heartbeat = Heartbeat()
         #: Set while a writer task runs (there is a backlog).
         self._writer_scope: trio.CancelScope | None = None
         self._writer_exit: trio.Event | None = None
@@ -250,32 +174,9 @@ class Connection:
             writer = self._writer_scope
             if writer is not None and not writer.cancel_called:
                 writer.cancel()
-            self._wake_heartbeat()
+            self._heartbeat.wake()
         elif self.handshake_scope is not None:
             self.handshake_scope.cancel()
-
-    def _wake_heartbeat(self) -> None:
-        """End the heartbeat's current wait: at once if it rests (see
-        :meth:`_rest`), else by cancelling its scope (a ping being written)."""
-        task = self._resting
-        if task is not None:
-            self._resting = None
-            self._woken = True
-            trio.lowlevel.reschedule(task)
-        elif not self._woken and not self._heartbeat_scope.cancel_called:
-            self._heartbeat_scope.cancel()
-
-    async def _rest(self) -> None:
-        """Wait until :meth:`_wake_heartbeat`, or until the scope around
-        ends the wait (its deadline)."""
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._resting = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        self._resting = trio.lowlevel.current_task()
-        self._woken = False
-        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def close(self, code: int | None, reason: str) -> None:
         """Close now, dropping what is queued (None: abort, no close frame)."""
@@ -334,15 +235,14 @@ class Connection:
                 if ws.wants_write and ws.open:
                     # Pongs first: their pings came before the end of the
                     # messages (a ping between the fragments of a message).
-                    await self._write_engine()
+                    await self.write_engine()
                 for message in messages:
                     if self._handling:
                         await self._handle(message)
-                if ws.ponged and self._awaiting_pong:
-                    self._awaiting_pong = False
-                    self._wake_heartbeat()
+                if ws.ponged:
+                    self._heartbeat.ponged()
                 if ws.wants_write or not ws.open:
-                    await self._write_engine()
+                    await self.write_engine()
                 if self._finished:
                     return
                 data = await receive(RECEIVE_SIZE)
@@ -369,7 +269,7 @@ class Connection:
             # line that keeps one connection's bug from reaching the server.
             log.exception("unexpected error handling a message")
 
-    async def _write_engine(self) -> bool:
+    async def write_engine(self) -> bool:
         """Write the engine's own frames; True once the transport must close.
 
         When the engine has left the OPEN state (the client's close frame,
@@ -429,7 +329,7 @@ class Connection:
             self._start_writer()
         try:
             try:
-                await self._heartbeat()
+                await self._heartbeat.run(self)
             except Exception:
                 log.exception("unexpected error in the heartbeat of %s", self.user_id)
                 self.outlet.kill(1011, "internal error")
@@ -521,40 +421,6 @@ class Connection:
                 return False
             queue.written(frames)
 
-    async def _heartbeat(self) -> None:
-        """Ping every ``ping_interval``; abort when a pong is ``pong_timeout`` late.
-
-        Each wait runs in one cancel scope whose deadline times it (one
-        scope, not a sleep's own scope nested in a stop scope: there are
-        thousands); :meth:`_on_kill` wakes the heartbeat to stop it, and the
-        reader wakes it when the pong arrives (:meth:`_wake_heartbeat`: a
-        reschedule, cheaper than cancelling the scope).
-        """
-        interval = self.config.ping_interval
-        timeout = self.config.pong_timeout
-        ws = self.ws
-        while not self.is_stopping():
-            with trio.CancelScope(deadline=trio.current_time() + interval) as scope:
-                self._heartbeat_scope = scope
-                await self._rest()
-            if self.is_stopping() or not ws.open:
-                return
-            self._pings += 1
-            ws.send_ping(self._pings.to_bytes(4, "big"))
-            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                self._heartbeat_scope = scope
-                if await self._write_engine():
-                    return
-                if ws.pong_pending:
-                    self._awaiting_pong = True
-                    await self._rest()
-            self._awaiting_pong = False
-            if self.is_stopping():
-                return
-            if ws.pong_pending:
-                self.outlet.kill(None, f"no pong within {timeout:g} s")
-                return
-
     async def _close(self) -> None:
         """Close the WebSocket as the outlet's fate says, under a deadline.
 
@@ -581,7 +447,7 @@ class Connection:
                     assert code is not None
                     reason = outlet.close_reason.encode("utf-8")[:120].decode("utf-8", "ignore")
                     ws.send_close(code, reason)
-                    await self._write_engine()
+                    await self.write_engine()
                 if code is not None and self._reader_running and not self._finished:
                     self._reader_exit = trio.Event()
                     await self._reader_exit.wait()
@@ -615,169 +481,3 @@ class Connection:
         :data:`LINGER_BYTES`, within the rest of the close deadline.
         """
         await linger(self.stream.transport, LINGER_BYTES)
-
-
-def welcome_frame(session_id: str, user_id: str, config: Config) -> bytes:
-    head, middle, tail = _welcome_template(
-        config.max_message_bytes,
-        config.max_content_chars,
-        config.rate_messages,
-        config.rate_seconds,
-        config.ping_interval,
-        reactions=config.reactions,
-    )
-    return text_frame(head + _json_string(session_id) + middle + _json_string(user_id) + tail)
-
-
-#: A JSON string literal, exactly as the protocol's compact JSON writes it.
-_json_string = json.encoder.encode_basestring
-_SESSION_MARK = "\x00session"
-_USER_MARK = "\x00user"
-
-
-@functools.lru_cache(maxsize=8)
-def _welcome_template(
-    max_message_bytes: int,
-    max_content_chars: int,
-    rate_messages: int,
-    rate_seconds: float,
-    ping_interval: float,
-    *,
-    reactions: tuple[str, ...],
-) -> tuple[str, str, str]:
-    """The ``welcome`` frame's text around its two strings: the same for
-    every connection of a server but those (encoded once, not per connection)."""
-    limits = {
-        "max_message_bytes": max_message_bytes,
-        "max_content_chars": max_content_chars,
-        "rate": {"messages": rate_messages, "per_seconds": rate_seconds},
-        "ping_interval_seconds": ping_interval,
-        "reactions": list(reactions),
-    }
-    text = Welcome(_SESSION_MARK, _USER_MARK, limits).to_json()
-    head, _, rest = text.partition(_json_string(_SESSION_MARK))
-    middle, _, tail = rest.partition(_json_string(_USER_MARK))
-    return head, middle, tail
-
-
-class ChatHandler:
-    """The chat endpoint's reader logic for one connection."""
-
-    def __init__(
-        self,
-        conn: Connection,
-        hub: Hub,
-        identity: Identity,
-        metrics: Metrics | None = None,
-        *,
-        screen: Screen | None = None,
-        commands: Commands | None = None,
-    ) -> None:
-        self.conn = conn
-        self.hub = hub
-        self.identity = identity
-        self.metrics = metrics
-        #: Mutes and the embedder's policy (``_policy.py``), when any.
-        self.screen = screen
-        self._sender: Sender | None = None
-        #: The embedder's commands (``_commands.py``), and this connection's
-        #: calls of them still running.
-        self.commands = commands
-        self.commands_running = 0
-        config = conn.config
-        self.max_bytes = config.max_message_bytes
-        self.max_chars = config.max_content_chars
-        self.limiter = RateLimiter(config.rate_messages, config.rate_seconds)
-        #: join, leave and typing are outside the protocol's rate, but each
-        #: can make the server write to a whole room: a much wider window
-        #: keeps a flood of them from amplifying without bound.
-        self.control_limiter = RateLimiter(control_rate(config), config.rate_seconds)
-        #: One bit per recent frame, 1 for invalid (the last INVALID_WINDOW).
-        self.recent_invalid = 0
-
-    async def __call__(self, message: str | bytes) -> None:
-        conn = self.conn
-        try:
-            if isinstance(message, bytes):
-                raise ProtocolError(400, "binary frames are not accepted; send JSON text")
-            if len(message) * 4 > self.max_bytes and len(message.encode()) > self.max_bytes:
-                conn.close(1009, f"frame larger than {self.max_bytes} bytes")
-                return
-            event = parse_client_frame(message, max_content_chars=self.max_chars)
-        except ProtocolError as err:
-            self._refuse(err)
-            recent = self.recent_invalid = ((self.recent_invalid << 1) | 1) & _WINDOW_MASK
-            if recent.bit_count() >= MAX_INVALID:
-                conn.close(1008, f"{MAX_INVALID} invalid frames among the last {INVALID_WINDOW}")
-            return
-        except Exception:
-            log.exception("unexpected error reading a frame from %s", conn.user_id)
-            self._refuse(ProtocolError(500, "internal server error"))
-            return
-        self.recent_invalid = (self.recent_invalid << 1) & _WINDOW_MASK
-        limiter = self.limiter if isinstance(event, _RATED) else self.control_limiter
-        retry = limiter.check(trio.current_time())
-        if retry is not None:
-            if self.metrics is not None:
-                self.metrics.rate_limited += 1
-            if limiter.strikes > MAX_RATE_STRIKES:
-                conn.close(1008, "still flooding after rate-limit errors")
-                return
-            self._refuse(
-                ProtocolError(
-                    429,
-                    f"rate limit exceeded: retry in {retry} ms",
-                    getattr(event, "ref", None),  # typing notices carry no ref
-                    retry,
-                )
-            )
-            return
-        if isinstance(event, Join) and not self.identity.may_join(event.room):
-            self._refuse(ProtocolError(403, f"not allowed to join room {event.room!r}", event.ref))
-            return
-        if (
-            isinstance(event, _CONVERSING) or getattr(event, "with_", None) is not None
-        ) and not self.identity.may_direct():
-            # Refused whoever the recipient: no probing who is connected.
-            doing = "send direct messages" if isinstance(event, Direct) else "use conversations"
-            self._refuse(ProtocolError(403, f"not allowed to {doing}", getattr(event, "ref", None)))
-            return
-        if isinstance(event, Command):
-            if self.commands is None:
-                self._refuse(ProtocolError(404, f"no command named {event.name!r}", event.ref))
-            else:
-                self.commands.start(self, event)
-            return
-        screen = self.screen
-        if screen is not None and screen.active:
-            try:
-                checked = screen.check(self.sender, event)
-                event = await screen.finish(checked) if isinstance(checked, Pending) else checked
-            except ProtocolError as err:
-                self._refuse(err)
-                return
-        await self.hub.submit(conn.outlet, event)
-
-    @property
-    def sender(self) -> Sender:
-        """Who this connection is, for the embedder's policy and commands."""
-        if self._sender is None:
-            conn = self.conn
-            self._sender = Sender(conn.user_id, conn.session_id, conn.peer)
-        return self._sender
-
-    def _refuse(self, err: ProtocolError) -> None:
-        self.hub.counters.error(err.code)
-        self.conn.send_error(err)
-
-
-class EchoHandler:
-    """The echo endpoint: every message goes back to its sender as it came."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    async def __call__(self, message: str | bytes) -> None:
-        self.conn.send_message(message)

@@ -28,8 +28,9 @@ from ._accept import Front, FrontMetrics, local_of, peer_of, tls_context, tls_ha
 from ._app import HttpApp, check_message
 from ._auth import AnonymousAuthenticator, Authenticator, Identity, TokenAuthenticator
 from ._config import Config
-from ._connection import ChatHandler, Connection, EchoHandler, welcome_frame
+from ._connection import Connection
 from ._embed import EmbeddingApi
+from ._handlers import ChatHandler, EchoHandler, welcome_frame
 from ._handshake import Accepted, response_bytes
 from ._http import serve_http
 from ._hub import Hub
