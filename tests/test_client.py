@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from support import bounded
 
 from trio_chat import Chat, ChatServer, Config, make_token
-from trio_chat._client_state import ClientState, RoomState
+from trio_chat._client_records import RoomState
+from trio_chat._client_state import ClientState
 from trio_chat._protocol import Welcome
 from trio_chat.client import (
     Backoff,

@@ -4,9 +4,11 @@
 touches neither the network nor trio: which frames to write next (and when,
 to stay within the server's rate limit), which rooms to re-join and from which
 message id, which unacknowledged messages to re-send with their original
-``ref``, and which received messages are new.  The trio layer in
-:mod:`trio_chat.client` feeds it server events and connection changes, writes
-the frames it hands out and delivers the events it returns.
+``ref``, which received messages are new, and which call an answer
+settles.  The pacing is :mod:`trio_chat._client_pacing`'s, the calls are
+:mod:`trio_chat._client_calls`'s.  The trio layer in
+:mod:`trio_chat._client_link` feeds it server events and connection changes,
+writes the frames it hands out and delivers the events it returns.
 
 Rules it keeps:
 
@@ -31,16 +33,17 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import enum
 import json
-import math
-import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 
+from ._client_calls import CallBook
+from ._client_pacing import Pacer
+from ._client_records import JoinWaiter, Outgoing, RoomState, new_ref
+from ._client_types import ClientError
 from ._protocol import (
     MAX_PRESENCE_TEXT_CHARS,
     MAX_STATUS_CHARS,
@@ -63,205 +66,10 @@ from ._protocol import (
     is_valid_user_id,
 )
 
-__all__ = [
-    "Backoff",
-    "ClientError",
-    "ClientState",
-    "ConnectionState",
-    "Outgoing",
-    "StateChanged",
-]
+__all__ = ["ClientState", "Emitted"]
 
-#: Seconds added to the server's rate window when pacing sends, for jitter.
-PACE_MARGIN = 0.1
 #: Room kept for the ``ref`` (and JSON punctuation) when checking frame size.
 _REF_ROOM = 48
-
-
-class ClientError(Exception):
-    """A request refused by the server, or given up by the client.
-
-    ``code`` is the protocol's error code (400, 403, 404, 413, 429, 500) when
-    the server answered with an ``error`` frame or when the client saw
-    beforehand that the server would (a bad room name, content over the
-    server's limits).  It is 0 when the client gave up on its own: the room
-    was left before the message was delivered, the client closed, or the
-    message was not acknowledged after ``max_send_attempts`` connections.
-    ``retry_after_ms`` is set for 429.
-    """
-
-    def __init__(
-        self,
-        code: int,
-        message: str,
-        *,
-        ref: str | None = None,
-        retry_after_ms: int | None = None,
-    ) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-        self.ref = ref
-        self.retry_after_ms = retry_after_ms
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class ConnectionState(enum.Enum):
-    """Where the client's connection stands."""
-
-    #: Opening a WebSocket and waiting for the server's ``welcome``.
-    CONNECTING = "connecting"
-    #: ``welcome`` received: frames flow.
-    ONLINE = "online"
-    #: The connection was lost; waiting ``delay`` seconds before the next attempt.
-    RECONNECTING = "reconnecting"
-    #: Stopped for good: the block was left, or reconnecting failed for good.
-    CLOSED = "closed"
-
-
-@attrs.frozen
-class StateChanged:
-    """An event in the client's stream: the connection changed state.
-
-    ``attempt`` counts the failed attempts in a row so far, ``delay`` is the
-    wait before the next attempt (``RECONNECTING``) and ``reason`` says why the
-    previous connection ended or why the client stopped.
-    """
-
-    type: ClassVar[str] = "state"
-    state: ConnectionState
-    attempt: int = 0
-    delay: float | None = None
-    reason: str | None = None
-
-
-@attrs.frozen
-class Backoff:
-    """When to reconnect: exponential backoff with full jitter.
-
-    The delay before retry number *n* (0 for the first) is uniform in
-    ``[0, min(cap, base * 2**n))``.  A connection that stayed up for
-    ``reset_after`` seconds resets *n* to 0.  ``max_attempts`` failed attempts
-    in a row stop the client (``None``: never give up).
-    """
-
-    base: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-    cap: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    reset_after: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
-    max_attempts: int | None = None
-
-    def delay(self, attempt: int, random: Callable[[], float]) -> float:
-        """Seconds to wait before retry number *attempt*; *random* gives [0, 1)."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 64))
-        return random() * ceiling
-
-
-def _new_ref() -> str:
-    return uuid.uuid4().hex
-
-
-@attrs.define(eq=False)
-class Outgoing:
-    """A chat or direct message on its way: queued, sent, or settled.
-
-    ``ref`` is fixed when the message is submitted and reused for every
-    re-send.  Once settled, exactly one of ``ack`` and ``error`` is set.
-    """
-
-    kind: str  #: "chat" or "direct"
-    target: str  #: the room (chat) or the addressee (direct)
-    content: str
-    ref: str = attrs.field(factory=_new_ref)
-    #: The connection (serial) it was last written on, None while queued.
-    sent_on: int | None = None
-    #: The connection it was first written on.
-    first_sent_on: int | None = None
-    #: Connections that dropped while it was written and unacknowledged.
-    drops: int = 0
-    ack: ChatAck | DirectAck | None = None
-    error: ClientError | None = None
-    #: Called once when settled.
-    callbacks: list[Callable[[], None]] = attrs.Factory(list)
-
-    @property
-    def done(self) -> bool:
-        return self.ack is not None or self.error is not None
-
-    def frame(self) -> str:
-        if self.kind == "chat":
-            payload = {"room": self.target, "content": self.content}
-        else:
-            payload = {"to": self.target, "content": self.content}
-        return json.dumps(
-            {"type": self.kind, "payload": payload, "ref": self.ref},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-
-    def _settle(self, ack: ChatAck | DirectAck | None, error: ClientError | None) -> None:
-        if self.done:
-            return
-        self.ack, self.error = ack, error
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
-            callback()
-
-
-JoinWaiter = Callable[["Joined | ClientError"], None]
-
-
-@attrs.define
-class RoomState:
-    """A room the client is in, was in, or is about to (re-)join."""
-
-    name: str
-    #: The user wants to be in the room (re-joined after every reconnect).
-    wanted: bool = True
-    #: Joined at least once: ``last_id`` is a position to resume from.
-    anchored: bool = False
-    #: Highest message id delivered from this room.
-    last_id: int = 0
-    #: The ``since`` sent with this connection's join (0: none).
-    floor: int = 0
-    #: The room's numbering as the server last named it (``joined.epoch``).
-    epoch: str | None = None
-    #: Serial of the connection the ``join`` went out on / was answered on.
-    join_sent_on: int | None = None
-    joined_on: int | None = None
-    members: set[str] = attrs.Factory(set)
-    #: The latest ``joined`` answer, without its history.
-    info: Joined | None = None
-    join_waiters: list[JoinWaiter] = attrs.Factory(list)
-    leave_waiters: list[Callable[[], None]] = attrs.Factory(list)
-
-    def accept(self, message_id: int, *, live: bool) -> bool:
-        """Whether message *message_id* is new; records it if so.
-
-        *live* means it arrived on the current connection after the join
-        (a live ``chat`` or the ack of a message first sent on it): such a
-        message can only have an id at or below ``floor`` if the server
-        started the room again, in which case the position is reset.
-        """
-        if message_id > self.last_id:
-            self.last_id = message_id
-            return True
-        if live and message_id <= self.floor:
-            self.last_id = message_id
-            self.floor = 0
-            return True
-        return False
-
-    def settle_join(self, result: Joined | ClientError) -> None:
-        waiters, self.join_waiters = self.join_waiters, []
-        for waiter in waiters:
-            waiter(result)
-
-    def settle_leave(self) -> None:
-        waiters, self.leave_waiters = self.leave_waiters, []
-        for waiter in waiters:
-            waiter()
 
 
 Emitted = Any  # a ServerEvent or a StateChanged
@@ -315,10 +123,9 @@ class ClientState:
     presence: tuple[str, str | None] | None = None
     presence_ref: str | None = None
     presence_sent_on: int | None = None
-    #: No paced frame before this time (after a 429).
-    paused_until: float = -math.inf
-    #: When recent paced frames went out.
-    sent_times: deque[float] = attrs.Factory(deque)
+    pacer: Pacer = attrs.Factory(Pacer)
+    #: Command calls not answered yet.
+    calls: CallBook = attrs.Factory(CallBook)
     #: ``ref`` of each join frame in flight -> room.
     join_refs: dict[str, str] = attrs.Factory(dict)
 
@@ -345,6 +152,7 @@ class ClientState:
         self.online = False
         self.control.clear()
         self.join_refs.clear()
+        self.calls.connection_lost("the connection was lost before the command's result")
         for room in self.rooms.values():
             room.joined_on = None
             room.join_sent_on = None
@@ -373,6 +181,7 @@ class ClientState:
     def close(self, reason: str) -> None:
         """The client stopped for good: settle everything still waiting."""
         self.connection_lost()
+        self.calls.close(f"the client is closed: {reason}")
         for entry in list(self.outbox):
             self._fail(entry, ClientError(0, f"the client is closed: {reason}", ref=entry.ref))
         for room in self.rooms.values():
@@ -432,7 +241,7 @@ class ClientState:
         if not (self.online and in_room):
             return False
         room.leave_waiters.append(waiter)
-        self.control.append(encode_client_event(Leave(name, _new_ref())))
+        self.control.append(encode_client_event(Leave(name, new_ref())))
         return True
 
     def submit(self, kind: str, target: str, content: str) -> Outgoing:
@@ -480,24 +289,28 @@ class ClientState:
     def next_frame(self, now: float) -> str | float | None:
         """The next frame to write now, or seconds to wait, or None (idle).
 
-        Control frames go first; chats, directs and presence are paced to the
+        Command calls and control frames go first; chats, directs and
+        presence are paced to the
         rate announced in ``welcome`` and held after a 429.  Messages keep
         their submission order; a chat waits until its room is joined on this
         connection.
         """
         if not self.online:
             return None
+        call = self.calls.next_frame()
+        if call is not None:
+            return call
         if self.control:
             return self.control.popleft()
-        if self.paused_until > now:
-            return self.paused_until - now
+        if self.pacer.paused_until > now:
+            return self.pacer.paused_until - now
         if self.presence is not None and self.presence_sent_on != self.serial:
             wait = self._pace_delay(now)
             if wait > 0:
                 return wait
             self._record_sent(now)
             self.presence_sent_on = self.serial
-            self.presence_ref = _new_ref()
+            self.presence_ref = new_ref()
             status, text = self.presence
             payload: dict[str, Any] = {"status": status}
             if text is not None:
@@ -528,29 +341,10 @@ class ClientState:
         return None
 
     def _pace_delay(self, now: float) -> float:
-        rate = self.limits.get("rate") if self.pace else None
-        if not isinstance(rate, dict):
-            return 0.0
-        messages, seconds = rate.get("messages"), rate.get("per_seconds")
-        if not isinstance(messages, int) or messages <= 0:
-            return 0.0
-        if not isinstance(seconds, (int, float)) or seconds <= 0:
-            return 0.0
-        window = seconds + PACE_MARGIN
-        times = self.sent_times
-        while times and times[0] <= now - window:
-            times.popleft()
-        if len(times) < messages:
-            return 0.0
-        return times[len(times) - messages] + window - now
+        return self.pacer.delay(now, self.limits.get("rate") if self.pace else None)
 
     def _record_sent(self, now: float) -> None:
-        self.sent_times.append(now)
-        rate = self.limits.get("rate")
-        keep = rate.get("messages") if isinstance(rate, dict) else None
-        keep = keep if isinstance(keep, int) and keep > 0 else 1
-        while len(self.sent_times) > keep:
-            self.sent_times.popleft()
+        self.pacer.record(now, self.limits.get("rate"))
 
     def _too_big(self, entry: Outgoing) -> ClientError | None:
         chars = self.limits.get("max_content_chars")
@@ -568,7 +362,7 @@ class ClientState:
         return None
 
     def _queue_join(self, room: RoomState) -> None:
-        ref = _new_ref()
+        ref = new_ref()
         since = room.last_id if room.anchored else None
         room.floor = since or 0
         room.join_sent_on = self.serial
@@ -577,12 +371,14 @@ class ClientState:
 
     def _fail(self, entry: Outgoing, error: ClientError) -> None:
         self.withdraw(entry)
-        entry._settle(None, error)
+        entry.settle(None, error)
 
     # ------------------------------------------------------------ reading
 
     def receive(self, event: ServerEvent, now: float) -> list[Emitted]:
         """Take one server event; return the events to deliver, in order."""
+        if self.calls.receive(event):
+            return []
         if isinstance(event, ChatMessage):
             room = self.rooms.get(event.room)
             if room is None or not room.wanted:
@@ -596,7 +392,7 @@ class ClientState:
             entry = self._entry(event.ref)
             if entry is not None:
                 self.withdraw(entry)
-                entry._settle(event, None)
+                entry.settle(event, None)
             return []
         if isinstance(event, Joined):
             return self._on_joined(event)
@@ -629,7 +425,7 @@ class ClientState:
         if entry is None:
             return []  # given up on, or not ours
         self.withdraw(entry)
-        entry._settle(ack, None)
+        entry.settle(ack, None)
         room = self.rooms.get(entry.target)
         if room is None or not room.wanted or self.user_id is None:
             return []
@@ -645,7 +441,7 @@ class ClientState:
         if room is None or not room.wanted:
             # Left while the join was in flight: leave again.
             if self.online:
-                self.control.append(encode_client_event(Leave(joined.room, _new_ref())))
+                self.control.append(encode_client_event(Leave(joined.room, new_ref())))
             return []
         emitted: list[Emitted] = []
         history = [m for m in map(_history_message, joined.history) if m is not None]
@@ -685,7 +481,7 @@ class ClientState:
             if error.code == 429 and self.retry_rate_limited:
                 entry.sent_on = None
                 wait = (error.retry_after_ms or 1000) / 1000
-                self.paused_until = max(self.paused_until, now + wait)
+                self.pacer.pause(now + wait)
                 return [error]
             self._fail(
                 entry,
@@ -698,7 +494,7 @@ class ClientState:
             if error.code == 429 and self.retry_rate_limited:
                 self.presence_sent_on = None
                 wait = (error.retry_after_ms or 1000) / 1000
-                self.paused_until = max(self.paused_until, now + wait)
+                self.pacer.pause(now + wait)
             return [error]
         if ref is not None and ref in self.join_refs:
             name = self.join_refs.pop(ref)

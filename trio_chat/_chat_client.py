@@ -1,0 +1,358 @@
+"""The Python client's calls: :class:`ChatClient` and :class:`PendingMessage`.
+
+Each call checks what it can, hands the request to the client's
+:class:`~trio_chat._client_state.ClientState`, wakes the writer, and waits
+for the answer the state settles it with.  The connections are
+:class:`~trio_chat._client_link.ClientLink`'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import secrets
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ._client_link import ClientLink, Token
+from ._client_records import Outgoing
+from ._client_state import ClientState
+from ._client_types import Backoff, ClientError, ConnectionState
+from ._protocol import (
+    COMMAND_PATTERN,
+    ChatAck,
+    DirectAck,
+    Joined,
+    is_valid_command,
+)
+
+__all__ = ["DEFAULT_BACKOFF", "ChatClient", "PendingMessage"]
+
+#: Reconnect policy by default: base 0.5 s, cap 30 s, reset after 10 s online.
+DEFAULT_BACKOFF = Backoff()
+
+
+async def _settled(callbacks: list[Callable[[], None]], done: bool) -> None:
+    """Wait until the item whose *callbacks* these are is settled (at once
+    when *done*)."""
+    if done:
+        await trio.lowlevel.checkpoint()
+        return
+    settled = trio.Event()
+    callbacks.append(settled.set)
+    try:
+        await settled.wait()
+    finally:
+        if settled.set in callbacks:
+            callbacks.remove(settled.set)
+
+
+class PendingMessage:
+    """A chat or direct message the client is delivering (see :meth:`ChatClient.post`).
+
+    ``await message.wait()`` returns the server's ack once it arrives, across
+    reconnects, or raises :class:`ClientError`.
+    """
+
+    def __init__(self, link: ClientLink, entry: Outgoing) -> None:
+        self._link = link
+        self._entry = entry
+
+    @property
+    def ref(self) -> str:
+        return self._entry.ref
+
+    @property
+    def content(self) -> str:
+        return self._entry.content
+
+    @property
+    def target(self) -> str:
+        """The room (chat) or user (direct) it goes to."""
+        return self._entry.target
+
+    @property
+    def done(self) -> bool:
+        return self._entry.done
+
+    async def wait(self) -> ChatAck | DirectAck:
+        """The ack; raises :class:`ClientError` if the message was refused."""
+        await _settled(self._entry.callbacks, self._entry.done)
+        if self._entry.error is not None:
+            raise self._entry.error
+        assert self._entry.ack is not None
+        return self._entry.ack
+
+    def cancel(self) -> None:
+        """Stop delivering it (no re-send).  A copy already written may still
+        be published by the server."""
+        self._link.state.withdraw(self._entry)
+        self._link.notify()
+
+
+class ChatClient:
+    """A chat connection that survives drops.  Make one with :func:`open_chat_client`.
+
+    Iterate over it (``async for event in client``) for what arrives, as the
+    typed events of the protocol: :class:`ChatMessage` (every room message
+    once, in id order per room, including your own once acknowledged and a
+    joined room's history), :class:`Joined` (after its history; its
+    ``history`` is emptied), :class:`Left`, :class:`System`,
+    :class:`PresenceUpdate`, :class:`DirectMessage`, :class:`TypingNotice`,
+    :class:`ErrorEvent` (errors no call is waiting for, and 429s the client
+    retries by itself), and :class:`StateChanged` for the connection.
+    Iteration ends when the client closes; it raises :class:`ConnectError`
+    if the client stopped because reconnecting failed for good.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: Token | None = None,
+        user: str | None = None,
+        key: str | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        connect_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        ping_interval: float | None = 30.0,
+        ping_timeout: float = 30.0,
+        max_send_attempts: int | None = 5,
+        retry_rate_limited: bool = True,
+        pace: bool = True,
+        max_buffered_events: int = 10_000,
+        ssl_context: ssl.SSLContext | None = None,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self.url = url
+        self._state = ClientState(
+            max_send_attempts=max_send_attempts,
+            retry_rate_limited=retry_rate_limited,
+            pace=pace,
+        )
+        self._link = ClientLink(
+            url,
+            state=self._state,
+            token=token,
+            user=user,
+            key=key,
+            backoff=backoff,
+            connect_timeout=connect_timeout,
+            close_timeout=close_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            max_buffered_events=max_buffered_events,
+            ssl_context=ssl_context,
+            random=random,
+        )
+        self._call_refs = (f"cmd-{secrets.token_hex(4)}-{n}" for n in itertools.count(1))
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped because nobody read them and the buffer was full."""
+        return self._link.events_dropped
+
+    # ------------------------------------------------------------ status
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._link.connection_state
+
+    @property
+    def user_id(self) -> str | None:
+        """The user id the server gave this client."""
+        return self._state.user_id
+
+    @property
+    def session_id(self) -> str | None:
+        """The current connection's session id (new on every reconnect)."""
+        return self._state.session_id
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """The server's limits from ``welcome``."""
+        return dict(self._state.limits)
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms this client is in, or is about to (re-)join."""
+        return [name for name, room in self._state.rooms.items() if room.wanted]
+
+    def members(self, room: str) -> list[str]:
+        """The room's members as last reported by the server, sorted."""
+        state = self._state.rooms.get(room)
+        return sorted(state.members) if state is not None and state.wanted else []
+
+    def last_id(self, room: str) -> int:
+        """The highest message id delivered from *room* (0: none)."""
+        state = self._state.rooms.get(room)
+        return state.last_id if state is not None else 0
+
+    @property
+    def pending(self) -> list[PendingMessage]:
+        """Messages not acknowledged yet, in the order they were posted."""
+        return [PendingMessage(self._link, entry) for entry in self._state.outbox]
+
+    # ------------------------------------------------------------ actions
+
+    async def join(self, room: str) -> Joined:
+        """Join *room* (idempotent) and return the server's ``joined``.
+
+        The client re-joins it after every reconnect until :meth:`leave`.
+        Waits across reconnects; raises :class:`ClientError` if the server
+        refuses (403: the token does not allow the room).
+        """
+        self._link.check_open()
+        result: list[Joined | ClientError] = []
+        done = trio.Event()
+
+        def settle(outcome: Joined | ClientError) -> None:
+            result.append(outcome)
+            done.set()
+
+        joined = self._state.join(room, settle)
+        self._link.notify()
+        if joined is not None:
+            await trio.lowlevel.checkpoint()
+            return joined
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            self._state.forget_join_waiter(room, settle)
+            raise
+        if isinstance(result[0], ClientError):
+            raise result[0]
+        return result[0]
+
+    async def leave(self, room: str) -> None:
+        """Leave *room*.
+
+        Its messages already written to the server are acknowledged as
+        usual; those still queued (not written yet, e.g. while offline) fail
+        with :class:`ClientError` code 0.
+        """
+        self._link.check_open()
+        done = trio.Event()
+        if self._state.leave(room, done.set):
+            self._link.notify()
+            await done.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def post(self, room: str, content: str) -> PendingMessage:
+        """Queue a chat message without waiting; ``await .wait()`` for the ack.
+
+        Messages go out in the order they were posted.  Raises
+        :class:`ClientError` at once for what the server would refuse
+        anyway (room not joined, empty or too long content).
+        """
+        self._link.check_open()
+        pending = PendingMessage(self._link, self._state.submit("chat", room, content))
+        self._link.notify()
+        return pending
+
+    def post_direct(self, user: str, content: str) -> PendingMessage:
+        """Queue a direct message to *user* without waiting (see :meth:`post`)."""
+        self._link.check_open()
+        pending = PendingMessage(self._link, self._state.submit("direct", user, content))
+        self._link.notify()
+        return pending
+
+    async def send(self, room: str, content: str) -> ChatAck:
+        """Send a chat message to *room* and return the server's ack.
+
+        Waits across reconnects until the server acknowledges it; a message
+        cut off by a drop is sent again with the same ``ref``, which the
+        server publishes only once.  Raises :class:`ClientError` when the
+        server refuses it (403, 413, 429 when ``retry_rate_limited`` is off,
+        ...).  Cancelling the call stops re-sending it.
+        """
+        return await self._deliver(self.post(room, content))  # type: ignore[return-value]
+
+    async def direct(self, user: str, content: str) -> DirectAck:
+        """Send a direct message to every connection of *user*; return the ack.
+
+        Raises :class:`ClientError` (404) when *user* is not connected.
+        """
+        return await self._deliver(self.post_direct(user, content))  # type: ignore[return-value]
+
+    async def set_presence(self, status: str, text: str | None = None) -> None:
+        """Set this user's presence (``online``, ``away``, ``busy``, ...).
+
+        Remembered and sent again after every reconnect.
+        """
+        self._link.check_open()
+        self._state.set_presence(status, text)
+        self._link.notify()
+        await trio.lowlevel.checkpoint()
+
+    async def typing(self, room: str) -> None:
+        """Tell *room*'s other members this user is typing (dropped if offline)."""
+        self._link.check_open()
+        self._state.typing(room)
+        self._link.notify()
+        await trio.lowlevel.checkpoint()
+
+    async def command(self, name: str, args: Any = None) -> Any:
+        """Call the server's command *name* with *args* (any JSON value);
+        return its result.
+
+        Waits for a connection if there is none; the call is written once
+        and never sent again (a command may not be safe to run twice).
+        Raises :class:`ClientError` with the server's code when it answers
+        with an error (404: no such command; 429: too many running or the
+        rate limit; 504: the handler ran out of time; or the handler's own),
+        400 at once for a bad name or arguments that are not JSON, and code
+        0 when the connection was lost after the call was written and
+        before its result came (it may or may not have run).
+        """
+        self._link.check_open()
+        if not is_valid_command(name):
+            raise ClientError(400, f"name: must match {COMMAND_PATTERN}")
+        ref = next(self._call_refs)
+        frame: dict[str, Any] = {"type": "command", "payload": {"name": name}, "ref": ref}
+        if args is not None:
+            frame["payload"]["args"] = args
+        try:
+            text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ClientError(400, f"args: not JSON: {exc}") from None
+        call = self._state.calls.submit(ref, text)
+        self._link.notify()
+        try:
+            await _settled(call.callbacks, call.done)
+        except trio.Cancelled:
+            self._state.calls.withdraw(call)
+            raise
+        if call.error is not None:
+            raise call.error
+        assert call.answer is not None
+        return call.answer.result
+
+    async def _deliver(self, pending: PendingMessage) -> ChatAck | DirectAck:
+        try:
+            return await pending.wait()
+        except trio.Cancelled:
+            pending.cancel()
+            raise
+
+    # ------------------------------------------------------------ events
+
+    def __aiter__(self) -> ChatClient:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._link.next_event()
+
+    async def receive(self) -> Any:
+        """The next event (see the class docs); like one step of ``async for``."""
+        return await self.__anext__()
+
+    @property
+    def closing(self) -> bool:
+        """:meth:`aclose` was called (or the block is being left)."""
+        return self._link.closing

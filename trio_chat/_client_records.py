@@ -1,0 +1,127 @@
+"""What the Python client's bookkeeping keeps per message and per room.
+
+:class:`Outgoing` is a chat or direct message on its way, with the ``ref``
+it keeps across re-sends; :class:`RoomState` is a room the client is in (or
+about to re-join), with the highest message id delivered from it.  Pure: no
+I/O, no trio.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+import attrs
+
+from ._client_types import ClientError
+from ._protocol import ChatAck, DirectAck, Joined
+
+__all__ = ["JoinWaiter", "Outgoing", "RoomState", "new_ref"]
+
+
+def new_ref() -> str:
+    """A fresh ``ref`` (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+@attrs.define(eq=False)
+class Outgoing:
+    """A chat or direct message on its way: queued, sent, or settled.
+
+    ``ref`` is fixed when the message is submitted and reused for every
+    re-send.  Once settled, exactly one of ``ack`` and ``error`` is set.
+    """
+
+    kind: str  #: "chat" or "direct"
+    target: str  #: the room (chat) or the addressee (direct)
+    content: str
+    ref: str = attrs.field(factory=new_ref)
+    #: The connection (serial) it was last written on, None while queued.
+    sent_on: int | None = None
+    #: The connection it was first written on.
+    first_sent_on: int | None = None
+    #: Connections that dropped while it was written and unacknowledged.
+    drops: int = 0
+    ack: ChatAck | DirectAck | None = None
+    error: ClientError | None = None
+    #: Called once when settled.
+    callbacks: list[Callable[[], None]] = attrs.Factory(list)
+
+    @property
+    def done(self) -> bool:
+        return self.ack is not None or self.error is not None
+
+    def frame(self) -> str:
+        if self.kind == "chat":
+            payload = {"room": self.target, "content": self.content}
+        else:
+            payload = {"to": self.target, "content": self.content}
+        return json.dumps(
+            {"type": self.kind, "payload": payload, "ref": self.ref},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def settle(self, ack: ChatAck | DirectAck | None, error: ClientError | None) -> None:
+        if self.done:
+            return
+        self.ack, self.error = ack, error
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+JoinWaiter = Callable[["Joined | ClientError"], None]
+
+
+@attrs.define
+class RoomState:
+    """A room the client is in, was in, or is about to (re-)join."""
+
+    name: str
+    #: The user wants to be in the room (re-joined after every reconnect).
+    wanted: bool = True
+    #: Joined at least once: ``last_id`` is a position to resume from.
+    anchored: bool = False
+    #: Highest message id delivered from this room.
+    last_id: int = 0
+    #: The ``since`` sent with this connection's join (0: none).
+    floor: int = 0
+    #: The room's numbering as the server last named it (``joined.epoch``).
+    epoch: str | None = None
+    #: Serial of the connection the ``join`` went out on / was answered on.
+    join_sent_on: int | None = None
+    joined_on: int | None = None
+    members: set[str] = attrs.Factory(set)
+    #: The latest ``joined`` answer, without its history.
+    info: Joined | None = None
+    join_waiters: list[JoinWaiter] = attrs.Factory(list)
+    leave_waiters: list[Callable[[], None]] = attrs.Factory(list)
+
+    def accept(self, message_id: int, *, live: bool) -> bool:
+        """Whether message *message_id* is new; records it if so.
+
+        *live* means it arrived on the current connection after the join
+        (a live ``chat`` or the ack of a message first sent on it): such a
+        message can only have an id at or below ``floor`` if the server
+        started the room again, in which case the position is reset.
+        """
+        if message_id > self.last_id:
+            self.last_id = message_id
+            return True
+        if live and message_id <= self.floor:
+            self.last_id = message_id
+            self.floor = 0
+            return True
+        return False
+
+    def settle_join(self, result: Joined | ClientError) -> None:
+        waiters, self.join_waiters = self.join_waiters, []
+        for waiter in waiters:
+            waiter(result)
+
+    def settle_leave(self) -> None:
+        waiters, self.leave_waiters = self.leave_waiters, []
+        for waiter in waiters:
+            waiter()
