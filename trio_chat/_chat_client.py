@@ -14,23 +14,33 @@ import random
 import secrets
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
+from ._client_calls import Call
 from ._client_link import ClientLink, Token
+from ._client_messages import Conversations, MessagePage, conversation_list, message_page
 from ._client_records import Outgoing
 from ._client_state import ClientState
 from ._client_types import Backoff, ClientError, ConnectionState
+from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
+from ._message_frames import Delete, Edit, React, ReadHistory
 from ._protocol import (
     COMMAND_PATTERN,
     ChatAck,
+    CommandResult,
+    ConversationList,
     DirectAck,
     Joined,
+    ListConversations,
+    ServerEvent,
     is_valid_command,
 )
 
 __all__ = ["DEFAULT_BACKOFF", "ChatClient", "PendingMessage"]
+
+_Answer = TypeVar("_Answer", bound=ServerEvent)
 
 #: Reconnect policy by default: base 0.5 s, cap 30 s, reset after 10 s online.
 DEFAULT_BACKOFF = Backoff()
@@ -102,7 +112,9 @@ class ChatClient:
     once, in id order per room, including your own once acknowledged and a
     joined room's history), :class:`Joined` (after its history; its
     ``history`` is emptied), :class:`Left`, :class:`System`,
-    :class:`PresenceUpdate`, :class:`DirectMessage`, :class:`TypingNotice`,
+    :class:`PresenceUpdate`, :class:`DirectMessage`, :class:`TypingNotice`
+    and :class:`TypingWith`, :class:`MessageEdited`, :class:`MessageDeleted`
+    and :class:`ReactionChanged` (your own too, once the server answered),
     :class:`ErrorEvent` (errors no call is waiting for, and 429s the client
     retries by itself), and :class:`StateChanged` for the connection.
     Iteration ends when the client closes; it raises :class:`ConnectError`
@@ -274,9 +286,14 @@ class ChatClient:
         return await self._deliver(self.post(room, content))  # type: ignore[return-value]
 
     async def direct(self, user: str, content: str) -> DirectAck:
-        """Send a direct message to every connection of *user*; return the ack.
+        """Send a direct message to *user*; return the ack.
 
-        Raises :class:`ClientError` (404) when *user* is not connected.
+        The server keeps it in your conversation with *user* (the ack's
+        ``id`` numbers it there) and delivers it to *user*'s connections
+        and your other ones, whether or not *user* is connected.  Raises
+        :class:`ClientError` 400 for a message to yourself, 403 past the
+        server's bound on conversations, and (from a Redis-backed server,
+        which keeps none) 404 when *user* is not connected.
         """
         return await self._deliver(self.post_direct(user, content))  # type: ignore[return-value]
 
@@ -321,7 +338,86 @@ class ChatClient:
             text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ClientError(400, f"args: not JSON: {exc}") from None
-        call = self._state.calls.submit(ref, text)
+        result = await self._answer(self._state.calls.submit(ref, text), CommandResult)
+        return result.result
+
+    async def edit(
+        self, room: str | None, id: int, content: str, *, with_: str | None = None
+    ) -> MessageEdited:
+        """Replace the text of your message *id* in *room*, or in the direct
+        conversation with the user *with_* (*room* None); return the
+        server's ``edit`` event, which every connection concerned gets too.
+
+        Raises :class:`ClientError`: at once 400 (both or neither of *room*
+        and *with_*, a bad name or id, empty content), 403 (*room* not
+        joined), 413 (content over the server's limit); from the server 403
+        (someone else's message, or past its ``edit_window``), 404 (not
+        retained, or deleted), 429 (only with ``retry_rate_limited`` off),
+        501 (a Redis-backed server); 0 when the connection was lost before
+        the answer.
+        """
+        return await self._request(Edit(room, with_, id, content), MessageEdited)
+
+    async def delete(
+        self, room: str | None, id: int, *, with_: str | None = None
+    ) -> MessageDeleted:
+        """Delete your message *id* (see :meth:`edit` for *room*, *with_* and
+        the errors); return the server's ``delete`` event.  Deleting a
+        deleted message is answered like the first delete."""
+        return await self._request(Delete(room, with_, id), MessageDeleted)
+
+    async def react(
+        self, room: str | None, id: int, emoji: str, *, with_: str | None = None
+    ) -> ReactionChanged:
+        """Toggle your *emoji* reaction on message *id* (see :meth:`edit`);
+        return the server's ``reaction`` event (``on``, ``count``).
+
+        *emoji* must be one of ``limits["reactions"]`` (400 at once); a
+        deleted message takes none (404).  Written once: a reaction cut off
+        by a drop fails with code 0 rather than be toggled twice.
+        """
+        return await self._request(React(room, with_, id, emoji), ReactionChanged)
+
+    async def history(
+        self,
+        room: str | None = None,
+        *,
+        with_: str | None = None,
+        before: int | None = None,
+        since: int | None = None,
+    ) -> MessagePage:
+        """Retained messages of *room* (joined), or of the direct
+        conversation with *with_*: with *before*, the newest with smaller
+        ids (``before=page.before`` pages back); otherwise those after
+        *since* (0: from the oldest).  At most 64 KiB of them, oldest first;
+        ``truncated`` when older ones were left out.  Nothing is emitted
+        for them.  Errors as for :meth:`edit` (404: no such conversation).
+        """
+        return message_page(
+            await self._request(ReadHistory(room, with_, since, before), HistoryPage)
+        )
+
+    async def conversations(self) -> Conversations:
+        """Your direct conversations, most recent first (at most 100), each
+        with its newest message.  Raises :class:`ClientError` 403 when the
+        token does not allow direct messages."""
+        return conversation_list(await self._request(ListConversations(), ConversationList))
+
+    async def typing_to(self, user: str) -> None:
+        """Tell *user* you are typing to them (dropped if offline)."""
+        self._link.check_open()
+        self._state.typing_to(user)
+        self._link.notify()
+        await trio.lowlevel.checkpoint()
+
+    async def _request(
+        self, event: Edit | Delete | React | ReadHistory | ListConversations, kind: type[_Answer]
+    ) -> _Answer:
+        self._link.check_open()
+        return await self._answer(self._state.request(event), kind)
+
+    async def _answer(self, call: Call, kind: type[_Answer]) -> _Answer:
+        """Wake the writer for *call*; wait for its answer, of type *kind*."""
         self._link.notify()
         try:
             await _settled(call.callbacks, call.done)
@@ -330,8 +426,9 @@ class ChatClient:
             raise
         if call.error is not None:
             raise call.error
-        assert call.answer is not None
-        return call.answer.result
+        if not isinstance(call.answer, kind):
+            raise ClientError(0, f"the server answered with {call.answer!r}", ref=call.ref)
+        return call.answer
 
     async def _deliver(self, pending: PendingMessage) -> ChatAck | DirectAck:
         try:

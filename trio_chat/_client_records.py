@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
+from ._client_messages import chat_message
 from ._client_types import ClientError
-from ._protocol import ChatAck, DirectAck, Joined
+from ._protocol import ChatAck, ChatMessage, DirectAck, Joined
 
-__all__ = ["JoinWaiter", "Outgoing", "RoomState", "new_ref"]
+__all__ = ["REF_ROOM", "JoinWaiter", "Outgoing", "RoomState", "new_ref"]
+
+#: Room kept for the ``ref`` (and JSON punctuation) when checking frame size.
+REF_ROOM = 48
 
 
 def new_ref() -> str:
@@ -62,6 +67,23 @@ class Outgoing:
             ensure_ascii=False,
             separators=(",", ":"),
         )
+
+    def problem(self, limits: Mapping[str, Any]) -> ClientError | None:
+        """Why the server would refuse it, by the *limits* of ``welcome``
+        (413: too long, or too large a frame), or None."""
+        chars = limits.get("max_content_chars")
+        if isinstance(chars, int) and len(self.content) > chars:
+            return ClientError(
+                413,
+                f"content longer than {chars} characters ({len(self.content)})",
+                ref=self.ref,
+            )
+        limit = limits.get("max_message_bytes")
+        if isinstance(limit, int):
+            size = len(self.frame().encode()) + REF_ROOM
+            if size > limit:
+                return ClientError(413, f"frame larger than {limit} bytes ({size})", ref=self.ref)
+        return None
 
     def settle(self, ack: ChatAck | DirectAck | None, error: ClientError | None) -> None:
         if self.done:
@@ -115,6 +137,27 @@ class RoomState:
             self.floor = 0
             return True
         return False
+
+    def take_joined(self, joined: Joined, serial: int) -> list[ChatMessage]:
+        """The room is joined on connection *serial*, as *joined* says:
+        keep its members and answer; return the messages of its history
+        that are new, in id order."""
+        history = [m for m in map(chat_message, joined.history) if m is not None]
+        if joined.epoch is not None:
+            if self.epoch is not None and joined.epoch != self.epoch:
+                self.last_id = 0  # the server started this room again
+            self.epoch = joined.epoch
+            self.floor = 0  # the epoch tells: no guessing from ids
+        elif self.floor and any(m.id <= self.floor for m in history):
+            self.last_id = 0  # the server started this room again
+            self.floor = 0
+        new = [message for message in history if self.accept(message.id, live=False)]
+        self.anchored = True
+        self.joined_on = serial
+        self.join_sent_on = serial
+        self.members = set(joined.members)
+        self.info = attrs.evolve(joined, history=[])
+        return new
 
     def settle_join(self, result: Joined | ClientError) -> None:
         waiters, self.join_waiters = self.join_waiters, []

@@ -40,10 +40,13 @@ from typing import Any
 
 import attrs
 
-from ._client_calls import CallBook
+from ._client_calls import Call, CallBook
+from ._client_messages import message_frame
 from ._client_pacing import Pacer
 from ._client_records import JoinWaiter, Outgoing, RoomState, new_ref
 from ._client_types import ClientError
+from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
+from ._message_frames import Delete, Edit, React, ReadHistory
 from ._protocol import (
     MAX_PRESENCE_TEXT_CHARS,
     MAX_STATUS_CHARS,
@@ -56,10 +59,12 @@ from ._protocol import (
     Joined,
     Leave,
     Left,
+    ListConversations,
     PresenceUpdate,
     ServerEvent,
     System,
     TypingNotice,
+    TypingWith,
     Welcome,
     encode_client_event,
     is_valid_room,
@@ -68,23 +73,13 @@ from ._protocol import (
 
 __all__ = ["ClientState", "Emitted"]
 
-#: Room kept for the ``ref`` (and JSON punctuation) when checking frame size.
-_REF_ROOM = 48
-
-
 Emitted = Any  # a ServerEvent or a StateChanged
 
-
-def _history_message(item: object) -> ChatMessage | None:
-    if not isinstance(item, dict):
-        return None
-    try:
-        message = ChatMessage(
-            item["id"], item["room"], item["user_id"], item["content"], item["time"]
-        )
-    except KeyError:
-        return None
-    return message if isinstance(message.id, int) else None
+#: Changes to messages already delivered: events for the stream, also when
+#: they answer one of this client's calls.
+_CHANGES = (MessageEdited, MessageDeleted, ReactionChanged)
+#: Events delivered as they come.
+_PASSED_ON = (PresenceUpdate, DirectMessage, TypingNotice, TypingWith, *_CHANGES)
 
 
 def _left_before_ack(entry: Outgoing) -> ClientError:
@@ -152,7 +147,7 @@ class ClientState:
         self.online = False
         self.control.clear()
         self.join_refs.clear()
-        self.calls.connection_lost("the connection was lost before the command's result")
+        self.calls.connection_lost(self.max_send_attempts)
         for room in self.rooms.values():
             room.joined_on = None
             room.join_sent_on = None
@@ -225,6 +220,7 @@ class ClientState:
         room.wanted = False
         gone = ClientError(0, f"left room {name!r}")
         room.settle_join(gone)
+        self.calls.fail_room(name, 0, f"left room {name!r}")
         for entry in list(self.outbox):
             # Messages already written on this connection are answered
             # before the server's ``left``; the others are given up.
@@ -260,7 +256,7 @@ class ClientState:
         if not isinstance(content, str) or not content:
             raise ClientError(400, "content must be a non-empty string")
         entry = Outgoing(kind, target, content)
-        problem = self._too_big(entry)
+        problem = entry.problem(self.limits)
         if problem is not None:
             raise problem
         self.outbox.append(entry)
@@ -280,9 +276,33 @@ class ClientState:
         self.presence_sent_on = None
 
     def typing(self, name: str) -> None:
-        room = self.rooms.get(name)
-        if self.online and room is not None and room.joined_on == self.serial:
+        if self._joined_now(name):
             self.control.append(json.dumps({"type": "typing", "payload": {"room": name}}))
+
+    def typing_to(self, user: str) -> None:
+        if not is_valid_user_id(user):
+            raise ClientError(400, f"not a valid user id: {user!r}")
+        if self.online:
+            self.control.append(json.dumps({"type": "typing", "payload": {"with": user}}))
+
+    def request(self, event: Edit | Delete | React | ReadHistory | ListConversations) -> Call:
+        """Queue a message call, checked first (:func:`message_frame`): it
+        goes out paced, once its room (if it names one) is joined, and but
+        for a reaction again after a drop, like a chat."""
+        ref = new_ref()
+        event = attrs.evolve(event, ref=ref)
+        if isinstance(event, ListConversations):
+            frame, room = encode_client_event(event), None
+        else:
+            wanted = {name: r.wanted for name, r in self.rooms.items()}
+            frame, room = message_frame(event, self.limits, wanted), event.room
+        # A reaction toggles: written twice, it could be undone.
+        resend = not isinstance(event, React)
+        return self.calls.submit(ref, frame, room=room, paced=True, resend=resend)
+
+    def _joined_now(self, name: str) -> bool:
+        room = self.rooms.get(name)
+        return self.online and room is not None and room.joined_on == self.serial
 
     # ------------------------------------------------------------ writing
 
@@ -297,9 +317,9 @@ class ClientState:
         """
         if not self.online:
             return None
-        call = self.calls.next_frame()
-        if call is not None:
-            return call
+        command = self.calls.next_unpaced()
+        if command is not None:
+            return command
         if self.control:
             return self.control.popleft()
         if self.pacer.paused_until > now:
@@ -319,6 +339,13 @@ class ClientState:
                 {"type": "presence", "payload": payload, "ref": self.presence_ref},
                 ensure_ascii=False,
             )
+        for call in self.calls.ready(self._joined_now):
+            wait = self._pace_delay(now)
+            if wait > 0:
+                return wait
+            self._record_sent(now)
+            call.written = True
+            return call.frame
         for entry in list(self.outbox):
             if entry.sent_on == self.serial:
                 continue  # in flight on this connection
@@ -326,7 +353,7 @@ class ClientState:
                 room = self.rooms.get(entry.target)
                 if room is None or room.joined_on != self.serial:
                     continue
-            problem = self._too_big(entry)
+            problem = entry.problem(self.limits)
             if problem is not None:
                 self._fail(entry, problem)
                 continue
@@ -346,21 +373,6 @@ class ClientState:
     def _record_sent(self, now: float) -> None:
         self.pacer.record(now, self.limits.get("rate"))
 
-    def _too_big(self, entry: Outgoing) -> ClientError | None:
-        chars = self.limits.get("max_content_chars")
-        if isinstance(chars, int) and len(entry.content) > chars:
-            return ClientError(
-                413,
-                f"content longer than {chars} characters ({len(entry.content)})",
-                ref=entry.ref,
-            )
-        limit = self.limits.get("max_message_bytes")
-        if isinstance(limit, int):
-            size = len(entry.frame().encode()) + _REF_ROOM
-            if size > limit:
-                return ClientError(413, f"frame larger than {limit} bytes ({size})", ref=entry.ref)
-        return None
-
     def _queue_join(self, room: RoomState) -> None:
         ref = new_ref()
         since = room.last_id if room.anchored else None
@@ -377,8 +389,9 @@ class ClientState:
 
     def receive(self, event: ServerEvent, now: float) -> list[Emitted]:
         """Take one server event; return the events to deliver, in order."""
-        if self.calls.receive(event):
-            return []
+        call = self.calls.answered(event)
+        if call is not None:
+            return self._on_answer(call, event, now)
         if isinstance(event, ChatMessage):
             room = self.rooms.get(event.room)
             if room is None or not room.wanted:
@@ -408,7 +421,7 @@ class ClientState:
             return [event]
         if isinstance(event, ErrorEvent):
             return self._on_error(event, now)
-        if isinstance(event, (PresenceUpdate, DirectMessage, TypingNotice)):
+        if isinstance(event, _PASSED_ON):
             return [event]
         return []  # a second welcome, or something newer: nothing to do
 
@@ -443,24 +456,8 @@ class ClientState:
             if self.online:
                 self.control.append(encode_client_event(Leave(joined.room, new_ref())))
             return []
-        emitted: list[Emitted] = []
-        history = [m for m in map(_history_message, joined.history) if m is not None]
-        if joined.epoch is not None:
-            if room.epoch is not None and joined.epoch != room.epoch:
-                room.last_id = 0  # the server started this room again
-            room.epoch = joined.epoch
-            room.floor = 0  # the epoch tells: no guessing from ids
-        elif room.floor and any(m.id <= room.floor for m in history):
-            room.last_id = 0  # the server started this room again
-            room.floor = 0
-        for message in history:
-            if room.accept(message.id, live=False):
-                emitted.append(message)
-        room.anchored = True
-        room.joined_on = self.serial
-        room.join_sent_on = self.serial
-        room.members = set(joined.members)
-        room.info = attrs.evolve(joined, history=[])
+        emitted: list[Emitted] = list(room.take_joined(joined, self.serial))
+        assert room.info is not None
         emitted.append(room.info)
         room.settle_join(room.info)
         return emitted
@@ -478,10 +475,8 @@ class ClientState:
         ref = error.ref
         entry = self._entry(ref)
         if entry is not None:
-            if error.code == 429 and self.retry_rate_limited:
+            if self._hold(error, now):
                 entry.sent_on = None
-                wait = (error.retry_after_ms or 1000) / 1000
-                self.pacer.pause(now + wait)
                 return [error]
             self._fail(
                 entry,
@@ -491,10 +486,8 @@ class ClientState:
             )
             return []
         if ref is not None and ref == self.presence_ref:
-            if error.code == 429 and self.retry_rate_limited:
+            if self._hold(error, now):
                 self.presence_sent_on = None
-                wait = (error.retry_after_ms or 1000) / 1000
-                self.pacer.pause(now + wait)
             return [error]
         if ref is not None and ref in self.join_refs:
             name = self.join_refs.pop(ref)
@@ -505,6 +498,9 @@ class ClientState:
                 failure = ClientError(error.code, error.message, ref=ref)
                 had_waiters = bool(room.join_waiters)
                 room.settle_join(failure)
+                self.calls.fail_room(
+                    name, error.code, f"cannot join room {name!r}: {error.message}"
+                )
                 for queued in list(self.outbox):
                     if queued.kind == "chat" and queued.target == name:
                         self._fail(
@@ -517,3 +513,19 @@ class ClientState:
                         )
                 return [] if had_waiters else [error]
         return [error]
+
+    def _hold(self, error: ErrorEvent, now: float) -> bool:
+        """Whether to send again what *error* refused: a 429, when
+        ``retry_rate_limited``; if so, paced frames wait ``retry_after_ms``."""
+        if error.code != 429 or not self.retry_rate_limited:
+            return False
+        self.pacer.pause(now + (error.retry_after_ms or 1000) / 1000)
+        return True
+
+    def _on_answer(self, call: Call, event: ServerEvent, now: float) -> list[Emitted]:
+        if isinstance(event, ErrorEvent) and call.paced and self._hold(event, now):
+            call.written = False  # the server dropped the frame: write it again
+            return [event]
+        self.calls.settle(call, event)
+        # An edit, delete or reaction is news for the event stream too.
+        return [event] if isinstance(event, _CHANGES) else []

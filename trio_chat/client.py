@@ -34,7 +34,9 @@ import trio
 
 from ._chat_client import DEFAULT_BACKOFF, ChatClient, PendingMessage
 from ._client_link import Token
+from ._client_messages import Conversation, Conversations, MessagePage
 from ._client_types import Backoff, ClientError, ConnectError, ConnectionState, StateChanged
+from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._protocol import (
     ChatAck,
     ChatMessage,
@@ -46,6 +48,7 @@ from ._protocol import (
     PresenceUpdate,
     System,
     TypingNotice,
+    TypingWith,
 )
 
 __all__ = [
@@ -56,16 +59,23 @@ __all__ = [
     "ClientError",
     "ConnectError",
     "ConnectionState",
+    "Conversation",
+    "Conversations",
     "DirectAck",
     "DirectMessage",
     "ErrorEvent",
     "Joined",
     "Left",
+    "MessageDeleted",
+    "MessageEdited",
+    "MessagePage",
     "PendingMessage",
     "PresenceUpdate",
+    "ReactionChanged",
     "StateChanged",
     "System",
     "TypingNotice",
+    "TypingWith",
     "open_chat_client",
 ]
 
