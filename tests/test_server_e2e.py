@@ -22,23 +22,6 @@ from trio_chat.testing import TestClient, open_test_client, open_test_server
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def stored(request, tmp_path):
-    """Config(**settings) for the memory store, the SQLite store (the default
-    of ``trio-chat serve``) in a temporary data directory, then the Redis
-    backplane on a fresh ``redis-server``."""
-    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
-
-    def config(**settings) -> Config:
-        if request.param == "sqlite":
-            settings["data_dir"] = str(tmp_path / "data")
-        if redis is not None:
-            settings["redis_url"] = redis.url
-        return Config(**settings)
-
-    return config
-
-
 async def expect_closed(client: TestClient) -> int:
     """Read until the server closes the connection; return the close code."""
     with trio.fail_after(5):

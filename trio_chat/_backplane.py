@@ -29,8 +29,10 @@ again and every log it serves is read from its stream after the last id
 delivered here: nothing acknowledged is missed, nothing is delivered twice.
 
 Redis keys (``<prefix>`` defaults to ``trio_chat:``): ``seq:<room>`` (last id),
-``log:<room>`` (stream), ``repoch:<room>`` (its numbering's name, for
-``joined.epoch``), ``members:<room>`` and ``mver:<room>`` (kept while
+``log:<room>`` (stream), ``rev:<room>`` and ``rver:<room>`` (its messages
+revised since they were appended, and how many times: see
+:mod:`trio_chat._backplane_messages`), ``repoch:<room>`` (its numbering's
+name, for ``joined.epoch``), ``members:<room>`` and ``mver:<room>`` (kept while
 the room has members anywhere and a week after), ``dmseq:<user>`` and
 ``dm:<user>`` (direct messages), ``online``, ``presence``, ``refs:<user>``
 and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and

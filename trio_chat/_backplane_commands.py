@@ -28,7 +28,10 @@ from ._backplane_ops import (
     MembersOp,
     OnlineOp,
     Op,
+    PageOp,
     PresenceOp,
+    ReviseOp,
+    RevisionsOp,
     SyncOp,
     TypingOp,
     Unavailable,
@@ -43,6 +46,9 @@ log = logging.getLogger("trio_chat.backplane")
 #: Messages kept in each room's stream at least, whatever the history size:
 #: what a process that missed pub/sub messages can still read back.
 MIN_RETAIN = 256
+#: Messages one :class:`PageOp` reads at most (its byte budget comes first
+#: but for the smallest messages).
+PAGE_COUNT = 2048
 
 
 @attrs.define
@@ -154,9 +160,18 @@ class Commands:
                 ],
             )
         if isinstance(op, FillOp):
-            key = f"{p}log:{op.name}" if op.kind == "r" else f"{p}dm:{op.name}"
-            start = f"({op.after}-0" if op.after else "-"
-            return pipe.xrange(key, start, "+", count=FILL_COUNT)
+            name = op.name if op.kind == "r" else "@" + op.name
+            return self._script(pipe, "fill", [p, name, op.after, FILL_COUNT])
+        if isinstance(op, ReviseOp):
+            event = op.event.to_json() if op.event is not None else ""
+            args = [p, op.room, op.id, op.expected, op.frame, event, op.origin, self.retain]
+            return self._script(pipe, "revise", args)
+        if isinstance(op, PageOp):
+            high = "" if op.high is None else op.high
+            args = [p, op.room, op.low, high, op.budget, PAGE_COUNT]
+            return self._script(pipe, "page", args)
+        if isinstance(op, RevisionsOp):
+            return self._script(pipe, "revisions", [p, op.room, op.low])
         if isinstance(op, MemberOp):
             return self._script(
                 pipe, "member", [p, self.node, op.room, op.user_id, "1" if op.joined else "0"]
@@ -197,29 +212,23 @@ class Commands:
         if isinstance(op, DirectOp):
             return tuple(raw)
         if isinstance(op, FillOp):
-            return [
-                (
-                    int(e.identifier.partition("-")[0]),
-                    e.field_values.get("o", "-"),
-                    e.field_values["f"],
-                )
-                for e in raw
-            ]
+            return _entries(raw)
+        if isinstance(op, ReviseOp):
+            return tuple(raw)
+        if isinstance(op, PageOp | RevisionsOp):
+            return int(raw[0]), _entries(raw[1])
         if isinstance(op, OnlineOp):
             return int(raw)
         if isinstance(op, LoadOp):
-            last, entries, members, version, presence, epoch = raw
-            parsed = []
-            for entry_id, fields in reversed(entries):
-                values = dict(zip(fields[::2], fields[1::2], strict=False))
-                parsed.append((int(entry_id.partition("-")[0]), values.get("o", "-"), values["f"]))
+            last, entries, members, version, presence, epoch, revision = raw
             return LoadResult(
                 int(last),
-                parsed,
+                _entries(reversed(entries)),
                 list(members),
                 int(version),
                 dict(zip(presence[::2], presence[1::2], strict=False)),
                 epoch or "",
+                int(revision),
             )
         if isinstance(op, MembersOp):
             return int(raw[0]), list(raw[1])
@@ -227,3 +236,8 @@ class Commands:
             epoch, ids = raw
             return epoch, {ids[i]: int(ids[i + 1]) for i in range(0, len(ids), 2)}
         return None
+
+
+def _entries(raw: Any) -> list[tuple[int, str, str]]:
+    """Log entries as the scripts answer them: ``(id, origin, frame)``."""
+    return [(int(entry_id), origin, frame) for entry_id, origin, frame in raw]

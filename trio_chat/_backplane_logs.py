@@ -20,7 +20,17 @@ from ._hub_state import newest_within
 from ._protocol import Join
 from ._room_core import Key
 
-__all__ = ["LogProgress", "ServedRoom", "ServedUser", "frame_bytes", "pop_oldest"]
+__all__ = [
+    "EARLY_REVISIONS",
+    "LogProgress",
+    "ServedRoom",
+    "ServedUser",
+    "frame_bytes",
+    "pop_oldest",
+]
+
+#: Revisions of a loading room's messages kept until it has loaded.
+EARLY_REVISIONS = 256
 
 
 @attrs.define(eq=False)
@@ -39,6 +49,9 @@ class LogProgress:
 
 @attrs.define(eq=False)
 class ServedRoom:
+    #: The recent messages cached here, oldest first: ``[id, frame, payload
+    #: (decoded when first needed), revision]``, the revision being the
+    #: room's when that frame was news (0: not known).
     history: deque[list[Any]]
     log: LogProgress = attrs.Factory(LogProgress)
     #: Local member connections, in join order.
@@ -58,6 +71,23 @@ class ServedRoom:
     client: str | None = None
     #: The name of the room's numbering, once loaded.
     epoch: str | None = None
+    #: The last revision of the room's messages applied here.
+    revision: int = 0
+    #: Revisions told while the room loads, applied once it has (at most
+    #: :data:`EARLY_REVISIONS`; past it they are read again instead).
+    early: list[tuple[int, str, int, str]] = attrs.Factory(list)
+    early_lost: bool = False
+
+    def cached(self, id_: int) -> list[Any] | None:
+        """The cached item of message *id_* (None if it is not cached)."""
+        history = self.history
+        if not history:
+            return None
+        index = id_ - history[0][0]
+        if 0 <= index < len(history) and history[index][0] == id_:
+            return history[index]
+        # A fill that found messages trimmed from the stream leaves gaps.
+        return next((item for item in history if item[0] == id_), None)
 
     def after(
         self, since: int | None, budget: int | None = None

@@ -8,12 +8,19 @@ command in a pipeline and hands the result back.  Pure records, no I/O.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from ._room_core import Key, Reply
 
+if TYPE_CHECKING:
+    from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
+    from ._message_frames import Delete, Edit, React
+
 __all__ = [
     "FILL_COUNT",
+    "NOT_OFFERED",
     "UNAVAILABLE",
     "ChatOp",
     "DirectOp",
@@ -25,8 +32,11 @@ __all__ = [
     "MembersOp",
     "OnlineOp",
     "Op",
+    "PageOp",
     "PresenceOp",
     "RawEvent",
+    "ReviseOp",
+    "RevisionsOp",
     "SyncOp",
     "TypingOp",
     "Unavailable",
@@ -34,6 +44,8 @@ __all__ = [
 
 #: The error a client gets instead of an ack while Redis cannot be reached.
 UNAVAILABLE = "backplane unavailable, retry"
+#: The error (501) for a frame the Redis store does not offer.
+NOT_OFFERED = "not available with the Redis store"
 #: Entries one :class:`FillOp` reads at most; a full page asks for the next.
 FILL_COUNT = 500
 
@@ -138,6 +150,60 @@ class LoadResult:
     presence: dict[str, str]
     #: The name of the room's numbering (``joined.epoch``).
     epoch: str = ""
+    #: The room's revision: how many times its messages were revised.
+    revision: int = 0
+
+
+@attrs.define(eq=False)
+class ReviseOp(Op):
+    """Put the new version of message *id* of *room* (its *frame*) in place
+    of the current one, which this process knows as *expected*, and publish
+    *event* to every process; or, with *expected* ``""`` (not known here),
+    only read the current one.
+
+    Answers ``("ok", revision)``, ``("stale", current frame)`` (nothing
+    changed) or ``("gone",)`` (the message is not retained).
+    """
+
+    room: str
+    id: int
+    expected: str
+    frame: str
+    event: MessageEdited | MessageDeleted | ReactionChanged | None
+    #: The frame it comes from, and from whom, when, through which connection.
+    request: Edit | Delete | React
+    user_id: str
+    now: float
+    origin: str
+    reply_to: Key | Reply | None
+    #: Earlier tries that found the message changed meanwhile.
+    attempt: int = 0
+
+
+@attrs.define(eq=False)
+class PageOp(Op):
+    """Read the newest messages of *room* with ids from *low* to *high*
+    (None: its last id) whose frames add up to *budget* bytes, the one
+    that crosses it included (answers ``(high, [(id, origin, frame)])``,
+    newest first, *high* clipped to the room's last id)."""
+
+    room: str
+    low: int
+    high: int | None
+    budget: int
+    since: int | None
+    before: int | None
+    ref: str | None
+    reply_to: Key | Reply | None
+
+
+@attrs.define(eq=False)
+class RevisionsOp(Op):
+    """Read the revised messages of *room* with ids from *low* on, and its
+    revision (answers ``(revision, [(id, origin, frame)])``)."""
+
+    room: str
+    low: int
 
 
 @attrs.define(eq=False)

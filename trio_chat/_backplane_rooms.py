@@ -11,12 +11,12 @@ tells is applied by the subclass.  Pure and synchronous: no I/O.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any
 
 import attrs
 
 from ._backplane_logs import LogProgress, ServedRoom, ServedUser, frame_bytes, pop_oldest
 from ._backplane_ops import (
+    NOT_OFFERED,
     UNAVAILABLE,
     ChatOp,
     DirectOp,
@@ -31,7 +31,7 @@ from ._backplane_ops import (
 )
 from ._hub_state import joined_budget
 from ._mentions import find_mentions
-from ._message_frames import MessageFrame
+from ._message_ops import DEFAULT_REACTIONS
 from ._protocol import (
     ClientEvent,
     DirectMessage,
@@ -65,6 +65,8 @@ class ClusterRooms(RoomCore[ServedUser]):
             so what is cached per room).
         history_bytes_total: bytes of history cached here in all.
         prefix: the Redis key prefix (pub/sub channels start with it).
+        edit_window: seconds after its time a message may be edited.
+        reactions: the emoji a ``react`` may toggle.
     """
 
     node: str
@@ -72,6 +74,8 @@ class ClusterRooms(RoomCore[ServedUser]):
     joined_bytes: int = 1 << 19
     history_bytes_total: int = 128 << 20
     prefix: str = "trio_chat:"
+    edit_window: float = 3600.0
+    reactions: tuple[str, ...] = DEFAULT_REACTIONS
 
     #: Redis is reachable and this process's state is registered there.
     up: bool = attrs.field(init=False, default=False)
@@ -164,15 +168,10 @@ class ClusterRooms(RoomCore[ServedUser]):
         others = tuple(k for k in room.conns if k != key)
         return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
 
-    def _message_frame(
-        self, key: Key, conn: Conn, event: MessageFrame, now: float
-    ) -> list[Delivery]:
-        raise ProtocolError(501, "not available with the Redis store", event.ref)
-
     def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
         if not isinstance(event, ClientEvent):
             raise TypeError(f"not a client event: {event!r}")
-        raise ProtocolError(501, "not available with the Redis store", getattr(event, "ref", None))
+        raise ProtocolError(501, NOT_OFFERED, getattr(event, "ref", None))
 
     def _origin(self, reply_to: Key | Reply | None) -> str:
         """How pub/sub names the sending connection (``-``: none here)."""
@@ -301,17 +300,36 @@ class ClusterRooms(RoomCore[ServedUser]):
             self._drop_room(name, room)
         return []
 
-    def _keep(self, name: str, room: ServedRoom, item: list[Any]) -> None:
-        """Append *item* to *room*'s cached history, within the bounds: per
-        room what one ``joined`` carries at most (``joined_bytes``, and the
-        ``history_size`` count); in all ``history_bytes_total``, the least
-        recently written room losing its oldest first."""
+    def _keep(self, name: str, room: ServedRoom, id_: int, frame: str, revision: int = 0) -> None:
+        """Append message *id_* (its *frame*) to *room*'s cached history,
+        within the bounds: per room what one ``joined`` carries at most
+        (``joined_bytes``, and the ``history_size`` count); in all
+        ``history_bytes_total``, the least recently written room losing its
+        oldest first."""
         history = room.history
         before = room.history_bytes
         if len(history) == history.maxlen and history:
             pop_oldest(room)
+        item = [id_, frame, None, revision]
         history.append(item)
         room.history_bytes += frame_bytes(item)
+        self._bound(name, room, before)
+
+    def _recache(self, name: str, room: ServedRoom, id_: int, frame: str, revision: int) -> None:
+        """Message *id_* of *room* now reads *frame* (as of *revision*), if
+        it is cached here and was not newer; within the same bounds."""
+        item = room.cached(id_)
+        if item is None or item[3] > revision:
+            return
+        before = room.history_bytes
+        room.history_bytes -= frame_bytes(item)
+        item[1:] = [frame, None, revision]
+        room.history_bytes += frame_bytes(item)
+        self._bound(name, room, before)
+
+    def _bound(self, name: str, room: ServedRoom, before: int) -> None:
+        """Trim the cache after *room*'s history grew from *before* bytes."""
+        history = room.history
         while room.history_bytes > self.joined_bytes and history:
             pop_oldest(room)
         self._history_bytes += room.history_bytes - before
@@ -421,7 +439,7 @@ class ClusterRooms(RoomCore[ServedUser]):
             log.cursor = entry_id
             if kind == "r":
                 room = self._rooms[name]
-                self._keep(name, room, [entry_id, frame, None])
+                self._keep(name, room, entry_id, frame)
                 sender = self._origins.get(origin)
                 if sender is None:
                     to = tuple(room.conns)

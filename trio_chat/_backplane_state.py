@@ -39,6 +39,7 @@ from typing import Any
 import attrs
 
 from ._backplane_logs import ServedRoom
+from ._backplane_messages import ClusterMessages
 from ._backplane_ops import (
     FILL_COUNT,
     UNAVAILABLE,
@@ -51,10 +52,12 @@ from ._backplane_ops import (
     MembersOp,
     OnlineOp,
     Op,
+    PageOp,
     RawEvent,
+    ReviseOp,
+    RevisionsOp,
     SyncOp,
 )
-from ._backplane_rooms import ClusterRooms
 from ._protocol import (
     CHAT_PREFIX,
     ChatAck,
@@ -70,7 +73,7 @@ __all__ = ["ClusterState"]
 
 
 @attrs.define
-class ClusterState(ClusterRooms):
+class ClusterState(ClusterMessages):
     """This process's connections, rooms and cursors, beside Redis (see
     :class:`~trio_chat._backplane_rooms.ClusterRooms` for its arguments),
     and what Redis answers and tells.
@@ -97,10 +100,14 @@ class ClusterState(ClusterRooms):
             self._sync()
 
     def on_overflow(self) -> None:
-        """Pub/sub messages were dropped here: fill every log from Redis."""
+        """Pub/sub messages were dropped here: fill every log from Redis,
+        and read every room's revised messages again."""
         for kind, name, log in self._named_logs():
             if log.ready:
                 self._fill(kind, name, log)
+        for name, room in self._rooms.items():
+            if room.log.ready:
+                self._refresh(name, room)
 
     def _sync(self) -> None:
         entries = []
@@ -118,7 +125,7 @@ class ClusterState(ClusterRooms):
             # Redis lost its data: ids start again from what was delivered
             # here, and everything in the new streams is new.
             for name, room in self._rooms.items():
-                room.members_version = 0
+                room.members_version = room.revision = 0
                 if room.log.ready:
                     self._ops.append(FloorOp(name, room.log.cursor, room.epoch or ""))
                     self._history_bytes -= room.history_bytes
@@ -140,6 +147,7 @@ class ClusterState(ClusterRooms):
         for name, room in self._rooms.items():
             if room.log.ready:
                 self._ops.append(MembersOp(name))
+                self._refresh(name, room)
         self.up = True
 
     # ------------------------------------------------------------ pub/sub
@@ -161,6 +169,10 @@ class ClusterState(ClusterRooms):
                     )
                 elif kind in {"j", "l"}:
                     deliveries += self._member_event(target[2:], subject, kind == "j", int(number))
+                elif kind == "v":
+                    deliveries += self._revised(
+                        target[2:], int(number), origin, int(subject), frame
+                    )
                 elif kind == "t":
                     deliveries += self._remote_typing(target[2:], origin, frame)
                 elif kind == "p":
@@ -244,6 +256,12 @@ class ClusterState(ClusterRooms):
             return deliveries
         if isinstance(op, LoadOp):
             return self._loaded(op, result)
+        if isinstance(op, ReviseOp):
+            return self._revise_result(op, result)
+        if isinstance(op, PageOp):
+            return self._page_result(op, result)
+        if isinstance(op, RevisionsOp):
+            return self._revisions_result(op, result)
         if isinstance(op, MembersOp):
             return [] if failed else self._members_result(op.room, *result)
         if isinstance(op, OnlineOp):
@@ -280,11 +298,6 @@ class ClusterState(ClusterRooms):
         except ValueError:  # not one this version wrote: ask for a retry later
             return self.answer(reply_to, None, ProtocolError(503, UNAVAILABLE, ref))
         return self.answer(reply_to, event, None)
-
-    def _failure(self, result: BaseException, ref: str | None) -> ProtocolError:
-        if isinstance(result, ProtocolError):
-            return result
-        return ProtocolError(503, UNAVAILABLE, ref)
 
     def _chat_result(self, op: ChatOp, result: Any) -> list[Delivery]:
         if isinstance(result, BaseException):
@@ -340,9 +353,10 @@ class ClusterState(ClusterRooms):
         room.log.ready = True
         room.log.cursor = result.last_id
         room.epoch = result.epoch or None
+        room.revision = result.revision
         for entry_id, _origin, frame in result.entries:
             if entry_id <= result.last_id:
-                self._keep(op.room, room, [entry_id, frame, None])
+                self._keep(op.room, room, entry_id, frame, result.revision)
         room.members_version = result.members_version
         for user_id in result.members:
             room.members[user_id] = None
@@ -362,7 +376,7 @@ class ClusterState(ClusterRooms):
             return deliveries
         if room.log.seen > room.log.cursor:
             self._fill("r", op.room, room.log)
-        return deliveries
+        return deliveries + self._loaded_revisions(op.room, room)
 
     def _members_result(self, name: str, version: int, members: list[str]) -> list[Delivery]:
         room = self._rooms.get(name)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._log import History
 from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, MessageFrame, React, ReadHistory
 from ._message_ops import (
@@ -30,7 +31,7 @@ from ._room_core import Delivery, Key, Reply
 if TYPE_CHECKING:
     from ._hub_state import HubState
 
-__all__ = ["apply_message_frame", "moderator_delete"]
+__all__ = ["apply_message_frame", "change_message", "moderator_delete"]
 
 
 def announce(
@@ -55,6 +56,48 @@ def announce(
     return deliveries + state.answer(reply_to, attrs.evolve(event, ref=ref))
 
 
+def change_message(
+    history: History,
+    target: Target,
+    user_id: str,
+    event: Edit | Delete | React,
+    *,
+    now: float,
+    window: float,
+    reactions: tuple[str, ...],
+) -> tuple[MessageEdited | MessageDeleted | ReactionChanged, ChatMessage, bool]:
+    """Apply an ``edit``, ``delete`` or ``react`` of *user_id* to *target*'s
+    log (the rules: :mod:`trio_chat._message_ops`): the event it causes
+    (without a ``ref``), the message as it is now, and whether it changed
+    (a second delete changes nothing).  Raises
+    :class:`~trio_chat.ProtocolError` before anything changes."""
+    room, with_, ref = target.room, target.with_, event.ref
+    if isinstance(event, Edit):
+        message = edit_message(
+            history,
+            target,
+            user_id,
+            event.id,
+            content=event.content,
+            now=now,
+            window=window,
+            ref=ref,
+        )
+        assert message.edited is not None
+        edited = MessageEdited(
+            room, with_, message.id, user_id, message.content, message.edited, message.mentions
+        )
+        return edited, message, True
+    if isinstance(event, Delete):
+        message, changed = delete_message(history, target, event.id, user_id, ref=ref)
+        return MessageDeleted(room, with_, message.id, message.user_id, user_id), message, changed
+    message, on, count = toggle_reaction(
+        history, target, user_id, event.id, emoji=event.emoji, allowed=reactions, ref=ref
+    )
+    reaction = ReactionChanged(room, with_, message.id, event.emoji, user_id, on, count)
+    return reaction, message, True
+
+
 def apply_message_frame(
     state: HubState,
     key: Key | Reply | None,
@@ -66,42 +109,26 @@ def apply_message_frame(
 ) -> list[Delivery]:
     """Apply an ``edit``, ``delete``, ``react`` or ``history`` of *user_id*
     (from *key*) to *target*'s log."""
-    history, ref = state.history, event.ref
-    room, with_ = target.room, target.with_
-    if isinstance(event, Edit):
-        message = edit_message(
-            history,
-            target,
-            user_id,
-            event.id,
-            content=event.content,
-            now=now,
-            window=state.edit_window,
-            ref=ref,
-        )
-        assert message.edited is not None
-        edited = MessageEdited(
-            room, with_, message.id, user_id, message.content, message.edited, message.mentions
-        )
-        return announce(state, target, edited, key, ref, actor=user_id)
-    if isinstance(event, Delete):
-        message, changed = delete_message(history, target, event.id, user_id, ref=ref)
-        deleted = MessageDeleted(room, with_, message.id, message.user_id, user_id)
-        if not changed:
-            return state.answer(key, attrs.evolve(deleted, ref=ref))
-        return announce(state, target, deleted, key, ref, actor=user_id)
-    if isinstance(event, React):
-        message, on, count = toggle_reaction(
-            history, target, user_id, event.id, emoji=event.emoji, allowed=state.reactions, ref=ref
-        )
-        reaction = ReactionChanged(room, with_, message.id, event.emoji, user_id, on, count)
-        return announce(state, target, reaction, key, ref, actor=user_id)
+    ref = event.ref
     if isinstance(event, ReadHistory):
         messages, truncated = history_page(target.log, event.since, event.before)
-        if with_ is not None:
+        if target.with_ is not None:
             messages = [state.direct_view(payload) for payload in messages]
-        return state.answer(key, HistoryPage(room, with_, messages, truncated, ref))
-    raise TypeError(f"not a message frame: {event!r}")
+        return state.answer(key, HistoryPage(target.room, target.with_, messages, truncated, ref))
+    if not isinstance(event, Edit | Delete | React):
+        raise TypeError(f"not a message frame: {event!r}")
+    changed_event, _, changed = change_message(
+        state.history,
+        target,
+        user_id,
+        event,
+        now=now,
+        window=state.edit_window,
+        reactions=state.reactions,
+    )
+    if not changed:
+        return state.answer(key, attrs.evolve(changed_event, ref=ref))
+    return announce(state, target, changed_event, key, ref, actor=user_id)
 
 
 def moderator_delete(

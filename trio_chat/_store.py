@@ -20,8 +20,9 @@ __all__ = ["StoreError", "build_hub", "core_settings", "hub_state"]
 
 
 def core_settings(config: Config) -> dict[str, Any]:
-    """The settings every hub state takes from *config* (its rooms' limits
-    and what one ``joined`` and the history hold), whatever the store."""
+    """The settings every hub state takes from *config* (its rooms' limits,
+    what one ``joined`` and the history hold, and the rules of edits and
+    reactions), whatever the store."""
     return {
         "history_size": config.history_size,
         "max_rooms": config.max_rooms,
@@ -30,6 +31,8 @@ def core_settings(config: Config) -> dict[str, Any]:
         "max_rooms_created_per_client": config.max_rooms_created_per_client,
         "joined_bytes": config.queue_bytes // 2,
         "history_bytes_total": config.history_bytes_total,
+        "edit_window": config.edit_window,
+        "reactions": config.reactions,
     }
 
 
@@ -42,8 +45,6 @@ def hub_state(config: Config, *, durable: bool = False) -> HubState:
         max_conversations=config.max_conversations,
         max_conversations_per_user=config.max_conversations_per_user,
         durable=durable,
-        edit_window=config.edit_window,
-        reactions=config.reactions,
     )
 
 
