@@ -322,3 +322,14 @@ def test_leaving_a_room_fails_its_calls_not_written_yet():
     call = state.request(Edit(ROOM, None, 1, "x"))
     state.leave(ROOM, lambda: None)
     assert call.error is not None and call.error.code == 0
+
+
+def test_a_call_goes_out_after_the_messages_posted_before_it():
+    state = ClientState()
+    state.join(ROOM, lambda result: None)
+    state.connection_made(_welcome())
+    _joined_room(state)
+    state.submit("chat", ROOM, "helo")
+    state.request(Edit(ROOM, None, 1, "hello"))
+    kinds = [json.loads(state.next_frame(0.0))["type"] for _ in range(2)]
+    assert kinds == ["chat", "edit"]

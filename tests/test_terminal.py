@@ -19,18 +19,22 @@ from support import bounded
 
 from trio_chat import Config, make_token
 from trio_chat._terminal import format_event
+from trio_chat._terminal_format import emphasize
 from trio_chat.client import (
     ChatMessage,
     DirectMessage,
     ErrorEvent,
+    MessageDeleted,
+    MessageEdited,
     PresenceUpdate,
+    ReactionChanged,
     System,
     open_chat_client,
 )
 from trio_chat.testing import open_test_server
 
 ROOM = "lobby"
-LINE = re.compile(r"^\[lobby\] \d\d:\d\d (\S+): (.*)$")
+LINE = re.compile(r"^\[lobby\] #\d+ \d\d:\d\d (\S+): (.*)$")
 
 
 def connect_command(url: str, *args: str) -> list[str]:
@@ -135,7 +139,7 @@ async def test_end_of_input_exits_after_pending_acks_with_commands():
                 and (e.event, e.room, e.user_id) == ("leave", "other", "carol")
                 for e in events
             )
-            assert "(dm to bob) carol: psst" in out
+            assert "(dm to bob) #1 carol: psst" in out  # #1 in their conversation
             assert "* left other" in out
 
 
@@ -154,7 +158,8 @@ async def test_incoming_events_are_printed_as_lines():
                 assert match.group(2) == "hello \N{REPLACEMENT CHARACTER}[31mcarol"
                 await bob.direct("carol", "private")
                 assert (
-                    await output.until(lambda line: line.startswith("(dm)")) == "(dm) bob: private"
+                    await output.until(lambda line: line.startswith("(dm)"))
+                    == "(dm) #1 bob: private"
                 )
                 await bob.set_presence("busy")
                 assert await output.until(lambda line: "busy" in line) == "* bob is busy"
@@ -238,12 +243,14 @@ async def test_history_on_join_is_marked_and_actions_are_shown_as_actions():
                 assert len(history) == 2, output.seen
                 assert LINE.match(history[0].removeprefix("(history) "))
                 assert history[0].endswith("bob: old one")
-                assert re.match(r"^\(history\) \[lobby\] \d\d:\d\d \* bob remembers$", history[1])
+                assert re.match(
+                    r"^\(history\) \[lobby\] #2 \d\d:\d\d \* bob remembers$", history[1]
+                )
                 await process.stdin.send_all(b"/me waves\n")
                 *_, action = await chats(bob, 3)  # after bob's own two
                 assert (action.user_id, action.content) == ("carol", "/me waves")
                 mine = await output.until(lambda line: "carol" in line and "waves" in line)
-                assert re.match(r"^\[lobby\] \d\d:\d\d \* carol waves$", mine), mine
+                assert re.match(r"^\[lobby\] #3 \d\d:\d\d \* carol waves$", mine), mine
                 await bob.send(ROOM, "live one")
                 line = await output.until(lambda line: "live one" in line)
                 assert LINE.match(line), line  # not marked: sent after we joined
@@ -332,12 +339,41 @@ def test_format_event_lines():
     assert format_event(PresenceUpdate("bob", "online")) == "* bob is online"
     action = ChatMessage(4, ROOM, "alice", "/me waves \x1b[2J", "2026-11-29T04:31:24.123Z")
     assert re.match(
-        r"^\[lobby\] \d\d:\d\d \* alice waves \N{REPLACEMENT CHARACTER}\[2J$", format_event(action)
+        r"^\[lobby\] #4 \d\d:\d\d \* alice waves \N{REPLACEMENT CHARACTER}\[2J$",
+        format_event(action),
     )
     assert format_event(message, history=True).startswith("(history) [lobby] ")
     assert format_event(DirectMessage("alice", "/me nods", "t")) == "(dm) * alice nods"
     # "/me" alone, or "/meh", is not an action.
     assert format_event(ChatMessage(5, ROOM, "alice", "/meh", "t")).endswith("alice: /meh")
+
+    # Edits, deletes and reactions name the message by id; a conversation by
+    # the other user.
+    assert format_event(MessageEdited(ROOM, None, 5, "alice", "new", "t")) == (
+        "[lobby] #5 alice edited: new"
+    )
+    assert format_event(MessageDeleted(None, "bob", 2, "alice", "alice")) == (
+        "(dm with bob) #2 deleted by alice"
+    )
+    assert format_event(ReactionChanged(ROOM, None, 5, "👍", "bob", False, 0)) == (
+        "[lobby] #5 bob took back 👍 (0)"
+    )
+    # A message from a history: edited, deleted, reacted to.
+    old = ChatMessage(6, ROOM, "bob", "fixed", "t", edited="t2", reactions={"👍": ("a", "b")})
+    assert (
+        format_event(old, history=True) == "(history) [lobby] #6 --:-- bob: fixed (edited)  [👍 2]"
+    )
+    gone = ChatMessage(7, ROOM, "bob", "", "t", deleted=True)
+    assert format_event(gone) == "[lobby] #7 --:-- bob: (deleted)"
+    own = DirectMessage("carol", "yes", "t", 3, "bob")
+    assert format_event(own, me="carol") == "(dm to bob) #3 carol: yes"
+    assert format_event(own, me="bob") == "(dm) #3 carol: yes"
+    # Marks for a terminal: only @carol, not @carolyn nor an e-mail address.
+    line = "[lobby] #8 --:-- bob: @carol, carol@example.org, @carolyn @carol."
+    assert emphasize(line, "carol") == (
+        "[lobby] #8 --:-- bob: \x1b[7m@carol\x1b[27m, carol@example.org, @carolyn "
+        "\x1b[7m@carol\x1b[27m."
+    )
 
 
 class Lines:

@@ -41,7 +41,7 @@ async def pty_terminal(*args: str, command: list[str] | None = None) -> AsyncIte
 
 
 def live(user: str, content: str) -> re.Pattern[str]:
-    return re.compile(rf"^\[lobby\] \d\d:\d\d {re.escape(user)}: {re.escape(content)}$")
+    return re.compile(rf"^\[lobby\] #\d+ \d\d:\d\d {re.escape(user)}: {re.escape(content)}$")
 
 
 async def next_chat(client) -> ChatMessage:

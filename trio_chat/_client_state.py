@@ -309,11 +309,12 @@ class ClientState:
     def next_frame(self, now: float) -> str | float | None:
         """The next frame to write now, or seconds to wait, or None (idle).
 
-        Command calls and control frames go first; chats, directs and
-        presence are paced to the
-        rate announced in ``welcome`` and held after a 429.  Messages keep
-        their submission order; a chat waits until its room is joined on this
-        connection.
+        Commands and control frames go first; presence, chats and directs,
+        then message calls are paced to the rate announced in ``welcome``
+        and held after a 429.  Messages keep their submission order, and a
+        message call comes after the messages posted before it (an edit
+        after the message it edits); a chat, or a call about a room, waits
+        until its room is joined on this connection.
         """
         if not self.online:
             return None
@@ -339,13 +340,6 @@ class ClientState:
                 {"type": "presence", "payload": payload, "ref": self.presence_ref},
                 ensure_ascii=False,
             )
-        for call in self.calls.ready(self._joined_now):
-            wait = self._pace_delay(now)
-            if wait > 0:
-                return wait
-            self._record_sent(now)
-            call.written = True
-            return call.frame
         for entry in list(self.outbox):
             if entry.sent_on == self.serial:
                 continue  # in flight on this connection
@@ -365,6 +359,13 @@ class ClientState:
             if entry.first_sent_on is None:
                 entry.first_sent_on = self.serial
             return entry.frame()
+        for call in self.calls.ready(self._joined_now):
+            wait = self._pace_delay(now)
+            if wait > 0:
+                return wait
+            self._record_sent(now)
+            call.written = True
+            return call.frame
         return None
 
     def _pace_delay(self, now: float) -> float:

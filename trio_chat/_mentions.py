@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_MENTIONS", "find_mentions"]
+__all__ = ["MAX_MENTIONS", "find_mentions", "mention_spans"]
 
 #: Mentions listed per message at most (the first ones, in order).
 MAX_MENTIONS = 20
@@ -35,3 +35,14 @@ def find_mentions(content: str) -> tuple[str, ...]:
             if len(found) == MAX_MENTIONS:
                 break
     return tuple(found)
+
+
+def mention_spans(content: str) -> list[tuple[int, int, str]]:
+    """Where *content* mentions users: ``(start, end, name)`` for each
+    ``@name`` (the ``@`` included in the span), in order, repeats too."""
+    spans = []
+    for match in _MENTION_RE.finditer(content) if "@" in content else ():
+        name = match.group(1).rstrip(".-@")
+        if name:
+            spans.append((match.start(), match.start() + 1 + len(name), name))
+    return spans

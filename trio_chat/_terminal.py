@@ -4,10 +4,11 @@ Each input line is sent as a chat message to the current room; lines
 starting with ``/`` are commands (``/help`` lists them).  Incoming events are
 printed as one readable line each::
 
-    [lobby] 12:01 alice: hi
-    [lobby] 12:02 * bob waves
+    [lobby] #7 12:01 alice: hi
+    [lobby] #8 12:02 * bob waves
+    [lobby] #7 alice edited: hi all
     * bob joined lobby
-    (dm) alice: psst
+    (dm) #3 alice: psst
     ! error 429: rate limit exceeded: retry in 2000 ms
 
 When stdin and stdout are both a terminal it runs an interactive UI
@@ -40,6 +41,7 @@ from typing import IO, Any
 import trio
 
 from ._protocol import is_valid_room
+from ._terminal_format import format_event
 from ._terminal_session import (
     HELP,
     INTERRUPTED,
@@ -47,7 +49,6 @@ from ._terminal_session import (
     Lines,
     Output,
     Session,
-    format_event,
     write_line,
 )
 from .client import ConnectError, open_chat_client
@@ -191,11 +192,13 @@ async def run_session(
     out: Output,
     stop: Interrupt | None = None,
     on_session: Callable[[Session], None] | None = None,
+    highlight: bool = False,
 ) -> int:
     """Connect, run a :class:`Session` on *lines*, return the exit code.
 
     *stop* is how Ctrl-C reaches it; *on_session* is called with the session
-    once connected.
+    once connected; *highlight*: *out* is a terminal, where the user's
+    mentions are marked.
     """
     stop = stop if stop is not None else Interrupt()
     code = INTERRUPTED
@@ -205,7 +208,7 @@ async def run_session(
         async with trio.open_nursery() as printing:
             try:
                 async with open_chat_client(url, user=user, token=token) as client:
-                    session = Session(client, out)
+                    session = Session(client, out, highlight=highlight)
                     stop.session = session
                     if on_session is not None:
                         on_session(session)

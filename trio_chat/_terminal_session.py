@@ -9,12 +9,12 @@ what a status line shows (current room, connection state, messages not
 acknowledged yet) and calls ``on_change`` when that changes.
 
 Action messages (``/me waves``) are chats whose content starts with ``/me ``;
-they are shown as ``* alice waves``.
+they are shown as ``* alice waves``.  The lines themselves are
+:mod:`trio_chat._terminal_format`'s.
 """
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,29 +22,31 @@ from typing import Any, Protocol
 import trio
 
 from ._protocol import is_valid_room
+from ._terminal_format import ACTION_PREFIX, clean, emphasize, format_event, mentions_of, said
 from .client import (
     ChatClient,
     ChatMessage,
     ClientError,
     ConnectError,
     ConnectionState,
+    DirectAck,
     DirectMessage,
-    ErrorEvent,
     Joined,
     PendingMessage,
-    PresenceUpdate,
     StateChanged,
     System,
 )
 
-__all__ = ["HELP", "Lines", "Output", "Session", "format_event"]
+__all__ = ["HELP", "Lines", "Output", "Session"]
 
 #: Seconds to wait for outstanding acks after /quit or end of input.
 ACK_WAIT = 30.0
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
-#: How an action message starts (``/me waves``).
-ACTION_PREFIX = "/me "
+#: Messages ``/history`` shows unless told how many.
+HISTORY_LINES = 20
+#: A ``before`` above every message id: the newest page of a log.
+_NEWEST = 2**53
 
 HELP = """\
 commands:
@@ -54,10 +56,17 @@ commands:
   /leave [ROOM]      leave ROOM (default: the current room)
   /room ROOM         make ROOM (already joined) the current room
   /dm USER TEXT      direct message to USER
+  /dms               your direct conversations, most recent first
+  /edit [@USER] ID TEXT   replace the text of your message ID
+  /delete [@USER] ID      delete your message ID
+  /react [@USER] ID EMOJI toggle your reaction (EMOJI: one of the server's)
+  /history [@USER] [N]    show N (20) messages before the oldest one shown
   /status STATUS [TEXT]  set your presence: online, away, busy, ...
   /who               members of the current room
   /help              this list
   /quit              wait for the server to acknowledge what you sent, then exit
+Messages show their id (#7).  /edit, /delete, /react and /history act on the
+current room, or with @USER on your direct conversation with USER.
 Room names are 1 to 64 letters, digits, '_', '.', ':' or '-', starting with a
 letter or digit."""
 
@@ -91,72 +100,27 @@ def write_line(out: Output, line: str) -> None:
         pass  # nobody is reading our output any more
 
 
-def clean(text: str) -> str:
-    """Text safe to print: control characters (escape sequences) made visible."""
-    cleaned = []
-    for char in text:
-        if char == "\n":
-            cleaned.append("\n    ")
-        elif char == "\t" or char.isprintable():
-            cleaned.append(char)
-        else:
-            cleaned.append("\N{REPLACEMENT CHARACTER}")
-    return "".join(cleaned)
-
-
-def _clock(stamp: str) -> str:
-    """``HH:MM`` in local time for an RFC 3339 UTC time."""
-    try:
-        when = datetime.datetime.fromisoformat(stamp)
-    except (ValueError, AttributeError):
-        return "--:--"
-    return when.astimezone().strftime("%H:%M")
-
-
-def _said(user: str, content: str) -> str:
-    """``alice: hi``, or ``* alice waves`` for an action."""
-    if content.startswith(ACTION_PREFIX) and content[len(ACTION_PREFIX) :].strip():
-        return f"* {clean(user)} {clean(content[len(ACTION_PREFIX) :].strip())}"
-    return f"{clean(user)}: {clean(content)}"
-
-
-def format_event(event: object, *, history: bool = False) -> str | None:
-    """One line for an event of the client's stream (None: not shown).
-
-    *history*: the message is from a joined room's history (sent before we
-    joined), marked ``(history)``.
-    """
-    if isinstance(event, ChatMessage):
-        line = f"[{event.room}] {_clock(event.time)} {_said(event.user_id, event.content)}"
-        return f"(history) {line}" if history else line
-    if isinstance(event, System):
-        if event.text is not None and event.event not in ("join", "leave"):
-            return f"* {clean(event.text)} ({event.room})"  # a moderator's action
-        verb = {"join": "joined", "leave": "left"}.get(event.event, event.event)
-        return f"* {clean(event.user_id)} {clean(verb)} {event.room}"
-    if isinstance(event, PresenceUpdate):
-        line = f"* {clean(event.user_id)} is {clean(event.status)}"
-        return line + (f": {clean(event.text)}" if event.text else "")
-    if isinstance(event, DirectMessage):
-        return f"(dm) {_said(event.from_, event.content)}"
-    if isinstance(event, ErrorEvent):
-        return f"! error {event.code}: {clean(event.message)}"
-    return None
-
-
 class Session:
     """One terminal session: acts on input lines, prints events.
 
     The attributes ``current``, ``state``, ``retry`` and ``unacknowledged``
     are what a status line shows; ``on_change`` is called when they change.
+    *highlight*: mark the mentions of the user in reverse video (for a
+    terminal).
     """
 
     def __init__(
-        self, client: ChatClient, out: Output, on_change: Callable[[], None] | None = None
+        self,
+        client: ChatClient,
+        out: Output,
+        on_change: Callable[[], None] | None = None,
+        *,
+        highlight: bool = False,
     ) -> None:
         self.client = client
         self.out = out
         self.on_change = on_change or (lambda: None)
+        self.highlight = highlight
         self.current: str | None = None
         self.failed = 0
         self.unacknowledged = 0
@@ -173,6 +137,9 @@ class Session:
         self.announced: set[str] = set()
         #: History messages printed per room not announced yet.
         self.history: dict[str, int] = {}
+        #: The oldest message id shown per room (``lobby``) or conversation
+        #: (``@bob``): where ``/history`` goes on from.
+        self.oldest: dict[str, int] = {}
         self.exit_code: int | None = None
         #: Cancelled when the client stops for good: no more input is useful.
         self.input_scope = trio.CancelScope()
@@ -247,11 +214,29 @@ class Session:
         if isinstance(event, ChatMessage) and event.room not in self.announced:
             history = True
             self.history[event.room] = self.history.get(event.room, 0) + 1
-        line = format_event(event, history=history)
+        if isinstance(event, ChatMessage | DirectMessage):
+            self._seen(event)
+        line = format_event(event, history=history, me=self.client.user_id)
         if line is not None:
-            self.say(line)
+            self.say(self._marked(line, event))
         if isinstance(event, System):
             self.on_change()  # the member count changed
+
+    def _seen(self, message: ChatMessage | DirectMessage) -> None:
+        """Keep the oldest id shown of *message*'s room or conversation."""
+        if isinstance(message, ChatMessage):
+            key = message.room
+        else:
+            me = self.client.user_id
+            key = "@" + (message.to if message.from_ == me and message.to else message.from_)
+        if message.id is not None and message.id < self.oldest.get(key, message.id + 1):
+            self.oldest[key] = message.id
+
+    def _marked(self, line: str, event: object) -> str:
+        me = self.client.user_id
+        if self.highlight and me is not None and me in mentions_of(event):
+            return emphasize(line, me)
+        return line
 
     def _state_changed(self, event: StateChanged) -> None:
         if event.state is ConnectionState.ONLINE:
@@ -312,6 +297,10 @@ class Session:
                     await self.client.set_presence(parts[0], status_text)  # echoed as presence
                 except ClientError as exc:
                     self.say(f"! error {exc.code}: {clean(exc.message)}")
+        elif command in _MESSAGE_COMMANDS:
+            await self._message_command(command, rest)
+        elif command == "dms":
+            await self._conversations()
         elif command == "who":
             if self.current is None:
                 self.say("* no current room")
@@ -344,7 +333,7 @@ class Session:
 
     async def _wait_ack(self, pending: PendingMessage, label: str | None) -> None:
         try:
-            await pending.wait()
+            ack = await pending.wait()
         except ClientError as exc:
             self.failed += 1
             self.say(f"! error {exc.code}: {clean(exc.message)}")
@@ -354,7 +343,9 @@ class Session:
             self.pending.discard(pending)
             self.on_change()
         if label is not None:  # chats show up in the event stream
-            self.say(f"{label} {_said(self.client.user_id or '?', pending.content)}")
+            if isinstance(ack, DirectAck) and ack.id is not None:
+                label += f" #{ack.id}"
+            self.say(f"{label} {said(self.client.user_id or '?', pending.content)}")
 
     def _switch(self, room: str | None) -> None:
         if room != self.current:
@@ -396,3 +387,100 @@ class Session:
         if self.current == room:
             others = self.client.rooms
             self._switch(others[-1] if others else None)
+
+    # ------------------------------------------------------------ messages
+
+    async def _message_command(self, command: str, rest: str) -> None:
+        """``/edit``, ``/delete``, ``/react`` and ``/history``: on the
+        current room, or with ``@USER`` first on the conversation with USER."""
+        usage = _MESSAGE_COMMANDS[command]
+        peer = None
+        if rest.startswith("@"):
+            first, _, rest = rest.partition(" ")
+            peer, rest = first[1:], rest.strip()
+        # TEXT, the rest of an /edit, is kept as typed.
+        args = rest.split(maxsplit=1) if command == "edit" else rest.split()
+        room = self.current if peer is None else None
+        if peer is None and room is None:
+            self.say("! no current room: /join ROOM, or name a conversation with @USER")
+            return
+        try:
+            if command == "history":
+                count = _number(args[0]) if args else HISTORY_LINES
+                if count is None or count < 1 or len(args) > 1:
+                    raise _Usage
+                await self._history(room, peer, count)
+                return
+            message_id = _number(args[0]) if args else None
+            if message_id is None:
+                raise _Usage
+            # The answer is an event of the stream: it is shown from there.
+            if command == "edit" and len(args) == 2:
+                await self.client.edit(room, message_id, args[1], with_=peer)
+            elif command == "delete" and len(args) == 1:
+                await self.client.delete(room, message_id, with_=peer)
+            elif command == "react" and len(args) == 2:
+                await self.client.react(room, message_id, args[1], with_=peer)
+            else:
+                raise _Usage
+        except _Usage:
+            self.say(f"! usage: {usage}")
+        except ClientError as exc:
+            self.say(f"! error {exc.code}: {clean(exc.message)}")
+
+    async def _history(self, room: str | None, peer: str | None, count: int) -> None:
+        """Show *count* messages before the oldest one shown, marked as history."""
+        key = room if room is not None else f"@{peer}"
+        before = self.oldest.get(key, _NEWEST)
+        page = await self.client.history(room, with_=peer, before=before)
+        messages = page.messages[-count:]
+        where = room if room is not None else f"the conversation with {clean(peer or '')}"
+        if not messages:
+            self.say(f"* no earlier messages in {where}")
+            return
+        self.say(f"* earlier in {where}:")
+        me = self.client.user_id
+        for message in messages:
+            line = format_event(message, history=True, me=me)
+            if line is not None:
+                self.say(self._marked(line, message))
+        self._seen(messages[0])
+        if page.truncated or len(page.messages) > count:
+            self.say("* (/history for more)")
+
+    async def _conversations(self) -> None:
+        try:
+            listing = await self.client.conversations()
+        except ClientError as exc:
+            self.say(f"! error {exc.code}: {clean(exc.message)}")
+            return
+        if not listing.conversations:
+            self.say("* no direct conversations yet")
+            return
+        self.say("* direct conversations, most recent first:")
+        me = self.client.user_id
+        for conversation in listing:
+            last = conversation.last
+            shown = format_event(last, me=me) if last is not None else None
+            self.say(f"*   @{clean(conversation.with_)}: {shown or f'#{conversation.last_id}'}")
+        if listing.truncated:
+            self.say("*   (more not shown)")
+
+
+class _Usage(Exception):
+    """A message command with arguments that do not fit its usage."""
+
+
+#: The message commands and their usage.
+_MESSAGE_COMMANDS = {
+    "edit": "/edit [@USER] ID TEXT",
+    "delete": "/delete [@USER] ID",
+    "react": "/react [@USER] ID EMOJI",
+    "history": "/history [@USER] [N]",
+}
+
+
+def _number(text: str) -> int | None:
+    """The integer *text* is (``7`` or ``#7``), or None."""
+    text = text.removeprefix("#")
+    return int(text) if text.isdigit() and text.isascii() else None

@@ -85,7 +85,9 @@ class _Ui:
         # then (the token is not there yet) Ctrl-C cannot come.
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
         with (
-            StdoutProxy(sleep_between_writes=0.05) as out,
+            # Raw: the session's lines keep the marks of mentions; what others
+            # wrote is cleaned of control characters before it gets there.
+            StdoutProxy(sleep_between_writes=0.05, raw=True) as out,
             # Anything else printed (a warning) goes above the prompt too.
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(out),
@@ -123,6 +125,7 @@ class _Ui:
             out=out,
             stop=self.stop,
             on_session=self._attach,
+            highlight=True,
         )
 
     def _attach(self, session: Session) -> None:
