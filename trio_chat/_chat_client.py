@@ -353,8 +353,8 @@ class ChatClient:
         joined), 413 (content over the server's limit); from the server 403
         (someone else's message, or past its ``edit_window``), 404 (not
         retained, or deleted), 429 (only with ``retry_rate_limited`` off),
-        501 (a Redis-backed server); 0 when the connection was lost before
-        the answer.
+        501 (a conversation on a Redis-backed server), 503 (retry); 0 when
+        the connection was lost before the answer.
         """
         return await self._request(Edit(room, with_, id, content), MessageEdited)
 
