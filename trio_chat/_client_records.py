@@ -2,8 +2,8 @@
 
 :class:`Outgoing` is a chat or direct message on its way, with the ``ref``
 it keeps across re-sends; :class:`RoomState` is a room the client is in (or
-about to re-join), with the highest message id delivered from it.  Pure: no
-I/O, no trio.
+about to re-join), with the highest message id delivered from it;
+:class:`Presence` is the presence the user set.  Pure: no I/O, no trio.
 """
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ import attrs
 
 from ._client_messages import chat_message
 from ._client_types import ClientError
-from ._protocol import ChatAck, ChatMessage, DirectAck, Joined
+from ._protocol import (
+    MAX_PRESENCE_TEXT_CHARS,
+    MAX_STATUS_CHARS,
+    ChatAck,
+    ChatMessage,
+    DirectAck,
+    Joined,
+)
 
-__all__ = ["REF_ROOM", "JoinWaiter", "Outgoing", "RoomState", "new_ref"]
+__all__ = ["REF_ROOM", "JoinWaiter", "Outgoing", "Presence", "RoomState", "new_ref"]
 
 #: Room kept for the ``ref`` (and JSON punctuation) when checking frame size.
 REF_ROOM = 48
@@ -85,6 +92,17 @@ class Outgoing:
                 return ClientError(413, f"frame larger than {limit} bytes ({size})", ref=self.ref)
         return None
 
+    def dropped(self, max_attempts: int | None) -> ClientError | None:
+        """Its connection dropped before the ack: queue it again, or give it
+        up (the error returned) once on *max_attempts* connections."""
+        self.sent_on = None
+        self.drops += 1
+        if max_attempts is not None and self.drops >= max_attempts:
+            return ClientError(
+                0, f"not acknowledged after {self.drops} dropped connections", ref=self.ref
+            )
+        return None
+
     def settle(self, ack: ChatAck | DirectAck | None, error: ClientError | None) -> None:
         if self.done:
             return
@@ -92,6 +110,43 @@ class Outgoing:
         callbacks, self.callbacks = self.callbacks, []
         for callback in callbacks:
             callback()
+
+
+@attrs.define
+class Presence:
+    """The presence the user set: sent on every connection until changed."""
+
+    #: The status and its text, once set.
+    status: tuple[str, str | None] | None = None
+    #: The ``ref`` of the frame last written (a 429 names it).
+    ref: str | None = None
+    #: The connection (serial) it was written on.
+    sent_on: int | None = None
+
+    def set(self, status: str, text: str | None) -> None:
+        """Set it; raises :class:`ClientError` 400 for what the server refuses."""
+        if not isinstance(status, str) or not 0 < len(status) <= MAX_STATUS_CHARS:
+            raise ClientError(400, f"status must be 1 to {MAX_STATUS_CHARS} characters")
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_PRESENCE_TEXT_CHARS):
+            raise ClientError(400, f"text must be at most {MAX_PRESENCE_TEXT_CHARS} characters")
+        self.status = (status, text)
+        self.sent_on = None
+
+    def due(self, serial: int) -> bool:
+        """Whether connection *serial* is still to be told."""
+        return self.status is not None and self.sent_on != serial
+
+    def frame(self, serial: int) -> str:
+        """The frame to write on connection *serial* (with a new ``ref``)."""
+        assert self.status is not None
+        self.sent_on, self.ref = serial, new_ref()
+        status, text = self.status
+        payload: dict[str, Any] = {"status": status}
+        if text is not None:
+            payload["text"] = text
+        return json.dumps(
+            {"type": "presence", "payload": payload, "ref": self.ref}, ensure_ascii=False
+        )
 
 
 JoinWaiter = Callable[["Joined | ClientError"], None]

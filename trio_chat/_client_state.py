@@ -43,13 +43,11 @@ import attrs
 from ._client_calls import Call, CallBook
 from ._client_messages import message_frame
 from ._client_pacing import Pacer
-from ._client_records import JoinWaiter, Outgoing, RoomState, new_ref
+from ._client_records import JoinWaiter, Outgoing, Presence, RoomState, new_ref
 from ._client_types import ClientError
 from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, React, ReadHistory
 from ._protocol import (
-    MAX_PRESENCE_TEXT_CHARS,
-    MAX_STATUS_CHARS,
     ChatAck,
     ChatMessage,
     DirectAck,
@@ -103,7 +101,8 @@ class ClientState:
     max_send_attempts: int | None = 5
     #: On 429, keep the message and send it again after ``retry_after_ms``.
     retry_rate_limited: bool = True
-    #: Keep chat, direct and presence frames within the announced rate.
+    #: Keep chat, direct, presence and message-call frames within the
+    #: announced rate.
     pace: bool = True
 
     serial: int = 0
@@ -115,11 +114,9 @@ class ClientState:
     outbox: list[Outgoing] = attrs.Factory(list)
     #: Frames for the current connection that go out first (join, leave, typing).
     control: deque[str] = attrs.Factory(deque)
-    presence: tuple[str, str | None] | None = None
-    presence_ref: str | None = None
-    presence_sent_on: int | None = None
+    presence: Presence = attrs.Factory(Presence)
     pacer: Pacer = attrs.Factory(Pacer)
-    #: Command calls not answered yet.
+    #: Command and message calls not answered yet.
     calls: CallBook = attrs.Factory(CallBook)
     #: ``ref`` of each join frame in flight -> room.
     join_refs: dict[str, str] = attrs.Factory(dict)
@@ -135,7 +132,7 @@ class ClientState:
         self.limits = dict(welcome.limits) if isinstance(welcome.limits, dict) else {}
         self.control.clear()
         self.join_refs.clear()
-        self.presence_sent_on = None
+        self.presence.sent_on = None
         for room in self.rooms.values():
             if room.wanted:
                 self._queue_join(room)
@@ -160,18 +157,9 @@ class ClientState:
                     self._fail(entry, _left_before_ack(entry))
                     continue
             if entry.sent_on == self.serial:
-                entry.sent_on = None
-                entry.drops += 1
-                limit = self.max_send_attempts
-                if limit is not None and entry.drops >= limit:
-                    self._fail(
-                        entry,
-                        ClientError(
-                            0,
-                            f"not acknowledged after {entry.drops} dropped connections",
-                            ref=entry.ref,
-                        ),
-                    )
+                given_up = entry.dropped(self.max_send_attempts)
+                if given_up is not None:
+                    self._fail(entry, given_up)
 
     def close(self, reason: str) -> None:
         """The client stopped for good: settle everything still waiting."""
@@ -268,12 +256,7 @@ class ClientState:
             self.outbox.remove(entry)
 
     def set_presence(self, status: str, text: str | None) -> None:
-        if not isinstance(status, str) or not 0 < len(status) <= MAX_STATUS_CHARS:
-            raise ClientError(400, f"status must be 1 to {MAX_STATUS_CHARS} characters")
-        if text is not None and (not isinstance(text, str) or len(text) > MAX_PRESENCE_TEXT_CHARS):
-            raise ClientError(400, f"text must be at most {MAX_PRESENCE_TEXT_CHARS} characters")
-        self.presence = (status, text)
-        self.presence_sent_on = None
+        self.presence.set(status, text)
 
     def typing(self, name: str) -> None:
         if self._joined_now(name):
@@ -325,21 +308,12 @@ class ClientState:
             return self.control.popleft()
         if self.pacer.paused_until > now:
             return self.pacer.paused_until - now
-        if self.presence is not None and self.presence_sent_on != self.serial:
+        if self.presence.due(self.serial):
             wait = self._pace_delay(now)
             if wait > 0:
                 return wait
             self._record_sent(now)
-            self.presence_sent_on = self.serial
-            self.presence_ref = new_ref()
-            status, text = self.presence
-            payload: dict[str, Any] = {"status": status}
-            if text is not None:
-                payload["text"] = text
-            return json.dumps(
-                {"type": "presence", "payload": payload, "ref": self.presence_ref},
-                ensure_ascii=False,
-            )
+            return self.presence.frame(self.serial)
         for entry in list(self.outbox):
             if entry.sent_on == self.serial:
                 continue  # in flight on this connection
@@ -486,9 +460,9 @@ class ClientState:
                 ),
             )
             return []
-        if ref is not None and ref == self.presence_ref:
+        if ref is not None and ref == self.presence.ref:
             if self._hold(error, now):
-                self.presence_sent_on = None
+                self.presence.sent_on = None
             return [error]
         if ref is not None and ref in self.join_refs:
             name = self.join_refs.pop(ref)
