@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from redis_helpers import RedisServer
 from support import bounded
-from test_backplane import _events, _joined, _up, open_cluster
+from test_backplane import _events, _joined, _logged, _redis_int, _up, open_cluster
 
 from trio_chat import ChatServer, ProtocolError
 from trio_chat._backplane_messages import MAX_ATTEMPTS
@@ -348,3 +348,30 @@ async def test_history_pages_reach_past_what_a_process_caches(redis_server):
             assert (await _next(alice, "history"))["messages"] == []
             await alice.send("history", {"room": "r", "before": 2**70})
             assert len((await _next(alice, "history"))["messages"]) == 10
+
+
+@bounded(30)
+async def test_revised_messages_count_in_the_history_bytes_and_go_oldest_first(redis_server):
+    content = "\u0001" * 1_640  # a frame of about 10 KB
+    async with open_cluster(redis_server, count=1, history_bytes_per_room=50_000) as (s0,):
+        async with open_test_client(s0, user="alice") as alice:
+            await alice.join("r")
+            for _ in range(4):
+                await alice.chat("r", content)
+            for id_ in (1, 2):
+                await alice.send("react", {"room": "r", "id": id_, "emoji": THUMBS})
+                await alice.expect("reaction")
+            assert _logged(redis_server, "r") == [3, 4]
+            assert _redis_int(redis_server, "ZCARD", "trio_chat:rev:r") == 2
+            for _ in range(4):
+                await alice.chat("r", content)
+            # 1 and 2 (revised) went first, then 3.
+            assert _logged(redis_server, "r") == [4, 5, 6, 7, 8]
+            assert _redis_int(redis_server, "ZCARD", "trio_chat:rev:r") == 0
+            size = _redis_int(redis_server, "HGET", "trio_chat:hsizes", "r")
+            assert size == _redis_int(redis_server, "GET", "trio_chat:hbytes")
+            assert 40_000 < size <= 50_000
+            await alice.send("react", {"room": "r", "id": 4, "emoji": THUMBS})
+            await alice.expect("reaction")
+            grown = _redis_int(redis_server, "HGET", "trio_chat:hsizes", "r")
+            assert grown == size + len(f',"reactions":{{"{THUMBS}":["alice"]}}'.encode())

@@ -198,11 +198,10 @@ local function forget_log(room)
   redis.call('ZREM', P .. 'hrooms', room)
   redis.call('DECRBY', P .. 'hbytes', size)
 end
--- The oldest message of a log: {id, frame size, time ms, stream id or
--- false for a revision}; nil if it has none.
-local function oldest_message(room)
+-- The oldest message of a log, which has *revs* revised messages: {id,
+-- frame size, time ms, stream id or false for a revision}; nil if none.
+local function oldest_message(room, revs)
   local s = redis.call('XRANGE', log_key(room), '-', '+', 'COUNT', 1)
-  local r = redis.call('ZRANGE', rev_key(room), 0, 0, 'WITHSCORES')
   local first
   if #s > 0 then
     local id, fields, size, t = s[1][1], s[1][2], 0, 0
@@ -212,18 +211,22 @@ local function oldest_message(room)
     end
     first = {tonumber(string.match(id, '^%d+')), size, t, id}
   end
-  if #r > 0 and (first == nil or tonumber(r[2]) < first[1]) then
-    local t, frame = string.match(r[1], '^(%d+) %S+ (.*)$')
-    first = {tonumber(r[2]), #frame, tonumber(t), false}
+  if revs > 0 then
+    local r = redis.call('ZRANGE', rev_key(room), 0, 0, 'WITHSCORES')
+    if #r > 0 and (first == nil or tonumber(r[2]) < first[1]) then
+      local t, frame = string.match(r[1], '^(%d+) %S+ (.*)$')
+      first = {tonumber(r[2]), #frame, tonumber(t), false}
+    end
   end
   return first
 end
--- Remove the oldest message of a log; false if it has none.
-local function trim_oldest(room)
-  local first = oldest_message(room)
+-- Remove the oldest message of a log (*revs* as above): false if it has
+-- none; else true, and whether it was a revised one.
+local function trim_oldest(room, revs)
+  local first = oldest_message(room, revs)
   if first == nil then
     forget_log(room)
-    return false
+    return false, false
   end
   if first[4] then
     redis.call('XDEL', log_key(room), first[4])
@@ -232,25 +235,30 @@ local function trim_oldest(room)
   end
   redis.call('HINCRBY', P .. 'hsizes', room, -first[2])
   redis.call('DECRBY', P .. 'hbytes', first[2])
-  return true
+  return true, not first[4]
 end
 local function retain_log(room, now, retain)
-  local log, rev = log_key(room), rev_key(room)
-  while redis.call('XLEN', log) + redis.call('ZCARD', rev) > retain
+  local log = log_key(room)
+  local revs = redis.call('ZCARD', rev_key(room))
+  local trimmed, revised
+  while redis.call('XLEN', log) + revs > retain
     or tonumber(redis.call('HGET', P .. 'hsizes', room) or '0') > PER_ROOM do
-    if not trim_oldest(room) then break end
+    trimmed, revised = trim_oldest(room, revs)
+    if not trimmed then break end
+    if revised then revs = revs - 1 end
   end
   if MAX_AGE_MS > 0 then
-    local first = oldest_message(room)
+    local first = oldest_message(room, revs)
     while first ~= nil and first[3] < now - MAX_AGE_MS do
-      trim_oldest(room)
-      first = oldest_message(room)
+      trimmed, revised = trim_oldest(room, revs)
+      if revised then revs = revs - 1 end
+      first = oldest_message(room, revs)
     end
   end
   while tonumber(redis.call('GET', P .. 'hbytes') or '0') > TOTAL do
     local victim = redis.call('ZRANGE', P .. 'hrooms', 0, 0)[1]
     if victim == nil then break end
-    trim_oldest(victim)
+    trim_oldest(victim, redis.call('ZCARD', rev_key(victim)))
   end
   while redis.call('ZCARD', P .. 'hrooms') > MAX_ROOMS do
     forget_log(redis.call('ZRANGE', P .. 'hrooms', 0, 0)[1])
