@@ -1,4 +1,5 @@
-"""Edits, deletes, reactions and history pages with the Redis store.
+"""Edits, deletes, reactions, history pages and typing to a user with the
+Redis store.
 
 Rules of this module (those of test_backplane.py):
 
@@ -24,11 +25,19 @@ from test_backplane import _events, _joined, _logged, _redis_int, _up, open_clus
 
 from trio_chat import ChatServer, ProtocolError
 from trio_chat._backplane_messages import MAX_ATTEMPTS
-from trio_chat._backplane_ops import LoadOp, LoadResult, PageOp, RawEvent, ReviseOp, RevisionsOp
+from trio_chat._backplane_ops import (
+    LoadOp,
+    LoadResult,
+    PageOp,
+    RawEvent,
+    ReviseOp,
+    RevisionsOp,
+    TypingOp,
+)
 from trio_chat._backplane_state import ClusterState
 from trio_chat._message_frames import Delete, Edit, React, ReadHistory
 from trio_chat._message_ops import DEFAULT_REACTIONS
-from trio_chat._protocol import ChatMessage, Join, format_time
+from trio_chat._protocol import ChatMessage, Join, TypingTo, format_time
 from trio_chat.testing import TestClient, open_test_client
 
 NOW = 1_790_000_000.0
@@ -375,3 +384,32 @@ async def test_revised_messages_count_in_the_history_bytes_and_go_oldest_first(r
             await alice.expect("reaction")
             grown = _redis_int(redis_server, "HGET", "trio_chat:hsizes", "r")
             assert grown == size + len(f',"reactions":{{"{THUMBS}":["alice"]}}'.encode())
+
+
+def test_typing_to_a_user_reaches_their_connections_here_and_on_other_processes():
+    state = ClusterState("n1")
+    _up(state)
+    for key, user in [(1, "ann"), (2, "bob"), (3, "bob"), (4, "cy")]:
+        state.connect(key, user)
+    state.take_ops()
+    [notice] = state.handle(1, TypingTo("bob"), NOW)
+    assert notice.to == (2, 3) and notice.ephemeral
+    frame = notice.event.to_json()
+    assert json.loads(frame) == {"type": "typing", "payload": {"with": "ann", "user_id": "ann"}}
+    [op] = state.take_ops()
+    assert isinstance(op, TypingOp) and (op.kind, op.to, op.frame) == ("u", "bob", frame)
+    # From another process, on the user's channel; this process's own is ignored.
+    [remote] = state.on_messages([("trio_chat:ch:u:cy", f"t 0 n2:5 dan {frame}")])
+    assert remote.to == (4,) and remote.event == RawEvent(frame)
+    assert state.on_messages([("trio_chat:ch:u:cy", f"t 0 {op.origin} ann {frame}")]) == []
+    assert state.on_messages([("trio_chat:ch:u:nobody", f"t 0 n2:5 dan {frame}")]) == []
+
+
+@bounded(30)
+async def test_typing_to_a_user_on_another_process(redis_server):
+    async with alice_and_bob(redis_server) as (_, alice, bob):
+        await alice.send("typing", {"with": "bob"})
+        assert await bob.receive() == {
+            "type": "typing",
+            "payload": {"with": "alice", "user_id": "alice"},
+        }

@@ -183,7 +183,8 @@ class Commands:
         if isinstance(op, LoadOp):
             return self._script(pipe, "load", [p, op.room, op.count, op.max_bytes, new_epoch()])
         if isinstance(op, TypingOp):
-            return pipe.publish(f"{p}ch:r:{op.room}", f"t 0 {op.origin} {op.user_id} {op.frame}")
+            channel = f"{p}ch:{op.kind}:{op.to}"
+            return pipe.publish(channel, f"t 0 {op.origin} {op.user_id} {op.frame}")
         if isinstance(op, PresenceOp):
             return self._script(pipe, "presence", [p, self.node, op.user_id, op.frame])
         if isinstance(op, MembersOp):

@@ -8,9 +8,10 @@ channel messages and frames as they are.  Channel messages are
 version; no FRAME: each process makes the ``system`` event), ``v`` a
 message revised (NUMBER the room's revision, SUBJECT the message's id,
 FRAME the event's frame, a newline, the message's new frame), ``t``
-typing, ``p`` presence; except on ``ch:m``, where one message carries every chat
-message of a script call, one a line (frames are JSON: never a raw
-newline), each ``ROOM ID ORIGIN FRAME``.
+typing (on a room's channel, or on a user's: typing to them), ``p``
+presence; except on ``ch:m``, where one message carries every chat message
+of a script call, one a line (frames are JSON: never a raw newline), each
+``ROOM ID ORIGIN FRAME``.
 """
 
 from __future__ import annotations

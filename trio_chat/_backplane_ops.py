@@ -216,12 +216,15 @@ class PresenceOp(Op):
 
 @attrs.define(eq=False)
 class TypingOp(Op):
-    """Publish a typing notice to the other processes serving *room*."""
+    """Publish a typing notice to the other processes: those serving room
+    *to* (*kind* ``"r"``), or where user *to* is connected (``"u"``: a
+    ``typing`` to that user)."""
 
-    room: str
+    to: str
     user_id: str
     origin: str
     frame: str
+    kind: str = "r"
 
 
 @attrs.define(eq=False)

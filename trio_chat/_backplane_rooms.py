@@ -41,6 +41,8 @@ from ._protocol import (
     PresenceUpdate,
     ProtocolError,
     TypingNotice,
+    TypingTo,
+    TypingWith,
     chat_suffix,
     format_time,
 )
@@ -169,9 +171,21 @@ class ClusterRooms(RoomCore[ServedUser]):
         return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
 
     def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
+        if isinstance(event, TypingTo):
+            return self._typing_to(key, conn, event.with_)
         if not isinstance(event, ClientEvent):
             raise TypeError(f"not a client event: {event!r}")
         raise ProtocolError(501, NOT_OFFERED, getattr(event, "ref", None))
+
+    def _typing_to(self, key: Key, conn: Conn, to: str) -> list[Delivery]:
+        """A ``typing`` to user *to*: their connections here at once, those
+        on other processes through Redis."""
+        frame = TypingWith(conn.user_id, conn.user_id).to_json()
+        if self.up:
+            self._ops.append(TypingOp(to, conn.user_id, conn.origin, frame, "u"))
+        user = self._users.get(to)
+        others = tuple(k for k in user.conns if k != key) if user is not None else ()
+        return [Delivery(RawEvent(frame), others, ephemeral=True)] if others else []
 
     def _origin(self, reply_to: Key | Reply | None) -> str:
         """How pub/sub names the sending connection (``-``: none here)."""

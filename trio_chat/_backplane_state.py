@@ -174,7 +174,7 @@ class ClusterState(ClusterMessages):
                         target[2:], int(number), origin, int(subject), frame
                     )
                 elif kind == "t":
-                    deliveries += self._remote_typing(target[2:], origin, frame)
+                    deliveries += self._remote_typing(target, origin, frame)
                 elif kind == "p":
                     deliveries += self._remote_presence(subject, origin, frame)
             except (ValueError, IndexError, KeyError):
@@ -216,13 +216,18 @@ class ClusterState(ClusterMessages):
         event = System("join" if joined else "leave", name, user_id)
         return [Delivery(event, to)] if to else []
 
-    def _remote_typing(self, name: str, origin: str, frame: str) -> list[Delivery]:
+    def _remote_typing(self, target: str, origin: str, frame: str) -> list[Delivery]:
+        """A typing notice from another process: in a room (*target*
+        ``r:ROOM``) or to a user (``u:USER``)."""
         if origin.partition(":")[0] == self.node:
             return []
-        room = self._rooms.get(name)
-        if room is None or not room.log.ready or not room.conns:
-            return []
-        return [Delivery(RawEvent(frame), tuple(room.conns), ephemeral=True)]
+        if target[0] == "u":
+            user = self._users.get(target[2:])
+            to = tuple(user.conns) if user is not None else ()
+        else:
+            room = self._rooms.get(target[2:])
+            to = tuple(room.conns) if room is not None and room.log.ready else ()
+        return [Delivery(RawEvent(frame), to, ephemeral=True)] if to else []
 
     def _remote_presence(self, user_id: str, origin: str, frame: str) -> list[Delivery]:
         if origin == self.node:
