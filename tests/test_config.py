@@ -41,6 +41,8 @@ SAMPLES = {
     "reactions": ("a", "\U0001f44d"),
     "max_conversations": 14,
     "max_conversations_per_user": 15,
+    "read_markers_per_user": 16,
+    "max_read_markers": 17,
     "secret": "s3cret-long-enough-for-hs256-0123456789",
     "allowed_origins": ("https://a.example", "https://b.example"),
     "redis_url": "redis://127.0.0.1:6379/0",

@@ -62,6 +62,7 @@ from trio_chat._protocol import (
     TypingWith,
     format_time,
 )
+from trio_chat._room_frames import MarkRead, ReadMarker
 from trio_chat._sqlite_store import SqliteStore
 
 USERS = ["ann", "bob", "cy"]
@@ -165,6 +166,27 @@ class Model:
     epochs: dict[str, set[str]] = attrs.Factory(dict)
     #: Direct conversations by log name, least recently used first.
     convs: OrderedDict[str, RoomModel] = attrs.Factory(OrderedDict)
+    #: Read markers: (user, log name) -> (the log's epoch then, id).
+    marks: dict[tuple[str, str], tuple[str, int]] = attrs.Factory(dict)
+
+    def log(self, name: str) -> RoomModel:
+        return (self.convs if " " in name else self.rooms)[name]
+
+    def marker(self, user: str, name: str) -> int:
+        """*user*'s marker in the log *name* (0 from an earlier epoch)."""
+        epoch, id_ = self.marks.get((user, name), ("", 0))
+        return id_ if epoch == self.log(name).epoch else 0
+
+    def unread(self, user: str, name: str) -> tuple[int, int, int]:
+        """The marker, and the messages of others after it (and of those,
+        the ones mentioning *user*)."""
+        read = self.marker(user, name)
+        after = [
+            k.message
+            for k in self.log(name).kept
+            if k.message.id > read and k.message.user_id != user
+        ]
+        return read, len(after), sum(user in m.mentions for m in after)
 
     def logs(self) -> list[RoomModel]:
         return [*self.rooms.values(), *self.convs.values()]
@@ -230,11 +252,12 @@ class Model:
     def append(self, room: str, user: str, content: str, now: float) -> ChatMessage:
         """Publish into *room* (a room, or a conversation's log), then apply
         the budgets the obvious way."""
-        b, log = self.budgets, (self.convs if " " in room else self.rooms)[room]
+        b, log = self.budgets, self.log(room)
         log.last_id += 1
         message = ChatMessage(
             log.last_id, room, user, content, format_time(now), mentions=find_mentions(content)
         )
+        self.marks[user, room] = (log.epoch, log.last_id)  # posting moves the marker
         self.seq += 1
         log.kept.append(Kept(message, self.seq, now))
         if " " not in room:
@@ -270,6 +293,7 @@ class Model:
             self.rooms.clear()
             self.convs.clear()
             self.refs.clear()
+            self.marks.clear()
             return
         order = sorted(
             self.convs, key=lambda c: (max([0] + [k.seq for k in self.convs[c].kept]), c)
@@ -422,7 +446,7 @@ class HubMachine(RuleBasedStateMachine):
         self.state = self.new_state()
         if self.store is not None:
             snapshot = self.store.load()
-            self.state.restore(snapshot.rooms, snapshot.messages, snapshot.refs)
+            self.state.restore(snapshot)
             label(f"restart: {len(snapshot.messages)} messages back")
         m.restart(self.durable)
         for key, user in m.conns.items():
@@ -460,10 +484,11 @@ class HubMachine(RuleBasedStateMachine):
         m = self.model
         user = m.conns[key]
         result = self.handle(key, Join(room, since, ref))
-        m.expire(self.now)
         if room not in m.joined[key] and len(m.joined[key]) >= MAX_PER_CONN:
+            # Refused before the room is looked at: nothing expires.
             label("join: 403, connection in too many rooms")
             return self.refused(result, 403, ref)
+        m.expire(self.now)
         rooms_before = set(m.rooms)
         if not m.make_room(room, key):
             label("join: 403, a creation quota or every room in use")
@@ -487,7 +512,8 @@ class HubMachine(RuleBasedStateMachine):
         label(f"join: since={'set' if since is not None else 'none'}, truncated={truncated}")
         members = sorted(m.room_users(room))
         epoch = m.rooms[room].epoch
-        expected.append((Joined(room, members, history, truncated, ref, epoch), [key]))
+        counts = m.unread(user, room)
+        expected.append((Joined(room, members, history, truncated, ref, epoch, *counts), [key]))
         for other in members:
             if other != user and other in m.status:
                 expected.append((PresenceUpdate(other, *m.status[other]), [key]))
@@ -634,6 +660,8 @@ class HubMachine(RuleBasedStateMachine):
         for other, log in m.convs_of(user):
             last = log.kept[-1].message if log.kept else None
             item: dict[str, Any] = {"with": other, "last_id": log.last_id}
+            read, unread, mentions = m.unread(user, conversation_name(user, other))
+            item.update(read=read, unread=unread, mentions=mentions)
             item["last"] = (
                 None
                 if last is None
@@ -649,6 +677,52 @@ class HubMachine(RuleBasedStateMachine):
         label(f"conversations: {len(items)}")
         expected = ConversationList(items, False, ref)
         self.check(self.handle(key, ListConversations(ref)), [(expected, [key])])
+
+    def _read(self, key: int, event: MarkRead, name: str) -> None:
+        m = self.model
+        user = m.conns[key]
+        result = self.handle(key, event)
+        if event.room is not None and event.room not in m.joined[key]:
+            label("read: 403, not in the room")
+            return self.refused(result, 403, event.ref)
+        if name not in m.convs and event.with_ is not None:
+            label("read: 404, no such conversation")
+            return self.refused(result, 404, event.ref)
+        log = m.log(name)
+        now = min(event.id, log.last_id)
+        if now <= m.marker(user, name):
+            label("read: did not move")
+            marker = ReadMarker(event.room, event.with_, m.marker(user, name), event.ref)
+            return self.check(result, [(marker, [key])])
+        label("read: moved")
+        m.marks[user, name] = (log.epoch, now)
+        others = [k for k in m.conns_of(user) if k != key]
+        expected: Expected = [(ReadMarker(event.room, event.with_, now, event.ref), [key])]
+        if others:
+            expected.append((ReadMarker(event.room, event.with_, now), others))
+        self.check(result, expected)
+
+    @rule(
+        key=connections,
+        room=room_choice,
+        id_=st.integers(0, 12),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def read(self, key: int, room: str, id_: int, ref: str | None) -> None:
+        room = self.room(key, room)
+        self._read(key, MarkRead(room, None, id_, ref), room)
+
+    @rule(
+        key=connections,
+        to=st.sampled_from(ADDRESSEES),
+        id_=st.integers(0, 6),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def read_conversation(self, key: int, to: str, id_: int, ref: str | None) -> None:
+        user = self.model.conns[key]
+        if to == user:
+            return
+        self._read(key, MarkRead(None, to, id_, ref), conversation_name(user, to))
 
     @rule(key=connections, room=room_choice)
     def typing(self, key: int, room: str) -> None:
@@ -817,7 +891,8 @@ def test_system_events_on_first_join_and_last_leave_only() -> None:
     assert deliveries_to(s.disconnect(3), 1) == [System("leave", "r", "bob")]
     # joining again is idempotent: a joined reply, no system event
     out = s.handle(1, Join("r", ref="j"), NOW)
-    assert out == [Delivery(Joined("r", ["ann"], [], False, "j", s.epoch("r")), (1,))]
+    joined = Joined("r", ["ann"], [], False, "j", s.epoch("r"), read=0, unread=0, mentions=0)
+    assert out == [Delivery(joined, (1,))]
 
 
 def test_history_since_and_truncated() -> None:
@@ -1054,7 +1129,8 @@ def test_joining_again_sends_no_history_again() -> None:
     # it gets the members and nothing it already has.
     for since in (None, 0, 3):
         again = s.handle(2, Join("r", since, "j"), NOW)
-        assert again == [Delivery(Joined("r", ["ann", "bob"], [], False, "j", s.epoch("r")), (2,))]
+        joined = Joined("r", ["ann", "bob"], [], False, "j", s.epoch("r"), 0, 5, 0)
+        assert again == [Delivery(joined, (2,))]
 
 
 def test_joined_history_is_bounded_in_bytes() -> None:

@@ -71,6 +71,13 @@ from ._protocol import (
     parse_client_frame as parse_client_frame,
     parse_server_frame as parse_server_frame,
 )
+from ._room_frames import (
+    ListRooms as ListRooms,
+    MarkRead as MarkRead,
+    ReadMarker as ReadMarker,
+    RoomList as RoomList,
+    SetTopic as SetTopic,
+)
 from ._server import ChatServer as ChatServer
 from ._stats import ConnectionInfo as ConnectionInfo, ServerStats as ServerStats
 from ._version import __version__ as __version__

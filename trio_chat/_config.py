@@ -212,6 +212,16 @@ class Config:
     max_conversations_per_user: int = _setting(
         200, "direct conversations one user may be in (more: error 403)", _positive
     )
+    read_markers_per_user: int = _setting(
+        1000,
+        "read markers kept per user (the least recently moved is forgotten first)",
+        _positive,
+    )
+    max_read_markers: int = _setting(
+        100_000,
+        "read markers kept in all (of at most 10,000 users)",
+        _positive,
+    )
     secret: str | None = _setting(
         None,
         f"HS256 secret of at least {MIN_SECRET_BYTES} bytes: require JWT tokens",

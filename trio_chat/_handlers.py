@@ -18,6 +18,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from ._frames import text_frame
@@ -35,6 +36,7 @@ from ._protocol import (
     parse_client_frame,
 )
 from ._ratelimit import RateLimiter
+from ._room_frames import ListRooms, SetTopic
 
 if TYPE_CHECKING:
     from ._auth import Identity
@@ -58,7 +60,7 @@ _WINDOW_MASK = (1 << INVALID_WINDOW) - 1
 #: Rate-limit errors in one window after which a connection is closed (1008).
 MAX_RATE_STRIKES = 3
 
-_RATED = (Chat, Direct, Presence, Command, MessageFrame, ListConversations)
+_RATED = (Chat, Direct, Presence, Command, MessageFrame, ListConversations, ListRooms, SetTopic)
 #: Frames about direct conversations besides those naming one (``with``).
 _CONVERSING = (Direct, ListConversations)
 #: join/leave/typing frames a window allows: this many times the rated
@@ -197,6 +199,8 @@ class ChatHandler:
             doing = "send direct messages" if isinstance(event, Direct) else "use conversations"
             self._refuse(ProtocolError(403, f"not allowed to {doing}", getattr(event, "ref", None)))
             return
+        if isinstance(event, ListRooms) and self.identity.rooms is not None:
+            event = attrs.evolve(event, allowed=self.identity.rooms)
         if isinstance(event, Command):
             if self.commands is None:
                 self._refuse(ProtocolError(404, f"no command named {event.name!r}", event.ref))

@@ -18,20 +18,29 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._conversations import Conversations, conversation_users, is_conversation
+from ._hub_directory import (
+    JOINED_OVERHEAD,
+    conversation_list,
+    list_rooms,
+    mark_read,
+    set_topic,
+    unread_counts,
+)
 from ._hub_messages import apply_message_frame, moderator_delete
 from ._log import History, LogOp, RefMemory, RememberOp, RoomLog
+from ._log_ops import TopicOp
+from ._markers import ReadMarkers
 from ._message_frames import MessageFrame
 from ._message_ops import DEFAULT_REACTIONS, Target
 from ._protocol import (
     ChatAck,
     ChatMessage,
     ClientEvent,
-    ConversationList,
     DirectAck,
     DirectMessage,
     Join,
@@ -49,7 +58,11 @@ from ._protocol import (
     parse_server_frame,
 )
 from ._room_core import Conn, Delivery, Encoded, HubStats, Key, Post, Reply, RoomCore
+from ._room_frames import ListRooms, MarkRead, SetTopic
 from ._sizes import newest_within, payload_bound, payload_bytes, utf8_len
+
+if TYPE_CHECKING:
+    from ._sqlite_store import Snapshot
 
 __all__ = [
     "Delivery",
@@ -61,18 +74,11 @@ __all__ = [
     "newest_within",
     "payload_bytes",
 ]
-#: Bytes of a ``joined`` frame besides its history and member names.
-_JOINED_OVERHEAD = 200
-#: Bytes of one item of a listing (``conversations``, ``rooms``) besides
-#: its names and its message.
-_LISTED_OVERHEAD = 120
-#: Items one listing holds at most.
-MAX_LISTED = 100
 
 
 def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
     """What is left of *budget* for a ``joined``'s history after the rest."""
-    return budget - _JOINED_OVERHEAD - len(room) - sum(utf8_len(m) + 3 for m in members)
+    return budget - JOINED_OVERHEAD - len(room) - sum(utf8_len(m) + 3 for m in members)
 
 
 @attrs.define
@@ -86,6 +92,7 @@ class _Room:
     creator: Key | None = None
     #: The client whose quota it counts against.
     client: str | None = None
+    topic: str | None = None
 
 
 @attrs.define
@@ -124,6 +131,10 @@ class HubState(RoomCore["_User"]):
             bounded whatever names clients choose.
         edit_window: seconds after its time a message may be edited.
         reactions: the emoji a ``react`` may toggle.
+        read_markers_per_user: read markers kept per user.
+        max_read_markers: read markers kept in all, for at most
+            *remembered_users* users; past a bound the least recently moved
+            go first (:class:`~trio_chat._markers.ReadMarkers`).
 
     Rooms are reclaimed so that no client can hold the table: a room left
     empty with no history is forgotten at once (its ids start again at 1);
@@ -145,6 +156,8 @@ class HubState(RoomCore["_User"]):
     reactions: tuple[str, ...] = DEFAULT_REACTIONS
     max_conversations: int = 10_000
     max_conversations_per_user: int = 200
+    read_markers_per_user: int = 1000
+    max_read_markers: int = 100_000
 
     _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
     #: The rooms without members, least recently used first.
@@ -153,6 +166,12 @@ class HubState(RoomCore["_User"]):
     history: History = attrs.field(init=False)
     refs: RefMemory = attrs.field(init=False)
     conversations: Conversations = attrs.field(init=False)
+    markers: ReadMarkers = attrs.field(init=False)
+    #: The rooms as ``rooms`` lists them (see :meth:`directory`), until a
+    #: room, its member count or its topic changes.
+    _directory: list[tuple[str, int, str | None, str]] | None = attrs.field(
+        init=False, default=None
+    )
 
     def __attrs_post_init__(self) -> None:
         self.history = History(
@@ -166,6 +185,12 @@ class HubState(RoomCore["_User"]):
         self.conversations = Conversations(
             self.history, self.max_conversations, self.max_conversations_per_user
         )
+        self.markers = ReadMarkers(
+            self.read_markers_per_user,
+            self.remembered_users,
+            self.max_read_markers,
+            self.history.record,
+        )
 
     # ------------------------------------------------------------ the log
 
@@ -174,33 +199,31 @@ class HubState(RoomCore["_User"]):
         in order (always empty unless *durable*)."""
         return self.history.take_ops()
 
-    def restore(
-        self,
-        rooms: list[tuple[str, str, int]],
-        messages: list[tuple[int, str, int, str, str, str, float, str | None]],
-        refs: list[tuple[str, str, str]],
-    ) -> None:
+    def restore(self, snapshot: Snapshot) -> None:
         """Bring back what a store kept: rooms (without members, so a room
-        left with no history is forgotten), their history and next ids, and
-        remembered refs (see :meth:`History.restore`; *refs* as (user_id,
-        ref, ack JSON), oldest first).  Call it on a new state, before any
+        left with no history and no topic is forgotten), their history, next
+        ids and topics, remembered refs and read markers (see
+        :meth:`History.restore`).  Call it on a new state, before any
         command; then write :meth:`take_ops` (trims to today's budgets) back
         to the store."""
-        logs = self.history.restore(rooms, messages)
+        logs = self.history.restore(snapshot.rooms, snapshot.messages)
         for name, log in logs.items():
             if is_conversation(name):
                 # Kept even without retained messages: its ids go on.
                 self.conversations.restore(log)
                 continue
-            if not log.entries:
+            topic = snapshot.topics.get(name)
+            if not log.entries and topic is None:
                 self.history.drop(log)
                 continue
-            self._rooms[name] = _Room(log)
+            self._rooms[name] = _Room(log, topic=topic)
             self._empty[name] = None
         while len(self._rooms) > self.max_rooms:
             self._drop(next(iter(self._empty)))
-        for user_id, ref, ack in refs:
+        for user_id, ref, ack in snapshot.refs:
             self.refs.remember(user_id, ref, parse_server_frame(ack))
+        for user_id, name, epoch, id_ in snapshot.markers:
+            self.markers.put(user_id, name, epoch, id_)
 
     def expire(self, now: float) -> None:
         """Trim the history older than ``history_max_age``."""
@@ -249,6 +272,42 @@ class HubState(RoomCore["_User"]):
     def empty_room_count(self) -> int:
         return len(self._empty)
 
+    def topic(self, room: str) -> str | None:
+        entry = self._rooms.get(room)
+        return entry.topic if entry else None
+
+    def directory(self) -> list[tuple[str, int, str | None, str]]:
+        """Every room as (name, member users, topic, name and topic
+        case-folded), most members first, then by name."""
+        directory = self._directory
+        if directory is None:
+            directory = self._directory = sorted(
+                (
+                    (name, len(e.users), e.topic, f"{name}\n{e.topic or ''}".casefold())
+                    for name, e in self._rooms.items()
+                ),
+                key=lambda item: (-item[1], item[0]),
+            )
+        return directory
+
+    def change_topic(self, room: str, topic: str, ref: str | None = None) -> list[Key]:
+        """Set *room*'s topic (``""`` clears it); the room's connections.
+        An unknown room is refused with 404."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            raise ProtocolError(404, f"room {room!r} does not exist", ref)
+        entry.topic = topic or None
+        self._directory = None
+        self.history.keep(entry.log)
+        self.history.record(TopicOp(room, entry.topic))
+        return list(entry.conns)
+
+    def set_topic(
+        self, room: str, topic: str, by: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Set *room*'s topic as *by* (a moderator, the embedding program)."""
+        return set_topic(self, reply_to, by, SetTopic(room, topic))
+
     # ------------------------------------------------------------ the rooms' side
 
     def _new_user(self, user_id: str) -> _User:
@@ -274,8 +333,9 @@ class HubState(RoomCore["_User"]):
         self._messages += 1
         ack = ChatAck(message.id, room, message.time, ref)
         self._remember(user_id, ref, ack)
+        self.markers.move(user_id, entry.log, message.id)
         if not entry.conns:
-            if entry.log.entries:
+            if entry.log.entries or entry.topic is not None:
                 self._empty.move_to_end(room)
             else:
                 self._drop(room)
@@ -293,6 +353,7 @@ class HubState(RoomCore["_User"]):
         message = self.history.append(log, user_id, post.content, post.now, format_time(post.now))
         ack = DirectAck(to, message.time, ref, message.id)
         self._remember(user_id, ref, ack)
+        self.markers.move(user_id, log, message.id)
         audience = [*self._conns_of(to), *self._conns_of(user_id)]
         sender = post.reply_to
         recipients = tuple(k for k in audience if k != sender)
@@ -309,28 +370,17 @@ class HubState(RoomCore["_User"]):
             notice = TypingWith(conn.user_id, conn.user_id)
             return [Delivery(notice, others, ephemeral=True)] if others else []
         if isinstance(event, ListConversations):
-            return [Delivery(self._conversation_list(conn.user_id, event.ref), (key,))]
+            return [Delivery(conversation_list(self, conn.user_id, event.ref), (key,))]
+        if isinstance(event, MarkRead):
+            if event.room is not None:
+                self._member(conn, event.room, "marking as read", event.ref)
+            return mark_read(self, key, conn.user_id, event)
+        if isinstance(event, ListRooms):
+            return list_rooms(self, key, event)
+        if isinstance(event, SetTopic):
+            self._member(conn, event.room, "setting the topic of", event.ref)
+            return set_topic(self, key, conn.user_id, event)
         raise TypeError(f"not a client event: {event!r}")
-
-    def _conversation_list(self, user_id: str, ref: str | None) -> ConversationList:
-        """*user_id*'s conversations, most recent first: at most
-        :data:`MAX_LISTED`, and at most ``joined_bytes`` encoded."""
-        items: list[dict[str, Any]] = []
-        budget = self.joined_bytes - _JOINED_OVERHEAD
-        truncated = False
-        for other, log in self.conversations.of(user_id):
-            last = log.entries[-1][0] if log.entries else None
-            cost = (
-                _LISTED_OVERHEAD + 2 * len(other) + (payload_bound(last.payload()) if last else 0)
-            )
-            if len(items) == MAX_LISTED or cost > budget:
-                truncated = True
-                break
-            budget -= cost
-            item = {"with": other, "last_id": log.last_id}
-            item["last"] = self.direct_payload(last) if last is not None else None
-            items.append(item)
-        return ConversationList(items, truncated, ref)
 
     def _typing(self, key: Key, conn: Conn, room: str) -> list[Delivery]:
         others = tuple(k for k in self._rooms[room].conns if k != key)
@@ -410,6 +460,7 @@ class HubState(RoomCore["_User"]):
         client = conn.client if conn is not None else None
         entry = self._rooms[name] = _Room(self.history.open(name), client=client)
         self._empty[name] = None
+        self._directory = None
         if conn is not None:
             entry.creator = key
         self._created(conn, client, name)
@@ -419,6 +470,7 @@ class HubState(RoomCore["_User"]):
         """Forget an empty room: its ids, history and quota."""
         entry = self._rooms.pop(name)
         self._empty.pop(name, None)
+        self._directory = None
         self.history.drop(entry.log)
         self._released(entry.creator, entry.client, name)
 
@@ -442,6 +494,7 @@ class HubState(RoomCore["_User"]):
             count = entry.users.get(conn.user_id, 0)
             entry.users[conn.user_id] = count + 1
             if count == 0:
+                self._directory = None
                 # To nobody when the room was empty: still an event of the
                 # room (the hub's observers see it).
                 system = System("join", event.room, conn.user_id)
@@ -451,8 +504,18 @@ class HubState(RoomCore["_User"]):
             if sum(payload_bound(p) for p in history) > budget:
                 history, trimmed = newest_within(history, payload_bytes, budget)
                 truncated = truncated or trimmed
+        read, unread, mentions = unread_counts(self, conn.user_id, entry.log)
         joined = Joined(
-            event.room, list(entry.users), history, truncated, event.ref, entry.log.epoch
+            event.room,
+            list(entry.users),
+            history,
+            truncated,
+            event.ref,
+            entry.log.epoch,
+            read,
+            unread,
+            mentions,
+            entry.topic,
         )
         deliveries.insert(0, Delivery(joined, (key,)))
         for member in entry.users:
@@ -468,9 +531,10 @@ class HubState(RoomCore["_User"]):
             entry.users[conn.user_id] = count
             return []
         del entry.users[conn.user_id]
+        self._directory = None
         leave = Delivery(System("leave", room, conn.user_id), tuple(entry.conns))
         if not entry.conns:
-            if entry.log.entries:
+            if entry.log.entries or entry.topic is not None:
                 self._rooms.move_to_end(room)
                 self._empty[room] = None
             else:

@@ -20,13 +20,23 @@ and gives them back at the next start (:meth:`History.restore`).
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections import OrderedDict, deque
 from typing import Any
 
 import attrs
 
+from ._log_ops import (
+    AppendOp,
+    DropRoomOp,
+    LogOp,
+    OpenRoomOp,
+    RememberOp,
+    ReplaceOp,
+    TrimOp,
+    decode_extra,
+    encode_extra,
+)
 from ._mentions import find_mentions
 from ._protocol import ChatMessage, ServerEvent
 from ._sizes import MESSAGE_OVERHEAD, REACTION_BYTES, message_bytes, retained_bytes
@@ -51,100 +61,9 @@ __all__ = [
 ]
 
 
-def encode_extra(message: ChatMessage) -> str | None:
-    """A message's fields beyond its text (``edited``, ``deleted``,
-    ``reactions``, ``mentions``) as JSON for a store; None when it has none."""
-    extra: dict[str, Any] = {}
-    if message.edited is not None:
-        extra["edited"] = message.edited
-    if message.deleted:
-        extra["deleted"] = True
-    if message.reactions:
-        extra["reactions"] = message.reactions
-    if message.mentions:
-        extra["mentions"] = message.mentions
-    return json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
-
-
-def decode_extra(message: ChatMessage, extra: str | None) -> ChatMessage:
-    """*message* with the fields :func:`encode_extra` wrote back on it.
-
-    Raises ``ValueError`` for text that :func:`encode_extra` did not write.
-    """
-    if extra is None:
-        return message
-    fields = json.loads(extra)
-    if not isinstance(fields, dict):
-        raise ValueError(f"message {message.room} #{message.id}: bad fields {extra[:40]!r}")
-    reactions = fields.get("reactions")
-    return attrs.evolve(
-        message,
-        edited=fields.get("edited"),
-        deleted=fields.get("deleted") is True,
-        reactions={e: tuple(u) for e, u in reactions.items()} if reactions else None,
-        mentions=tuple(fields.get("mentions", ())),
-    )
-
-
 def new_epoch() -> str:
     """A fresh name for a room's numbering (see :attr:`RoomLog.epoch`)."""
     return secrets.token_hex(6)
-
-
-# ------------------------------------------------------------------ ops
-
-
-@attrs.frozen
-class OpenRoomOp:
-    """A room's log was created, numbering from 1 under *epoch*."""
-
-    room: str
-    epoch: str
-
-
-@attrs.frozen
-class DropRoomOp:
-    """A room's log was forgotten, with its ids and every message."""
-
-    room: str
-
-
-@attrs.frozen
-class AppendOp:
-    """*message* was appended; *seq* orders appends across rooms, *at* is
-    its time in seconds since the epoch."""
-
-    message: ChatMessage
-    seq: int
-    at: float
-
-
-@attrs.frozen
-class ReplaceOp:
-    """A retained message was edited, deleted or reacted to: *message* is
-    what it is now (same room and id)."""
-
-    message: ChatMessage
-
-
-@attrs.frozen
-class TrimOp:
-    """Messages of *room* with ids below *first_id* are no longer kept."""
-
-    room: str
-    first_id: int
-
-
-@attrs.frozen
-class RememberOp:
-    """*user_id*'s *ref* was accepted; *ack* (JSON) answers it again."""
-
-    user_id: str
-    ref: str
-    ack: str
-
-
-LogOp = OpenRoomOp | DropRoomOp | AppendOp | ReplaceOp | TrimOp | RememberOp
 
 
 # ------------------------------------------------------------------ rooms
@@ -263,6 +182,13 @@ class History:
         had one has nothing worth keeping."""
         return RoomLog(room, epoch or new_epoch(), last_id=last_id, stored=epoch is not None)
 
+    def keep(self, log: RoomLog) -> None:
+        """Make the store know of *log* before its first message (for what is
+        kept with it, such as a topic)."""
+        if self.durable and not log.stored:
+            log.stored = True
+            self._ops.append(OpenRoomOp(log.room, log.epoch))
+
     def drop(self, log: RoomLog) -> None:
         """Forget *log* and its messages."""
         log.dropped = True
@@ -288,9 +214,7 @@ class History:
         self._seq += 1
         self._order.append((log, message.id, size, now))
         if self.durable:
-            if not log.stored:
-                log.stored = True
-                self._ops.append(OpenRoomOp(log.room, log.epoch))
+            self.keep(log)
             self._ops.append(AppendOp(message, self._seq, now))
         if len(log.entries) > self.size or log.bytes > self.bytes_per_room:
             self._trim_room(log)

@@ -422,14 +422,15 @@ def parse_client_frame(
     if kind == "conversations":
         return ListConversations(ref)
     from ._message_frames import parse_message_frame
+    from ._room_frames import parse_room_frame
 
-    event = parse_message_frame(kind, fields, max_content_chars)
+    event = parse_message_frame(kind, fields, max_content_chars) or parse_room_frame(kind, fields)
     if event is not None:
         return event
     raise ProtocolError(
         400,
         f"type: unknown type {kind[:40]!r}; expected one of "
         "join, leave, chat, presence, direct, typing, command, edit, delete, react, history, "
-        "conversations",
+        "conversations, read, rooms, topic",
         ref,
     )

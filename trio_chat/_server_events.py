@@ -105,6 +105,13 @@ class Joined(_WithRef):
     truncated: bool
     ref: str | None = None
     epoch: str | None = None
+    #: The user's read marker in the room, and how many retained messages
+    #: after it are from others (and of those, mention the user); None from
+    #: a store without read markers.
+    read: int | None = None
+    unread: int | None = None
+    mentions: int | None = None
+    topic: str | None = None
 
     def payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -115,6 +122,10 @@ class Joined(_WithRef):
         }
         if self.epoch is not None:
             payload["epoch"] = self.epoch
+        if self.read is not None:
+            payload.update(read=self.read, unread=self.unread, mentions=self.mentions)
+        if self.topic is not None:
+            payload["topic"] = self.topic
         return payload
 
 
@@ -126,16 +137,18 @@ class Left(_WithRef):
 
 
 @attrs.frozen
-class System(ServerEvent):
+class System(_WithRef):
     """Something that happened to *user_id* in *room*: ``join``, ``leave``,
-    or a moderator's ``kick``, ``ban``, ``mute``, ``unmute`` (with ``text``
-    saying so in words)."""
+    a moderator's ``kick``, ``ban``, ``mute``, ``unmute`` (with ``text``
+    saying so in words), or ``topic`` (``text``: the new topic); the copy
+    for the connection whose frame caused it carries that frame's ``ref``."""
 
     type: ClassVar[str] = "system"
     event: str
     room: str
     user_id: str
     text: str | None = None
+    ref: str | None = None
 
     def payload(self) -> dict[str, Any]:
         payload = {"event": self.event, "room": self.room, "user_id": self.user_id}
@@ -402,12 +415,21 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
             return Welcome(p["session_id"], p["user_id"], p["limits"])
         if kind == "joined":
             return Joined(
-                p["room"], p["members"], p["history"], p["truncated"], ref, p.get("epoch")
+                p["room"],
+                p["members"],
+                p["history"],
+                p["truncated"],
+                ref,
+                p.get("epoch"),
+                p.get("read"),
+                p.get("unread"),
+                p.get("mentions"),
+                p.get("topic"),
             )
         if kind == "left":
             return Left(p["room"], ref)
         if kind == "system":
-            return System(p["event"], p["room"], p["user_id"], p.get("text"))
+            return System(p["event"], p["room"], p["user_id"], p.get("text"), ref)
         if kind == "presence":
             return PresenceUpdate(p["user_id"], p["status"], p.get("text"))
         if kind == "direct":
@@ -426,8 +448,9 @@ def parse_server_frame(text: str | bytes) -> ServerEvent:
         if kind == "error":
             return ErrorEvent(p["code"], p["message"], ref, p.get("retry_after_ms"))
         from ._message_events import parse_message_event
+        from ._room_frames import parse_room_event
 
-        event = parse_message_event(kind, p, ref)
+        event = parse_message_event(kind, p, ref) or parse_room_event(kind, p, ref)
         if event is not None:
             return event
     except KeyError as exc:

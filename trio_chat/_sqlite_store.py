@@ -1,4 +1,5 @@
-"""The SQLite store: rooms, history, next ids and refs in one database file.
+"""The SQLite store: rooms (with their topics), history, next ids, refs and
+read markers in one database file.
 
 The hub never reads the database while it serves: it keeps what it needs in
 memory (:mod:`trio_chat._log`) and hands this store the operations each batch
@@ -27,13 +28,16 @@ from typing import IO
 
 import attrs
 
-from ._log import (
+from ._log_ops import (
     AppendOp,
     DropRoomOp,
+    ForgetMarkOp,
     LogOp,
+    MarkOp,
     OpenRoomOp,
     RememberOp,
     ReplaceOp,
+    TopicOp,
     TrimOp,
     encode_extra,
 )
@@ -44,15 +48,17 @@ __all__ = ["DB_NAME", "Snapshot", "SqliteStore", "StoreError"]
 #: The database's file name inside the data directory.
 DB_NAME = "trio-chat.sqlite3"
 #: Version 2 added ``messages.extra`` (edits, tombstones, reactions,
-#: mentions); a version 1 file is migrated when opened.
-SCHEMA_VERSION = 2
+#: mentions), version 3 ``rooms.topic`` and ``read_markers``; an older file
+#: is migrated when opened.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (
     name TEXT PRIMARY KEY,
     epoch TEXT NOT NULL,
-    last_id INTEGER NOT NULL
+    last_id INTEGER NOT NULL,
+    topic TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY,
@@ -71,7 +77,19 @@ CREATE TABLE IF NOT EXISTS refs (
     ref TEXT NOT NULL,
     ack TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS read_markers (
+    user_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, name)
+) WITHOUT ROWID;
 """
+_MARK = (
+    "INSERT INTO read_markers VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, name) "
+    "DO UPDATE SET epoch = excluded.epoch, id = excluded.id, seq = excluded.seq"
+)
 
 
 _INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -91,6 +109,10 @@ class Snapshot:
     messages: list[tuple[int, str, int, str, str, str, float, str | None]]
     #: (user_id, ref, ack JSON), oldest first.
     refs: list[tuple[str, str, str]]
+    #: room name -> topic, for the rooms that have one.
+    topics: dict[str, str] = attrs.Factory(dict)
+    #: (user_id, log name, epoch, id), least recently moved first.
+    markers: list[tuple[str, str, str, int]] = attrs.Factory(list)
 
 
 class SqliteStore:
@@ -109,6 +131,8 @@ class SqliteStore:
         self.path = os.path.join(data_dir, DB_NAME)
         self.max_refs = max_refs
         self._refs_added = 0
+        #: Orders the read markers by when they last moved.
+        self._mark_seq = 0
         try:
             os.makedirs(data_dir, exist_ok=True)
         except OSError as exc:
@@ -134,8 +158,8 @@ class SqliteStore:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] == "1":
-                _migrate_from_1(db)
+            elif row[0] in ("1", "2"):
+                _migrate(db, int(row[0]))
             elif row[0] != str(SCHEMA_VERSION):
                 raise StoreError(
                     f"database {self.path}: schema version {row[0]}, this server "
@@ -166,9 +190,17 @@ class SqliteStore:
                 "SELECT seq, room, id, user_id, content, time, at, extra FROM messages ORDER BY seq"
             ).fetchall()
             refs = db.execute("SELECT user_id, ref, ack FROM refs ORDER BY seq").fetchall()
+            topics = dict(
+                db.execute("SELECT name, topic FROM rooms WHERE topic IS NOT NULL").fetchall()
+            )
+            markers = db.execute(
+                "SELECT user_id, name, epoch, id FROM read_markers ORDER BY seq"
+            ).fetchall()
+            row = db.execute("SELECT MAX(seq) FROM read_markers").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(_explain(self.path, exc)) from None
-        return Snapshot(rooms, messages, refs)
+        self._mark_seq = row[0] or 0
+        return Snapshot(rooms, messages, refs, topics, markers)
 
     def commit(self, ops: Sequence[LogOp]) -> None:
         """Write *ops* in one transaction (blocking: run it in a thread).
@@ -183,6 +215,7 @@ class SqliteStore:
         appends: list[tuple[int, str, int, str, str, str, float, str | None]] = []
         last_ids: dict[str, int] = {}
         refs: list[tuple[str, str, str]] = []
+        marks: dict[tuple[str, str], tuple[str, int] | None] = {}
         try:
             db.execute("BEGIN")
             for op in ops:
@@ -195,6 +228,12 @@ class SqliteStore:
                     continue
                 if isinstance(op, RememberOp):
                     refs.append((op.user_id, op.ref, op.ack))
+                    continue
+                if isinstance(op, MarkOp):
+                    marks[op.user_id, op.name] = (op.epoch, op.id)
+                    continue
+                if isinstance(op, ForgetMarkOp):
+                    marks[op.user_id, op.name] = None
                     continue
                 if appends:
                     db.executemany(_INSERT, appends)
@@ -210,7 +249,11 @@ class SqliteStore:
                         "DELETE FROM messages WHERE room = ? AND id < ?", (op.room, op.first_id)
                     )
                 elif isinstance(op, OpenRoomOp):
-                    db.execute("INSERT OR REPLACE INTO rooms VALUES (?, ?, 0)", (op.room, op.epoch))
+                    db.execute(
+                        "INSERT OR REPLACE INTO rooms VALUES (?, ?, 0, NULL)", (op.room, op.epoch)
+                    )
+                elif isinstance(op, TopicOp):
+                    db.execute("UPDATE rooms SET topic = ? WHERE name = ?", (op.topic, op.room))
                 elif isinstance(op, DropRoomOp):
                     last_ids.pop(op.room, None)
                     db.execute("DELETE FROM messages WHERE room = ?", (op.room,))
@@ -222,6 +265,8 @@ class SqliteStore:
                     "UPDATE rooms SET last_id = ? WHERE name = ?",
                     [(id_, room) for room, id_ in last_ids.items()],
                 )
+            if marks:
+                self._write_marks(marks)
             if refs:
                 db.executemany("INSERT INTO refs (user_id, ref, ack) VALUES (?, ?, ?)", refs)
                 self._refs_added += len(refs)
@@ -239,6 +284,21 @@ class SqliteStore:
                 pass
             raise StoreError(_explain(self.path, exc)) from None
 
+    def _write_marks(self, marks: dict[tuple[str, str], tuple[str, int] | None]) -> None:
+        """The last state of each marker a batch changed (None: forgotten)."""
+        rows = []
+        gone = []
+        for (user_id, name), mark in marks.items():
+            if mark is None:
+                gone.append((user_id, name))
+            else:
+                self._mark_seq += 1
+                rows.append((user_id, name, mark[0], mark[1], self._mark_seq))
+        if gone:
+            self._db.executemany("DELETE FROM read_markers WHERE user_id = ? AND name = ?", gone)
+        if rows:
+            self._db.executemany(_MARK, rows)
+
     def close(self) -> None:
         """Close the database (a checkpoint folds the WAL into the file)."""
         try:
@@ -248,19 +308,25 @@ class SqliteStore:
         self._lock.close()
 
 
-def _migrate_from_1(db: sqlite3.Connection) -> None:
-    """Bring a version 1 database to version 2, in one transaction: the
-    ``extra`` column, with the mentions of the messages it already holds."""
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a version 1 or 2 database to this version, in one transaction:
+    from 1, the ``extra`` column with the mentions of the messages it
+    already holds; from 2 (and 1), the rooms' ``topic`` column (the
+    ``read_markers`` table is new, made with the schema)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute("ALTER TABLE messages ADD COLUMN extra TEXT")
-        rows = db.execute("SELECT seq, content FROM messages WHERE instr(content, '@')").fetchall()
-        updates = []
-        for seq, content in rows:
-            mentions = find_mentions(content)
-            if mentions:
-                updates.append((json.dumps({"mentions": mentions}, separators=(",", ":")), seq))
-        db.executemany("UPDATE messages SET extra = ? WHERE seq = ?", updates)
+        if version == 1:
+            db.execute("ALTER TABLE messages ADD COLUMN extra TEXT")
+            rows = db.execute(
+                "SELECT seq, content FROM messages WHERE instr(content, '@')"
+            ).fetchall()
+            updates = []
+            for seq, content in rows:
+                mentions = find_mentions(content)
+                if mentions:
+                    updates.append((json.dumps({"mentions": mentions}, separators=(",", ":")), seq))
+            db.executemany("UPDATE messages SET extra = ? WHERE seq = ?", updates)
+        db.execute("ALTER TABLE rooms ADD COLUMN topic TEXT")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
     except BaseException:

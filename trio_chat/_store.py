@@ -44,6 +44,8 @@ def hub_state(config: Config, *, durable: bool = False) -> HubState:
         history_max_age=config.history_max_age,
         max_conversations=config.max_conversations,
         max_conversations_per_user=config.max_conversations_per_user,
+        read_markers_per_user=config.read_markers_per_user,
+        max_read_markers=config.max_read_markers,
         durable=durable,
     )
 
@@ -68,7 +70,7 @@ def build_hub(config: Config) -> Hub:
     try:
         snapshot = store.load()
         try:
-            state.restore(snapshot.rooms, snapshot.messages, snapshot.refs)
+            state.restore(snapshot)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"database {store.path}: unreadable contents ({exc})") from None
         store.commit(state.take_ops())  # trims to today's budgets

@@ -1,0 +1,126 @@
+"""The hub's listings and markers: read markers, the room directory with its
+topics, and the list of a user's conversations.
+
+* ``read`` moves the user's marker in a room or conversation (never back,
+  never past the newest id) and tells every connection of the user, the
+  sender's with its ``ref``; ``joined`` and ``conversations`` carry the
+  marker with the unread and mention counts after it.
+* ``rooms`` lists the rooms the user's token allows, most members first,
+  then by name, optionally filtered by a query on name and topic; the
+  ordering is computed once per change of the rooms, not per request.
+* ``topic`` sets a room's topic; its members get a ``system`` ``topic``.
+
+Listings hold at most :data:`MAX_LISTED` items and at most the state's
+``joined_bytes`` encoded.  Pure and synchronous, like the hub state it
+works on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._auth import room_allowed
+from ._log import RoomLog
+from ._protocol import ConversationList, System
+from ._room_core import Delivery, Key, Reply
+from ._room_frames import ListRooms, MarkRead, ReadMarker, RoomList, SetTopic
+from ._sizes import payload_bound, utf8_len
+
+if TYPE_CHECKING:
+    from ._hub_state import HubState
+
+__all__ = [
+    "JOINED_OVERHEAD",
+    "MAX_LISTED",
+    "conversation_list",
+    "list_rooms",
+    "mark_read",
+    "set_topic",
+    "unread_counts",
+]
+
+#: Bytes of a ``joined`` frame (or a listing) besides its items.
+JOINED_OVERHEAD = 200
+#: Bytes of one item of a listing besides its names, topic and message.
+_LISTED_OVERHEAD = 120
+#: Items one listing holds at most.
+MAX_LISTED = 100
+
+
+def unread_counts(state: HubState, user_id: str, log: RoomLog) -> tuple[int, int, int]:
+    """*user_id*'s marker in *log*, and how many retained messages after it
+    are from others (not deleted), and how many of those mention them."""
+    read = state.markers.get(user_id, log)
+    unread, mentions = log.unread(user_id, read)
+    return read, unread, mentions
+
+
+def mark_read(state: HubState, key: Key, user_id: str, event: MarkRead) -> list[Delivery]:
+    """Apply a ``read`` of *user_id* from connection *key*."""
+    target = state.target(user_id, event.room, event.with_, event.ref)
+    moved = state.markers.move(user_id, target.log, event.id)
+    marker = ReadMarker(event.room, event.with_, state.markers.get(user_id, target.log))
+    if moved is None:
+        # Already there (or further): only the sender is answered.
+        return state.answer(key, ReadMarker(event.room, event.with_, marker.id, event.ref))
+    others = tuple(k for k in state.connections_of(user_id) if k != key)
+    deliveries = [Delivery(marker, others)] if others else []
+    return deliveries + state.answer(key, ReadMarker(event.room, event.with_, moved, event.ref))
+
+
+def set_topic(
+    state: HubState, reply_to: Key | Reply | None, user_id: str, event: SetTopic
+) -> list[Delivery]:
+    """Set *event*'s room's topic as *user_id*: every connection in the room
+    gets a ``system`` ``topic``, *reply_to* with the frame's ``ref``."""
+    audience = [k for k in state.change_topic(event.room, event.topic, event.ref) if k != reply_to]
+    system = System("topic", event.room, user_id, event.topic)
+    deliveries = [Delivery(system, tuple(audience))]
+    return deliveries + state.answer(
+        reply_to, System("topic", event.room, user_id, event.topic, event.ref)
+    )
+
+
+def list_rooms(state: HubState, key: Key, event: ListRooms) -> list[Delivery]:
+    """Answer a ``rooms``: the rooms *event*'s token allows (and its query
+    matches), most members first, then by name."""
+    query = event.query.casefold() if event.query else None
+    allowed = event.allowed
+    items: list[dict[str, Any]] = []
+    budget = state.joined_bytes - JOINED_OVERHEAD
+    truncated = False
+    for name, members, topic, folded in state.directory():
+        if allowed is not None and not room_allowed(name, allowed):
+            continue
+        if query is not None and query not in folded:
+            continue
+        cost = _LISTED_OVERHEAD + len(name) + (6 * len(topic) if topic else 0)
+        if len(items) == MAX_LISTED or cost > budget:
+            truncated = True
+            break
+        budget -= cost
+        items.append({"room": name, "members": members, "topic": topic})
+    return [Delivery(RoomList(items, truncated, event.ref), (key,))]
+
+
+def conversation_list(state: HubState, user_id: str, ref: str | None) -> ConversationList:
+    """*user_id*'s conversations, most recent first, each with the user's
+    read marker and unread counts."""
+    items: list[dict[str, Any]] = []
+    budget = state.joined_bytes - JOINED_OVERHEAD
+    truncated = False
+    for other, log in state.conversations.of(user_id):
+        last = log.entries[-1][0] if log.entries else None
+        cost = _LISTED_OVERHEAD + 2 * utf8_len(other)
+        if last is not None:
+            cost += payload_bound(last.payload())
+        if len(items) == MAX_LISTED or cost > budget:
+            truncated = True
+            break
+        budget -= cost
+        read, unread, mentions = unread_counts(state, user_id, log)
+        item: dict[str, Any] = {"with": other, "last_id": log.last_id}
+        item.update(read=read, unread=unread, mentions=mentions)
+        item["last"] = state.direct_payload(last) if last is not None else None
+        items.append(item)
+    return ConversationList(items, truncated, ref)
