@@ -529,6 +529,9 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
             del payload[name]
         else:
             payload[name] = None
+        if kind == "typing":
+            # Without its room a typing frame names neither log it may name.
+            return case(400, "payload")
         return case(400, f"payload.{name}")
     if defect == "field not a string":
         name = draw(st.sampled_from(_REQUIRED[kind]))
