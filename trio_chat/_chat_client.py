@@ -1,9 +1,9 @@
-"""The Python client's calls: :class:`ChatClient` and :class:`PendingMessage`.
+"""The Python client's calls: :class:`ChatClient`.
 
 Each call checks what it can, hands the request to the client's
 :class:`~trio_chat._client_state.ClientState`, wakes the writer, and waits
-for the answer the state settles it with.  The connections are
-:class:`~trio_chat._client_link.ClientLink`'s.
+for the answer the state settles it with (:mod:`trio_chat._client_pending`).
+The connections are :class:`~trio_chat._client_link.ClientLink`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import trio
 from ._client_calls import Call
 from ._client_link import ClientLink, Token
 from ._client_messages import Conversations, MessagePage, conversation_list, message_page
-from ._client_records import Outgoing
+from ._client_pending import PendingMessage, settled
 from ._client_state import ClientState
 from ._client_types import Backoff, ClientError, ConnectionState
 from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
@@ -38,70 +38,12 @@ from ._protocol import (
     is_valid_command,
 )
 
-__all__ = ["DEFAULT_BACKOFF", "ChatClient", "PendingMessage"]
+__all__ = ["DEFAULT_BACKOFF", "ChatClient"]
 
 _Answer = TypeVar("_Answer", bound=ServerEvent)
 
 #: Reconnect policy by default: base 0.5 s, cap 30 s, reset after 10 s online.
 DEFAULT_BACKOFF = Backoff()
-
-
-async def _settled(callbacks: list[Callable[[], None]], done: bool) -> None:
-    """Wait until the item whose *callbacks* these are is settled (at once
-    when *done*)."""
-    if done:
-        await trio.lowlevel.checkpoint()
-        return
-    settled = trio.Event()
-    callbacks.append(settled.set)
-    try:
-        await settled.wait()
-    finally:
-        if settled.set in callbacks:
-            callbacks.remove(settled.set)
-
-
-class PendingMessage:
-    """A chat or direct message the client is delivering (see :meth:`ChatClient.post`).
-
-    ``await message.wait()`` returns the server's ack once it arrives, across
-    reconnects, or raises :class:`ClientError`.
-    """
-
-    def __init__(self, link: ClientLink, entry: Outgoing) -> None:
-        self._link = link
-        self._entry = entry
-
-    @property
-    def ref(self) -> str:
-        return self._entry.ref
-
-    @property
-    def content(self) -> str:
-        return self._entry.content
-
-    @property
-    def target(self) -> str:
-        """The room (chat) or user (direct) it goes to."""
-        return self._entry.target
-
-    @property
-    def done(self) -> bool:
-        return self._entry.done
-
-    async def wait(self) -> ChatAck | DirectAck:
-        """The ack; raises :class:`ClientError` if the message was refused."""
-        await _settled(self._entry.callbacks, self._entry.done)
-        if self._entry.error is not None:
-            raise self._entry.error
-        assert self._entry.ack is not None
-        return self._entry.ack
-
-    def cancel(self) -> None:
-        """Stop delivering it (no re-send).  A copy already written may still
-        be published by the server."""
-        self._link.state.withdraw(self._entry)
-        self._link.notify()
 
 
 class ChatClient:
@@ -420,7 +362,7 @@ class ChatClient:
         """Wake the writer for *call*; wait for its answer, of type *kind*."""
         self._link.notify()
         try:
-            await _settled(call.callbacks, call.done)
+            await settled(call.callbacks, call.done)
         except trio.Cancelled:
             self._state.calls.withdraw(call)
             raise

@@ -6,7 +6,8 @@ to stay within the server's rate limit), which rooms to re-join and from which
 message id, which unacknowledged messages to re-send with their original
 ``ref``, which received messages are new, and which call an answer
 settles.  The pacing is :mod:`trio_chat._client_pacing`'s, the calls are
-:mod:`trio_chat._client_calls`'s.  The trio layer in
+:mod:`trio_chat._client_calls`'s, the messages on their way
+:mod:`trio_chat._client_outbox`'s.  The trio layer in
 :mod:`trio_chat._client_link` feeds it server events and connection changes,
 writes the frames it hands out and delivers the events it returns.
 
@@ -42,6 +43,7 @@ import attrs
 
 from ._client_calls import Call, CallBook
 from ._client_messages import message_frame
+from ._client_outbox import Outbox, left_before_ack
 from ._client_pacing import Pacer
 from ._client_records import JoinWaiter, Outgoing, Presence, RoomState, new_ref
 from ._client_types import ClientError
@@ -80,12 +82,6 @@ _CHANGES = (MessageEdited, MessageDeleted, ReactionChanged)
 _PASSED_ON = (PresenceUpdate, DirectMessage, TypingNotice, TypingWith, *_CHANGES)
 
 
-def _left_before_ack(entry: Outgoing) -> ClientError:
-    return ClientError(
-        0, f"left room {entry.target!r} before the message was acknowledged", ref=entry.ref
-    )
-
-
 @attrs.define
 class ClientState:
     """Everything the reconnecting client knows and decides, without I/O.
@@ -111,7 +107,7 @@ class ClientState:
     session_id: str | None = None
     limits: dict[str, Any] = attrs.Factory(dict)
     rooms: dict[str, RoomState] = attrs.Factory(dict)
-    outbox: list[Outgoing] = attrs.Factory(list)
+    outbox: Outbox = attrs.Factory(Outbox)
     #: Frames for the current connection that go out first (join, leave, typing).
     control: deque[str] = attrs.Factory(deque)
     presence: Presence = attrs.Factory(Presence)
@@ -150,23 +146,13 @@ class ClientState:
             room.join_sent_on = None
             if not room.wanted:
                 room.settle_leave()  # gone with the connection
-        for entry in list(self.outbox):
-            if entry.kind == "chat":
-                target = self.rooms.get(entry.target)
-                if target is None or not target.wanted:
-                    self._fail(entry, _left_before_ack(entry))
-                    continue
-            if entry.sent_on == self.serial:
-                given_up = entry.dropped(self.max_send_attempts)
-                if given_up is not None:
-                    self._fail(entry, given_up)
+        self.outbox.connection_lost(self.serial, self._wanted, self.max_send_attempts)
 
     def close(self, reason: str) -> None:
         """The client stopped for good: settle everything still waiting."""
         self.connection_lost()
         self.calls.close(f"the client is closed: {reason}")
-        for entry in list(self.outbox):
-            self._fail(entry, ClientError(0, f"the client is closed: {reason}", ref=entry.ref))
+        self.outbox.close(reason)
         for room in self.rooms.values():
             room.settle_join(ClientError(0, f"the client is closed: {reason}"))
             room.settle_leave()
@@ -209,15 +195,9 @@ class ClientState:
         gone = ClientError(0, f"left room {name!r}")
         room.settle_join(gone)
         self.calls.fail_room(name, 0, f"left room {name!r}")
-        for entry in list(self.outbox):
-            # Messages already written on this connection are answered
-            # before the server's ``left``; the others are given up.
-            if (
-                entry.kind == "chat"
-                and entry.target == name
-                and (not self.online or entry.sent_on != self.serial)
-            ):
-                self._fail(entry, _left_before_ack(entry))
+        # Messages already written on this connection are answered before
+        # the server's ``left``; the others are given up.
+        self.outbox.fail_room(name, left_before_ack, keep=self.serial if self.online else None)
         in_room = self.serial in (room.joined_on, room.join_sent_on)
         room.joined_on = None
         room.join_sent_on = None
@@ -230,30 +210,11 @@ class ClientState:
 
     def submit(self, kind: str, target: str, content: str) -> Outgoing:
         """Queue a chat (*target*: room) or direct (*target*: user)."""
-        if kind == "chat":
-            if not is_valid_room(target):
-                raise ClientError(400, f"not a valid room name: {target!r}")
-            room = self.rooms.get(target)
-            if room is None or not room.wanted:
-                raise ClientError(403, f"join room {target!r} before sending to it")
-        elif kind == "direct":
-            if not is_valid_user_id(target):
-                raise ClientError(400, f"not a valid user id: {target!r}")
-        else:
-            raise ValueError(f"unknown message kind {kind!r}")
-        if not isinstance(content, str) or not content:
-            raise ClientError(400, "content must be a non-empty string")
-        entry = Outgoing(kind, target, content)
-        problem = entry.problem(self.limits)
-        if problem is not None:
-            raise problem
-        self.outbox.append(entry)
-        return entry
+        return self.outbox.submit(kind, target, content, self.limits, self._wanted)
 
     def withdraw(self, entry: Outgoing) -> None:
         """Give up on *entry* (its sender stopped waiting)."""
-        if entry in self.outbox:
-            self.outbox.remove(entry)
+        self.outbox.withdraw(entry)
 
     def set_presence(self, status: str, text: str | None) -> None:
         self.presence.set(status, text)
@@ -282,6 +243,10 @@ class ClientState:
         # A reaction toggles: written twice, it could be undone.
         resend = not isinstance(event, React)
         return self.calls.submit(ref, frame, room=room, paced=True, resend=resend)
+
+    def _wanted(self, name: str) -> bool:
+        room = self.rooms.get(name)
+        return room is not None and room.wanted
 
     def _joined_now(self, name: str) -> bool:
         room = self.rooms.get(name)
@@ -314,7 +279,7 @@ class ClientState:
                 return wait
             self._record_sent(now)
             return self.presence.frame(self.serial)
-        for entry in list(self.outbox):
+        for entry in self.outbox:
             if entry.sent_on == self.serial:
                 continue  # in flight on this connection
             if entry.kind == "chat":
@@ -323,7 +288,7 @@ class ClientState:
                     continue
             problem = entry.problem(self.limits)
             if problem is not None:
-                self._fail(entry, problem)
+                self.outbox.fail(entry, problem)
                 continue
             wait = self._pace_delay(now)
             if wait > 0:
@@ -356,10 +321,6 @@ class ClientState:
         self.join_refs[ref] = room.name
         self.control.append(encode_client_event(Join(room.name, since, ref)))
 
-    def _fail(self, entry: Outgoing, error: ClientError) -> None:
-        self.withdraw(entry)
-        entry.settle(None, error)
-
     # ------------------------------------------------------------ reading
 
     def receive(self, event: ServerEvent, now: float) -> list[Emitted]:
@@ -377,10 +338,7 @@ class ClientState:
         if isinstance(event, ChatAck):
             return self._on_chat_ack(event)
         if isinstance(event, DirectAck):
-            entry = self._entry(event.ref)
-            if entry is not None:
-                self.withdraw(entry)
-                entry.settle(event, None)
+            self.outbox.acknowledge(event)
             return []
         if isinstance(event, Joined):
             return self._on_joined(event)
@@ -400,20 +358,10 @@ class ClientState:
             return [event]
         return []  # a second welcome, or something newer: nothing to do
 
-    def _entry(self, ref: str | None) -> Outgoing | None:
-        if ref is None:
-            return None
-        for entry in self.outbox:
-            if entry.ref == ref:
-                return entry
-        return None
-
     def _on_chat_ack(self, ack: ChatAck) -> list[Emitted]:
-        entry = self._entry(ack.ref)
+        entry = self.outbox.acknowledge(ack)
         if entry is None:
             return []  # given up on, or not ours
-        self.withdraw(entry)
-        entry.settle(ack, None)
         room = self.rooms.get(entry.target)
         if room is None or not room.wanted or self.user_id is None:
             return []
@@ -448,12 +396,12 @@ class ClientState:
 
     def _on_error(self, error: ErrorEvent, now: float) -> list[Emitted]:
         ref = error.ref
-        entry = self._entry(ref)
+        entry = self.outbox.find(ref)
         if entry is not None:
             if self._hold(error, now):
                 entry.sent_on = None
                 return [error]
-            self._fail(
+            self.outbox.fail(
                 entry,
                 ClientError(
                     error.code, error.message, ref=ref, retry_after_ms=error.retry_after_ms
@@ -476,16 +424,14 @@ class ClientState:
                 self.calls.fail_room(
                     name, error.code, f"cannot join room {name!r}: {error.message}"
                 )
-                for queued in list(self.outbox):
-                    if queued.kind == "chat" and queued.target == name:
-                        self._fail(
-                            queued,
-                            ClientError(
-                                error.code,
-                                f"cannot join room {name!r}: {error.message}",
-                                ref=queued.ref,
-                            ),
-                        )
+                self.outbox.fail_room(
+                    name,
+                    lambda queued: ClientError(
+                        error.code,
+                        f"cannot join room {name!r}: {error.message}",
+                        ref=queued.ref,
+                    ),
+                )
                 return [] if had_waiters else [error]
         return [error]
 

@@ -32,9 +32,10 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ._chat_client import DEFAULT_BACKOFF, ChatClient, PendingMessage
+from ._chat_client import DEFAULT_BACKOFF, ChatClient
 from ._client_link import Token
 from ._client_messages import Conversation, Conversations, MessagePage
+from ._client_pending import PendingMessage
 from ._client_types import Backoff, ClientError, ConnectError, ConnectionState, StateChanged
 from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._protocol import (
