@@ -11,10 +11,12 @@ descriptors return to where they started.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
 import os
+import pkgutil
 import subprocess
 import sys
 import time
@@ -35,7 +37,7 @@ import trio_chat
 from trio_chat import Config
 from trio_chat._auth import Rejection, TokenAuthenticator, make_token
 from trio_chat._http import MAX_HEAD_BYTES
-from trio_chat._logging import SampledLog, TextFormatter, escape
+from trio_chat._logging import LOGGERS, EscapeFilter, SampledLog, TextFormatter, escape
 from trio_chat._metrics import count_tasks
 from trio_chat._testing_server import (
     open_memory_server,
@@ -417,6 +419,47 @@ async def test_client_strings_cannot_forge_log_lines():
     assert any("reason=bye\\n2026-12-02 06:00:00" in line for line in lines), lines
     assert any("origin 'http://evil" in line and "x9b2J'" in line for line in lines), lines
     assert not any("\x85" in line or "\x9b" in line for line in lines)
+
+
+async def test_an_embedders_own_formatter_gets_client_strings_escaped():
+    # An embedder logging with a handler and formatter of its own (what
+    # logging.basicConfig puts on the root logger) gets the same escapes:
+    # they are made on trio_chat's loggers, before any handler sees a record.
+    forged = "2026-12-03 07:00:00,000 INFO trio_chat.server: connect user=admin peer=10.0.0.1"
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    logger = logging.getLogger("trio_chat")
+    root.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async with open_test_server() as server:
+            async with _ws_from(server.port, "127.0.0.1", "/ws?user=mallory") as ws:
+                await ws.get_message()
+                await ws.aclose(1000, "bye\n" + forged)
+            await _until(lambda: "disconnect user=mallory" in out.getvalue())
+    finally:
+        root.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = out.getvalue().splitlines()
+    (disconnect,) = [line for line in lines if "disconnect user=mallory" in line]
+    assert disconnect.endswith("reason=bye\\n" + forged), disconnect
+    assert not [line for line in lines if line.startswith(forged[:23])], lines
+
+
+def test_every_logger_of_trio_chat_escapes():
+    # Each module's logger is one of LOGGERS, which carry the escaping filter.
+    loggers = set()
+    for info in pkgutil.iter_modules(trio_chat.__path__):
+        if not info.name.startswith("__"):
+            module = importlib.import_module(f"trio_chat.{info.name}")
+            loggers.update(v for v in vars(module).values() if isinstance(v, logging.Logger))
+    assert {logger.name for logger in loggers} <= set(LOGGERS)
+    assert len(loggers) >= 8
+    for name in LOGGERS:
+        assert any(isinstance(f, EscapeFilter) for f in logging.getLogger(name).filters), name
 
 
 async def test_a_flood_of_refused_handshakes_logs_one_line_per_interval():

@@ -1,11 +1,14 @@
 """Logging to stderr, as text or as one JSON object per line.
 
 Log lines carry strings that clients chose (close reasons, user names,
-paths, origins).  The JSON format escapes them by construction; the text
-format escapes every control character of the message (newlines included)
-as ``\\n``, ``\\x1b``, ``\\u202e``..., so a client cannot forge a line or
-hide text.  :class:`SampledLog` keeps floods of one kind of event (refused
-handshakes, shed connections) to one full line per interval plus a count.
+paths, origins).  :class:`EscapeFilter`, attached to each of trio_chat's
+loggers when this module is imported, escapes every control character of
+a record's message (newlines included) as ``\\n``, ``\\x1b``,
+``\\u202e``... before any handler sees it, so that whatever handler and
+formatter print it -- ours, or an embedder's own -- a client cannot forge a
+line or hide text.  :class:`SampledLog` keeps floods of one kind of event
+(refused handshakes, shed connections) to one full line per interval plus a
+count.
 """
 
 from __future__ import annotations
@@ -18,7 +21,22 @@ import time
 
 import attrs
 
-__all__ = ["SampledLog", "TextFormatter", "configure_logging", "escape"]
+__all__ = ["LOGGERS", "EscapeFilter", "SampledLog", "TextFormatter", "configure_logging", "escape"]
+
+#: Every logger trio_chat logs to (``tests/test_abuse_http.py`` checks that
+#: each module's logger is one of them).
+LOGGERS = (
+    "trio_chat.backplane",
+    "trio_chat.client",
+    "trio_chat.commands",
+    "trio_chat.connection",
+    "trio_chat.hub",
+    "trio_chat.moderation",
+    "trio_chat.policy",
+    "trio_chat.server",
+    "trio_chat.websocket",
+    "trio_chat.workers",
+)
 
 #: C0 and C1 controls, DEL, the line and paragraph separators and the bidi
 #: controls (embeddings, overrides, isolates, marks): everything that can end
@@ -49,23 +67,39 @@ def clip(text: str, limit: int = 80) -> str:
     return f"{text[:limit]}...({len(text)} chars)"
 
 
-class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message``, the message escaped (see :func:`escape`).
+class EscapeFilter(logging.Filter):
+    """Escapes a record's message (see :func:`escape`) for every handler.
 
-    A traceback still follows on its own lines: it is the server's, not a
-    client's (clients' strings inside it appear as ``repr``).
+    A message with nothing to escape is left as it is (its arguments
+    too); one with something to escape becomes the escaped text, without
+    arguments.  A traceback is left alone: it is the server's, not a
+    client's (clients' strings inside it appear as ``repr``).  A record whose
+    arguments do not fit its message is left for the handler to report.
     """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - the handler's format() reports it
+            return True
+        escaped = escape(message)
+        if escaped != message:
+            record.msg = escaped
+            record.args = None
+        return True
+
+
+_ESCAPE = EscapeFilter()
+for _name in LOGGERS:
+    logging.getLogger(_name).addFilter(_ESCAPE)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message`` (the message already escaped by
+    :class:`EscapeFilter`); a traceback follows on its own lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        original = record.message
-        record.message = escape(original)
-        try:
-            return super().formatMessage(record)
-        finally:
-            record.message = original
 
 
 class JsonFormatter(logging.Formatter):
