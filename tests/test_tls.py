@@ -212,3 +212,146 @@ async def test_cli_serves_wss(tls_files, client_context):
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+
+
+# ---------------------------------------------------------------- refusals at accept
+
+
+async def _bytes_until_closed(stream: trio.abc.Stream) -> bytes:
+    """Everything the server sends on *stream* until it closes it (a reset
+    included)."""
+    data = b""
+    try:
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    except trio.BrokenResourceError:
+        pass
+    return data
+
+
+async def test_a_refusal_at_accept_on_tls_is_a_bare_close_at_once(tls_files, autojump_clock):
+    # Counted like any refusal, then closed at once: no wait for a request
+    # (a plain listener waits up to REFUSAL_LINGER for the head it answers).
+    certfile, keyfile = tls_files
+    config = Config(certfile=certfile, keyfile=keyfile, max_connections_per_ip=1)
+    async with open_memory_server(config) as server:
+        held = open_memory_stream(server)
+        async with held:
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.stats().tcp_connections == 1
+            refused = open_memory_stream(server)
+            async with refused:
+                start = trio.current_time()
+                assert await _bytes_until_closed(refused) == b""
+                assert trio.current_time() == start
+            assert server.stats().connections_refused == {429: 1}
+
+
+async def test_over_the_per_ip_limit_a_tls_client_is_closed_without_a_byte(
+    tls_files, client_context
+):
+    certfile, keyfile = tls_files
+    config = Config(port=0, certfile=certfile, keyfile=keyfile, max_connections_per_ip=1)
+    async with open_test_server(config) as server:
+        async with wss_client(server.url + "?user=alice", client_context):
+            # A request in clear gets no plain 429 back on the TLS port ...
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                with trio.fail_after(10):
+                    assert await _bytes_until_closed(stream) == b""
+            # ... and a TLS client's handshake just fails.
+            tls = trio.SSLStream(
+                await trio.open_tcp_stream("127.0.0.1", server.port),
+                client_context,
+                server_hostname="127.0.0.1",
+            )
+            with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+                await tls.do_handshake()
+            await tls.transport_stream.aclose()
+            assert server.stats().connections_refused == {429: 2}
+        with trio.fail_after(10):
+            while server.stats().tcp_connections:
+                await trio.sleep(0.01)
+        # The address is welcome again once it is under the limit.
+        reply = await http_request(server.port, "GET", "/healthz", ssl_context=client_context)
+        assert reply.status == 200
+
+
+#: Sets the child's descriptor limit, then runs the command line.
+_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))
+from trio_chat._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_out_of_descriptors_a_tls_listener_sheds_with_bare_closes(tls_files, client_context):
+    # Every descriptor held by a TLS handshake not begun (nothing idle to
+    # close): the clients waiting beyond them are closed one by one through
+    # the reserve descriptor, without a byte (no plain 503), and the server
+    # serves TLS again once descriptors are free.
+    certfile, keyfile = tls_files
+    limit, clients = 64, 100
+    argv = [sys.executable, "-c", _LIMITED.format(limit=limit), "serve", "--port", "0"]
+    argv += ["--store", "memory", "--certfile", certfile, "--keyfile", keyfile]
+    argv += ["--max-connections-per-ip", "100000", "--max-handshakes-per-ip", "100000"]
+    argv += ["--handshake-timeout", "60", "--log-format", "json"]
+    proc = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        out = b""
+        with trio.fail_after(20):
+            while b"/ws" not in out:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "the server exited"
+                out += chunk
+        port = int(out.split(b"wss://127.0.0.1:")[1].split(b"/")[0])
+        fds_at_start = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        closed: list[bytes] = []
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(clients)]
+        async with trio.open_nursery() as nursery:
+
+            async def watch(stream: trio.abc.Stream) -> None:
+                closed.append(await _bytes_until_closed(stream))
+
+            for stream in streams:
+                nursery.start_soon(watch, stream)
+            with trio.fail_after(10):
+                while len(closed) < clients - limit:
+                    await trio.sleep(0.01)
+            assert set(closed) == {b""}
+            nursery.cancel_scope.cancel()
+        for stream in streams:
+            await stream.aclose()
+        with trio.fail_after(10):
+            while len(os.listdir(f"/proc/{proc.pid}/fd")) > fds_at_start:
+                await trio.sleep(0.01)
+        # (The reserve's last accept may still take the next client to come,
+        # whoever it is: that client sees a closed connection and tries again.)
+        for attempt in range(5):
+            try:
+                reply = await http_request(port, "GET", "/metrics", ssl_context=client_context)
+                break
+            except trio.BrokenResourceError:
+                assert attempt < 4
+                await trio.sleep(0.2)
+        assert 'trio_chat_load_shed_total{action="refused_503"}' in reply.body.decode()
+        shed = [
+            line
+            for line in reply.body.decode().splitlines()
+            if line.startswith('trio_chat_load_shed_total{action="refused_503"}')
+        ]
+        assert float(shed[0].split()[-1]) >= clients - limit
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:  # pragma: no cover
+            proc.kill()
+            await proc.wait()
+    logged = [json.loads(line) for line in (await proc.stderr.receive_some(1 << 20)).splitlines()]
+    assert any("out of file descriptors" in entry["message"] for entry in logged)

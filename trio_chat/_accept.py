@@ -9,8 +9,9 @@ When the process runs out of file descriptors (``EMFILE``/``ENFILE`` at
 accept) the accept loop sheds load instead of retrying in a hot loop: it
 closes the oldest quarter of the idle HTTP connections; if none is idle it
 answers the next waiting client 503 through a descriptor kept in reserve
-for this; for :data:`PRESSURE_SECONDS` after, plain HTTP requests are
-answered 503 and their connections closed (WebSocket upgrades still pass).
+for this (on TLS: closes it unanswered, see :meth:`Front.refuse`); for
+:data:`PRESSURE_SECONDS` after, plain HTTP requests are answered 503 and
+their connections closed (WebSocket upgrades still pass).
 One warning per ``log_interval`` says so, then a count; never a traceback.
 
 Also here: who an accepted stream is from (:func:`peer_of`, :func:`local_of`)
@@ -159,12 +160,17 @@ class Front:
         max_connections: connections open at once, server-wide (more: 503).
         ip_limits: the per-IP limiter (more than its cap from one IP: 429).
         sampled: the server's sampled log (one line per kind per interval).
+        tls: the listeners speak TLS: a refusal at accept is a bare close
+            (see :meth:`refuse`).
     """
 
-    def __init__(self, max_connections: int, ip_limits: IpLimiter, sampled: SampledLog) -> None:
+    def __init__(
+        self, max_connections: int, ip_limits: IpLimiter, sampled: SampledLog, *, tls: bool = False
+    ) -> None:
         self.max_connections = max_connections
         self.ip_limits = ip_limits
         self.sampled = sampled
+        self.tls = tls
         self.idle = IdleConnections()
         #: connections admitted and not yet closed (HTTP and WebSocket)
         self.open = 0
@@ -174,7 +180,7 @@ class Front:
         self.exhausted = 0
         #: idle HTTP connections closed to free descriptors
         self.shed_idle = 0
-        #: clients answered 503 through the reserve descriptor
+        #: clients answered 503 (on TLS: closed) through the reserve descriptor
         self.shed_refused = 0
         #: plain HTTP requests answered 503 under descriptor pressure
         self.shed_requests = 0
@@ -209,19 +215,21 @@ class Front:
         self.shed_requests += 1
 
     async def refuse(self, stream: trio.abc.Stream, refusal: IpRefusal, peer: str) -> None:
-        """Answer a connection over a limit with *refusal* (the caller closes it).
+        """Count and log a connection over a limit, and answer it with
+        *refusal* (the caller closes it).
 
         The request head is awaited for up to :data:`REFUSAL_LINGER`, by at
         most :data:`MAX_LINGERING` refusals at once; beyond those the
-        connection is closed without an answer.  Never for TLS (the caller
-        just closes): a plain answer means nothing to a TLS client, and a TLS
+        connection is closed without an answer.  On TLS it returns at once,
+        for a bare close: a plain answer means nothing to a TLS client (and
+        must never be written where it expects TLS records), and a TLS
         handshake costs too much for a refusal.
         """
         status = refusal.status
         self.refused[status] = self.refused.get(status, 0) + 1
         if self.sampled.hit(f"connection refused {status}", trio.current_time()):
             log.info("connection refused peer=%s status=%d reason=%s", peer, status, refusal.reason)
-        if self._lingering >= MAX_LINGERING:
+        if self.tls or self._lingering >= MAX_LINGERING:
             return
         self._lingering += 1
         try:
@@ -316,7 +324,7 @@ class Front:
 
     async def _answer_with_reserve(self, listener: trio.SocketListener) -> int:
         """Accept one waiting client on the reserve descriptor and answer it
-        503 at once; 1 if one was answered.
+        503 at once (on TLS: close it unanswered); 1 if one was answered.
 
         trio's accept tries accept(2) before it first yields, so no other
         task can take the freed descriptor in between.
@@ -332,7 +340,8 @@ class Front:
             stream = None
         finally:
             if stream is not None:
-                _answer_now(stream.socket, refusal_bytes(503, "server overloaded"))
+                answer = b"" if self.tls else refusal_bytes(503, "server overloaded")
+                _answer_now(stream.socket, answer)
             self.open_reserve()
         if stream is None:
             return 0
@@ -390,7 +399,7 @@ def _accept_waiting(twin: socket.socket) -> Iterator[tuple[trio.SocketStream, st
 
 
 def _answer_now(sock: trio.socket.SocketType, response: bytes) -> None:
-    """Write *response* if the socket takes it at once, then close it.
+    """Write *response* (if any) if the socket takes it at once, then close it.
 
     Whatever request already arrived is read first, so that the close is
     less likely to reset the connection and lose the answer.
@@ -401,7 +410,8 @@ def _answer_now(sock: trio.socket.SocketType, response: bytes) -> None:
             os.read(fd, 65536)
         except BlockingIOError:
             pass
-        os.write(fd, response)
+        if response:
+            os.write(fd, response)
     except OSError:
         pass
     finally:

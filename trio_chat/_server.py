@@ -104,7 +104,7 @@ class ChatServer(EmbeddingApi, ModerationApi):
         self.started_at = time.monotonic()
         self._ip_limits = IpLimiter(config.max_connections_per_ip, config.max_handshakes_per_ip)
         self._sampled = SampledLog(config.log_interval)
-        self._front = Front(config.max_connections, self._ip_limits, self._sampled)
+        self._front = Front(config.max_connections, self._ip_limits, self._sampled, tls=config.tls)
         self.metrics.registry.register(FrontMetrics(self._front))
         self._connections: set[Connection] = set()
         self._app = HttpApp(
@@ -255,7 +255,8 @@ class ChatServer(EmbeddingApi, ModerationApi):
         address the client reached; by default it is read from the socket
         (None for an in-memory stream).  The stream
         counts against the server-wide and per-IP connection limits until it
-        closes; over one, it is answered 503 or 429 and closed.
+        closes; over one, it is answered 503 or 429 and closed (on TLS:
+        closed unanswered, before any TLS byte).
         """
         if peer is None:
             peer = peer_of(transport)
@@ -265,8 +266,7 @@ class ChatServer(EmbeddingApi, ModerationApi):
         refusal = self._front.admit(key)
         if refusal is not None:
             try:
-                if self._ssl_context is None:
-                    await self._front.refuse(transport, refusal, peer)
+                await self._front.refuse(transport, refusal, peer)
             finally:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
                     await transport.aclose()
