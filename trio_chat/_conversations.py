@@ -13,13 +13,21 @@ Pure and synchronous: no I/O, no clock.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import attrs
 
 from ._log import History, RoomLog
-from ._protocol import ProtocolError
+from ._protocol import ChatMessage, DirectMessage, ProtocolError
 
-__all__ = ["Conversations", "conversation_name", "conversation_users", "is_conversation"]
+__all__ = [
+    "Conversations",
+    "conversation_name",
+    "conversation_users",
+    "direct_payload",
+    "direct_view",
+    "is_conversation",
+]
 
 
 def conversation_name(a: str, b: str) -> str:
@@ -36,6 +44,20 @@ def conversation_users(name: str) -> tuple[str, str]:
     """The two users of the conversation whose log name is *name*."""
     a, _, b = name.partition(" ")
     return a, b
+
+
+def direct_view(payload: dict[str, Any]) -> dict[str, Any]:
+    """A chat payload of a conversation's log as a ``direct`` payload."""
+    view = dict(payload)
+    a, b = conversation_users(view.pop("room"))
+    sender = view.pop("user_id")
+    return {"id": view.pop("id"), "from": sender, "to": b if sender == a else a, **view}
+
+
+def direct_payload(message: ChatMessage) -> dict[str, Any]:
+    """A message of a conversation's log as a ``direct`` payload."""
+    a, b = conversation_users(message.room)
+    return DirectMessage.stored(message, b if message.user_id == a else a).payload()
 
 
 @attrs.define

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._auth import room_allowed
+from ._conversations import direct_payload
 from ._log import RoomLog
 from ._protocol import ConversationList, System
 from ._room_core import Delivery, Key, Reply
@@ -121,6 +122,6 @@ def conversation_list(state: HubState, user_id: str, ref: str | None) -> Convers
         read, unread, mentions = unread_counts(state, user_id, log)
         item: dict[str, Any] = {"with": other, "last_id": log.last_id}
         item.update(read=read, unread=unread, mentions=mentions)
-        item["last"] = state.direct_payload(last) if last is not None else None
+        item["last"] = direct_payload(last) if last is not None else None
         items.append(item)
     return ConversationList(items, truncated, ref)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._conversations import direct_view
 from ._log import History
 from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, MessageFrame, React, ReadHistory
@@ -113,7 +114,7 @@ def apply_message_frame(
     if isinstance(event, ReadHistory):
         messages, truncated = history_page(target.log, event.since, event.before)
         if target.with_ is not None:
-            messages = [state.direct_view(payload) for payload in messages]
+            messages = [direct_view(payload) for payload in messages]
         return state.answer(key, HistoryPage(target.room, target.with_, messages, truncated, ref))
     if not isinstance(event, Edit | Delete | React):
         raise TypeError(f"not a message frame: {event!r}")

@@ -1,7 +1,9 @@
 """The hub's bookkeeping as a pure, synchronous state machine (memory and SQLite).
 
-:class:`HubState` owns rooms, presence, and (through :mod:`trio_chat._log`)
-message ids, history and ``ref`` de-duplication, on the connections, users,
+:class:`HubState` owns rooms (a :class:`~trio_chat._room_table.RoomTable`)
+with their topics, presence, read markers, and (through
+:mod:`trio_chat._log`) message ids, history and ``ref`` de-duplication, on
+the connections, users,
 quotas and dispatch it shares with the Redis store's state
 (:class:`~trio_chat._room_core.RoomCore`).  Each
 method applies one command and returns the :class:`Delivery` list it causes
@@ -16,13 +18,12 @@ Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._conversations import Conversations, conversation_users, is_conversation
+from ._conversations import Conversations, is_conversation
 from ._hub_directory import (
     JOINED_OVERHEAD,
     conversation_list,
@@ -59,6 +60,7 @@ from ._protocol import (
 )
 from ._room_core import Conn, Delivery, Encoded, HubStats, Key, Post, Reply, RoomCore
 from ._room_frames import ListRooms, MarkRead, SetTopic
+from ._room_table import DirectoryEntry, Room, RoomTable
 from ._sizes import newest_within, payload_bound, payload_bytes, utf8_len
 
 if TYPE_CHECKING:
@@ -79,20 +81,6 @@ __all__ = [
 def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
     """What is left of *budget* for a ``joined``'s history after the rest."""
     return budget - JOINED_OVERHEAD - len(room) - sum(utf8_len(m) + 3 for m in members)
-
-
-@attrs.define
-class _Room:
-    log: RoomLog
-    #: Member connections, in join order (a dict used as an ordered set).
-    conns: dict[Key, None] = attrs.Factory(dict)
-    #: Member users and how many of their connections are in the room.
-    users: dict[str, int] = attrs.Factory(dict)
-    #: The connection that created it, while it is connected.
-    creator: Key | None = None
-    #: The client whose quota it counts against.
-    client: str | None = None
-    topic: str | None = None
 
 
 @attrs.define
@@ -159,19 +147,12 @@ class HubState(RoomCore["_User"]):
     read_markers_per_user: int = 1000
     max_read_markers: int = 100_000
 
-    _rooms: OrderedDict[str, _Room] = attrs.field(init=False, factory=OrderedDict)
-    #: The rooms without members, least recently used first.
-    _empty: OrderedDict[str, None] = attrs.field(init=False, factory=OrderedDict)
+    _rooms: RoomTable = attrs.field(init=False, factory=RoomTable)
     _messages: int = attrs.field(init=False, default=0)
     history: History = attrs.field(init=False)
     refs: RefMemory = attrs.field(init=False)
     conversations: Conversations = attrs.field(init=False)
     markers: ReadMarkers = attrs.field(init=False)
-    #: The rooms as ``rooms`` lists them (see :meth:`directory`), until a
-    #: room, its member count or its topic changes.
-    _directory: list[tuple[str, int, str | None, str]] | None = attrs.field(
-        init=False, default=None
-    )
 
     def __attrs_post_init__(self) -> None:
         self.history = History(
@@ -216,10 +197,11 @@ class HubState(RoomCore["_User"]):
             if not log.entries and topic is None:
                 self.history.drop(log)
                 continue
-            self._rooms[name] = _Room(log, topic=topic)
-            self._empty[name] = None
+            self._rooms.add(name, Room(log, topic=topic))
         while len(self._rooms) > self.max_rooms:
-            self._drop(next(iter(self._empty)))
+            oldest = self._rooms.oldest_empty()
+            assert oldest is not None  # restored rooms have no members
+            self._drop(oldest)
         for user_id, ref, ack in snapshot.refs:
             self.refs.remember(user_id, ref, parse_server_frame(ack))
         for user_id, name, epoch, id_ in snapshot.markers:
@@ -251,44 +233,22 @@ class HubState(RoomCore["_User"]):
         entry = self._rooms.get(room)
         return entry.log if entry else None
 
-    def direct_view(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A chat payload of a conversation's log as a ``direct`` payload."""
-        view = dict(payload)
-        a, b = conversation_users(view.pop("room"))
-        sender = view.pop("user_id")
-        return {"id": view.pop("id"), "from": sender, "to": b if sender == a else a, **view}
-
-    def direct_payload(self, message: ChatMessage) -> dict[str, Any]:
-        """A message of a conversation's log as a ``direct`` payload."""
-        a, b = conversation_users(message.room)
-        return DirectMessage.stored(message, b if message.user_id == a else a).payload()
-
-    # ------------------------------------------------------------ commands
-
     def empty_rooms(self) -> list[str]:
         """Rooms without members, the next to be forgotten first."""
-        return list(self._empty)
+        return self._rooms.empty()
 
     def empty_room_count(self) -> int:
-        return len(self._empty)
+        return self._rooms.empty_count()
 
     def topic(self, room: str) -> str | None:
         entry = self._rooms.get(room)
         return entry.topic if entry else None
 
-    def directory(self) -> list[tuple[str, int, str | None, str]]:
-        """Every room as (name, member users, topic, name and topic
-        case-folded), most members first, then by name."""
-        directory = self._directory
-        if directory is None:
-            directory = self._directory = sorted(
-                (
-                    (name, len(e.users), e.topic, f"{name}\n{e.topic or ''}".casefold())
-                    for name, e in self._rooms.items()
-                ),
-                key=lambda item: (-item[1], item[0]),
-            )
-        return directory
+    def directory(self) -> list[DirectoryEntry]:
+        """Every room as ``rooms`` lists it (:meth:`RoomTable.directory`)."""
+        return self._rooms.directory()
+
+    # ------------------------------------------------------------ topics
 
     def change_topic(self, room: str, topic: str, ref: str | None = None) -> list[Key]:
         """Set *room*'s topic (``""`` clears it); the room's connections.
@@ -297,7 +257,7 @@ class HubState(RoomCore["_User"]):
         if entry is None:
             raise ProtocolError(404, f"room {room!r} does not exist", ref)
         entry.topic = topic or None
-        self._directory = None
+        self._rooms.changed()
         self.history.keep(entry.log)
         self.history.record(TopicOp(room, entry.topic))
         return list(entry.conns)
@@ -326,7 +286,7 @@ class HubState(RoomCore["_User"]):
             if not post.create:
                 raise ProtocolError(404, f"room {room!r} does not exist", ref)
             entry = self._room(room, ref)
-        self._rooms.move_to_end(room)
+        self._rooms.used(room)
         message = self.history.append(
             entry.log, user_id, post.content, post.now, format_time(post.now)
         )
@@ -334,11 +294,8 @@ class HubState(RoomCore["_User"]):
         ack = ChatAck(message.id, room, message.time, ref)
         self._remember(user_id, ref, ack)
         self.markers.move(user_id, entry.log, message.id)
-        if not entry.conns:
-            if entry.log.entries or entry.topic is not None:
-                self._empty.move_to_end(room)
-            else:
-                self._drop(room)
+        if not entry.conns and not entry.worth_keeping:
+            self._drop(room)
         others = tuple(k for k in entry.conns if k != sender)
         return [Delivery(message, others), *self.answer(sender, ack)]
 
@@ -354,19 +311,15 @@ class HubState(RoomCore["_User"]):
         ack = DirectAck(to, message.time, ref, message.id)
         self._remember(user_id, ref, ack)
         self.markers.move(user_id, log, message.id)
-        audience = [*self._conns_of(to), *self._conns_of(user_id)]
+        audience = [*self.connections_of(to), *self.connections_of(user_id)]
         sender = post.reply_to
         recipients = tuple(k for k in audience if k != sender)
         event = DirectMessage.stored(message, to)
         return [Delivery(event, recipients), *self.answer(sender, ack)]
 
-    def _conns_of(self, user_id: str) -> list[Key]:
-        user = self._users.get(user_id)
-        return list(user.conns) if user is not None else []
-
     def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
         if isinstance(event, TypingTo):
-            others = tuple(k for k in self._conns_of(event.with_) if k != key)
+            others = tuple(k for k in self.connections_of(event.with_) if k != key)
             notice = TypingWith(conn.user_id, conn.user_id)
             return [Delivery(notice, others, ephemeral=True)] if others else []
         if isinstance(event, ListConversations):
@@ -439,7 +392,7 @@ class HubState(RoomCore["_User"]):
 
     # ------------------------------------------------------------ internals
 
-    def _room(self, name: str, ref: str | None, key: Key = None, conn: Conn | None = None) -> _Room:
+    def _room(self, name: str, ref: str | None, key: Key = None, conn: Conn | None = None) -> Room:
         """The room called *name*, created if new (by connection *key*).
 
         A new room counts against its creator's quotas; when the table is
@@ -450,17 +403,16 @@ class HubState(RoomCore["_User"]):
         if entry is not None:
             return entry
         full = len(self._rooms) >= self.max_rooms
+        oldest = self._rooms.oldest_empty()
         if conn is not None:
-            self._may_create(conn, ref, full and not self._empty)
-        elif full and not self._empty:
+            self._may_create(conn, ref, full and oldest is None)
+        elif full and oldest is None:
             self._refused("server")
             raise ProtocolError(403, "the server's room limit is reached", ref)
-        if full:
-            self._drop(next(iter(self._empty)))
+        if full and oldest is not None:
+            self._drop(oldest)
         client = conn.client if conn is not None else None
-        entry = self._rooms[name] = _Room(self.history.open(name), client=client)
-        self._empty[name] = None
-        self._directory = None
+        entry = self._rooms.add(name, Room(self.history.open(name), client=client))
         if conn is not None:
             entry.creator = key
         self._created(conn, client, name)
@@ -468,9 +420,7 @@ class HubState(RoomCore["_User"]):
 
     def _drop(self, name: str) -> None:
         """Forget an empty room: its ids, history and quota."""
-        entry = self._rooms.pop(name)
-        self._empty.pop(name, None)
-        self._directory = None
+        entry = self._rooms.forget(name)
         self.history.drop(entry.log)
         self._released(entry.creator, entry.client, name)
 
@@ -478,7 +428,7 @@ class HubState(RoomCore["_User"]):
         if self.history_max_age:
             self.history.expire(now)
         entry = self._room(event.room, event.ref, key, conn)
-        self._rooms.move_to_end(event.room)
+        self._rooms.used(event.room)
         deliveries: list[Delivery] = []
         if key in entry.conns:
             # Joined already: every message since its first joined has been
@@ -488,13 +438,13 @@ class HubState(RoomCore["_User"]):
         else:
             others = tuple(entry.conns)
             if not others:
-                del self._empty[event.room]
+                self._rooms.occupied(event.room)
             entry.conns[key] = None
             conn.rooms[event.room] = None
             count = entry.users.get(conn.user_id, 0)
             entry.users[conn.user_id] = count + 1
             if count == 0:
-                self._directory = None
+                self._rooms.changed()
                 # To nobody when the room was empty: still an event of the
                 # room (the hub's observers see it).
                 system = System("join", event.room, conn.user_id)
@@ -525,18 +475,17 @@ class HubState(RoomCore["_User"]):
                 deliveries.append(Delivery(update, (key,), ephemeral=True))
         return deliveries
 
-    def _left(self, key: Key, conn: Conn, room: str, entry: _Room) -> list[Delivery]:
+    def _left(self, key: Key, conn: Conn, room: str, entry: Room) -> list[Delivery]:
         count = entry.users[conn.user_id] - 1
         if count:
             entry.users[conn.user_id] = count
             return []
         del entry.users[conn.user_id]
-        self._directory = None
+        self._rooms.changed()
         leave = Delivery(System("leave", room, conn.user_id), tuple(entry.conns))
         if not entry.conns:
-            if entry.log.entries or entry.topic is not None:
-                self._rooms.move_to_end(room)
-                self._empty[room] = None
+            if entry.worth_keeping:
+                self._rooms.vacated(room)
             else:
                 self._drop(room)
         return [leave]

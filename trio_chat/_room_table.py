@@ -1,0 +1,118 @@
+"""The hub's table of rooms (memory and SQLite stores), in the orders it
+needs them.
+
+:class:`RoomTable` keeps every :class:`Room` by name, least recently used
+first, and the rooms without members in their own least-recently-used
+order (the next to be forgotten when the table is full).  It also keeps the
+room directory as ``rooms`` lists it (most members first, then by name),
+computed once per change of a room, its member count or its topic rather
+than per request.  What a room may be (quotas, refusals) is the hub
+state's to decide; this only keeps the orders.  Pure and synchronous.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import attrs
+
+from ._log import RoomLog
+from ._room_core import Key
+
+__all__ = ["Room", "RoomTable"]
+
+#: A directory entry: name, member users, topic, and name and topic
+#: case-folded (what a query is matched against).
+DirectoryEntry = tuple[str, int, "str | None", str]
+
+
+@attrs.define
+class Room:
+    log: RoomLog
+    #: Member connections, in join order (a dict used as an ordered set).
+    conns: dict[Key, None] = attrs.Factory(dict)
+    #: Member users and how many of their connections are in the room.
+    users: dict[str, int] = attrs.Factory(dict)
+    #: The connection that created it, while it is connected.
+    creator: Key | None = None
+    #: The client whose quota it counts against.
+    client: str | None = None
+    topic: str | None = None
+
+    @property
+    def worth_keeping(self) -> bool:
+        """Whether it is kept without members: it has history or a topic."""
+        return bool(self.log.entries) or self.topic is not None
+
+
+class RoomTable(OrderedDict[str, Room]):
+    """Rooms by name, least recently used first, with the empty ones in
+    their own least-recently-used order.
+
+    Change it through its methods, which keep the orders and the directory
+    right; reading it is reading an ordered dict.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The rooms without members, least recently used first.
+        self._empty: OrderedDict[str, None] = OrderedDict()
+        self._directory: list[DirectoryEntry] | None = None
+
+    def add(self, name: str, room: Room) -> Room:
+        """A new room, without members."""
+        self[name] = room
+        self._empty[name] = None
+        self._directory = None
+        return room
+
+    def forget(self, name: str) -> Room:
+        """Forget *name*."""
+        room = self.pop(name)
+        self._empty.pop(name, None)
+        self._directory = None
+        return room
+
+    def used(self, name: str) -> None:
+        """*name* was used (a join, a message): the last to be forgotten."""
+        self.move_to_end(name)
+        if name in self._empty:
+            self._empty.move_to_end(name)
+
+    def occupied(self, name: str) -> None:
+        """*name* has its first member connection."""
+        del self._empty[name]
+
+    def vacated(self, name: str) -> None:
+        """*name*'s last member connection left (and it is worth keeping)."""
+        self.move_to_end(name)
+        self._empty[name] = None
+
+    def changed(self) -> None:
+        """A room's member users or topic changed."""
+        self._directory = None
+
+    def empty(self) -> list[str]:
+        """The rooms without members, the next to be forgotten first."""
+        return list(self._empty)
+
+    def empty_count(self) -> int:
+        return len(self._empty)
+
+    def oldest_empty(self) -> str | None:
+        """The next room to be forgotten (None: every room has members)."""
+        return next(iter(self._empty), None)
+
+    def directory(self) -> list[DirectoryEntry]:
+        """Every room as (name, member users, topic, name and topic
+        case-folded), most members first, then by name."""
+        directory = self._directory
+        if directory is None:
+            directory = self._directory = sorted(
+                (
+                    (name, len(room.users), room.topic, f"{name}\n{room.topic or ''}".casefold())
+                    for name, room in self.items()
+                ),
+                key=lambda entry: (-entry[1], entry[0]),
+            )
+        return directory
