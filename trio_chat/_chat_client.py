@@ -22,7 +22,8 @@ from ._client_calls import Call
 from ._client_link import ClientLink, Token
 from ._client_messages import Conversations, MessagePage, conversation_list, message_page
 from ._client_pending import PendingMessage, settled
-from ._client_state import ClientState
+from ._client_rooms import RoomListing, room_listing
+from ._client_state import ClientState, Request
 from ._client_types import Backoff, ClientError, ConnectionState
 from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, React, ReadHistory
@@ -35,8 +36,10 @@ from ._protocol import (
     Joined,
     ListConversations,
     ServerEvent,
+    System,
     is_valid_command,
 )
+from ._room_frames import ListRooms, MarkRead, ReadMarker, RoomList, SetTopic
 
 __all__ = ["DEFAULT_BACKOFF", "ChatClient"]
 
@@ -57,8 +60,11 @@ class ChatClient:
     :class:`PresenceUpdate`, :class:`DirectMessage`, :class:`TypingNotice`
     and :class:`TypingWith`, :class:`MessageEdited`, :class:`MessageDeleted`
     and :class:`ReactionChanged` (your own too, once the server answered),
-    :class:`ErrorEvent` (errors no call is waiting for, and 429s the client
-    retries by itself), and :class:`StateChanged` for the connection.
+    :class:`ReadMarker` (the user's read marker moved, here or on another
+    connection; your own once the server answered), a topic's
+    :class:`System` event, :class:`ErrorEvent` (errors no call is waiting
+    for, and 429s the client retries by itself), and :class:`StateChanged`
+    for the connection.
     Iteration ends when the client closes; it raises :class:`ConnectError`
     if the client stopped because reconnecting failed for good.
     """
@@ -140,6 +146,18 @@ class ChatClient:
         """The room's members as last reported by the server, sorted."""
         state = self._state.rooms.get(room)
         return sorted(state.members) if state is not None and state.wanted else []
+
+    def topic(self, room: str) -> str | None:
+        """The topic of *room* as last told (``joined``, ``system`` topic)."""
+        state = self._state.rooms.get(room)
+        info = state.info if state is not None and state.wanted else None
+        return info.topic if info is not None else None
+
+    def read_marker(self, room: str | None, *, with_: str | None = None) -> int:
+        """The user's read marker in *room* (or the conversation *with_*) as
+        the server last told it (``joined``, ``read``, or posting there); 0
+        when it told none."""
+        return self._state.reads.read(room, with_)
 
     def last_id(self, room: str) -> int:
         """The highest message id delivered from *room* (0: none)."""
@@ -345,6 +363,43 @@ class ChatClient:
         token does not allow direct messages."""
         return conversation_list(await self._request(ListConversations(), ConversationList))
 
+    async def mark_read(self, room: str | None, id: int, *, with_: str | None = None) -> ReadMarker:
+        """Record that you have read *room* (joined), or the direct
+        conversation with *with_*, up to message *id*; return the server's
+        ``read`` event with the marker, which your other connections get too.
+
+        A marker never moves back: an *id* at or below the marker the server
+        last told is answered at once with that marker, and nothing is sent.
+        At most one ``read`` of a room or conversation goes out every second;
+        the calls made meanwhile share it, and it asks for the furthest of
+        their ids.  Raises :class:`ClientError`: at once 400 (both or neither
+        of *room* and *with_*, a bad name or id), 403 (*room* not joined);
+        from the server 404 (no such conversation), 501 (a Redis-backed
+        server); 0 when given up after ``max_send_attempts`` drops.
+        """
+        self._link.check_open()
+        outcome = self._state.mark_read(MarkRead(room, with_, id))
+        if isinstance(outcome, ReadMarker):
+            await trio.lowlevel.checkpoint()
+            return outcome
+        return await self._answer(outcome, ReadMarker)
+
+    async def find_rooms(self, query: str | None = None) -> RoomListing:
+        """The rooms you may join (at most 100), most members first, with
+        their member counts and topics; with *query*, those whose name or
+        topic contains it, ignoring case.  Raises :class:`ClientError` 400
+        at once for a *query* over 64 characters, 501 from a Redis-backed
+        server."""
+        return room_listing(await self._request(ListRooms(query), RoomList))
+
+    async def set_topic(self, room: str, topic: str) -> System:
+        """Set the topic of *room* (joined; ``""`` clears it); return the
+        server's ``system`` event (``event`` ``"topic"``, ``text`` the new
+        topic), which every member gets.  Raises :class:`ClientError`: at
+        once 400 (a bad name, a topic over 256 characters), 403 (*room* not
+        joined); 501 from a Redis-backed server."""
+        return await self._request(SetTopic(room, topic), System)
+
     async def typing_to(self, user: str) -> None:
         """Tell *user* you are typing to them (dropped if offline)."""
         self._link.check_open()
@@ -352,9 +407,7 @@ class ChatClient:
         self._link.notify()
         await trio.lowlevel.checkpoint()
 
-    async def _request(
-        self, event: Edit | Delete | React | ReadHistory | ListConversations, kind: type[_Answer]
-    ) -> _Answer:
+    async def _request(self, event: Request, kind: type[_Answer]) -> _Answer:
         self._link.check_open()
         return await self._answer(self._state.request(event), kind)
 

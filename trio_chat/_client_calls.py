@@ -1,11 +1,12 @@
 """The Python client's calls: frames answered by one frame with their ``ref``.
 
-A :class:`Call` is a ``command``, or a message call (``edit``, ``delete``,
-``react``, ``history``, ``conversations``), on its way: queued until a
-connection takes it (a call about a room, until the room is joined on that
-connection).  :class:`CallBook` hands out the frames to write and settles
-each call with the answer that carries its ``ref``: a ``result``, the event
-the call caused, or an ``error``.  A call written on a connection that ends
+A :class:`Call` is a ``command``, a message call (``edit``, ``delete``,
+``react``, ``history``, ``conversations``), a room call (``rooms``,
+``topic``) or a ``read``, on its way: queued until a connection takes it (a
+call about a room, until the room is joined on that connection).
+:class:`CallBook` hands out the frames to write and settles each call with
+the answer that carries its ``ref``: a ``result``, the event the call
+caused, or an ``error``.  A call written on a connection that ends
 before its answer is written again on the next one if that is safe (an
 edit, a delete, a read: doing it twice does it once); a command may not be
 safe to run twice, nor a reaction, which toggles: they fail with code 0.
@@ -36,6 +37,9 @@ class Call:
     paced: bool = False
     #: Written again on the next connection if this one drops first.
     resend: bool = False
+    #: A ``read``: written when the read markers' spacing allows
+    #: (:class:`~trio_chat._client_rooms.ReadMarkers`), not paced.
+    marker: bool = False
     #: Written on the current connection (so it will not be written again).
     written: bool = False
     #: Connections that dropped while it was written and unanswered.
@@ -72,9 +76,10 @@ class CallBook:
         room: str | None = None,
         paced: bool = False,
         resend: bool = False,
+        marker: bool = False,
     ) -> Call:
         """Queue the call *frame*, whose ``ref`` is *ref*."""
-        call = self.calls[ref] = Call(ref, frame, room, paced, resend)
+        call = self.calls[ref] = Call(ref, frame, room, paced, resend, marker=marker)
         return call
 
     def withdraw(self, call: Call) -> None:
@@ -85,7 +90,7 @@ class CallBook:
     def next_unpaced(self) -> str | None:
         """The next command to write, or None (marked written)."""
         for call in self.calls.values():
-            if not call.written and not call.paced:
+            if not call.written and not call.paced and not call.marker:
                 call.written = True
                 return call.frame
         return None

@@ -70,11 +70,17 @@ class MessagePage:
 @attrs.frozen
 class Conversation:
     """A direct conversation of the user's, with ``with_``: ``last_id``
-    numbers its newest message, ``last`` is that message if it is retained."""
+    numbers its newest message, ``last`` is that message if it is retained;
+    ``read`` is the user's read marker in it, ``unread`` how many retained
+    messages after it are from ``with_`` (not deleted), and ``mentions``
+    how many of those mention the user."""
 
     with_: str
     last_id: int
     last: DirectMessage | None
+    read: int = 0
+    unread: int = 0
+    mentions: int = 0
 
 
 @attrs.frozen
@@ -161,7 +167,10 @@ def conversation_list(answer: ConversationList) -> Conversations:
             continue
         peer, last_id = item.get("with"), item.get("last_id")
         if isinstance(peer, str) and type(last_id) is int:
-            entries.append(Conversation(peer, last_id, direct_message(item.get("last"))))
+            counts = [item.get(k) for k in ("read", "unread", "mentions")]
+            read, unread, mentions = (n if type(n) is int else 0 for n in counts)
+            last = direct_message(item.get("last"))
+            entries.append(Conversation(peer, last_id, last, read, unread, mentions))
     return Conversations(tuple(entries), answer.truncated is True)
 
 

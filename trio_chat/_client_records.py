@@ -24,6 +24,7 @@ from ._protocol import (
     ChatMessage,
     DirectAck,
     Joined,
+    System,
 )
 
 __all__ = ["REF_ROOM", "JoinWaiter", "Outgoing", "Presence", "RoomState", "new_ref"]
@@ -213,6 +214,15 @@ class RoomState:
         self.members = set(joined.members)
         self.info = attrs.evolve(joined, history=[])
         return new
+
+    def take_system(self, event: System) -> None:
+        """A member joined or left, or the topic changed (``""``: cleared)."""
+        if event.event == "join":
+            self.members.add(event.user_id)
+        elif event.event == "leave":
+            self.members.discard(event.user_id)
+        elif event.event == "topic" and self.info is not None:
+            self.info = attrs.evolve(self.info, topic=event.text or None)
 
     def settle_join(self, result: Joined | ClientError) -> None:
         waiters, self.join_waiters = self.join_waiters, []

@@ -7,7 +7,8 @@ message id, which unacknowledged messages to re-send with their original
 ``ref``, which received messages are new, and which call an answer
 settles.  The pacing is :mod:`trio_chat._client_pacing`'s, the calls are
 :mod:`trio_chat._client_calls`'s, the messages on their way
-:mod:`trio_chat._client_outbox`'s.  The trio layer in
+:mod:`trio_chat._client_outbox`'s, the read markers
+:mod:`trio_chat._client_rooms`'s.  The trio layer in
 :mod:`trio_chat._client_link` feeds it server events and connection changes,
 writes the frames it hands out and delivers the events it returns.
 
@@ -46,6 +47,7 @@ from ._client_messages import message_frame
 from ._client_outbox import Outbox, left_before_ack
 from ._client_pacing import Pacer
 from ._client_records import JoinWaiter, Outgoing, Presence, RoomState, new_ref
+from ._client_rooms import ReadMarkers, room_frame
 from ._client_types import ClientError
 from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, React, ReadHistory
@@ -70,16 +72,20 @@ from ._protocol import (
     is_valid_room,
     is_valid_user_id,
 )
+from ._room_frames import ListRooms, MarkRead, ReadMarker, SetTopic
 
 __all__ = ["ClientState", "Emitted"]
 
 Emitted = Any  # a ServerEvent or a StateChanged
 
-#: Changes to messages already delivered: events for the stream, also when
-#: they answer one of this client's calls.
-_CHANGES = (MessageEdited, MessageDeleted, ReactionChanged)
+#: Changes to messages already delivered, to read markers and to topics:
+#: events for the stream, also when they answer one of this client's calls.
+_NEWS = (MessageEdited, MessageDeleted, ReactionChanged, ReadMarker, System)
 #: Events delivered as they come.
-_PASSED_ON = (PresenceUpdate, DirectMessage, TypingNotice, TypingWith, *_CHANGES)
+_PASSED_ON = (PresenceUpdate, DirectMessage, TypingNotice, TypingWith, *_NEWS)
+
+#: The calls :meth:`ClientState.request` takes.
+Request = Edit | Delete | React | ReadHistory | ListConversations | ListRooms | SetTopic
 
 
 @attrs.define
@@ -112,8 +118,9 @@ class ClientState:
     control: deque[str] = attrs.Factory(deque)
     presence: Presence = attrs.Factory(Presence)
     pacer: Pacer = attrs.Factory(Pacer)
-    #: Command and message calls not answered yet.
+    #: Command, message, room and read calls not answered yet.
     calls: CallBook = attrs.Factory(CallBook)
+    reads: ReadMarkers = attrs.Factory(ReadMarkers)
     #: ``ref`` of each join frame in flight -> room.
     join_refs: dict[str, str] = attrs.Factory(dict)
 
@@ -229,20 +236,31 @@ class ClientState:
         if self.online:
             self.control.append(json.dumps({"type": "typing", "payload": {"with": user}}))
 
-    def request(self, event: Edit | Delete | React | ReadHistory | ListConversations) -> Call:
-        """Queue a message call, checked first (:func:`message_frame`): it
-        goes out paced, once its room (if it names one) is joined, and but
-        for a reaction again after a drop, like a chat."""
+    def request(self, event: Request) -> Call:
+        """Queue a message or room call, checked first (:func:`message_frame`,
+        :func:`room_frame`): it goes out paced, once its room (if it names
+        one) is joined, and but for a reaction again after a drop, like a
+        chat."""
         ref = new_ref()
         event = attrs.evolve(event, ref=ref)
         if isinstance(event, ListConversations):
             frame, room = encode_client_event(event), None
+        elif isinstance(event, ListRooms):
+            frame, room = room_frame(event, self.limits, False), None
+        elif isinstance(event, SetTopic):
+            frame, room = room_frame(event, self.limits, self._wanted(event.room)), event.room
         else:
             wanted = {name: r.wanted for name, r in self.rooms.items()}
             frame, room = message_frame(event, self.limits, wanted), event.room
         # A reaction toggles: written twice, it could be undone.
         resend = not isinstance(event, React)
         return self.calls.submit(ref, frame, room=room, paced=True, resend=resend)
+
+    def mark_read(self, event: MarkRead) -> Call | ReadMarker:
+        """Queue a ``read``, or answer at once when it would not move the
+        marker (:meth:`ReadMarkers.request`)."""
+        event = attrs.evolve(event, ref=new_ref())
+        return self.reads.request(event, self.calls, self.limits, self._wanted)
 
     def _wanted(self, name: str) -> bool:
         room = self.rooms.get(name)
@@ -257,9 +275,11 @@ class ClientState:
     def next_frame(self, now: float) -> str | float | None:
         """The next frame to write now, or seconds to wait, or None (idle).
 
-        Commands and control frames go first; presence, chats and directs,
-        then message calls are paced to the rate announced in ``welcome``
-        and held after a 429.  Messages keep their submission order, and a
+        Commands and control frames go first; ``read`` frames are spaced
+        per room (:class:`~trio_chat._client_rooms.ReadMarkers`); presence,
+        chats and directs, then message and room calls are paced to the
+        rate announced in ``welcome``.  All but commands and control frames
+        are held after a 429.  Messages keep their submission order, and a
         message call comes after the messages posted before it (an edit
         after the message it edits); a chat, or a call about a room, waits
         until its room is joined on this connection.
@@ -273,6 +293,15 @@ class ClientState:
             return self.control.popleft()
         if self.pacer.paused_until > now:
             return self.pacer.paused_until - now
+        read = self.reads.next_frame(now, self._joined_now)
+        if isinstance(read, str):
+            return read
+        paced = self._next_paced(now)
+        if isinstance(paced, str) or read is None:
+            return paced
+        return read if paced is None else min(paced, read)
+
+    def _next_paced(self, now: float) -> str | float | None:
         if self.presence.due(self.serial):
             wait = self._pace_delay(now)
             if wait > 0:
@@ -325,6 +354,7 @@ class ClientState:
 
     def receive(self, event: ServerEvent, now: float) -> list[Emitted]:
         """Take one server event; return the events to deliver, in order."""
+        self._note(event)
         call = self.calls.answered(event)
         if call is not None:
             return self._on_answer(call, event, now)
@@ -338,30 +368,34 @@ class ClientState:
         if isinstance(event, ChatAck):
             return self._on_chat_ack(event)
         if isinstance(event, DirectAck):
-            self.outbox.acknowledge(event)
+            if self.outbox.acknowledge(event) is not None:
+                self.reads.moved(None, event.to, event.id)
             return []
         if isinstance(event, Joined):
             return self._on_joined(event)
         if isinstance(event, Left):
             return self._on_left(event)
-        if isinstance(event, System):
-            room = self.rooms.get(event.room)
-            if room is not None and room.wanted:
-                if event.event == "join":
-                    room.members.add(event.user_id)
-                elif event.event == "leave":
-                    room.members.discard(event.user_id)
-            return [event]
         if isinstance(event, ErrorEvent):
             return self._on_error(event, now)
         if isinstance(event, _PASSED_ON):
             return [event]
         return []  # a second welcome, or something newer: nothing to do
 
+    def _note(self, event: ServerEvent) -> None:
+        """What *event* changes, whether or not it answers a call: a room's
+        members or topic, a read marker."""
+        if isinstance(event, ReadMarker):
+            self.reads.told(event, self.calls)
+        elif isinstance(event, System):
+            room = self.rooms.get(event.room)
+            if room is not None and room.wanted:
+                room.take_system(event)
+
     def _on_chat_ack(self, ack: ChatAck) -> list[Emitted]:
         entry = self.outbox.acknowledge(ack)
         if entry is None:
             return []  # given up on, or not ours
+        self.reads.moved(entry.target, None, ack.id)
         room = self.rooms.get(entry.target)
         if room is None or not room.wanted or self.user_id is None:
             return []
@@ -379,6 +413,7 @@ class ClientState:
             if self.online:
                 self.control.append(encode_client_event(Leave(joined.room, new_ref())))
             return []
+        self.reads.joined(joined.room, joined.read)
         emitted: list[Emitted] = list(room.take_joined(joined, self.serial))
         assert room.info is not None
         emitted.append(room.info)
@@ -444,9 +479,10 @@ class ClientState:
         return True
 
     def _on_answer(self, call: Call, event: ServerEvent, now: float) -> list[Emitted]:
-        if isinstance(event, ErrorEvent) and call.paced and self._hold(event, now):
+        if isinstance(event, ErrorEvent) and (call.paced or call.marker) and self._hold(event, now):
             call.written = False  # the server dropped the frame: write it again
             return [event]
         self.calls.settle(call, event)
-        # An edit, delete or reaction is news for the event stream too.
-        return [event] if isinstance(event, _CHANGES) else []
+        # An edit, delete, reaction, marker or topic is news for the event
+        # stream too.
+        return [event] if isinstance(event, _NEWS) else []

@@ -36,6 +36,7 @@ from ._chat_client import DEFAULT_BACKOFF, ChatClient
 from ._client_link import Token
 from ._client_messages import Conversation, Conversations, MessagePage
 from ._client_pending import PendingMessage
+from ._client_rooms import RoomInfo, RoomListing
 from ._client_types import Backoff, ClientError, ConnectError, ConnectionState, StateChanged
 from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._protocol import (
@@ -51,6 +52,7 @@ from ._protocol import (
     TypingNotice,
     TypingWith,
 )
+from ._room_frames import ReadMarker
 
 __all__ = [
     "Backoff",
@@ -73,6 +75,9 @@ __all__ = [
     "PendingMessage",
     "PresenceUpdate",
     "ReactionChanged",
+    "ReadMarker",
+    "RoomInfo",
+    "RoomListing",
     "StateChanged",
     "System",
     "TypingNotice",
