@@ -14,6 +14,14 @@ import attrs
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+from trio_chat import (
+    HistoryPage,
+    MessageDeleted,
+    MessageEdited,
+    ReactionChanged,
+    ReadMarker,
+    RoomList,
+)
 from trio_chat._frames import text_frame
 from trio_chat._protocol import (
     MAX_PRESENCE_TEXT_CHARS,
@@ -52,6 +60,7 @@ from trio_chat._protocol import (
     parse_server_frame,
 )
 from trio_chat.testing import (
+    CLIENT_TYPES,
     SERVER_EVENT_CLASSES,
     InvalidFrame,
     client_events,
@@ -84,9 +93,13 @@ def frame(kind: str, payload: object, **top: object) -> str:
 
 
 #: The exact payload keys of each server frame (§4); optional ones apart.
+#: An event about a log has exactly one of ``room`` and ``with`` (ADDRESSED).
 PAYLOAD_KEYS = {
     Welcome: ({"session_id", "user_id", "limits"}, set()),
-    Joined: ({"room", "members", "history", "truncated"}, {"epoch"}),
+    Joined: (
+        {"room", "members", "history", "truncated"},
+        {"epoch", "read", "unread", "mentions", "topic"},
+    ),
     Left: ({"room"}, set()),
     System: ({"event", "room", "user_id"}, {"text"}),
     ChatMessage: (
@@ -94,14 +107,36 @@ PAYLOAD_KEYS = {
         {"edited", "deleted", "reactions", "mentions"},
     ),
     ChatAck: ({"id", "room", "time"}, set()),
-    DirectAck: ({"to", "time"}, set()),
+    DirectAck: ({"to", "time"}, {"id"}),
     PresenceUpdate: ({"user_id", "status"}, {"text"}),
-    DirectMessage: ({"from", "content", "time"}, set()),
+    DirectMessage: (
+        {"from", "content", "time"},
+        {"id", "to", "edited", "deleted", "reactions", "mentions"},
+    ),
     TypingNotice: ({"room", "user_id"}, set()),
-    ErrorEvent: ({"code", "message"}, {"retry_after_ms"}),
+    TypingWith: ({"with", "user_id"}, set()),
+    ConversationList: ({"conversations", "truncated"}, set()),
+    ReadMarker: ({"id"}, set()),
+    RoomList: ({"rooms", "truncated"}, set()),
     CommandResult: ({"name", "result"}, set()),
+    MessageEdited: ({"id", "user_id", "content", "edited"}, {"mentions"}),
+    MessageDeleted: ({"id", "user_id", "by"}, set()),
+    ReactionChanged: ({"id", "emoji", "user_id", "on", "count"}, set()),
+    HistoryPage: ({"messages", "truncated"}, set()),
+    ErrorEvent: ({"code", "message"}, {"retry_after_ms"}),
 }
-WITH_REF = {Joined, Left, ChatAck, DirectAck, ErrorEvent, CommandResult}
+ADDRESSED = {ReadMarker, MessageEdited, MessageDeleted, ReactionChanged, HistoryPage}
+WITH_REF = {
+    Joined,
+    Left,
+    System,
+    ChatAck,
+    DirectAck,
+    ConversationList,
+    RoomList,
+    CommandResult,
+    ErrorEvent,
+} | ADDRESSED
 
 
 @pytest.mark.parametrize("cls", SERVER_EVENT_CLASSES, ids=lambda c: c.__name__)
@@ -116,7 +151,11 @@ def test_server_events_round_trip(cls: type[ServerEvent], data: st.DataObject) -
     assert obj["type"] == event.type
     assert obj["payload"] == event.payload()
     required, optional = PAYLOAD_KEYS[type(event)]
-    assert required <= set(obj["payload"]) <= required | optional
+    keys = set(obj["payload"])
+    if type(event) in ADDRESSED:
+        assert len(keys & {"room", "with"}) == 1
+        keys -= {"room", "with"}
+    assert required <= keys <= required | optional
     ref = getattr(event, "ref", None)
     if type(event) in WITH_REF and ref is not None:
         assert obj["ref"] == ref
@@ -141,8 +180,29 @@ def test_valid_client_frames_parse_to_their_event(case: tuple[str, ClientEvent])
     assert parse_client_frame(encode_client_event(expected)) == expected
 
 
+@pytest.mark.parametrize("kind", CLIENT_TYPES)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_every_client_type_parses_to_its_event(kind: str, data: st.DataObject) -> None:
+    text, expected = data.draw(client_frames(types=[kind]))
+    assert expected.type == kind
+    assert parse_client_frame(text) == expected
+
+
+@pytest.mark.parametrize("kind", CLIENT_TYPES)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_every_client_type_refused_names_the_field(kind: str, data: st.DataObject) -> None:
+    case = data.draw(invalid_frame_cases(types=[kind]))
+    err = refuse(case.text)
+    assert err.code == case.code, case.reason
+    if case.field is not None:
+        assert err.message.startswith(case.field + ":"), (case.reason, err.message)
+        assert err.ref == case.ref
+
+
 @settings(max_examples=50)
-@given(client_frames(types=["chat", "direct"], max_content_chars=10))
+@given(client_frames(types=["chat", "direct", "edit"], max_content_chars=10))
 def test_content_limit_is_a_parameter(case: tuple[str, ClientEvent]) -> None:
     text, expected = case
     assert parse_client_frame(text, max_content_chars=10) == expected
@@ -179,11 +239,25 @@ def test_arbitrary_json_only_raises_protocol_error(value: object) -> None:
 
 # Frames shaped like the protocol's, with anything in their fields: this
 # reaches every field check with every JSON type.
-_FIELD_NAMES = ["room", "content", "since", "status", "text", "to", "x"]
+_FIELD_NAMES = [
+    "room",
+    "with",
+    "content",
+    "id",
+    "since",
+    "before",
+    "emoji",
+    "status",
+    "text",
+    "to",
+    "name",
+    "query",
+    "topic",
+    "x",
+]
 _shaped = st.fixed_dictionaries(
     {
-        "type": st.sampled_from(["join", "leave", "chat", "presence", "direct", "typing"])
-        | json_values(),
+        "type": st.sampled_from(CLIENT_TYPES) | json_values(),
         "payload": st.dictionaries(
             st.sampled_from(_FIELD_NAMES), json_values() | room_names() | user_ids(), max_size=6
         )
@@ -219,7 +293,7 @@ def test_invalid_frames_pairs(case: tuple[str, int]) -> None:
     assert refuse(text).code == code
 
 
-@given(invalid_frames(types=["chat"], max_content_chars=5))
+@given(invalid_frames(types=["chat", "edit"], max_content_chars=5))
 def test_invalid_frames_respect_the_content_limit(case: tuple[str, int]) -> None:
     text, code = case
     assert refuse(text, max_content_chars=5).code == code
@@ -428,8 +502,8 @@ def test_invalid_frame(text: str, code: int, prefix: str, ref: str | None) -> No
 def test_unknown_type_message_lists_the_types() -> None:
     err = refuse(frame("shout", {}))
     assert "'shout'" in err.message
-    for kind in ("join", "leave", "chat", "presence", "direct", "typing"):
-        assert kind in err.message
+    listed = err.message.split("expected one of ")[1].split(", ")
+    assert sorted(listed) == sorted(CLIENT_TYPES)
 
 
 def test_room_pattern_message_shows_the_pattern() -> None:

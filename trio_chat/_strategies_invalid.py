@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 from hypothesis import strategies as st
 
+from ._message_frames import MAX_EMOJI_CHARS
 from ._protocol import (
     DEFAULT_MAX_CONTENT_CHARS,
     MAX_PRESENCE_TEXT_CHARS,
@@ -19,8 +21,25 @@ from ._protocol import (
     MAX_STATUS_CHARS,
     _client_frame,
 )
-from ._strategies_frames import _OPTIONAL, _REQUIRED, CLIENT_TYPES, _encode, _types, client_events
-from ._strategies_values import _LONE_SURROGATES, invalid_room_names, invalid_user_ids
+from ._room_frames import MAX_QUERY_CHARS, MAX_TOPIC_CHARS
+from ._strategies_frames import (
+    _ID_FIELDS,
+    _OPTIONAL,
+    _REQUIRED,
+    _TARGETED,
+    CLIENT_TYPES,
+    _encode,
+    _read_fields,
+    _types,
+    client_events,
+)
+from ._strategies_values import (
+    _LONE_SURROGATES,
+    invalid_room_names,
+    invalid_user_ids,
+    room_names,
+    user_ids,
+)
 
 __all__ = ["InvalidFrame", "invalid_frame_cases", "invalid_frames"]
 
@@ -82,6 +101,178 @@ def _deep(depth: int) -> str:
 _DEPTH = 200_000
 
 
+#: Defects of the frame as a whole, or of its ``type``, ``payload`` or ``ref``.
+_FRAME_DEFECTS = (
+    "not json",
+    "truncated",
+    "trailing data",
+    "nan",
+    "huge number",
+    "deep nesting",
+    "not an object",
+    "type missing",
+    "type not a string",
+    "unknown type",
+    "payload missing",
+    "payload not an object",
+    "ref not a string",
+    "ref too long",
+    "ref surrogate",
+)
+#: Text fields with a length rule: (fewest, most) characters.
+_LENGTHS = {
+    "status": (1, MAX_STATUS_CHARS),
+    "text": (0, MAX_PRESENCE_TEXT_CHARS),
+    "emoji": (1, MAX_EMOJI_CHARS),
+    "query": (0, MAX_QUERY_CHARS),
+    "topic": (0, MAX_TOPIC_CHARS),
+}
+#: What a message id is not: negative, a boolean, a float, a string, ...
+_NOT_ID = st.one_of(
+    st.integers(max_value=-1),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(0, 100).map(str),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+
+
+@attrs.frozen
+class _Broken:
+    """How a payload defect is refused: *code*, naming *field*."""
+
+    code: int
+    field: str
+    ascii_only: bool = False
+    #: JSON text that replaces the placeholder ``"@@"`` (numbers JSON has
+    #: and Python's ``json.dumps`` does not write).
+    literal: str | None = None
+
+
+def _field_defects(kind: str, payload: dict[str, Any]) -> list[str]:
+    """The payload defects a frame of *kind* can have."""
+    required = _REQUIRED[kind]
+    defects = []
+    if required:
+        defects += ["field missing", "field null"]
+    if any(name not in _ID_FIELDS for name in required):
+        defects.append("field not a string")
+    if _text_fields(kind, payload):
+        defects.append("field surrogate")
+    if kind in _TARGETED:
+        defects += ["no log", "both logs", "log not a string"]
+    if "room" in payload:
+        defects.append("bad room")
+    if "with" in payload or kind == "direct":
+        defects.append("bad user id")
+    if "content" in required:
+        defects += ["empty content", "content too long"]
+    if _id_fields(kind):
+        defects += ["bad id", "id not finite"]
+    if any(name in _LENGTHS for name in _read_fields(kind)):
+        defects.append("bad length")
+    if any(name in ("text", "query") for name in _OPTIONAL.get(kind, ())):
+        defects.append("optional not a string")
+    if kind == "command":
+        defects.append("ref missing")
+    return defects
+
+
+def _text_fields(kind: str, payload: dict[str, Any]) -> list[str]:
+    """The text fields a frame of *kind* reads: the log it names (*payload*
+    holds it), its required and optional text."""
+    names: list[str] = [n for n in ("room", "with") if n in payload and kind in _TARGETED]
+    names += [n for n in _REQUIRED[kind] + _OPTIONAL.get(kind, ()) if n not in _ID_FIELDS]
+    return names
+
+
+def _id_fields(kind: str) -> list[str]:
+    return [n for n in _REQUIRED[kind] + _OPTIONAL.get(kind, ()) if n in _ID_FIELDS]
+
+
+def _break_field(
+    draw: st.DrawFn,
+    defect: str,
+    kind: str,
+    frame: dict[str, Any],
+    max_content_chars: int,
+) -> _Broken:
+    """Give *frame*'s payload (or, for a command, its ``ref``) *defect*."""
+    payload = frame["payload"]
+    if defect in ("field missing", "field null"):
+        name = draw(st.sampled_from(_REQUIRED[kind]))
+        if defect == "field missing":
+            del payload[name]
+        else:
+            payload[name] = None
+        return _Broken(400, f"payload.{name}")
+    if defect == "field not a string":
+        name = draw(st.sampled_from([n for n in _REQUIRED[kind] if n not in _ID_FIELDS]))
+        payload[name] = draw(_NOT_STRING)
+        return _Broken(400, f"payload.{name}")
+    if defect == "field surrogate":
+        name = draw(st.sampled_from(_text_fields(kind, payload)))
+        value = payload.get(name) or "x"
+        at = draw(st.integers(0, len(value)))
+        payload[name] = value[:at] + draw(st.sampled_from(_LONE_SURROGATES)) + value[at:]
+        return _Broken(400, f"payload.{name}", ascii_only=True)
+    if defect == "no log":
+        # Without a room or a user the frame names no log at all.
+        for name in ("room", "with"):
+            payload.pop(name, None)
+            if draw(st.booleans()):
+                payload[name] = None
+        return _Broken(400, "payload")
+    if defect == "both logs":
+        payload.setdefault("room", draw(room_names()))
+        payload.setdefault("with", draw(user_ids()))
+        return _Broken(400, "payload")
+    if defect == "log not a string":
+        name = "room" if "room" in payload else "with"
+        payload[name] = draw(_NOT_STRING)
+        return _Broken(400, f"payload.{name}")
+    if defect == "bad room":
+        payload["room"] = draw(invalid_room_names())
+        return _Broken(400, "payload.room")
+    if defect == "bad user id":
+        name = "to" if kind == "direct" else "with"
+        payload[name] = draw(invalid_user_ids())
+        return _Broken(400, f"payload.{name}")
+    if defect == "empty content":
+        payload["content"] = ""
+        return _Broken(400, "payload.content")
+    if defect == "content too long":
+        n = draw(st.integers(max_content_chars + 1, max_content_chars + 100))
+        payload["content"] = draw(st.sampled_from("xé🙂")) * n
+        return _Broken(413, "payload.content")
+    if defect == "bad id":
+        name = draw(st.sampled_from(_id_fields(kind)))
+        payload[name] = draw(_NOT_ID)
+        return _Broken(400, f"payload.{name}")
+    if defect == "id not finite":
+        # 1e400 is valid JSON for a float that overflows to infinity.
+        name = draw(st.sampled_from(_id_fields(kind)))
+        payload[name] = "@@"
+        literal = draw(st.sampled_from(["1e400", "-1e400", "1.0", "0.0", "1E2"]))
+        return _Broken(400, f"payload.{name}", literal=literal)
+    if defect == "bad length":
+        name = draw(st.sampled_from([n for n in _read_fields(kind) if n in _LENGTHS]))
+        fewest, most = _LENGTHS[name]
+        too_long = st.text(min_size=most + 1, max_size=most + 30)
+        payload[name] = draw(too_long | st.just("")) if fewest else draw(too_long)
+        return _Broken(400, f"payload.{name}")
+    if defect == "optional not a string":
+        name = draw(st.sampled_from([n for n in _OPTIONAL[kind] if n in ("text", "query")]))
+        payload[name] = draw(_NOT_STRING)
+        return _Broken(400, f"payload.{name}")
+    if defect == "ref missing":
+        # A command's result answers its ref: the ref is required.
+        del frame["ref"]
+        return _Broken(400, "ref")
+    raise AssertionError(defect)  # pragma: no cover
+
+
 @st.composite
 def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: int) -> InvalidFrame:
     event = draw(client_events(types, max_content_chars=max_content_chars))
@@ -89,40 +280,7 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
     payload = frame["payload"]
     ref = event.ref  # type: ignore[attr-defined]
     kind = event.type
-    text_fields = [n for n in _REQUIRED[kind] + _OPTIONAL.get(kind, ()) if n != "since"]
-    room_field = "room" in _REQUIRED[kind]
-    defects = [
-        "not json",
-        "truncated",
-        "trailing data",
-        "nan",
-        "huge number",
-        "deep nesting",
-        "not an object",
-        "type missing",
-        "type not a string",
-        "unknown type",
-        "payload missing",
-        "payload not an object",
-        "ref not a string",
-        "ref too long",
-        "ref surrogate",
-        "field missing",
-        "field null",
-        "field not a string",
-        "field surrogate",
-    ]
-    if room_field:
-        defects.append("bad room")
-    if kind == "direct":
-        defects.append("bad user id")
-    if kind in ("chat", "direct"):
-        defects += ["empty content", "content too long"]
-    if kind == "join":
-        defects += ["bad since", "since not finite"]
-    if kind == "presence":
-        defects += ["bad status", "text too long", "text not a string"]
-    defect = draw(st.sampled_from(defects))
+    defect = draw(st.sampled_from(_FRAME_DEFECTS + tuple(_field_defects(kind, payload))))
 
     def case(
         code: int, field: str | None, *, frame_ref: bool = True, ascii_only: bool = False
@@ -133,6 +291,13 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
     def whole(text: str) -> InvalidFrame:
         return InvalidFrame(text, 400, None, None, defect)
 
+    if defect not in _FRAME_DEFECTS:
+        broken = _break_field(draw, defect, kind, frame, max_content_chars)
+        frame_ref = "ref" in frame
+        if broken.literal is not None:
+            text = json.dumps(frame).replace('"@@"', broken.literal)
+            return InvalidFrame(text, broken.code, broken.field, ref, defect)
+        return case(broken.code, broken.field, frame_ref=frame_ref, ascii_only=broken.ascii_only)
     compact = json.dumps(frame, separators=(",", ":"))
     if defect == "not json":
         return whole(
@@ -211,70 +376,6 @@ def _invalid_frame(draw: st.DrawFn, types: tuple[str, ...], max_content_chars: i
     if defect == "ref surrogate":
         frame["ref"] = draw(st.sampled_from(_LONE_SURROGATES))
         return case(400, "ref", frame_ref=False, ascii_only=True)
-    if defect in ("field missing", "field null"):
-        name = draw(st.sampled_from(_REQUIRED[kind]))
-        if defect == "field missing":
-            del payload[name]
-        else:
-            payload[name] = None
-        if kind == "typing":
-            # Without its room a typing frame names neither log it may name.
-            return case(400, "payload")
-        return case(400, f"payload.{name}")
-    if defect == "field not a string":
-        name = draw(st.sampled_from(_REQUIRED[kind]))
-        payload[name] = draw(_NOT_STRING)
-        return case(400, f"payload.{name}")
-    if defect == "field surrogate":
-        name = draw(st.sampled_from(text_fields))
-        value = payload.get(name) or "x"
-        at = draw(st.integers(0, len(value)))
-        payload[name] = value[:at] + draw(st.sampled_from(_LONE_SURROGATES)) + value[at:]
-        return case(400, f"payload.{name}", ascii_only=True)
-    if defect == "bad room":
-        payload["room"] = draw(invalid_room_names())
-        return case(400, "payload.room")
-    if defect == "bad user id":
-        payload["to"] = draw(invalid_user_ids())
-        return case(400, "payload.to")
-    if defect == "empty content":
-        payload["content"] = ""
-        return case(400, "payload.content")
-    if defect == "content too long":
-        n = draw(st.integers(max_content_chars + 1, max_content_chars + 100))
-        payload["content"] = draw(st.sampled_from("xé🙂")) * n
-        return case(413, "payload.content")
-    if defect == "bad since":
-        payload["since"] = draw(
-            st.one_of(
-                st.integers(max_value=-1),
-                st.booleans(),
-                st.floats(allow_nan=False, allow_infinity=False),
-                st.integers(0, 100).map(str),
-                st.lists(st.integers(0, 3), max_size=2),
-                st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
-            )
-        )
-        return case(400, "payload.since")
-    if defect == "since not finite":
-        # 1e400 is valid JSON for a float that overflows to infinity.
-        payload["since"] = "@@"
-        literal = draw(st.sampled_from(["1e400", "-1e400", "1.0", "0.0", "1E2"]))
-        text = json.dumps(frame).replace('"@@"', literal)
-        return InvalidFrame(text, 400, "payload.since", ref, defect)
-    if defect == "bad status":
-        payload["status"] = draw(
-            st.just("") | st.text(min_size=MAX_STATUS_CHARS + 1, max_size=MAX_STATUS_CHARS + 30)
-        )
-        return case(400, "payload.status")
-    if defect == "text too long":
-        payload["text"] = draw(
-            st.text(min_size=MAX_PRESENCE_TEXT_CHARS + 1, max_size=MAX_PRESENCE_TEXT_CHARS + 30)
-        )
-        return case(400, "payload.text")
-    if defect == "text not a string":
-        payload["text"] = draw(_NOT_STRING)
-        return case(400, "payload.text")
     raise AssertionError(defect)  # pragma: no cover
 
 
@@ -289,12 +390,16 @@ def invalid_frame_cases(
     data, a byte order mark, ``NaN``/``Infinity``, numbers too long to
     convert, nesting deeper than any parser allows), not an object, a missing
     or ill-typed ``type``/``payload``/``ref`` or payload field, an unknown
-    ``type``, a bad room name or user id, empty or over-long content (413),
-    a bad ``since`` (negative, boolean, float, string, infinite), a bad
-    presence status or text, or a string holding a lone surrogate.
+    ``type``, a bad room name or user id, neither or both of ``room`` and
+    ``with`` (the error names ``payload``), empty or over-long content (413),
+    a bad message id, ``since`` or ``before`` (negative, boolean, float,
+    string, infinite), a status, text, emoji, query or topic of the wrong
+    length, a command without its ``ref``, or a string holding a lone
+    surrogate.
 
     Args:
-        types: the frame types to mutate (default: all six).
+        types: the frame types to mutate (default: all of
+            :data:`~trio_chat.testing.CLIENT_TYPES`).
         max_content_chars: the server's content limit.
     """
     return _invalid_frame(_types(types), max_content_chars)
