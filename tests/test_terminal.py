@@ -238,9 +238,11 @@ async def test_history_on_join_is_marked_and_actions_are_shown_as_actions():
             async with terminal(server.url, "--room", ROOM, "--user", "carol") as process:
                 output = Lines(process.stdout)
                 joined = await output.until(lambda line: line.startswith("* joined lobby"))
-                assert joined == "* joined lobby: bob, carol (2 earlier messages above)"
+                assert joined == "* joined lobby: bob, carol (2 earlier messages above; 2 unread)"
                 history = [line for line in output.seen if line.startswith("(history) ")]
                 assert len(history) == 2, output.seen
+                # carol has read nothing yet: the divider is above bob's first.
+                assert output.seen[output.seen.index(history[0]) - 1] == "— new messages —"
                 assert LINE.match(history[0].removeprefix("(history) "))
                 assert history[0].endswith("bob: old one")
                 assert re.match(

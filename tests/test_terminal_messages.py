@@ -197,6 +197,8 @@ async def test_help_names_every_command():
                 "/delete",
                 "/react",
                 "/history",
+                "/rooms",
+                "/topic",
                 "/status",
                 "/who",
                 "/help",

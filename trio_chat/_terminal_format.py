@@ -7,6 +7,7 @@ Every message line carries the message's id (``#7``), so that ``/edit``,
     [lobby] #8 12:02 * bob waves
     [lobby] #7 alice edited: hi @carol!
     [lobby] #7 bob reacted 👍 (1)
+    * alice set the topic of lobby: all things trio
     (dm) #3 alice: lunch?
     (dm to alice) #4 carol: at 1
 
@@ -25,10 +26,20 @@ from ._mentions import mention_spans
 from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
 from ._protocol import ChatMessage, DirectMessage, ErrorEvent, PresenceUpdate, System
 
-__all__ = ["ACTION_PREFIX", "clean", "emphasize", "format_event", "mentions_of", "said"]
+__all__ = [
+    "ACTION_PREFIX",
+    "NEW_MESSAGES",
+    "clean",
+    "emphasize",
+    "format_event",
+    "mentions_of",
+    "said",
+]
 
 #: How an action message starts (``/me waves``).
 ACTION_PREFIX = "/me "
+#: The divider above the first message after the user's read marker.
+NEW_MESSAGES = "\N{EM DASH} new messages \N{EM DASH}"
 #: Reverse video on and off: how a mention of the user is marked.
 _MARK_ON, _MARK_OFF = "\x1b[7m", "\x1b[27m"
 
@@ -115,6 +126,11 @@ def format_event(event: object, *, history: bool = False, me: str | None = None)
             f"{clean(event.emoji)} ({event.count})"
         )
     if isinstance(event, System):
+        if event.event == "topic":
+            who = clean(event.user_id)
+            if not event.text:
+                return f"* {who} cleared the topic of {event.room}"
+            return f"* {who} set the topic of {event.room}: {clean(event.text)}"
         if event.text is not None and event.event not in ("join", "leave"):
             return f"* {clean(event.text)} ({event.room})"  # a moderator's action
         verb = {"join": "joined", "leave": "left"}.get(event.event, event.event)

@@ -6,7 +6,15 @@ reads from anything with an ``async readline()``: the plain line mode of
 :mod:`trio_chat._terminal` feeds it stdin, the interactive UI of
 :mod:`trio_chat._terminal_ui` the lines typed at its prompt.  It also keeps
 what a status line shows (current room, connection state, messages not
-acknowledged yet) and calls ``on_change`` when that changes.
+acknowledged yet) and calls ``on_change`` when that changes.  The commands
+that call the server and print its answer are
+:mod:`trio_chat._terminal_calls`'s.
+
+A joined room's history is shown with a ``— new messages —`` divider above
+the first message after the user's read marker (from someone else), and the
+joined line says how many are unread (``3 unread, 1 mentioning you``) and the
+room's topic.  What is shown of the current room is marked read: the newest
+message id printed from it.
 
 Action messages (``/me waves``) are chats whose content starts with ``/me ``;
 they are shown as ``* alice waves``.  The lines themselves are
@@ -22,7 +30,16 @@ from typing import Any, Protocol
 import trio
 
 from ._protocol import is_valid_room
-from ._terminal_format import ACTION_PREFIX, clean, emphasize, format_event, mentions_of, said
+from ._terminal_calls import COMMANDS, Calls
+from ._terminal_format import (
+    ACTION_PREFIX,
+    NEW_MESSAGES,
+    clean,
+    emphasize,
+    format_event,
+    mentions_of,
+    said,
+)
 from .client import (
     ChatClient,
     ChatMessage,
@@ -43,10 +60,6 @@ __all__ = ["HELP", "Lines", "Output", "Session"]
 ACK_WAIT = 30.0
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
-#: Messages ``/history`` shows unless told how many.
-HISTORY_LINES = 20
-#: A ``before`` above every message id: the newest page of a log.
-_NEWEST = 2**53
 
 HELP = """\
 commands:
@@ -61,12 +74,15 @@ commands:
   /delete [@USER] ID      delete your message ID
   /react [@USER] ID EMOJI toggle your reaction (EMOJI: one of the server's)
   /history [@USER] [N]    show N (20) messages before the oldest one shown
+  /rooms [QUERY]     the rooms there are, with members and topics
+  /topic [TEXT]      show the current room's topic, or set it (--clear)
   /status STATUS [TEXT]  set your presence: online, away, busy, ...
   /who               members of the current room
   /help              this list
   /quit              wait for the server to acknowledge what you sent, then exit
 Messages show their id (#7).  /edit, /delete, /react and /history act on the
-current room, or with @USER on your direct conversation with USER.
+current room, or with @USER on your direct conversation with USER.  What the
+current room shows is marked read (your other devices see it).
 Room names are 1 to 64 letters, digits, '_', '.', ':' or '-', starting with a
 letter or digit."""
 
@@ -135,11 +151,16 @@ class Session:
         #: Rooms whose first ``joined`` was printed (re-joins stay quiet);
         #: messages of a room not announced yet are its history.
         self.announced: set[str] = set()
-        #: History messages printed per room not announced yet.
-        self.history: dict[str, int] = {}
+        #: The history of each room not announced yet, shown with its joined.
+        self.backlog: dict[str, list[ChatMessage]] = {}
         #: The oldest message id shown per room (``lobby``) or conversation
         #: (``@bob``): where ``/history`` goes on from.
         self.oldest: dict[str, int] = {}
+        #: The newest message id shown per room: what is marked read.
+        self.newest: dict[str, int] = {}
+        #: Set when the current room, or what it shows, changed.
+        self._shown = trio.Event()
+        self.calls = Calls(self)
         self.exit_code: int | None = None
         #: Cancelled when the client stops for good: no more input is useful.
         self.input_scope = trio.CancelScope()
@@ -181,16 +202,36 @@ class Session:
     # ------------------------------------------------------------ output
 
     async def print_events(self) -> None:
-        """Print the client's events until its stream ends."""
-        try:
-            async for event in self.client:
-                self._show(event)
-        except ConnectError as exc:
-            self.state = ConnectionState.CLOSED
-            self.say(f"! disconnected for good: {exc}")
-            self.exit_code = 1
-            self.input_scope.cancel()
-            self.on_change()
+        """Print the client's events until its stream ends, and mark the
+        current room read meanwhile."""
+        async with trio.open_nursery() as marking:
+            marking.start_soon(self._mark_read)
+            try:
+                async for event in self.client:
+                    self._show(event)
+            except ConnectError as exc:
+                self.state = ConnectionState.CLOSED
+                self.say(f"! disconnected for good: {exc}")
+                self.exit_code = 1
+                self.input_scope.cancel()
+                self.on_change()
+            marking.cancel_scope.cancel()
+
+    async def _mark_read(self) -> None:
+        """Move the read marker of the current room to the newest message
+        shown from it, whenever that is further (the client spaces them)."""
+        while True:
+            await self._shown.wait()
+            self._shown = trio.Event()
+            room = self.current
+            newest = self.newest.get(room, 0) if room is not None else 0
+            if room is None or newest <= self.client.read_marker(room):
+                continue
+            try:
+                await self.client.mark_read(room, newest)
+            except ClientError as exc:
+                if exc.code == 501:
+                    return  # the server keeps no read markers
 
     def _show(self, event: object) -> None:
         if isinstance(event, StateChanged):
@@ -198,34 +239,65 @@ class Session:
             return
         if isinstance(event, Joined):
             if event.room not in self.announced:
-                self.announced.add(event.room)
-                members = ", ".join(clean(m) for m in event.members)
-                notes = []
-                count = self.history.pop(event.room, 0)
-                if count:
-                    notes.append(f"{count} earlier message{'s' if count > 1 else ''} above")
-                if event.truncated:
-                    notes.append("older messages are no longer kept")
-                note = f" ({'; '.join(notes)})" if notes else ""
-                self.say(f"* joined {event.room}: {members}{note}")
-                self.on_change()
+                self._announce(event)
             return
-        history = False
         if isinstance(event, ChatMessage) and event.room not in self.announced:
-            history = True
-            self.history[event.room] = self.history.get(event.room, 0) + 1
+            self.backlog.setdefault(event.room, []).append(event)
+            return
         if isinstance(event, ChatMessage | DirectMessage):
-            self._seen(event)
-        line = format_event(event, history=history, me=self.client.user_id)
+            self.print_message(event)
+            return
+        line = format_event(event, me=self.client.user_id)
         if line is not None:
             self.say(self._marked(line, event))
         if isinstance(event, System):
             self.on_change()  # the member count changed
 
+    def _announce(self, joined: Joined) -> None:
+        """The first ``joined`` of a room: its history, with the divider
+        after the read marker, then what the room is."""
+        room, me = joined.room, self.client.user_id
+        self.announced.add(room)
+        history = self.backlog.pop(room, [])
+        divided = joined.read is None or not joined.unread
+        for message in history:
+            unseen = message.id > (joined.read or 0) and message.user_id != me
+            if not divided and unseen and not message.deleted:
+                self.say(NEW_MESSAGES)
+                divided = True
+            self.print_message(message, history=True)
+        members = ", ".join(clean(m) for m in joined.members)
+        notes = []
+        if history:
+            count = len(history)
+            notes.append(f"{count} earlier message{'s' if count > 1 else ''} above")
+        if joined.truncated:
+            notes.append("older messages are no longer kept")
+        if joined.unread:
+            mentioning = f", {joined.mentions} mentioning you" if joined.mentions else ""
+            notes.append(f"{joined.unread} unread{mentioning}")
+        note = f" ({'; '.join(notes)})" if notes else ""
+        self.say(f"* joined {room}: {members}{note}")
+        if joined.topic:
+            self.say(f"* topic of {room}: {clean(joined.topic)}")
+        self.on_change()
+
+    def print_message(self, message: ChatMessage | DirectMessage, *, history: bool = False) -> None:
+        """Print *message* (marked as *history*) and keep where it is."""
+        line = format_event(message, history=history, me=self.client.user_id)
+        if line is not None:
+            self.say(self._marked(line, message))
+        self._seen(message)
+
     def _seen(self, message: ChatMessage | DirectMessage) -> None:
-        """Keep the oldest id shown of *message*'s room or conversation."""
+        """Keep the oldest id shown of *message*'s room or conversation, and
+        the newest of a room."""
         if isinstance(message, ChatMessage):
             key = message.room
+            if message.id > self.newest.get(key, 0):
+                self.newest[key] = message.id
+                if key == self.current:
+                    self._shown.set()
         else:
             me = self.client.user_id
             key = "@" + (message.to if message.from_ == me and message.to else message.from_)
@@ -297,10 +369,8 @@ class Session:
                     await self.client.set_presence(parts[0], status_text)  # echoed as presence
                 except ClientError as exc:
                     self.say(f"! error {exc.code}: {clean(exc.message)}")
-        elif command in _MESSAGE_COMMANDS:
-            await self._message_command(command, rest)
-        elif command == "dms":
-            await self._conversations()
+        elif command in COMMANDS:
+            await self.calls.run(command, rest)
         elif command == "who":
             if self.current is None:
                 self.say("* no current room")
@@ -352,6 +422,7 @@ class Session:
             self.current = room
             if room is not None:
                 self.say(f"* now talking in {room}")
+            self._shown.set()
             self.on_change()
 
     async def _join(self, room: str) -> None:
@@ -368,6 +439,7 @@ class Session:
             self._switch(room)
         else:
             self.current = room  # "* joined ROOM" says it
+            self._shown.set()
             self.on_change()
 
     async def _leave(self, room: str | None) -> None:
@@ -383,104 +455,8 @@ class Session:
                     pass  # reported by its own waiter
         await self.client.leave(room)
         self.announced.discard(room)
+        self.newest.pop(room, None)
         self.say(f"* left {room}")
         if self.current == room:
             others = self.client.rooms
             self._switch(others[-1] if others else None)
-
-    # ------------------------------------------------------------ messages
-
-    async def _message_command(self, command: str, rest: str) -> None:
-        """``/edit``, ``/delete``, ``/react`` and ``/history``: on the
-        current room, or with ``@USER`` first on the conversation with USER."""
-        usage = _MESSAGE_COMMANDS[command]
-        peer = None
-        if rest.startswith("@"):
-            first, _, rest = rest.partition(" ")
-            peer, rest = first[1:], rest.strip()
-        # TEXT, the rest of an /edit, is kept as typed.
-        args = rest.split(maxsplit=1) if command == "edit" else rest.split()
-        room = self.current if peer is None else None
-        if peer is None and room is None:
-            self.say("! no current room: /join ROOM, or name a conversation with @USER")
-            return
-        try:
-            if command == "history":
-                count = _number(args[0]) if args else HISTORY_LINES
-                if count is None or count < 1 or len(args) > 1:
-                    raise _Usage
-                await self._history(room, peer, count)
-                return
-            message_id = _number(args[0]) if args else None
-            if message_id is None:
-                raise _Usage
-            # The answer is an event of the stream: it is shown from there.
-            if command == "edit" and len(args) == 2:
-                await self.client.edit(room, message_id, args[1], with_=peer)
-            elif command == "delete" and len(args) == 1:
-                await self.client.delete(room, message_id, with_=peer)
-            elif command == "react" and len(args) == 2:
-                await self.client.react(room, message_id, args[1], with_=peer)
-            else:
-                raise _Usage
-        except _Usage:
-            self.say(f"! usage: {usage}")
-        except ClientError as exc:
-            self.say(f"! error {exc.code}: {clean(exc.message)}")
-
-    async def _history(self, room: str | None, peer: str | None, count: int) -> None:
-        """Show *count* messages before the oldest one shown, marked as history."""
-        key = room if room is not None else f"@{peer}"
-        before = self.oldest.get(key, _NEWEST)
-        page = await self.client.history(room, with_=peer, before=before)
-        messages = page.messages[-count:]
-        where = room if room is not None else f"the conversation with {clean(peer or '')}"
-        if not messages:
-            self.say(f"* no earlier messages in {where}")
-            return
-        self.say(f"* earlier in {where}:")
-        me = self.client.user_id
-        for message in messages:
-            line = format_event(message, history=True, me=me)
-            if line is not None:
-                self.say(self._marked(line, message))
-        self._seen(messages[0])
-        if page.truncated or len(page.messages) > count:
-            self.say("* (/history for more)")
-
-    async def _conversations(self) -> None:
-        try:
-            listing = await self.client.conversations()
-        except ClientError as exc:
-            self.say(f"! error {exc.code}: {clean(exc.message)}")
-            return
-        if not listing.conversations:
-            self.say("* no direct conversations yet")
-            return
-        self.say("* direct conversations, most recent first:")
-        me = self.client.user_id
-        for conversation in listing:
-            last = conversation.last
-            shown = format_event(last, me=me) if last is not None else None
-            self.say(f"*   @{clean(conversation.with_)}: {shown or f'#{conversation.last_id}'}")
-        if listing.truncated:
-            self.say("*   (more not shown)")
-
-
-class _Usage(Exception):
-    """A message command with arguments that do not fit its usage."""
-
-
-#: The message commands and their usage.
-_MESSAGE_COMMANDS = {
-    "edit": "/edit [@USER] ID TEXT",
-    "delete": "/delete [@USER] ID",
-    "react": "/react [@USER] ID EMOJI",
-    "history": "/history [@USER] [N]",
-}
-
-
-def _number(text: str) -> int | None:
-    """The integer *text* is (``7`` or ``#7``), or None."""
-    text = text.removeprefix("#")
-    return int(text) if text.isdigit() and text.isascii() else None
