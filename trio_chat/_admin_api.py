@@ -13,9 +13,14 @@ of the HTTP API (the checks are done before this module is called):
 | ``POST /api/admin/mute`` | ``user_id``, ``room``, ``duration`` (s), ``reason`` | 201 |
 | ``POST /api/admin/unmute`` | ``user_id``, ``room`` | 200 ``{"removed": bool}`` |
 | ``GET /api/admin/mutes`` | | 200 ``{"mutes": [...]}`` |
+| ``POST /api/admin/delete`` | ``room``, ``id``, ``reason`` | 200 ``{"room", "id", "user_id"}`` |
+| ``POST /api/admin/topic`` | ``room``, ``topic`` | 200 ``{"room", "topic"}`` |
+| ``POST /api/admin/close`` | ``room``, optional ``reason`` | 200 ``{"closed": n}`` |
 
-A bad body is 400 (415 without the JSON content type); a mute in a room the
-admin token does not cover is 403; a full table 507.
+A bad body is 400 (415 without the JSON content type); a mute, delete,
+topic or close in a room the admin token does not cover is 403; an unknown
+room or message 404; a full table 507; with the Redis store, a delete,
+topic or close is 501.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["admin_api"]
 
-_POST = ("kick", "ban", "unban", "mute", "unmute")
+_POST = ("kick", "ban", "unban", "mute", "unmute", "delete", "topic", "close")
 _GET = ("bans", "mutes")
 
 
@@ -100,9 +105,22 @@ async def _act(
             user_id=user_id, ip=ip, duration=_seconds(body), reason=reason, by=by
         )
         return json_response(201, ban.to_json())
-    user_id, room = _string(body, "user_id"), _string(body, "room")
+    room = _string(body, "room")
     if not admin.may_join(room):
         return json_response(403, {"error": "this token may not moderate that room"})
+    if action == "delete":
+        id_ = body.get("id")
+        if isinstance(id_, bool) or not isinstance(id_, int):
+            raise ProtocolError(400, "id: required, an integer")
+        message = await server.delete_message(room, id_, reason, by=by)
+        return json_response(200, {"room": room, "id": id_, "user_id": message.user_id})
+    if action == "topic":
+        topic = _string(body, "topic")
+        await server.set_topic(room, topic, by=by)
+        return json_response(200, {"room": room, "topic": topic})
+    if action == "close":
+        return json_response(200, {"closed": await server.close_room(room, reason, by=by)})
+    user_id = _string(body, "user_id")
     if action == "unmute":
         return json_response(200, {"removed": await server.unmute(user_id, room, by=by)})
     await server.mute(user_id, room, duration=_seconds(body), reason=reason, by=by)

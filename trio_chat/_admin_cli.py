@@ -36,6 +36,9 @@ _EPILOG = """actions:
                                          refuse USER's chats in ROOM (error 403) for D
   unmute USER ROOM
   mutes                                  list the mutes in force
+  delete ROOM ID [--reason R]            delete message ID of ROOM, whoever wrote it
+  topic ROOM TEXT                        set ROOM's topic ('' clears it)
+  close ROOM [--reason R]                remove everyone from ROOM and forget it
 """
 
 
@@ -43,7 +46,7 @@ def add_admin_parser(commands: Any) -> None:
     """Add ``admin`` to the ``trio-chat`` subcommands."""
     admin = commands.add_parser(
         "admin",
-        help="kick, ban or mute on a running server",
+        help="kick, ban, mute, delete, set a topic or close a room on a running server",
         description="Moderate a running server through its admin HTTP API.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,6 +81,16 @@ def add_admin_parser(commands: Any) -> None:
         if name == "mute":
             sub.add_argument("--duration", required=True, help="90s, 30m, 12h, 7d or seconds")
             sub.add_argument("--reason", default="")
+    delete = actions.add_parser("delete", help="delete any message of a room")
+    delete.add_argument("room")
+    delete.add_argument("id", type=int)
+    delete.add_argument("--reason", default="")
+    topic = actions.add_parser("topic", help="set a room's topic ('' clears it)")
+    topic.add_argument("room")
+    topic.add_argument("topic")
+    close = actions.add_parser("close", help="remove everyone from a room and forget it")
+    close.add_argument("room")
+    close.add_argument("--reason", default="")
     actions.add_parser("bans", help="list the bans in force")
     actions.add_parser("mutes", help="list the mutes in force")
 
@@ -108,6 +121,12 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
         body = {"user_id": args.user, "reason": args.reason}
     elif action in ("ban", "unban"):
         body = {"user_id": args.user} if args.user is not None else {"ip": args.ip}
+    elif action == "delete":
+        body = {"room": args.room, "id": args.id, "reason": args.reason}
+    elif action == "topic":
+        body = {"room": args.room, "topic": args.topic}
+    elif action == "close":
+        body = {"room": args.room, "reason": args.reason}
     else:
         body = {"user_id": args.user, "room": args.room}
     if action in ("ban", "mute"):

@@ -11,6 +11,7 @@ tells is applied by the subclass.  Pure and synchronous: no I/O.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import ClassVar
 
 import attrs
 
@@ -70,6 +71,8 @@ class ClusterRooms(RoomCore[ServedUser]):
         edit_window: seconds after its time a message may be edited.
         reactions: the emoji a ``react`` may toggle.
     """
+
+    not_offered: ClassVar[str] = NOT_OFFERED
 
     node: str
     history_size: int = 100

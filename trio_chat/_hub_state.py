@@ -46,6 +46,7 @@ from ._protocol import (
     DirectMessage,
     Join,
     Joined,
+    Left,
     ListConversations,
     Presence,
     PresenceUpdate,
@@ -389,6 +390,23 @@ class HubState(RoomCore["_User"]):
         """Delete message *id_* of *room*, whoever wrote it, as moderator *by*."""
         target = self.target(by, room, None, None)
         return moderator_delete(self, target, id_, by, text=text, reply_to=reply_to)
+
+    def close_room(self, room: str, text: str, by: str) -> tuple[int, list[Delivery]]:
+        """Close *room*: its connections get ``system`` ``close`` (from *by*,
+        with *text*) and then ``left``, and it is forgotten with its history,
+        ids and topic.  How many connections it removed; 404 if there is no
+        such room."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            raise ProtocolError(404, f"room {room!r} does not exist")
+        keys = tuple(entry.conns)
+        for key in keys:
+            del self._conns[key].rooms[room]
+        entry.conns.clear()
+        entry.users.clear()
+        self._drop(room)
+        closed = Delivery(System("close", room, by, text), keys)
+        return len(keys), [closed, Delivery(Left(room), keys)]
 
     # ------------------------------------------------------------ internals
 

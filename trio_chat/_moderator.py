@@ -1,4 +1,5 @@
-"""Moderation in the embedding API: kick, ban and mute, logged and counted.
+"""Moderation in the embedding API: kick, ban and mute; delete any message,
+set a room's topic, close a room; logged and counted.
 
 :class:`ModerationApi` is a base of :class:`~trio_chat.ChatServer`:
 
@@ -8,12 +9,15 @@
   handshake (HTTP 403 with the reason) for a duration, and kicks what is
   connected (close code :data:`BANNED`, 4003);
 * :meth:`~ModerationApi.mute` refuses a user's chats in one room with error
-  403 and the time left, for a duration.
+  403 and the time left, for a duration;
+* :meth:`~ModerationApi.delete_message`, :meth:`~ModerationApi.set_topic`
+  and :meth:`~ModerationApi.close_room` act on a room whoever its members
+  are (the memory and SQLite stores; the Redis store answers 501).
 
 Members of the rooms concerned see a ``system`` event (``kick``, ``ban``,
-``mute``, ``unmute``) with a ``text`` saying what happened, before the
-connections close.  Each action is logged (logger ``trio_chat.moderation``)
-and counted on ``/metrics``.
+``mute``, ``unmute``, ``delete``, ``topic``, ``close``) with a ``text``
+saying what happened, before the connections close.  Each action is logged
+(logger ``trio_chat.moderation``) and counted on ``/metrics``.
 
 Bans are kept with the store: with the SQLite store in ``bans.json`` beside
 its database (written atomically, off the trio thread, before the call
@@ -37,7 +41,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ._hub_state import Delivery
 from ._moderation import Ban, Bans, Mutes
-from ._protocol import ProtocolError, System, is_valid_room, is_valid_user_id
+from ._protocol import (
+    ChatMessage,
+    ProtocolError,
+    System,
+    is_unicode,
+    is_valid_room,
+    is_valid_user_id,
+)
+from ._room_frames import MAX_TOPIC_CHARS
 from ._sqlite_store import StoreError
 
 if TYPE_CHECKING:
@@ -62,7 +74,7 @@ BANS_FILE = "bans.json"
 #: Longest reason kept (the close frame's reason is cut to 120 bytes).
 MAX_REASON_CHARS = 200
 
-ACTIONS = ("kick", "ban", "unban", "mute", "unmute")
+ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "delete", "topic", "close")
 
 
 def canonical_ip(text: str) -> str:
@@ -243,8 +255,7 @@ class ModerationApi:
         are kept in memory (a restart lifts them)."""
         reason, duration = _reason(reason), _duration(duration)
         self._check_user(user_id)
-        if not is_valid_room(room):
-            raise ProtocolError(400, "room: not a valid room name")
+        self._check_room(room)
         now = trio.current_time()
         try:
             self._mutes.add(user_id, room, now + duration, now)
@@ -268,7 +279,59 @@ class ModerationApi:
         """The mutes in force: (user, room, seconds left)."""
         return self._mutes.all(trio.current_time())
 
+    # ------------------------------------------------------------ rooms
+
+    async def delete_message(
+        self, room: str, id: int, reason: str = "", *, by: str = "server"
+    ) -> ChatMessage:
+        """Delete message *id* of *room*, whoever wrote it: members get the
+        ``delete`` event (``by`` the moderator) and a ``system`` ``delete``
+        with the reason; return the tombstone.  404 if the message is not
+        retained."""
+        reason = _reason(reason)
+        self._check_room(room)
+        if isinstance(id, bool) or not isinstance(id, int) or id < 0:
+            raise ProtocolError(400, "id: must be a non-negative integer")
+        text = f"message {id} was deleted by a moderator" + (f": {reason}" if reason else "")
+        actor = _actor(by)
+        message: ChatMessage = await self.hub.call(
+            lambda state, now: state.delete_any(room, id, actor, text)
+        )
+        self._done("delete", f"room={room} id={id} author={message.user_id}", by, reason)
+        return message
+
+    async def set_topic(self, room: str, topic: str, *, by: str = "server") -> None:
+        """Set *room*'s topic (``""`` clears it), whether or not *by* is a
+        member: members get ``system`` ``topic``.  404 if there is no such
+        room."""
+        self._check_room(room)
+        if not isinstance(topic, str) or not is_unicode(topic) or len(topic) > MAX_TOPIC_CHARS:
+            raise ProtocolError(
+                400, f"topic: must be a string of at most {MAX_TOPIC_CHARS} characters"
+            )
+        actor = _actor(by)
+        await self.hub.call(lambda state, now: (None, state.set_topic(room, topic, actor)))
+        self._done("topic", f"room={room} topic={topic!r}", by, "")
+
+    async def close_room(self, room: str, reason: str = "", *, by: str = "server") -> int:
+        """Close *room*: its members get ``system`` ``close`` with the reason,
+        then ``left``, and the room is forgotten with its history, ids and
+        topic (a later ``join`` starts a new one); return how many
+        connections it removed.  404 if there is no such room."""
+        reason = _reason(reason)
+        self._check_room(room)
+        text = "the room was closed" + (f": {reason}" if reason else "")
+        actor = _actor(by)
+        closed: int = await self.hub.call(lambda state, now: state.close_room(room, text, actor))
+        self._done("close", f"room={room} connections={closed}", by, reason)
+        return closed
+
     # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _check_room(room: object) -> None:
+        if not is_valid_room(room):
+            raise ProtocolError(400, "room: not a valid room name")
 
     @staticmethod
     def _check_user(user_id: object) -> None:
@@ -331,6 +394,13 @@ class ModerationApi:
     def _done(self, action: str, what: str, by: str, reason: str) -> None:
         self.moderation_actions[action] += 1
         log.info("moderation %s %s by=%s reason=%s", action, what, by, reason or "-")
+
+
+def _actor(by: str) -> str:
+    """Who a moderator's ``system`` event names: the user of *by*
+    (``admin@203.0.113.7`` for the admin API), or ``server``."""
+    user = by.partition("@")[0]
+    return user if is_valid_user_id(user) else "server"
 
 
 def _same_ip(peer: str, address: str) -> bool:

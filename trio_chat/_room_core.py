@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 
 from ._message_frames import MessageFrame
 from ._protocol import (
     Chat,
+    ChatMessage,
     ClientEvent,
     Direct,
     Join,
@@ -311,6 +312,27 @@ class RoomCore(abc.ABC, Generic[U]):
         """Send a direct message from *user_id* to every connection of *to*
         (404 if *to* has none); the ack goes to *reply_to*."""
         return self._direct(Post(user_id, to, content, now, ref, reply_to))
+
+    # ------------------------------------------------------------ moderation
+
+    #: The refusal of what a store does not offer (error 501).
+    not_offered: ClassVar[str] = "not available with this store"
+
+    def delete_any(
+        self, room: str, id_: int, by: str, text: str, reply_to: Reply | None = None
+    ) -> tuple[ChatMessage, list[Delivery]]:
+        """Delete message *id_* of *room*, whoever wrote it, as moderator *by*."""
+        raise ProtocolError(501, self.not_offered)
+
+    def set_topic(
+        self, room: str, topic: str, by: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Set *room*'s topic as *by* (a moderator, the embedding program)."""
+        raise ProtocolError(501, self.not_offered)
+
+    def close_room(self, room: str, text: str, by: str) -> tuple[int, list[Delivery]]:
+        """Close *room* as moderator *by*: how many connections it removed."""
+        raise ProtocolError(501, self.not_offered)
 
     def answer(
         self,

@@ -609,6 +609,18 @@ const ui = {
       this.updateJump();
     },
 
+    left({ room, removed }) {
+      if (!removed) return;
+      // A moderator closed the room: out of the sidebar, like a refused
+      // join; the pane stays (if open) with the notice saying why.
+      const conv = this.conversation("room", room, { create: false });
+      if (!conv) return;
+      conv.refused = "this room was closed by a moderator";
+      conv.item.remove();
+      this.saveRooms();
+      if (this.active === conv.key) this.renderHeader();
+    },
+
     members({ room, members }) {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;

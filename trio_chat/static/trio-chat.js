@@ -316,7 +316,7 @@ class ConversationState {
  * | `state`    | `{state, previous, attempt, delayMs?, retryAt?, closeCode?, gaveUp?, refused?, reason?}` (`refused`: `{status, reason}` when the server turned this user away for good; `reason`: why the last attempt failed, when the server said) |
  * | `welcome`  | `{userId, sessionId, limits, reconnected}` |
  * | `joined`   | `{room, members, truncated, rejoined, read, unread, mentions, topic}` (history arrives as `message` events first) |
- * | `left`     | `{room}` |
+ * | `left`     | `{room, removed}` (`removed`: not asked for, a moderator closed the room; it is not joined again) |
  * | `message`  | `{id, room, user_id, content, time, own, ref?, replayed, edited?, deleted?, reactions?, mentions?}` |
  * | `edit`     | `{room \| with, id, user_id, content, edited}` a message's text was replaced |
  * | `delete`   | `{room \| with, id, user_id, by}` a message was deleted (now a tombstone) |
@@ -693,13 +693,7 @@ export class TrioChatClient extends EventTarget {
   leave(room) {
     const state = this.#rooms.get(room);
     if (!state) return Promise.resolve({ room });
-    this.#rooms.delete(room);
-    for (const waiter of state.waiters) waiter.reject(new ChatError(0, `left ${room}`));
-    for (const entry of [...this.#outbox]) {
-      if (entry.type === "chat" && entry.payload.room === room) {
-        this.#fail(entry, new ChatError(0, `left ${room} before the message was delivered`, { ref: entry.ref, request: entry.describe() }));
-      }
-    }
+    this.#forgetRoom(room, state);
     if (this.#state !== State.ONLINE || !state.joined) return Promise.resolve({ room });
     return new Promise((resolve) => {
       this.#leaving.set(room, { resolve });
@@ -1204,7 +1198,21 @@ export class TrioChatClient extends EventTarget {
     const waiting = this.#leaving.get(payload.room);
     this.#leaving.delete(payload.room);
     waiting?.resolve({ room: payload.room });
-    this.#emit("left", { room: payload.room });
+    // Not asked for: a moderator closed the room. It is not joined again.
+    const state = waiting ? undefined : this.#rooms.get(payload.room);
+    if (state) this.#forgetRoom(payload.room, state);
+    this.#emit("left", { room: payload.room, removed: !waiting });
+  }
+
+  /** Stop being in `room`: its waiters and its unsent messages fail. */
+  #forgetRoom(room, state) {
+    this.#rooms.delete(room);
+    for (const waiter of state.waiters) waiter.reject(new ChatError(0, `left ${room}`));
+    for (const entry of [...this.#outbox]) {
+      if (entry.type === "chat" && entry.payload.room === room) {
+        this.#fail(entry, new ChatError(0, `left ${room} before the message was delivered`, { ref: entry.ref, request: entry.describe() }));
+      }
+    }
   }
 
   #deliver(message, { own, replayed, ref }) {
