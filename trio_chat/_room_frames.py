@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from ._message_events import _Addressed
 from ._protocol import ClientEvent
 from ._server_events import ServerEvent, _WithRef
 
@@ -105,7 +106,7 @@ def parse_room_frame(kind: str, fields: _Fields) -> ClientEvent | None:
 
 
 @attrs.frozen
-class ReadMarker(_WithRef):
+class ReadMarker(_Addressed):
     """The user's read marker in *room* (or the conversation *with_*) is *id*."""
 
     type: ClassVar[str] = "read"
@@ -115,8 +116,7 @@ class ReadMarker(_WithRef):
     ref: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        where = {"room": self.room} if self.room is not None else {"with": self.with_}
-        return {**where, "id": self.id}
+        return {**self._where(), "id": self.id}
 
 
 @attrs.frozen
