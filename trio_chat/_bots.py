@@ -33,24 +33,30 @@ import trio
 
 from ._events import EventStream, StreamClosed
 from ._hub import Outlet
+from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
+from ._message_frames import Delete, Edit, React, ReadHistory
 from ._protocol import (
     Chat,
     ChatAck,
     ClientEvent,
+    ConversationList,
     Direct,
     DirectAck,
     ErrorEvent,
     Join,
     Joined,
     Leave,
+    ListConversations,
     Presence,
     ProtocolError,
     ServerEvent,
+    System,
     Typing,
     encode_client_event,
     parse_client_frame,
     parse_server_frame,
 )
+from ._room_frames import ListRooms, MarkRead, ReadMarker, RoomList, SetTopic
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -151,6 +157,63 @@ class Bot:
 
     async def typing(self, room: str) -> None:
         await self._submit(Typing(room))
+
+    # Messages already published: *room*, or with ``with_`` the direct
+    # conversation with that user (then *room* is None), as in the protocol.
+
+    async def edit(
+        self, room: str | None, id: int, content: str, *, with_: str | None = None
+    ) -> MessageEdited:
+        """Replace the text of the bot's own message *id*."""
+        answer = await self._request(lambda ref: Edit(room, with_, id, content, ref))
+        return cast("MessageEdited", answer)
+
+    async def delete(
+        self, room: str | None, id: int, *, with_: str | None = None
+    ) -> MessageDeleted:
+        """Delete the bot's own message *id* (any message: the server's
+        ``delete_message``)."""
+        answer = await self._request(lambda ref: Delete(room, with_, id, ref))
+        return cast("MessageDeleted", answer)
+
+    async def react(
+        self, room: str | None, id: int, emoji: str, *, with_: str | None = None
+    ) -> ReactionChanged:
+        """Toggle the bot's *emoji* reaction on message *id*."""
+        answer = await self._request(lambda ref: React(room, with_, id, emoji, ref))
+        return cast("ReactionChanged", answer)
+
+    async def history(
+        self,
+        room: str | None = None,
+        *,
+        with_: str | None = None,
+        since: int | None = None,
+        before: int | None = None,
+    ) -> HistoryPage:
+        """Retained messages: the newest before *before*, or those after *since*."""
+        answer = await self._request(lambda ref: ReadHistory(room, with_, since, before, ref))
+        return cast("HistoryPage", answer)
+
+    async def conversations(self) -> ConversationList:
+        """The bot's direct conversations, most recent first."""
+        answer = await self._request(ListConversations)
+        return cast("ConversationList", answer)
+
+    async def mark_read(self, room: str | None, id: int, *, with_: str | None = None) -> ReadMarker:
+        """Move the bot's read marker; the answer is where it is."""
+        answer = await self._request(lambda ref: MarkRead(room, with_, id, ref))
+        return cast("ReadMarker", answer)
+
+    async def find_rooms(self, query: str | None = None) -> RoomList:
+        """The rooms there are (matching *query*), most members first."""
+        answer = await self._request(lambda ref: ListRooms(query, ref))
+        return cast("RoomList", answer)
+
+    async def set_topic(self, room: str, topic: str) -> System:
+        """Set the topic of a room the bot is in (``""`` clears it)."""
+        answer = await self._request(lambda ref: SetTopic(room, topic, ref))
+        return cast("System", answer)
 
     async def _submit(self, event: ClientEvent) -> None:
         if self.outlet.closed:
