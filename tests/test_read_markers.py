@@ -482,3 +482,49 @@ async def test_the_redis_store_answers_501(redis_server):
                     "code": 501,
                     "message": "not available with the Redis store",
                 }
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["join", "leave", "topic", "post"]),
+            st.integers(0, 3),
+            st.sampled_from(["a", "b", "c", "d"]),
+        ),
+        max_size=40,
+    )
+)
+def test_the_directory_order_follows_every_change(steps):
+    """Kept as rooms change, the directory is what sorting would give."""
+    s = HubState()
+    for key in range(4):
+        s.connect(key, f"user{key % 3}")
+    for kind, key, room in steps:
+        if kind == "join":
+            s.handle(key, Join(room), NOW)
+        elif kind == "leave":
+            s.handle(key, Leave(room), NOW)
+        elif kind == "post":
+            s.publish("bot", room, "x", NOW, create=True)
+        elif s.room_log(room) is not None:
+            s.set_topic(room, f"topic of {room} at {key}", "bot")
+    expected = sorted(
+        ((name, len(set(s.members(name))), s.topic(name)) for name in s.room_names()),
+        key=lambda entry: (-entry[1], entry[0]),
+    )
+    assert [(n, m, t) for n, m, t, _ in s.directory()] == expected
+
+
+def test_rooms_looks_at_no_more_than_2000_rooms():
+    s = HubState(max_rooms=2100, max_rooms_created_per_client=3000)
+    s.connect(1, "ann")
+    for i in range(2100):
+        s.publish("ann", f"room-{i:04}", "x", NOW, create=True)
+    [found] = answers(s.handle(1, ListRooms("room-0042", "q"), NOW), 1)
+    assert [r["room"] for r in found.rooms] == ["room-0042"] and found.truncated
+    [missed] = answers(s.handle(1, ListRooms("room-2050", "q"), NOW), 1)
+    assert (missed.rooms, missed.truncated) == ([], True)
+    # With a member, a room comes first: within what is looked at.
+    s.handle(1, Join("room-2050"), NOW)
+    [found] = answers(s.handle(1, ListRooms("room-2050", "q"), NOW), 1)
+    assert [r["room"] for r in found.rooms] == ["room-2050"]

@@ -6,8 +6,9 @@ topics, and the list of a user's conversations.
   sender's with its ``ref``; ``joined`` and ``conversations`` carry the
   marker with the unread and mention counts after it.
 * ``rooms`` lists the rooms the user's token allows, most members first,
-  then by name, optionally filtered by a query on name and topic; the
-  ordering is computed once per change of the rooms, not per request.
+  then by name, optionally filtered by a query on name and topic, looking
+  at no more than :data:`MAX_EXAMINED` rooms of that order (the ordering
+  is kept by the room table as rooms change, not sorted per request).
 * ``topic`` sets a room's topic; its members get a ``system`` ``topic``.
 
 Listings hold at most :data:`MAX_LISTED` items and at most the state's
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOINED_OVERHEAD",
+    "MAX_EXAMINED",
     "MAX_LISTED",
     "conversation_list",
     "list_rooms",
@@ -46,6 +48,9 @@ JOINED_OVERHEAD = 200
 _LISTED_OVERHEAD = 120
 #: Items one listing holds at most.
 MAX_LISTED = 100
+#: Rooms one ``rooms`` looks at, at most, in the directory's order: what a
+#: query or a token's patterns cost the hub is bounded by it.
+MAX_EXAMINED = 2000
 
 
 def unread_counts(state: HubState, user_id: str, log: RoomLog) -> tuple[int, int, int]:
@@ -90,7 +95,10 @@ def list_rooms(state: HubState, key: Key, event: ListRooms) -> list[Delivery]:
     items: list[dict[str, Any]] = []
     budget = state.joined_bytes - JOINED_OVERHEAD
     truncated = False
-    for name, members, topic, folded in state.directory():
+    for examined, (name, members, topic, folded) in enumerate(state.directory()):
+        if examined == MAX_EXAMINED:
+            truncated = True
+            break
         if allowed is not None and not room_allowed(name, allowed):
             continue
         if query is not None and query not in folded:

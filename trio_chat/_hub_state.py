@@ -18,7 +18,7 @@ Refusals raise :class:`~trio_chat.ProtocolError` *before* any state changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -245,7 +245,7 @@ class HubState(RoomCore["_User"]):
         entry = self._rooms.get(room)
         return entry.topic if entry else None
 
-    def directory(self) -> list[DirectoryEntry]:
+    def directory(self) -> Iterator[DirectoryEntry]:
         """Every room as ``rooms`` lists it (:meth:`RoomTable.directory`)."""
         return self._rooms.directory()
 
@@ -258,7 +258,7 @@ class HubState(RoomCore["_User"]):
         if entry is None:
             raise ProtocolError(404, f"room {room!r} does not exist", ref)
         entry.topic = topic or None
-        self._rooms.changed()
+        self._rooms.changed(room)
         self.history.keep(entry.log)
         self.history.record(TopicOp(room, entry.topic))
         return list(entry.conns)
@@ -462,7 +462,7 @@ class HubState(RoomCore["_User"]):
             count = entry.users.get(conn.user_id, 0)
             entry.users[conn.user_id] = count + 1
             if count == 0:
-                self._rooms.changed()
+                self._rooms.changed(event.room)
                 # To nobody when the room was empty: still an event of the
                 # room (the hub's observers see it).
                 system = System("join", event.room, conn.user_id)
@@ -499,7 +499,7 @@ class HubState(RoomCore["_User"]):
             entry.users[conn.user_id] = count
             return []
         del entry.users[conn.user_id]
-        self._rooms.changed()
+        self._rooms.changed(room)
         leave = Delivery(System("leave", room, conn.user_id), tuple(entry.conns))
         if not entry.conns:
             if entry.worth_keeping:

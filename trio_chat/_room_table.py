@@ -4,15 +4,17 @@ needs them.
 :class:`RoomTable` keeps every :class:`Room` by name, least recently used
 first, and the rooms without members in their own least-recently-used
 order (the next to be forgotten when the table is full).  It also keeps the
-room directory as ``rooms`` lists it (most members first, then by name),
-computed once per change of a room, its member count or its topic rather
-than per request.  What a room may be (quotas, refusals) is the hub
+room directory in the order ``rooms`` lists it (most members first, then by
+name), updated as rooms, their member counts and topics change rather than
+sorted per request.  What a room may be (quotas, refusals) is the hub
 state's to decide; this only keeps the orders.  Pure and synchronous.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import attrs
 
@@ -47,30 +49,36 @@ class Room:
 
 class RoomTable(OrderedDict[str, Room]):
     """Rooms by name, least recently used first, with the empty ones in
-    their own least-recently-used order.
+    their own least-recently-used order, and the directory's order.
 
-    Change it through its methods, which keep the orders and the directory
-    right; reading it is reading an ordered dict.
+    Change it through its methods, which keep the orders right; reading it
+    is reading an ordered dict.  The directory is kept in buckets of rooms
+    with the same number of member users, each sorted by name, so that a
+    member joining or leaving costs a bisection in one bucket and listing
+    the first rooms costs only those rooms, whatever the table holds.
     """
 
     def __init__(self) -> None:
         super().__init__()
         #: The rooms without members, least recently used first.
         self._empty: OrderedDict[str, None] = OrderedDict()
-        self._directory: list[DirectoryEntry] | None = None
+        #: Member users -> the rooms with that many, sorted by name.
+        self._buckets: dict[int, list[str]] = {}
+        #: The bucket each room is in, and its name and topic case-folded.
+        self._listed: dict[str, tuple[int, str]] = {}
 
     def add(self, name: str, room: Room) -> Room:
         """A new room, without members."""
         self[name] = room
         self._empty[name] = None
-        self._directory = None
+        self._file(name, room)
         return room
 
     def forget(self, name: str) -> Room:
         """Forget *name*."""
         room = self.pop(name)
         self._empty.pop(name, None)
-        self._directory = None
+        self._unfile(name)
         return room
 
     def used(self, name: str) -> None:
@@ -88,9 +96,10 @@ class RoomTable(OrderedDict[str, Room]):
         self.move_to_end(name)
         self._empty[name] = None
 
-    def changed(self) -> None:
-        """A room's member users or topic changed."""
-        self._directory = None
+    def changed(self, name: str) -> None:
+        """*name*'s member users or topic changed: its place in the directory."""
+        self._unfile(name)
+        self._file(name, self[name])
 
     def empty(self) -> list[str]:
         """The rooms without members, the next to be forgotten first."""
@@ -103,16 +112,21 @@ class RoomTable(OrderedDict[str, Room]):
         """The next room to be forgotten (None: every room has members)."""
         return next(iter(self._empty), None)
 
-    def directory(self) -> list[DirectoryEntry]:
+    def directory(self) -> Iterator[DirectoryEntry]:
         """Every room as (name, member users, topic, name and topic
-        case-folded), most members first, then by name."""
-        directory = self._directory
-        if directory is None:
-            directory = self._directory = sorted(
-                (
-                    (name, len(room.users), room.topic, f"{name}\n{room.topic or ''}".casefold())
-                    for name, room in self.items()
-                ),
-                key=lambda entry: (-entry[1], entry[0]),
-            )
-        return directory
+        case-folded), most members first, then by name (lazily)."""
+        for count in sorted(self._buckets, reverse=True):
+            for name in self._buckets[count]:
+                yield name, count, self[name].topic, self._listed[name][1]
+
+    def _file(self, name: str, room: Room) -> None:
+        count = len(room.users)
+        bisect.insort(self._buckets.setdefault(count, []), name)
+        self._listed[name] = (count, f"{name}\n{room.topic or ''}".casefold())
+
+    def _unfile(self, name: str) -> None:
+        count, _ = self._listed.pop(name)
+        bucket = self._buckets[count]
+        del bucket[bisect.bisect_left(bucket, name)]
+        if not bucket:
+            del self._buckets[count]
