@@ -118,13 +118,13 @@ async def test_marks_in_a_second_share_one_read_with_the_furthest_id():
             results: list[int] = []
             async with trio.open_nursery() as nursery:
                 for id_ in (2, 4, 3):
-                    nursery.start_soon(lambda i: _append_id(results, phone.mark_read(ROOM, i)), id_)
+                    nursery.start_soon(_mark, results, phone, id_)
             assert results == [4, 4, 4]  # one read, a second after the first
             assert [(await next_of(laptop, ReadMarker)).id for _ in range(2)] == [1, 4]
 
 
-async def _append_id(results: list[int], call) -> None:
-    results.append((await call).id)
+async def _mark(results: list[int], client, id_: int) -> None:
+    results.append((await client.mark_read(ROOM, id_)).id)
 
 
 async def test_read_marker_refusals():

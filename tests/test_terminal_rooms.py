@@ -7,8 +7,9 @@ other users are Python clients, and the server runs in the test process on
 127.0.0.1.  Checked: the unread counts and the topic on join, the
 ``— new messages —`` divider after the read marker, the read marker moved to
 what the current room shows (seen by the user's other connection), topic
-changes shown live, /topic showing, setting and clearing it, and /rooms
-with member counts, topics and a query.
+changes shown live, /topic showing, setting and clearing it, /rooms with
+member counts, topics and a query; with a real ``redis-server``, no counts
+and a 501 line for each call.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio
 from support import bound_all
 from terminal_support import PtyTerminal
 
+from trio_chat import Config
 from trio_chat._terminal_format import format_event
 from trio_chat.client import ReadMarker, System, open_chat_client
 from trio_chat.testing import open_test_server
@@ -154,6 +156,26 @@ async def test_rooms_lists_member_counts_and_topics_and_takes_a_query():
                 await term.until(lambda lines: _listed_last(lines) == ["trio-dev"])
                 await term.send("/rooms nothing-like-it\r")
                 await term.until_line(lambda line: line == "* no rooms matching 'nothing-like-it'")
+                await quit_cleanly(term)
+
+
+async def test_with_the_redis_store_there_are_no_counts_and_the_calls_say_501(redis_server):
+    config = Config(redis_url=redis_server.url + "?timeout=0.5&heartbeat=0.2&node_ttl=2")
+    async with open_test_server(config) as server:
+        async with open_chat_client(server.url, user="bob") as bob:
+            await bob.join(ROOM)
+            await bob.send(ROOM, "on redis")
+            async with carol_in(server.url) as term:
+                lines = term.lines()
+                assert "* joined lobby: bob, carol (1 earlier message above)" in lines
+                assert "— new messages —" not in lines
+                await bob.send(ROOM, "still on redis")  # shown, and marking it is 501
+                await term.until_line(lambda line: line.endswith("bob: still on redis"))
+                refused = "! error 501: not available with the Redis store"
+                await term.send("/rooms\r")
+                await term.until(lambda lines: lines.count(refused) == 1)
+                await term.send("/topic on redis\r")
+                await term.until(lambda lines: lines.count(refused) == 2)
                 await quit_cleanly(term)
 
 
