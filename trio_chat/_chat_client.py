@@ -172,7 +172,9 @@ class ChatClient:
     # ------------------------------------------------------------ actions
 
     async def join(self, room: str) -> Joined:
-        """Join *room* (idempotent) and return the server's ``joined``.
+        """Join *room* (idempotent) and return the server's ``joined``: its
+        members, your read marker (``read``) and the messages after it from
+        others (``unread``, of which ``mentions`` mention you), its ``topic``.
 
         The client re-joins it after every reconnect until :meth:`leave`.
         Waits across reconnects; raises :class:`ClientError` if the server
