@@ -424,6 +424,22 @@ NOTIFICATION_SPY_JS = """
 })();
 """
 
+# A record of every frame the page's WebSockets receive, parsed, in
+# `window.received`: for waiting until the server has answered something the
+# page shows no sign of (a read marker it stored, say).
+WIRE_SPY_JS = """
+(() => {
+  window.received = [];
+  const Real = window.WebSocket;
+  window.WebSocket = class WebSocket extends Real {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => window.received.push(JSON.parse(event.data)));
+    }
+  };
+})();
+"""
+
 # Make the page believe its tab is hidden (or shown again), as when the user
 # switched to another tab: `document.hidden` and a `visibilitychange` event.
 SET_HIDDEN_JS = """(hidden) => {

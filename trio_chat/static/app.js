@@ -455,11 +455,11 @@ const ui = {
   },
 
   /** A message *el* arrived in *conv* that the reader has not seen yet (unless they are looking). */
-  bump(conv, el) {
+  bump(conv, el, { mention = false } = {}) {
     const box = $("messages");
     const watching = conv.key === this.active && !document.hidden;
     if (!watching) {
-      conv.setUnread(conv.unread + 1);
+      conv.setUnread(conv.unread + 1, conv.mentions + (mention ? 1 : 0));
       this.updateTitle();
     }
     if (!watching || box.scrollHeight - box.scrollTop - box.clientHeight > 120) conv.markNew(el);
@@ -640,7 +640,7 @@ const ui = {
         return conv.addMessage(message);
       });
       if (!message.own && !message.replayed) {
-        this.bump(conv, el);
+        this.bump(conv, el, { mention: this.mentionsMe(message) });
         if (this.mentionsMe(message)) {
           notifications.show(`${message.user_id} mentioned you in #${conv.name}`, message.content, { tag: conv.key, onclick: () => this.select(conv.key) });
         }
@@ -750,7 +750,7 @@ const ui = {
         if (typeof message.id === "number") conv.read = Math.max(conv.read, message.id);
         if (!message.replayed) conv.clearNew();
       } else if (!message.replayed) {
-        this.bump(conv, el);
+        this.bump(conv, el, { mention: this.mentionsMe(message) });
         this.stopTyping(conv, peer);
         notifications.show(`${peer} sent you a message`, message.content, { tag: conv.key, onclick: () => this.select(conv.key) });
       }

@@ -43,7 +43,7 @@ export class Conversation {
     this.loaded = false; // a direct conversation whose history was asked for
     this.refused = false; // a join the server turned down
     this.typers = new Map(); // user id -> timer
-    /** id -> {el, author, content, mentions, deleted, reactions: Map<emoji, user ids>} */
+    /** id -> {el, author, content, mentions, deleted, reactions: Map<emoji, user ids>, refreshMenu} */
     this.entries = new Map();
     this.stream = h("div", { class: "stream" });
     this.outbox = h("div", { class: "outbox" });
@@ -239,6 +239,7 @@ export class Conversation {
       text.after(h("span", { class: "edited-mark", title: Number.isNaN(date.getTime()) ? undefined : `edited ${date.toLocaleString()}` }, "(edited)"));
     }
     this.#renderReactions(entry);
+    entry.refreshMenu?.();
   }
 
   #renderReactions(entry) {
@@ -267,6 +268,7 @@ export class Conversation {
     el.append(menu);
     const fill = () => {
       const entry = this.entries.get(id);
+      if (entry?.el !== el) return; // forgotten (the room's ids started over)
       const mine = entry.author === this.actions.me();
       menu.replaceChildren(
         entry.deleted ? null : h("button", { type: "button", class: "msg-action", dataset: { action: "react" }, title: "React", "aria-label": "React", onclick: () => this.#togglePicker(el, id) }, "☺"),
@@ -274,8 +276,12 @@ export class Conversation {
         mine && !entry.deleted ? h("button", { type: "button", class: "msg-action", dataset: { action: "delete" }, title: "Delete", "aria-label": "Delete", onclick: () => this.#confirmDelete(menu, id) }, "🗑") : null,
       );
     };
+    // Built again when the message changes (an edit, a delete) and when the
+    // pointer comes back (a delete left unconfirmed is asked again), never on
+    // focus: a mouse press focuses the button, and a menu built anew then
+    // would take the button away before its click.
+    this.entries.get(id).refreshMenu = fill;
     el.addEventListener("pointerenter", fill);
-    el.addEventListener("focusin", fill);
     let pressTimer = null;
     el.addEventListener("pointerdown", (event) => {
       if (event.pointerType !== "touch") return;
@@ -291,7 +297,6 @@ export class Conversation {
       fill();
       this.#openMenu(el);
     });
-    fill();
   }
 
   #openMenu(el) {
@@ -325,7 +330,10 @@ export class Conversation {
     menu.replaceChildren(
       h("span", { class: "confirm-text" }, "Delete this message?"),
       h("button", { type: "button", class: "msg-action msg-action--danger", dataset: { action: "confirm-delete" }, onclick: () => this.actions.remove(this, id) }, "Delete"),
-      h("button", { type: "button", class: "msg-action", dataset: { action: "cancel" }, onclick: () => menu.closest(".msg").classList.remove("msg--menu") }, "Cancel"),
+      h("button", { type: "button", class: "msg-action", dataset: { action: "cancel" }, onclick: () => {
+        menu.closest(".msg").classList.remove("msg--menu");
+        this.entries.get(id)?.refreshMenu();
+      } }, "Cancel"),
     );
     menu.querySelector("[data-action='cancel']").focus();
   }
