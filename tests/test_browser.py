@@ -9,8 +9,6 @@ recover by itself. Screenshots land in tests/artifacts/ on every run.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import time
 
 import pytest
@@ -20,7 +18,6 @@ from browser_support import (
     FAKE_SOCKET_JS,
     LAPTOP,
     PHONE,
-    REPO,
     ChatPage,
     ChatServer,
     TcpProxy,
@@ -465,11 +462,8 @@ def rough_edges(server_url: str, proxy: TcpProxy) -> None:
             alice.wait_message(room, "hi alice! reading it now")
             bob.send("/me likes structured concurrency")
             alice.page.locator(".msg--action .text", has_text="structured").wait_for()
-            # The screenshot in the README (TRIO_CHAT_UPDATE_SCREENSHOT=1 renews docs/screenshot.png).
             alice.page.mouse.move(1, 1)
-            shot = alice.screenshot("screenshot.png")
-            if os.environ.get("TRIO_CHAT_UPDATE_SCREENSHOT"):
-                shutil.copyfile(shot, REPO / "docs" / "screenshot.png")
+            alice.screenshot("browser-actions.png")
 
             # /help lists the commands.
             alice.send("/help")
