@@ -2,16 +2,20 @@
 
 :class:`HubMachine` drives :class:`HubState` with random commands -- connect,
 disconnect, join (with and without ``since``), leave, chat (with fresh and
-repeated refs), presence, direct, typing, server-side publish, and a restart
-of the server -- from several connections per user, and checks each command's
-deliveries against a small, obviously-correct model: every delivery, to every
-connection, exactly.  Room caps and history budgets (messages, bytes per room,
-bytes in all, age) are small so eviction, trimming and the 403 limits happen
-often.  It runs twice: with the memory store (a restart forgets everything)
-and with the SQLite store on a temporary file (every step's log operations
-are committed; a restart reopens the file and must bring back rooms, history,
-ids and refs exactly).  The unit tests below it pin each rule with a readable
-scenario.
+repeated refs), presence, direct, typing, read markers, edits, deletes and
+reactions (in rooms and conversations), history pages, server-side publish,
+and a restart of the server -- from several connections per user, and checks
+each command's deliveries against a small, obviously-correct model: every
+delivery, to every connection, exactly.  The model keeps every retained
+message as it is now (edited text, tombstone, reactions), so replays and
+pages show it, and counts its bytes.  Room caps, history budgets (messages,
+bytes per room, bytes in all, age) and the edit window are small so
+eviction, trimming and the 403 limits happen often.  It runs twice: with the
+memory store (a restart forgets everything) and with the SQLite store on a
+temporary file (every step's log operations are committed; a restart
+reopens the file and must bring back rooms, history, ids, refs and every
+change to a message exactly).  The unit tests below it pin each rule with
+a readable scenario.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from trio_chat._conversations import conversation_name
 from trio_chat._hub_state import Delivery, HubState, HubStats, Reply, recipients
 from trio_chat._log import MESSAGE_OVERHEAD
 from trio_chat._mentions import find_mentions
+from trio_chat._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
+from trio_chat._message_frames import Delete, Edit, React, ReadHistory
+from trio_chat._message_ops import DEFAULT_REACTIONS
 from trio_chat._protocol import (
     Chat,
     ChatAck,
@@ -72,6 +79,9 @@ ROOMS = ["r1", "r2", "r3", "r4", "r5"]
 #: Stands for "a room this connection is in", so that most chats succeed.
 MINE = "<mine>"
 room_choice = st.sampled_from([MINE, MINE, *ROOMS])
+#: The log a message frame names: mostly a room the connection is in, else
+#: another room or (``@user``) the direct conversation with a user.
+log_choice = st.sampled_from([MINE, MINE, MINE, MINE, *ROOMS[:2], *(f"@{u}" for u in ADDRESSEES)])
 REFS = ["a", "b", "c"]
 #: Small history rings, so that ``truncated`` happens often.
 HISTORY_SIZES = [1, 2, 3]
@@ -88,6 +98,14 @@ MAX_CONVERSATIONS = 2
 MAX_CONVERSATIONS_PER_USER = 2
 EPHEMERAL = (TypingNotice, TypingWith, PresenceUpdate)
 T0 = 1_790_000_000.0
+#: Seconds a message may be edited: about sixteen steps.
+EDIT_WINDOW = 20.0
+#: Two reactions the server offers and one it does not (400).
+EMOJI = [*DEFAULT_REACTIONS[:2], "x"]
+#: New texts: one that mentions a user, one that grows past a byte budget.
+EDITS = ["edited", "hi @bob", "x" * 60]
+#: The events an edit, a delete or a reaction causes.
+CHANGES = (MessageEdited, MessageDeleted, ReactionChanged)
 
 Expected = list[tuple[ServerEvent, list[int]]]
 
@@ -101,13 +119,16 @@ def norm(event: ServerEvent) -> str:
 
 def size_of(message: ChatMessage) -> int:
     """What a message counts against the byte budgets, spelled out: its
-    text, its user id, each mention and 300 bytes."""
+    text, its user id, each mention, each reaction (its user id and 32
+    bytes) and 300 bytes."""
     mentions = sum(len(name) + 3 for name in message.mentions)
+    reactions = sum(len(u) + 32 for users in (message.reactions or {}).values() for u in users)
     return (
         len(message.content.encode("utf-8", "surrogatepass"))
         + len(message.user_id)
         + 300
         + mentions
+        + reactions
     )
 
 
@@ -141,6 +162,19 @@ class RoomModel:
         history = [k.message.payload() for k in self.kept if k.message.id > since]
         missing = [i for i in range(since + 1, self.last_id + 1) if i not in kept]
         return history, bool(missing)
+
+    def page(self, since: int | None, before: int | None) -> tuple[list[ChatMessage], bool]:
+        """A ``history`` answer: with *before* the retained messages with
+        ``id < before``, else those with ``id > since``; whether some of
+        those ids are not retained."""
+        low, high = (1, before) if before is not None else ((since or 0) + 1, self.last_id + 1)
+        high = min(high, self.last_id + 1)
+        kept = {k.message.id for k in self.kept}
+        page = [k.message for k in self.kept if low <= k.message.id < high]
+        return page, any(i not in kept for i in range(low, high))
+
+    def find(self, id_: int) -> Kept | None:
+        return next((k for k in self.kept if k.message.id == id_), None)
 
 
 @attrs.define
@@ -178,13 +212,13 @@ class Model:
         return id_ if epoch == self.log(name).epoch else 0
 
     def unread(self, user: str, name: str) -> tuple[int, int, int]:
-        """The marker, and the messages of others after it (and of those,
-        the ones mentioning *user*)."""
+        """The marker, and the messages of others after it, not deleted (and
+        of those, the ones mentioning *user*)."""
         read = self.marker(user, name)
         after = [
             k.message
             for k in self.log(name).kept
-            if k.message.id > read and k.message.user_id != user
+            if k.message.id > read and k.message.user_id != user and not k.message.deleted
         ]
         return read, len(after), sum(user in m.mentions for m in after)
 
@@ -266,14 +300,31 @@ class Model:
             len(log.kept) > b.size or sum(k.size for k in log.kept) > b.room_bytes
         ):
             log.kept.pop(0)
-        while self.history_bytes() > b.total_bytes:
+        self.trim_total(log)
+        self.expire(now)
+        return message
+
+    def trim_total(self, log: RoomModel) -> None:
+        """The server's oldest messages go while over the total budget; the
+        newest of *log* stays, however large."""
+        while self.history_bytes() > self.budgets.total_bytes:
             oldest = min((r for r in self.logs() if r.kept), key=lambda r: r.kept[0].seq)
             if oldest is log and len(log.kept) == 1:
                 break
             label("history: over the total byte budget")
             oldest.kept.pop(0)
-        self.expire(now)
-        return message
+
+    def replace(self, name: str, kept: Kept, message: ChatMessage) -> None:
+        """*message* in the place of *kept*'s (an edit, a tombstone, a
+        reaction); the budgets apply when it grew."""
+        b, log, before = self.budgets, self.log(name), kept.size
+        kept.message = message
+        if kept.size <= before:
+            return
+        while len(log.kept) > 1 and sum(k.size for k in log.kept) > b.room_bytes:
+            label("change: grew the log past its byte budget")
+            log.kept.pop(0)
+        self.trim_total(log)
 
     def expire(self, now: float) -> None:
         if self.budgets.max_age:
@@ -312,6 +363,43 @@ class Model:
         self.rooms = OrderedDict((r, self.rooms[r]) for r in order)
 
 
+#: What a change to a message comes to: the message as it is then (None:
+#: unchanged) and the event it causes, or the code of its refusal.
+Outcome = tuple[ChatMessage | None, ServerEvent] | int
+
+
+def deleted(user: str, event: Delete, message: ChatMessage) -> Outcome:
+    """A delete by *user*: a tombstone (no text, no reactions, no mentions),
+    or the same answer again for a deleted message."""
+    if message.user_id != user:
+        label("delete: 403, not one's own")
+        return 403
+    cause = MessageDeleted(event.room, event.with_, event.id, user, user)
+    if message.deleted:
+        return None, cause
+    tombstone = ChatMessage(message.id, message.room, user, "", message.time, deleted=True)
+    return tombstone, cause
+
+
+def reacted(user: str, event: React, message: ChatMessage) -> Outcome:
+    """*user*'s reaction toggled: users in the order they reacted, an emoji
+    in the order it was turned on (again, after it went off)."""
+    if message.deleted:
+        label("react: 404, deleted")
+        return 404
+    reactions = dict(message.reactions or {})
+    users = reactions.get(event.emoji, ())
+    on = user not in users
+    users = (*users, user) if on else tuple(u for u in users if u != user)
+    if users:
+        reactions[event.emoji] = users
+    else:
+        del reactions[event.emoji]
+    changed = attrs.evolve(message, reactions=reactions or None)
+    cause = ReactionChanged(event.room, event.with_, event.id, event.emoji, user, on, len(users))
+    return changed, cause
+
+
 class HubMachine(RuleBasedStateMachine):
     connections = Bundle("connections")
     #: The SQLite variant below sets it.
@@ -343,6 +431,7 @@ class HubMachine(RuleBasedStateMachine):
             history_max_age=b.max_age,
             max_conversations=MAX_CONVERSATIONS,
             max_conversations_per_user=MAX_CONVERSATIONS_PER_USER,
+            edit_window=EDIT_WINDOW,
             durable=self.durable,
         )
 
@@ -372,8 +461,8 @@ class HubMachine(RuleBasedStateMachine):
             for key in d.to:
                 # Nothing goes to a connection that left or disconnected.
                 assert key != gone and key in m.conns, f"{d.event} to dead connection {key}"
-            if isinstance(d.event, (ChatMessage, TypingNotice, System)):
-                members = set(m.room_conns(d.event.room))
+            if isinstance(d.event, (ChatMessage, TypingNotice, System, *CHANGES)):
+                members = set(m.room_conns(d.event.room)) if d.event.room else set(m.conns)
                 assert set(d.to) <= members, f"{d.event} to non-members {set(d.to) - members}"
         actual = Counter((k, norm(d.event)) for d in deliveries for k in d.to)
         wanted = Counter((k, norm(e)) for e, keys in expected for k in keys)
@@ -406,7 +495,8 @@ class HubMachine(RuleBasedStateMachine):
         max_age: float,
         users: list[str],
     ) -> object:
-        """Small caps, and a few connections already in a room (or none)."""
+        """Small caps, and a few connections already in a room, each with a
+        message there (or none)."""
         self.model = Model(Budgets(history_size, room_bytes, total_bytes, max_age))
         self.state = self.new_state()
         if self.durable:
@@ -415,6 +505,8 @@ class HubMachine(RuleBasedStateMachine):
         keys = [self.connect(user) for user in users]
         for key in keys:
             self.join(key, ROOMS[0], None, None)
+        for key in keys:
+            self._chat(key, Chat(ROOMS[0], "hello", None))
         return multiple(*keys)
 
     def teardown(self) -> None:
@@ -662,17 +754,8 @@ class HubMachine(RuleBasedStateMachine):
             item: dict[str, Any] = {"with": other, "last_id": log.last_id}
             read, unread, mentions = m.unread(user, conversation_name(user, other))
             item.update(read=read, unread=unread, mentions=mentions)
-            item["last"] = (
-                None
-                if last is None
-                else DirectMessage(
-                    last.user_id,
-                    last.content,
-                    last.time,
-                    last.id,
-                    other if last.user_id == user else user,
-                ).payload()
-            )
+            to = other if last is not None and last.user_id == user else user
+            item["last"] = None if last is None else DirectMessage.stored(last, to).payload()
             items.append(item)
         label(f"conversations: {len(items)}")
         expected = ConversationList(items, False, ref)
@@ -724,6 +807,185 @@ class HubMachine(RuleBasedStateMachine):
             return
         self._read(key, MarkRead(None, to, id_, ref), conversation_name(user, to))
 
+    def _log_of(self, key: int, event: Edit | Delete | React | ReadHistory) -> str | None:
+        """The model's name of the log *event* names, or None when the
+        frame is refused first (403 outside the room, 404 without the
+        conversation): that refusal is checked here."""
+        m = self.model
+        if event.room is not None:
+            if event.room not in m.joined[key]:
+                label(f"{event.type}: 403, not in the room")
+                return None
+            return event.room
+        assert event.with_ is not None
+        name = conversation_name(m.conns[key], event.with_)
+        if name not in m.convs:
+            label(f"{event.type}: 404, no such conversation")
+            return None
+        return name
+
+    def _pick(
+        self, key: int, log: str, mine: bool, back: int
+    ) -> tuple[str | None, str | None, int]:
+        """The room and the user a message frame names for *log* (a room,
+        or ``@user``: the conversation with that user), and a message id in
+        it: *back* before the newest (of the log, or with *mine* of the
+        user's own)."""
+        m = self.model
+        user = m.conns[key]
+        other = log[1:] if log.startswith("@") else None
+        if other is None or other == user:  # no conversation with oneself: a room
+            name = self.room(key, MINE if other else log)
+            where: tuple[str | None, str | None] = (name, None)
+        else:
+            name = conversation_name(user, other)
+            where = (None, other)
+        kept = m.rooms.get(name) or m.convs.get(name)
+        if kept is None:
+            return (*where, back)
+        own = [k.message.id for k in kept.kept if k.message.user_id == user]
+        if mine and own:
+            return (*where, own[-1 - min(back, len(own) - 1)])
+        return (*where, max(0, kept.last_id - back))
+
+    def _change(self, key: int, event: Edit | Delete | React) -> None:
+        """An edit, a delete or a reaction, beside the model's rules."""
+        m = self.model
+        user = m.conns[key]
+        result = self.handle(key, event)
+        name = self._log_of(key, event)
+        if name is None:
+            return self.refused(result, 403 if event.room is not None else 404, event.ref)
+        if isinstance(event, React) and event.emoji not in DEFAULT_REACTIONS:
+            label("react: 400, not an offered emoji")
+            return self.refused(result, 400, event.ref)
+        kept = m.log(name).find(event.id)
+        if kept is None:
+            label(f"{event.type}: 404, not retained")
+            return self.refused(result, 404, event.ref)
+        if isinstance(event, Edit):
+            outcome = self._edited(user, event, kept)
+        elif isinstance(event, Delete):
+            outcome = deleted(user, event, kept.message)
+        else:
+            outcome = reacted(user, event, kept.message)
+        if isinstance(outcome, int):
+            return self.refused(result, outcome, event.ref)
+        changed, cause = outcome
+        answer = (attrs.evolve(cause, ref=event.ref), [key])
+        if changed is None:
+            label("delete: again")
+            return self.check(result, [answer])  # to the sender alone
+        label(f"{event.type}: {'room' if event.room else 'conversation'}")
+        m.replace(name, kept, changed)
+        if event.with_ is None:
+            others = [k for k in m.room_conns(name) if k != key]
+            return self.check(result, [(cause, others), answer])
+        mine = [k for k in m.conns_of(user) if k != key]
+        theirs = m.conns_of(event.with_)
+        self.check(result, [(cause, mine), (attrs.evolve(cause, with_=user), theirs), answer])
+
+    def _edited(self, user: str, event: Edit, kept: Kept) -> Outcome:
+        message = kept.message
+        if message.deleted:
+            label("edit: 404, deleted")
+            return 404
+        if message.user_id != user:
+            label("edit: 403, not one's own")
+            return 403
+        if self.now - kept.at > EDIT_WINDOW:
+            label("edit: 403, past the edit window")
+            return 403
+        edited = format_time(self.now)
+        mentions = find_mentions(event.content)
+        changed = attrs.evolve(message, content=event.content, edited=edited, mentions=mentions)
+        cause = MessageEdited(
+            event.room, event.with_, event.id, user, event.content, edited, mentions
+        )
+        return changed, cause
+
+    @rule(
+        key=connections,
+        log=log_choice,
+        mine=st.booleans(),
+        back=st.integers(0, 3),
+        content=st.sampled_from(EDITS),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def edit(
+        self,
+        key: int,
+        log: str,
+        mine: bool,
+        back: int,
+        content: str,
+        ref: str | None,
+    ) -> None:
+        room_, with_, id_ = self._pick(key, log, mine, back)
+        self._change(key, Edit(room_, with_, id_, content, ref))
+
+    @rule(key=connections, back=st.integers(0, 2), content=st.sampled_from(EDITS))
+    def edit_mine(self, key: int, back: int, content: str) -> None:
+        """Edits of one's own messages in one's room: a second rule for them."""
+        self.edit(key, MINE, True, back, content, None)
+
+    @rule(
+        key=connections,
+        log=log_choice,
+        mine=st.booleans(),
+        back=st.integers(0, 3),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def delete(self, key: int, log: str, mine: bool, back: int, ref: str | None) -> None:
+        room_, with_, id_ = self._pick(key, log, mine, back)
+        self._change(key, Delete(room_, with_, id_, ref))
+
+    @rule(
+        key=connections,
+        log=log_choice,
+        back=st.integers(0, 3),
+        emoji=st.sampled_from(EMOJI),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def react(self, key: int, log: str, back: int, emoji: str, ref: str | None) -> None:
+        room_, with_, id_ = self._pick(key, log, False, back)
+        self._change(key, React(room_, with_, id_, emoji, ref))
+
+    @rule(
+        key=connections,
+        log=log_choice,
+        since=st.none() | st.integers(0, 9),
+        before=st.none() | st.integers(0, 9),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def history(
+        self,
+        key: int,
+        log: str,
+        since: int | None,
+        before: int | None,
+        ref: str | None,
+    ) -> None:
+        m = self.model
+        user = m.conns[key]
+        room_, with_, _ = self._pick(key, log, False, 0)
+        event = ReadHistory(room_, with_, since, before, ref)
+        result = self.handle(key, event)
+        name = self._log_of(key, event)
+        if name is None:
+            return self.refused(result, 403 if room_ is not None else 404, ref)
+        page, truncated = m.log(name).page(since, before)
+        label(f"page: {'before' if before is not None else 'since'}, truncated={truncated}")
+        if with_ is None:
+            messages = [message.payload() for message in page]
+        else:
+            messages = [
+                DirectMessage.stored(message, with_ if message.user_id == user else user).payload()
+                for message in page
+            ]
+        answer = HistoryPage(room_, with_, messages, truncated, ref)
+        self.check(result, [(answer, [key])])
+
     @rule(key=connections, room=room_choice)
     def typing(self, key: int, room: str) -> None:
         m = self.model
@@ -774,6 +1036,11 @@ class HubMachine(RuleBasedStateMachine):
             assert (kept.last_id, kept.epoch) == (log.last_id, log.epoch)
             assert [e[0] for e in kept.entries] == [k.message for k in log.kept]
         for room, log in m.rooms.items():
+            room_log = s.room_log(room)
+            assert room_log is not None
+            # Edited texts, tombstones and reactions, each counted as it is now.
+            assert [e[0] for e in room_log.entries] == [k.message for k in log.kept]
+            assert [e[1] for e in room_log.entries] == [k.size for k in log.kept]
             assert s.last_id(room) == log.last_id  # ids 1..n, no gap
             assert s.epoch(room) == log.epoch
             assert set(s.members(room)) == m.room_users(room)
