@@ -462,8 +462,11 @@ class ClusterRooms(RoomCore[ServedUser]):
                     to = tuple(room.conns)
                 else:
                     to = tuple(k for k in room.conns if k is not sender)
+                # To nobody here but the sender: still an event of the room
+                # (the hub's observers see it).
+                deliveries.append(Delivery(RawEvent(frame), to))
             else:
                 to = tuple(self._users[name].conns)
-            if to:
-                deliveries.append(Delivery(RawEvent(frame), to))
+                if to:
+                    deliveries.append(Delivery(RawEvent(frame), to))
         return deliveries

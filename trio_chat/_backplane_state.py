@@ -214,7 +214,8 @@ class ClusterState(ClusterMessages):
     def _system(self, name: str, room: ServedRoom, user_id: str, joined: bool) -> list[Delivery]:
         to = tuple(k for k in room.conns if self._conns[k].user_id != user_id)
         event = System("join" if joined else "leave", name, user_id)
-        return [Delivery(event, to)] if to else []
+        # Also to nobody: an event of the room, which the hub's observers see.
+        return [Delivery(event, to)]
 
     def _remote_typing(self, target: str, origin: str, frame: str) -> list[Delivery]:
         """A typing notice from another process: in a room (*target*
