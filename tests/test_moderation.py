@@ -226,6 +226,27 @@ async def test_bans_survive_a_restart_with_the_sqlite_store(tmp_path):
             pass
 
 
+async def test_mutes_survive_a_restart_with_the_sqlite_store(tmp_path):
+    config = Config(store="sqlite", data_dir=str(tmp_path))
+    async with open_test_server(config) as server:
+        await server.mute("mallory", "lobby", duration=3600, reason="kept")
+        await server.mute("brief", "lobby", duration=3600)
+        assert await server.unmute("brief", "lobby")
+    on_disk = json.loads((tmp_path / "bans.json").read_text())
+    assert [(m["user_id"], m["room"]) for m in on_disk["mutes"]] == [("mallory", "lobby")]
+    async with open_test_server(config) as server:
+        [(user, room, left)] = server.mutes()
+        assert (user, room) == ("mallory", "lobby") and 3500 < left <= 3600
+        async with open_test_client(server, user="mallory") as mallory:
+            await mallory.join("lobby")
+            refused = await mallory.chat("lobby", "am I still muted?")
+            assert refused["payload"]["code"] == 403
+            assert "more seconds" in refused["payload"]["message"]
+        async with open_test_client(server, user="brief") as brief:
+            await brief.join("lobby")
+            assert (await brief.chat("lobby", "free"))["type"] == "ack"
+
+
 async def test_the_memory_store_keeps_bans_in_memory_only(tmp_path):
     async with open_test_server(Config(store="memory")) as server:
         await server.ban(user_id="mallory", duration=3600)

@@ -19,9 +19,10 @@ Members of the rooms concerned see a ``system`` event (``kick``, ``ban``,
 saying what happened, before the connections close.  Each action is logged
 (logger ``trio_chat.moderation``) and counted on ``/metrics``.
 
-Bans are kept with the store: with the SQLite store in ``bans.json`` beside
-its database (written atomically, off the trio thread, before the call
-returns), so they survive a restart; with the memory store, in memory.
+Bans and mutes are kept with the store: with the SQLite store in
+``bans.json`` beside its database (written atomically, off the trio thread,
+before the call returns), so they survive a restart; with the memory store
+(and per process with the Redis store), in memory.
 At most ``max_bans`` bans and ``max_mutes`` mutes are in force at once.
 """
 
@@ -103,27 +104,46 @@ def _duration(seconds: object) -> float:
     return float(seconds)
 
 
+#: A mute as kept in the file: (user, room, until, in seconds since the epoch).
+SavedMute = tuple[str, str, float]
+
+
 class _BanFile:
-    """Where bans are kept: a JSON file written whole, atomically."""
+    """Where bans and mutes are kept: a JSON file written whole, atomically
+    (version 1 held bans only)."""
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, BANS_FILE)
 
-    def load(self, now: float) -> list[Ban]:
+    def load(self, now: float) -> tuple[list[Ban], list[SavedMute]]:
+        """The bans and mutes still in force at *now* (wall clock)."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
-            return [Ban.from_json(item) for item in data["bans"] if item["until"] > now]
+            bans = [Ban.from_json(item) for item in data["bans"] if item["until"] > now]
+            mutes = [
+                (str(m["user_id"]), str(m["room"]), float(m["until"]))
+                for m in data.get("mutes", [])
+                if m["until"] > now
+            ]
         except FileNotFoundError:
-            return []
+            return [], []
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read the bans in {self.path}: {exc}") from None
+        return bans, mutes
 
-    def write(self, bans: list[Ban]) -> None:
+    def write(self, bans: list[Ban], mutes: list[SavedMute]) -> None:
         """Replace the file (blocking: run in a thread)."""
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "bans": [b.to_json() for b in bans]}, f)
+            json.dump(
+                {
+                    "version": 2,
+                    "bans": [b.to_json() for b in bans],
+                    "mutes": [{"user_id": u, "room": r, "until": t} for u, r, t in mutes],
+                },
+                f,
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -145,8 +165,11 @@ class ModerationApi:
         self._bans = Bans(config.max_bans)
         self.screen.mutes = self._mutes = Mutes(config.max_mutes, self.screen.update)
         self._ban_file = None if config.sqlite_dir is None else _BanFile(config.sqlite_dir)
+        #: Mutes read back from the file, put in force when the server starts.
+        self._saved_mutes: list[SavedMute] = []
         if self._ban_file is not None:
-            for ban in self._ban_file.load(time.time()):
+            bans, self._saved_mutes = self._ban_file.load(time.time())
+            for ban in bans:
                 self._bans.add(ban, time.time())
         self._ban_lock = trio.Lock()
         self.moderation_actions: dict[str, int] = dict.fromkeys(ACTIONS, 0)
@@ -241,9 +264,21 @@ class ModerationApi:
         return f"banned for {left} more seconds" + (f": {ban.reason}" if ban.reason else "")
 
     async def _save_bans(self) -> None:
+        """Write the bans and the mutes in force (hold ``_ban_lock``)."""
         if self._ban_file is not None:
-            bans = self._bans.all(time.time())
-            await trio.to_thread.run_sync(self._ban_file.write, bans)
+            wall = time.time()
+            bans = self._bans.all(wall)
+            mutes = [(u, r, wall + left) for u, r, left in self._mutes.all(trio.current_time())]
+            await trio.to_thread.run_sync(self._ban_file.write, bans, mutes)
+
+    def _restore_mutes(self) -> None:
+        """Put the mutes read back from the file in force, on trio's clock
+        (call once, in the server's trio run)."""
+        wall, now = time.time(), trio.current_time()
+        for user_id, room, until in self._saved_mutes:
+            if until > wall:
+                self._mutes.add(user_id, room, now + (until - wall), now)
+        self._saved_mutes = []
 
     # ------------------------------------------------------------ mutes
 
@@ -252,15 +287,18 @@ class ModerationApi:
     ) -> None:
         """Refuse *user_id*'s chats in *room* (error 403 with the time left)
         for *duration* seconds; members see a ``system`` ``mute``.  Mutes
-        are kept in memory (a restart lifts them)."""
+        are kept with the bans (with the SQLite store they survive a
+        restart)."""
         reason, duration = _reason(reason), _duration(duration)
         self._check_user(user_id)
         self._check_room(room)
         now = trio.current_time()
-        try:
-            self._mutes.add(user_id, room, now + duration, now)
-        except ValueError as exc:
-            raise ProtocolError(507, str(exc)) from None
+        async with self._ban_lock:
+            try:
+                self._mutes.add(user_id, room, now + duration, now)
+            except ValueError as exc:
+                raise ProtocolError(507, str(exc)) from None
+            await self._save_bans()
         text = f"{user_id} was muted for {math.ceil(duration)} s" + (
             f": {reason}" if reason else ""
         )
@@ -269,7 +307,10 @@ class ModerationApi:
 
     async def unmute(self, user_id: str, room: str, *, by: str = "server") -> bool:
         """Lift a mute; False if there was none."""
-        found = self._mutes.remove(user_id, room)
+        async with self._ban_lock:
+            found = self._mutes.remove(user_id, room)
+            if found:
+                await self._save_bans()
         if found:
             await self._announce("unmute", user_id, f"{user_id} may speak again", rooms=[room])
             self._done("unmute", f"user={user_id} room={room}", by, "")

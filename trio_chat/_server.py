@@ -153,6 +153,7 @@ class ChatServer(EmbeddingApi, ModerationApi):
         """
         try:
             async with trio.open_nursery() as root:
+                self._restore_mutes()
                 await root.start(self.hub.run)
                 root.start_soon(self._summarize_logs)
                 if listeners is None:
