@@ -2,7 +2,8 @@
 Chromium against a real server (a subprocess with a secret and an SQLite
 store): the admin HTTP API deletes a message (a tombstone and a notice on
 every page), sets a topic (the header) and closes a room (a notice, the room
-gone from the sidebar, not joined again after a reconnect or a reload).
+gone from the sidebar, not joined again after a reconnect or a reload, and
+joined afresh when asked).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def moderation(server_url: str, proxy: TcpProxy) -> None:
             assert bob.rooms() == ["lobby"]
             assert bob.page.inner_text("#conv-title") == "#flood"
             assert bob.page.is_disabled("#composer-input")
-            assert bob.page.inner_text("#conv-subtitle") == (
-                "Cannot join: this room was closed by a moderator"
+            assert bob.page.inner_text("#conv-subtitle") == "Closed by a moderator"
+            assert bob.page.get_attribute("#composer-input", "placeholder") == (
+                "You cannot post in #flood"
             )
             bob.screenshot("browser-room-closed.png")
             alice.page.wait_for_selector("#room-list li[data-conv='room:flood']", state="detached")
@@ -98,21 +100,31 @@ def moderation(server_url: str, proxy: TcpProxy) -> None:
             # Moving on drops the closed pane.
             bob.page.click("#room-list li[data-conv='room:lobby'] button")
             assert bob.page.locator(".log[data-conv='room:flood']").count() == 0
+            # Joining it again from the closed pane: a new room, empty, without the old topic.
+            alice.join_room("flood")
+            alice.wait_notice("flood", "You joined #flood")
+            assert alice.rooms() == ["flood", "lobby"]
+            assert alice.notices("flood") == ["You joined #flood"]
+            assert alice.messages("flood") == []
+            assert alice.page.is_enabled("#composer-input")
+            assert alice.page.inner_text("#conv-subtitle") == "1 member"
+            assert alice.page.is_hidden("#conv-topic")
 
-            # A reconnect does not join it again: the room stays gone.
+            # A reconnect does not join bob to it again.
             in_trio(proxy.drop, reset=True)
             bob.wait_state("reconnecting")
             bob.wait_state("online", timeout_ms=40_000)
             bob.send("back after the drop")
             alice.wait_message("lobby", "back after the drop")
             assert bob.rooms() == ["lobby"]
-            alice.page.click("#browse-rooms")  # (her composer is off: #flood is still open)
+            alice.send("/rooms")
             alice.page.wait_for_function(
-                """() => document.querySelector('#rooms-found li')?.dataset.room === 'lobby'"""
+                """() => document.querySelectorAll('#rooms-found li').length === 2"""
             )
             assert alice.page.eval_on_selector_all(
-                "#rooms-found li", "els => els.map((el) => el.dataset.room)"
-            ) == ["lobby"]
+                "#rooms-found li",
+                "els => els.map((el) => [el.dataset.room, el.querySelector('.found-meta').textContent])",
+            ) == [["lobby", "2 members"], ["flood", "1 member"]]
             alice.page.click("#rooms-close")
             # Nor does a reload.
             bob.page.reload()

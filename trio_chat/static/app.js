@@ -124,6 +124,8 @@ const ui = {
   },
 
   joinRoom(name, { select = true, announce = true } = {}) {
+    // Refused, or closed by a moderator, and still shown: joined afresh.
+    if (this.conversations.get(`room:${name}`)?.refused) this.dropConversation(`room:${name}`);
     const known = this.conversations.has(`room:${name}`);
     const conv = this.conversation("room", name);
     if (!known) conv.announce = announce;
@@ -324,7 +326,7 @@ const ui = {
     if (!conv) {
       $("conv-subtitle").textContent = "Join a room to start chatting";
     } else if (conv.refused) {
-      $("conv-subtitle").textContent = `Cannot join: ${conv.refused}`;
+      $("conv-subtitle").textContent = conv.closed ? "Closed by a moderator" : `Cannot join: ${conv.refused}`;
     } else if (conv.kind === "room") {
       const n = conv.members.length;
       $("conv-subtitle").textContent = n === 0 ? "joining…" : `${n} ${n === 1 ? "member" : "members"}`;
@@ -616,6 +618,7 @@ const ui = {
       const conv = this.conversation("room", room, { create: false });
       if (!conv) return;
       conv.refused = "this room was closed by a moderator";
+      conv.closed = true;
       conv.item.remove();
       this.saveRooms();
       if (this.active === conv.key) this.renderHeader();

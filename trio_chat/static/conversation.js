@@ -41,7 +41,8 @@ export class Conversation {
     this.maxId = 0;
     this.members = [];
     this.loaded = false; // a direct conversation whose history was asked for
-    this.refused = false; // a join the server turned down
+    this.refused = false; // a join the server turned down (why), or a room closed
+    this.closed = false; // a room a moderator closed (refused says so too)
     this.typers = new Map(); // user id -> timer
     /** id -> {el, author, content, mentions, deleted, reactions: Map<emoji, user ids>, refreshMenu} */
     this.entries = new Map();
