@@ -326,6 +326,27 @@ def test_system_events_follow_the_cluster_and_its_versions():
     ]
 
 
+def test_a_member_whose_news_was_lost_is_known_after_the_snapshot():
+    # Redis loads the room (version 0, no members), then carol joins on
+    # another process (version 1); that news comes before the load's answer
+    # (another connection), so it is dropped.  The next news (version 2)
+    # shows the gap: the snapshot asked for then, of version 2, brings carol.
+    state = ClusterState("n1")
+    _up(state)
+    state.connect(1, "alice")
+    state.handle(1, Join("r"), 0.0)
+    [load] = [op for op in state.take_ops() if isinstance(op, LoadOp)]
+    assert state.on_messages([("trio_chat:ch:r:r", "j 1 - carol -")]) == []
+    state.on_result(load, LoadResult(0, [], [], 0, {}))
+    state.take_ops()
+    state.on_messages([("trio_chat:ch:r:r", "j 2 - dave -")])
+    [members] = [op for op in state.take_ops() if isinstance(op, MembersOp)]
+    assert "carol" not in state.members("r")
+    events = _events(state.on_result(members, (2, ["alice", "carol", "dave"])), 1)
+    assert [(e["payload"]["event"], e["payload"]["user_id"]) for e in events] == [("join", "carol")]
+    assert sorted(state.members("r")) == ["alice", "carol", "dave"]
+
+
 def test_redis_losing_its_data_keeps_ids_growing():
     state = ClusterState("n1")
     _up(state, "e1")

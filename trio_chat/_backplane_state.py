@@ -385,8 +385,11 @@ class ClusterState(ClusterMessages):
         return deliveries + self._loaded_revisions(op.room, room)
 
     def _members_result(self, name: str, version: int, members: list[str]) -> list[Delivery]:
+        # A snapshot of the version known here is applied too: it was asked
+        # for when news was found lost, the version taken from the news
+        # after the gap.
         room = self._rooms.get(name)
-        if room is None or not room.log.ready or version <= room.members_version:
+        if room is None or not room.log.ready or version < room.members_version:
             return []
         room.members_version = version
         now = dict.fromkeys(members)
