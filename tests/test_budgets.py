@@ -289,6 +289,31 @@ async def test_join_leave_floods_are_dropped_as_slow_consumers():
     assert m["worst_rtt"] < RTT_BOUND, m["rtts"]
 
 
+async def test_history_floods_of_a_big_room_are_dropped_as_slow_consumers():
+    """A never-reading client joins the big room (a ``joined`` of half its
+    queue) and asks for the room's history 40 times (each answer up to
+    64 KiB): its 1 MiB fills with the eleventh answer or so, and it is
+    dropped as a slow consumer; the server never holds more than its
+    queue."""
+    async with open_test_server(CONFIG) as server:
+        budget = server.hub.counters.outbound
+        await fill_big_room(server)
+        async with attack_scene(server) as (bystander, _, baseline):
+            received = server.hub.counters.frames_received
+            attackers = [await raw_client(server.port, f"attacker{i}") for i in range(3)]
+            texts = [frame_text("join", room=BIG)] + [frame_text("history", room=BIG)] * 40
+            for attacker in attackers:
+                await send_all_frames(attacker, texts)
+            await frames_received(server, received + 3 * len(texts))
+            await bystander.more(2)
+            assert server.hub.counters.slow_consumer_reasons == {"bytes": 3}
+            assert budget.peak <= 3 * MiB + 64 * 1024, budget.peak
+            assert bystander.worst < RTT_BOUND, bystander.rtts
+            for attacker in attackers:
+                reset(attacker)
+            await back_to(server, baseline)
+
+
 async def test_the_server_wide_outbound_budget_drops_the_largest_backlog():
     """Four never-reading clients each take a ``joined`` of about 320 KB
     while all queues together may hold 1 MiB: the fourth does not make the
