@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import pytest
-import trio
 from http_support import http_request
 from support import bound_all
+from test_moderation import _cli
 
 from trio_chat import Config, ProtocolError, make_token
 from trio_chat.testing import TestClient, open_test_client, open_test_server
@@ -188,15 +187,6 @@ async def test_the_admin_http_api_deletes_sets_topics_and_closes_rooms():
         metrics = (await http_request(port, "GET", "/metrics")).body.decode()
         for action in ("delete", "topic", "close"):
             assert f'trio_chat_moderation_actions_total{{action="{action}"}} 1.0' in metrics
-
-
-async def _cli(*args: str) -> trio.Process:
-    return await trio.run_process(
-        [sys.executable, "-m", "trio_chat", "admin", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
 
 
 async def test_the_admin_command_line_deletes_sets_topics_and_closes_rooms():

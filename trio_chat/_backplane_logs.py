@@ -16,9 +16,9 @@ from typing import Any
 
 import attrs
 
-from ._hub_state import newest_within
 from ._protocol import Join
 from ._room_core import Key
+from ._sizes import newest_within
 
 __all__ = [
     "EARLY_REVISIONS",

@@ -30,7 +30,7 @@ from ._backplane_ops import (
     RawEvent,
     TypingOp,
 )
-from ._hub_state import joined_budget
+from ._hub_directory import joined_budget
 from ._mentions import find_mentions
 from ._message_ops import DEFAULT_REACTIONS
 from ._protocol import (

@@ -18,10 +18,12 @@ works on.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._auth import room_allowed
 from ._conversations import direct_payload
+from ._hub_messages import find_target
 from ._log import RoomLog
 from ._protocol import ConversationList, System
 from ._room_core import Delivery, Key, Reply
@@ -36,6 +38,7 @@ __all__ = [
     "MAX_EXAMINED",
     "MAX_LISTED",
     "conversation_list",
+    "joined_budget",
     "list_rooms",
     "mark_read",
     "set_topic",
@@ -53,6 +56,11 @@ MAX_LISTED = 100
 MAX_EXAMINED = 2000
 
 
+def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
+    """What is left of *budget* for a ``joined``'s history after the rest."""
+    return budget - JOINED_OVERHEAD - len(room) - sum(utf8_len(m) + 3 for m in members)
+
+
 def unread_counts(state: HubState, user_id: str, log: RoomLog) -> tuple[int, int, int]:
     """*user_id*'s marker in *log*, and how many retained messages after it
     are from others (not deleted), and how many of those mention them."""
@@ -63,7 +71,7 @@ def unread_counts(state: HubState, user_id: str, log: RoomLog) -> tuple[int, int
 
 def mark_read(state: HubState, key: Key, user_id: str, event: MarkRead) -> list[Delivery]:
     """Apply a ``read`` of *user_id* from connection *key*."""
-    target = state.target(user_id, event.room, event.with_, event.ref)
+    target = find_target(state, user_id, event.room, event.with_, event.ref)
     moved = state.markers.move(user_id, target.log, event.id)
     marker = ReadMarker(event.room, event.with_, state.markers.get(user_id, target.log))
     if moved is None:

@@ -26,13 +26,36 @@ from ._message_ops import (
     history_page,
     toggle_reaction,
 )
-from ._protocol import ChatMessage, System
+from ._protocol import ChatMessage, ProtocolError, System
 from ._room_core import Delivery, Key, Reply
 
 if TYPE_CHECKING:
     from ._hub_state import HubState
 
-__all__ = ["apply_message_frame", "change_message", "moderator_delete"]
+__all__ = ["apply_message_frame", "change_message", "find_target", "moderator_delete"]
+
+
+def find_target(
+    state: HubState, user_id: str, room: str | None, with_: str | None, ref: str | None
+) -> Target:
+    """The log a frame of *user_id* names: *room* (which must exist) or the
+    conversation *with_* (404 if there is none)."""
+    if room is not None:
+        entry = state.room(room)
+        if entry is None:
+            raise ProtocolError(404, f"room {room!r} does not exist", ref)
+        return Target(entry.log, room=room)
+    assert with_ is not None
+    log = state.conversations.get(user_id, with_)
+    if log is None:
+        raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
+    return Target(log, with_=with_)
+
+
+def _members(state: HubState, target: Target) -> list[Key]:
+    """The connections in *target*'s room."""
+    entry = state.room(target.room) if target.room is not None else None
+    return list(entry.conns) if entry is not None else []
 
 
 def announce(
@@ -48,7 +71,7 @@ def announce(
     sender) gets it with *ref*.  In a conversation each user's connections
     get it with ``with`` naming the other one (*actor*, for the other side)."""
     if target.with_ is None:
-        audience = [k for k in state.audience(target) if k != reply_to]
+        audience = [k for k in _members(state, target) if k != reply_to]
         deliveries = [Delivery(event, tuple(audience))]
     else:
         mine = tuple(k for k in state.connections_of(actor) if k != reply_to)
@@ -141,7 +164,7 @@ def moderator_delete(
     deleted = MessageDeleted(target.room, target.with_, message.id, message.user_id, by)
     if not changed:
         return message, state.answer(reply_to, deleted)
-    audience = tuple(state.audience(target))
+    audience = tuple(_members(state, target))
     deliveries = [Delivery(deleted, audience)]
     if target.room is not None:
         deliveries.append(Delivery(System("delete", target.room, message.user_id, text), audience))

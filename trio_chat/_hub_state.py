@@ -25,19 +25,19 @@ import attrs
 
 from ._conversations import Conversations, is_conversation
 from ._hub_directory import (
-    JOINED_OVERHEAD,
     conversation_list,
+    joined_budget,
     list_rooms,
     mark_read,
     set_topic,
     unread_counts,
 )
-from ._hub_messages import apply_message_frame, moderator_delete
+from ._hub_messages import apply_message_frame, find_target, moderator_delete
 from ._log import History, LogOp, RefMemory, RememberOp, RoomLog
 from ._log_ops import TopicOp
 from ._markers import ReadMarkers
 from ._message_frames import MessageFrame
-from ._message_ops import DEFAULT_REACTIONS, Target
+from ._message_ops import DEFAULT_REACTIONS
 from ._protocol import (
     ChatAck,
     ChatMessage,
@@ -62,7 +62,7 @@ from ._protocol import (
 from ._room_core import Conn, Delivery, Encoded, HubStats, Key, Post, Reply, RoomCore
 from ._room_frames import ListRooms, MarkRead, SetTopic
 from ._room_table import DirectoryEntry, Room, RoomTable
-from ._sizes import newest_within, payload_bound, payload_bytes, utf8_len
+from ._sizes import newest_within, payload_bound, payload_bytes
 
 if TYPE_CHECKING:
     from ._sqlite_store import Snapshot
@@ -79,11 +79,6 @@ __all__ = [
 ]
 
 
-def joined_budget(budget: int, room: str, members: Iterable[str]) -> int:
-    """What is left of *budget* for a ``joined``'s history after the rest."""
-    return budget - JOINED_OVERHEAD - len(room) - sum(utf8_len(m) + 3 for m in members)
-
-
 @attrs.define
 class _User:
     conns: dict[Key, None] = attrs.Factory(dict)
@@ -93,7 +88,8 @@ class _User:
 
 @attrs.define
 class HubState(RoomCore["_User"]):
-    """Rooms, members, ids, history, presence and ``ref`` de-duplication.
+    """Rooms, members, ids, history, presence, read markers, topics and
+    ``ref`` de-duplication.
 
     Args:
         history_size: messages retained per room.
@@ -126,10 +122,10 @@ class HubState(RoomCore["_User"]):
             go first (:class:`~trio_chat._markers.ReadMarkers`).
 
     Rooms are reclaimed so that no client can hold the table: a room left
-    empty with no history is forgotten at once (its ids start again at 1);
-    an empty room with history is kept until the table is full, then the
-    least recently used empty room goes first (a room is used by a join, a
-    message, and its last member leaving).  Every refusal is O(1).
+    empty with no history and no topic is forgotten at once (its ids start
+    again at 1); another empty room is kept until the table is full, then
+    the least recently used goes first (a join, a message and its last
+    member leaving use a room).  Every refusal is O(1).
     """
 
     history_size: int = 100
@@ -229,6 +225,10 @@ class HubState(RoomCore["_User"]):
         """The name of *room*'s current numbering (see :class:`RoomLog`)."""
         entry = self._rooms.get(room)
         return entry.log.epoch if entry else None
+
+    def room(self, name: str) -> Room | None:
+        """The room called *name*, if there is one."""
+        return self._rooms.get(name)
 
     def room_log(self, room: str) -> RoomLog | None:
         entry = self._rooms.get(room)
@@ -343,52 +343,19 @@ class HubState(RoomCore["_User"]):
 
     # ------------------------------------------------------------ edits, deletes, reactions
 
-    def target(self, user_id: str, room: str | None, with_: str | None, ref: str | None) -> Target:
-        """The log a frame of *user_id* names: *room* (which must exist) or
-        the conversation *with_* (404 if there is none)."""
-        if room is not None:
-            entry = self._rooms.get(room)
-            if entry is None:
-                raise ProtocolError(404, f"room {room!r} does not exist", ref)
-            return Target(entry.log, room=room)
-        assert with_ is not None
-        log = self.conversations.get(user_id, with_)
-        if log is None:
-            raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
-        return Target(log, with_=with_)
-
-    def audience(self, target: Target) -> list[Key]:
-        """Every connection of *target*'s log: the room's members."""
-        if target.room is not None:
-            return list(self._rooms[target.room].conns)
-        return []
-
-    def connections_of(self, user_id: str) -> list[Key]:
-        """The connections of *user_id* (none when it is not connected)."""
-        user = self._users.get(user_id)
-        return list(user.conns) if user is not None else []
-
     def _message_frame(
         self, key: Key, conn: Conn, event: MessageFrame, now: float
     ) -> list[Delivery]:
         if event.room is not None:
             self._member(conn, event.room, "reading or changing messages in", event.ref)
-        target = self.target(conn.user_id, event.room, event.with_, event.ref)
+        target = find_target(self, conn.user_id, event.room, event.with_, event.ref)
         return apply_message_frame(self, key, conn.user_id, event, target=target, now=now)
-
-    def message_frame(
-        self, user_id: str, event: MessageFrame, now: float, reply_to: Reply | None = None
-    ) -> list[Delivery]:
-        """Apply *event* as *user_id* (the embedding program, a bot) without
-        a connection; the answer goes to *reply_to*."""
-        target = self.target(user_id, event.room, event.with_, event.ref)
-        return apply_message_frame(self, reply_to, user_id, event, target=target, now=now)
 
     def delete_any(
         self, room: str, id_: int, by: str, text: str, reply_to: Reply | None = None
     ) -> tuple[ChatMessage, list[Delivery]]:
         """Delete message *id_* of *room*, whoever wrote it, as moderator *by*."""
-        target = self.target(by, room, None, None)
+        target = find_target(self, by, room, None, None)
         return moderator_delete(self, target, id_, by, text=text, reply_to=reply_to)
 
     def close_room(self, room: str, text: str, by: str) -> tuple[int, list[Delivery]]:

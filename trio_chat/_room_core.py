@@ -173,6 +173,11 @@ class RoomCore(abc.ABC, Generic[U]):
         """Whether *user_id* has a connection here."""
         return user_id in self._users
 
+    def connections_of(self, user_id: str) -> list[Key]:
+        """The connections of *user_id* here (none when it is not connected)."""
+        user = self._users.get(user_id)
+        return list(user.conns) if user is not None else []
+
     def rooms_of(self, key: Key) -> list[str]:
         return list(self._conns[key].rooms)
 
