@@ -3,7 +3,8 @@ markers, rooms and topics, in a real headless Chromium.
 
 The test plays the server by hand through ``FakeSocket`` (browser_support):
 these check the client's own logic (which answer settles which promise,
-what it resumes after a reconnect, how read markers are throttled); the
+what it resumes after a reconnect, how read markers are throttled and
+flushed); the
 end-to-end tests against a real server are in test_browser_features.py.
 """
 
@@ -102,12 +103,17 @@ SCENARIO = """async () => {
   client.markRead("lobby", 8);  // the server is further already
   await sleep(1100);
   check.readsAfterServer = s.sentOf("read").length;
+  client.markRead("lobby", 10);  // a second later: at once
+  client.markRead("lobby", 11);  // held for its second...
+  const held = s.sentOf("read").length;
+  client.flushReads();  // ...unless the page is going away
+  check.flushed = [held, s.sentOf("read").slice(-2).map((f) => f.payload.id)];
   // A server without read markers (the Redis store: 501) is not asked again, and that is no error.
   const errors = [];
   client.addEventListener("error", (e) => errors.push(e.detail));
   client.markRead({ with: "bob" }, 4);
-  await until(() => s.sentOf("read").length === 4, "the marker for bob", 3000);
-  s.frame("error", { code: 501, message: "not available with the Redis store" }, s.sentOf("read")[3].ref);
+  await until(() => s.sentOf("read").length === 6, "the marker for bob", 3000);
+  s.frame("error", { code: 501, message: "not available with the Redis store" }, s.sentOf("read")[5].ref);
   client.markRead({ with: "bob" }, 5);
   await sleep(1100);
   check.readsAfter501 = s.sentOf("read").length;
@@ -177,7 +183,8 @@ def client_features(server_url: str) -> None:
     assert check["reads"][2] == {"room": "lobby", "id": 7}
     assert check["readsAfterServer"] == 3
     assert check["readRefs"] is True
-    assert check["readsAfter501"] == 4
+    assert check["flushed"] == [4, [10, 11]]
+    assert check["readsAfter501"] == 6
     assert check["errors"] == []
     assert check["resume"] == [{"with": "bob", "since": 5}]
     directs = [event[1:] for event in check["events"] if event[0] == "direct"]

@@ -12,16 +12,21 @@
 * The SQLite store (a real file): markers and topics survive a restart, and
   a version 2 database is migrated.
 * End to end over real sockets: two devices of one user agree on a marker,
-  a token's patterns bound the listing, and the Redis store answers 501.
+  a marker sent together with the close frame is kept, a token's patterns
+  bound the listing, and the Redis store answers 501.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
+import trio
+from _raw_client import RawClient
 from hypothesis import given, strategies as st
 from support import bound_all
+from wsproto.events import CloseConnection, Message
 
 from trio_chat import (
     Config,
@@ -445,6 +450,31 @@ async def test_two_devices_of_one_user_agree_on_a_marker():
             # bob heard nothing of it: his next answer comes first.
             await bob.send("rooms", {}, ref="after")
             assert (await bob.receive())["type"] == "rooms"
+
+
+async def test_a_marker_sent_with_the_close_frame_is_kept():
+    """A page sends the marker it held back as it unloads: the frame and the
+    close come together, and the marker still moves."""
+    async with open_test_server(Config(secret=SECRET)) as server:
+        ann = make_token(SECRET, "ann")
+        async with open_test_client(server, token=make_token(SECRET, "bob")) as bob:
+            await bob.join("r")
+            closing = RawClient(await trio.open_tcp_stream("127.0.0.1", server.port))
+            await closing.handshake(target=f"/ws?token={ann}")
+            assert (await closing.next_frame())["type"] == "welcome"
+            await closing.send_frame("join", {"room": "r"})
+            assert (await closing.next_frame())["type"] == "joined"
+            for text in ["a", "b"]:
+                await bob.chat("r", text)
+            read = json.dumps({"type": "read", "payload": {"room": "r", "id": 2}})
+            await closing.stream.send_all(
+                closing.ws.send(Message(data=read)) + closing.ws.send(CloseConnection(1001))
+            )
+            await closing.drain()
+            async with open_test_client(server, token=ann) as again:
+                joined = await again.join("r")
+        assert joined["payload"]["read"] == 2
+        assert joined["payload"]["unread"] == 0
 
 
 async def test_a_tokens_room_patterns_bound_the_listing():

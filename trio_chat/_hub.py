@@ -56,6 +56,7 @@ from ._log import LogOp
 from ._outlet import SLOW_CONSUMER, HubCounters, Outlet
 from ._protocol import ChatAck, ClientEvent, DirectAck, ErrorEvent, ProtocolError, is_unicode
 from ._room_core import Reply, RoomCore
+from ._room_frames import MarkRead
 
 __all__ = ["SLOW_CONSUMER", "Hub", "HubCounters", "Outlet", "Store"]
 
@@ -334,7 +335,13 @@ class Hub:
         self.counters.commands += 1
         if type(command) is tuple:
             outlet, event = command
-            if outlet.closed:
+            # A closing connection's frames are not acted on, but for a read
+            # marker that came before its close frame (a page sends the one
+            # it held back as it unloads): the user's other connections and
+            # next ones still get it.
+            if outlet.closed and not (
+                type(event) is MarkRead and self.state.has_connection(outlet)
+            ):
                 return
             try:
                 if self.fault_hook is not None:

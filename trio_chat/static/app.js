@@ -1081,6 +1081,8 @@ function setupChat() {
     if (window.matchMedia("(max-width: 1099px)").matches) ui.setMembersOpen(false);
   });
   window.matchMedia("(max-width: 1099px)").addEventListener("change", () => ui.updateScrim());
+  // A reload or a closed tab: the read markers waiting for their second go now.
+  window.addEventListener("pagehide", () => ui.client?.flushReads());
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) return;
     ui.current?.setUnread(0);

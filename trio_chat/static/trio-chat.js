@@ -894,6 +894,22 @@ export class TrioChatClient extends EventTarget {
     this.#sendRead(marker);
   }
 
+  /**
+   * Send now the read markers still waiting for their second. A page calls
+   * it on `pagehide`, so that what was read just before a reload or a closed
+   * tab is kept (the server applies a `read` that comes with the close).
+   * Not online, they wait for the reconnect as before.
+   */
+  flushReads() {
+    for (const marker of this.#reads.values()) {
+      if (!marker.dirty || !marker.timer) continue;
+      clearTimeout(marker.timer);
+      marker.timer = null;
+      marker.sentAt = -Infinity;
+      this.#sendRead(marker);
+    }
+  }
+
   #sendRead(marker) {
     if (!marker.dirty || marker.timer || this.#state !== State.ONLINE) return;
     const wait = marker.sentAt + READ_EVERY_MS - Date.now();
