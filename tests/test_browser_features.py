@@ -220,8 +220,12 @@ def edits_deletes_reactions(server_url: str) -> None:
                 """() => document.querySelector(".reaction[data-emoji='🎉'] .reaction-count")
                        ?.textContent === '2'"""
             )
-            assert reacted.get_attribute("aria-pressed") == "true"
-            assert "reaction--mine" in reacted.get_attribute("class")
+            mine = message(alice, conv, "hello everyone").locator(
+                ".reaction--mine[data-emoji='🎉']"
+            )
+            mine.wait_for()
+            assert mine.get_attribute("aria-pressed") == "true"
+            assert mine.locator(".reaction-count").inner_text() == "2"
             open_menu(bob, conv, "the plan is ready: see the wiki", "react")
             bob.page.click(f".log[data-conv='{conv}'] .reaction-picker .pick[data-emoji='👍']")
             alice.page.locator(".reaction[data-emoji='👍']").wait_for()
