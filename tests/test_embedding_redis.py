@@ -82,4 +82,3 @@ async def test_moderation_acts_on_the_process_where_the_user_is(redis_server):
             while left["payload"]["event"] != "leave":
                 left = await bob.expect("system")
             assert left["payload"]["user_id"] == "ann"
-
