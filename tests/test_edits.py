@@ -158,6 +158,19 @@ def test_an_edit_that_grows_a_room_past_its_budget_trims_the_oldest():
     consistent(s)
 
 
+def test_a_change_that_grows_the_history_past_its_total_trims_the_servers_oldest():
+    # ann's message in r is the server's oldest, alone in its room; a
+    # reaction takes the history past its total: it goes, as after a restart.
+    s = two_members(history_bytes_total=2 * 320)
+    s.handle(2, Join("s"), NOW)
+    s.handle(2, Chat("s", "later"), NOW)
+    assert s.history.bytes <= 2 * 320
+    s.handle(2, React("r", None, 1, THUMBS), NOW)
+    assert s.room_log("r").get(1) is None  # type: ignore[union-attr]
+    assert s.room_log("s").get(1) is not None  # type: ignore[union-attr]
+    assert s.history.bytes == s.room_log("s").bytes <= 2 * 320  # type: ignore[union-attr]
+
+
 def test_history_pages_back_with_before_and_forward_with_since():
     s = two_members()
     for i in range(2, 11):

@@ -304,19 +304,20 @@ class Model:
         self.expire(now)
         return message
 
-    def trim_total(self, log: RoomModel) -> None:
+    def trim_total(self, log: RoomModel | None) -> None:
         """The server's oldest messages go while over the total budget; the
         newest of *log* stays, however large."""
         while self.history_bytes() > self.budgets.total_bytes:
             oldest = min((r for r in self.logs() if r.kept), key=lambda r: r.kept[0].seq)
-            if oldest is log and len(log.kept) == 1:
+            if oldest is log and len(oldest.kept) == 1:
                 break
             label("history: over the total byte budget")
             oldest.kept.pop(0)
 
     def replace(self, name: str, kept: Kept, message: ChatMessage) -> None:
         """*message* in the place of *kept*'s (an edit, a tombstone, a
-        reaction); the budgets apply when it grew."""
+        reaction); the budgets apply when it grew, the oldest going first
+        (*message* too, but for the log's last), as after a restart."""
         b, log, before = self.budgets, self.log(name), kept.size
         kept.message = message
         if kept.size <= before:
@@ -324,7 +325,9 @@ class Model:
         while len(log.kept) > 1 and sum(k.size for k in log.kept) > b.room_bytes:
             label("change: grew the log past its byte budget")
             log.kept.pop(0)
-        self.trim_total(log)
+        if self.history_bytes() > b.total_bytes:
+            label("change: grew the history past its total")
+        self.trim_total(None)
 
     def expire(self, now: float) -> None:
         if self.budgets.max_age:
@@ -366,6 +369,26 @@ class Model:
 #: What a change to a message comes to: the message as it is then (None:
 #: unchanged) and the event it causes, or the code of its refusal.
 Outcome = tuple[ChatMessage | None, ServerEvent] | int
+
+
+def edited(user: str, event: Edit, kept: Kept, now: float) -> Outcome:
+    """An edit by *user* at *now*: its own message, not deleted, within the
+    edit window."""
+    message = kept.message
+    if message.deleted:
+        label("edit: 404, deleted")
+        return 404
+    if message.user_id != user:
+        label("edit: 403, not one's own")
+        return 403
+    if now - kept.at > EDIT_WINDOW:
+        label("edit: 403, past the edit window")
+        return 403
+    time = format_time(now)
+    mentions = find_mentions(event.content)
+    changed = attrs.evolve(message, content=event.content, edited=time, mentions=mentions)
+    cause = MessageEdited(event.room, event.with_, event.id, user, event.content, time, mentions)
+    return changed, cause
 
 
 def deleted(user: str, event: Delete, message: ChatMessage) -> Outcome:
@@ -864,7 +887,7 @@ class HubMachine(RuleBasedStateMachine):
             label(f"{event.type}: 404, not retained")
             return self.refused(result, 404, event.ref)
         if isinstance(event, Edit):
-            outcome = self._edited(user, event, kept)
+            outcome = edited(user, event, kept, self.now)
         elif isinstance(event, Delete):
             outcome = deleted(user, event, kept.message)
         else:
@@ -884,25 +907,6 @@ class HubMachine(RuleBasedStateMachine):
         mine = [k for k in m.conns_of(user) if k != key]
         theirs = m.conns_of(event.with_)
         self.check(result, [(cause, mine), (attrs.evolve(cause, with_=user), theirs), answer])
-
-    def _edited(self, user: str, event: Edit, kept: Kept) -> Outcome:
-        message = kept.message
-        if message.deleted:
-            label("edit: 404, deleted")
-            return 404
-        if message.user_id != user:
-            label("edit: 403, not one's own")
-            return 403
-        if self.now - kept.at > EDIT_WINDOW:
-            label("edit: 403, past the edit window")
-            return 403
-        edited = format_time(self.now)
-        mentions = find_mentions(event.content)
-        changed = attrs.evolve(message, content=event.content, edited=edited, mentions=mentions)
-        cause = MessageEdited(
-            event.room, event.with_, event.id, user, event.content, edited, mentions
-        )
-        return changed, cause
 
     @rule(
         key=connections,

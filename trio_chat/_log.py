@@ -227,7 +227,9 @@ class History:
     def replace(self, log: RoomLog, message: ChatMessage) -> None:
         """Put *message* in the place of the retained message with its id
         (an edit, a tombstone, a reaction), then trim to the budgets if it
-        grew.  O(1) but for the trimming."""
+        grew: the room's oldest first (*message* too, unless it is the
+        room's last), then the server's oldest, whatever their room, as a
+        restore would.  O(1) but for the trimming."""
         index = message.id - log.first_id
         if not 0 <= index < len(log.entries):
             raise KeyError(message.id)
@@ -241,7 +243,7 @@ class History:
             if log.bytes > self.bytes_per_room:
                 self._trim_room(log)
             if self.bytes > self.bytes_total:
-                self._trim_total(keep=log)
+                self._trim_total(keep=None)
 
     def expire(self, now: float) -> None:
         """Trim the messages older than ``max_age`` (oldest first)."""
