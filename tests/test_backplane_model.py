@@ -3,12 +3,12 @@
 :class:`ClusterMachine` runs the :class:`ClusterState` of two processes
 (``n1`` and ``n2``) against one real ``redis-server`` with random commands
 -- connect, disconnect, join (with and without ``since``), leave, chat (with
-fresh and repeated refs), typing, edits, deletes, reactions and history
-pages, from connections on either process -- and checks each command's
+fresh and repeated refs), typing, edits, deletes, reactions, history
+pages and topics, from connections on either process -- and checks each command's
 deliveries, to every connection on both processes, against a model like the
 hub's (test_hub_state.py): ids gap-free per room whichever process
 publishes, members and their joins and leaves across the cluster, each
-retained message as it is now.
+retained message as it is now, each room's topic.
 
 Each step runs as the backplane runs (test_backplane.py has the rules of
 its tests): the ops a state queues go to Redis in one pipeline
@@ -85,6 +85,7 @@ from trio_chat._protocol import (
     format_time,
 )
 from trio_chat._room_core import Delivery
+from trio_chat._room_frames import SetTopic
 
 PREFIX = "model:"
 NODES = ("n1", "n2")
@@ -224,6 +225,8 @@ class ClusterModel:
     #: Rooms stay in Redis once used (here: for the whole example).
     rooms: dict[str, RoomModel] = attrs.Factory(dict)
     refs: dict[str, dict[str, ServerEvent]] = attrs.Factory(dict)
+    #: Room -> its topic, while it has one.
+    topics: dict[str, str] = attrs.Factory(dict)
     seq: int = 0
 
     def user(self, key: int) -> str:
@@ -409,8 +412,37 @@ class ClusterMachine(RuleBasedStateMachine):
             label("join: again")
             history, truncated = [], False
         members = sorted(m.room_users(room))
-        expected.append((Joined(room, members, history, truncated, ref, log.epoch), [key]))
+        topic = m.topics.get(room)
+        joined = Joined(room, members, history, truncated, ref, log.epoch, topic=topic)
+        expected.append((joined, [key]))
         self.check(result, expected)
+
+    @rule(
+        key=connections,
+        room=room_choice,
+        topic=st.sampled_from(["", "trio talk", "x"]),
+        ref=st.none() | st.sampled_from(REFS),
+    )
+    def set_topic(self, key: int, room: str, topic: str, ref: str | None) -> None:
+        m = self.model
+        room = self.room(key, room)
+        result = self.handle(key, SetTopic(room, topic, ref))
+        if room not in m.joined[key]:
+            return self.refused(result, 403, key, ref)
+        user = m.user(key)
+        if topic:
+            m.topics[room] = topic
+        else:
+            m.topics.pop(room, None)
+        others = [k for k in m.room_conns(room) if k != key]
+        label(f"topic: cleared={not topic}")
+        self.check(
+            result,
+            [
+                (System("topic", room, user, topic), others),
+                (System("topic", room, user, topic, ref), [key]),
+            ],
+        )
 
     @rule(key=connections, room=room_choice, ref=st.none() | st.sampled_from(REFS))
     def leave(self, key: int, room: str, ref: str | None) -> None:

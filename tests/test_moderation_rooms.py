@@ -220,7 +220,6 @@ async def test_the_redis_store_answers_501(redis_server):
             await ann.chat("lobby", "hi")
             for act in (
                 server.delete_message("lobby", 1),
-                server.set_topic("lobby", "x"),
                 server.close_room("lobby"),
             ):
                 with pytest.raises(ProtocolError) as info:

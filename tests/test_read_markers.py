@@ -503,7 +503,6 @@ async def test_the_redis_store_answers_501(redis_server):
             for kind, payload in [
                 ("read", {"room": "r", "id": 1}),
                 ("rooms", {}),
-                ("topic", {"room": "r", "topic": "x"}),
             ]:
                 await ann.send(kind, payload, ref=kind)
                 frame = await ann.expect("error")

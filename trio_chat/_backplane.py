@@ -32,8 +32,9 @@ Redis keys (``<prefix>`` defaults to ``trio_chat:``): ``seq:<room>`` (last id),
 ``log:<room>`` (stream), ``rev:<room>`` and ``rver:<room>`` (its messages
 revised since they were appended, and how many times: see
 :mod:`trio_chat._backplane_messages`), ``repoch:<room>`` (its numbering's
-name, for ``joined.epoch``), ``members:<room>`` and ``mver:<room>`` (kept while
-the room has members anywhere and a week after), ``dmseq:<user>`` and
+name, for ``joined.epoch``), ``topic:<room>`` (its topic),
+``members:<room>`` and ``mver:<room>`` (kept while the room has members
+anywhere and a week after; ``mver`` also orders topic changes), ``dmseq:<user>`` and
 ``dm:<user>`` (direct messages), ``online``, ``presence``, ``refs:<user>``
 and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
 ``proc:<node>`` (live processes and what each registered), ``epoch``

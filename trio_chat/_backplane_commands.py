@@ -33,6 +33,7 @@ from ._backplane_ops import (
     ReviseOp,
     RevisionsOp,
     SyncOp,
+    TopicOp,
     TypingOp,
     Unavailable,
 )
@@ -189,6 +190,8 @@ class Commands:
             return self._script(pipe, "presence", [p, self.node, op.user_id, op.frame])
         if isinstance(op, MembersOp):
             return self._script(pipe, "members", [p, op.room])
+        if isinstance(op, TopicOp):
+            return self._script(pipe, "topic", [p, op.room, op.topic, op.user_id, op.origin])
         if isinstance(op, FloorOp):
             return self._script(pipe, "floor", [p, op.room, op.floor, op.epoch])
         if isinstance(op, SyncOp):
@@ -210,7 +213,7 @@ class Commands:
 
     @staticmethod
     def _parse(op: Op, raw: Any) -> Any:
-        if isinstance(op, DirectOp):
+        if isinstance(op, DirectOp | TopicOp):
             return tuple(raw)
         if isinstance(op, FillOp):
             return _entries(raw)
@@ -221,7 +224,7 @@ class Commands:
         if isinstance(op, OnlineOp):
             return int(raw)
         if isinstance(op, LoadOp):
-            last, entries, members, version, presence, epoch, revision = raw
+            last, entries, members, version, presence, epoch, revision, topic = raw
             return LoadResult(
                 int(last),
                 _entries(reversed(entries)),
@@ -230,9 +233,10 @@ class Commands:
                 dict(zip(presence[::2], presence[1::2], strict=False)),
                 epoch or "",
                 int(revision),
+                topic or "",
             )
         if isinstance(op, MembersOp):
-            return int(raw[0]), list(raw[1])
+            return int(raw[0]), list(raw[1]), raw[2] or ""
         if isinstance(op, SyncOp):
             epoch, ids = raw
             return epoch, {ids[i]: int(ids[i + 1]) for i in range(0, len(ids), 2)}

@@ -77,6 +77,11 @@ class ServedRoom:
     #: :data:`EARLY_REVISIONS`; past it they are read again instead).
     early: list[tuple[int, str, int, str]] = attrs.Factory(list)
     early_lost: bool = False
+    #: The room's topic, as Redis last told it.
+    topic: str | None = None
+    #: The newest topic change told while the room loads: its membership
+    #: version, origin, who set it and the topic.
+    early_topic: tuple[int, str, str, str] | None = None
 
     def cached(self, id_: int) -> list[Any] | None:
         """The cached item of message *id_* (None if it is not cached)."""

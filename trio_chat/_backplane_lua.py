@@ -5,7 +5,9 @@ spaces or quotes (the protocol's patterns), so they are joined into fields,
 channel messages and frames as they are.  Channel messages are
 ``KIND NUMBER ORIGIN SUBJECT FRAME``: ``m`` a logged message (NUMBER its id),
 ``j``/``l`` a cluster-wide join/leave (NUMBER the room's membership
-version; no FRAME: each process makes the ``system`` event), ``v`` a
+version; no FRAME: each process makes the ``system`` event), ``o`` a
+room's new topic (NUMBER the room's next membership version, SUBJECT who
+set it, FRAME the topic's text), ``v`` a
 message revised (NUMBER the room's revision, SUBJECT the message's id,
 FRAME the event's frame, a newline, the message's new frame), ``t``
 typing (on a room's channel, or on a user's: typing to them), ``p``
@@ -20,6 +22,7 @@ import attrs
 
 from ._backplane_lua_base import COMMON
 from ._backplane_lua_logs import CHATS, DIRECT, FILL, LOAD, PAGE, REVISE, REVISIONS
+from ._backplane_lua_rooms import TOPIC
 
 __all__ = ["DEREGISTER", "SCRIPTS", "Retention", "render_scripts"]
 
@@ -75,12 +78,13 @@ return 0
 )
 
 
-#: ARGV: prefix, room.
+#: ARGV: prefix, room.  Answers its membership version, members and topic.
 _MEMBERS = (
     COMMON
     + r"""
 local version = tonumber(redis.call('GET', P .. 'mver:' .. ARGV[2]) or '0')
-return {version, redis.call('HKEYS', P .. 'members:' .. ARGV[2])}
+local topic = redis.call('GET', P .. 'topic:' .. ARGV[2]) or ''
+return {version, redis.call('HKEYS', P .. 'members:' .. ARGV[2]), topic}
 """
 )
 
@@ -177,6 +181,7 @@ _TEMPLATES = {
     "revisions": REVISIONS,
     "fill": FILL,
     "members": _MEMBERS,
+    "topic": TOPIC,
     "presence": _PRESENCE,
     "floor": _FLOOR,
     "sync": _SYNC,

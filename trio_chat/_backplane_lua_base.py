@@ -18,7 +18,7 @@ local ROOM_TTL = @TTL@
 -- A room's data lives while it has members anywhere, and ROOM_TTL after.
 local function room_expiry(room)
   local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room,
-    P .. 'repoch:' .. room, P .. 'rev:' .. room, P .. 'rver:' .. room}
+    P .. 'repoch:' .. room, P .. 'rev:' .. room, P .. 'rver:' .. room, P .. 'topic:' .. room}
   for _, key in ipairs(keys) do
     if redis.call('EXISTS', P .. 'members:' .. room) == 1 then
       redis.call('PERSIST', key)

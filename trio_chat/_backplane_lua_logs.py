@@ -58,6 +58,7 @@ for i = 7, #ARGV, 7 do
       redis.call('EXPIRE', P .. 'repoch:' .. room, ROOM_TTL)
       redis.call('EXPIRE', P .. 'rev:' .. room, ROOM_TTL)
       redis.call('EXPIRE', P .. 'rver:' .. room, ROOM_TTL)
+      redis.call('EXPIRE', P .. 'topic:' .. room, ROOM_TTL)
     end
     out[#out + 1] = {'ok', id}
   end
@@ -104,7 +105,7 @@ return {'ok', id}
 
 #: ARGV: prefix, room, history count, history bytes, candidate epoch.  The
 #: history is the newest entries whose frames add up to that many bytes at
-#: most, newest first; with the room's revision.
+#: most, newest first; with the room's revision and topic ('': none).
 LOAD = (
     COMMON
     + READ
@@ -132,7 +133,8 @@ for _, user in ipairs(members) do
     presence[#presence + 1] = frame
   end
 end
-return {last, entries, members, version, presence, epoch, revision}
+local topic = redis.call('GET', P .. 'topic:' .. room) or ''
+return {last, entries, members, version, presence, epoch, revision, topic}
 """
 )
 

@@ -38,6 +38,7 @@ __all__ = [
     "ReviseOp",
     "RevisionsOp",
     "SyncOp",
+    "TopicOp",
     "TypingOp",
     "Unavailable",
 ]
@@ -152,6 +153,8 @@ class LoadResult:
     epoch: str = ""
     #: The room's revision: how many times its messages were revised.
     revision: int = 0
+    #: The room's topic ("": none).
+    topic: str = ""
 
 
 @attrs.define(eq=False)
@@ -251,9 +254,26 @@ class FloorOp(Op):
 
 @attrs.define(eq=False)
 class MembersOp(Op):
-    """Read a room's cluster members (answers ``(version, [users])``)."""
+    """Read a room's cluster members and topic (answers ``(version,
+    [users], topic)``, the topic ``""`` when there is none)."""
 
     room: str
+
+
+@attrs.define(eq=False)
+class TopicOp(Op):
+    """Set *room*'s topic (``""`` clears it) as *user_id* and publish it to
+    every process serving the room, with the room's next membership version
+    (answers ``("ok", version)``, or ``("noroom",)`` when the room does not
+    exist)."""
+
+    room: str
+    topic: str
+    user_id: str
+    #: ``node:serial`` of the sending connection (skipped on delivery) or ``-``.
+    origin: str
+    ref: str | None
+    reply_to: Key | Reply | None
 
 
 @attrs.define(eq=False)

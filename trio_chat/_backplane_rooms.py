@@ -291,7 +291,7 @@ class ClusterRooms(RoomCore[ServedUser]):
             history, truncated = room.after(event.since, budget)
         else:
             history, truncated = [], False
-        joined = Joined(name, members, history, truncated, event.ref, room.epoch)
+        joined = Joined(name, members, history, truncated, event.ref, room.epoch, topic=room.topic)
         deliveries = [Delivery(joined, (key,))]
         for member in members:
             frame = self._presence.get(member)

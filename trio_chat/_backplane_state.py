@@ -38,8 +38,8 @@ from typing import Any
 
 import attrs
 
+from ._backplane_directory import ClusterDirectory
 from ._backplane_logs import ServedRoom
-from ._backplane_messages import ClusterMessages
 from ._backplane_ops import (
     FILL_COUNT,
     UNAVAILABLE,
@@ -57,6 +57,7 @@ from ._backplane_ops import (
     ReviseOp,
     RevisionsOp,
     SyncOp,
+    TopicOp,
 )
 from ._protocol import (
     CHAT_PREFIX,
@@ -73,7 +74,7 @@ __all__ = ["ClusterState"]
 
 
 @attrs.define
-class ClusterState(ClusterMessages):
+class ClusterState(ClusterDirectory):
     """This process's connections, rooms and cursors, beside Redis (see
     :class:`~trio_chat._backplane_rooms.ClusterRooms` for its arguments),
     and what Redis answers and tells.
@@ -169,6 +170,8 @@ class ClusterState(ClusterMessages):
                     )
                 elif kind in {"j", "l"}:
                     deliveries += self._member_event(target[2:], subject, kind == "j", int(number))
+                elif kind == "o":
+                    deliveries += self._topic_event(target[2:], int(number), origin, subject, frame)
                 elif kind == "v":
                     deliveries += self._revised(
                         target[2:], int(number), origin, int(subject), frame
@@ -268,6 +271,8 @@ class ClusterState(ClusterMessages):
             return self._page_result(op, result)
         if isinstance(op, RevisionsOp):
             return self._revisions_result(op, result)
+        if isinstance(op, TopicOp):
+            return self._topic_result(op, result)
         if isinstance(op, MembersOp):
             return [] if failed else self._members_result(op.room, *result)
         if isinstance(op, OnlineOp):
@@ -360,6 +365,7 @@ class ClusterState(ClusterMessages):
         room.log.cursor = result.last_id
         room.epoch = result.epoch or None
         room.revision = result.revision
+        room.topic = result.topic or None
         for entry_id, _origin, frame in result.entries:
             if entry_id <= result.last_id:
                 self._keep(op.room, room, entry_id, frame, result.revision)
@@ -382,9 +388,12 @@ class ClusterState(ClusterMessages):
             return deliveries
         if room.log.seen > room.log.cursor:
             self._fill("r", op.room, room.log)
+        deliveries += self._loaded_topic(op.room)
         return deliveries + self._loaded_revisions(op.room, room)
 
-    def _members_result(self, name: str, version: int, members: list[str]) -> list[Delivery]:
+    def _members_result(
+        self, name: str, version: int, members: list[str], topic: str = ""
+    ) -> list[Delivery]:
         # A snapshot of the version known here is applied too: it was asked
         # for when news was found lost, the version taken from the news
         # after the gap.
@@ -392,6 +401,7 @@ class ClusterState(ClusterMessages):
         if room is None or not room.log.ready or version < room.members_version:
             return []
         room.members_version = version
+        room.topic = topic or None
         now = dict.fromkeys(members)
         deliveries: list[Delivery] = []
         for user_id in list(room.members):

@@ -399,7 +399,7 @@ class ChatClient:
         server's ``system`` event (``event`` ``"topic"``, ``text`` the new
         topic), which every member gets.  Raises :class:`ClientError`: at
         once 400 (a bad name, a topic over 256 characters), 403 (*room* not
-        joined); 501 from a Redis-backed server."""
+        joined)."""
         return await self._request(SetTopic(room, topic), System)
 
     async def typing_to(self, user: str) -> None:

@@ -12,7 +12,7 @@ set a room's topic, close a room; logged and counted.
   403 and the time left, for a duration;
 * :meth:`~ModerationApi.delete_message`, :meth:`~ModerationApi.set_topic`
   and :meth:`~ModerationApi.close_room` act on a room whoever its members
-  are (the memory and SQLite stores; the Redis store answers 501).
+  are (the Redis store answers 501 to a delete or a close).
 
 Members of the rooms concerned see a ``system`` event (``kick``, ``ban``,
 ``mute``, ``unmute``, ``delete``, ``topic``, ``close``) with a ``text``
@@ -351,7 +351,7 @@ class ModerationApi:
                 400, f"topic: must be a string of at most {MAX_TOPIC_CHARS} characters"
             )
         actor = _actor(by)
-        await self.hub.call(lambda state, now: (None, state.set_topic(room, topic, actor)))
+        await self.hub.request(lambda state, now, reply: state.set_topic(room, topic, actor, reply))
         self._done("topic", f"room={room} topic={topic!r}", by, "")
 
     async def close_room(self, room: str, reason: str = "", *, by: str = "server") -> int:

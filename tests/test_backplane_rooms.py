@@ -1,0 +1,134 @@
+"""Topics with the Redis store: the pure state, and two processes sharing
+one real ``redis-server``.
+
+The pure :class:`ClusterState` is given Redis's answers and pub/sub
+messages by hand.  Two servers in this trio run, each with its own hub and backplane, and
+clients on each: what one process's client or embedder does reaches the
+members on the other, and what joins afterwards on either sees it.  An
+absence is shown by sequence: a frame that was not sent is followed by one
+sent after it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support import bound_all
+from test_backplane import _up, open_cluster
+
+from trio_chat import ProtocolError
+from trio_chat._backplane_ops import LoadOp, LoadResult, MembersOp
+from trio_chat._backplane_state import ClusterState
+from trio_chat._protocol import Join
+from trio_chat.testing import TestClient, open_test_client
+
+bound_all(globals(), 40)
+
+
+async def _system(client: TestClient, event: str) -> dict[str, Any]:
+    """The next ``system`` *event* frame (others skipped)."""
+    while True:
+        frame = await client.expect("system")
+        if frame["payload"]["event"] == event:
+            return frame
+
+
+def _topic(user: str, text: str, room: str = "lobby") -> dict[str, Any]:
+    return {"event": "topic", "room": room, "user_id": user, "text": text}
+
+
+def _frames(deliveries, key) -> list[dict[str, Any]]:
+    return [json.loads(d.event.to_json()) for d in deliveries if key in d.to]
+
+
+def test_a_topic_told_while_the_room_loads_follows_the_joined():
+    state = ClusterState("n1")
+    _up(state)
+    state.connect(1, "ann")
+    state.handle(1, Join("r"), 0.0)
+    [load] = [op for op in state.take_ops() if isinstance(op, LoadOp)]
+    # Pub/sub overtakes the load's answer, which read the room before it
+    # (membership version 3); the change took version 5: one was lost.
+    news = [("trio_chat:ch:r:r", "o 5 n2:1 bob new topic")]
+    assert state.on_messages(news) == []
+    result = LoadResult(0, [], ["bob"], 3, {}, topic="old topic")
+    [joined, topic] = _frames(state.on_result(load, result), 1)
+    assert joined["payload"]["topic"] == "old topic"
+    assert topic["payload"] == _topic("bob", "new topic", "r")
+    assert [type(op) for op in state.take_ops()] == [MembersOp]
+    # A stale copy changes nothing; a snapshot brings what was lost.
+    assert state.on_messages([("trio_chat:ch:r:r", "o 4 n2:1 bob stale")]) == []
+    state.on_result(MembersOp("r"), (5, ["bob"], "new topic"))
+    assert _frames(state.handle(1, Join("r", ref="again"), 0.0), 1)[0]["payload"]["topic"] == (
+        "new topic"
+    )
+
+
+async def test_a_topic_reaches_every_process_and_later_joins(redis_server):
+    async with open_cluster(redis_server) as (one, two):
+        async with (
+            open_test_client(one, user="ann") as ann,
+            open_test_client(two, user="bob") as bob,
+        ):
+            assert "topic" not in (await ann.join("lobby"))["payload"]
+            await bob.join("lobby")
+            await ann.send("topic", {"room": "lobby", "topic": "trio talk"}, ref="t1")
+            answer = await _system(ann, "topic")
+            assert (answer["ref"], answer["payload"]) == ("t1", _topic("ann", "trio talk"))
+            seen = await _system(bob, "topic")
+            assert "ref" not in seen and seen["payload"] == _topic("ann", "trio talk")
+            # Later joins see it on either process, the sending one at once.
+            async with (
+                open_test_client(one, user="cy") as cy,
+                open_test_client(two, user="dan") as dan,
+            ):
+                assert (await cy.join("lobby"))["payload"]["topic"] == "trio talk"
+                assert (await dan.join("lobby"))["payload"]["topic"] == "trio talk"
+            # A process that stops serving the room reads it from Redis again.
+            await bob.send("leave", {"room": "lobby"})
+            await bob.expect("left")
+            assert (await bob.join("lobby"))["payload"]["topic"] == "trio talk"
+            # Cleared: the system event carries "", joined no topic.
+            await bob.send("topic", {"room": "lobby", "topic": ""}, ref="t2")
+            assert (await _system(bob, "topic"))["ref"] == "t2"
+            assert (await _system(ann, "topic"))["payload"] == _topic("bob", "")
+            async with open_test_client(one, user="eve") as eve:
+                assert "topic" not in (await eve.join("lobby"))["payload"]
+            # Only in a room joined; the length is the protocol's.
+            await ann.send("topic", {"room": "elsewhere", "topic": "x"}, ref="t3")
+            refused = await ann.expect("error")
+            assert (refused["ref"], refused["payload"]["code"]) == ("t3", 403)
+            await ann.send("topic", {"room": "lobby", "topic": "x" * 257}, ref="t4")
+            assert (await ann.expect("error"))["payload"]["code"] == 400
+
+
+async def test_an_empty_room_keeps_its_topic(redis_server):
+    async with open_cluster(redis_server) as (one, two):
+        async with open_test_client(one, user="ann") as ann:
+            await ann.join("quiet")
+            await ann.send("topic", {"room": "quiet", "topic": "kept"}, ref="t")
+            await _system(ann, "topic")
+        async with open_test_client(two, user="bob") as bob:
+            assert (await bob.join("quiet"))["payload"]["topic"] == "kept"
+
+
+async def test_a_moderator_sets_a_topic_on_another_process(redis_server):
+    async with open_cluster(redis_server) as (one, two):
+        async with (
+            open_test_client(one, user="ann") as ann,
+            open_test_client(one, user="bob") as bob,
+        ):
+            await ann.join("lobby")
+            await bob.join("lobby")
+            # Process two serves no member of the room: Redis has it.
+            await two.set_topic("lobby", "Be kind")
+            for client in (ann, bob):
+                assert (await _system(client, "topic"))["payload"] == _topic("server", "Be kind")
+            async with open_test_client(two, user="cy") as cy:
+                assert (await cy.join("lobby"))["payload"]["topic"] == "Be kind"
+            for room, topic, code in [("nowhere", "x", 404), ("lobby", "t" * 257, 400)]:
+                with pytest.raises(ProtocolError) as info:
+                    await two.set_topic(room, topic)
+                assert info.value.code == code

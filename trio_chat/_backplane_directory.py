@@ -1,0 +1,102 @@
+"""Topics with the Redis store.
+
+The rules are the other stores' (docs/protocol.md, *Rooms and topics*);
+what differs is where a room's topic is kept and who orders its changes:
+
+* a ``topic`` (or a moderator's :meth:`ClusterDirectory.set_topic`) is set
+  in Redis by a script (:class:`~trio_chat._backplane_ops.TopicOp`) that
+  takes the room's next membership version and publishes the change, so
+  that every process serving the room orders it with the joins and leaves,
+  keeps the new topic for its ``joined`` and tells its members; the
+  process that sent it does so from the script's answer, which also
+  answers the sender;
+* a room's load (:class:`~trio_chat._backplane_ops.LoadOp`) reads its
+  topic, and so does a read of its members after news was found lost.
+
+Pure and synchronous like the rest of the state: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ._backplane_messages import ClusterMessages
+from ._backplane_ops import UNAVAILABLE, MembersOp, TopicOp
+from ._protocol import ClientEvent, ProtocolError, System
+from ._room_core import Conn, Delivery, Key, Reply
+from ._room_frames import SetTopic
+
+__all__ = ["ClusterDirectory"]
+
+
+@attrs.define
+class ClusterDirectory(ClusterMessages):
+    """The rooms of :class:`~trio_chat._backplane_messages.ClusterMessages`,
+    with their topics."""
+
+    def set_topic(
+        self, room: str, topic: str, by: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Set *room*'s topic as *by* (a moderator, the embedding program),
+        on every process; *reply_to* gets the ``system`` ``topic`` once
+        Redis has it (404 if there is no such room)."""
+        if not self.up:
+            raise ProtocolError(503, UNAVAILABLE)
+        self._ops.append(TopicOp(room, topic, by, "-", None, reply_to))
+        return []
+
+    def _extended(self, key: Key, conn: Conn, event: ClientEvent, now: float) -> list[Delivery]:
+        if isinstance(event, SetTopic):
+            self._member(conn, event.room, "setting the topic of", event.ref)
+            if not self.up:
+                raise ProtocolError(503, UNAVAILABLE, event.ref)
+            op = TopicOp(event.room, event.topic, conn.user_id, conn.origin, event.ref, key)
+            self._ops.append(op)
+            return []
+        return super()._extended(key, conn, event, now)
+
+    def _topic_result(self, op: TopicOp, result: Any) -> list[Delivery]:
+        if isinstance(result, BaseException):
+            return self.answer(op.reply_to, None, self._failure(result, op.ref))
+        if result[0] != "ok":
+            error = ProtocolError(404, f"room {op.room!r} does not exist", op.ref)
+            return self.answer(op.reply_to, None, error)
+        # Told here now (pub/sub's copy is then stale): who has the answer
+        # finds the topic in the room's next joined.
+        deliveries = self._topic_event(op.room, int(result[1]), op.origin, op.user_id, op.topic)
+        answer = System("topic", op.room, op.user_id, op.topic, op.ref)
+        return deliveries + self.answer(op.reply_to, answer)
+
+    def _topic_event(
+        self, name: str, version: int, origin: str, user_id: str, topic: str
+    ) -> list[Delivery]:
+        """Room *name*'s topic is now *topic*, set by *user_id* through
+        *origin*, as of membership *version*."""
+        room = self._rooms.get(name)
+        if room is None:
+            return []
+        if not room.log.ready:
+            if room.early_topic is None or version > room.early_topic[0]:
+                room.early_topic = (version, origin, user_id, topic)
+            return []
+        if version <= room.members_version:
+            return []
+        if version > room.members_version + 1:
+            self._ops.append(MembersOp(name))  # some news was lost
+        room.members_version = version
+        room.topic = topic or None
+        sender = self._origins.get(origin)
+        to = tuple(k for k in room.conns if k is not sender)
+        # Also to nobody: an event of the room, which the hub's observers see.
+        return [Delivery(System("topic", name, user_id, topic), to)]
+
+    def _loaded_topic(self, name: str) -> list[Delivery]:
+        """Apply a topic change told while room *name* loaded, if the load
+        did not see it."""
+        room = self._rooms[name]
+        early, room.early_topic = room.early_topic, None
+        if early is None or early[0] <= room.members_version:
+            return []
+        return self._topic_event(name, *early)
