@@ -6,7 +6,7 @@ of the HTTP API (the checks are done before this module is called):
 
 | route | body | answer |
 |---|---|---|
-| ``POST /api/admin/kick`` | ``user_id``, optional ``reason`` | 200 ``{"closed": n}`` |
+| ``POST /api/admin/kick`` | ``user_id``, optional ``reason`` | 200 ``{"closed": n}`` (here) |
 | ``POST /api/admin/ban`` | ``user_id`` or ``ip``, ``duration`` (s), ``reason`` | 201 the ban |
 | ``POST /api/admin/unban`` | ``user_id`` or ``ip`` | 200 ``{"removed": bool}`` |
 | ``GET /api/admin/bans`` | | 200 ``{"bans": [...]}`` |
@@ -20,7 +20,8 @@ of the HTTP API (the checks are done before this module is called):
 A bad body is 400 (415 without the JSON content type); a mute, delete,
 topic or close in a room the admin token does not cover is 403; an unknown
 room or message 404; a full table 507; with the Redis store, a delete
-or close is 501.
+or close is 501, and a kick, ban, unban, mute or unmute 503 while Redis
+cannot be reached.
 """
 
 from __future__ import annotations

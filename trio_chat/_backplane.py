@@ -38,7 +38,9 @@ anywhere and a week after; ``mver`` also orders topic changes), ``dmseq:<user>``
 ``dm:<user>`` (direct messages), ``online``, ``presence``, ``refs:<user>``
 and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
 ``proc:<node>`` (live processes and what each registered), ``epoch``
-(changes when Redis loses its data).
+(changes when Redis loses its data); moderation keeps ``bans``, ``mutes``
+and ``modver`` and publishes on ``mod``
+(:mod:`trio_chat._moderation_redis`).
 """
 
 from __future__ import annotations

@@ -115,6 +115,10 @@ class ClusterRooms(RoomCore[ServedUser]):
         """Bytes of history cached here for the rooms served."""
         return self._history_bytes
 
+    def member_rooms(self, user_id: str) -> list[str]:
+        """The rooms served here where *user_id* is a member, on any process."""
+        return sorted(self._member_rooms.get(user_id, ()))
+
     def _counts(self) -> tuple[int, int, int]:
         return self.messages, sum(len(r.history) for r in self._rooms.values()), 0
 

@@ -56,6 +56,16 @@ class Mutes:
         self._changed()
         return found
 
+    def replace(self, mutes: list[tuple[str, str, float]], now: float) -> int:
+        """Hold *mutes* (user, room, until) instead; return how many were
+        left out (ended, or beyond the limit)."""
+        self._until = {}
+        for user_id, room, until in mutes:
+            if until > now and len(self._until) < self.limit:
+                self._until[(user_id, room)] = until
+        self._changed()
+        return len(mutes) - len(self._until)
+
     def remaining(self, user_id: str, room: str, now: float) -> float | None:
         """Seconds left of *user_id*'s mute in *room*, or None."""
         until = self._until.get((user_id, room))
@@ -138,6 +148,15 @@ class Bans:
             if len(self._bans) >= self.limit:
                 raise ModerationFull(f"at most {self.limit} bans may be in force")
         self._bans[key] = ban
+
+    def replace(self, bans: list[Ban], now: float) -> int:
+        """Hold *bans* instead; return how many were left out (ended, or
+        beyond the limit)."""
+        self._bans = {}
+        for ban in bans:
+            if ban.until > now and len(self._bans) < self.limit:
+                self._bans[(ban.kind, ban.target)] = ban
+        return len(bans) - len(self._bans)
 
     def remove(self, kind: str, target: str) -> bool:
         return self._bans.pop((kind, target), None) is not None

@@ -21,70 +21,54 @@ saying what happened, before the connections close.  Each action is logged
 
 Bans and mutes are kept with the store: with the SQLite store in
 ``bans.json`` beside its database (written atomically, off the trio thread,
-before the call returns), so they survive a restart; with the memory store
-(and per process with the Redis store), in memory.
+before the call returns), so they survive a restart; with the memory store,
+in memory; with the Redis store, in Redis, and every kick, ban, unban, mute
+and unmute acts on every process sharing it
+(:mod:`trio_chat._moderation_redis`).
 At most ``max_bans`` bans and ``max_mutes`` mutes are in force at once.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ._hub_state import Delivery
+from ._ban_file import BANS_FILE, BanFile, SavedMute
 from ._moderation import Ban, Bans, Mutes
+from ._moderation_metrics import ModerationMetrics
+from ._moderator_effects import BANNED, KICKED, ModerationEffects, canonical_ip, with_reason
 from ._protocol import (
     ChatMessage,
     ProtocolError,
-    System,
     is_unicode,
     is_valid_room,
     is_valid_user_id,
 )
 from ._room_frames import MAX_TOPIC_CHARS
-from ._sqlite_store import StoreError
 
 if TYPE_CHECKING:
     from ._bots import Bot
     from ._commands import Commands
     from ._config import Config
     from ._connection import Connection
-    from ._hub import Hub, Outlet
+    from ._hub import Hub
     from ._metrics import Metrics
+    from ._moderation_redis import SharedModeration
     from ._policy import Screen
 
 __all__ = ["BANNED", "BANS_FILE", "KICKED", "ModerationApi", "canonical_ip"]
 
 log = logging.getLogger("trio_chat.moderation")
 
-#: Close code of a kicked connection.
-KICKED = 4001
-#: Close code of a connection whose user or address was banned.
-BANNED = 4003
-#: The bans' file in the SQLite store's directory.
-BANS_FILE = "bans.json"
 #: Longest reason kept (the close frame's reason is cut to 120 bytes).
 MAX_REASON_CHARS = 200
 
 ACTIONS = ("kick", "ban", "unban", "mute", "unmute", "delete", "topic", "close")
-
-
-def canonical_ip(text: str) -> str:
-    """*text* as an address in its canonical form (IPv4-mapped IPv6 as
-    IPv4); ValueError if it is not an address."""
-    address = ipaddress.ip_address(text.strip())
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 def _reason(reason: object) -> str:
@@ -104,52 +88,11 @@ def _duration(seconds: object) -> float:
     return float(seconds)
 
 
-#: A mute as kept in the file: (user, room, until, in seconds since the epoch).
-SavedMute = tuple[str, str, float]
+def _json(item: dict[str, Any]) -> str:
+    return json.dumps(item, separators=(",", ":"))
 
 
-class _BanFile:
-    """Where bans and mutes are kept: a JSON file written whole, atomically
-    (version 1 held bans only)."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, BANS_FILE)
-
-    def load(self, now: float) -> tuple[list[Ban], list[SavedMute]]:
-        """The bans and mutes still in force at *now* (wall clock)."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-            bans = [Ban.from_json(item) for item in data["bans"] if item["until"] > now]
-            mutes = [
-                (str(m["user_id"]), str(m["room"]), float(m["until"]))
-                for m in data.get("mutes", [])
-                if m["until"] > now
-            ]
-        except FileNotFoundError:
-            return [], []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"cannot read the bans in {self.path}: {exc}") from None
-        return bans, mutes
-
-    def write(self, bans: list[Ban], mutes: list[SavedMute]) -> None:
-        """Replace the file (blocking: run in a thread)."""
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "version": 2,
-                    "bans": [b.to_json() for b in bans],
-                    "mutes": [{"user_id": u, "room": r, "until": t} for u, r, t in mutes],
-                },
-                f,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-
-class ModerationApi:
+class ModerationApi(ModerationEffects):
     """Kick, ban and mute (see the module docs)."""
 
     config: Config
@@ -164,7 +107,7 @@ class ModerationApi:
         config = self.config
         self._bans = Bans(config.max_bans)
         self.screen.mutes = self._mutes = Mutes(config.max_mutes, self.screen.update)
-        self._ban_file = None if config.sqlite_dir is None else _BanFile(config.sqlite_dir)
+        self._ban_file = None if config.sqlite_dir is None else BanFile(config.sqlite_dir)
         #: Mutes read back from the file, put in force when the server starts.
         self._saved_mutes: list[SavedMute] = []
         if self._ban_file is not None:
@@ -172,21 +115,51 @@ class ModerationApi:
             for ban in bans:
                 self._bans.add(ban, time.time())
         self._ban_lock = trio.Lock()
+        self._shared: SharedModeration | None = None
+        backplane = getattr(self.hub, "backplane", None)
+        if config.redis_url and backplane is not None:
+            from ._moderation_redis import SharedModeration
+
+            self._shared = SharedModeration(
+                backplane.url,
+                prefix=backplane.prefix,
+                node=backplane.node,
+                timeout=backplane.timeout,
+                apply=self._apply_news,
+                replace=self._replace_tables,
+            )
         self.moderation_actions: dict[str, int] = dict.fromkeys(ACTIONS, 0)
-        self.metrics.registry.register(_ModerationMetrics(self))
+        self.metrics.registry.register(ModerationMetrics(self))
+
+    async def _start_moderation(self, nursery: trio.Nursery) -> None:
+        """Put the saved mutes in force; with the Redis store, follow the
+        shared tables, waiting for their first reading while Redis answers
+        (call once, in the server's trio run, before it listens)."""
+        self._restore_mutes()
+        if self._shared is None:
+            return
+        nursery.start_soon(self._shared.run)
+        if self.hub.backplane_up():
+            with trio.move_on_after(getattr(self.hub, "startup_wait", 3.0)):
+                await self._shared.ready.wait()
+        if not self._shared.ready.is_set():
+            log.warning("moderation: Redis not reachable yet: its bans apply once it is")
 
     # ------------------------------------------------------------ kick
 
     async def kick(self, user_id: str, reason: str = "", *, by: str = "server") -> int:
         """Close every connection and bot of *user_id* (close code 4001,
-        "kicked: *reason*"); return how many.  Members of their rooms see a
-        ``system`` ``kick`` first."""
+        "kicked: *reason*"); return how many (with the Redis store: on this
+        process, the others closing theirs too).  Members of their rooms see
+        a ``system`` ``kick`` first."""
         reason = _reason(reason)
         self._check_user(user_id)
-        text = f"{user_id} was kicked" + (f": {reason}" if reason else "")
-        rooms = await self._announce("kick", user_id, text)
-        closed = self._close_user(user_id, KICKED, "kicked" + (f": {reason}" if reason else ""))
-        self._done("kick", f"user={user_id} connections={closed} rooms={len(rooms)}", by, reason)
+        news = {"action": "kick", "user_id": user_id, "reason": reason}
+        if self._shared is not None:
+            closed = await self._shared.write(news) or 0
+        else:
+            closed = await self._apply_news(news)
+        self._done("kick", f"user={user_id} connections={closed}", by, reason)
         return closed
 
     # ------------------------------------------------------------ bans
@@ -203,32 +176,31 @@ class ModerationApi:
         """Refuse *user_id* (or the address *ip*) at the handshake for
         *duration* seconds, and close what is connected (4003).
 
-        Stored before this returns (with the SQLite store: in ``bans.json``).
+        Stored before this returns (with the SQLite store: in ``bans.json``;
+        with the Redis store: in Redis, and every process refuses it).
         Raises :class:`ProtocolError` 400 for a bad name, address or
-        duration, 507 when ``max_bans`` bans are in force already.
+        duration, 507 when ``max_bans`` bans are in force already (503 when
+        the Redis store cannot be reached).
         """
         reason, duration = _reason(reason), _duration(duration)
         kind, target = self._target(user_id, ip)
         now = time.time()
         ban = Ban(kind, target, now + duration, reason)
-        async with self._ban_lock:
-            try:
-                self._bans.add(ban, now)
-            except ValueError as exc:
-                raise ProtocolError(507, str(exc)) from None
-            await self._save_bans()
-        closing = "banned" + (f": {reason}" if reason else "")
-        text = f"{target} was banned" + (f": {reason}" if reason else "")
-        if kind == "user":
-            await self._announce("ban", target, text)
-            closed = self._close_user(target, BANNED, closing)
+        news = {"action": "ban", **ban.to_json()}
+        if self._shared is not None:
+            value = _json(ban.to_json())
+            limit = self.config.max_bans
+            closed = await self._shared.write(
+                news, op="set", field=f"{kind} {target}", value=value, limit=limit
+            )
         else:
-            closed = 0
-            for conn in list(self._connections):
-                if _same_ip(conn.peer, target):
-                    await self._announce("ban", conn.user_id, text)
-                    conn.close(BANNED, closing)
-                    closed += 1
+            async with self._ban_lock:
+                try:
+                    self._bans.add(ban, now)
+                except ValueError as exc:
+                    raise ProtocolError(507, str(exc)) from None
+                await self._save_bans()
+            closed = await self._ban_here(ban)
         self._done("ban", f"{kind}={target} seconds={duration:g} connections={closed}", by, reason)
         return ban
 
@@ -237,10 +209,14 @@ class ModerationApi:
     ) -> bool:
         """Lift a ban; False if there was none."""
         kind, target = self._target(user_id, ip)
-        async with self._ban_lock:
-            found = self._bans.remove(kind, target)
-            if found:
-                await self._save_bans()
+        if self._shared is not None:
+            news = {"action": "unban", "kind": kind, "target": target}
+            found = await self._shared.write(news, op="del", field=f"{kind} {target}") is not None
+        else:
+            async with self._ban_lock:
+                found = self._bans.remove(kind, target)
+                if found:
+                    await self._save_bans()
         if found:
             self._done("unban", f"{kind}={target}", by, "")
         return found
@@ -261,7 +237,7 @@ class ModerationApi:
         if ban is None:
             return None
         left = max(1, math.ceil(ban.until - time.time()))
-        return f"banned for {left} more seconds" + (f": {ban.reason}" if ban.reason else "")
+        return f"banned for {left} more seconds" + with_reason(ban.reason)
 
     async def _save_bans(self) -> None:
         """Write the bans and the mutes in force (hold ``_ban_lock``)."""
@@ -272,8 +248,7 @@ class ModerationApi:
             await trio.to_thread.run_sync(self._ban_file.write, bans, mutes)
 
     def _restore_mutes(self) -> None:
-        """Put the mutes read back from the file in force, on trio's clock
-        (call once, in the server's trio run)."""
+        """Put the mutes read back from the file in force, on trio's clock."""
         wall, now = time.time(), trio.current_time()
         for user_id, room, until in self._saved_mutes:
             if until > wall:
@@ -288,31 +263,50 @@ class ModerationApi:
         """Refuse *user_id*'s chats in *room* (error 403 with the time left)
         for *duration* seconds; members see a ``system`` ``mute``.  Mutes
         are kept with the bans (with the SQLite store they survive a
-        restart)."""
+        restart; with the Redis store every process refuses the chats)."""
         reason, duration = _reason(reason), _duration(duration)
         self._check_user(user_id)
         self._check_room(room)
-        now = trio.current_time()
-        async with self._ban_lock:
-            try:
-                self._mutes.add(user_id, room, now + duration, now)
-            except ValueError as exc:
-                raise ProtocolError(507, str(exc)) from None
-            await self._save_bans()
-        text = f"{user_id} was muted for {math.ceil(duration)} s" + (
-            f": {reason}" if reason else ""
-        )
-        await self._announce("mute", user_id, text, rooms=[room])
+        if self._shared is not None:
+            until = time.time() + duration
+            news = {
+                "action": "mute",
+                "user_id": user_id,
+                "room": room,
+                "until": until,
+                "seconds": duration,
+                "reason": reason,
+            }
+            value = _json({"user_id": user_id, "room": room, "until": until})
+            limit = self.config.max_mutes
+            await self._shared.write(
+                news, op="set", table="mutes", field=f"{user_id} {room}", value=value, limit=limit
+            )
+        else:
+            now = trio.current_time()
+            async with self._ban_lock:
+                try:
+                    self._mutes.add(user_id, room, now + duration, now)
+                except ValueError as exc:
+                    raise ProtocolError(507, str(exc)) from None
+                await self._save_bans()
+            await self._mute_here(user_id, room, duration, reason)
         self._done("mute", f"user={user_id} room={room} seconds={duration:g}", by, reason)
 
     async def unmute(self, user_id: str, room: str, *, by: str = "server") -> bool:
         """Lift a mute; False if there was none."""
-        async with self._ban_lock:
-            found = self._mutes.remove(user_id, room)
+        if self._shared is not None:
+            news = {"action": "unmute", "user_id": user_id, "room": room}
+            field = f"{user_id} {room}"
+            found = await self._shared.write(news, op="del", table="mutes", field=field) is not None
+        else:
+            async with self._ban_lock:
+                found = self._mutes.remove(user_id, room)
+                if found:
+                    await self._save_bans()
             if found:
-                await self._save_bans()
+                await self._unmute_here(user_id, room)
         if found:
-            await self._announce("unmute", user_id, f"{user_id} may speak again", rooms=[room])
             self._done("unmute", f"user={user_id} room={room}", by, "")
         return found
 
@@ -390,48 +384,6 @@ class ModerationApi:
         except ValueError:
             raise ProtocolError(400, "ip: not an IP address") from None
 
-    def _outlets_of(self, user_id: str) -> list[Outlet]:
-        outlets = [c.outlet for c in self._connections if c.user_id == user_id]
-        return outlets + [b.outlet for b in self._bots if b.user_id == user_id]
-
-    def _close_user(self, user_id: str, code: int, reason: str) -> int:
-        closed = 0
-        for conn in list(self._connections):
-            if conn.user_id == user_id:
-                conn.close(code, reason)
-                closed += 1
-        for bot in list(self._bots):
-            if bot.user_id == user_id:
-                bot.outlet.kill(code, reason)
-                closed += 1
-        return closed
-
-    async def _announce(
-        self, event: str, user_id: str, text: str, rooms: list[str] | None = None
-    ) -> list[str]:
-        """Send ``system`` *event* to the members of *rooms* (default: every
-        room *user_id* is in), inside the hub; return the rooms."""
-        outlets = self._outlets_of(user_id) if rooms is None else []
-
-        def announce(state: Any, now: float) -> tuple[list[str], list[Delivery]]:
-            chosen = rooms
-            if chosen is None:
-                seen: dict[str, None] = {}
-                for outlet in outlets:
-                    try:
-                        seen.update(dict.fromkeys(state.rooms_of(outlet)))
-                    except KeyError:
-                        continue  # not (or no longer) connected to the hub
-                chosen = list(seen)
-            deliveries = [
-                Delivery(System(event, room, user_id, text), tuple(state.connections_in(room)))
-                for room in chosen
-            ]
-            return chosen, deliveries
-
-        announced: list[str] = await self.hub.call(announce)
-        return announced
-
     def _done(self, action: str, what: str, by: str, reason: str) -> None:
         self.moderation_actions[action] += 1
         log.info("moderation %s %s by=%s reason=%s", action, what, by, reason or "-")
@@ -442,50 +394,3 @@ def _actor(by: str) -> str:
     (``admin@203.0.113.7`` for the admin API), or ``server``."""
     user = by.partition("@")[0]
     return user if is_valid_user_id(user) else "server"
-
-
-def _same_ip(peer: str, address: str) -> bool:
-    try:
-        return canonical_ip(peer) == address
-    except ValueError:
-        return False
-
-
-class _ModerationMetrics:
-    """``/metrics`` families for moderation, the policy and commands."""
-
-    def __init__(self, server: ModerationApi) -> None:
-        self.server = server
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        server = self.server
-        actions = CounterMetricFamily(
-            "trio_chat_moderation_actions",
-            "Moderation actions taken (embedding API, admin API and CLI alike).",
-            labels=["action"],
-        )
-        for action, count in server.moderation_actions.items():
-            actions.add_metric([action], count)
-        yield actions
-        yield GaugeMetricFamily("trio_chat_bans", "Bans in force.", value=len(server.bans()))
-        yield GaugeMetricFamily("trio_chat_mutes", "Mutes in force.", value=len(server._mutes))
-        screen = server.screen
-        policy = CounterMetricFamily(
-            "trio_chat_policy_verdicts",
-            "Client events the message policy rejected or replaced, and its faults"
-            " (raised or timed out: error 500).",
-            labels=["verdict"],
-        )
-        policy.add_metric(["reject"], screen.rejected)
-        policy.add_metric(["replace"], screen.replaced)
-        policy.add_metric(["fault"], screen.faults)
-        yield policy
-        commands = CounterMetricFamily(
-            "trio_chat_commands", "Command calls by outcome.", labels=["outcome"]
-        )
-        for outcome in ("ok", "error", "timeout", "fault", "unknown", "busy"):
-            commands.add_metric([outcome], server.commands.outcomes.get(outcome, 0))
-        yield commands

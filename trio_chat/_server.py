@@ -153,8 +153,8 @@ class ChatServer(EmbeddingApi, ModerationApi):
         """
         try:
             async with trio.open_nursery() as root:
-                self._restore_mutes()
                 await root.start(self.hub.run)
+                await self._start_moderation(root)
                 root.start_soon(self._summarize_logs)
                 if listeners is None:
                     listeners = await trio.open_tcp_listeners(
