@@ -263,3 +263,31 @@ async def test_the_admin_api_and_command_line_act_on_every_process(redis_server)
         metrics = (await http_request(two.port, "GET", "/metrics")).body.decode()
         for action, count in (("kick", 1), ("ban", 0), ("unban", 1), ("mute", 1)):
             assert f'trio_chat_moderation_actions_total{{action="{action}"}} {count}.0' in metrics
+
+
+async def test_ended_entries_make_room_and_are_not_read_back(redis_server):
+    async with open_cluster(redis_server, max_bans=1) as (one, two):
+        await one.ban(user_id="brief", duration=0.2)
+        await _wait_for(lambda: two.ban_refusal("brief", "127.0.0.1") is not None)
+        # Once it has ended, on the wall clock, it is no ban and takes no room.
+        await _wait_for(lambda: two.ban_refusal("brief", "127.0.0.1") is None)
+        await two.ban(user_id="next", duration=60)
+        assert redis_server.command("HKEYS", "trio_chat:bans").split() == [b"user", b"next"]
+        async with open_cluster(redis_server, count=1) as (three,):
+            assert [b.target for b in three.bans()] == ["next"]
+
+
+async def test_news_that_make_no_sense_are_ignored(redis_server, caplog):
+    async with open_cluster(redis_server) as (one, two):
+        async with open_test_client(two, user="bob") as bob:
+            for junk in ("nonsense", "12 node {not json", '1 node {"action": "dance"}'):
+                redis_server.command("PUBLISH", "trio_chat:mod", junk)
+            # A number far beyond the tables': not news from this cluster.
+            redis_server.command(
+                "PUBLISH", "trio_chat:mod", '999 node {"action":"kick","user_id":"bob","reason":""}'
+            )
+            await one.ban(user_id="mal", duration=60)
+            await _wait_for(lambda: bool(two.bans()))
+            await two.kick("nobody")
+            assert (await bob.join("lobby"))["payload"]["room"] == "lobby"  # still connected
+        assert "moderation: news 999 is beyond the tables read: ignored" in caplog.text

@@ -124,6 +124,8 @@ class SharedModeration:
         self._applied = 0
         self._waiting: dict[int, trio.Event] = {}
         self._results: dict[int, int] = {}
+        #: The number of the last news heard on a subscription.
+        self._heard = 0
         #: News applied here by their caller already (they came back late).
         self._skip: set[int] = set()
 
@@ -267,18 +269,34 @@ class SharedModeration:
         try:
             version = int(number)
             news = json.loads(body)
-        except ValueError:
+            kick = news["action"] == "kick"
+        except (ValueError, KeyError, TypeError):
             log.warning("moderation: not news: %.200r", data)
             return
+        heard, self._heard = self._heard, max(self._heard, version)
         if version <= self._applied:
+            # Published after this subscription began but before the tables
+            # were read: in them already, but for a kick.
+            if kick and version > heard:
+                await self._run(version, node, news)
             return
         if version > self._applied + 1:
             # Some news went missing (this should not happen on one
             # subscription): read the tables again.
             log.warning("moderation: news %d came after %d: reading again", version, self._applied)
             await self._read(client)
-            if version <= self._applied:
+            if version > self._applied:
+                log.warning("moderation: news %d is beyond the tables read: ignored", version)
                 return
+            if kick:
+                await self._run(version, node, news)
+            return
+        await self._run(version, node, news)
+        self._applied = version
+        self._caught_up()
+
+    async def _run(self, version: int, node: str, news: dict[str, Any]) -> None:
+        """Apply news *version* here (unless its caller did already)."""
         closed = 0
         if version in self._skip:
             self._skip.discard(version)
@@ -286,16 +304,15 @@ class SharedModeration:
             try:
                 closed = await self._apply(news)
             except (ValueError, KeyError, TypeError) as exc:
-                log.warning("moderation: cannot apply %.200r: %s", body, exc)
-        self._applied = version
+                log.warning("moderation: cannot apply %.200r: %s", news, exc)
+        log.debug("moderation: news %d from %s applied: %.200r", version, node, news)
         if node == self.node:
             self._results[version] = closed
             while len(self._results) > _MAX_RESULTS:
                 del self._results[next(iter(self._results))]
-        self._caught_up()
 
     def _caught_up(self) -> None:
         for version, event in list(self._waiting.items()):
             if version <= self._applied:
                 event.set()
-        self._skip = {v for v in self._skip if v > self._applied}
+        self._skip = {v for v in self._skip if v > self._heard}

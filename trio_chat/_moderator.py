@@ -117,7 +117,7 @@ class ModerationApi(ModerationEffects):
         self._ban_lock = trio.Lock()
         self._shared: SharedModeration | None = None
         backplane = getattr(self.hub, "backplane", None)
-        if config.redis_url and backplane is not None:
+        if backplane is not None:
             from ._moderation_redis import SharedModeration
 
             self._shared = SharedModeration(
