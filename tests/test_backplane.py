@@ -772,9 +772,11 @@ def _inbox(redis: RedisServer, user: str) -> list[int]:
 
 
 @bounded(30)
-async def test_a_redis_inbox_keeps_at_most_the_history_bytes_per_room(redis_server):
+async def test_a_redis_conversation_and_inbox_keep_at_most_the_history_bytes_per_room(
+    redis_server,
+):
     content = "\u0001" * 1_640  # a frame of about 10 KB
-    settings = {"history_bytes_per_room": 50_000, "history_bytes_total": 80_000}
+    settings = {"history_bytes_per_room": 50_000, "history_bytes_total": 120_000}
     async with (
         open_cluster(redis_server, count=1, **settings) as (s0,),
         open_test_client(s0, user="bob") as bob,
@@ -782,21 +784,25 @@ async def test_a_redis_inbox_keeps_at_most_the_history_bytes_per_room(redis_serv
         await bob.join("lobby")  # answered once bob is registered as online
         for _ in range(12):
             await s0.send_direct("bob", content)
+        # The conversation's log, and bob's inbox (which carries them to
+        # his connections).
+        assert _logged(redis_server, "bob server") == [8, 9, 10, 11, 12]
         assert _inbox(redis_server, "bob") == [8, 9, 10, 11, 12]
-        size = _redis_int(redis_server, "HGET", "trio_chat:hsizes", "@bob")
-        assert 40_000 < size <= 50_000
-        # Inboxes count against the bytes kept in all, like rooms.
+        for log in ("bob server", "@bob"):
+            size = _redis_int(redis_server, "HGET", "trio_chat:hsizes", log)
+            assert 40_000 < size <= 50_000
+        # They count against the bytes kept in all, like rooms.
         for _ in range(4):
             await s0.publish("lobby", content)
         total = _redis_int(redis_server, "GET", "trio_chat:hbytes")
-        assert 60_000 < total <= 80_000
-        assert len(_inbox(redis_server, "bob")) < 5  # the least recently written log
+        assert 100_000 < total <= 120_000
+        assert len(_logged(redis_server, "bob server")) < 5  # the least recently written log
         for _ in range(12):
             frame = await bob.expect("direct")
             assert frame["payload"]["content"] == content
         # Delivery continues with the next id.
         await s0.send_direct("bob", "next")
-        assert (await bob.expect("direct"))["payload"]["content"] == "next"
+        assert (await bob.expect("direct"))["payload"]["id"] == 13
         assert _inbox(redis_server, "bob")[-1] == 13
 
 
@@ -845,46 +851,6 @@ async def test_redis_drops_messages_older_than_the_history_max_age(redis_server)
 
 
 @bounded(30)
-async def test_direct_messages_reach_every_connection_on_any_process(redis_server):
-    async with open_cluster(redis_server) as (s0, s1):
-        async with (
-            open_test_client(s0, user="alice") as alice,
-            open_test_client(s0, user="bob") as bob0,
-            open_test_client(s1, user="bob") as bob1,
-        ):
-            for client in (alice, bob0, bob1):
-                await client.join("lobby")  # answered after the user is registered
-            await alice.send("direct", {"to": "bob", "content": "psst"}, "d1")
-            ack = await alice.expect("ack")
-            assert ack["ref"] == "d1" and ack["payload"]["to"] == "bob"
-            for bob in (bob0, bob1):
-                message = await bob.expect("direct")
-                assert message["payload"] == {
-                    "from": "alice",
-                    "content": "psst",
-                    "time": ack["payload"]["time"],
-                }
-            await alice.send("direct", {"to": "nobody", "content": "hello?"}, "d2")
-            error = await alice.expect("error")
-            assert error["payload"]["code"] == 404 and error["ref"] == "d2"
-            # The same ref again, even from another process: the first ack.
-            async with open_test_client(s1, user="alice") as alice1:
-                await alice1.send("direct", {"to": "bob", "content": "psst"}, "d1")
-                assert (await alice1.expect("ack")) == ack
-            await bob0.chat("lobby", "marker")
-            assert (await bob1.expect("chat"))["payload"]["content"] == "marker"
-        # Everyone gone: bob is nowhere.
-        async with open_test_client(s1, user="carol") as carol:
-
-            async def refused() -> bool:
-                await carol.send("direct", {"to": "bob", "content": "x"})
-                frame = await carol.receive()
-                return frame["type"] == "error" and frame["payload"]["code"] == 404
-
-            await _wait_for(refused)
-
-
-@bounded(30)
 async def test_a_resent_ref_is_acked_once_whichever_process_gets_it(redis_server):
     async with open_cluster(redis_server) as (s0, s1):
         async with open_test_client(s1, user="bob") as bob:
@@ -914,11 +880,10 @@ async def test_embedders_publish_through_the_backplane(redis_server):
                 "from the server",
             )
             direct = await s0.send_direct("bob", "hello bob", user_id="ops")
-            assert direct.to == "bob"
+            assert (direct.to, direct.id) == ("bob", 1)
             assert (await bob.expect("direct"))["payload"]["from"] == "ops"
-            with pytest.raises(ProtocolError) as err:
-                await s0.send_direct("nobody", "x")
-            assert err.value.code == 404
+            # To a user connected nowhere: stored in the conversation.
+            assert (await s0.send_direct("nobody", "x")).id == 1
             assert s1.stats().rooms == 1 and s1.hub.state.members("news") == ["bob"]
 
 
@@ -1273,8 +1238,9 @@ async def test_two_server_processes_share_rooms(redis_server, tmp_path):
                         "user_id": "bob",
                     }:
                         break
+            # Stored all the same, in the conversation's numbering.
             await alice.send("direct", {"to": "bob", "content": "gone?"}, "d9")
-            assert (await alice.expect("error"))["payload"]["code"] == 404
+            assert (await alice.expect("ack"))["payload"]["id"] == 2
     finally:
         p0.signal(signal.SIGTERM)
         p1.stop()

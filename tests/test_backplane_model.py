@@ -62,6 +62,7 @@ from trio_chat._backplane_commands import MIN_RETAIN, Commands
 from trio_chat._backplane_lua import render_scripts
 from trio_chat._backplane_ops import Op
 from trio_chat._backplane_state import ClusterState
+from trio_chat._conversations import conversation_name
 from trio_chat._mentions import find_mentions
 from trio_chat._message_events import HistoryPage
 from trio_chat._message_frames import Delete, Edit, React, ReadHistory
@@ -228,6 +229,8 @@ class ClusterModel:
     #: Room -> its topic, while it has one.
     topics: dict[str, str] = attrs.Factory(dict)
     seq: int = 0
+    #: A conversation's log name -> its last id.
+    conversations: dict[str, int] = attrs.Factory(dict)
 
     def user(self, key: int) -> str:
         return self.conns[key][1]
@@ -506,20 +509,23 @@ class ClusterMachine(RuleBasedStateMachine):
         if ref is not None and ref in m.refs.get(user, {}):
             label("direct: repeated ref")
             return self.check(result, [(m.refs[user][ref], [key])])
-        if not any(u == to for _, u in m.conns.values()):
-            label("direct: 404, not connected anywhere")
-            return self.refused(result, 404, key, ref)
+        if to == user:
+            label("direct: 400, to oneself")
+            return self.refused(result, 400, key, ref)
+        name = conversation_name(user, to)
+        id_ = m.conversations[name] = m.conversations.get(name, 0) + 1
         time = format_time(self.now)
-        ack = DirectAck(to, time, ref)
+        ack = DirectAck(to, time, ref, id_)
         if ref is not None:
             m.refs.setdefault(user, {})[ref] = ack
-        # The addressee's connections on every process (not the sender's
-        # other ones: to oneself, the sending connection too).
-        audience = [k for k, (_, u) in m.conns.items() if u == to]
+        # Stored whether or not the addressee is connected; to every
+        # connection of both users on every process but the sending one.
+        audience = [k for k, (_, u) in m.conns.items() if u in (user, to) and k != key]
         label(
-            f"direct: addressee on the other process={any(m.conns[k][0] != m.conns[key][0] for k in audience)}"
+            f"direct: to a connection on the other process={any(m.conns[k][0] != m.conns[key][0] for k in audience)}"
         )
-        self.check(result, [(DirectMessage(user, "psst", time), audience), (ack, [key])])
+        event = DirectMessage(user, "psst", time, id_, to)
+        self.check(result, [(event, audience), (ack, [key])])
 
     @rule(key=connections, room=room_choice)
     def typing(self, key: int, room: str) -> None:

@@ -4,8 +4,8 @@ conversations and typing to a user, in rooms and direct conversations.
 Rules: real servers on 127.0.0.1 (port 0), every test bounded; each call is
 checked by what the server answers and by what the other user's client
 receives; each has an error case, refused at once by the client or by the
-server; with a real ``redis-server``, the Redis store's rooms offer them
-and its conversations answer 501.  The bookkeeping behind the calls (``ClientState``) is also tested
+server; with a real ``redis-server``, the Redis store's rooms and
+conversations offer them.  The bookkeeping behind the calls (``ClientState``) is also tested
 without I/O: a room's call waits for the room's join on a new connection,
 a 429 is written again after the pause, a reaction cut off by a drop is
 never toggled twice.
@@ -251,7 +251,7 @@ async def test_typing_to_a_user_reaches_them():
             assert (notice.with_, notice.user_id) == ("ann", "ann")
 
 
-async def test_with_the_redis_store_rooms_have_them_and_conversations_are_501(redis_server):
+async def test_with_the_redis_store_rooms_and_conversations_have_them(redis_server):
     config = Config(redis_url=redis_server.url + "?timeout=0.5&heartbeat=0.2&node_ttl=2")
     async with open_test_server(config) as server:
         async with (
@@ -267,9 +267,14 @@ async def test_with_the_redis_store_rooms_have_them_and_conversations_are_501(re
             assert isinstance(message, ChatMessage)
             assert (message.content, message.reactions) == ("on redis, edited", {THUMBS: ("bob",)})
             assert (await next_of(bob, MessageEdited)).content == "on redis, edited"
-            for call in (ann.conversations(), ann.history(with_="bob")):
-                error = await refused(call)
-                assert (error.code, error.message) == (501, "not available with the Redis store")
+            direct = await ann.direct("bob", "psst")
+            assert direct.id == 1
+            edited = await ann.edit(None, direct.id, "psst, edited", with_="bob")
+            assert edited.with_ == "bob"
+            [item] = await bob.conversations()
+            assert (item.with_, item.last_id, item.unread) == ("ann", 1, 1)
+            [message] = (await bob.history(with_="ann")).messages
+            assert message.content == "psst, edited"
 
 
 # ---------------------------------------------------------------- pure parts

@@ -1,9 +1,10 @@
 """Direct conversations end to end, over real sockets on 127.0.0.1.
 
 Stored messages with ids per conversation, the ``conversations`` listing,
-typing to a user, what a token forbids, a restart of the SQLite store (a
-real file) keeping every conversation, and the Redis store answering 501
-(``typing`` to a user works there: test_backplane_messages.py).
+edits, reactions and history with ``with`` (over each store), typing to a
+user, what a token forbids, and a restart of the SQLite store (a real file)
+keeping every conversation (two processes of the Redis store:
+test_backplane_direct.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ async def listing(client: TestClient, ref: str = "c") -> dict:
     return frame["payload"]
 
 
-async def test_conversations_list_most_recent_first_with_their_last_message():
-    async with open_test_server() as server:
+async def test_conversations_list_most_recent_first_with_their_last_message(stored):
+    async with open_test_server(stored()) as server:
         async with (
             open_test_client(server, user="ann") as ann,
             open_test_client(server, user="bob") as bob,
@@ -100,32 +101,13 @@ async def test_the_sqlite_store_keeps_conversations_across_a_restart(tmp_path):
             assert await ann.expect("ack") == first
 
 
-async def test_the_redis_store_answers_501(redis_server):
-    async with open_test_server(Config(redis_url=redis_server.url)) as server:
+async def test_edits_reactions_and_history_in_a_conversation_name_the_other_side(stored):
+    async with open_test_server(stored()) as server:
         async with (
             open_test_client(server, user="ann") as ann,
             open_test_client(server, user="bob") as bob,
         ):
-            await ann.send("conversations", {}, ref="c")
-            frame = await ann.receive()
-            assert frame["type"] == "error" and frame["ref"] == "c"
-            assert frame["payload"] == {
-                "code": 501,
-                "message": "not available with the Redis store",
-            }
-            # direct keeps its behaviour there: to a connected user, no id.
-            await ann.send("direct", {"to": "bob", "content": "hi"}, ref="d")
-            ack = await ann.expect("ack")
-            assert "id" not in ack["payload"]
-            assert (await bob.expect("direct"))["payload"].keys() == {"from", "content", "time"}
-
-
-async def test_edits_reactions_and_history_in_a_conversation_name_the_other_side():
-    async with open_test_server() as server:
-        async with (
-            open_test_client(server, user="ann") as ann,
-            open_test_client(server, user="bob") as bob,
-        ):
+            await listing(bob)  # (with Redis: once bob is known to be connected)
             await ann.send("direct", {"to": "bob", "content": "hi @bob"}, ref="d1")
             ack = await ann.expect("ack")
             assert ack["payload"]["id"] == 1

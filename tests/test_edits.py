@@ -11,7 +11,8 @@
 * The SQLite store: a restart keeps edits, tombstones and reactions (a real
   file), and a deleted message's text is gone from the file.
 * The end-to-end test runs over each store (the Redis store's own cases:
-  test_backplane_messages.py); with Redis, a conversation's messages are 501.
+  test_backplane_messages.py; a conversation's messages over each store:
+  test_conversations.py).
 """
 
 from __future__ import annotations
@@ -341,22 +342,3 @@ async def test_the_sqlite_store_keeps_edits_tombstones_and_reactions(tmp_path):
             assert stats.history == 3
             await bob.send("react", {"room": "r", "id": 3, "emoji": HEART})
             assert (await bob.expect("reaction"))["payload"]["count"] == 2
-
-
-async def test_the_redis_store_answers_501_for_a_conversations_messages(redis_server):
-    config = Config(port=0, redis_url=redis_server.url + "?timeout=0.5&heartbeat=0.2&node_ttl=2")
-    async with open_test_server(config) as server:
-        async with open_test_client(server, user="ann") as ann:
-            for kind, payload in [
-                ("edit", {"with": "bob", "id": 1, "content": "x"}),
-                ("delete", {"with": "bob", "id": 1}),
-                ("react", {"with": "bob", "id": 1, "emoji": THUMBS}),
-                ("history", {"with": "bob"}),
-            ]:
-                await ann.send(kind, payload, kind)
-                error = await ann.expect("error")
-                assert error["payload"] == {
-                    "code": 501,
-                    "message": "not available with the Redis store",
-                }
-                assert error["ref"] == kind

@@ -831,10 +831,9 @@ async def test_publish_and_send_direct_take_the_client_path(stored):
 
             direct = await server.send_direct("alice", "psst", user_id="bot")
             assert isinstance(direct, DirectAck) and direct.to == "alice"
-            payload = {"from": "bot", "content": "psst", "time": direct.time}
-            if not server.config.redis_url:  # stored in the conversation
-                assert direct.id == 1
-                payload = {"id": 1, "from": "bot", "to": "alice", **payload}
+            assert direct.id == 1  # stored in the conversation
+            payload = {"id": 1, "from": "bot", "to": "alice", "content": "psst"}
+            payload["time"] = direct.time
             for client in (alice, alice2):
                 assert await client.receive() == {"type": "direct", "payload": payload}
 

@@ -34,8 +34,12 @@ revised since they were appended, and how many times: see
 :mod:`trio_chat._backplane_messages`), ``repoch:<room>`` (its numbering's
 name, for ``joined.epoch``), ``topic:<room>`` (its topic),
 ``members:<room>`` and ``mver:<room>`` (kept while the room has members
-anywhere and a week after; ``mver`` also orders topic changes), ``dmseq:<user>`` and
-``dm:<user>`` (direct messages), ``online``, ``presence``, ``refs:<user>``
+anywhere and a week after; ``mver`` also orders topic changes), a direct
+conversation's ``seq:``, ``log:``, ``rev:`` and ``rver:`` under its log
+name (the two user ids, sorted, a space between them), ``convs`` and
+``convs:<user>`` (the conversations, and each user's), ``dmseq:<user>``
+and ``dm:<user>`` (the user's inbox, which carries direct messages to their
+processes), ``online``, ``presence``, ``refs:<user>``
 and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
 ``proc:<node>`` (live processes and what each registered), ``epoch``
 (changes when Redis loses its data); moderation keeps ``bans``, ``mutes``

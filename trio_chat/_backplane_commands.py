@@ -19,6 +19,7 @@ import attrs
 from ._backplane_ops import (
     FILL_COUNT,
     ChatOp,
+    ConversationsOp,
     DirectOp,
     FillOp,
     FloorOp,
@@ -37,8 +38,10 @@ from ._backplane_ops import (
     TypingOp,
     Unavailable,
 )
+from ._conversations import conversation_users
+from ._hub_directory import MAX_LISTED
 from ._log import new_epoch
-from ._protocol import ACK_PREFIX, CHAT_PREFIX, DirectAck, ack_suffix
+from ._protocol import ACK_PREFIX, CHAT_PREFIX, DIRECT_PREFIX, ack_suffix
 
 __all__ = ["MIN_RETAIN", "Commands"]
 
@@ -135,36 +138,18 @@ class Commands:
     def _command(self, pipe: Any, op: Op) -> Any:
         p = self.prefix
         if isinstance(op, DirectOp):
-            user, to = op.user_id, op.to
-            return self._script(
-                pipe,
-                "direct",
-                [
-                    op.epoch,
-                    op.ref or "",
-                    self.ref_memory,
-                    to,
-                    op.frame,
-                    op.origin,
-                    MIN_RETAIN,
-                    f"{p}ch:u:{to}",
-                    DirectAck(to, op.time, op.ref).to_json(),
-                    p,
-                ],
-                [
-                    f"{p}epoch",
-                    f"{p}refs:{user}",
-                    f"{p}refq:{user}",
-                    f"{p}online",
-                    f"{p}dmseq:{to}",
-                    f"{p}dm:{to}",
-                ],
-            )
+            args = [p, op.epoch, self.ref_memory, self.retain, op.user_id, op.to, op.name]
+            args += [op.ref or "", op.origin, CHAT_PREFIX, op.suffix, DIRECT_PREFIX]
+            args += [op.direct_suffix, ACK_PREFIX, op.ack_suffix]
+            return self._script(pipe, "direct", args)
+        if isinstance(op, ConversationsOp):
+            args = [p, op.user_id, MAX_LISTED + 1, self.retain]
+            return self._script(pipe, "conversations", args)
         if isinstance(op, FillOp):
             name = op.name if op.kind == "r" else "@" + op.name
             return self._script(pipe, "fill", [p, name, op.after, FILL_COUNT])
         if isinstance(op, ReviseOp):
-            event = op.event.to_json() if op.event is not None else ""
+            event = _event_frames(op)
             args = [p, op.room, op.id, op.expected, op.frame, event, op.origin, self.retain]
             return self._script(pipe, "revise", args)
         if isinstance(op, PageOp):
@@ -219,8 +204,12 @@ class Commands:
             return _entries(raw)
         if isinstance(op, ReviseOp):
             return tuple(raw)
-        if isinstance(op, PageOp | RevisionsOp):
+        if isinstance(op, PageOp):
+            return int(raw[0]), _entries(raw[1]), int(raw[2])
+        if isinstance(op, RevisionsOp):
             return int(raw[0]), _entries(raw[1])
+        if isinstance(op, ConversationsOp):
+            return [(name, int(last), int(read), _entries(e)) for name, last, read, e in raw]
         if isinstance(op, OnlineOp):
             return int(raw)
         if isinstance(op, LoadOp):
@@ -241,6 +230,22 @@ class Commands:
             epoch, ids = raw
             return epoch, {ids[i]: int(ids[i + 1]) for i in range(0, len(ids), 2)}
         return None
+
+
+def _event_frames(op: ReviseOp) -> str:
+    """The frame of *op*'s event; for a conversation's message, one for each
+    user (in its log name's order), a newline between them: ``with`` names
+    the other user."""
+    event = op.event
+    if event is None:
+        return ""
+    if op.with_ is None:
+        return event.to_json()
+    frames = [
+        (event if user == op.user_id else attrs.evolve(event, with_=op.user_id)).to_json()
+        for user in conversation_users(op.room)
+    ]
+    return "\n".join(frames)
 
 
 def _entries(raw: Any) -> list[tuple[int, str, str]]:

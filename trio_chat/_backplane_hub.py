@@ -183,10 +183,17 @@ def build_backplane_hub(config: Config, **options: Any) -> BackplaneHub:
             total=config.history_bytes_total,
             rooms=config.max_rooms,
             max_age=config.history_max_age,
+            conversations=config.max_conversations,
+            per_user=config.max_conversations_per_user,
         ),
     )
     backplane = Backplane(url, history_size=config.history_size, **options)
     from ._store import core_settings
 
-    state = ClusterState(backplane.node, prefix=backplane.prefix, **core_settings(config))
+    state = ClusterState(
+        backplane.node,
+        prefix=backplane.prefix,
+        max_conversations_per_user=config.max_conversations_per_user,
+        **core_settings(config),
+    )
     return BackplaneHub(state, backplane)

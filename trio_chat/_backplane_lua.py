@@ -21,7 +21,7 @@ from __future__ import annotations
 import attrs
 
 from ._backplane_lua_base import COMMON
-from ._backplane_lua_logs import CHATS, DIRECT, FILL, LOAD, PAGE, REVISE, REVISIONS
+from ._backplane_lua_logs import CHATS, DIRECT, FILL, LISTING, LOAD, PAGE, REVISE, REVISIONS
 from ._backplane_lua_rooms import TOPIC
 
 __all__ = ["DEREGISTER", "SCRIPTS", "Retention", "render_scripts"]
@@ -34,14 +34,18 @@ class Retention:
     * a room's log holds at most ``per_room`` bytes of frames (and the
       message count the backplane retains), the oldest trimmed first, and
       no message older than ``max_age`` seconds (0: no age limit);
-    * so does each user's inbox of direct messages (the log ``@user``; it
-      also expires a day after its last message);
+    * so does each direct conversation's log, and each user's inbox (the
+      log ``@user``, which carries direct messages to the user's processes;
+      it also expires a day after its last message);
     * all logs together hold at most ``total`` bytes: past it the least
       recently written log loses its oldest messages first;
-    * at most ``rooms`` logs (rooms and inboxes) are kept: past it the
-      least recently written one goes;
+    * at most ``rooms`` logs (rooms, conversations and inboxes) are kept:
+      past it the least recently written one goes;
     * a room's keys expire ``max_age`` after its last member left or its
-      last message arrived with nobody in it (0: a week).
+      last message arrived with nobody in it (0: a week); a conversation's
+      are kept while it is one of the ``conversations`` most recently
+      written (the older ones are forgotten, ids too), and a user may be in
+      ``per_user`` of them.
 
     Bytes are those of the frames; Redis's own overhead per stream entry
     comes on top.  Ids continue across trims (the ``seq`` key stays).
@@ -51,6 +55,8 @@ class Retention:
     total: int = 128 << 20
     rooms: int = 10_000
     max_age: float = 604800.0
+    conversations: int = 10_000
+    per_user: int = 200
 
     @property
     def ttl(self) -> int:
@@ -173,6 +179,7 @@ _TEMPLATES = {
     "deregister": _DEREGISTER,
     "chats": CHATS,
     "direct": DIRECT,
+    "conversations": LISTING,
     "member": _MEMBER,
     "online": _ONLINE,
     "load": LOAD,
@@ -198,6 +205,8 @@ def render_scripts(retention: Retention | None = None) -> dict[str, str]:
         "@TOTAL@": str(retention.total),
         "@ROOMS@": str(retention.rooms),
         "@MAX_AGE_MS@": str(int(retention.max_age * 1000)),
+        "@CONVS@": str(retention.conversations),
+        "@PER_USER@": str(retention.per_user),
     }
     scripts = {}
     for name, template in _TEMPLATES.items():

@@ -10,7 +10,7 @@ placeholders :func:`~trio_chat._backplane_lua.render_scripts` fills in).
 
 from __future__ import annotations
 
-__all__ = ["COMMON", "READ", "REMEMBER", "RETAIN"]
+__all__ = ["COMMON", "CONVERSATIONS", "READ", "REMEMBER", "RETAIN"]
 
 COMMON = r"""
 local P = ARGV[1]
@@ -272,3 +272,38 @@ local function logged(room, size, now, retain)
 end
 """
 )
+
+#: Direct conversations (after :data:`RETAIN`): ``convs`` holds every
+#: conversation's log name by last write, ``convs:<user>`` the log names of
+#: a user's conversations the same way.
+CONVERSATIONS = r"""
+local MAX_CONVS, PER_USER = @CONVS@, @PER_USER@
+-- Forget a conversation (its log name): its ids and messages.
+local function forget_conversation(name)
+  local a, b = string.match(name, '^(%S+) (%S+)$')
+  redis.call('ZREM', P .. 'convs', name)
+  redis.call('ZREM', P .. 'convs:' .. a, name)
+  redis.call('ZREM', P .. 'convs:' .. b, name)
+  forget_log(name)
+  redis.call('DEL', P .. 'seq:' .. name, P .. 'rver:' .. name)
+end
+-- A message in the conversation *name* of *from* and *to*, which is started
+-- if new: 'ok', or 'full' ('tofull') past the sender's (addressee's) bound.
+local function conversation_used(from, to, name)
+  local convs = P .. 'convs'
+  if not redis.call('ZSCORE', convs, name) then
+    if redis.call('ZCARD', P .. 'convs:' .. from) >= PER_USER then return 'full' end
+    if redis.call('ZCARD', P .. 'convs:' .. to) >= PER_USER then return 'tofull' end
+    while redis.call('ZCARD', convs) >= MAX_CONVS do
+      local oldest = redis.call('ZRANGE', convs, 0, 0)[1]
+      if oldest == nil then break end
+      forget_conversation(oldest)
+    end
+  end
+  local clock = redis.call('INCR', P .. 'cclock')
+  redis.call('ZADD', convs, clock, name)
+  redis.call('ZADD', P .. 'convs:' .. from, clock, name)
+  redis.call('ZADD', P .. 'convs:' .. to, clock, name)
+  return 'ok'
+end
+"""

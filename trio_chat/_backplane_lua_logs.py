@@ -7,9 +7,9 @@ functions they share).
 
 from __future__ import annotations
 
-from ._backplane_lua_base import COMMON, READ, REMEMBER, RETAIN
+from ._backplane_lua_base import COMMON, CONVERSATIONS, READ, REMEMBER, RETAIN
 
-__all__ = ["CHATS", "DIRECT", "FILL", "LOAD", "PAGE", "REVISE", "REVISIONS"]
+__all__ = ["CHATS", "DIRECT", "FILL", "LISTING", "LOAD", "PAGE", "REVISE", "REVISIONS"]
 
 #: Several chat messages, each as atomic as one script: for each, check the
 #: sender's ref, take the room's next id, append the frame to the room's
@@ -72,33 +72,60 @@ return out
 """
 )
 
-#: KEYS: epoch, refs, refq, online, dmseq, dm.  ARGV: epoch, ref, ref memory,
-#: to, frame, origin, retain, channel, the ack (what the ref remembers),
-#: prefix.  The inbox is a log of :class:`Retention` named ``@`` and the
-#: user (no room name starts with ``@``): bounded in bytes like a room's.
+#: A direct message: check the sender's ref; start the conversation of the
+#: two users if new (within ``max_conversations_per_user`` for each, and
+#: ``max_conversations`` in all: past it the least recently written
+#: conversation is forgotten, with its ids); take its next id and append
+#: the frame to its log (the stream ``log:<FROM TO>``, the two ids sorted,
+#: within :class:`Retention` as a room's); for each of the two users who is
+#: connected somewhere, append the ``direct`` frame to their inbox (the log
+#: ``@user``, which only carries it to their processes: ids of its own) and
+#: publish it there; remember the ref.  ARGV: prefix, epoch, ref memory,
+#: retain, from, to, the conversation's log name, ref, origin, then the chat
+#: frame's, the ``direct`` frame's and the ack's text before their id and
+#: after it.  Answers ``{'ok', id, the sender's inbox id, the addressee's}``
+#: (0 for a user not connected), ``{'dup', ack}``, ``{'self'}`` (to the
+#: sender), ``{'full'}`` (the sender's bound), ``{'tofull'}`` (the
+#: addressee's) or ``{'epoch'}``.
 DIRECT = (
     REMEMBER
     + r"""
-local P = ARGV[10]
+local P, epoch, limit, retain = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local from, to, name, ref, origin = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 """
     + RETAIN
+    + CONVERSATIONS
     + r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
-local ref = ARGV[2]
+if redis.call('GET', P .. 'epoch') ~= epoch then return {'epoch'} end
+local refs, queue = P .. 'refs:' .. from, P .. 'refq:' .. from
 if ref ~= '' then
-  local seen = redis.call('HGET', KEYS[2], ref)
+  local seen = redis.call('HGET', refs, ref)
   if seen then return {'dup', seen} end
 end
-if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 0 then return {'absent'} end
-local id = redis.call('INCR', KEYS[5])
+if from == to then return {'self'} end
+local status = conversation_used(from, to, name)
+if status ~= 'ok' then return {status} end
+local id = redis.call('INCR', P .. 'seq:' .. name)
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[6], id .. '-0', 'o', ARGV[6], 'f', ARGV[5], 't', now)
-redis.call('EXPIRE', KEYS[6], 86400)
-logged('@' .. ARGV[4], #ARGV[5], now, tonumber(ARGV[7]))
-redis.call('PUBLISH', ARGV[8], 'm ' .. id .. ' ' .. ARGV[6] .. ' - ' .. ARGV[5])
-if ref ~= '' then remember(KEYS[2], KEYS[3], ref, ARGV[9], ARGV[3]) end
-return {'ok', id}
+local frame = ARGV[10] .. id .. ARGV[11]
+redis.call('XADD', P .. 'log:' .. name, id .. '-0', 'o', origin, 'f', frame, 't', now)
+logged(name, #frame, now, retain)
+local direct = ARGV[12] .. id .. ARGV[13]
+local inboxes = {0, 0}
+for i, user in ipairs({from, to}) do
+  if redis.call('HEXISTS', P .. 'online', user) == 1 then
+    local n = redis.call('INCR', P .. 'dmseq:' .. user)
+    local inbox = P .. 'dm:' .. user
+    redis.call('XADD', inbox, n .. '-0', 'o', origin, 'f', direct, 't', now)
+    redis.call('EXPIRE', inbox, 86400)
+    logged('@' .. user, #direct, now, retain)
+    redis.call('PUBLISH', P .. 'ch:u:' .. user, 'm ' .. n .. ' ' .. origin .. ' - ' .. direct)
+    inboxes[i] = n
+  end
+end
+if ref ~= '' then remember(refs, queue, ref, ARGV[14] .. id .. ARGV[15], limit) end
+return {'ok', id, inboxes[1], inboxes[2]}
 """
 )
 
@@ -144,13 +171,18 @@ return {last, entries, members, version, presence, epoch, revision, topic}
 #: and publish the *event* with it.  ARGV: prefix, room, id, expected,
 #: frame, event, origin, retain.  Answers ``{'ok', revision}``, ``{'stale',
 #: current frame}`` (nothing changed: *expected* is not what Redis has; ''
-#: asks for the current frame), or ``{'gone'}`` (not retained).
+#: asks for the current frame), ``{'gone'}`` (not retained), or
+#: ``{'nolog'}`` (a conversation's log name, and no such conversation).  A
+#: conversation's *event* is two frames, a newline between them: the one
+#: for the first user of its log name, then the other's.
 REVISE = (
     COMMON
     + RETAIN
     + r"""
 local room, id, expected = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local log, rev = P .. 'log:' .. room, P .. 'rev:' .. room
+local conversation = string.find(room, ' ', 1, true)
+if conversation and redis.call('EXISTS', P .. 'seq:' .. room) == 0 then return {'nolog'} end
 local found = redis.call('ZRANGEBYSCORE', rev, id, id)
 local time, origin, current, stream_id
 if #found > 0 then
@@ -176,7 +208,7 @@ local revision = redis.call('INCR', P .. 'rver:' .. room)
 local delta = #frame - #current
 redis.call('HINCRBY', P .. 'hsizes', room, delta)
 redis.call('INCRBY', P .. 'hbytes', delta)
-room_expiry(room)
+if not conversation then room_expiry(room) end
 retain_log(room, now_ms(), tonumber(ARGV[8]))
 local notice = table.concat({'v', revision, ARGV[7], ARGV[3], ARGV[6]}, ' ')
 redis.call('PUBLISH', P .. 'ch:r:' .. room, notice .. '\n' .. frame)
@@ -187,14 +219,15 @@ return {'ok', revision}
 #: A page of a room's history: the newest messages with ids from *lo* to
 #: *hi* ('' for the room's last id) whose frames add up to *budget* bytes,
 #: the one that crosses it included, at most *count* of them.  ARGV:
-#: prefix, room, lo, hi, budget, count.  Answers ``{hi, entries}`` (hi
-#: clipped to the last id; entries newest first).
+#: prefix, room, lo, hi, budget, count.  Answers ``{hi, entries, last}``
+#: (hi clipped to the last id, *last*; entries newest first).
 PAGE = (
     COMMON
     + READ
     + r"""
 local room = ARGV[2]
-local hi = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
+local last = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
+local hi = last
 if ARGV[4] ~= '' then hi = math.min(hi, tonumber(ARGV[4])) end
 local budget, entries = tonumber(ARGV[5]), {}
 for _, entry in ipairs(newest(room, tonumber(ARGV[3]), hi, tonumber(ARGV[6]))) do
@@ -202,7 +235,7 @@ for _, entry in ipairs(newest(room, tonumber(ARGV[3]), hi, tonumber(ARGV[6]))) d
   budget = budget - #entry[3]
   if budget < 0 then break end
 end
-return {hi, entries}
+return {hi, entries, last}
 """
 )
 
@@ -226,5 +259,26 @@ FILL = (
     + READ
     + r"""
 return oldest(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+"""
+)
+
+#: A user's conversations, most recently written first: for each, its log
+#: name, last id, the user's read marker in it, and its newest entries
+#: down to the one after the marker (at least the newest), at most *per*.
+#: ARGV: prefix, user, count, per.
+LISTING = (
+    COMMON
+    + READ
+    + r"""
+local user, count, per = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local marks = P .. 'marks:' .. user
+local out = {}
+for _, name in ipairs(redis.call('ZREVRANGE', P .. 'convs:' .. user, 0, count - 1)) do
+  local last = tonumber(redis.call('GET', P .. 'seq:' .. name) or '0')
+  local read = tonumber(redis.call('HGET', marks, name) or '0')
+  local lo = math.max(1, math.min(read + 1, last))
+  out[#out + 1] = {name, last, read, newest(name, lo, last, per)}
+end
+return out
 """
 )

@@ -19,6 +19,11 @@ messages are and who orders their changes:
   (:class:`RevisionsOp`);
 * a ``history`` page is read from Redis (:class:`PageOp`).
 
+A conversation's messages (a frame with ``with``) are a log in Redis under
+its log name and go the same way, but are not cached here; their events go
+to both users' connections
+(:meth:`~trio_chat._backplane_direct.ClusterConversations._conversation_revised`).
+
 Pure and synchronous like the rest of the state: no I/O.
 """
 
@@ -30,8 +35,9 @@ from typing import Any
 import attrs
 
 from ._backplane_logs import EARLY_REVISIONS, ServedRoom
-from ._backplane_ops import NOT_OFFERED, UNAVAILABLE, PageOp, RawEvent, ReviseOp, RevisionsOp
+from ._backplane_ops import UNAVAILABLE, PageOp, RawEvent, ReviseOp, RevisionsOp
 from ._backplane_rooms import ClusterRooms
+from ._conversations import conversation_name, direct_view, is_conversation, no_conversation
 from ._hub_messages import change_message
 from ._log import History, RoomLog
 from ._message_events import HistoryPage
@@ -40,7 +46,7 @@ from ._message_ops import HISTORY_PAGE_BYTES, Target, history_page
 from ._protocol import ChatMessage, ProtocolError, parse_server_frame
 from ._room_core import Conn, Delivery, Key
 
-__all__ = ["MAX_ATTEMPTS", "MAX_WAITING", "ClusterMessages"]
+__all__ = ["MAX_ATTEMPTS", "MAX_WAITING", "ClusterMessages", "window"]
 
 #: Times a change is tried on a message that other processes keep changing
 #: meanwhile, before it is answered 503.
@@ -66,6 +72,19 @@ def _window(room: str, last_id: int, frames: list[str]) -> RoomLog:
     return RoomLog(room, "", entries, last_id=last_id)
 
 
+def window(room: str, last_id: int, entries: list[tuple[int, str, str]]) -> RoomLog:
+    """A log of *room* whose newest message would be *last_id*, holding
+    the messages of *entries* (``(id, origin, frame)`` as Redis answers
+    them, newest first) down to the first gap."""
+    frames: list[str] = []
+    for entry_id, _origin, frame in entries:
+        if entry_id != last_id - len(frames):
+            break
+        frames.append(frame)
+    frames.reverse()
+    return _window(room, last_id, frames)
+
+
 @attrs.define
 class ClusterMessages(ClusterRooms):
     """The rooms of :class:`~trio_chat._backplane_rooms.ClusterRooms`, with
@@ -78,22 +97,26 @@ class ClusterMessages(ClusterRooms):
     def _message_frame(
         self, key: Key, conn: Conn, event: MessageFrame, now: float
     ) -> list[Delivery]:
-        if event.room is None:
-            raise ProtocolError(501, NOT_OFFERED, event.ref)
-        self._member(conn, event.room, "reading or changing messages in", event.ref)
+        with_ = event.with_
+        if event.room is not None:
+            self._member(conn, event.room, "reading or changing messages in", event.ref)
+            name = event.room
+        else:
+            assert with_ is not None
+            name = conversation_name(conn.user_id, with_)
         if not self.up:
             raise ProtocolError(503, UNAVAILABLE, event.ref)
-        name = event.room
         if isinstance(event, ReadHistory):
-            before = event.before
+            before, ref = event.before, event.ref
             low = 1 if before is not None else (event.since or 0) + 1
             high = None if before is None else before - 1
-            page = PageOp(name, low, high, HISTORY_PAGE_BYTES, event.since, before, event.ref, key)
+            page = PageOp(name, low, high, HISTORY_PAGE_BYTES, event.since, before, ref, key, with_)
             self._ops.append(page)
             return []
         if not isinstance(event, Edit | Delete | React):
             raise TypeError(f"not a message frame: {event!r}")
         op = ReviseOp(name, event.id, "", "", None, event, conn.user_id, now, conn.origin, key)
+        op.with_ = with_
         if event.id > MAX_ID:
             return self._revise(op, None)[1]  # raises the rule's 404: no such message
         message = (name, event.id)
@@ -103,7 +126,8 @@ class ClusterMessages(ClusterRooms):
                 raise ProtocolError(503, UNAVAILABLE, event.ref)
             waiting.append(op)
             return []
-        item = self._rooms[name].cached(event.id)
+        # (A conversation's messages are not cached here.)
+        item = self._rooms[name].cached(event.id) if with_ is None else None
         if item is None:
             self._changing[message] = deque()
             self._ops.append(op)  # reads the current version first
@@ -120,7 +144,7 @@ class ClusterMessages(ClusterRooms):
         log = _window(op.room, op.id, [current] if current is not None else [])
         event, message, changed = change_message(
             History(),
-            Target(log, room=op.room),
+            Target(log, room=op.room) if op.with_ is None else Target(log, with_=op.with_),
             op.user_id,
             op.request,
             now=op.now,
@@ -162,6 +186,10 @@ class ClusterMessages(ClusterRooms):
                 return deliveries
             op = None
 
+    def _conversation_revised(self, name: str, origin: str, data: str) -> list[Delivery]:
+        """A message of conversation *name* was revised (see the subclass)."""
+        return []
+
     def _failure(self, result: BaseException, ref: str | None) -> ProtocolError:
         if isinstance(result, ProtocolError):
             return result
@@ -178,6 +206,10 @@ class ClusterMessages(ClusterRooms):
             assert op.event is not None
             answer = self.answer(op.reply_to, attrs.evolve(op.event, ref=ref))
             return answer + self._advance(None, message, op.frame)
+        if result[0] == "nolog":
+            assert op.with_ is not None
+            answer = self.answer(op.reply_to, None, no_conversation(op.with_, ref))
+            return answer + self._advance(None, message, None, known=False)
         current = result[1] if result[0] == "stale" else None
         if op.attempt + 1 >= MAX_ATTEMPTS:
             answer = self.answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, ref))
@@ -187,16 +219,16 @@ class ClusterMessages(ClusterRooms):
     def _page_result(self, op: PageOp, result: Any) -> list[Delivery]:
         if isinstance(result, BaseException):
             return self.answer(op.reply_to, None, self._failure(result, op.ref))
-        high, entries = result
-        frames: list[str] = []
-        for entry_id, _origin, frame in entries:  # newest first
-            if entry_id != high - len(frames):
-                break
-            frames.append(frame)
-        frames.reverse()
-        log = _window(op.room, high, frames)
-        messages, truncated = history_page(log, op.since, op.before)
-        return self.answer(op.reply_to, HistoryPage(op.room, None, messages, truncated, op.ref))
+        high, entries, last = result
+        if op.with_ is None:
+            messages, truncated = history_page(window(op.room, high, entries), op.since, op.before)
+            page = HistoryPage(op.room, None, messages, truncated, op.ref)
+            return self.answer(op.reply_to, page)
+        if not last:
+            return self.answer(op.reply_to, None, no_conversation(op.with_, op.ref))
+        messages, truncated = history_page(window(op.room, high, entries), op.since, op.before)
+        messages = [direct_view(payload) for payload in messages]
+        return self.answer(op.reply_to, HistoryPage(None, op.with_, messages, truncated, op.ref))
 
     def _revisions_result(self, op: RevisionsOp, result: Any) -> list[Delivery]:
         room = self._rooms.get(op.room)
@@ -220,6 +252,8 @@ class ClusterMessages(ClusterRooms):
     ) -> list[Delivery]:
         """Message *id_* of room *name* was revised: *data* is the event's
         frame and the message's new one, a newline between them."""
+        if is_conversation(name):
+            return self._conversation_revised(name, origin, data)
         room = self._rooms.get(name)
         if room is None:
             return []

@@ -23,6 +23,7 @@ __all__ = [
     "NOT_OFFERED",
     "UNAVAILABLE",
     "ChatOp",
+    "ConversationsOp",
     "DirectOp",
     "FillOp",
     "FloorOp",
@@ -93,15 +94,38 @@ class ChatOp(Op):
 
 @attrs.define(eq=False)
 class DirectOp(Op):
-    """Append a direct message to *to*'s inbox log and publish it."""
+    """Append a direct message to the conversation of *user_id* and *to*
+    (its log *name*), and publish it to both users' inboxes.
+
+    Answers ``("ok", id, sender's inbox id, addressee's inbox id)`` (0 for
+    a user connected nowhere), ``("dup", ack)``, ``("self",)``,
+    ``("full",)``, ``("tofull",)`` or ``("epoch",)``.
+    """
 
     user_id: str
     to: str
-    frame: str
+    name: str
+    #: The log's chat frame after its id
+    #: (:func:`~trio_chat._protocol.chat_suffix`), the ``direct`` frame's
+    #: and the ack's.
+    suffix: str
+    direct_suffix: str
+    ack_suffix: str
     time: str
     ref: str | None
     origin: str
     epoch: str
+    reply_to: Key | Reply | None
+
+
+@attrs.define(eq=False)
+class ConversationsOp(Op):
+    """Read *user_id*'s conversations for a ``conversations`` (answers
+    ``[(log name, last id, read marker, [(id, origin, frame)])]``, most
+    recent first, the entries newest first)."""
+
+    user_id: str
+    ref: str | None
     reply_to: Key | Reply | None
 
 
@@ -165,7 +189,8 @@ class ReviseOp(Op):
     only read the current one.
 
     Answers ``("ok", revision)``, ``("stale", current frame)`` (nothing
-    changed) or ``("gone",)`` (the message is not retained).
+    changed), ``("gone",)`` (the message is not retained) or ``("nolog",)``
+    (no such conversation).
     """
 
     room: str
@@ -181,14 +206,16 @@ class ReviseOp(Op):
     reply_to: Key | Reply | None
     #: Earlier tries that found the message changed meanwhile.
     attempt: int = 0
+    #: The other user, for a conversation's message (*room* is its log name).
+    with_: str | None = None
 
 
 @attrs.define(eq=False)
 class PageOp(Op):
     """Read the newest messages of *room* with ids from *low* to *high*
     (None: its last id) whose frames add up to *budget* bytes, the one
-    that crosses it included (answers ``(high, [(id, origin, frame)])``,
-    newest first, *high* clipped to the room's last id)."""
+    that crosses it included (answers ``(high, [(id, origin, frame)],
+    last)``, newest first, *high* clipped to the room's last id *last*)."""
 
     room: str
     low: int
@@ -198,6 +225,8 @@ class PageOp(Op):
     before: int | None
     ref: str | None
     reply_to: Key | Reply | None
+    #: The other user, for a conversation's page (*room* is its log name).
+    with_: str | None = None
 
 
 @attrs.define(eq=False)

@@ -20,7 +20,6 @@ from ._backplane_ops import (
     NOT_OFFERED,
     UNAVAILABLE,
     ChatOp,
-    DirectOp,
     FillOp,
     LoadOp,
     MemberOp,
@@ -35,7 +34,6 @@ from ._mentions import find_mentions
 from ._message_ops import DEFAULT_REACTIONS
 from ._protocol import (
     ClientEvent,
-    DirectMessage,
     Join,
     Joined,
     Presence,
@@ -216,27 +214,6 @@ class ClusterRooms(RoomCore[ServedUser]):
                 post.ref,
                 origin,
                 post.create,
-                self.epoch or "",
-                post.reply_to,
-            )
-        )
-        return []
-
-    def _direct(self, post: Post) -> list[Delivery]:
-        """Ask Redis to deliver a direct message to every connection of *to*."""
-        if not self.up:
-            raise ProtocolError(503, UNAVAILABLE, post.ref)
-        time = format_time(post.now)
-        frame = DirectMessage(post.user_id, post.content, time).to_json()
-        origin = self._origin(post.reply_to)
-        self._ops.append(
-            DirectOp(
-                post.user_id,
-                post.to,
-                frame,
-                time,
-                post.ref,
-                origin,
                 self.epoch or "",
                 post.reply_to,
             )
@@ -461,16 +438,13 @@ class ClusterRooms(RoomCore[ServedUser]):
             if kind == "r":
                 room = self._rooms[name]
                 self._keep(name, room, entry_id, frame)
-                sender = self._origins.get(origin)
-                if sender is None:
-                    to = tuple(room.conns)
-                else:
-                    to = tuple(k for k in room.conns if k is not sender)
-                # To nobody here but the sender: still an event of the room
-                # (the hub's observers see it).
-                deliveries.append(Delivery(RawEvent(frame), to))
+                conns = room.conns
             else:
-                to = tuple(self._users[name].conns)
-                if to:
-                    deliveries.append(Delivery(RawEvent(frame), to))
+                conns = self._users[name].conns
+            sender = self._origins.get(origin)
+            to = tuple(conns) if sender is None else tuple(k for k in conns if k is not sender)
+            # To nobody here but the sender: still an event of the room
+            # (the hub's observers see it).
+            if to or kind == "r":
+                deliveries.append(Delivery(RawEvent(frame), to))
         return deliveries

@@ -16,9 +16,9 @@ id).  It never performs I/O.
 
 What Redis decides, and this state only follows:
 
-* chat ids (per room) and direct-message ids (per addressee) come from Redis
-  and every message is kept in a Redis Stream, so every process delivers the
-  same messages with the same ids;
+* chat ids (per room) and direct-message ids (per conversation) come from
+  Redis and every message is kept in a Redis Stream, so every process
+  delivers the same messages with the same ids;
 * pub/sub messages are only a wake-up: each *log* (a room, or a user's inbox)
   has a cursor, the last id delivered here.  An id at or below the cursor is
   a duplicate and ignored; an id beyond ``cursor + 1`` means pub/sub lost
@@ -38,12 +38,13 @@ from typing import Any
 
 import attrs
 
-from ._backplane_directory import ClusterDirectory
+from ._backplane_direct import ClusterConversations
 from ._backplane_logs import ServedRoom
 from ._backplane_ops import (
     FILL_COUNT,
     UNAVAILABLE,
     ChatOp,
+    ConversationsOp,
     DirectOp,
     FillOp,
     FloorOp,
@@ -62,11 +63,9 @@ from ._backplane_ops import (
 from ._protocol import (
     CHAT_PREFIX,
     ChatAck,
-    DirectAck,
     ErrorEvent,
     ProtocolError,
     System,
-    parse_server_frame,
 )
 from ._room_core import Delivery, Key
 
@@ -74,7 +73,7 @@ __all__ = ["ClusterState"]
 
 
 @attrs.define
-class ClusterState(ClusterDirectory):
+class ClusterState(ClusterConversations):
     """This process's connections, rooms and cursors, beside Redis (see
     :class:`~trio_chat._backplane_rooms.ClusterRooms` for its arguments),
     and what Redis answers and tells.
@@ -251,6 +250,8 @@ class ClusterState(ClusterDirectory):
             return self._chat_result(op, result)
         if isinstance(op, DirectOp):
             return self._direct_result(op, result)
+        if isinstance(op, ConversationsOp):
+            return self._conversations_result(op, result)
         if isinstance(op, FillOp):
             log = self._log(op.kind, op.name)
             if log is None:
@@ -301,15 +302,6 @@ class ClusterState(ClusterDirectory):
             return []
         return []  # presence, typing, floor: nothing to answer
 
-    def _remembered(self, reply_to: Any, ack: str, ref: str | None) -> list[Delivery]:
-        """Answer a resent ``ref`` with the ack Redis remembered for it (its
-        frame, as the other stores keep it too)."""
-        try:
-            event = parse_server_frame(ack)
-        except ValueError:  # not one this version wrote: ask for a retry later
-            return self.answer(reply_to, None, ProtocolError(503, UNAVAILABLE, ref))
-        return self.answer(reply_to, event, None)
-
     def _chat_result(self, op: ChatOp, result: Any) -> list[Delivery]:
         if isinstance(result, BaseException):
             return self.answer(op.reply_to, None, self._failure(result, op.ref))
@@ -330,20 +322,6 @@ class ClusterState(ClusterDirectory):
             error = ProtocolError(404, f"room {op.room!r} does not exist", op.ref)
             return self.answer(op.reply_to, None, error)
         # "epoch": Redis lost its data since this process last synced.
-        self.want_sync = True
-        return self.answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
-
-    def _direct_result(self, op: DirectOp, result: Any) -> list[Delivery]:
-        if isinstance(result, BaseException):
-            return self.answer(op.reply_to, None, self._failure(result, op.ref))
-        status = result[0]
-        if status == "ok":
-            return self.answer(op.reply_to, DirectAck(op.to, op.time, op.ref), None)
-        if status == "dup":
-            return self._remembered(op.reply_to, result[1], op.ref)
-        if status == "absent":
-            error = ProtocolError(404, f"user {op.to!r} is not connected", op.ref)
-            return self.answer(op.reply_to, None, error)
         self.want_sync = True
         return self.answer(op.reply_to, None, ProtocolError(503, UNAVAILABLE, op.ref))
 

@@ -253,9 +253,8 @@ class ChatClient:
         The server keeps it in your conversation with *user* (the ack's
         ``id`` numbers it there) and delivers it to *user*'s connections
         and your other ones, whether or not *user* is connected.  Raises
-        :class:`ClientError` 400 for a message to yourself, 403 past the
-        server's bound on conversations, and (from a Redis-backed server,
-        which keeps none) 404 when *user* is not connected.
+        :class:`ClientError` 400 for a message to yourself and 403 past the
+        server's bound on conversations.
         """
         return await self._deliver(self.post_direct(user, content))  # type: ignore[return-value]
 
@@ -315,8 +314,7 @@ class ChatClient:
         joined), 413 (content over the server's limit); from the server 403
         (someone else's message, or past its ``edit_window``), 404 (not
         retained, or deleted), 429 (only with ``retry_rate_limited`` off),
-        501 (a conversation on a Redis-backed server), 503 (retry); 0 when
-        the connection was lost before the answer.
+        503 (retry); 0 when the connection was lost before the answer.
         """
         return await self._request(Edit(room, with_, id, content), MessageEdited)
 

@@ -23,10 +23,13 @@ from ._protocol import ChatMessage, DirectMessage, ProtocolError
 __all__ = [
     "Conversations",
     "conversation_name",
+    "conversation_refused",
     "conversation_users",
     "direct_payload",
     "direct_view",
     "is_conversation",
+    "no_conversation",
+    "to_oneself",
 ]
 
 
@@ -44,6 +47,24 @@ def conversation_users(name: str) -> tuple[str, str]:
     """The two users of the conversation whose log name is *name*."""
     a, _, b = name.partition(" ")
     return a, b
+
+
+def conversation_refused(per_user: int, to: str | None, ref: str | None) -> ProtocolError:
+    """The refusal (403) of a new conversation past *per_user*: the sender's
+    bound, or (with *to*) the addressee's."""
+    if to is None:
+        return ProtocolError(403, f"a user may be in at most {per_user} conversations", ref)
+    return ProtocolError(403, f"{to!r} cannot take new conversations now", ref)
+
+
+def no_conversation(other: str, ref: str | None) -> ProtocolError:
+    """The refusal (404) of a frame naming a conversation that does not exist."""
+    return ProtocolError(404, f"there is no conversation with {other!r}", ref)
+
+
+def to_oneself(ref: str | None) -> ProtocolError:
+    """The refusal (400) of a ``direct`` to its sender."""
+    return ProtocolError(400, "payload.to: a user cannot write to themselves", ref)
 
 
 def direct_view(payload: dict[str, Any]) -> dict[str, Any]:
@@ -123,11 +144,9 @@ class Conversations:
         log = self._logs.get(name)
         if log is None:
             if self.count_of(sender) >= self.per_user:
-                raise ProtocolError(
-                    403, f"a user may be in at most {self.per_user} conversations", ref
-                )
+                raise conversation_refused(self.per_user, None, ref)
             if self.count_of(to) >= self.per_user:
-                raise ProtocolError(403, f"{to!r} cannot take new conversations now", ref)
+                raise conversation_refused(self.per_user, to, ref)
             if len(self._logs) >= self.max_conversations:
                 self.evicted += 1
                 self.drop(next(iter(self._logs)))

@@ -65,9 +65,12 @@ class EmbeddingApi:
     async def send_direct(
         self, to: str, content: str, *, user_id: str = "server", ref: str | None = None
     ) -> DirectAck:
-        """Send a direct message to every connection of *to*, as *user_id*.
+        """Send a direct message to *to* as *user_id*: stored in their
+        conversation (the ack's ``id`` numbers it there), to every connection
+        of both, whether or not *to* is connected.
 
-        Raises :class:`ProtocolError` (404) when *to* is not connected.
+        Raises :class:`ProtocolError`: 400 for a message to *user_id*
+        itself, 403 past the bound on conversations.
         """
         check_message(self.config, content=content, user_id=user_id)
         if not is_valid_user_id(to):

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_LISTED",
     "conversation_list",
     "joined_budget",
+    "list_conversations",
     "list_rooms",
     "mark_read",
     "set_topic",
@@ -123,21 +124,34 @@ def list_rooms(state: HubState, key: Key, event: ListRooms) -> list[Delivery]:
 def conversation_list(state: HubState, user_id: str, ref: str | None) -> ConversationList:
     """*user_id*'s conversations, most recent first, each with the user's
     read marker and unread counts."""
-    items: list[dict[str, Any]] = []
-    budget = state.joined_bytes - JOINED_OVERHEAD
+    items = (
+        (other, log, state.markers.get(user_id, log))
+        for other, log in state.conversations.of(user_id)
+    )
+    return list_conversations(items, user_id, state.joined_bytes, ref)
+
+
+def list_conversations(
+    items: Iterable[tuple[str, RoomLog, int]], user_id: str, joined_bytes: int, ref: str | None
+) -> ConversationList:
+    """The ``conversations`` answer for *user_id*'s *items* (the other user,
+    the log, the user's read marker in it), most recent first, within the
+    listing bounds (*joined_bytes* encoded at most)."""
+    listed: list[dict[str, Any]] = []
+    budget = joined_bytes - JOINED_OVERHEAD
     truncated = False
-    for other, log in state.conversations.of(user_id):
+    for other, log, read in items:
         last = log.entries[-1][0] if log.entries else None
         cost = _LISTED_OVERHEAD + 2 * utf8_len(other)
         if last is not None:
             cost += payload_bound(last.payload())
-        if len(items) == MAX_LISTED or cost > budget:
+        if len(listed) == MAX_LISTED or cost > budget:
             truncated = True
             break
         budget -= cost
-        read, unread, mentions = unread_counts(state, user_id, log)
+        unread, mentions = log.unread(user_id, read)
         item: dict[str, Any] = {"with": other, "last_id": log.last_id}
         item.update(read=read, unread=unread, mentions=mentions)
         item["last"] = direct_payload(last) if last is not None else None
-        items.append(item)
-    return ConversationList(items, truncated, ref)
+        listed.append(item)
+    return ConversationList(listed, truncated, ref)

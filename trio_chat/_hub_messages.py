@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._conversations import direct_view
+from ._conversations import direct_view, no_conversation
 from ._log import History
 from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, MessageFrame, React, ReadHistory
@@ -48,7 +48,7 @@ def find_target(
     assert with_ is not None
     log = state.conversations.get(user_id, with_)
     if log is None:
-        raise ProtocolError(404, f"there is no conversation with {with_!r}", ref)
+        raise no_conversation(with_, ref)
     return Target(log, with_=with_)
 
 

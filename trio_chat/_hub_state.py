@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._conversations import Conversations, is_conversation
+from ._conversations import Conversations, is_conversation, to_oneself
 from ._hub_directory import (
     conversation_list,
     joined_budget,
@@ -306,7 +306,7 @@ class HubState(RoomCore["_User"]):
         if seen is not None:
             return self.answer(post.reply_to, seen)
         if to == user_id:
-            raise ProtocolError(400, "payload.to: a user cannot write to themselves", ref)
+            raise to_oneself(ref)
         log = self.conversations.open(user_id, to, ref)
         message = self.history.append(log, user_id, post.content, post.now, format_time(post.now))
         ack = DirectAck(to, message.time, ref, message.id)

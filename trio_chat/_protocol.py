@@ -21,6 +21,7 @@ import attrs
 from ._server_events import (
     ACK_PREFIX,
     CHAT_PREFIX,
+    DIRECT_PREFIX,
     ChatAck,
     ChatMessage,
     CommandResult,
@@ -38,6 +39,8 @@ from ._server_events import (
     Welcome,
     ack_suffix,
     chat_suffix,
+    direct_ack_suffix,
+    direct_suffix,
     parse_server_frame,
 )
 
@@ -45,6 +48,7 @@ __all__ = [
     "ACK_PREFIX",
     "CHAT_PREFIX",
     "COMMAND_PATTERN",
+    "DIRECT_PREFIX",
     "MAX_PRESENCE_TEXT_CHARS",
     "MAX_REF_CHARS",
     "MAX_STATUS_CHARS",
@@ -78,6 +82,8 @@ __all__ = [
     "Welcome",
     "ack_suffix",
     "chat_suffix",
+    "direct_ack_suffix",
+    "direct_suffix",
     "format_time",
     "is_unicode",
     "is_valid_command",

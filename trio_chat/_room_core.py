@@ -314,8 +314,9 @@ class RoomCore(abc.ABC, Generic[U]):
         ref: str | None = None,
         reply_to: Key | Reply | None = None,
     ) -> list[Delivery]:
-        """Send a direct message from *user_id* to every connection of *to*
-        (404 if *to* has none); the ack goes to *reply_to*."""
+        """Send a direct message from *user_id* to *to*: stored in their
+        conversation, to every connection of *to* and of *user_id* but
+        *reply_to*, which gets the ack."""
         return self._direct(Post(user_id, to, content, now, ref, reply_to))
 
     # ------------------------------------------------------------ moderation

@@ -15,6 +15,7 @@ import attrs
 __all__ = [
     "ACK_PREFIX",
     "CHAT_PREFIX",
+    "DIRECT_PREFIX",
     "ChatAck",
     "ChatMessage",
     "CommandResult",
@@ -32,6 +33,8 @@ __all__ = [
     "Welcome",
     "ack_suffix",
     "chat_suffix",
+    "direct_ack_suffix",
+    "direct_suffix",
     "parse_server_frame",
 ]
 
@@ -234,6 +237,31 @@ def ack_suffix(room: str, time: str, ref: str | None) -> str:
     is ``ChatAck(id, room, time, ref).to_json()``."""
     tail = "" if ref is None else f',"ref":{_string(ref)}'
     return f',"room":{_string(room)},"time":{_string(time)}}}{tail}}}'
+
+
+#: The same for a ``direct`` frame (:func:`direct_suffix`) and its ack
+#: (:func:`direct_ack_suffix`).
+DIRECT_PREFIX = '{"type":"direct","payload":{"id":'
+
+
+def direct_suffix(
+    from_: str, to: str, content: str, time: str, mentions: tuple[str, ...] = ()
+) -> str:
+    """A ``direct`` frame after its id: ``DIRECT_PREFIX + str(id) +
+    direct_suffix(...)`` is the frame of a new message of the conversation
+    (:meth:`DirectMessage.stored`)."""
+    end = "}}" if not mentions else ',"mentions":' + _dumps(list(mentions)) + "}}"
+    return (
+        f',"from":{_string(from_)},"to":{_string(to)},'
+        f'"content":{_string(content)},"time":{_string(time)}{end}'
+    )
+
+
+def direct_ack_suffix(to: str, time: str, ref: str | None) -> str:
+    """A direct message's ack after its id: ``ACK_PREFIX + str(id) +
+    direct_ack_suffix(...)`` is ``DirectAck(to, time, ref, id).to_json()``."""
+    tail = "" if ref is None else f',"ref":{_string(ref)}'
+    return f',"to":{_string(to)},"time":{_string(time)}}}{tail}}}'
 
 
 @attrs.frozen
