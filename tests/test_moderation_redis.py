@@ -23,7 +23,7 @@ from support import bound_all
 from test_backplane import FAST, open_cluster
 from test_moderation import SECRET, _admin, _cli, _post, close_of
 
-from trio_chat import ChatServer, Config, ProtocolError, make_token
+from trio_chat import ChatMessage, ChatServer, Config, ProtocolError, System, make_token
 from trio_chat.testing import TestClient, open_test_client
 
 bound_all(globals(), 60)
@@ -52,6 +52,25 @@ async def _systems_until_chat(client: TestClient, content: str) -> list[tuple[st
             seen.append((frame["payload"]["event"], frame["payload"]["user_id"]))
         elif frame["type"] == "chat" and frame["payload"]["content"] == content:
             return seen
+
+
+async def _bot_event(bot: Any, wanted: System) -> None:
+    with trio.fail_after(5):
+        async for event in bot:
+            if event == wanted:
+                return
+
+
+async def _bot_events_until(bot: Any, content: str) -> list[System]:
+    """The ``system`` events *bot* gets before the chat *content* (a barrier)."""
+    seen = []
+    with trio.fail_after(5):
+        async for event in bot:
+            if isinstance(event, System):
+                seen.append(event)
+            elif isinstance(event, ChatMessage) and event.content == content:
+                return seen
+    raise AssertionError("the bot was closed")
 
 
 async def test_a_kick_closes_the_users_connections_on_every_process(redis_server):
@@ -110,10 +129,30 @@ async def test_a_ban_holds_on_every_process_and_for_one_started_later(redis_serv
         async with open_test_client(one, user="mal", key="mal-key-0") as mal:
             assert mal.user_id == "mal"
         assert not await two.unban(user_id="mal")
-        # An address ban closes what comes from it wherever it is connected.
-        async with open_test_client(one, user="carol") as carol:
-            await two.ban(ip="127.0.0.1", duration=60, reason="abuse")
-            assert await close_of(carol) == (4003, "banned: abuse")
+        # An address ban closes what comes from it wherever it is connected,
+        # and the members on every process see it once (bots have no address).
+        async with (
+            open_test_client(one, user="carol", key="carol-key-0") as carol,
+            open_test_client(one, user="carol", key="carol-key-0") as carol_too,
+            open_test_client(two, user="erin") as erin,
+            two.open_bot("watcher") as watcher,
+            one.open_bot("speaker") as speaker,
+        ):
+            await watcher.join("lobby")
+            await speaker.join("lobby")
+            await carol.join("lobby")
+            await carol_too.join("lobby")
+            await _bot_event(watcher, System("join", "lobby", "carol"))
+            await one.ban(ip="127.0.0.1", duration=60, reason="abuse")
+            for conn in (carol, carol_too, erin):
+                assert await close_of(conn) == (4003, "banned: abuse")
+            await _bot_event(speaker, System("leave", "lobby", "carol"))
+            await speaker.send("lobby", "barrier")
+            seen = await _bot_events_until(watcher, "barrier")
+            assert [e for e in seen if e.user_id == "carol"] == [
+                System("ban", "lobby", "carol", "127.0.0.1 was banned: abuse"),
+                System("leave", "lobby", "carol"),
+            ]
         assert (await ws_refusal(one.port, "/ws?user=dave")).status == 403
         assert await one.unban(ip="127.0.0.1")
         await _wait_for(lambda: not two.bans())

@@ -140,12 +140,14 @@ class SharedModeration:
         field: str = "",
         value: str = "",
         limit: int = 0,
+        wait: bool = True,
     ) -> int | None:
         """Write and publish *news*; return what applying it here gave (the
         connections closed), once it was, or None if ``del`` found nothing.
 
         Raises :class:`ProtocolError` 503 when Redis cannot be reached, 507
-        when *table* holds *limit* entries in force.
+        when *table* holds *limit* entries in force.  Without *wait*, return
+        0 once Redis took it.
         """
         client = self._client
         if client is None:
@@ -164,6 +166,8 @@ class SharedModeration:
             raise ProtocolError(507, f"at most {limit} {table} may be in force")
         if version == 0:
             return None
+        if not wait:
+            return 0
         if version > self._applied:
             event = self._waiting.setdefault(version, trio.Event())
             with trio.move_on_after(self.timeout):

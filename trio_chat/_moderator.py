@@ -116,6 +116,7 @@ class ModerationApi(ModerationEffects):
                 self._bans.add(ban, time.time())
         self._ban_lock = trio.Lock()
         self._shared: SharedModeration | None = None
+        self._told: dict[tuple[str, float, str], None] = {}
         backplane = getattr(self.hub, "backplane", None)
         if backplane is not None:
             from ._moderation_redis import SharedModeration

@@ -22,13 +22,14 @@ import trio
 
 from ._hub_state import Delivery
 from ._moderation import Ban, Bans, ModerationFull, Mutes
-from ._protocol import System
+from ._protocol import ProtocolError, System
 
 if TYPE_CHECKING:
     from ._ban_file import SavedMute
     from ._bots import Bot
     from ._connection import Connection
     from ._hub import Hub, Outlet
+    from ._moderation_redis import SharedModeration
 
 __all__ = ["BANNED", "KICKED", "ModerationEffects", "canonical_ip", "with_reason"]
 
@@ -38,6 +39,8 @@ log = logging.getLogger("trio_chat.moderation")
 KICKED = 4001
 #: Close code of a connection whose user or address was banned.
 BANNED = 4003
+#: Address bans' announcements remembered (so that each is made once).
+_MAX_TOLD = 1024
 
 
 def canonical_ip(text: str) -> str:
@@ -61,6 +64,9 @@ class ModerationEffects:
     _bots: set[Bot]
     _bans: Bans
     _mutes: Mutes
+    _shared: SharedModeration | None
+    #: Users an address ban was announced for here: (address, until, user).
+    _told: dict[tuple[str, float, str], None]
 
     async def _ban_here(self, ban: Ban) -> int:
         """Close what is connected here under *ban*, after the ``system``
@@ -71,12 +77,39 @@ class ModerationEffects:
             await self._announce("ban", ban.target, text)
             return self._close_user(ban.target, BANNED, closing)
         closed = 0
+        told: set[str] = set()
         for conn in list(self._connections):
             if _same_ip(conn.peer, ban.target):
-                await self._announce("ban", conn.user_id, text)
+                if conn.user_id not in told:
+                    told.add(conn.user_id)
+                    await self._tell_ban(ban.target, ban.until, conn.user_id, text)
                 conn.close(BANNED, closing)
                 closed += 1
         return closed
+
+    async def _tell_ban(self, address: str, until: float, user_id: str, text: str) -> None:
+        """Announce that *user_id*, connected from a banned *address*, is
+        banned, once per ban; with the Redis store, on every process too
+        (the others do not know whence the user connected)."""
+        key = (address, until, user_id)
+        if key in self._told:
+            return
+        self._told[key] = None
+        while len(self._told) > _MAX_TOLD:
+            del self._told[next(iter(self._told))]
+        await self._announce("ban", user_id, text)
+        if self._shared is not None:
+            news = {
+                "action": "banned",
+                "user_id": user_id,
+                "target": address,
+                "until": until,
+                "text": text,
+            }
+            try:
+                await self._shared.write(news, wait=False)
+            except ProtocolError as exc:
+                log.warning("moderation: other processes not told of a ban: %s", exc.message)
 
     async def _mute_here(self, user_id: str, room: str, duration: float, reason: str) -> None:
         text = f"{user_id} was muted for {math.ceil(duration)} s" + with_reason(reason)
@@ -106,6 +139,10 @@ class ModerationEffects:
             except ModerationFull as exc:
                 log.warning("moderation: a ban is not kept here: %s", exc)
             return await self._ban_here(ban)
+        if action == "banned":
+            address, until = str(news["target"]), float(news["until"])
+            await self._tell_ban(address, until, str(news["user_id"]), str(news["text"]))
+            return 0
         if action == "unban":
             self._bans.remove(str(news["kind"]), str(news["target"]))
             return 0
