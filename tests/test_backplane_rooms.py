@@ -1,5 +1,5 @@
-"""Topics with the Redis store: the pure state, and two processes sharing
-one real ``redis-server``.
+"""Topics and the room directory with the Redis store: the pure state, and
+two processes sharing one real ``redis-server``.
 
 The pure :class:`ClusterState` is given Redis's answers and pub/sub
 messages by hand.  Two servers in this trio run, each with its own hub and backplane, and
@@ -16,15 +16,17 @@ from typing import Any
 
 import pytest
 from support import bound_all
-from test_backplane import _up, open_cluster
+from test_backplane import _up, _wait_for, open_cluster
 
-from trio_chat import ProtocolError
+from trio_chat import ProtocolError, make_token
 from trio_chat._backplane_ops import LoadOp, LoadResult, MembersOp
 from trio_chat._backplane_state import ClusterState
 from trio_chat._protocol import Join
 from trio_chat.testing import TestClient, open_test_client
 
 bound_all(globals(), 40)
+
+SECRET = "redis-rooms-secret-0123456789abcdef"
 
 
 async def _system(client: TestClient, event: str) -> dict[str, Any]:
@@ -132,3 +134,107 @@ async def test_a_moderator_sets_a_topic_on_another_process(redis_server):
                 with pytest.raises(ProtocolError) as info:
                     await two.set_topic(room, topic)
                 assert info.value.code == code
+
+
+async def _rooms(client: TestClient, query: str | None = None) -> dict[str, Any]:
+    await client.send("rooms", {} if query is None else {"query": query}, ref="q")
+    frame = await client.expect("rooms")
+    assert frame["ref"] == "q"
+    return frame["payload"]
+
+
+def _listed(*rooms: tuple[str, int, str | None]) -> list[dict[str, Any]]:
+    return [{"room": r, "members": n, "topic": t} for r, n, t in rooms]
+
+
+async def test_the_directory_counts_members_across_processes(redis_server):
+    async with open_cluster(redis_server) as (one, two):
+        async with (
+            open_test_client(one, user="ann") as ann,
+            open_test_client(two, user="bob") as bob,
+            open_test_client(two, user="cy") as cy,
+        ):
+            for client, rooms in [(ann, ["trio-dev", "lobby"]), (bob, ["lobby", "team-a"])]:
+                for room in rooms:
+                    await client.join(room)
+            await cy.join("lobby")
+            await ann.send("topic", {"room": "trio-dev", "topic": "Structured concurrency"})
+            await _system(ann, "topic")
+            listing = await _rooms(bob)
+            assert listing == {
+                "rooms": _listed(
+                    ("lobby", 3, None),
+                    ("team-a", 1, None),
+                    ("trio-dev", 1, "Structured concurrency"),
+                ),
+                "truncated": False,
+            }
+            assert await _rooms(ann) == listing  # the same from either process
+            found = await _rooms(cy, "CONCURRENCY")  # in the topic, any case
+            assert found["rooms"] == _listed(("trio-dev", 1, "Structured concurrency"))
+            assert (await _rooms(cy, "nothing like it"))["rooms"] == []
+            # Leaving: a room kept for its topic or history is listed
+            # without members, one with neither is not.
+            await ann.chat("lobby", "history")
+            for client, room in [(ann, "trio-dev"), (bob, "team-a"), (ann, "lobby")]:
+                await client.send("leave", {"room": room})
+                await client.expect("left")
+            await bob.send("leave", {"room": "lobby"})
+            await bob.expect("left")
+            assert (await _rooms(ann))["rooms"] == _listed(
+                ("lobby", 1, None), ("trio-dev", 0, "Structured concurrency")
+            )
+            await cy.send("leave", {"room": "lobby"})
+            await cy.expect("left")
+            assert (await _rooms(ann))["rooms"] == _listed(
+                ("lobby", 0, None), ("trio-dev", 0, "Structured concurrency")
+            )
+
+
+async def test_a_tokens_patterns_bound_the_directory(redis_server):
+    async with open_cluster(redis_server, secret=SECRET) as (one, two):
+        admin = make_token(SECRET, "ann")
+        limited = make_token(SECRET, "bob", rooms=["team-*"])
+        async with (
+            open_test_client(one, token=admin) as ann,
+            open_test_client(two, token=limited) as bob,
+        ):
+            for room in ["lobby", "team-a", "team-b"]:
+                await ann.join(room)
+            assert [r["room"] for r in (await _rooms(bob))["rooms"]] == ["team-a", "team-b"]
+            assert [r["room"] for r in (await _rooms(ann, "TEAM"))["rooms"]] == ["team-a", "team-b"]
+
+
+async def test_a_listing_looks_at_no_more_than_2000_rooms(redis_server):
+    async with open_cluster(redis_server) as (one, _two):
+        async with open_test_client(one, user="ann") as ann:
+            await ann.join("target")
+            # 1,999 busier rooms come first: the target is still looked at.
+            busy = [arg for i in range(1999) for arg in ("-5", f"busy-{i:04}")]
+            redis_server.command("ZADD", "trio_chat:dir", *busy)
+            found = await _rooms(ann, "target")
+            assert (found["rooms"], found["truncated"]) == (_listed(("target", 1, None)), False)
+            # One more: the target is the 2,001st, not looked at.
+            redis_server.command("ZADD", "trio_chat:dir", "-5", "busy-more")
+            found = await _rooms(ann, "target")
+            assert (found["rooms"], found["truncated"]) == ([], True)
+            listing = await _rooms(ann)
+            assert (len(listing["rooms"]), listing["truncated"]) == (100, True)
+
+
+async def test_rooms_whose_keys_expired_leave_the_directory(redis_server):
+    async with open_cluster(redis_server, history_max_age=3) as (one, _two):
+        async with open_test_client(one, user="ann") as ann:
+            await ann.join("brief")
+            await ann.chat("brief", "soon gone")
+            await ann.send("leave", {"room": "brief"})
+            await ann.expect("left")
+            assert (await _rooms(ann))["rooms"] == _listed(("brief", 0, None))
+
+            async def forgotten() -> bool:
+                return redis_server.command("ZSCORE", "trio_chat:dir", "brief").strip() == b""
+
+            # The heartbeats forget it once its keys expired.
+            await _wait_for(forgotten)
+            assert redis_server.command("ZCARD", "trio_chat:dirx").strip() == b"0"
+            assert (await _rooms(ann))["rooms"] == []

@@ -3,8 +3,8 @@
 Rules: real servers on 127.0.0.1 (port 0), every test bounded; each call is
 checked by what the server answers and by what another connection (the
 user's own, or another member's) receives; errors are refused at once by the
-client or by the server; with a real ``redis-server``, markers and listings
-are 501 (tests/test_backplane_rooms.py has topics there).  Absence is shown by sequence: a marker that was not sent is followed
+client or by the server; with a real ``redis-server``, markers are 501
+(tests/test_backplane_rooms.py has topics and listings there).  Absence is shown by sequence: a marker that was not sent is followed
 by one that was, and the other connection sees only the second.  The
 bookkeeping (``ClientState``: a marker never moves back, one ``read`` per
 room a second shared by the calls made meanwhile) is also tested without
@@ -219,7 +219,7 @@ async def test_find_rooms_lists_member_counts_and_topics():
             assert (await refused(bob.find_rooms("q" * 65))).code == 400
 
 
-async def test_with_the_redis_store_markers_rooms_and_topics_are_501(redis_server):
+async def test_with_the_redis_store_markers_are_501_and_rooms_and_topics_work(redis_server):
     config = Config(redis_url=redis_server.url + "?timeout=0.5&heartbeat=0.2&node_ttl=2")
     async with open_test_server(config) as server:
         async with (
@@ -230,9 +230,12 @@ async def test_with_the_redis_store_markers_rooms_and_topics_are_501(redis_serve
             assert (joined.read, joined.unread, joined.topic) == (None, None, None)
             await bob.join(ROOM)
             await ann.send(ROOM, "on redis")
-            for call in (bob.mark_read(ROOM, 1), bob.find_rooms()):
-                error = await refused(call)
-                assert (error.code, error.message) == (501, "not available with the Redis store")
+            error = await refused(bob.mark_read(ROOM, 1))
+            assert (error.code, error.message) == (501, "not available with the Redis store")
+            assert (await bob.set_topic(ROOM, "on redis too")).text == "on redis too"
+            assert (await next_topic(ann)).text == "on redis too"
+            [listed] = await ann.find_rooms()
+            assert (listed.room, listed.members, listed.topic) == (ROOM, 2, "on redis too")
 
 
 # ---------------------------------------------------------------- pure parts

@@ -502,7 +502,6 @@ async def test_the_redis_store_answers_501(redis_server):
             await ann.chat("r", "hi")
             for kind, payload in [
                 ("read", {"room": "r", "id": 1}),
-                ("rooms", {}),
             ]:
                 await ann.send(kind, payload, ref=kind)
                 frame = await ann.expect("error")

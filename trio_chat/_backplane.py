@@ -41,9 +41,10 @@ name (the two user ids, sorted, a space between them), ``convs`` and
 and ``dm:<user>`` (the user's inbox, which carries direct messages to their
 processes), ``online``, ``presence``, ``refs:<user>``
 and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
-``proc:<node>`` (live processes and what each registered), ``epoch``
-(changes when Redis loses its data); moderation keeps ``bans``, ``mutes``
-and ``modver`` and publishes on ``mod``
+``proc:<node>`` (live processes and what each registered), ``dir`` and
+``dirx`` (the room directory, see :mod:`trio_chat._backplane_lua_rooms`),
+``epoch`` (changes when Redis loses its data); moderation keeps ``bans``,
+``mutes`` and ``modver`` and publishes on ``mod``
 (:mod:`trio_chat._moderation_redis`).
 """
 

@@ -33,6 +33,7 @@ from ._backplane_ops import (
     PresenceOp,
     ReviseOp,
     RevisionsOp,
+    RoomsOp,
     SyncOp,
     TopicOp,
     TypingOp,
@@ -177,6 +178,8 @@ class Commands:
             return self._script(pipe, "members", [p, op.room])
         if isinstance(op, TopicOp):
             return self._script(pipe, "topic", [p, op.room, op.topic, op.user_id, op.origin])
+        if isinstance(op, RoomsOp):
+            return self._script(pipe, "rooms", [p, op.count])
         if isinstance(op, FloorOp):
             return self._script(pipe, "floor", [p, op.room, op.floor, op.epoch])
         if isinstance(op, SyncOp):
@@ -226,6 +229,8 @@ class Commands:
             )
         if isinstance(op, MembersOp):
             return int(raw[0]), list(raw[1]), raw[2] or ""
+        if isinstance(op, RoomsOp):
+            return bool(raw[0]), [(room, int(members), topic) for room, members, topic in raw[1]]
         if isinstance(op, SyncOp):
             epoch, ids = raw
             return epoch, {ids[i]: int(ids[i + 1]) for i in range(0, len(ids), 2)}

@@ -1,4 +1,4 @@
-"""Topics with the Redis store.
+"""Topics and the room directory with the Redis store.
 
 The rules are the other stores' (docs/protocol.md, *Rooms and topics*);
 what differs is where a room's topic is kept and who orders its changes:
@@ -11,7 +11,14 @@ what differs is where a room's topic is kept and who orders its changes:
   process that sent it does so from the script's answer, which also
   answers the sender;
 * a room's load (:class:`~trio_chat._backplane_ops.LoadOp`) reads its
-  topic, and so does a read of its members after news was found lost.
+  topic, and so does a read of its members after news was found lost;
+* a ``rooms`` reads the first :data:`~trio_chat._hub_directory.MAX_EXAMINED`
+  rooms of the cluster's directory, which Redis keeps in the order it lists
+  them (most member users across the cluster first, then by name) as
+  members join and leave anywhere (:class:`~trio_chat._backplane_ops.RoomsOp`,
+  one round trip); the answer is cut from them by the other stores' rule
+  (:func:`~trio_chat._hub_directory.room_list`: the token's patterns, the
+  query, the bounds).
 
 Pure and synchronous like the rest of the state: no I/O.
 """
@@ -23,10 +30,12 @@ from typing import Any
 import attrs
 
 from ._backplane_messages import ClusterMessages
-from ._backplane_ops import UNAVAILABLE, MembersOp, TopicOp
+from ._backplane_ops import UNAVAILABLE, MembersOp, RoomsOp, TopicOp
+from ._hub_directory import MAX_EXAMINED, room_list
 from ._protocol import ClientEvent, ProtocolError, System
 from ._room_core import Conn, Delivery, Key, Reply
-from ._room_frames import SetTopic
+from ._room_frames import ListRooms, SetTopic
+from ._room_table import directory_entry
 
 __all__ = ["ClusterDirectory"]
 
@@ -34,7 +43,7 @@ __all__ = ["ClusterDirectory"]
 @attrs.define
 class ClusterDirectory(ClusterMessages):
     """The rooms of :class:`~trio_chat._backplane_messages.ClusterMessages`,
-    with their topics."""
+    with their topics and the cluster's directory."""
 
     def set_topic(
         self, room: str, topic: str, by: str, reply_to: Reply | None = None
@@ -55,7 +64,19 @@ class ClusterDirectory(ClusterMessages):
             op = TopicOp(event.room, event.topic, conn.user_id, conn.origin, event.ref, key)
             self._ops.append(op)
             return []
+        if isinstance(event, ListRooms):
+            if not self.up:
+                raise ProtocolError(503, UNAVAILABLE, event.ref)
+            self._ops.append(RoomsOp(event, MAX_EXAMINED, key))
+            return []
         return super()._extended(key, conn, event, now)
+
+    def _rooms_result(self, op: RoomsOp, result: Any) -> list[Delivery]:
+        if isinstance(result, BaseException):
+            return self.answer(op.reply_to, None, self._failure(result, op.request.ref))
+        more, rooms = result
+        directory = (directory_entry(name, n, topic or None) for name, n, topic in rooms)
+        return self.answer(op.reply_to, room_list(directory, op.request, self.joined_bytes, more))
 
     def _topic_result(self, op: TopicOp, result: Any) -> list[Delivery]:
         if isinstance(result, BaseException):

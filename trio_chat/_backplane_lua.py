@@ -22,7 +22,7 @@ import attrs
 
 from ._backplane_lua_base import COMMON
 from ._backplane_lua_logs import CHATS, DIRECT, FILL, LISTING, LOAD, PAGE, REVISE, REVISIONS
-from ._backplane_lua_rooms import TOPIC
+from ._backplane_lua_rooms import ROOMS, TOPIC
 
 __all__ = ["DEREGISTER", "SCRIPTS", "Retention", "render_scripts"]
 
@@ -149,12 +149,14 @@ return {epoch, ids}
 """
 )
 
-#: ARGV: prefix, node, ttl ms, epoch.  Also removes processes that expired.
+#: ARGV: prefix, node, ttl ms, epoch.  Also removes processes that expired,
+#: and up to 1,000 rooms of the directory whose keys expired.
 _HEARTBEAT = (
     COMMON
     + r"""
 local node = ARGV[2]
 local now = now_ms()
+dir_expired(1000)
 for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'procs', '-inf', now)) do
   if other ~= node then drop_node(other) end
 end
@@ -189,6 +191,7 @@ _TEMPLATES = {
     "fill": FILL,
     "members": _MEMBERS,
     "topic": TOPIC,
+    "rooms": ROOMS,
     "presence": _PRESENCE,
     "floor": _FLOOR,
     "sync": _SYNC,

@@ -15,15 +15,39 @@ __all__ = ["COMMON", "CONVERSATIONS", "READ", "REMEMBER", "RETAIN"]
 COMMON = r"""
 local P = ARGV[1]
 local ROOM_TTL = @TTL@
--- A room's data lives while it has members anywhere, and ROOM_TTL after.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A room's data lives while it has members anywhere, and ROOM_TTL after;
+-- the directory has it by its member users (``dir``, scored minus their
+-- number: most first, then by name) and, while it has none, by when its
+-- keys expire (``dirx``).
 local function room_expiry(room)
+  local members = redis.call('HLEN', P .. 'members:' .. room)
   local keys = {P .. 'seq:' .. room, P .. 'log:' .. room, P .. 'mver:' .. room,
     P .. 'repoch:' .. room, P .. 'rev:' .. room, P .. 'rver:' .. room, P .. 'topic:' .. room}
   for _, key in ipairs(keys) do
-    if redis.call('EXISTS', P .. 'members:' .. room) == 1 then
+    if members > 0 then
       redis.call('PERSIST', key)
     else
       redis.call('EXPIRE', key, ROOM_TTL)
+    end
+  end
+  redis.call('ZADD', P .. 'dir', -members, room)
+  if members > 0 then
+    redis.call('ZREM', P .. 'dirx', room)
+  else
+    redis.call('ZADD', P .. 'dirx', now_ms() + ROOM_TTL * 1000, room)
+  end
+end
+-- Forget at most *limit* rooms of the directory whose keys expired.
+local function dir_expired(limit)
+  local gone = redis.call('ZRANGEBYSCORE', P .. 'dirx', '-inf', now_ms(), 'LIMIT', 0, limit)
+  for _, room in ipairs(gone) do
+    if redis.call('EXISTS', P .. 'seq:' .. room) == 0 then
+      redis.call('ZREM', P .. 'dir', room)
+      redis.call('ZREM', P .. 'dirx', room)
     end
   end
 end
@@ -92,10 +116,6 @@ local function room_epoch(room, candidate)
     redis.call('SET', key, epoch, 'EX', ROOM_TTL)
   end
   return epoch
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
 

@@ -59,6 +59,8 @@ for i = 7, #ARGV, 7 do
       redis.call('EXPIRE', P .. 'rev:' .. room, ROOM_TTL)
       redis.call('EXPIRE', P .. 'rver:' .. room, ROOM_TTL)
       redis.call('EXPIRE', P .. 'topic:' .. room, ROOM_TTL)
+      redis.call('ZADD', P .. 'dir', 0, room)
+      redis.call('ZADD', P .. 'dirx', now + ROOM_TTL * 1000, room)
     end
     out[#out + 1] = {'ok', id}
   end

@@ -1,5 +1,5 @@
 """The Lua scripts of the Redis backplane that act on whole rooms: a
-room's topic (see :mod:`trio_chat._backplane_lua` for the channel messages
+room's topic and the room directory (see :mod:`trio_chat._backplane_lua` for the channel messages
 they publish, and :mod:`trio_chat._backplane_lua_base` for the functions
 they share).
 
@@ -8,13 +8,19 @@ and expires with the room's other keys (``room_expiry``).  A change takes
 the room's next membership version (``mver:<room>``), so that each process
 orders it with the room's joins and leaves, and a process that finds a
 version missing reads the members and the topic again.
+
+The directory is ``dir``, a sorted set of the rooms that exist by their
+member users across the cluster, and ``dirx``, the rooms without members
+by when their keys expire; the scripts that change a room's members or
+expiry keep both (``room_expiry``), and expired rooms leave them a bounded
+number at a time (``dir_expired``: each heartbeat, each listing).
 """
 
 from __future__ import annotations
 
 from ._backplane_lua_base import COMMON
 
-__all__ = ["TOPIC"]
+__all__ = ["ROOMS", "TOPIC"]
 
 #: Set (or, with '', clear) a room's topic and publish it.  ARGV: prefix,
 #: room, topic, who sets it, origin.  Answers ``{'ok', version}`` or
@@ -32,5 +38,39 @@ room_expiry(room)
 local notice = table.concat({'o', v, ARGV[5], ARGV[4], topic}, ' ')
 redis.call('PUBLISH', P .. 'ch:r:' .. room, notice)
 return {'ok', v}
+"""
+)
+
+#: The directory's first rooms, as ``rooms`` lists them: most member users
+#: first, then by name.  ARGV: prefix, how many to look at.  A room without
+#: members is listed while it has a topic or retained messages (as the
+#: other stores keep it); one whose keys expired is forgotten.  Answers
+#: ``{more, {{room, members, topic or ''}, ...}}``, *more* 1 when the
+#: directory has more rooms than were looked at.
+ROOMS = (
+    COMMON
+    + r"""
+local n = tonumber(ARGV[2])
+dir_expired(n)
+local raw = redis.call('ZRANGE', P .. 'dir', 0, n - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #raw, 2 do
+  local room, members = raw[i], -tonumber(raw[i + 1])
+  local topic = redis.call('GET', P .. 'topic:' .. room)
+  local listed = members > 0 or topic
+  if not listed then
+    if redis.call('EXISTS', P .. 'seq:' .. room) == 0 then
+      redis.call('ZREM', P .. 'dir', room)
+      redis.call('ZREM', P .. 'dirx', room)
+    else
+      local kept = redis.call('XLEN', P .. 'log:' .. room)
+      listed = kept + redis.call('ZCARD', P .. 'rev:' .. room) > 0
+    end
+  end
+  if listed then out[#out + 1] = {room, members, topic or ''} end
+end
+local more = 0
+if redis.call('ZCARD', P .. 'dir') > n then more = 1 end
+return {more, out}
 """
 )

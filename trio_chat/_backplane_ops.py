@@ -17,6 +17,7 @@ from ._room_core import Key, Reply
 if TYPE_CHECKING:
     from ._message_events import MessageDeleted, MessageEdited, ReactionChanged
     from ._message_frames import Delete, Edit, React
+    from ._room_frames import ListRooms
 
 __all__ = [
     "FILL_COUNT",
@@ -38,6 +39,7 @@ __all__ = [
     "RawEvent",
     "ReviseOp",
     "RevisionsOp",
+    "RoomsOp",
     "SyncOp",
     "TopicOp",
     "TypingOp",
@@ -287,6 +289,18 @@ class MembersOp(Op):
     [users], topic)``, the topic ``""`` when there is none)."""
 
     room: str
+
+
+@attrs.define(eq=False)
+class RoomsOp(Op):
+    """Read the first *count* rooms of the cluster's directory, for
+    *request* (answers ``(more, [(room, members, topic)])``, most members
+    first, then by name, the topic ``""`` when there is none, *more* when
+    the directory holds more rooms than were read)."""
+
+    request: ListRooms
+    count: int
+    reply_to: Key | Reply | None
 
 
 @attrs.define(eq=False)

@@ -57,6 +57,7 @@ from ._backplane_ops import (
     RawEvent,
     ReviseOp,
     RevisionsOp,
+    RoomsOp,
     SyncOp,
     TopicOp,
 )
@@ -274,6 +275,8 @@ class ClusterState(ClusterConversations):
             return self._revisions_result(op, result)
         if isinstance(op, TopicOp):
             return self._topic_result(op, result)
+        if isinstance(op, RoomsOp):
+            return self._rooms_result(op, result)
         if isinstance(op, MembersOp):
             return [] if failed else self._members_result(op.room, *result)
         if isinstance(op, OnlineOp):

@@ -388,8 +388,7 @@ class ChatClient:
         """The rooms you may join (at most 100), most members first, with
         their member counts and topics; with *query*, those whose name or
         topic contains it, ignoring case.  Raises :class:`ClientError` 400
-        at once for a *query* over 64 characters, 501 from a Redis-backed
-        server."""
+        at once for a *query* over 64 characters."""
         return room_listing(await self._request(ListRooms(query), RoomList))
 
     async def set_topic(self, room: str, topic: str) -> System:

@@ -28,6 +28,7 @@ from ._log import RoomLog
 from ._protocol import ConversationList, System
 from ._room_core import Delivery, Key, Reply
 from ._room_frames import ListRooms, MarkRead, ReadMarker, RoomList, SetTopic
+from ._room_table import DirectoryEntry
 from ._sizes import payload_bound, utf8_len
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "list_conversations",
     "list_rooms",
     "mark_read",
+    "room_list",
     "set_topic",
     "unread_counts",
 ]
@@ -99,12 +101,22 @@ def set_topic(
 def list_rooms(state: HubState, key: Key, event: ListRooms) -> list[Delivery]:
     """Answer a ``rooms``: the rooms *event*'s token allows (and its query
     matches), most members first, then by name."""
+    return [Delivery(room_list(state.directory(), event, state.joined_bytes), (key,))]
+
+
+def room_list(
+    directory: Iterable[DirectoryEntry], event: ListRooms, budget: int, more: bool = False
+) -> RoomList:
+    """The answer to *event* from the *directory*'s rooms, in its order
+    (most members first, then by name), within *budget* bytes (the state's
+    ``joined_bytes``) and :data:`MAX_EXAMINED` rooms looked at; *more*: the
+    directory holds rooms beyond those given."""
     query = event.query.casefold() if event.query else None
     allowed = event.allowed
     items: list[dict[str, Any]] = []
-    budget = state.joined_bytes - JOINED_OVERHEAD
-    truncated = False
-    for examined, (name, members, topic, folded) in enumerate(state.directory()):
+    budget -= JOINED_OVERHEAD
+    truncated = more
+    for examined, (name, members, topic, folded) in enumerate(directory):
         if examined == MAX_EXAMINED:
             truncated = True
             break
@@ -118,7 +130,7 @@ def list_rooms(state: HubState, key: Key, event: ListRooms) -> list[Delivery]:
             break
         budget -= cost
         items.append({"room": name, "members": members, "topic": topic})
-    return [Delivery(RoomList(items, truncated, event.ref), (key,))]
+    return RoomList(items, truncated, event.ref)
 
 
 def conversation_list(state: HubState, user_id: str, ref: str | None) -> ConversationList:

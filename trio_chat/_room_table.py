@@ -21,11 +21,16 @@ import attrs
 from ._log import RoomLog
 from ._room_core import Key
 
-__all__ = ["Room", "RoomTable"]
+__all__ = ["DirectoryEntry", "Room", "RoomTable", "directory_entry"]
 
 #: A directory entry: name, member users, topic, and name and topic
 #: case-folded (what a query is matched against).
 DirectoryEntry = tuple[str, int, "str | None", str]
+
+
+def directory_entry(name: str, members: int, topic: str | None) -> DirectoryEntry:
+    """Room *name*'s entry in the directory."""
+    return name, members, topic, f"{name}\n{topic or ''}".casefold()
 
 
 @attrs.define
@@ -122,7 +127,7 @@ class RoomTable(OrderedDict[str, Room]):
     def _file(self, name: str, room: Room) -> None:
         count = len(room.users)
         bisect.insort(self._buckets.setdefault(count, []), name)
-        self._listed[name] = (count, f"{name}\n{room.topic or ''}".casefold())
+        self._listed[name] = (count, directory_entry(name, count, room.topic)[3])
 
     def _unfile(self, name: str) -> None:
         count, _ = self._listed.pop(name)
