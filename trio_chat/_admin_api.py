@@ -6,7 +6,7 @@ of the HTTP API (the checks are done before this module is called):
 
 | route | body | answer |
 |---|---|---|
-| ``POST /api/admin/kick`` | ``user_id``, optional ``reason`` | 200 ``{"closed": n}`` (here) |
+| ``POST /api/admin/kick`` | ``user_id``, optional ``reason`` | 200 ``{"closed": n}`` |
 | ``POST /api/admin/ban`` | ``user_id`` or ``ip``, ``duration`` (s), ``reason`` | 201 the ban |
 | ``POST /api/admin/unban`` | ``user_id`` or ``ip`` | 200 ``{"removed": bool}`` |
 | ``GET /api/admin/bans`` | | 200 ``{"bans": [...]}`` |

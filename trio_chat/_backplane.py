@@ -44,7 +44,7 @@ and ``refq:<user>`` (remembered ``ref``\\s, a day), ``procs`` and
 ``proc:<node>`` (live processes and what each registered), ``dir`` and
 ``dirx`` (the room directory, see :mod:`trio_chat._backplane_lua_rooms`),
 ``epoch`` (changes when Redis loses its data); moderation keeps ``bans``,
-``mutes`` and ``modver`` and publishes on ``mod``
+``mutes`` and ``modver`` and publishes on ``mod`` and ``modack:<node>``
 (:mod:`trio_chat._moderation_redis`).
 """
 

@@ -12,7 +12,9 @@ With the Redis store a server's moderation record is
   (``<prefix>modver`` counts them) and published on the channel
   ``<prefix>mod`` by one script, atomically; every process (the one asked as
   well) applies the news in that order to its own connections and to its
-  in-memory copy of the tables;
+  in-memory copy of the tables; for a kick or a ban each answers the
+  process asked (on ``<prefix>modack:<node>``) with the connections it
+  closed, so that a kick returns how many closed everywhere;
 * on every (re)connection a process subscribes first, then reads the tables
   and their number and replaces its copy, so a process started later, or
   cut off from Redis for a while, catches up; news numbered at or below what
@@ -42,7 +44,8 @@ log = logging.getLogger("trio_chat.moderation")
 
 #: Writes one entry (``set``), removes one (``del``) or only announces
 #: (``say``, a kick), then numbers and publishes the news; answers its
-#: number, 0 when there was nothing to remove, -1 when the table is full.
+#: number (0 when there was nothing to remove, -1 when the table is full)
+#: and how many processes heard it.
 _WRITE = """
 local op = ARGV[2]
 if op == 'set' then
@@ -57,18 +60,17 @@ if op == 'set' then
       end
     end
     if redis.call('HLEN', KEYS[1]) >= limit then
-      return -1
+      return {-1, 0}
     end
   end
   redis.call('HSET', KEYS[1], ARGV[5], ARGV[6])
 elseif op == 'del' then
   if redis.call('HDEL', KEYS[1], ARGV[5]) == 0 then
-    return 0
+    return {0, 0}
   end
 end
 local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[1], version .. ' ' .. ARGV[7])
-return version
+return {version, redis.call('PUBLISH', ARGV[1], version .. ' ' .. ARGV[7])}
 """
 
 #: The tables and the number of the last news, read at once.
@@ -85,6 +87,18 @@ Apply = Callable[[dict[str, Any]], Awaitable[int]]
 #: What a process does with the tables read: (bans, mutes as (user, room,
 #: until on the wall clock)).
 Replace = Callable[[list[Ban], list[tuple[str, str, float]]], Awaitable[None]]
+
+
+class _Tally:
+    """The other processes' answers to one piece of news from here."""
+
+    __slots__ = ("answers", "closed", "done", "expected")
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.closed = 0
+        self.expected: int | None = None
+        self.done = trio.Event()
 
 
 class SharedModeration:
@@ -114,6 +128,8 @@ class SharedModeration:
         self.node = node
         self.timeout = timeout
         self.channel = prefix + "mod"
+        #: Where the other processes answer news from here with what they closed.
+        self.answers = f"{prefix}modack:{node}"
         self._apply = apply
         self._replace = replace
         #: Set once the tables were read for the first time.
@@ -124,6 +140,7 @@ class SharedModeration:
         self._applied = 0
         self._waiting: dict[int, trio.Event] = {}
         self._results: dict[int, int] = {}
+        self._tallies: dict[int, _Tally] = {}
         #: The number of the last news heard on a subscription.
         self._heard = 0
         #: News applied here by their caller already (they came back late).
@@ -141,9 +158,12 @@ class SharedModeration:
         value: str = "",
         limit: int = 0,
         wait: bool = True,
+        tally: bool = False,
     ) -> int | None:
         """Write and publish *news*; return what applying it here gave (the
         connections closed), once it was, or None if ``del`` found nothing.
+        With *tally*, add what the other processes closed, once each has
+        answered (or the timeout passed).
 
         Raises :class:`ProtocolError` 503 when Redis cannot be reached, 507
         when *table* holds *limit* entries in force.  Without *wait*, return
@@ -153,6 +173,8 @@ class SharedModeration:
         if client is None:
             raise ProtocolError(503, "moderation is unavailable: Redis cannot be reached")
         keys = [self.prefix + table, self.prefix + "modver"]
+        if tally:
+            news = {**news, "tally": True}
         body = f"{self.node} {json.dumps(news, separators=(',', ':'))}"
         args = [self.channel, op, time.time(), limit, field, value, body]
         try:
@@ -161,24 +183,61 @@ class SharedModeration:
         except Exception as exc:  # noqa: BLE001 - any failure: the change is in doubt
             log.warning("moderation: Redis did not take the change: %s", exc)
             raise ProtocolError(503, "moderation is unavailable: Redis did not answer") from None
-        version = int(answer)
+        version, heard = int(answer[0]), int(answer[1])
         if version == -1:
             raise ProtocolError(507, f"at most {limit} {table} may be in force")
         if version == 0:
             return None
         if not wait:
             return 0
+        others = heard - 1
         if version > self._applied:
             event = self._waiting.setdefault(version, trio.Event())
             with trio.move_on_after(self.timeout):
                 await event.wait()
             self._waiting.pop(version, None)
-            if version > self._applied:
+            if version <= self._applied:
+                closed = self._results.pop(version, 0)
+            else:
                 # The news did not come back in time (the subscription is
                 # broken): apply it here now, and not again if it comes.
                 self._skip.add(version)
-                return await self._apply(news)
-        return self._results.pop(version, 0)
+                others = heard
+                closed = await self._apply(news)
+        else:
+            closed = self._results.pop(version, 0)
+        if tally and others > 0:
+            closed += await self._tally(version, others)
+        return closed
+
+    async def _tally(self, version: int, others: int) -> int:
+        """What *others* processes closed for news *version*, as they answer
+        within the timeout."""
+        tally = self._tallies.setdefault(version, _Tally())
+        tally.expected = others
+        if tally.answers >= others:
+            tally.done.set()
+        with trio.move_on_after(self.timeout):
+            await tally.done.wait()
+        self._tallies.pop(version, None)
+        if tally.answers < others:
+            log.info("moderation: %d of %d processes answered in time", tally.answers, others)
+        return tally.closed
+
+    def _answer(self, data: str) -> None:
+        """Another process's answer to news from here: "<number> <closed>"."""
+        try:
+            version, closed = (int(part) for part in data.split(" "))
+        except ValueError:
+            log.warning("moderation: not an answer: %.200r", data)
+            return
+        tally = self._tallies.setdefault(version, _Tally())
+        tally.answers += 1
+        tally.closed += closed
+        if tally.expected is not None and tally.answers >= tally.expected:
+            tally.done.set()
+        while len(self._tallies) > _MAX_RESULTS:
+            del self._tallies[next(iter(self._tallies))]
 
     # ------------------------------------------------------------ the task
 
@@ -223,7 +282,7 @@ class SharedModeration:
                     "read": await client.script_load(_READ),
                 }
                 pubsub = client.pubsub(
-                    channels=[self.channel],
+                    channels=[self.channel, self.answers],
                     retry_policy=None,
                     ignore_subscribe_messages=True,
                     subscription_timeout=self.timeout,
@@ -234,7 +293,10 @@ class SharedModeration:
                     self._client = client
                     self.ready.set()
                     async for message in pubsub:
-                        await self._news(client, str(message["data"]))
+                        if message["channel"] == self.answers:
+                            self._answer(str(message["data"]))
+                        else:
+                            await self._news(client, str(message["data"]))
         if scope.cancelled_caught:
             raise TimeoutError("Redis did not answer in time")
         raise ConnectionError("the subscription ended")
@@ -314,6 +376,12 @@ class SharedModeration:
             self._results[version] = closed
             while len(self._results) > _MAX_RESULTS:
                 del self._results[next(iter(self._results))]
+        elif news.get("tally") and self._client is not None:
+            try:
+                with trio.fail_after(self.timeout):
+                    await self._client.publish(f"{self.prefix}modack:{node}", f"{version} {closed}")
+            except Exception as exc:  # noqa: BLE001 - the asker stops waiting in time
+                log.info("moderation: cannot answer news %d: %s", version, exc)
 
     def _caught_up(self) -> None:
         for version, event in list(self._waiting.items()):

@@ -150,14 +150,14 @@ class ModerationApi(ModerationEffects):
 
     async def kick(self, user_id: str, reason: str = "", *, by: str = "server") -> int:
         """Close every connection and bot of *user_id* (close code 4001,
-        "kicked: *reason*"); return how many (with the Redis store: on this
-        process, the others closing theirs too).  Members of their rooms see
-        a ``system`` ``kick`` first."""
+        "kicked: *reason*"); return how many (with the Redis store: on every
+        process, as each answers within the Redis timeout).  Members of their
+        rooms see a ``system`` ``kick`` first."""
         reason = _reason(reason)
         self._check_user(user_id)
         news = {"action": "kick", "user_id": user_id, "reason": reason}
         if self._shared is not None:
-            closed = await self._shared.write(news) or 0
+            closed = await self._shared.write(news, tally=True) or 0
         else:
             closed = await self._apply_news(news)
         self._done("kick", f"user={user_id} connections={closed}", by, reason)
@@ -192,7 +192,7 @@ class ModerationApi(ModerationEffects):
             value = _json(ban.to_json())
             limit = self.config.max_bans
             closed = await self._shared.write(
-                news, op="set", field=f"{kind} {target}", value=value, limit=limit
+                news, op="set", field=f"{kind} {target}", value=value, limit=limit, tally=True
             )
         else:
             async with self._ban_lock:
