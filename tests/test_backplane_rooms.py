@@ -37,6 +37,12 @@ async def _system(client: TestClient, event: str) -> dict[str, Any]:
             return frame
 
 
+async def _chat_seen(client: TestClient, id_: int) -> None:
+    """Skip frames until chat *id_* arrives."""
+    while (await client.expect("chat"))["payload"]["id"] != id_:
+        pass
+
+
 def _topic(user: str, text: str, room: str = "lobby") -> dict[str, Any]:
     return {"event": "topic", "room": room, "user_id": user, "text": text}
 
@@ -238,3 +244,54 @@ async def test_rooms_whose_keys_expired_leave_the_directory(redis_server):
             await _wait_for(forgotten)
             assert redis_server.command("ZCARD", "trio_chat:dirx").strip() == b"0"
             assert (await _rooms(ann))["rooms"] == []
+
+
+async def _moderated(client: TestClient, id_: int, reason: str = "") -> None:
+    """*client* gets a moderator's delete of ann's message *id_*, then its
+    ``system`` ``delete``."""
+    deleted = await client.expect("delete")
+    assert deleted["payload"] == {"room": "lobby", "id": id_, "user_id": "ann", "by": "server"}
+    text = f"message {id_} was deleted by a moderator" + (f": {reason}" if reason else "")
+    system = {"event": "delete", "room": "lobby", "user_id": "ann", "text": text}
+    assert (await client.receive())["payload"] == system
+
+
+async def test_a_moderator_deletes_anyones_message_on_every_process(redis_server):
+    async with open_cluster(redis_server) as (one, two):
+        async with (
+            open_test_client(one, user="ann") as ann,
+            open_test_client(two, user="bob") as bob,
+        ):
+            await ann.join("lobby")
+            await bob.join("lobby")
+            await ann.chat("lobby", "kept")
+            await ann.chat("lobby", "something regrettable")
+            await _chat_seen(bob, 2)
+            tombstone = await one.delete_message("lobby", 2, "spam")
+            assert (tombstone.id, tombstone.user_id, tombstone.deleted, tombstone.content) == (
+                2,
+                "ann",
+                True,
+                "",
+            )
+            for client in (ann, bob):
+                await _moderated(client, 2, "spam")
+            # From a process that does not serve the room: read from Redis.
+            await bob.send("leave", {"room": "lobby"})
+            await bob.expect("left")
+            await ann.chat("lobby", "also regrettable")
+            assert (await two.delete_message("lobby", 3)).deleted
+            await _moderated(ann, 3)
+            # Deleted already: the tombstone again, and nobody hears of it
+            # (the next frame a member gets is the chat sent after).
+            await bob.join("lobby")
+            assert (await two.delete_message("lobby", 2)).deleted
+            await ann.chat("lobby", "after")
+            assert (await bob.receive())["payload"]["content"] == "after"
+            async with open_test_client(two, user="cy") as cy:
+                history = (await cy.join("lobby"))["payload"]["history"]
+                assert [m.get("deleted", False) for m in history] == [False, True, True, False]
+            for server, room, id_ in [(one, "lobby", 99), (two, "nowhere", 1)]:
+                with pytest.raises(ProtocolError) as info:
+                    await server.delete_message(room, id_)
+                assert info.value.code == 404

@@ -37,7 +37,7 @@ from trio_chat import (
     ReactionChanged,
     ReadHistory,
 )
-from trio_chat._hub_state import Delivery, HubState
+from trio_chat._hub_state import Delivery, HubState, Reply
 from trio_chat._message_ops import DEFAULT_REACTIONS, parse_time
 from trio_chat._protocol import Chat, Join, format_time
 from trio_chat._sizes import retained_bytes
@@ -217,7 +217,9 @@ def test_parse_time_reads_format_time():
 
 def test_the_embedding_program_and_moderators_delete_any_message():
     s = two_members()
-    message, out = s.delete_any("r", 1, "mod", "removed by a moderator")
+    reply = Reply()
+    out = s.delete_any("r", 1, "mod", "removed by a moderator", reply)
+    message = reply.value
     assert message.deleted
     assert [d.event.type for d in out] == ["delete", "system"]
     assert out[0].event == MessageDeleted("r", None, 1, "ann", "mod")

@@ -238,14 +238,15 @@ class Commands:
 
 
 def _event_frames(op: ReviseOp) -> str:
-    """The frame of *op*'s event; for a conversation's message, one for each
-    user (in its log name's order), a newline between them: ``with`` names
-    the other user."""
+    """The frame of *op*'s event (and, for a moderator's delete, of the
+    ``system`` ``delete`` after it); for a conversation's message, one for
+    each user (in its log name's order), a newline between them: ``with``
+    names the other user."""
     event = op.event
     if event is None:
         return ""
     if op.with_ is None:
-        return event.to_json()
+        return event.to_json() + ("\n" + op.notice if op.notice else "")
     frames = [
         (event if user == op.user_id else attrs.evolve(event, with_=op.user_id)).to_json()
         for user in conversation_users(op.room)

@@ -38,13 +38,13 @@ from ._backplane_logs import EARLY_REVISIONS, ServedRoom
 from ._backplane_ops import UNAVAILABLE, PageOp, RawEvent, ReviseOp, RevisionsOp
 from ._backplane_rooms import ClusterRooms
 from ._conversations import conversation_name, direct_view, is_conversation, no_conversation
-from ._hub_messages import change_message
+from ._hub_messages import change_message, moderator_notice
 from ._log import History, RoomLog
-from ._message_events import HistoryPage
+from ._message_events import HistoryPage, MessageDeleted, MessageEdited, ReactionChanged
 from ._message_frames import Delete, Edit, MessageFrame, React, ReadHistory
 from ._message_ops import HISTORY_PAGE_BYTES, Target, history_page
 from ._protocol import ChatMessage, ProtocolError, parse_server_frame
-from ._room_core import Conn, Delivery, Key
+from ._room_core import Conn, Delivery, Key, Reply
 
 __all__ = ["MAX_ATTEMPTS", "MAX_WAITING", "ClusterMessages", "window"]
 
@@ -117,17 +117,36 @@ class ClusterMessages(ClusterRooms):
             raise TypeError(f"not a message frame: {event!r}")
         op = ReviseOp(name, event.id, "", "", None, event, conn.user_id, now, conn.origin, key)
         op.with_ = with_
-        if event.id > MAX_ID:
+        return self._change(op)
+
+    def delete_any(
+        self, room: str, id_: int, by: str, text: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Delete message *id_* of *room*, whoever wrote it, as moderator
+        *by*, on every process (a delete without the author check, whose
+        event every member gets followed by a ``system`` ``delete`` with
+        *text*): *reply_to* gets the tombstone."""
+        if not self.up:
+            raise ProtocolError(503, UNAVAILABLE)
+        request = Delete(room, None, id_)
+        op = ReviseOp(room, id_, "", "", None, request, by, 0.0, "-", reply_to, text=text)
+        return self._change(op)
+
+    def _change(self, op: ReviseOp) -> list[Delivery]:
+        """Start *op* (behind the changes of its message in flight here)."""
+        if op.id > MAX_ID:
             return self._revise(op, None)[1]  # raises the rule's 404: no such message
-        message = (name, event.id)
+        message = (op.room, op.id)
         waiting = self._changing.get(message)
         if waiting is not None:
             if len(waiting) >= MAX_WAITING:
-                raise ProtocolError(503, UNAVAILABLE, event.ref)
+                raise ProtocolError(503, UNAVAILABLE, op.request.ref)
             waiting.append(op)
             return []
-        # (A conversation's messages are not cached here.)
-        item = self._rooms[name].cached(event.id) if with_ is None else None
+        # (A conversation's messages are not cached here, nor the rooms not
+        # served here.)
+        room = self._rooms.get(op.room) if op.with_ is None else None
+        item = room.cached(op.id) if room is not None else None
         if item is None:
             self._changing[message] = deque()
             self._ops.append(op)  # reads the current version first
@@ -150,13 +169,28 @@ class ClusterMessages(ClusterRooms):
             now=op.now,
             window=self.edit_window,
             reactions=self.reactions,
+            any_author=op.text is not None,
         )
         if not changed:
-            return False, self.answer(op.reply_to, attrs.evolve(event, ref=op.request.ref))
+            return False, self._answer_change(op, event, message)
         assert current is not None
         op.expected, op.frame, op.event = current, message.to_json(), event
+        if op.text is not None:
+            op.notice = moderator_notice(op.room, message, op.text).to_json()
         self._ops.append(op)
         return True, []
+
+    def _answer_change(
+        self,
+        op: ReviseOp,
+        event: MessageEdited | MessageDeleted | ReactionChanged,
+        message: ChatMessage,
+    ) -> list[Delivery]:
+        """Answer *op*, which made *message*: with its *event* (and the
+        frame's ``ref``), a moderator's delete with the tombstone."""
+        if op.text is not None:
+            return self.answer(op.reply_to, message)
+        return self.answer(op.reply_to, attrs.evolve(event, ref=op.request.ref))
 
     def _advance(
         self, op: ReviseOp | None, message: tuple[str, int], current: str | None, known: bool = True
@@ -204,7 +238,7 @@ class ClusterMessages(ClusterRooms):
             return answer + self._advance(None, message, None, known=False)
         if result[0] == "ok":
             assert op.event is not None
-            answer = self.answer(op.reply_to, attrs.evolve(op.event, ref=ref))
+            answer = self._answer_change(op, op.event, _message(op.frame))
             return answer + self._advance(None, message, op.frame)
         if result[0] == "nolog":
             assert op.with_ is not None
@@ -251,7 +285,8 @@ class ClusterMessages(ClusterRooms):
         self, name: str, revision: int, origin: str, id_: int, data: str
     ) -> list[Delivery]:
         """Message *id_* of room *name* was revised: *data* is the event's
-        frame and the message's new one, a newline between them."""
+        frame (and, after a moderator's delete, the ``system`` ``delete``'s)
+        and the message's new one, a newline between each."""
         if is_conversation(name):
             return self._conversation_revised(name, origin, data)
         room = self._rooms.get(name)
@@ -268,13 +303,13 @@ class ClusterMessages(ClusterRooms):
         if revision > room.revision + 1:
             self._refresh(name, room)
         room.revision = revision
-        event, _, frame = data.partition("\n")
+        *events, frame = data.split("\n")
         self._recache(name, room, id_, frame, revision)
         if id_ > room.log.cursor:
             return []  # not delivered here yet: it comes in its new version
         sender = self._origins.get(origin)
         to = tuple(k for k in room.conns if k is not sender)
-        return [Delivery(RawEvent(event), to)] if to else []
+        return [Delivery(RawEvent(event), to) for event in events] if to else []
 
     def _loaded_revisions(self, name: str, room: ServedRoom) -> list[Delivery]:
         """Apply the revisions told while *room* loaded, now that it has."""

@@ -210,6 +210,10 @@ class ReviseOp(Op):
     attempt: int = 0
     #: The other user, for a conversation's message (*room* is its log name).
     with_: str | None = None
+    #: A moderator's delete (of anyone's message): the text of the
+    #: ``system`` ``delete`` that follows its event, and that event's frame.
+    text: str | None = None
+    notice: str = ""
 
 
 @attrs.define(eq=False)

@@ -32,7 +32,13 @@ from ._room_core import Delivery, Key, Reply
 if TYPE_CHECKING:
     from ._hub_state import HubState
 
-__all__ = ["apply_message_frame", "change_message", "find_target", "moderator_delete"]
+__all__ = [
+    "apply_message_frame",
+    "change_message",
+    "find_target",
+    "moderator_delete",
+    "moderator_notice",
+]
 
 
 def find_target(
@@ -89,9 +95,11 @@ def change_message(
     now: float,
     window: float,
     reactions: tuple[str, ...],
+    any_author: bool = False,
 ) -> tuple[MessageEdited | MessageDeleted | ReactionChanged, ChatMessage, bool]:
     """Apply an ``edit``, ``delete`` or ``react`` of *user_id* to *target*'s
-    log (the rules: :mod:`trio_chat._message_ops`): the event it causes
+    log (the rules: :mod:`trio_chat._message_ops`; a delete of anyone's
+    message with *any_author*, a moderator's): the event it causes
     (without a ``ref``), the message as it is now, and whether it changed
     (a second delete changes nothing).  Raises
     :class:`~trio_chat.ProtocolError` before anything changes."""
@@ -113,7 +121,9 @@ def change_message(
         )
         return edited, message, True
     if isinstance(event, Delete):
-        message, changed = delete_message(history, target, event.id, user_id, ref=ref)
+        message, changed = delete_message(
+            history, target, event.id, user_id, any_author=any_author, ref=ref
+        )
         return MessageDeleted(room, with_, message.id, message.user_id, user_id), message, changed
     message, on, count = toggle_reaction(
         history, target, user_id, event.id, emoji=event.emoji, allowed=reactions, ref=ref
@@ -157,15 +167,22 @@ def apply_message_frame(
 
 def moderator_delete(
     state: HubState, target: Target, id_: int, by: str, *, text: str, reply_to: Reply | None
-) -> tuple[ChatMessage, list[Delivery]]:
+) -> list[Delivery]:
     """Delete any message of *target*'s room, as moderator *by*: members get
-    the ``delete`` event and a ``system`` ``delete`` with *text*."""
+    the ``delete`` event and a ``system`` ``delete`` with *text*; *reply_to*
+    the tombstone."""
     message, changed = delete_message(state.history, target, id_, by, any_author=True)
-    deleted = MessageDeleted(target.room, target.with_, message.id, message.user_id, by)
     if not changed:
-        return message, state.answer(reply_to, deleted)
+        return state.answer(reply_to, message)
+    deleted = MessageDeleted(target.room, target.with_, message.id, message.user_id, by)
     audience = tuple(_members(state, target))
     deliveries = [Delivery(deleted, audience)]
     if target.room is not None:
-        deliveries.append(Delivery(System("delete", target.room, message.user_id, text), audience))
-    return message, deliveries + state.answer(reply_to, deleted)
+        deliveries.append(Delivery(moderator_notice(target.room, message, text), audience))
+    return deliveries + state.answer(reply_to, message)
+
+
+def moderator_notice(room: str, message: ChatMessage, text: str) -> System:
+    """The ``system`` ``delete`` members get when a moderator deleted
+    *message* (named by its author), with *text*."""
+    return System("delete", room, message.user_id, text)

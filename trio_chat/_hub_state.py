@@ -40,7 +40,6 @@ from ._message_frames import MessageFrame
 from ._message_ops import DEFAULT_REACTIONS
 from ._protocol import (
     ChatAck,
-    ChatMessage,
     ClientEvent,
     DirectAck,
     DirectMessage,
@@ -353,8 +352,9 @@ class HubState(RoomCore["_User"]):
 
     def delete_any(
         self, room: str, id_: int, by: str, text: str, reply_to: Reply | None = None
-    ) -> tuple[ChatMessage, list[Delivery]]:
-        """Delete message *id_* of *room*, whoever wrote it, as moderator *by*."""
+    ) -> list[Delivery]:
+        """Delete message *id_* of *room*, whoever wrote it, as moderator
+        *by*: *reply_to* gets the tombstone."""
         target = find_target(self, by, room, None, None)
         return moderator_delete(self, target, id_, by, text=text, reply_to=reply_to)
 

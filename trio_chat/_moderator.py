@@ -12,7 +12,7 @@ set a room's topic, close a room; logged and counted.
   403 and the time left, for a duration;
 * :meth:`~ModerationApi.delete_message`, :meth:`~ModerationApi.set_topic`
   and :meth:`~ModerationApi.close_room` act on a room whoever its members
-  are (the Redis store answers 501 to a delete or a close).
+  are (the Redis store answers 501 to a close).
 
 Members of the rooms concerned see a ``system`` event (``kick``, ``ban``,
 ``mute``, ``unmute``, ``delete``, ``topic``, ``close``) with a ``text``
@@ -330,8 +330,8 @@ class ModerationApi(ModerationEffects):
             raise ProtocolError(400, "id: must be a non-negative integer")
         text = f"message {id} was deleted by a moderator" + (f": {reason}" if reason else "")
         actor = _actor(by)
-        message: ChatMessage = await self.hub.call(
-            lambda state, now: state.delete_any(room, id, actor, text)
+        message: ChatMessage = await self.hub.request(
+            lambda state, now, reply: state.delete_any(room, id, actor, text, reply)
         )
         self._done("delete", f"room={room} id={id} author={message.user_id}", by, reason)
         return message

@@ -28,7 +28,6 @@ import attrs
 from ._message_frames import MessageFrame
 from ._protocol import (
     Chat,
-    ChatMessage,
     ClientEvent,
     Direct,
     Join,
@@ -326,8 +325,9 @@ class RoomCore(abc.ABC, Generic[U]):
 
     def delete_any(
         self, room: str, id_: int, by: str, text: str, reply_to: Reply | None = None
-    ) -> tuple[ChatMessage, list[Delivery]]:
-        """Delete message *id_* of *room*, whoever wrote it, as moderator *by*."""
+    ) -> list[Delivery]:
+        """Delete message *id_* of *room*, whoever wrote it, as moderator
+        *by*: *reply_to* gets the tombstone (a :class:`ChatMessage`)."""
         raise ProtocolError(501, self.not_offered)
 
     def set_topic(
