@@ -8,8 +8,8 @@ other users are Python clients, and the server runs in the test process on
 ``— new messages —`` divider after the read marker, the read marker moved to
 what the current room shows (seen by the user's other connection), topic
 changes shown live, /topic showing, setting and clearing it, /rooms with
-member counts, topics and a query; with a real ``redis-server``, no counts
-and a 501 line for each call.
+member counts, topics and a query; topics and /rooms with the memory store
+and with the Redis store on a real ``redis-server``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 from support import bound_all
 from terminal_support import PtyTerminal
@@ -57,6 +58,16 @@ async def next_of(client, kind, test=lambda event: True):
             if isinstance(event, kind) and test(event):
                 return event
     raise AssertionError("stream ended")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request) -> Config:
+    """The server's config: the memory store, then the Redis store on a
+    fresh ``redis-server`` (topics and the room directory kept there)."""
+    if request.param == "memory":
+        return Config()
+    redis = request.getfixturevalue("redis_server")
+    return Config(redis_url=redis.url + "?timeout=0.5&heartbeat=0.2&node_ttl=2")
 
 
 async def quit_cleanly(term: PtyTerminal) -> None:
@@ -105,8 +116,8 @@ async def test_join_shows_unread_counts_the_divider_and_the_topic_and_marks_what
                 assert (joined_again.read, joined_again.unread) == (4, 0)
 
 
-async def test_topics_are_shown_live_and_set_shown_and_cleared_with_slash_topic():
-    async with open_test_server() as server:
+async def test_topics_are_shown_live_and_set_shown_and_cleared_with_slash_topic(store):
+    async with open_test_server(store) as server:
         async with open_chat_client(server.url, user="bob") as bob:
             await bob.join(ROOM)
             async with carol_in(server.url) as term:
@@ -138,8 +149,8 @@ async def test_topics_are_shown_live_and_set_shown_and_cleared_with_slash_topic(
                 await quit_cleanly(term)
 
 
-async def test_rooms_lists_member_counts_and_topics_and_takes_a_query():
-    async with open_test_server() as server:
+async def test_rooms_lists_member_counts_and_topics_and_takes_a_query(store):
+    async with open_test_server(store) as server:
         async with open_chat_client(server.url, user="bob") as bob:
             await bob.join(ROOM)
             await bob.join("trio-dev")
@@ -156,26 +167,6 @@ async def test_rooms_lists_member_counts_and_topics_and_takes_a_query():
                 await term.until(lambda lines: _listed_last(lines) == ["trio-dev"])
                 await term.send("/rooms nothing-like-it\r")
                 await term.until_line(lambda line: line == "* no rooms matching 'nothing-like-it'")
-                await quit_cleanly(term)
-
-
-async def test_with_the_redis_store_there_are_no_counts_and_the_calls_say_501(redis_server):
-    config = Config(redis_url=redis_server.url + "?timeout=0.5&heartbeat=0.2&node_ttl=2")
-    async with open_test_server(config) as server:
-        async with open_chat_client(server.url, user="bob") as bob:
-            await bob.join(ROOM)
-            await bob.send(ROOM, "on redis")
-            async with carol_in(server.url) as term:
-                lines = term.lines()
-                assert "* joined lobby: bob, carol (1 earlier message above)" in lines
-                assert "— new messages —" not in lines
-                await bob.send(ROOM, "still on redis")  # shown, and marking it is 501
-                await term.until_line(lambda line: line.endswith("bob: still on redis"))
-                refused = "! error 501: not available with the Redis store"
-                await term.send("/rooms\r")
-                await term.until(lambda lines: lines.count(refused) == 1)
-                await term.send("/topic on redis\r")
-                await term.until(lambda lines: lines.count(refused) == 2)
                 await quit_cleanly(term)
 
 
