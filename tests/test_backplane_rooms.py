@@ -74,6 +74,27 @@ def test_a_topic_told_while_the_room_loads_follows_the_joined():
     )
 
 
+def test_a_close_told_while_the_room_loads_follows_the_joined_unless_older():
+    for loaded_version, closed in [(3, True), (5, False)]:
+        state = ClusterState("n1")
+        _up(state)
+        state.connect(1, "ann")
+        state.handle(1, Join("r"), 0.0)
+        [load] = [op for op in state.take_ops() if isinstance(op, LoadOp)]
+        news = [("trio_chat:ch:r:r", "c 5 n2 server the room was closed")]
+        assert state.on_messages(news) == []
+        frames = _frames(state.on_result(load, LoadResult(0, [], [], loaded_version, {})), 1)
+        if closed:  # the load read the room before the close
+            assert [f["type"] for f in frames] == ["joined", "system", "left"]
+            assert frames[1]["payload"]["event"] == "close"
+            assert state.rooms_of(1) == [] and state.room_names() == []
+            # Its registration, if Redis applied it after the close, goes.
+            assert [(op.room, op.joined) for op in state.take_ops()] == [("r", False)]
+        else:  # the load read the room made again after the close
+            assert [f["type"] for f in frames] == ["joined"]
+            assert state.rooms_of(1) == ["r"]
+
+
 async def test_a_topic_reaches_every_process_and_later_joins(redis_server):
     async with open_cluster(redis_server) as (one, two):
         async with (
@@ -295,3 +316,55 @@ async def test_a_moderator_deletes_anyones_message_on_every_process(redis_server
                 with pytest.raises(ProtocolError) as info:
                     await server.delete_message(room, id_)
                 assert info.value.code == 404
+
+
+async def test_closing_a_room_removes_its_members_on_every_process(redis_server):
+    async with open_cluster(redis_server) as (one, two):
+        async with (
+            open_test_client(one, user="ann") as ann,
+            open_test_client(one, user="bob") as bob,
+            open_test_client(two, user="cy") as cy,
+            two.open_bot("helper") as bot,
+        ):
+            for client in (ann, bob, cy):
+                await client.join("lobby")
+                await client.join("other")
+            await bot.join("lobby")
+            await ann.chat("lobby", "soon gone")
+            old_epoch = (await ann.join("lobby"))["payload"]["epoch"]
+            await ann.send("topic", {"room": "lobby", "topic": "doomed"})
+            for client in (ann, bob, cy):
+                await _system(client, "topic")
+            # Two connections here, and two users on the other process.
+            assert await two.close_room("lobby", "spam wave") == 4
+            for client in (ann, bob, cy):
+                system = await _system(client, "close")
+                assert system["payload"] == {
+                    "event": "close",
+                    "room": "lobby",
+                    "user_id": "server",
+                    "text": "the room was closed: spam wave",
+                }
+                assert await client.receive() == {"type": "left", "payload": {"room": "lobby"}}
+            received = [await bot.receive(), await bot.receive()]
+            while received[0].type != "system" or received[0].event != "close":
+                received = [received[1], await bot.receive()]
+            assert [event.type for event in received] == ["system", "left"]
+            # Nobody is in it any more; the other room is untouched.
+            assert (await cy.chat("lobby", "still here?"))["payload"]["code"] == 403
+            assert (await cy.chat("other", "fine"))["type"] == "ack"
+            assert [r["room"] for r in (await _rooms(bob))["rooms"]] == ["other"]
+            # It is gone with its history, ids, topic and members: a join
+            # starts it afresh, on either process.
+            joined = (await bob.join("lobby"))["payload"]
+            assert (joined["members"], joined["history"], joined.get("topic")) == (
+                ["bob"],
+                [],
+                None,
+            )
+            assert joined["epoch"] != old_epoch
+            assert (await cy.join("lobby"))["payload"]["members"] == ["bob", "cy"]
+            assert (await cy.chat("lobby", "a new start"))["payload"]["id"] == 1
+            with pytest.raises(ProtocolError) as info:
+                await one.close_room("nowhere")
+            assert info.value.code == 404

@@ -4,8 +4,10 @@ from the embedding API, the admin HTTP API and ``trio-chat admin``.
 Real sockets on 127.0.0.1: members see each action live (a ``system`` event
 with its text, and the ``delete`` event or ``left`` it causes), what joins
 afterwards sees its effect, each action is logged and counted on
-``/metrics``; an admin token covering other rooms is refused (403), and the
-Redis store answers 501.
+``/metrics``; an admin token covering other rooms is refused (403); with
+the Redis store, the admin API and command line of one process act on the
+members of another (tests/test_backplane_rooms.py has the embedding API's
+side).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import pytest
 from http_support import http_request
 from support import bound_all
+from test_backplane import open_cluster
 from test_moderation import _cli
 
 from trio_chat import Config, ProtocolError, make_token
@@ -213,15 +216,42 @@ async def test_the_admin_command_line_deletes_sets_topics_and_closes_rooms():
             assert b"close refused (HTTP 404): room 'lobby' does not exist" in done.stderr
 
 
-async def test_the_redis_store_answers_501(redis_server):
-    async with open_test_server(Config(redis_url=redis_server.url)) as server:
-        async with open_test_client(server, user="ann") as ann:
+async def _system(client: TestClient, event: str) -> dict:
+    while (frame := await client.expect("system"))["payload"]["event"] != event:
+        pass
+    return frame["payload"]
+
+
+async def test_with_the_redis_store_the_admin_api_and_cli_act_on_every_process(redis_server):
+    admin = make_token(SECRET, "ops", ttl=600, admin=True)
+    async with open_cluster(redis_server, secret=SECRET) as (one, two):
+        port = one.port
+        cli = ("--url", f"http://127.0.0.1:{port}", "--secret", SECRET)
+        # ann is on the other process: the one asked serves no member.
+        async with open_test_client(two, token=make_token(SECRET, "ann", ttl=600)) as ann:
             await ann.join("lobby")
-            await ann.chat("lobby", "hi")
-            for act in (server.close_room("lobby"),):
-                with pytest.raises(ProtocolError) as info:
-                    await act
-                assert (info.value.code, info.value.message) == (
-                    501,
-                    "not available with the Redis store",
-                )
+            message_id = (await ann.chat("lobby", "to be removed"))["payload"]["id"]
+            reply = await _post(port, "delete", {"room": "lobby", "id": message_id}, admin)
+            assert (reply.status, reply.json()) == (
+                200,
+                {"room": "lobby", "id": message_id, "user_id": "ann"},
+            )
+            assert (await ann.expect("delete"))["payload"]["by"] == "ops"
+            assert (await _system(ann, "delete"))["user_id"] == "ann"
+            reply = await _post(port, "topic", {"room": "lobby", "topic": "News"}, admin)
+            assert (reply.status, reply.json()) == (200, {"room": "lobby", "topic": "News"})
+            assert (await _system(ann, "topic"))["text"] == "News"
+            done = await _cli(*cli, "topic", "lobby", "From the shell")
+            assert done.returncode == 0, done.stderr
+            assert (await _system(ann, "topic"))["text"] == "From the shell"
+            assert (await _post(port, "delete", {"room": "lobby", "id": 99}, admin)).status == 404
+            done = await _cli(*cli, "close", "lobby", "--reason", "maintenance")
+            assert (done.returncode, json.loads(done.stdout)) == (0, {"closed": 1})
+            assert (await _system(ann, "close"))["text"] == "the room was closed: maintenance"
+            assert (await ann.receive())["type"] == "left"
+            done = await _cli(*cli, "close", "lobby")
+            assert done.returncode == 1
+            assert b"close refused (HTTP 404): room 'lobby' does not exist" in done.stderr
+        metrics = (await http_request(port, "GET", "/metrics")).body.decode()
+        for action, count in [("delete", 1), ("topic", 2), ("close", 1)]:
+            assert f'trio_chat_moderation_actions_total{{action="{action}"}} {count}.0' in metrics

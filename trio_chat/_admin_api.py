@@ -19,9 +19,8 @@ of the HTTP API (the checks are done before this module is called):
 
 A bad body is 400 (415 without the JSON content type); a mute, delete,
 topic or close in a room the admin token does not cover is 403; an unknown
-room or message 404; a full table 507; with the Redis store, a close
-is 501, and a kick, ban, unban, mute, unmute, delete or topic 503 while
-Redis cannot be reached.
+room or message 404; a full table 507; with the Redis store, any of
+them 503 while Redis cannot be reached.
 """
 
 from __future__ import annotations

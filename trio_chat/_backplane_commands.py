@@ -19,6 +19,7 @@ import attrs
 from ._backplane_ops import (
     FILL_COUNT,
     ChatOp,
+    CloseOp,
     ConversationsOp,
     DirectOp,
     FillOp,
@@ -180,6 +181,8 @@ class Commands:
             return self._script(pipe, "topic", [p, op.room, op.topic, op.user_id, op.origin])
         if isinstance(op, RoomsOp):
             return self._script(pipe, "rooms", [p, op.count])
+        if isinstance(op, CloseOp):
+            return self._script(pipe, "close", [p, op.room, op.user_id, self.node, op.text])
         if isinstance(op, FloorOp):
             return self._script(pipe, "floor", [p, op.room, op.floor, op.epoch])
         if isinstance(op, SyncOp):
@@ -201,7 +204,7 @@ class Commands:
 
     @staticmethod
     def _parse(op: Op, raw: Any) -> Any:
-        if isinstance(op, DirectOp | TopicOp):
+        if isinstance(op, DirectOp | TopicOp | CloseOp):
             return tuple(raw)
         if isinstance(op, FillOp):
             return _entries(raw)

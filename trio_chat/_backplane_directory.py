@@ -1,4 +1,4 @@
-"""Topics and the room directory with the Redis store.
+"""Topics, the room directory and closing rooms with the Redis store.
 
 The rules are the other stores' (docs/protocol.md, *Rooms and topics*);
 what differs is where a room's topic is kept and who orders its changes:
@@ -18,7 +18,13 @@ what differs is where a room's topic is kept and who orders its changes:
   members join and leave anywhere (:class:`~trio_chat._backplane_ops.RoomsOp`,
   one round trip); the answer is cut from them by the other stores' rule
   (:func:`~trio_chat._hub_directory.room_list`: the token's patterns, the
-  query, the bounds).
+  query, the bounds);
+* a moderator's :meth:`ClusterDirectory.close_room` is one script
+  (:class:`~trio_chat._backplane_ops.CloseOp`) that removes the room's
+  members on every process from Redis, drops its keys and publishes the
+  close with the room's next membership version: each process serving the
+  room removes its own member connections from it, with the events the
+  other stores send (``system`` ``close``, then ``left``), and forgets it.
 
 Pure and synchronous like the rest of the state: no I/O.
 """
@@ -29,21 +35,30 @@ from typing import Any
 
 import attrs
 
+from ._backplane_logs import ServedRoom
 from ._backplane_messages import ClusterMessages
-from ._backplane_ops import UNAVAILABLE, MembersOp, RoomsOp, TopicOp
+from ._backplane_ops import UNAVAILABLE, CloseOp, MemberOp, MembersOp, RoomsOp, TopicOp
 from ._hub_directory import MAX_EXAMINED, room_list
 from ._protocol import ClientEvent, ProtocolError, System
 from ._room_core import Conn, Delivery, Key, Reply
 from ._room_frames import ListRooms, SetTopic
 from ._room_table import directory_entry
 
-__all__ = ["ClusterDirectory"]
+__all__ = ["MAX_CLOSE_COUNTS", "ClusterDirectory"]
+
+#: Closes of this process whose news came before their answer, whose
+#: counts are kept for it at most.
+MAX_CLOSE_COUNTS = 64
 
 
 @attrs.define
 class ClusterDirectory(ClusterMessages):
     """The rooms of :class:`~trio_chat._backplane_messages.ClusterMessages`,
-    with their topics and the cluster's directory."""
+    with their topics, the cluster's directory and closing rooms."""
+
+    #: (room, version) -> connections a close of this process removed here,
+    #: for its answer that comes after.
+    _close_counts: dict[tuple[str, int], int] = attrs.field(init=False, factory=dict)
 
     def set_topic(
         self, room: str, topic: str, by: str, reply_to: Reply | None = None
@@ -121,3 +136,83 @@ class ClusterDirectory(ClusterMessages):
         if early is None or early[0] <= room.members_version:
             return []
         return self._topic_event(name, *early)
+
+    # ------------------------------------------------------------ closing
+
+    def close_room(
+        self, room: str, text: str, by: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Close *room* as moderator *by*, on every process; *reply_to* gets
+        how many connections it removed here and memberships elsewhere (404
+        if there is no such room)."""
+        if not self.up:
+            raise ProtocolError(503, UNAVAILABLE)
+        self._ops.append(CloseOp(room, by, text, reply_to))
+        return []
+
+    def _close_result(self, op: CloseOp, result: Any) -> list[Delivery]:
+        if isinstance(result, BaseException):
+            return self.answer(op.reply_to, None, self._failure(result, None))
+        if result[0] != "ok":
+            error = ProtocolError(404, f"room {op.room!r} does not exist")
+            return self.answer(op.reply_to, None, error)
+        # Closed here now, unless pub/sub's copy came first (then this
+        # answer is stale, and the copy counted the connections).
+        version = int(result[1])
+        closed, deliveries = self._close_event(op.room, version, op.user_id, op.text)
+        closed += self._close_counts.pop((op.room, version), 0)
+        if isinstance(op.reply_to, Reply):
+            op.reply_to.resolve(closed + int(result[2]))
+        return deliveries
+
+    def _close_news(self, name: str, version: int, node: str, by: str, text: str) -> list[Delivery]:
+        """A close published by process *node* (this one: before its
+        answer, which then finds the count here)."""
+        closed, deliveries = self._close_event(name, version, by, text)
+        if node == self.node and closed:
+            counts = self._close_counts
+            counts[(name, version)] = closed
+            if len(counts) > MAX_CLOSE_COUNTS:
+                del counts[next(iter(counts))]
+        return deliveries
+
+    def _close_event(
+        self, name: str, version: int, by: str, text: str
+    ) -> tuple[int, list[Delivery]]:
+        """Room *name* was closed by *by* (with *text*) as of membership
+        *version*: how many connections it removed here, and their events."""
+        room = self._rooms.get(name)
+        if room is None:
+            return 0, []
+        if not room.log.ready:
+            if room.early_close is None or version > room.early_close[0]:
+                room.early_close = (version, by, text)
+            return 0, []
+        if version <= room.members_version:
+            return 0, []  # a close of the room before it was loaded again
+        return self._close_here(name, room, by, text)
+
+    def _close_here(
+        self, name: str, room: ServedRoom, by: str, text: str
+    ) -> tuple[int, list[Delivery]]:
+        keys = tuple(room.conns)
+        for key in keys:
+            del self._conns[key].rooms[name]
+        self._drop_room(name, room)
+        # Redis removed them already; a join of this process that Redis
+        # applied after the close is undone so.
+        for user_id in room.local_users:
+            if self.up:
+                self._ops.append(MemberOp(name, user_id, False))
+        return len(keys), self._closed(name, by, text, keys)
+
+    def _loaded_close(self, name: str) -> list[Delivery]:
+        """Apply a close told while room *name* loaded, if the load did not
+        see it (its joins were answered first)."""
+        room = self._rooms.get(name)
+        if room is None:
+            return []
+        early, room.early_close = room.early_close, None
+        if early is None or early[0] <= room.members_version:
+            return []
+        return self._close_here(name, room, early[1], early[2])[1]

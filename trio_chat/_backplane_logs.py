@@ -82,6 +82,9 @@ class ServedRoom:
     #: The newest topic change told while the room loads: its membership
     #: version, origin, who set it and the topic.
     early_topic: tuple[int, str, str, str] | None = None
+    #: A close told while the room loads: its membership version, who
+    #: closed it, and the text.
+    early_close: tuple[int, str, str] | None = None
 
     def cached(self, id_: int) -> list[Any] | None:
         """The cached item of message *id_* (None if it is not cached)."""

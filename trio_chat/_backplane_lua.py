@@ -7,7 +7,9 @@ channel messages and frames as they are.  Channel messages are
 ``j``/``l`` a cluster-wide join/leave (NUMBER the room's membership
 version; no FRAME: each process makes the ``system`` event), ``o`` a
 room's new topic (NUMBER the room's next membership version, SUBJECT who
-set it, FRAME the topic's text), ``v`` a
+set it, FRAME the topic's text), ``c`` a room closed (NUMBER as for a
+topic, ORIGIN the closing process, SUBJECT who closed it, FRAME the text),
+``v`` a
 message revised (NUMBER the room's revision, SUBJECT the message's id,
 FRAME the event's frame, a newline, the message's new frame), ``t``
 typing (on a room's channel, or on a user's: typing to them), ``p``
@@ -22,7 +24,7 @@ import attrs
 
 from ._backplane_lua_base import COMMON
 from ._backplane_lua_logs import CHATS, DIRECT, FILL, LISTING, LOAD, PAGE, REVISE, REVISIONS
-from ._backplane_lua_rooms import ROOMS, TOPIC
+from ._backplane_lua_rooms import CLOSE, ROOMS, TOPIC
 
 __all__ = ["DEREGISTER", "SCRIPTS", "Retention", "render_scripts"]
 
@@ -192,6 +194,7 @@ _TEMPLATES = {
     "members": _MEMBERS,
     "topic": TOPIC,
     "rooms": ROOMS,
+    "close": CLOSE,
     "presence": _PRESENCE,
     "floor": _FLOOR,
     "sync": _SYNC,

@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis backplane that act on whole rooms: a
-room's topic and the room directory (see :mod:`trio_chat._backplane_lua` for the channel messages
-they publish, and :mod:`trio_chat._backplane_lua_base` for the functions
-they share).
+room's topic, the room directory and closing a room (see
+:mod:`trio_chat._backplane_lua` for the channel messages they publish, and
+:mod:`trio_chat._backplane_lua_base` for the functions they share).
 
 A room's topic is the key ``topic:<room>`` (absent: no topic), which lives
 and expires with the room's other keys (``room_expiry``).  A change takes
@@ -18,9 +18,9 @@ number at a time (``dir_expired``: each heartbeat, each listing).
 
 from __future__ import annotations
 
-from ._backplane_lua_base import COMMON
+from ._backplane_lua_base import COMMON, RETAIN
 
-__all__ = ["ROOMS", "TOPIC"]
+__all__ = ["CLOSE", "ROOMS", "TOPIC"]
 
 #: Set (or, with '', clear) a room's topic and publish it.  ARGV: prefix,
 #: room, topic, who sets it, origin.  Answers ``{'ok', version}`` or
@@ -72,5 +72,40 @@ end
 local more = 0
 if redis.call('ZCARD', P .. 'dir') > n then more = 1 end
 return {more, out}
+"""
+)
+
+#: Close a room: remove its members' registrations on every live process
+#: (so that no leave follows), drop its keys (its messages, ids, epoch,
+#: revisions, topic, members: a later join starts it afresh) and its
+#: directory entries, and publish the close with the room's next
+#: membership version (which outlives the room: a process that loads the
+#: room again afterwards knows the close for an old one).  ARGV: prefix,
+#: room, who closes it, the closing process, the text.  Answers ``{'ok',
+#: version, registrations removed on other processes}`` or ``{'noroom'}``.
+CLOSE = (
+    COMMON
+    + RETAIN
+    + r"""
+local room, node = ARGV[2], ARGV[4]
+if redis.call('EXISTS', P .. 'seq:' .. room) == 0 then return {'noroom'} end
+local users = redis.call('HKEYS', P .. 'members:' .. room)
+local elsewhere = 0
+for _, other in ipairs(redis.call('ZRANGE', P .. 'procs', 0, -1)) do
+  for _, user in ipairs(users) do
+    local removed = redis.call('HDEL', P .. 'proc:' .. other, 'm ' .. room .. ' ' .. user)
+    if other ~= node then elsewhere = elsewhere + removed end
+  end
+end
+forget_log(room)
+redis.call('DEL', P .. 'seq:' .. room, P .. 'members:' .. room, P .. 'repoch:' .. room,
+  P .. 'rver:' .. room, P .. 'topic:' .. room)
+redis.call('ZREM', P .. 'dir', room)
+redis.call('ZREM', P .. 'dirx', room)
+local v = redis.call('INCR', P .. 'mver:' .. room)
+redis.call('EXPIRE', P .. 'mver:' .. room, ROOM_TTL)
+local notice = table.concat({'c', v, node, ARGV[3], ARGV[5]}, ' ')
+redis.call('PUBLISH', P .. 'ch:r:' .. room, notice)
+return {'ok', v, elsewhere}
 """
 )

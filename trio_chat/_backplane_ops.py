@@ -24,6 +24,7 @@ __all__ = [
     "NOT_OFFERED",
     "UNAVAILABLE",
     "ChatOp",
+    "CloseOp",
     "ConversationsOp",
     "DirectOp",
     "FillOp",
@@ -293,6 +294,20 @@ class MembersOp(Op):
     [users], topic)``, the topic ``""`` when there is none)."""
 
     room: str
+
+
+@attrs.define(eq=False)
+class CloseOp(Op):
+    """Close *room* as *user_id*: remove its members on every process, drop
+    its keys (history, ids, topic) and publish the close, with the room's
+    next membership version, to every process serving it (answers
+    ``("ok", version, memberships removed on other processes)``, or
+    ``("noroom",)``)."""
+
+    room: str
+    user_id: str
+    text: str
+    reply_to: Key | Reply | None
 
 
 @attrs.define(eq=False)

@@ -44,6 +44,7 @@ from ._backplane_ops import (
     FILL_COUNT,
     UNAVAILABLE,
     ChatOp,
+    CloseOp,
     ConversationsOp,
     DirectOp,
     FillOp,
@@ -172,6 +173,8 @@ class ClusterState(ClusterConversations):
                     deliveries += self._member_event(target[2:], subject, kind == "j", int(number))
                 elif kind == "o":
                     deliveries += self._topic_event(target[2:], int(number), origin, subject, frame)
+                elif kind == "c":
+                    deliveries += self._close_news(target[2:], int(number), origin, subject, frame)
                 elif kind == "v":
                     deliveries += self._revised(
                         target[2:], int(number), origin, int(subject), frame
@@ -277,6 +280,8 @@ class ClusterState(ClusterConversations):
             return self._topic_result(op, result)
         if isinstance(op, RoomsOp):
             return self._rooms_result(op, result)
+        if isinstance(op, CloseOp):
+            return self._close_result(op, result)
         if isinstance(op, MembersOp):
             return [] if failed else self._members_result(op.room, *result)
         if isinstance(op, OnlineOp):
@@ -370,7 +375,8 @@ class ClusterState(ClusterConversations):
         if room.log.seen > room.log.cursor:
             self._fill("r", op.room, room.log)
         deliveries += self._loaded_topic(op.room)
-        return deliveries + self._loaded_revisions(op.room, room)
+        deliveries += self._loaded_revisions(op.room, room)
+        return deliveries + self._loaded_close(op.room)
 
     def _members_result(
         self, name: str, version: int, members: list[str], topic: str = ""

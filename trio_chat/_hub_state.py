@@ -45,7 +45,6 @@ from ._protocol import (
     DirectMessage,
     Join,
     Joined,
-    Left,
     ListConversations,
     Presence,
     PresenceUpdate,
@@ -358,11 +357,13 @@ class HubState(RoomCore["_User"]):
         target = find_target(self, by, room, None, None)
         return moderator_delete(self, target, id_, by, text=text, reply_to=reply_to)
 
-    def close_room(self, room: str, text: str, by: str) -> tuple[int, list[Delivery]]:
+    def close_room(
+        self, room: str, text: str, by: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
         """Close *room*: its connections get ``system`` ``close`` (from *by*,
         with *text*) and then ``left``, and it is forgotten with its history,
-        ids and topic.  How many connections it removed; 404 if there is no
-        such room."""
+        ids and topic.  *reply_to* gets how many connections it removed; 404
+        if there is no such room."""
         entry = self._rooms.get(room)
         if entry is None:
             raise ProtocolError(404, f"room {room!r} does not exist")
@@ -372,8 +373,7 @@ class HubState(RoomCore["_User"]):
         entry.conns.clear()
         entry.users.clear()
         self._drop(room)
-        closed = Delivery(System("close", room, by, text), keys)
-        return len(keys), [closed, Delivery(Left(room), keys)]
+        return self._closed(room, by, text, keys, reply_to)
 
     # ------------------------------------------------------------ internals
 

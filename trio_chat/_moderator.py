@@ -12,7 +12,7 @@ set a room's topic, close a room; logged and counted.
   403 and the time left, for a duration;
 * :meth:`~ModerationApi.delete_message`, :meth:`~ModerationApi.set_topic`
   and :meth:`~ModerationApi.close_room` act on a room whoever its members
-  are (the Redis store answers 501 to a close).
+  are (with the Redis store, on every process).
 
 Members of the rooms concerned see a ``system`` event (``kick``, ``ban``,
 ``mute``, ``unmute``, ``delete``, ``topic``, ``close``) with a ``text``
@@ -358,7 +358,9 @@ class ModerationApi(ModerationEffects):
         self._check_room(room)
         text = "the room was closed" + (f": {reason}" if reason else "")
         actor = _actor(by)
-        closed: int = await self.hub.call(lambda state, now: state.close_room(room, text, actor))
+        closed: int = await self.hub.request(
+            lambda state, now, reply: state.close_room(room, text, actor, reply)
+        )
         self._done("close", f"room={room} connections={closed}", by, reason)
         return closed
 

@@ -36,6 +36,7 @@ from ._protocol import (
     Presence,
     ProtocolError,
     ServerEvent,
+    System,
     Typing,
 )
 
@@ -336,9 +337,23 @@ class RoomCore(abc.ABC, Generic[U]):
         """Set *room*'s topic as *by* (a moderator, the embedding program)."""
         raise ProtocolError(501, self.not_offered)
 
-    def close_room(self, room: str, text: str, by: str) -> tuple[int, list[Delivery]]:
-        """Close *room* as moderator *by*: how many connections it removed."""
+    def close_room(
+        self, room: str, text: str, by: str, reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """Close *room* as moderator *by*: *reply_to* gets how many
+        connections it removed."""
         raise ProtocolError(501, self.not_offered)
+
+    @staticmethod
+    def _closed(
+        room: str, by: str, text: str, keys: tuple[Key, ...], reply_to: Reply | None = None
+    ) -> list[Delivery]:
+        """What the connections *keys* removed from *room* by a close get:
+        ``system`` ``close`` (from *by*, with *text*), then ``left``;
+        *reply_to* gets how many they are."""
+        if reply_to is not None:
+            reply_to.resolve(len(keys))
+        return [Delivery(System("close", room, by, text), keys), Delivery(Left(room), keys)]
 
     def answer(
         self,
