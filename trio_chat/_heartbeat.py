@@ -1,12 +1,11 @@
-"""The heartbeat: a ping every ``ping_interval`` to each connection, and an
-abort when its pong is ``pong_timeout`` late.
+"""A connection's heartbeat: a ping every ``ping_interval``, and an abort
+when its pong is ``pong_timeout`` late.
 
-One :class:`Heartbeats` task per server keeps the schedule of every
-connection, not a task or a cancel scope per connection: a connection that
-lives a millisecond costs one entry added and one removed.  The heartbeat is
-also the read deadline: a pong cannot be parsed before the frame in front of
-it is complete, so a client that stops in the middle of a frame (like one
-whose host vanished, or a frozen process) is aborted within ``ping_interval +
+The heartbeat is the connection nursery's body, not a task of its own
+(see :class:`~trio_chat._connection.Connection`).  It is also the read
+deadline: a pong cannot be parsed before the frame in front of it is
+complete, so a client that stops in the middle of a frame (like one whose
+host vanished, or a frozen process) is aborted within ``ping_interval +
 pong_timeout`` (``tests/test_faults.py``).  A client pausing *between* the
 fragments of a message can still answer pings; it holds at most
 ``max_message_bytes``.
@@ -14,102 +13,92 @@ fragments of a message can still answer pings; it holds at most
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
-__all__ = ["Heartbeats", "Pinged"]
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = ["Heartbeat"]
 
 
-class Pinged(Protocol):
-    """What the heartbeat needs of a connection."""
+class Heartbeat:
+    """The ping schedule of one connection, and the wait between pings.
 
-    def ping(self) -> bool:
-        """Send the heartbeat's ping now (or have it written); False when the
-        connection is ending (no more pings)."""
-
-    def pong_late(self) -> None:
-        """The pong has not come within the timeout (if the ping's pong is
-        still pending: abort the connection)."""
-
-
-class Heartbeats:
-    """The ping schedule of every connection of one server, and its task.
-
-    A connection is added when it starts (its first ping is due
-    ``interval`` seconds later) and discarded when it ends.  After each
-    ping it waits for its pong for at most ``timeout`` seconds; the next
-    ping is due ``interval`` seconds after the pong arrived
-    (:meth:`ponged`).  All connections share the interval and the timeout,
-    so each schedule is in the order its entries were added: the next due
-    is always the first entry of one of the two.
+    Each wait runs in one cancel scope whose deadline times it (one scope,
+    not a sleep's own scope nested in a stop scope: there are thousands).
+    :meth:`wake` ends the current wait: the connection calls it to stop the
+    heartbeat, and the reader (through :meth:`ponged`) when the pong
+    arrives -- a reschedule, cheaper than cancelling the scope.
     """
 
-    __slots__ = ("_resting", "_scope", "_waiting", "interval", "timeout")
+    __slots__ = ("_awaiting_pong", "_pings", "_resting", "_scope", "_woken")
 
-    def __init__(self, interval: float, timeout: float) -> None:
-        self.interval = interval
-        self.timeout = timeout
-        #: connection -> when its next ping is due (trio time), oldest first
-        self._resting: OrderedDict[Pinged, float] = OrderedDict()
-        #: connection -> when its pong is late, oldest first
-        self._waiting: OrderedDict[Pinged, float] = OrderedDict()
-        #: The task's current wait; its deadline is the next due.
-        self._scope: trio.CancelScope | None = None
+    def __init__(self) -> None:
+        #: The current wait (a rest or a ping): its deadline times the
+        #: heartbeat; cancelling it ends a ping's write.
+        self._scope = trio.CancelScope()
+        #: The heartbeat's task while it rests in :meth:`_rest`.
+        self._resting: trio.lowlevel.Task | None = None
+        #: Woken from its rest and not yet resting again (no scope to cancel).
+        self._woken = False
+        self._awaiting_pong = False
+        self._pings = 0
 
-    def __len__(self) -> int:
-        return len(self._resting) + len(self._waiting)
+    def wake(self) -> None:
+        """End the heartbeat's current wait: at once if it rests (see
+        :meth:`_rest`), else by cancelling its scope (a ping being written)."""
+        task = self._resting
+        if task is not None:
+            self._resting = None
+            self._woken = True
+            trio.lowlevel.reschedule(task)
+        elif not self._woken and not self._scope.cancel_called:
+            self._scope.cancel()
 
-    def add(self, conn: Pinged) -> None:
-        """Schedule *conn*'s first ping, ``interval`` seconds from now."""
-        self._rest(conn, trio.current_time() + self.interval)
+    def ponged(self) -> None:
+        """The pong has come: end the wait for it, if the heartbeat waits."""
+        if self._awaiting_pong:
+            self._awaiting_pong = False
+            self.wake()
 
-    def discard(self, conn: Pinged) -> None:
-        """*conn* is ending: no more pings, no pong deadline."""
-        self._resting.pop(conn, None)
-        self._waiting.pop(conn, None)
+    async def _rest(self) -> None:
+        """Wait until :meth:`wake`, or until the scope around ends the wait
+        (its deadline)."""
 
-    def ponged(self, conn: Pinged) -> None:
-        """*conn*'s pong has come: its next ping is due ``interval`` from now."""
-        if self._waiting.pop(conn, None) is not None:
-            self._rest(conn, trio.current_time() + self.interval)
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._resting = None
+            return trio.lowlevel.Abort.SUCCEEDED
 
-    def _rest(self, conn: Pinged, due: float) -> None:
-        self._resting[conn] = due
-        self._wake_by(due)
+        self._resting = trio.lowlevel.current_task()
+        self._woken = False
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
-    def _wake_by(self, due: float) -> None:
-        scope = self._scope
-        if scope is not None and due < scope.deadline:
-            scope.deadline = due
-
-    async def run(self) -> None:
-        """Ping each connection when due, tell it when its pong is late;
-        until cancelled."""
-        resting, waiting = self._resting, self._waiting
-        while True:
-            now = trio.current_time()
-            while resting:
-                conn, due = next(iter(resting.items()))
-                if due > now:
-                    break
-                del resting[conn]
-                if conn.ping():
-                    late = now + self.timeout
-                    waiting[conn] = late
-            while waiting:
-                conn, due = next(iter(waiting.items()))
-                if due > now:
-                    break
-                del waiting[conn]
-                conn.pong_late()
-            due = math.inf
-            if resting:
-                due = next(iter(resting.values()))
-            if waiting:
-                due = min(due, next(iter(waiting.values())))
-            with trio.CancelScope(deadline=due) as self._scope:
-                await trio.sleep_forever()
-            self._scope = None
+    async def run(self, conn: Connection) -> None:
+        """Ping *conn* every ``ping_interval`` until it is stopping; abort it
+        (its outlet killed) when a pong is ``pong_timeout`` late."""
+        interval = conn.config.ping_interval
+        timeout = conn.config.pong_timeout
+        ws = conn.ws
+        while not conn.is_stopping():
+            with trio.CancelScope(deadline=trio.current_time() + interval) as scope:
+                self._scope = scope
+                await self._rest()
+            if conn.is_stopping() or not ws.open:
+                return
+            self._pings += 1
+            ws.send_ping(self._pings.to_bytes(4, "big"))
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                self._scope = scope
+                if await conn.write_engine():
+                    return
+                if ws.pong_pending:
+                    self._awaiting_pong = True
+                    await self._rest()
+            self._awaiting_pong = False
+            if conn.is_stopping():
+                return
+            if ws.pong_pending:
+                conn.outlet.kill(None, f"no pong within {timeout:g} s")
+                return

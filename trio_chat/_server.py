@@ -32,7 +32,6 @@ from ._connection import Connection
 from ._embed import EmbeddingApi
 from ._handlers import ChatHandler, EchoHandler, welcome_frame
 from ._handshake import Accepted, response_bytes
-from ._heartbeat import Heartbeats
 from ._http import serve_http
 from ._hub import Hub
 from ._logging import SampledLog
@@ -108,8 +107,6 @@ class ChatServer(EmbeddingApi, ModerationApi):
         self._front = Front(config.max_connections, self._ip_limits, self._sampled, tls=config.tls)
         self.metrics.registry.register(FrontMetrics(self._front))
         self._connections: set[Connection] = set()
-        #: Pings every WebSocket (one task for all).
-        self._heartbeats = Heartbeats(config.ping_interval, config.pong_timeout)
         self._app = HttpApp(
             self,
             front=self._front,
@@ -158,7 +155,6 @@ class ChatServer(EmbeddingApi, ModerationApi):
             async with trio.open_nursery() as root:
                 await root.start(self.hub.run)
                 await self._start_moderation(root)
-                root.start_soon(self._heartbeats.run)
                 root.start_soon(self._summarize_logs)
                 if listeners is None:
                     listeners = await trio.open_tcp_listeners(
@@ -340,7 +336,6 @@ class ChatServer(EmbeddingApi, ModerationApi):
             stream,
             self.config,
             self.hub.counters,
-            self._heartbeats,
             user_id=identity.user_id,
             peer=peer,
             deflate=accepted.deflate,
