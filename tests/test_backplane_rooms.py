@@ -368,3 +368,28 @@ async def test_closing_a_room_removes_its_members_on_every_process(redis_server)
             with pytest.raises(ProtocolError) as info:
                 await one.close_room("nowhere")
             assert info.value.code == 404
+
+
+async def test_max_rooms_bounds_what_each_process_serves(redis_server):
+    async with open_cluster(redis_server, max_rooms=2) as (one, two):
+        async with (
+            open_test_client(one, user="ann") as ann,
+            open_test_client(two, user="bob") as bob,
+        ):
+            for room in ("a", "b"):
+                await ann.join(room)
+            await ann.send("join", {"room": "c"}, ref="j")
+            refused = await ann.expect("error")
+            assert (refused["ref"], refused["payload"]) == (
+                "j",
+                {"code": 403, "message": "the server's room limit is reached"},
+            )
+            # The other process counts its own: it serves none of these yet.
+            for room in ("c", "a"):
+                assert (await bob.join(room))["payload"]["room"] == room
+            # Leaving makes room on that process; the directory has all three.
+            await ann.send("leave", {"room": "b"})
+            await ann.expect("left")
+            assert sorted((await ann.join("c"))["payload"]["members"]) == ["ann", "bob"]
+            listed = [(r["room"], r["members"]) for r in (await _rooms(bob))["rooms"]]
+            assert listed == [("a", 2), ("c", 2)]
