@@ -80,6 +80,7 @@ __all__ = [
     "Results",
     "Signal",
     "check_redis_url",
+    "redis_client",
     "split_url",
 ]
 
@@ -141,6 +142,22 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
+
+
+def redis_client(url: str, timeout: float, name: str | None = None) -> Any:
+    """A coredis client of *url* as trio_chat uses one: text answers, no
+    retries of its own (a failure is handled by the caller), *timeout* to
+    connect, and *name* for ``CLIENT LIST``."""
+    import coredis
+    from coredis.retry import NoRetryPolicy
+
+    return coredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry_policy=NoRetryPolicy(),
+        connect_timeout=timeout,
+        client_name=name,
+    )
 
 
 class Signal:
@@ -282,16 +299,7 @@ class Backplane:
                 delay = min(delay * 2, 2.0)
 
     async def _connection(self, hub: BackplaneHub) -> None:
-        import coredis
-        from coredis.retry import NoRetryPolicy
-
-        client = coredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            retry_policy=NoRetryPolicy(),
-            connect_timeout=self.timeout,
-            client_name=f"trio_chat:{self.node}",
-        )
+        client = redis_client(self.url, self.timeout, f"trio_chat:{self.node}")
         # Setting up must finish in time; serving then lasts until a failure.
         with trio.CancelScope(deadline=trio.current_time() + 2 * self.timeout) as scope:
             self._scope = scope
@@ -390,17 +398,9 @@ class Backplane:
 
     async def deregister(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109 - also the connect timeout
         """Remove this process's memberships from Redis (at shutdown)."""
-        import coredis
-        from coredis.retry import NoRetryPolicy
-
         with trio.move_on_after(timeout):
             try:
-                client = coredis.Redis.from_url(
-                    self.url,
-                    decode_responses=True,
-                    retry_policy=NoRetryPolicy(),
-                    connect_timeout=timeout,
-                )
+                client = redis_client(self.url, timeout)
                 async with client:
                     await client.eval(self._deregister, keys=[], args=[self.prefix, self.node])
             except Exception as exc:  # noqa: BLE001 - best effort: expiry does it later

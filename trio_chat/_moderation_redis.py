@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from ._backplane import redis_client
 from ._moderation import Ban
 from ._protocol import ProtocolError
 
@@ -265,16 +266,7 @@ class SharedModeration:
             delay = min(delay * 2, 2.0)
 
     async def _connection(self) -> None:
-        import coredis
-        from coredis.retry import NoRetryPolicy
-
-        client = coredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            retry_policy=NoRetryPolicy(),
-            connect_timeout=self.timeout,
-            client_name=f"trio_chat:{self.node}:moderation",
-        )
+        client = redis_client(self.url, self.timeout, f"trio_chat:{self.node}:moderation")
         with trio.CancelScope(deadline=trio.current_time() + 2 * self.timeout) as scope:
             async with client:
                 self._shas = {
